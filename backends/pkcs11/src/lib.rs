@@ -1,0 +1,532 @@
+//! PKCS#11 backend: AES-GCM or RSA-OAEP keys on an HSM token, through a
+//! pooled, self-healing session layer ([`pool`]).
+//!
+//! Config keys follow OpenBao's `pkcs11` seal (`lib`, `slot`, `token_label`,
+//! `pin`, `key_label`, `key_id`, `mechanism`, `rsa_oaep_hash`) so an existing
+//! stanza can be copied over.
+
+pub mod pool;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+use cryptoki::mechanism::{Mechanism as CkMechanism, MechanismType};
+use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use ring::rand::{SecureRandom, SystemRandom};
+use secrecy::SecretString;
+use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, SecretBytes, Sealed};
+use serde::Deserialize;
+
+pub use pool::{OpError, PinSource, TokenPool, TokenSelector};
+
+const GCM_IV_LEN: usize = 12;
+const GCM_TAG_BITS: u64 = 128;
+
+fn default_max_sessions() -> usize {
+    8
+}
+
+/// `[backends.NAME]` with `type = "pkcs11"`: one token on one module.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Path of the PKCS#11 module, e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub lib: PathBuf,
+    /// Token label. Preferred over `slot`: slot ids can change when tokens are initialized.
+    pub token_label: Option<String>,
+    /// Slot id, when the token has no unique label.
+    pub slot: Option<u64>,
+    /// User PIN inline. Prefer `pin_file`.
+    pub pin: Option<SecretString>,
+    /// File holding the user PIN (trailing newline ignored); re-read at each login.
+    pub pin_file: Option<PathBuf>,
+    /// Upper bound on concurrent sessions (keep it below the token's limit).
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+}
+
+/// Mechanism names as OpenBao's pkcs11 seal spells them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum MechanismName {
+    #[default]
+    #[serde(rename = "AES_GCM", alias = "CKM_AES_GCM")]
+    AesGcm,
+    #[serde(rename = "RSA_PKCS_OAEP", alias = "CKM_RSA_PKCS_OAEP")]
+    RsaPkcsOaep,
+}
+
+/// Hash for RSA-OAEP (and its MGF1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OaepHash {
+    Sha1,
+    Sha224,
+    #[default]
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl OaepHash {
+    fn name(self) -> &'static str {
+        match self {
+            OaepHash::Sha1 => "sha1",
+            OaepHash::Sha224 => "sha224",
+            OaepHash::Sha256 => "sha256",
+            OaepHash::Sha384 => "sha384",
+            OaepHash::Sha512 => "sha512",
+        }
+    }
+    fn params(self) -> (MechanismType, PkcsMgfType) {
+        match self {
+            OaepHash::Sha1 => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),
+            OaepHash::Sha224 => (MechanismType::SHA224, PkcsMgfType::MGF1_SHA224),
+            OaepHash::Sha256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256),
+            OaepHash::Sha384 => (MechanismType::SHA384, PkcsMgfType::MGF1_SHA384),
+            OaepHash::Sha512 => (MechanismType::SHA512, PkcsMgfType::MGF1_SHA512),
+        }
+    }
+}
+
+/// Per-key settings under `[keys.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// `CKA_LABEL` of the key.
+    pub key_label: Option<String>,
+    /// `CKA_ID` of the key, hex (an optional `0x` prefix is accepted).
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub mechanism: MechanismName,
+    #[serde(default)]
+    pub rsa_oaep_hash: OaepHash,
+}
+
+/// A configuration problem, naming the offending field (relative to the table).
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl BackendConfig {
+    /// Which token the config selects.
+    pub fn token_selector(&self) -> Result<TokenSelector, ConfigError> {
+        match (&self.token_label, self.slot) {
+            (Some(label), None) => Ok(TokenSelector::Label(label.clone())),
+            (None, Some(slot)) => Ok(TokenSelector::Slot(slot)),
+            (Some(_), Some(_)) => {
+                Err(ConfigError { field: "slot", reason: "set either `token_label` or `slot`, not both".into() })
+            }
+            (None, None) => {
+                Err(ConfigError { field: "token_label", reason: "set `token_label` (preferred) or `slot`".into() })
+            }
+        }
+    }
+
+    /// Where the config says the PIN comes from.
+    pub fn pin_source(&self) -> Result<PinSource, ConfigError> {
+        match (&self.pin, &self.pin_file) {
+            (Some(pin), None) => Ok(PinSource::Inline(pin.clone())),
+            (None, Some(path)) => Ok(PinSource::File(path.clone())),
+            (Some(_), Some(_)) => {
+                Err(ConfigError { field: "pin_file", reason: "set either `pin` or `pin_file`, not both".into() })
+            }
+            (None, None) => Err(ConfigError { field: "pin_file", reason: "set `pin_file` (preferred) or `pin`".into() }),
+        }
+    }
+
+    /// Checks the combination of fields and builds the token pool.
+    pub fn pool(&self) -> Result<TokenPool, ConfigError> {
+        if self.max_sessions == 0 {
+            return Err(ConfigError { field: "max_sessions", reason: "must be at least 1".into() });
+        }
+        Ok(TokenPool::new(self.lib.clone(), self.token_selector()?, self.pin_source()?, self.max_sessions))
+    }
+}
+
+/// Which object a key config names, validated.
+#[derive(Debug, Clone)]
+struct KeySelector {
+    label: Option<String>,
+    id: Option<Vec<u8>>,
+    mechanism: MechanismName,
+    oaep_hash: OaepHash,
+}
+
+impl KeySelector {
+    fn from_config(config: &KeyConfig) -> Result<Self, ConfigError> {
+        let id = match &config.key_id {
+            Some(hex_id) => {
+                let digits = hex_id.trim_start_matches("0x");
+                Some(hex::decode(digits).map_err(|_| ConfigError {
+                    field: "key_id",
+                    reason: format!("{hex_id:?} is not hex (CKA_ID is given in hex, e.g. \"0x01\")"),
+                })?)
+            }
+            None => None,
+        };
+        if config.key_label.is_none() && id.is_none() {
+            return Err(ConfigError { field: "key_label", reason: "set `key_label` and/or `key_id`".into() });
+        }
+        Ok(KeySelector { label: config.key_label.clone(), id, mechanism: config.mechanism, oaep_hash: config.rsa_oaep_hash })
+    }
+
+    fn template(&self, class: ObjectClass) -> Vec<Attribute> {
+        let mut template = vec![Attribute::Class(class)];
+        if let Some(label) = &self.label {
+            template.push(Attribute::Label(label.as_bytes().to_vec()));
+        }
+        if let Some(id) = &self.id {
+            template.push(Attribute::Id(id.clone()));
+        }
+        template
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(label) = &self.label {
+            parts.push(format!("label {label:?}"));
+        }
+        if let Some(id) = &self.id {
+            parts.push(format!("id 0x{}", hex::encode(id)));
+        }
+        parts.join(", ")
+    }
+
+    /// Object classes used to encrypt and to decrypt.
+    fn classes(&self) -> (ObjectClass, ObjectClass) {
+        match self.mechanism {
+            MechanismName::AesGcm => (ObjectClass::SECRET_KEY, ObjectClass::SECRET_KEY),
+            MechanismName::RsaPkcsOaep => (ObjectClass::PUBLIC_KEY, ObjectClass::PRIVATE_KEY),
+        }
+    }
+}
+
+#[derive(Default)]
+struct HandleCache {
+    generation: u64,
+    encrypt: Option<ObjectHandle>,
+    decrypt: Option<ObjectHandle>,
+}
+
+struct KeyState {
+    selector: KeySelector,
+    token: String,
+    cache: Mutex<HandleCache>,
+}
+
+#[derive(Clone, Copy)]
+enum Purpose {
+    Encrypt,
+    Decrypt,
+}
+
+impl KeyState {
+    /// Runs `f` with the key's handle, finding it on a cache miss and once
+    /// more if the token says the cached handle is no longer valid.
+    fn with_handle<T>(
+        &self,
+        session: &Session,
+        generation: u64,
+        purpose: Purpose,
+        what: &'static str,
+        f: impl Fn(ObjectHandle) -> Result<T, CkError>,
+    ) -> Result<T, OpError> {
+        let cached = {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.generation != generation {
+                *cache = HandleCache { generation, ..Default::default() };
+            }
+            match purpose {
+                Purpose::Encrypt => cache.encrypt,
+                Purpose::Decrypt => cache.decrypt,
+            }
+        };
+        let handle = match cached {
+            Some(handle) => handle,
+            None => self.find(session, generation, purpose)?,
+        };
+        match f(handle) {
+            Err(CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid, _)) => {
+                let handle = self.find(session, generation, purpose)?;
+                f(handle).map_err(|e| OpError::Device(e, what))
+            }
+            other => other.map_err(|e| OpError::Device(e, what)),
+        }
+    }
+
+    fn find(&self, session: &Session, generation: u64, purpose: Purpose) -> Result<ObjectHandle, OpError> {
+        let (enc_class, dec_class) = self.selector.classes();
+        let class = match purpose {
+            Purpose::Encrypt => enc_class,
+            Purpose::Decrypt => dec_class,
+        };
+        let found = session
+            .find_objects(&self.selector.template(class))
+            .map_err(|e| OpError::Device(e, "C_FindObjects"))?;
+        let handle = match found.as_slice() {
+            [handle] => *handle,
+            [] => {
+                return Err(OpError::Backend(BackendError::new(
+                    BackendErrorKind::KeyNotFound,
+                    format!("no {class} with {} on {}", self.selector.describe(), self.token),
+                )));
+            }
+            many => {
+                return Err(OpError::Backend(BackendError::new(
+                    BackendErrorKind::InvalidInput,
+                    format!(
+                        "{} objects of class {class} match {} on {}; give both key_label and key_id",
+                        many.len(),
+                        self.selector.describe(),
+                        self.token
+                    ),
+                )));
+            }
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation == generation {
+            match purpose {
+                Purpose::Encrypt => cache.encrypt = Some(handle),
+                Purpose::Decrypt => cache.decrypt = Some(handle),
+            }
+        }
+        Ok(handle)
+    }
+}
+
+/// A key on a PKCS#11 token.
+pub struct Pkcs11Key {
+    pool: TokenPool,
+    key: Arc<KeyState>,
+    identity: String,
+    rng: SystemRandom,
+}
+
+impl Pkcs11Key {
+    /// A key on `pool`. Nothing touches the token until the first operation,
+    /// so the broker can start while the HSM is briefly away.
+    pub fn new(pool: TokenPool, config: &KeyConfig) -> Result<Self, ConfigError> {
+        let selector = KeySelector::from_config(config)?;
+        let token = pool.describe();
+        let identity = format!("pkcs11:{token}:{}:{:?}", selector.describe(), selector.mechanism);
+        Ok(Pkcs11Key {
+            pool,
+            key: Arc::new(KeyState { selector, token, cache: Mutex::new(HandleCache::default()) }),
+            identity,
+            rng: SystemRandom::new(),
+        })
+    }
+}
+
+fn op_error(error: OpError, decrypting: bool) -> BackendError {
+    match error {
+        OpError::Backend(e) => e,
+        OpError::Device(e, what) => {
+            let kind = match &e {
+                // SoftHSM answers a bad GCM tag with CKR_GENERAL_ERROR.
+                CkError::Pkcs11(
+                    RvError::EncryptedDataInvalid
+                    | RvError::EncryptedDataLenRange
+                    | RvError::GeneralError
+                    | RvError::FunctionFailed,
+                    _,
+                ) if decrypting => BackendErrorKind::NotAuthentic,
+                CkError::Pkcs11(RvError::PinIncorrect | RvError::PinLocked | RvError::UserNotLoggedIn, _) => {
+                    BackendErrorKind::PermissionDenied
+                }
+                CkError::Pkcs11(
+                    RvError::KeyFunctionNotPermitted | RvError::KeyTypeInconsistent | RvError::MechanismInvalid,
+                    _,
+                ) => BackendErrorKind::InvalidInput,
+                _ if pool::damage_of(&e) != pool::Damage::None => BackendErrorKind::Unavailable,
+                _ => BackendErrorKind::Internal,
+            };
+            BackendError::new(kind, format!("{what}: {e}"))
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for Pkcs11Key {
+    fn kind(&self) -> &'static str {
+        "pkcs11"
+    }
+
+    fn key_identity(&self) -> String {
+        self.identity.clone()
+    }
+
+    async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {
+        let key = self.key.clone();
+        let secret = SecretBytes::copy_from(secret);
+        match key.selector.mechanism {
+            MechanismName::AesGcm => {
+                let mut iv = [0u8; GCM_IV_LEN];
+                self.rng.fill(&mut iv).map_err(|_| BackendError::internal("system RNG failed"))?;
+                let aad = aad.to_vec();
+                let ciphertext = self
+                    .pool
+                    .run(move |session, generation| {
+                        key.with_handle(session, generation, Purpose::Encrypt, "C_Encrypt(AES_GCM)", |handle| {
+                            let mut iv = iv;
+                            let params = GcmParams::new(&mut iv, &aad, GCM_TAG_BITS.into())?;
+                            session.encrypt(&CkMechanism::AesGcm(params), handle, secret.expose())
+                        })
+                    })
+                    .await
+                    .map_err(|e| op_error(e, false))?;
+                Ok(Sealed { mechanism: Mechanism::Aes256Gcm, iv: iv.to_vec(), ciphertext, ..Default::default() })
+            }
+            MechanismName::RsaPkcsOaep => {
+                let hash = key.selector.oaep_hash;
+                let ciphertext = self
+                    .pool
+                    .run(move |session, generation| {
+                        key.with_handle(session, generation, Purpose::Encrypt, "C_Encrypt(RSA_PKCS_OAEP)", |handle| {
+                            let (hash_alg, mgf) = hash.params();
+                            let params = PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty());
+                            session.encrypt(&CkMechanism::RsaPkcsOaep(params), handle, secret.expose())
+                        })
+                    })
+                    .await
+                    .map_err(|e| op_error(e, false))?;
+                Ok(Sealed {
+                    mechanism: Mechanism::RsaOaep,
+                    ciphertext,
+                    oaep_hash: hash.name().to_owned(),
+                    ..Default::default()
+                })
+            }
+        }
+    }
+
+    async fn decrypt(&self, sealed: &Sealed, aad: &[u8]) -> Result<SecretBytes, BackendError> {
+        let key = self.key.clone();
+        let ciphertext = sealed.ciphertext.clone();
+        let plaintext = match (key.selector.mechanism, sealed.mechanism) {
+            (MechanismName::AesGcm, Mechanism::Aes256Gcm) => {
+                let iv: [u8; GCM_IV_LEN] = sealed
+                    .iv
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| BackendError::not_authentic("the data key IV is not 12 bytes"))?;
+                let aad = aad.to_vec();
+                self.pool
+                    .run(move |session, generation| {
+                        key.with_handle(session, generation, Purpose::Decrypt, "C_Decrypt(AES_GCM)", |handle| {
+                            let mut iv = iv;
+                            let params = GcmParams::new(&mut iv, &aad, GCM_TAG_BITS.into())?;
+                            session.decrypt(&CkMechanism::AesGcm(params), handle, &ciphertext).map(SecretBytes::new)
+                        })
+                    })
+                    .await
+            }
+            (MechanismName::RsaPkcsOaep, Mechanism::RsaOaep) => {
+                let hash = key.selector.oaep_hash;
+                if sealed.oaep_hash != hash.name() {
+                    return Err(BackendError::not_authentic(format!(
+                        "the data key was sealed with OAEP/{}, this key uses OAEP/{}",
+                        sealed.oaep_hash,
+                        hash.name()
+                    )));
+                }
+                self.pool
+                    .run(move |session, generation| {
+                        key.with_handle(session, generation, Purpose::Decrypt, "C_Decrypt(RSA_PKCS_OAEP)", |handle| {
+                            let (hash_alg, mgf) = hash.params();
+                            let params = PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty());
+                            session.decrypt(&CkMechanism::RsaPkcsOaep(params), handle, &ciphertext).map(SecretBytes::new)
+                        })
+                    })
+                    .await
+            }
+            (configured, found) => {
+                return Err(BackendError::not_authentic(format!(
+                    "the data key was sealed with {found:?}, this key uses {configured:?}"
+                )));
+            }
+        };
+        plaintext.map_err(|e| op_error(e, true))
+    }
+}
+
+/// Creates a key for [`KeyConfig`] on the token: a non-extractable, sensitive
+/// AES-256 secret key, or an RSA-3072 key pair whose private half is
+/// non-extractable. Refuses when a matching key already exists. Returns a
+/// description of what was created.
+pub async fn generate_key(backend: &BackendConfig, key: &KeyConfig) -> Result<String, BackendError> {
+    let config_err = |e: ConfigError| BackendError::new(BackendErrorKind::InvalidInput, e.to_string());
+    let selector = KeySelector::from_config(key).map_err(config_err)?;
+    let token = backend.token_selector().map_err(config_err)?;
+    let pin = backend.pin_source().map_err(config_err)?;
+    let label = selector.label.clone().unwrap_or_default().into_bytes();
+    let id = selector.id.clone().unwrap_or_default();
+    let lib = backend.lib.clone();
+    tokio::task::spawn_blocking(move || -> Result<String, BackendError> {
+        let session = pool::open_rw_logged_in(&lib, &token, &pin)?;
+        let device = |what: &'static str| move |e: CkError| BackendError::unavailable(format!("{what}: {e}"));
+        let (class, _) = selector.classes();
+        if !session.find_objects(&selector.template(class)).map_err(device("C_FindObjects"))?.is_empty() {
+            return Err(BackendError::new(
+                BackendErrorKind::InvalidInput,
+                format!("a key with {} already exists on {token}", selector.describe()),
+            ));
+        }
+        match selector.mechanism {
+            MechanismName::AesGcm => {
+                let template = [
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Encrypt(true),
+                    Attribute::Decrypt(true),
+                    Attribute::Wrap(false),
+                    Attribute::Unwrap(false),
+                    Attribute::KeyType(KeyType::AES),
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Label(label),
+                    Attribute::Id(id),
+                ];
+                session.generate_key(&CkMechanism::AesKeyGen, &template).map_err(device("C_GenerateKey"))?;
+                Ok(format!("AES-256 key with {} on {token}", selector.describe()))
+            }
+            MechanismName::RsaPkcsOaep => {
+                let public = [
+                    Attribute::Token(true),
+                    Attribute::Encrypt(true),
+                    Attribute::Verify(false),
+                    Attribute::ModulusBits(3072.into()),
+                    Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                    Attribute::Label(label.clone()),
+                    Attribute::Id(id.clone()),
+                ];
+                let private = [
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Decrypt(true),
+                    Attribute::Sign(false),
+                    Attribute::Label(label),
+                    Attribute::Id(id),
+                ];
+                session
+                    .generate_key_pair(&CkMechanism::RsaPkcsKeyPairGen, &public, &private)
+                    .map_err(device("C_GenerateKeyPair"))?;
+                Ok(format!("RSA-3072 key pair with {} on {token}", selector.describe()))
+            }
+        }
+    })
+    .await
+    .map_err(|e| BackendError::internal(format!("PKCS#11 worker failed: {e}")))?
+}
+

@@ -1,0 +1,58 @@
+//! The one trait every backend implements.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use crate::blob::Mechanism;
+use crate::error::BackendError;
+use crate::secret::SecretBytes;
+
+/// A DEK as sealed by a backend key: everything needed to open it again,
+/// none of it secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sealed {
+    pub mechanism: Mechanism,
+    /// IV chosen for this operation, empty when the mechanism has none.
+    pub iv: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    /// RSA-OAEP hash name, empty otherwise.
+    pub oaep_hash: String,
+    /// Non-secret backend data needed to decrypt (e.g. a service key version).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One backend key: seals and opens small secrets (32-byte DEKs).
+///
+/// Implementations must be cheap to share (`Arc<dyn Backend>`), must never
+/// block the async runtime (move blocking device calls to a blocking pool),
+/// and must put no secret material in their errors or logs.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The backend kind, e.g. `"pkcs11"`; recorded in blobs and metrics.
+    fn kind(&self) -> &'static str;
+
+    /// A stable, non-secret description of the exact key this instance uses
+    /// (module, token, label, id; or service key name). Key ids are derived
+    /// from it, so it must change when the key changes.
+    fn key_identity(&self) -> String;
+
+    /// Seals `secret`, binding `aad` where the mechanism supports AAD.
+    async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError>;
+
+    /// Opens what [`Backend::encrypt`] sealed with the same `aad`.
+    async fn decrypt(&self, sealed: &Sealed, aad: &[u8]) -> Result<SecretBytes, BackendError>;
+
+    /// A real round trip through the key: proves the device or service and the
+    /// key are usable right now.
+    async fn health(&self) -> Result<(), BackendError> {
+        let probe = b"sealbroker health probe";
+        let sealed = self.encrypt(probe, b"health").await?;
+        let opened = self.decrypt(&sealed, b"health").await?;
+        if opened.expose() == probe {
+            Ok(())
+        } else {
+            Err(BackendError::internal("health probe round trip returned different bytes"))
+        }
+    }
+}

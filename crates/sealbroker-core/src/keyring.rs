@@ -1,0 +1,351 @@
+//! Logical keys, their versions, and the envelope that wraps payloads.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::backend::{Backend, Sealed};
+use crate::blob::{FORMAT_V1, GCM_IV_LEN, Mechanism, WrappedBlob, WrappedDek};
+use crate::error::{BackendErrorKind, Error};
+use crate::secret::SecretBytes;
+
+const DEK_LEN: usize = 32;
+
+/// A key version's public identifier: a hash of the key name, version and
+/// backend key identity. Stable for a version, different for every version,
+/// never reused, and safe to log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(String);
+
+impl KeyId {
+    /// Derives the id. `backend_identity` is [`Backend::key_identity`].
+    pub fn derive(key_name: &str, version: u32, backend_identity: &str) -> Self {
+        let input = length_prefixed(&[
+            b"sealbroker/key-id/v1",
+            key_name.as_bytes(),
+            &version.to_be_bytes(),
+            backend_identity.as_bytes(),
+        ]);
+        let hash = digest::digest(&digest::SHA256, &input);
+        KeyId(hex::encode(&hash.as_ref()[..16]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One version of a logical key, held by one backend key.
+#[derive(Clone)]
+pub struct KeyVersion {
+    pub version: u32,
+    pub key_id: KeyId,
+    /// The config name of the backend (`[backends.NAME]`).
+    pub backend_name: String,
+    pub backend: Arc<dyn Backend>,
+}
+
+impl KeyVersion {
+    pub fn new(key_name: &str, version: u32, backend_name: &str, backend: Arc<dyn Backend>) -> Self {
+        let key_id = KeyId::derive(key_name, version, &backend.key_identity());
+        KeyVersion { version, key_id, backend_name: backend_name.to_owned(), backend }
+    }
+}
+
+/// A named key callers wrap under. New wraps use the primary version; any
+/// version at or above `min_decryption_version` can unwrap.
+#[derive(Clone)]
+pub struct LogicalKey {
+    pub name: String,
+    versions: BTreeMap<u32, KeyVersion>,
+    primary: u32,
+    min_decryption_version: u32,
+}
+
+impl LogicalKey {
+    /// A key with a single version.
+    pub fn single(name: &str, version: KeyVersion) -> Self {
+        let primary = version.version;
+        LogicalKey {
+            name: name.to_owned(),
+            versions: BTreeMap::from([(primary, version)]),
+            primary,
+            min_decryption_version: 1,
+        }
+    }
+
+    pub fn primary(&self) -> &KeyVersion {
+        &self.versions[&self.primary]
+    }
+
+    pub fn versions(&self) -> impl Iterator<Item = &KeyVersion> {
+        self.versions.values()
+    }
+
+    pub fn min_decryption_version(&self) -> u32 {
+        self.min_decryption_version
+    }
+
+    fn version_by_id(&self, key_id: &str) -> Option<&KeyVersion> {
+        self.versions.values().find(|v| v.key_id.as_str() == key_id)
+    }
+}
+
+/// A non-secret description of a key, for listing and `GetKey`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub name: String,
+    pub primary_version: u32,
+    pub primary_key_id: KeyId,
+    pub min_decryption_version: u32,
+    pub backend_kind: &'static str,
+    pub backend_name: String,
+    /// (version, key id) for every version, oldest first.
+    pub versions: Vec<(u32, KeyId)>,
+}
+
+/// The result of a wrap.
+pub struct Wrapped {
+    pub blob: Vec<u8>,
+    pub key_name: String,
+    pub key_id: KeyId,
+    pub key_version: u32,
+}
+
+/// The result of an unwrap. Holds the plaintext, so it is not `Debug`.
+pub struct Unwrapped {
+    pub plaintext: SecretBytes,
+    pub key_name: String,
+    pub key_id: KeyId,
+    pub key_version: u32,
+}
+
+/// All logical keys this broker serves.
+#[derive(Clone, Default)]
+pub struct KeyRing {
+    keys: BTreeMap<String, LogicalKey>,
+}
+
+impl KeyRing {
+    pub fn new(keys: impl IntoIterator<Item = LogicalKey>) -> Self {
+        KeyRing { keys: keys.into_iter().map(|k| (k.name.clone(), k)).collect() }
+    }
+
+    pub fn get(&self, name: &str) -> Result<&LogicalKey, Error> {
+        self.keys.get(name).ok_or_else(|| Error::UnknownKey(name.to_owned()))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &LogicalKey> {
+        self.keys.values()
+    }
+
+    pub fn describe(&self, name: &str) -> Result<KeyInfo, Error> {
+        let key = self.get(name)?;
+        let primary = key.primary();
+        Ok(KeyInfo {
+            name: key.name.clone(),
+            primary_version: primary.version,
+            primary_key_id: primary.key_id.clone(),
+            min_decryption_version: key.min_decryption_version,
+            backend_kind: primary.backend.kind(),
+            backend_name: primary.backend_name.clone(),
+            versions: key.versions().map(|v| (v.version, v.key_id.clone())).collect(),
+        })
+    }
+
+    /// Seals `plaintext` under the primary version of `key_name`, binding `aad`.
+    pub async fn wrap(&self, key_name: &str, plaintext: &[u8], aad: &[u8]) -> Result<Wrapped, Error> {
+        let key = self.get(key_name)?;
+        let version = key.primary();
+        let rng = SystemRandom::new();
+
+        let dek = random_secret(&rng, DEK_LEN)?;
+        let mut payload_iv = [0u8; GCM_IV_LEN];
+        rng.fill(&mut payload_iv).map_err(|_| Error::Internal("system RNG failed".into()))?;
+        let ciphertext = seal_payload(&dek, &payload_iv, &payload_aad(key_name, aad), plaintext)?;
+
+        let sealed = version
+            .backend
+            .encrypt(dek.expose(), &dek_aad(key_name, version.version))
+            .await
+            .map_err(|source| backend_error(version, key_name, source))?;
+
+        let blob = WrappedBlob {
+            format: FORMAT_V1,
+            key_name: key_name.to_owned(),
+            payload_mechanism: Mechanism::Aes256Gcm as i32,
+            payload_iv: payload_iv.to_vec(),
+            ciphertext,
+            deks: vec![WrappedDek {
+                key_id: version.key_id.to_string(),
+                key_version: version.version,
+                backend: version.backend.kind().to_owned(),
+                mechanism: sealed.mechanism as i32,
+                iv: sealed.iv,
+                wrapped_dek: sealed.ciphertext,
+                oaep_hash: sealed.oaep_hash,
+                backend_metadata: sealed.metadata.into_iter().collect(),
+            }],
+        };
+        Ok(Wrapped {
+            blob: blob.to_bytes(),
+            key_name: key_name.to_owned(),
+            key_id: version.key_id.clone(),
+            key_version: version.version,
+        })
+    }
+
+    /// Opens a blob. When `expected_key` is given the blob must have been
+    /// sealed under that key name.
+    pub async fn unwrap(
+        &self,
+        expected_key: Option<&str>,
+        blob: &[u8],
+        aad: &[u8],
+    ) -> Result<Unwrapped, Error> {
+        let blob = WrappedBlob::from_bytes(blob)?;
+        if let Some(expected) = expected_key.filter(|k| !k.is_empty()) {
+            if expected != blob.key_name {
+                // Name the requested key only: whether the blob's key exists
+                // here is not the caller's business.
+                self.get(expected)?;
+                return Err(Error::WrongKey { blob_key: blob.key_name, requested: expected.to_owned() });
+            }
+        }
+        let key = self.get(&blob.key_name)?;
+
+        // Try every DEK entry we hold a version for; the first that opens wins.
+        let mut last_error = None;
+        for entry in &blob.deks {
+            let Some(version) = key.version_by_id(&entry.key_id) else {
+                continue;
+            };
+            if version.version < key.min_decryption_version {
+                last_error = Some(Error::VersionRetired {
+                    key: key.name.clone(),
+                    version: version.version,
+                    min: key.min_decryption_version,
+                });
+                continue;
+            }
+            let sealed = Sealed {
+                mechanism: Mechanism::try_from(entry.mechanism).unwrap_or_default(),
+                iv: entry.iv.clone(),
+                ciphertext: entry.wrapped_dek.clone(),
+                oaep_hash: entry.oaep_hash.clone(),
+                metadata: entry.backend_metadata.clone().into_iter().collect(),
+            };
+            let dek = match version.backend.decrypt(&sealed, &dek_aad(&key.name, version.version)).await {
+                Ok(dek) => dek,
+                Err(source) if source.kind == BackendErrorKind::NotAuthentic => {
+                    last_error = Some(Error::NotAuthentic);
+                    continue;
+                }
+                Err(source) => {
+                    last_error = Some(backend_error(version, &key.name, source));
+                    continue;
+                }
+            };
+            if dek.len() != DEK_LEN {
+                last_error = Some(Error::NotAuthentic);
+                continue;
+            }
+            let iv: [u8; GCM_IV_LEN] = blob.payload_iv.as_slice().try_into().map_err(|_| {
+                Error::Internal("payload IV length checked at decode".into())
+            })?;
+            let plaintext = open_payload(&dek, &iv, &payload_aad(&key.name, aad), &blob.ciphertext)?;
+            return Ok(Unwrapped {
+                plaintext,
+                key_name: key.name.clone(),
+                key_id: version.key_id.clone(),
+                key_version: version.version,
+            });
+        }
+        Err(last_error.unwrap_or_else(|| Error::UnknownKeyVersion {
+            key: key.name.clone(),
+            key_id: blob.deks.iter().map(|d| d.key_id.as_str()).collect::<Vec<_>>().join(","),
+        }))
+    }
+
+    /// Opens a blob and seals its plaintext again under the key's primary version.
+    pub async fn rewrap(&self, expected_key: Option<&str>, blob: &[u8], aad: &[u8]) -> Result<Wrapped, Error> {
+        let opened = self.unwrap(expected_key, blob, aad).await?;
+        self.wrap(&opened.key_name, opened.plaintext.expose(), aad).await
+    }
+}
+
+fn backend_error(version: &KeyVersion, key: &str, source: crate::error::BackendError) -> Error {
+    Error::Backend { backend: version.backend_name.clone(), key: key.to_owned(), source }
+}
+
+fn random_secret(rng: &SystemRandom, len: usize) -> Result<SecretBytes, Error> {
+    let mut bytes = SecretBytes::new(vec![0u8; len]);
+    rng.fill(bytes.expose_mut()).map_err(|_| Error::Internal("system RNG failed".into()))?;
+    Ok(bytes)
+}
+
+/// Length-prefixed concatenation: unambiguous, so no two field lists collide.
+fn length_prefixed(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
+    for part in parts {
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// AAD of the payload encryption: binds the format, key name and caller AAD.
+fn payload_aad(key_name: &str, caller_aad: &[u8]) -> Vec<u8> {
+    length_prefixed(&[b"sealbroker/payload/v1", key_name.as_bytes(), caller_aad])
+}
+
+/// AAD the backend binds to the DEK: the key name and version.
+fn dek_aad(key_name: &str, version: u32) -> Vec<u8> {
+    length_prefixed(&[b"sealbroker/dek/v1", key_name.as_bytes(), &version.to_be_bytes()])
+}
+
+fn gcm_key(dek: &SecretBytes) -> Result<LessSafeKey, Error> {
+    let unbound = UnboundKey::new(&aead::AES_256_GCM, dek.expose())
+        .map_err(|_| Error::Internal("DEK has the wrong length".into()))?;
+    Ok(LessSafeKey::new(unbound))
+}
+
+fn seal_payload(dek: &SecretBytes, iv: &[u8; GCM_IV_LEN], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+    let key = gcm_key(dek)?;
+    let mut in_out = plaintext.to_vec();
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(*iv), Aad::from(aad), &mut in_out)
+        .map_err(|_| Error::Internal("AES-GCM seal failed".into()))?;
+    Ok(in_out)
+}
+
+fn open_payload(dek: &SecretBytes, iv: &[u8; GCM_IV_LEN], aad: &[u8], ciphertext: &[u8]) -> Result<SecretBytes, Error> {
+    let key = gcm_key(dek)?;
+    let mut in_out = ciphertext.to_vec();
+    let result = key
+        .open_in_place(Nonce::assume_unique_for_key(*iv), Aad::from(aad), &mut in_out)
+        .map(|plain| plain.len());
+    match result {
+        Ok(len) => {
+            in_out.truncate(len);
+            Ok(SecretBytes::new(in_out))
+        }
+        Err(_) => {
+            zeroize::Zeroize::zeroize(&mut in_out);
+            Err(Error::NotAuthentic)
+        }
+    }
+}

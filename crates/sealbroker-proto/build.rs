@@ -1,0 +1,14 @@
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=../../proto");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path().expect("vendored protoc"));
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("sealbroker_descriptor.bin"))
+        // Messages that carry plaintext get a redacting Debug (see lib.rs).
+        .skip_debug(["sealbroker.v1.WrapRequest", "sealbroker.v1.UnwrapResponse"])
+        .compile_with_config(config, &["../../proto/sealbroker/v1/seal.proto"], &["../../proto"])
+        .expect("compile sealbroker protos");
+}

@@ -1,0 +1,28 @@
+//! Who is calling. Every front door turns its connection into a [`Caller`].
+
+use std::fmt;
+
+/// The authenticated identity of a request's sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A local process on the unix socket, identified by its credentials.
+    Unix { uid: u32, gid: u32, pid: Option<i32> },
+    /// A TLS client, identified by its certificate's SHA-256 fingerprint.
+    Tls { fingerprint: String },
+    /// A plaintext TCP client (development profile only): no identity.
+    Anonymous { peer: String },
+    /// The broker itself (health probes, CLI tools in-process).
+    Internal(&'static str),
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Unix { uid, gid, pid: Some(pid) } => write!(f, "unix:uid={uid},gid={gid},pid={pid}"),
+            Caller::Unix { uid, gid, pid: None } => write!(f, "unix:uid={uid},gid={gid}"),
+            Caller::Tls { fingerprint } => write!(f, "tls:sha256={fingerprint}"),
+            Caller::Anonymous { peer } => write!(f, "anonymous:{peer}"),
+            Caller::Internal(what) => write!(f, "internal:{what}"),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! A gRPC client for a running broker, over its unix socket or over mTLS.
+//! Used by the CLI, by `kms-plugin` in endpoint mode, and by tests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use sealbroker_proto::sealbroker::v1::seal_service_client::SealServiceClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::tls;
+
+/// Where the broker is.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Unix(PathBuf),
+    Tcp { address: String, tls: Option<ClientTls> },
+}
+
+/// Client-side TLS: the CA that signed the broker's certificate, and our
+/// own certificate and key.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Name to verify in the broker's certificate; defaults to the host part of the address.
+    pub server_name: Option<String>,
+}
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot connect to the broker at {target}: {source}")]
+    Connect { target: String, source: tonic::transport::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Unix(path) => write!(f, "unix:{}", path.display()),
+            Target::Tcp { address, tls: Some(_) } => write!(f, "https://{address}"),
+            Target::Tcp { address, tls: None } => write!(f, "http://{address}"),
+        }
+    }
+}
+
+fn client_tls_config(config: &ClientTls) -> Result<rustls::ClientConfig, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in tls::load_certs(&config.ca_file, "ca_file")? {
+        roots.add(ca).map_err(|e| ClientError::Invalid(format!("bad CA certificate: {e}")))?;
+    }
+    let certs = tls::load_certs(&config.cert_file, "cert_file")?;
+    let key = tls::load_key(&config.key_file, "key_file")?;
+    let mut client = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Invalid(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| ClientError::Invalid(format!("client certificate and key do not match: {e}")))?;
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(client)
+}
+
+/// Opens a channel to the broker.
+pub async fn channel(target: &Target) -> Result<Channel, ClientError> {
+    let connect_error = |source| ClientError::Connect { target: target.to_string(), source };
+    match target {
+        Target::Unix(path) => {
+            let path = path.clone();
+            Endpoint::from_static("http://localhost")
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+                }))
+                .await
+                .map_err(connect_error)
+        }
+        Target::Tcp { address, tls: None } => Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| ClientError::Invalid(format!("bad address {address:?}: {e}")))?
+            .connect()
+            .await
+            .map_err(connect_error),
+        Target::Tcp { address, tls: Some(tls_config) } => {
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls_config(tls_config)?));
+            let host = tls_config.server_name.clone().unwrap_or_else(|| {
+                address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned()).unwrap_or_default()
+            });
+            let server_name = ServerName::try_from(host.clone())
+                .map_err(|_| ClientError::Invalid(format!("{host:?} is not a valid TLS server name")))?;
+            let address = address.clone();
+            Endpoint::from_shared(format!("http://{address}"))
+                .map_err(|e| ClientError::Invalid(format!("bad address {address:?}: {e}")))?
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let connector = connector.clone();
+                    let server_name = server_name.clone();
+                    let address = address.clone();
+                    async move {
+                        let tcp = tokio::net::TcpStream::connect(&address).await?;
+                        let _ = tcp.set_nodelay(true);
+                        let tls = connector.connect(server_name, tcp).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(tls))
+                    }
+                }))
+                .await
+                .map_err(connect_error)
+        }
+    }
+}
+
+/// A `SealService` client for the broker at `target`.
+pub async fn connect(target: &Target) -> Result<SealServiceClient<Channel>, ClientError> {
+    Ok(SealServiceClient::new(channel(target).await?))
+}

@@ -1,0 +1,135 @@
+//! The native gRPC front door (`sealbroker.v1.SealService`).
+
+use std::sync::Arc;
+
+use sealbroker_core::{KeyInfo, SecretBytes};
+use sealbroker_proto::sealbroker::v1 as pb;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+use zeroize::Zeroize;
+
+use crate::caller::Caller;
+use crate::service::Broker;
+use crate::status::to_status;
+use crate::tls::TlsConnectInfo;
+
+/// Adapts [`Broker`] to the generated `SealService` trait.
+pub struct SealGrpc {
+    broker: Arc<Broker>,
+}
+
+impl SealGrpc {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        SealGrpc { broker }
+    }
+
+    pub fn into_server(self) -> pb::seal_service_server::SealServiceServer<Self> {
+        pb::seal_service_server::SealServiceServer::new(self)
+    }
+}
+
+/// Identifies the caller from what the listener recorded about the connection.
+pub fn caller_of<T>(request: &Request<T>) -> Caller {
+    if let Some(info) = request.extensions().get::<UdsConnectInfo>() {
+        if let Some(cred) = info.peer_cred {
+            return Caller::Unix { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() };
+        }
+    }
+    if let Some(info) = request.extensions().get::<TlsConnectInfo>() {
+        return match &info.client_fingerprint {
+            Some(fingerprint) => Caller::Tls { fingerprint: fingerprint.clone() },
+            None => Caller::Anonymous { peer: info.remote_addr.to_string() },
+        };
+    }
+    let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+    Caller::Anonymous { peer }
+}
+
+fn key_info(info: KeyInfo) -> pb::KeyInfo {
+    pb::KeyInfo {
+        name: info.name,
+        primary_version: info.primary_version,
+        primary_key_id: info.primary_key_id.to_string(),
+        min_decryption_version: info.min_decryption_version,
+        backend_kind: info.backend_kind.to_owned(),
+        backend_name: info.backend_name,
+        versions: info
+            .versions
+            .into_iter()
+            .map(|(version, key_id)| pb::KeyVersionInfo { version, key_id: key_id.to_string() })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::seal_service_server::SealService for SealGrpc {
+    async fn wrap(&self, request: Request<pb::WrapRequest>) -> Result<Response<pb::WrapResponse>, Status> {
+        let caller = caller_of(&request);
+        let mut req = request.into_inner();
+        let plaintext = SecretBytes::new(std::mem::take(&mut req.plaintext));
+        let wrapped = self.broker.wrap(&caller, &req.key_name, plaintext, &req.aad).await.map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::WrapResponse {
+            blob: wrapped.blob,
+            key_name: wrapped.key_name,
+            key_id: wrapped.key_id.to_string(),
+            key_version: wrapped.key_version,
+        }))
+    }
+
+    async fn unwrap(&self, request: Request<pb::UnwrapRequest>) -> Result<Response<pb::UnwrapResponse>, Status> {
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        let opened = self.broker.unwrap(&caller, &req.key_name, &req.blob, &req.aad).await.map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::UnwrapResponse {
+            plaintext: opened.plaintext.into_unprotected_vec(),
+            key_name: opened.key_name,
+            key_id: opened.key_id.to_string(),
+            key_version: opened.key_version,
+        }))
+    }
+
+    async fn rewrap(&self, request: Request<pb::RewrapRequest>) -> Result<Response<pb::RewrapResponse>, Status> {
+        let caller = caller_of(&request);
+        let mut req = request.into_inner();
+        let result = self.broker.rewrap(&caller, &req.key_name, &req.blob, &req.aad).await;
+        req.aad.zeroize();
+        let wrapped = result.map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::RewrapResponse {
+            blob: wrapped.blob,
+            key_name: wrapped.key_name,
+            key_id: wrapped.key_id.to_string(),
+            key_version: wrapped.key_version,
+        }))
+    }
+
+    async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> Result<Response<pb::GetKeyResponse>, Status> {
+        let caller = caller_of(&request);
+        let info = self.broker.get_key(&caller, &request.get_ref().key_name).map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::GetKeyResponse { key: Some(key_info(info)) }))
+    }
+
+    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let caller = caller_of(&request);
+        let keys = self.broker.list_keys(&caller).into_iter().map(key_info).collect();
+        Ok(Response::new(pb::ListKeysResponse { keys }))
+    }
+
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let status = self.broker.status(request.get_ref().deep).await;
+        Ok(Response::new(pb::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            profile: status.profile.as_str().to_owned(),
+            security_risk: status.security_risk,
+            keys: status
+                .keys
+                .into_iter()
+                .map(|k| pb::KeyHealth {
+                    key_name: k.key_name,
+                    backend_name: k.backend_name,
+                    healthy: k.healthy,
+                    error: k.error.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+}

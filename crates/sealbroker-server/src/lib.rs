@@ -1,0 +1,15 @@
+//! sealbroker's server side: the inner [`service::Broker`], the front doors
+//! that adapt wire protocols to it, and the config, TLS and listener
+//! plumbing around them. Backends are plugged in through
+//! [`registry::BackendRegistry`] by the binary.
+
+pub mod caller;
+pub mod client;
+pub mod config;
+pub mod grpc;
+pub mod listen;
+pub mod logging;
+pub mod registry;
+pub mod service;
+pub mod status;
+pub mod tls;

@@ -1,0 +1,205 @@
+//! Listeners and the serving loop: gRPC on a unix socket and on TCP (mTLS),
+//! with health and reflection, and a graceful shutdown.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sealbroker_proto::sealbroker::v1::seal_service_server::SealServiceServer;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::StreamExt;
+use tonic::transport::Server;
+
+use crate::config::ServerConfig;
+use crate::grpc::SealGrpc;
+use crate::service::Broker;
+use crate::tls::{self, ServerConn};
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+    let what = what.into();
+    move |source| ServeError::Io { what, source }
+}
+
+/// Binds a unix socket atomically with `mode`: bind under a temporary name,
+/// chmod, then rename into place, so the socket is never reachable with the
+/// process umask's looser mode. A stale socket (nobody listening) is replaced;
+/// a live one is an error.
+pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ServeError::Io {
+                what: format!("{} exists and is not a socket; refusing to replace it", path.display()),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServeError::Io {
+                what: format!("another process is already serving on {}", path.display()),
+                source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+            });
+        }
+        std::fs::remove_file(path).map_err(io_error(format!("removing stale socket {}", path.display())))?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
+    }
+    let staging = path.with_extension(format!("sock.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).map_err(io_error(format!("binding {}", staging.display())))?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
+        .map_err(io_error(format!("chmod {}", staging.display())))?;
+    std::fs::rename(&staging, path).map_err(io_error(format!("renaming socket to {}", path.display())))?;
+    Ok(listener)
+}
+
+/// A running daemon's bound addresses.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub unix_socket: Option<PathBuf>,
+    pub tcp: Option<std::net::SocketAddr>,
+}
+
+/// Serves gRPC until `shutdown` resolves, then lets in-flight requests finish
+/// for up to `server.shutdown_grace_secs` and removes the socket file.
+/// `on_bound` is called once every listener is bound.
+pub async fn serve(
+    broker: Arc<Broker>,
+    server: &ServerConfig,
+    socket_mode: u32,
+    shutdown: impl Future<Output = ()>,
+    on_bound: impl FnOnce(&Bound),
+) -> Result<(), ServeError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<SealServiceServer<SealGrpc>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sealbroker_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Io { what: format!("reflection: {e}"), source: std::io::Error::other("reflection") })?;
+    let seal = SealGrpc::new(broker.clone()).into_server();
+    let router = || {
+        Server::builder()
+            .add_service(health_service.clone())
+            .add_service(reflection.clone())
+            .add_service(seal.clone())
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut bound = Bound { unix_socket: None, tcp: None };
+
+    if let Some(path) = &server.unix_socket {
+        let listener = bind_unix(path, socket_mode)?;
+        let incoming = UnixListenerStream::new(listener);
+        let serving = router().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+        tasks.spawn(serving);
+        bound.unix_socket = Some(path.clone());
+        tracing::info!(socket = %path.display(), mode = format!("{socket_mode:04o}"), "gRPC listening on unix socket");
+    }
+
+    if let Some(tcp) = &server.tcp {
+        let listener =
+            TcpListener::bind(tcp.listen).await.map_err(io_error(format!("binding TCP {}", tcp.listen)))?;
+        let local = listener.local_addr().map_err(io_error("reading TCP address"))?;
+        let acceptor = match &tcp.tls {
+            Some(tls_config) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(tls_config)?))),
+            None => None,
+        };
+        let (conn_tx, conn_rx) = mpsc::channel::<ServerConn>(64);
+        tasks.spawn(accept_tcp(listener, acceptor.clone(), conn_tx, stop_rx.clone()));
+        let incoming = ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>);
+        tasks.spawn(router().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())));
+        bound.tcp = Some(local);
+        if acceptor.is_some() {
+            tracing::info!(address = %local, "gRPC listening on TCP with mutual TLS");
+        } else {
+            tracing::warn!(address = %local, security_risk = true, "gRPC listening on PLAINTEXT TCP (development profile)");
+        }
+    }
+    on_bound(&bound);
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    health_reporter.set_not_serving::<SealServiceServer<SealGrpc>>().await;
+    let grace = Duration::from_secs(server.shutdown_grace_secs);
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(result) = tasks.join_next().await {
+            if let Ok(Err(e)) = result {
+                tracing::warn!(error = %e, "listener ended with an error");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; aborting them");
+        tasks.abort_all();
+    }
+    if let Some(path) = &server.unix_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Accepts TCP connections and completes TLS handshakes off the accept loop,
+/// so one slow client cannot hold up others. Yields only finished handshakes.
+async fn accept_tcp(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    conns: mpsc::Sender<ServerConn>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let conns = conns.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let conn = match acceptor {
+                None => ServerConn::plain(stream, peer),
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => ServerConn::tls(tls, peer),
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let _ = conns.send(conn).await;
+        });
+    }
+}

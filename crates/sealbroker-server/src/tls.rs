@@ -1,0 +1,139 @@
+//! TLS for the TCP listener: rustls with the ring provider, mutual TLS
+//! against a configured client CA, ALPN h2.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tonic::transport::server::Connected;
+
+use crate::config::{ConfigError, TlsConfig};
+
+/// The crypto provider every TLS config in this crate uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate in a PEM file.
+pub fn load_certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ConfigError::new(field, format!("cannot read certificates from {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ConfigError::new(field, format!("{} holds no PEM certificate", path.display())));
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key.
+pub fn load_key(path: &Path, field: &str) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| ConfigError::new(field, format!("cannot read a private key from {}: {e}", path.display())))
+}
+
+/// Builds the server config: our certificate, client certificates required
+/// and verified against `client_ca_file`, HTTP/2 only.
+pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ConfigError> {
+    let provider = provider();
+    let certs = load_certs(&tls.cert_file, "server.tcp.tls.cert_file")?;
+    let key = load_key(&tls.key_file, "server.tcp.tls.key_file")?;
+    let ca_path = tls
+        .client_ca_file
+        .as_ref()
+        .ok_or_else(|| ConfigError::new("server.tcp.tls.client_ca_file", "is missing"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in load_certs(ca_path, "server.tcp.tls.client_ca_file")? {
+        roots
+            .add(ca)
+            .map_err(|e| ConfigError::new("server.tcp.tls.client_ca_file", format!("bad CA certificate: {e}")))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| ConfigError::new("server.tcp.tls.client_ca_file", e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new("server.tcp.tls", e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| ConfigError::new("server.tcp.tls.key_file", format!("does not match cert_file: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// What the TCP listener learned about a connection; reaches handlers as a
+/// request extension.
+#[derive(Debug, Clone)]
+pub struct TlsConnectInfo {
+    pub remote_addr: SocketAddr,
+    /// SHA-256 of the client's leaf certificate (hex), when TLS was used.
+    pub client_fingerprint: Option<String>,
+}
+
+/// A TCP connection, TLS or (development only) plaintext, that tonic can serve.
+pub enum ServerConn {
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, TlsConnectInfo),
+    Plain(TcpStream, TlsConnectInfo),
+}
+
+impl ServerConn {
+    pub fn tls(stream: tokio_rustls::server::TlsStream<TcpStream>, remote_addr: SocketAddr) -> Self {
+        let client_fingerprint = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|leaf| hex::encode(ring::digest::digest(&ring::digest::SHA256, leaf.as_ref())));
+        ServerConn::Tls(Box::new(stream), TlsConnectInfo { remote_addr, client_fingerprint })
+    }
+
+    pub fn plain(stream: TcpStream, remote_addr: SocketAddr) -> Self {
+        ServerConn::Plain(stream, TlsConnectInfo { remote_addr, client_fingerprint: None })
+    }
+}
+
+impl Connected for ServerConn {
+    type ConnectInfo = TlsConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            ServerConn::Tls(_, info) | ServerConn::Plain(_, info) => info.clone(),
+        }
+    }
+}
+
+impl AsyncRead for ServerConn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerConn::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ServerConn::Plain(s, _) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerConn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerConn::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ServerConn::Plain(s, _) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerConn::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
+            ServerConn::Plain(s, _) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerConn::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ServerConn::Plain(s, _) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

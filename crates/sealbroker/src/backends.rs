@@ -1,0 +1,39 @@
+//! The backend kinds this binary ships, wired into the server's registry.
+
+use std::sync::Arc;
+
+use sealbroker_backend_pkcs11 as pkcs11;
+use sealbroker_backend_software as software;
+use sealbroker_server::config::{ConfigError, parse_table};
+use sealbroker_server::registry::{BackendKind, BackendRegistry, KeyFactory};
+
+/// Every backend kind in this build.
+pub fn registry() -> BackendRegistry {
+    BackendRegistry::default()
+        .with(BackendKind { name: "pkcs11", development_only: false, open: open_pkcs11 })
+        .with(BackendKind { name: "software", development_only: true, open: open_software })
+}
+
+fn field_error(path: &str, e: pkcs11::ConfigError) -> ConfigError {
+    ConfigError::new(format!("{path}.{}", e.field), e.reason)
+}
+
+fn open_pkcs11(table: &toml::Table, path: &str) -> Result<KeyFactory, ConfigError> {
+    let config: pkcs11::BackendConfig = parse_table(table, path)?;
+    let pool = config.pool().map_err(|e| field_error(path, e))?;
+    Ok(Box::new(move |key_table, key_path| {
+        let key_config: pkcs11::KeyConfig = parse_table(key_table, key_path)?;
+        let key = pkcs11::Pkcs11Key::new(pool.clone(), &key_config).map_err(|e| field_error(key_path, e))?;
+        Ok(Arc::new(key))
+    }))
+}
+
+fn open_software(table: &toml::Table, path: &str) -> Result<KeyFactory, ConfigError> {
+    let _: software::BackendConfig = parse_table(table, path)?;
+    Ok(Box::new(|key_table, key_path| {
+        let key_config: software::KeyConfig = parse_table(key_table, key_path)?;
+        let key = software::SoftwareKey::load(&key_config)
+            .map_err(|e| ConfigError::new(format!("{key_path}.key_file"), e.to_string()))?;
+        Ok(Arc::new(key))
+    }))
+}

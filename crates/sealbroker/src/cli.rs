@@ -1,0 +1,157 @@
+//! Command-line definitions. The help text is the first manual most
+//! operators read, so it shows real invocations.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sealbroker",
+    version,
+    about = "One audited wrap/unwrap door between OpenBao (or anything needing a root of trust) and your HSM or KMS.",
+    long_about = "sealbroker is a seal/KMS broker daemon. It gives callers one wrap/unwrap API over \
+pluggable backends (PKCS#11 HSMs, a development-only software key, and more), and keeps the \
+backend credentials (HSM PIN, cloud identity) to itself.\n\n\
+Quick start (development profile, software key, loopback only):\n  \
+sealbroker serve --dev\n  \
+echo -n 'my secret' | sealbroker wrap --key dev > blob.b64\n  \
+sealbroker unwrap < blob.b64\n\n\
+Production: write a config file (see docs/configuration.md) and run\n  \
+sealbroker serve --config /etc/sealbroker/sealbroker.toml"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the broker daemon.
+    Serve(ServeArgs),
+    /// Create the key a config's [keys.NAME] table names, on its backend (PKCS#11 token or software key file).
+    Keygen(KeygenArgs),
+    /// Seal stdin under a key; print the blob (base64) on stdout.
+    Wrap(WrapArgs),
+    /// Open a blob (base64 on stdin); print the plaintext on stdout.
+    Unwrap(UnwrapArgs),
+    /// Re-seal a blob (base64 on stdin) under its key's current version.
+    Rewrap(UnwrapArgs),
+    /// Show the broker's profile and the health of every key.
+    Status(StatusArgs),
+    /// List keys, or describe one.
+    Keys(KeysArgs),
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+sealbroker serve --dev\n  \
+sealbroker serve --dev --data-dir /tmp/sb --port 0\n  \
+sealbroker serve --config /etc/sealbroker/sealbroker.toml\n\n\
+Signals: SIGTERM or SIGINT stop accepting connections, let in-flight requests finish \
+(server.shutdown_grace_secs), remove the socket and exit 0.")]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, short, env = "SEALBROKER_CONFIG", required_unless_present = "dev", conflicts_with = "dev")]
+    pub config: Option<PathBuf>,
+    /// Run on the embedded development config: a software key generated under --data-dir,
+    /// a unix socket there, and plaintext gRPC on 127.0.0.1. Never for production.
+    #[arg(long)]
+    pub dev: bool,
+    /// Where --dev keeps its key and socket [default: $XDG_DATA_HOME/sealbroker or ~/.local/share/sealbroker].
+    #[arg(long, env = "SEALBROKER_DATA_DIR", requires = "dev")]
+    pub data_dir: Option<PathBuf>,
+    /// TCP port for --dev (0 picks a free one).
+    #[arg(long, default_value_t = 7070, requires = "dev")]
+    pub port: u16,
+    /// Check the config (and that every backend is reachable) and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Args)]
+#[command(after_help = "Example (SoftHSM):\n  \
+sealbroker keygen --config sealbroker.toml --key unseal\n\n\
+PKCS#11 keys are created non-extractable and sensitive: AES-256 for AES_GCM, an RSA-3072 \
+pair for RSA_PKCS_OAEP. An existing key with the same label/id is never overwritten.")]
+pub struct KeygenArgs {
+    #[arg(long, short, env = "SEALBROKER_CONFIG")]
+    pub config: PathBuf,
+    /// Name of the [keys.NAME] table.
+    #[arg(long)]
+    pub key: String,
+}
+
+/// How to reach a running broker.
+#[derive(Args, Clone)]
+pub struct ConnectArgs {
+    /// The broker's unix socket [default: the --dev socket].
+    #[arg(long, env = "SEALBROKER_SOCKET", conflicts_with = "address")]
+    pub socket: Option<PathBuf>,
+    /// The broker's TCP address (HOST:PORT). With --ca-file, mutual TLS is used.
+    #[arg(long, env = "SEALBROKER_ADDRESS")]
+    pub address: Option<String>,
+    /// CA certificate (PEM) that signed the broker's certificate.
+    #[arg(long, env = "SEALBROKER_CA_FILE", requires_all = ["cert_file", "key_file"])]
+    pub ca_file: Option<PathBuf>,
+    /// Our client certificate (PEM).
+    #[arg(long, env = "SEALBROKER_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Our client key (PEM).
+    #[arg(long, env = "SEALBROKER_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Name to verify in the broker's certificate [default: the host in --address].
+    #[arg(long, env = "SEALBROKER_SERVER_NAME")]
+    pub server_name: Option<String>,
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+echo -n 's3cret' | sealbroker wrap --key dev > blob.b64\n  \
+sealbroker wrap --key unseal --aad cluster-a --base64 < dek.b64")]
+pub struct WrapArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Key to seal under.
+    #[arg(long)]
+    pub key: String,
+    /// Additional authenticated data (a string); the same value is needed to unwrap.
+    #[arg(long, default_value = "")]
+    pub aad: String,
+    /// Stdin holds base64, not raw bytes.
+    #[arg(long)]
+    pub base64: bool,
+}
+
+#[derive(Args)]
+#[command(after_help = "Example:\n  sealbroker unwrap --aad cluster-a < blob.b64")]
+pub struct UnwrapArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Require the blob to be sealed under this key.
+    #[arg(long, default_value = "")]
+    pub key: String,
+    /// The AAD given at wrap time.
+    #[arg(long, default_value = "")]
+    pub aad: String,
+    /// Print the plaintext as base64 instead of raw bytes.
+    #[arg(long)]
+    pub base64: bool,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Probe every backend now instead of reporting the cached result.
+    #[arg(long)]
+    pub deep: bool,
+}
+
+#[derive(Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Describe only this key.
+    pub name: Option<String>,
+}

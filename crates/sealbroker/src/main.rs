@@ -1,0 +1,39 @@
+//! `sealbroker`: the daemon and its command-line client.
+
+mod backends;
+mod cli;
+mod client_cmd;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("sealbroker: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            cli::Command::Serve(args) => serve::run(args).await,
+            cli::Command::Keygen(args) => serve::keygen(args).await,
+            cli::Command::Wrap(args) => client_cmd::wrap(args).await,
+            cli::Command::Unwrap(args) => client_cmd::unwrap(args).await,
+            cli::Command::Rewrap(args) => client_cmd::rewrap(args).await,
+            cli::Command::Status(args) => client_cmd::status(args).await,
+            cli::Command::Keys(args) => client_cmd::keys(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("sealbroker: {message}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! `serve` and `keygen`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use sealbroker_server::config::{Config, ConfigError, Profile, parse_table};
+use sealbroker_server::listen::{self, Bound};
+use sealbroker_server::service::Broker;
+use sealbroker_server::{logging, registry::BackendRegistry};
+
+use crate::backends;
+use crate::cli::{KeygenArgs, ServeArgs};
+
+/// The default --dev data directory.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("sealbroker");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/sealbroker")
+}
+
+fn toml_string(path: &std::path::Path) -> String {
+    toml::Value::String(path.display().to_string()).to_string()
+}
+
+/// Renders the embedded development config for `data_dir`.
+pub fn dev_config(data_dir: &std::path::Path, port: u16) -> String {
+    include_str!("dev.toml")
+        .replace("{socket}", &toml_string(&data_dir.join("sealbroker.sock")))
+        .replace("{key_file}", &toml_string(&data_dir.join("dev.key")))
+        .replace("{port}", &port.to_string())
+}
+
+fn load(args: &ServeArgs) -> Result<(Config, Option<PathBuf>), String> {
+    if args.dev {
+        let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+        std::fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+        let text = dev_config(&data_dir, args.port);
+        Ok((Config::parse(&text).map_err(|e| format!("embedded dev config: {e}"))?, Some(data_dir)))
+    } else {
+        let path = args.config.as_ref().ok_or("give --config FILE or --dev")?;
+        Ok((Config::load(path).map_err(|e| format!("{}: {e}", path.display()))?, None))
+    }
+}
+
+fn print_dev_banner(bound: &Bound) {
+    let socket = bound.unix_socket.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let tcp = bound.tcp.map(|a| a.to_string()).unwrap_or_default();
+    eprintln!(
+        "\nsealbroker is serving on the DEVELOPMENT profile (software key; not a root of trust).\n\
+         \n  unix socket: {socket}\n  gRPC (TCP):  {tcp} (plaintext, loopback only)\n\
+         \nTry it:\n  echo -n 'my secret' | sealbroker wrap --socket {socket} --key dev > blob.b64\n  \
+         sealbroker unwrap --socket {socket} < blob.b64\n  \
+         grpcurl -plaintext -d '{{\"key_name\":\"dev\",\"plaintext\":\"aGVsbG8=\"}}' {tcp} sealbroker.v1.SealService/Wrap\n\
+         \nStop with Ctrl-C.\n"
+    );
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
+    let (config, dev_dir) = load(&args)?;
+    logging::init(config.log.format, &config.log.level);
+    let registry: BackendRegistry = backends::registry();
+    let ring = registry.build_keyring(&config).map_err(|e| e.to_string())?;
+    let broker = Arc::new(Broker::new(ring, config.profile, config.limits.clone()));
+
+    if args.check {
+        let status = broker.status(true).await;
+        let mut healthy = true;
+        for key in &status.keys {
+            match &key.error {
+                None => println!("key {:?} on backend {:?}: ok", key.key_name, key.backend_name),
+                Some(error) => {
+                    healthy = false;
+                    println!("key {:?} on backend {:?}: UNHEALTHY: {error}", key.key_name, key.backend_name);
+                }
+            }
+        }
+        return Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+
+    // Probe every backend once in the background: a missing HSM is logged at
+    // start-up, but does not stop the broker from serving the others.
+    let prober = broker.clone();
+    tokio::spawn(async move {
+        let status = prober.status(true).await;
+        for key in status.keys.iter().filter(|k| k.healthy) {
+            tracing::info!(key = %key.key_name, backend = %key.backend_name, "backend ready");
+        }
+    });
+
+    let is_dev = dev_dir.is_some();
+    tracing::info!(profile = config.profile.as_str(), version = env!("CARGO_PKG_VERSION"), "sealbroker starting");
+    listen::serve(broker, &config.server, config.unix_socket_mode(), shutdown_signal(), |bound| {
+        if is_dev {
+            print_dev_banner(bound);
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn keygen(args: KeygenArgs) -> Result<ExitCode, String> {
+    let config = Config::load(&args.config).map_err(|e| format!("{}: {e}", args.config.display()))?;
+    logging::init(config.log.format, &config.log.level);
+    let key_path = format!("keys.{}", args.key);
+    let mut key_table = config
+        .keys
+        .get(&args.key)
+        .cloned()
+        .ok_or_else(|| ConfigError::new(&key_path, "no such key in the config").to_string())?;
+    let backend_name = key_table.remove("backend").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let backend_path = format!("backends.{backend_name}");
+    let mut backend_table = config.backends.get(&backend_name).cloned().unwrap_or_default();
+    let kind = backend_table.remove("type").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let err = |e: ConfigError| e.to_string();
+    match kind.as_str() {
+        "pkcs11" => {
+            use sealbroker_backend_pkcs11 as pkcs11;
+            let backend: pkcs11::BackendConfig = parse_table(&backend_table, &backend_path).map_err(err)?;
+            let key: pkcs11::KeyConfig = parse_table(&key_table, &key_path).map_err(err)?;
+            let created = pkcs11::generate_key(&backend, &key).await.map_err(|e| e.to_string())?;
+            println!("created {created}");
+        }
+        "software" => {
+            if config.profile == Profile::Hardened {
+                return Err(format!("{backend_path}.type: the hardened profile refuses software keys"));
+            }
+            use sealbroker_backend_software as software;
+            let key: software::KeyConfig = parse_table(&key_table, &key_path).map_err(err)?;
+            software::generate_key_file(&key.key_file).map_err(|e| e.to_string())?;
+            println!("created software key file {}", key.key_file.display());
+        }
+        other => return Err(format!("{backend_path}.type: keygen does not support {other:?} backends")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
