@@ -311,6 +311,11 @@ pub struct Pkcs11Key {
 }
 
 impl Pkcs11Key {
+    /// The pool this key runs on.
+    pub fn pool(&self) -> &TokenPool {
+        &self.pool
+    }
+
     /// A key on `pool`. Nothing touches the token until the first operation,
     /// so the broker can start while the HSM is briefly away.
     pub fn new(pool: TokenPool, config: &KeyConfig) -> Result<Self, ConfigError> {
@@ -343,13 +348,23 @@ fn op_error(error: OpError, decrypting: bool) -> BackendError {
                     BackendErrorKind::PermissionDenied
                 }
                 CkError::Pkcs11(
-                    RvError::KeyFunctionNotPermitted | RvError::KeyTypeInconsistent | RvError::MechanismInvalid,
+                    RvError::KeyFunctionNotPermitted
+                    | RvError::KeyTypeInconsistent
+                    | RvError::MechanismInvalid
+                    | RvError::MechanismParamInvalid
+                    | RvError::ArgumentsBad,
                     _,
                 ) => BackendErrorKind::InvalidInput,
                 _ if pool::damage_of(&e) != pool::Damage::None => BackendErrorKind::Unavailable,
                 _ => BackendErrorKind::Internal,
             };
-            BackendError::new(kind, format!("{what}: {e}"))
+            let hint = match &e {
+                CkError::Pkcs11(RvError::ArgumentsBad | RvError::MechanismParamInvalid, _) if what.contains("OAEP") => {
+                    " (the token rejected the OAEP parameters; SoftHSM 2.6 supports only rsa_oaep_hash = \"sha1\")"
+                }
+                _ => "",
+            };
+            BackendError::new(kind, format!("{what}: {}{hint}", pool::describe(&e)))
         }
     }
 }
@@ -472,7 +487,7 @@ pub async fn generate_key(backend: &BackendConfig, key: &KeyConfig) -> Result<St
     let lib = backend.lib.clone();
     tokio::task::spawn_blocking(move || -> Result<String, BackendError> {
         let session = pool::open_rw_logged_in(&lib, &token, &pin)?;
-        let device = |what: &'static str| move |e: CkError| BackendError::unavailable(format!("{what}: {e}"));
+        let device = |what: &'static str| move |e: CkError| BackendError::unavailable(format!("{what}: {}", pool::describe(&e)));
         let (class, _) = selector.classes();
         if !session.find_objects(&selector.template(class)).map_err(device("C_FindObjects"))?.is_empty() {
             return Err(BackendError::new(

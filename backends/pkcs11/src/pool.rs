@@ -97,6 +97,14 @@ pub(crate) fn damage_of(error: &CkError) -> Damage {
     }
 }
 
+/// A short description of a cryptoki error: the function and the CKR code.
+pub(crate) fn describe(error: &CkError) -> String {
+    match error {
+        CkError::Pkcs11(rv, function) => format!("C_{function:?} returned {rv:?}"),
+        other => other.to_string(),
+    }
+}
+
 /// Loaded modules, one per library path, initialized once with OS locking.
 fn module(lib: &Path) -> Result<Pkcs11, BackendError> {
     static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
@@ -116,8 +124,9 @@ fn initialize(ctx: &Pkcs11, lib: &Path) -> Result<(), BackendError> {
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
         Err(e) => Err(BackendError::unavailable(format!(
-            "C_Initialize of {} failed: {e}",
-            lib.display()
+            "C_Initialize of {} failed: {}",
+            lib.display(),
+            describe(&e)
         ))),
     }
 }
@@ -169,6 +178,12 @@ impl TokenPool {
             }),
             permits: Arc::new(Semaphore::new(max_sessions.max(1))),
         }
+    }
+
+    /// How many times the pool has dropped its sessions to recover from a
+    /// lost session or device. For metrics and tests.
+    pub fn resets(&self) -> u64 {
+        self.inner.lock().generation
     }
 
     pub fn describe(&self) -> String {
@@ -229,8 +244,10 @@ impl PoolInner {
                     drop(lease);
                     if attempt >= 2 {
                         return Err(OpError::Backend(BackendError::unavailable(format!(
-                            "{} on {}: {error}",
-                            what, self.token
+                            "{} on {}: {}",
+                            what,
+                            self.token,
+                            describe(&error)
                         ))));
                     }
                 }
@@ -265,7 +282,7 @@ impl PoolInner {
                 if damage != Damage::None {
                     self.reset(generation, damage);
                 }
-                Err(BackendError::unavailable(format!("C_OpenSession on {}: {e}", self.token)))
+                Err(BackendError::unavailable(format!("C_OpenSession on {}: {}", self.token, describe(&e))))
             }
         }
     }
@@ -295,7 +312,7 @@ impl PoolInner {
         let slot = find_slot(&ctx, &self.token)?;
         let anchor = ctx
             .open_ro_session(slot)
-            .map_err(|e| BackendError::unavailable(format!("C_OpenSession on {}: {e}", self.token)))?;
+            .map_err(|e| BackendError::unavailable(format!("C_OpenSession on {}: {}", self.token, describe(&e))))?;
         let pin = self.pin.read()?;
         match anchor.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
@@ -307,7 +324,7 @@ impl PoolInner {
                 ));
             }
             Err(e) => {
-                return Err(BackendError::unavailable(format!("C_Login on {}: {e}", self.token)));
+                return Err(BackendError::unavailable(format!("C_Login on {}: {}", self.token, describe(&e))));
             }
         }
         state.pin_rejected_at = None;
@@ -344,7 +361,7 @@ impl PoolInner {
 fn find_slot(ctx: &Pkcs11, token: &TokenSelector) -> Result<Slot, BackendError> {
     let slots = ctx
         .get_slots_with_initialized_token()
-        .map_err(|e| BackendError::unavailable(format!("C_GetSlotList failed: {e}")))?;
+        .map_err(|e| BackendError::unavailable(format!("C_GetSlotList failed: {}", describe(&e))))?;
     match token {
         TokenSelector::Slot(id) => slots
             .into_iter()
@@ -379,9 +396,9 @@ pub(crate) fn open_rw_logged_in(lib: &Path, token: &TokenSelector, pin: &PinSour
     let slot = find_slot(&ctx, token)?;
     let session = ctx
         .open_rw_session(slot)
-        .map_err(|e| BackendError::unavailable(format!("C_OpenSession on {token}: {e}")))?;
+        .map_err(|e| BackendError::unavailable(format!("C_OpenSession on {token}: {}", describe(&e))))?;
     match session.login(UserType::User, Some(&pin.read()?)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
-        Err(e) => Err(BackendError::new(BackendErrorKind::PermissionDenied, format!("C_Login on {token}: {e}"))),
+        Err(e) => Err(BackendError::new(BackendErrorKind::PermissionDenied, format!("C_Login on {token}: {}", describe(&e)))),
     }
 }

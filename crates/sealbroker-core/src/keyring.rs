@@ -349,3 +349,161 @@ fn open_payload(dek: &SecretBytes, iv: &[u8; GCM_IV_LEN], aad: &[u8], ciphertext
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::error::{BackendError, Code};
+
+    /// An in-memory AES-GCM backend for exercising the envelope logic.
+    struct MemoryKey {
+        key: LessSafeKey,
+        identity: &'static str,
+    }
+
+    impl MemoryKey {
+        fn new(identity: &'static str, byte: u8) -> Arc<dyn Backend> {
+            let key = LessSafeKey::new(UnboundKey::new(&aead::AES_256_GCM, &[byte; 32]).unwrap());
+            Arc::new(MemoryKey { key, identity })
+        }
+    }
+
+    #[async_trait]
+    impl Backend for MemoryKey {
+        fn kind(&self) -> &'static str {
+            "memory"
+        }
+        fn key_identity(&self) -> String {
+            self.identity.to_owned()
+        }
+        async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {
+            let iv = [9u8; 12];
+            let mut out = secret.to_vec();
+            self.key.seal_in_place_append_tag(Nonce::assume_unique_for_key(iv), Aad::from(aad), &mut out).unwrap();
+            Ok(Sealed { mechanism: Mechanism::Aes256Gcm, iv: iv.to_vec(), ciphertext: out, ..Default::default() })
+        }
+        async fn decrypt(&self, sealed: &Sealed, aad: &[u8]) -> Result<SecretBytes, BackendError> {
+            let mut buf = sealed.ciphertext.clone();
+            let iv: [u8; 12] = sealed.iv.as_slice().try_into().unwrap();
+            let len = self
+                .key
+                .open_in_place(Nonce::assume_unique_for_key(iv), Aad::from(aad), &mut buf)
+                .map_err(|_| BackendError::not_authentic("bad tag"))?
+                .len();
+            buf.truncate(len);
+            Ok(SecretBytes::new(buf))
+        }
+    }
+
+    fn ring() -> KeyRing {
+        KeyRing::new([
+            LogicalKey::single("a", KeyVersion::new("a", 1, "mem", MemoryKey::new("mem:a", 1))),
+            LogicalKey::single("b", KeyVersion::new("b", 1, "mem", MemoryKey::new("mem:b", 2))),
+        ])
+    }
+
+    #[tokio::test]
+    async fn wrap_unwrap_round_trip_reports_key_version() {
+        let ring = ring();
+        let wrapped = ring.wrap("a", b"secret", b"ctx").await.unwrap();
+        assert_eq!(wrapped.key_version, 1);
+        let opened = ring.unwrap(None, &wrapped.blob, b"ctx").await.unwrap();
+        assert_eq!(opened.plaintext.expose(), b"secret");
+        assert_eq!(opened.key_id, wrapped.key_id);
+        assert_eq!(opened.key_name, "a");
+    }
+
+    #[tokio::test]
+    async fn unwrap_rejects_wrong_aad() {
+        let ring = ring();
+        let wrapped = ring.wrap("a", b"secret", b"ctx").await.unwrap();
+        let err = ring.unwrap(None, &wrapped.blob, b"other").await.err().unwrap();
+        assert!(matches!(err, Error::NotAuthentic), "{err}");
+        assert_eq!(err.code(), Code::FailedPrecondition);
+    }
+
+    #[tokio::test]
+    async fn unwrap_rejects_tampered_payload_and_dek() {
+        let ring = ring();
+        let wrapped = ring.wrap("a", b"secret", b"").await.unwrap();
+        let mut blob = WrappedBlob::from_bytes(&wrapped.blob).unwrap();
+        blob.ciphertext[0] ^= 1;
+        let err = ring.unwrap(None, &blob.to_bytes(), b"").await.err().unwrap();
+        assert!(matches!(err, Error::NotAuthentic), "{err}");
+
+        let mut blob = WrappedBlob::from_bytes(&wrapped.blob).unwrap();
+        blob.deks[0].wrapped_dek[0] ^= 1;
+        let err = ring.unwrap(None, &blob.to_bytes(), b"").await.err().unwrap();
+        assert!(matches!(err, Error::NotAuthentic), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unwrap_rejects_blob_sealed_under_other_key() {
+        let ring = ring();
+        let wrapped = ring.wrap("a", b"secret", b"").await.unwrap();
+        let err = ring.unwrap(Some("b"), &wrapped.blob, b"").await.err().unwrap();
+        assert!(matches!(&err, Error::WrongKey { blob_key, requested } if blob_key == "a" && requested == "b"), "{err}");
+        assert_eq!(err.code(), Code::FailedPrecondition);
+    }
+
+    #[tokio::test]
+    async fn renaming_the_key_in_a_blob_does_not_help() {
+        let ring = ring();
+        let wrapped = ring.wrap("a", b"secret", b"").await.unwrap();
+        let mut blob = WrappedBlob::from_bytes(&wrapped.blob).unwrap();
+        blob.key_name = "b".into();
+        let err = ring.unwrap(None, &blob.to_bytes(), b"").await.err().unwrap();
+        assert!(matches!(err, Error::UnknownKeyVersion { .. }), "{err}");
+        assert_eq!(err.code(), Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn blob_from_a_replaced_backend_key_is_unknown_version() {
+        let wrapped = ring().wrap("a", b"secret", b"").await.unwrap();
+        let replaced = KeyRing::new([LogicalKey::single(
+            "a",
+            KeyVersion::new("a", 1, "mem", MemoryKey::new("mem:a-new", 1)),
+        )]);
+        let err = replaced.unwrap(None, &wrapped.blob, b"").await.err().unwrap();
+        assert!(matches!(err, Error::UnknownKeyVersion { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unknown_key_is_not_found() {
+        let err = ring().wrap("nope", b"x", b"").await.err().unwrap();
+        assert!(matches!(&err, Error::UnknownKey(name) if name == "nope"));
+        assert_eq!(err.code(), Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn garbage_and_truncated_blobs_are_invalid_argument() {
+        let ring = ring();
+        let wrapped = ring.wrap("a", b"secret", b"").await.unwrap();
+        for bad in [&b"garbage bytes!"[..], &wrapped.blob[..wrapped.blob.len() / 2], b""] {
+            let err = ring.unwrap(None, bad, b"").await.err().unwrap();
+            assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        }
+    }
+
+    #[test]
+    fn key_ids_are_stable_and_distinct() {
+        let a1 = KeyId::derive("a", 1, "hsm:x");
+        assert_eq!(a1, KeyId::derive("a", 1, "hsm:x"));
+        assert_ne!(a1, KeyId::derive("a", 2, "hsm:x"));
+        assert_ne!(a1, KeyId::derive("b", 1, "hsm:x"));
+        assert_ne!(a1, KeyId::derive("a", 1, "hsm:y"));
+        assert_eq!(a1.as_str().len(), 32);
+    }
+
+    #[tokio::test]
+    async fn rewrap_keeps_the_plaintext() {
+        let ring = ring();
+        let wrapped = ring.wrap("a", b"secret", b"ctx").await.unwrap();
+        let rewrapped = ring.rewrap(Some("a"), &wrapped.blob, b"ctx").await.unwrap();
+        assert_ne!(rewrapped.blob, wrapped.blob);
+        let opened = ring.unwrap(None, &rewrapped.blob, b"ctx").await.unwrap();
+        assert_eq!(opened.plaintext.expose(), b"secret");
+    }
+}

@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn unknown_field_names_its_path() {
         let err = error_of(&MINIMAL.replace("[server]", "[server]\nunix_sockett = 1"));
-        assert_eq!(err.path, "server", "{err}");
+        assert_eq!(err.path, "server.unix_sockett", "{err}");
         assert!(err.message.contains("unix_sockett"), "{err}");
     }
 

@@ -1,0 +1,224 @@
+//! The PKCS#11 backend against a real SoftHSM2 token.
+//!
+//! Each test process (nextest runs one test per process) makes its own
+//! token with `softhsm/make-token.sh` and points SOFTHSM2_CONF at it before
+//! the module is loaded.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use sealbroker_backend_pkcs11::{BackendConfig, KeyConfig, MechanismName, OaepHash, Pkcs11Key, generate_key};
+use sealbroker_core::{Backend, BackendErrorKind};
+use secrecy::SecretString;
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const PIN: &str = "4711-test-pin";
+const TOKEN: &str = "sb-test";
+
+struct Token {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn token() -> Token {
+    assert!(
+        Path::new(MODULE).exists(),
+        "SoftHSM2 is not installed; run tests/run.sh, which installs the test peers"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../softhsm/make-token.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(dir.path())
+        .arg(TOKEN)
+        .arg("aes-1")
+        .env("PIN", PIN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "make-token failed: {}", String::from_utf8_lossy(&out.stderr));
+    let path = dir.path().to_owned();
+    // SAFETY: set before any thread loads the module; nextest runs each test
+    // in its own process.
+    unsafe { std::env::set_var("SOFTHSM2_CONF", path.join("softhsm2.conf")) };
+    Token { _dir: dir, path }
+}
+
+fn backend(token: &Token, max_sessions: usize) -> BackendConfig {
+    BackendConfig {
+        lib: MODULE.into(),
+        token_label: Some(TOKEN.into()),
+        slot: None,
+        pin: None,
+        pin_file: Some(token.path.join("pin")),
+        max_sessions,
+    }
+}
+
+fn aes_key(label: &str) -> KeyConfig {
+    KeyConfig { key_label: Some(label.into()), key_id: None, mechanism: MechanismName::AesGcm, rsa_oaep_hash: OaepHash::Sha256 }
+}
+
+fn key(config: &BackendConfig, key: &KeyConfig) -> Pkcs11Key {
+    Pkcs11Key::new(config.pool().unwrap(), key).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aes_gcm_round_trip_binds_aad() {
+    let token = token();
+    let key = key(&backend(&token, 4), &aes_key("aes-1"));
+    let sealed = key.encrypt(b"0123456789abcdef0123456789abcdef", b"aad-1").await.unwrap();
+    assert_eq!(sealed.iv.len(), 12);
+    assert_eq!(sealed.ciphertext.len(), 32 + 16);
+    let opened = key.decrypt(&sealed, b"aad-1").await.unwrap();
+    assert_eq!(opened.expose(), b"0123456789abcdef0123456789abcdef");
+
+    let wrong_aad = key.decrypt(&sealed, b"aad-2").await.err().unwrap();
+    assert_eq!(wrong_aad.kind, BackendErrorKind::NotAuthentic, "{wrong_aad}");
+    let mut tampered = sealed.clone();
+    tampered.ciphertext[3] ^= 1;
+    let err = key.decrypt(&tampered, b"aad-1").await.err().unwrap();
+    assert_eq!(err.kind, BackendErrorKind::NotAuthentic, "{err}");
+    // A failed decrypt must not poison the pool.
+    assert_eq!(key.decrypt(&sealed, b"aad-1").await.unwrap().expose().len(), 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_oaep_keygen_and_round_trip() {
+    let token = token();
+    let config = backend(&token, 2);
+    let rsa = KeyConfig {
+        key_label: Some("rsa-1".into()),
+        key_id: Some("0x0a0b".into()),
+        mechanism: MechanismName::RsaPkcsOaep,
+        rsa_oaep_hash: OaepHash::Sha1, // SoftHSM 2.6 supports OAEP with SHA-1 only
+    };
+    let created = generate_key(&config, &rsa).await.unwrap();
+    assert!(created.contains("RSA-3072"), "{created}");
+    let again = generate_key(&config, &rsa).await.err().unwrap();
+    assert!(again.message.contains("already exists"), "{again}");
+
+    let key = key(&config, &rsa);
+    let sealed = key.encrypt(&[7u8; 32], b"ignored by OAEP").await.unwrap();
+    assert_eq!(sealed.oaep_hash, "sha1");
+    assert_eq!(key.decrypt(&sealed, b"").await.unwrap().expose(), &[7u8; 32]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oaep_hash_the_token_lacks_is_a_clear_error() {
+    let token = token();
+    let config = backend(&token, 2);
+    let mut rsa = KeyConfig {
+        key_label: Some("rsa-2".into()),
+        key_id: None,
+        mechanism: MechanismName::RsaPkcsOaep,
+        rsa_oaep_hash: OaepHash::Sha1,
+    };
+    generate_key(&config, &rsa).await.unwrap();
+    rsa.rsa_oaep_hash = OaepHash::Sha256;
+    let err = key(&config, &rsa).encrypt(&[1; 32], b"").await.err().unwrap();
+    assert_eq!(err.kind, BackendErrorKind::InvalidInput, "{err}");
+    assert!(err.message.contains("rsa_oaep_hash"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_key_label_is_key_not_found() {
+    let token = token();
+    let key = key(&backend(&token, 2), &aes_key("no-such-key"));
+    let err = key.encrypt(&[0; 32], b"").await.err().unwrap();
+    assert_eq!(err.kind, BackendErrorKind::KeyNotFound, "{err}");
+    assert!(err.message.contains("no-such-key"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_token_is_unavailable() {
+    let token = token();
+    let mut config = backend(&token, 2);
+    config.token_label = Some("not-there".into());
+    let err = key(&config, &aes_key("aes-1")).encrypt(&[0; 32], b"").await.err().unwrap();
+    assert_eq!(err.kind, BackendErrorKind::Unavailable, "{err}");
+    assert!(err.message.contains("not-there"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_pin_is_permission_denied_and_never_logged() {
+    let token = token();
+    std::fs::write(token.path.join("wrong-pin"), "9999-wrong\n").unwrap();
+    let mut config = backend(&token, 2);
+    config.pin_file = Some(token.path.join("wrong-pin"));
+    let key = key(&config, &aes_key("aes-1"));
+    let err = key.encrypt(&[0; 32], b"").await.err().unwrap();
+    assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
+    assert!(!err.message.contains("9999"), "PIN leaked into error: {err}");
+    // The pool backs off instead of hammering the token with a bad PIN.
+    let again = key.encrypt(&[0; 32], b"").await.err().unwrap();
+    assert!(again.message.contains("not retrying yet"), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_pin_works_too() {
+    let token = token();
+    let mut config = backend(&token, 2);
+    config.pin_file = None;
+    config.pin = Some(SecretString::from(PIN.to_owned()));
+    key(&config, &aes_key("aes-1")).health().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_concurrent_round_trips_share_a_small_pool() {
+    let token = token();
+    let key = Arc::new(key(&backend(&token, 4), &aes_key("aes-1")));
+    let mut tasks = Vec::new();
+    for i in 0..64u8 {
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let secret = [i; 32];
+            let aad = [b'a', i];
+            let sealed = key.encrypt(&secret, &aad).await?;
+            let opened = key.decrypt(&sealed, &aad).await?;
+            assert_eq!(opened.expose(), &secret);
+            Ok::<_, sealbroker_core::BackendError>(())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+}
+
+/// Closes every session this process has on the token, behind the pool's
+/// back, through a second handle on the same module.
+fn close_all_sessions_underneath() {
+    let ctx = cryptoki::context::Pkcs11::new(MODULE).unwrap();
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == TOKEN)
+        .unwrap();
+    // SAFETY: plain FFI call on a loaded, initialized module with a valid slot id.
+    let rv = unsafe {
+        let raw = cryptoki_sys::Pkcs11::new(MODULE).unwrap();
+        raw.C_CloseAllSessions(slot.id() as cryptoki_sys::CK_SLOT_ID)
+    };
+    assert_eq!(rv, cryptoki_sys::CKR_OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_recovers_when_sessions_are_closed_underneath_it() {
+    let token = token();
+    let key = key(&backend(&token, 4), &aes_key("aes-1"));
+    let before = key.encrypt(&[5; 32], b"x").await.unwrap();
+
+    assert_eq!(key.pool().resets(), 0);
+
+    close_all_sessions_underneath();
+    // Every session and the login are gone; the next calls must heal.
+    let opened = key.decrypt(&before, b"x").await.unwrap();
+    assert_eq!(opened.expose(), &[5; 32]);
+    assert_eq!(key.pool().resets(), 1, "the pool should have noticed the lost sessions");
+
+    close_all_sessions_underneath();
+    let after = key.encrypt(&[6; 32], b"y").await.unwrap();
+    assert_eq!(key.decrypt(&after, b"y").await.unwrap().expose(), &[6; 32]);
+    assert_eq!(key.pool().resets(), 2);
+}
