@@ -9,6 +9,10 @@ fn main() {
         .file_descriptor_set_path(out.join("sealbroker_descriptor.bin"))
         // Messages that carry plaintext get a redacting Debug (see lib.rs).
         .skip_debug(["sealbroker.v1.WrapRequest", "sealbroker.v1.UnwrapResponse"])
-        .compile_with_config(config, &["../../proto/sealbroker/v1/seal.proto"], &["../../proto"])
+        .compile_with_config(
+            config,
+            &["../../proto/sealbroker/v1/seal.proto"],
+            &["../../proto"],
+        )
         .expect("compile sealbroker protos");
 }

@@ -1,1 +1,365 @@
+//! Harness for end-to-end tests: runs the real `sealbroker` binary against
+//! real peers, on 127.0.0.1 and private temporary directories, and stops
+//! everything it starts.
+//!
+//! The binary is `$SEALBROKER_BIN`, or `target/debug/sealbroker` (built by
+//! `cargo build --workspace` in tests/run.sh before the tests run).
 
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sealbroker_proto::sealbroker::v1::seal_service_client::SealServiceClient;
+use sealbroker_server::client::{self, ClientTls, Target};
+use tonic::transport::Channel;
+
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// The workspace root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// Path of the binary under test.
+pub fn sealbroker_bin() -> PathBuf {
+    let path = std::env::var_os("SEALBROKER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug/sealbroker"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first (tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A SoftHSM2 token in its own directory, made by softhsm/make-token.sh.
+pub struct SoftHsmToken {
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+    pub label: String,
+    pub pin: String,
+}
+
+impl SoftHsmToken {
+    pub fn create(dir: &Path, label: &str, key_label: &str, pin: &str) -> SoftHsmToken {
+        assert!(
+            Path::new(SOFTHSM_MODULE).exists(),
+            "SoftHSM2 is not installed; run tests/run.sh, which installs the test peers"
+        );
+        let out = Command::new("bash")
+            .arg(repo_root().join("softhsm/make-token.sh"))
+            .args([dir.as_os_str(), label.as_ref(), key_label.as_ref()])
+            .env("PIN", pin)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "make-token.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SoftHsmToken {
+            dir: dir.to_owned(),
+            conf: dir.join("softhsm2.conf"),
+            label: label.into(),
+            pin: pin.into(),
+        }
+    }
+
+    /// A `[backends.NAME]` table for this token.
+    pub fn backend_toml(&self, name: &str) -> String {
+        format!(
+            "[backends.{name}]\ntype = \"pkcs11\"\nlib = \"{SOFTHSM_MODULE}\"\ntoken_label = \"{}\"\npin_file = \"{}\"\n",
+            self.label,
+            self.dir.join("pin").display()
+        )
+    }
+}
+
+/// Test certificates: a CA, a server cert for localhost/127.0.0.1, a client
+/// cert from the CA, and a client cert from an unrelated CA.
+pub struct Pki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub rogue_cert: PathBuf,
+    pub rogue_key: PathBuf,
+}
+
+impl Pki {
+    pub fn create(dir: &Path) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        fs::create_dir_all(dir).unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            fs::write(&path, text).unwrap();
+            path
+        };
+        let make_ca = |cn: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            (cert, Issuer::new(params, key))
+        };
+        let leaf = |names: Vec<String>, issuer: &Issuer<'_, KeyPair>, client: bool| {
+            let mut params = CertificateParams::new(names).unwrap();
+            params.extended_key_usages = vec![if client {
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth
+            } else {
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth
+            }];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (ca_cert, ca) = make_ca("sealbroker test CA");
+        let (rogue_ca_cert, rogue_ca) = make_ca("rogue CA");
+        let _ = rogue_ca_cert;
+        let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()], &ca, false);
+        let (client_cert, client_key) = leaf(vec!["openbao.test".into()], &ca, true);
+        let (rogue_cert, rogue_key) = leaf(vec!["openbao.test".into()], &rogue_ca, true);
+        Pki {
+            ca: write("ca.pem", ca_cert.pem()),
+            server_cert: write("server.pem", server_cert),
+            server_key: write("server.key", server_key),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client.key", client_key),
+            rogue_cert: write("rogue.pem", rogue_cert),
+            rogue_key: write("rogue.key", rogue_key),
+        }
+    }
+
+    /// A `[server.tcp]` table with mutual TLS.
+    pub fn tcp_toml(&self, port: u16) -> String {
+        format!(
+            "[server.tcp]\nlisten = \"127.0.0.1:{port}\"\n[server.tcp.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n",
+            self.server_cert.display(),
+            self.server_key.display(),
+            self.ca.display()
+        )
+    }
+
+    pub fn client_target(&self, port: u16) -> Target {
+        Target::Tcp {
+            address: format!("127.0.0.1:{port}"),
+            tls: Some(ClientTls {
+                ca_file: self.ca.clone(),
+                cert_file: self.client_cert.clone(),
+                key_file: self.client_key.clone(),
+                server_name: Some("localhost".into()),
+            }),
+        }
+    }
+}
+
+/// A running `sealbroker serve`. Killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+    pub socket: Option<PathBuf>,
+    pub tcp: Option<SocketAddr>,
+}
+
+impl Daemon {
+    /// Starts `sealbroker ARGS` with `envs`, stderr to `log`, and waits until
+    /// the given socket and/or TCP port accept connections.
+    pub async fn start(
+        args: &[&str],
+        envs: &[(&str, &Path)],
+        log: &Path,
+        socket: Option<PathBuf>,
+        tcp: Option<SocketAddr>,
+    ) -> Daemon {
+        let mut command = Command::new(sealbroker_bin());
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).unwrap());
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let child = command.spawn().unwrap();
+        let mut daemon = Daemon {
+            child: Some(child),
+            log: log.to_owned(),
+            socket,
+            tcp,
+        };
+        daemon.wait_ready().await;
+        daemon
+    }
+
+    /// `serve --config FILE` with SoftHSM's config in the environment when given.
+    pub async fn serve(config: &Path, softhsm: Option<&SoftHsmToken>, log: &Path) -> Daemon {
+        let text = fs::read_to_string(config).unwrap();
+        let socket = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("unix_socket = "))
+            .map(|v| PathBuf::from(v.trim_matches('"')));
+        let tcp = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("listen = "))
+            .map(|v| v.trim_matches('"').parse().unwrap());
+        let envs: Vec<(&str, &Path)> = softhsm
+            .map(|t| ("SOFTHSM2_CONF", t.conf.as_path()))
+            .into_iter()
+            .collect();
+        Daemon::start(
+            &["serve", "--config", config.to_str().unwrap()],
+            &envs,
+            log,
+            socket,
+            tcp,
+        )
+        .await
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("sealbroker exited early with {status}:\n{}", self.logs());
+            }
+            let socket_ok = self
+                .socket
+                .as_ref()
+                .is_none_or(|p| std::os::unix::net::UnixStream::connect(p).is_ok());
+            let tcp_ok = self.tcp.is_none_or(|a| std::net::TcpStream::connect(a).is_ok());
+            if socket_ok && tcp_ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sealbroker did not become ready:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// A client on the unix socket.
+    pub async fn unix_client(&self) -> SealServiceClient<Channel> {
+        client::connect(&Target::Unix(self.socket.clone().expect("daemon has no socket")))
+            .await
+            .unwrap()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("sealbroker did not exit within 20s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `sealbroker ARGS` to completion with `stdin`.
+pub fn run_cli(args: &[&str], stdin: &[u8], envs: &[(&str, &Path)]) -> Output {
+    use std::io::Write;
+    let mut command = Command::new(sealbroker_bin());
+    command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A channel over TLS with an arbitrary (or no) client certificate, for
+/// testing what the server refuses.
+pub async fn tls_channel(
+    port: u16,
+    ca: &Path,
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<Channel, tonic::transport::Error> {
+    use hyper_util::rt::TokioIo;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::sync::Arc;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+    let mut config = match client_cert {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .map(|c| c.unwrap())
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                let tls = connector
+                    .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+}

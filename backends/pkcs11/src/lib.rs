@@ -18,8 +18,8 @@ use cryptoki::mechanism::{Mechanism as CkMechanism, MechanismType};
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use ring::rand::{SecureRandom, SystemRandom};
+use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, Sealed, SecretBytes};
 use secrecy::SecretString;
-use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, SecretBytes, Sealed};
 use serde::Deserialize;
 
 pub use pool::{OpError, PinSource, TokenPool, TokenSelector};
@@ -121,12 +121,14 @@ impl BackendConfig {
         match (&self.token_label, self.slot) {
             (Some(label), None) => Ok(TokenSelector::Label(label.clone())),
             (None, Some(slot)) => Ok(TokenSelector::Slot(slot)),
-            (Some(_), Some(_)) => {
-                Err(ConfigError { field: "slot", reason: "set either `token_label` or `slot`, not both".into() })
-            }
-            (None, None) => {
-                Err(ConfigError { field: "token_label", reason: "set `token_label` (preferred) or `slot`".into() })
-            }
+            (Some(_), Some(_)) => Err(ConfigError {
+                field: "slot",
+                reason: "set either `token_label` or `slot`, not both".into(),
+            }),
+            (None, None) => Err(ConfigError {
+                field: "token_label",
+                reason: "set `token_label` (preferred) or `slot`".into(),
+            }),
         }
     }
 
@@ -135,19 +137,31 @@ impl BackendConfig {
         match (&self.pin, &self.pin_file) {
             (Some(pin), None) => Ok(PinSource::Inline(pin.clone())),
             (None, Some(path)) => Ok(PinSource::File(path.clone())),
-            (Some(_), Some(_)) => {
-                Err(ConfigError { field: "pin_file", reason: "set either `pin` or `pin_file`, not both".into() })
-            }
-            (None, None) => Err(ConfigError { field: "pin_file", reason: "set `pin_file` (preferred) or `pin`".into() }),
+            (Some(_), Some(_)) => Err(ConfigError {
+                field: "pin_file",
+                reason: "set either `pin` or `pin_file`, not both".into(),
+            }),
+            (None, None) => Err(ConfigError {
+                field: "pin_file",
+                reason: "set `pin_file` (preferred) or `pin`".into(),
+            }),
         }
     }
 
     /// Checks the combination of fields and builds the token pool.
     pub fn pool(&self) -> Result<TokenPool, ConfigError> {
         if self.max_sessions == 0 {
-            return Err(ConfigError { field: "max_sessions", reason: "must be at least 1".into() });
+            return Err(ConfigError {
+                field: "max_sessions",
+                reason: "must be at least 1".into(),
+            });
         }
-        Ok(TokenPool::new(self.lib.clone(), self.token_selector()?, self.pin_source()?, self.max_sessions))
+        Ok(TokenPool::new(
+            self.lib.clone(),
+            self.token_selector()?,
+            self.pin_source()?,
+            self.max_sessions,
+        ))
     }
 }
 
@@ -173,9 +187,17 @@ impl KeySelector {
             None => None,
         };
         if config.key_label.is_none() && id.is_none() {
-            return Err(ConfigError { field: "key_label", reason: "set `key_label` and/or `key_id`".into() });
+            return Err(ConfigError {
+                field: "key_label",
+                reason: "set `key_label` and/or `key_id`".into(),
+            });
         }
-        Ok(KeySelector { label: config.key_label.clone(), id, mechanism: config.mechanism, oaep_hash: config.rsa_oaep_hash })
+        Ok(KeySelector {
+            label: config.key_label.clone(),
+            id,
+            mechanism: config.mechanism,
+            oaep_hash: config.rsa_oaep_hash,
+        })
     }
 
     fn template(&self, class: ObjectClass) -> Vec<Attribute> {
@@ -242,7 +264,10 @@ impl KeyState {
         let cached = {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if cache.generation != generation {
-                *cache = HandleCache { generation, ..Default::default() };
+                *cache = HandleCache {
+                    generation,
+                    ..Default::default()
+                };
             }
             match purpose {
                 Purpose::Encrypt => cache.encrypt,
@@ -324,7 +349,11 @@ impl Pkcs11Key {
         let identity = format!("pkcs11:{token}:{}:{:?}", selector.describe(), selector.mechanism);
         Ok(Pkcs11Key {
             pool,
-            key: Arc::new(KeyState { selector, token, cache: Mutex::new(HandleCache::default()) }),
+            key: Arc::new(KeyState {
+                selector,
+                token,
+                cache: Mutex::new(HandleCache::default()),
+            }),
             identity,
             rng: SystemRandom::new(),
         })
@@ -359,7 +388,9 @@ fn op_error(error: OpError, decrypting: bool) -> BackendError {
                 _ => BackendErrorKind::Internal,
             };
             let hint = match &e {
-                CkError::Pkcs11(RvError::ArgumentsBad | RvError::MechanismParamInvalid, _) if what.contains("OAEP") => {
+                CkError::Pkcs11(RvError::ArgumentsBad | RvError::MechanismParamInvalid, _)
+                    if what.contains("OAEP") =>
+                {
                     " (the token rejected the OAEP parameters; SoftHSM 2.6 supports only rsa_oaep_hash = \"sha1\")"
                 }
                 _ => "",
@@ -385,31 +416,50 @@ impl Backend for Pkcs11Key {
         match key.selector.mechanism {
             MechanismName::AesGcm => {
                 let mut iv = [0u8; GCM_IV_LEN];
-                self.rng.fill(&mut iv).map_err(|_| BackendError::internal("system RNG failed"))?;
+                self.rng
+                    .fill(&mut iv)
+                    .map_err(|_| BackendError::internal("system RNG failed"))?;
                 let aad = aad.to_vec();
                 let ciphertext = self
                     .pool
                     .run(move |session, generation| {
-                        key.with_handle(session, generation, Purpose::Encrypt, "C_Encrypt(AES_GCM)", |handle| {
-                            let mut iv = iv;
-                            let params = GcmParams::new(&mut iv, &aad, GCM_TAG_BITS.into())?;
-                            session.encrypt(&CkMechanism::AesGcm(params), handle, secret.expose())
-                        })
+                        key.with_handle(
+                            session,
+                            generation,
+                            Purpose::Encrypt,
+                            "C_Encrypt(AES_GCM)",
+                            |handle| {
+                                let mut iv = iv;
+                                let params = GcmParams::new(&mut iv, &aad, GCM_TAG_BITS.into())?;
+                                session.encrypt(&CkMechanism::AesGcm(params), handle, secret.expose())
+                            },
+                        )
                     })
                     .await
                     .map_err(|e| op_error(e, false))?;
-                Ok(Sealed { mechanism: Mechanism::Aes256Gcm, iv: iv.to_vec(), ciphertext, ..Default::default() })
+                Ok(Sealed {
+                    mechanism: Mechanism::Aes256Gcm,
+                    iv: iv.to_vec(),
+                    ciphertext,
+                    ..Default::default()
+                })
             }
             MechanismName::RsaPkcsOaep => {
                 let hash = key.selector.oaep_hash;
                 let ciphertext = self
                     .pool
                     .run(move |session, generation| {
-                        key.with_handle(session, generation, Purpose::Encrypt, "C_Encrypt(RSA_PKCS_OAEP)", |handle| {
-                            let (hash_alg, mgf) = hash.params();
-                            let params = PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty());
-                            session.encrypt(&CkMechanism::RsaPkcsOaep(params), handle, secret.expose())
-                        })
+                        key.with_handle(
+                            session,
+                            generation,
+                            Purpose::Encrypt,
+                            "C_Encrypt(RSA_PKCS_OAEP)",
+                            |handle| {
+                                let (hash_alg, mgf) = hash.params();
+                                let params = PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty());
+                                session.encrypt(&CkMechanism::RsaPkcsOaep(params), handle, secret.expose())
+                            },
+                        )
                     })
                     .await
                     .map_err(|e| op_error(e, false))?;
@@ -436,11 +486,19 @@ impl Backend for Pkcs11Key {
                 let aad = aad.to_vec();
                 self.pool
                     .run(move |session, generation| {
-                        key.with_handle(session, generation, Purpose::Decrypt, "C_Decrypt(AES_GCM)", |handle| {
-                            let mut iv = iv;
-                            let params = GcmParams::new(&mut iv, &aad, GCM_TAG_BITS.into())?;
-                            session.decrypt(&CkMechanism::AesGcm(params), handle, &ciphertext).map(SecretBytes::new)
-                        })
+                        key.with_handle(
+                            session,
+                            generation,
+                            Purpose::Decrypt,
+                            "C_Decrypt(AES_GCM)",
+                            |handle| {
+                                let mut iv = iv;
+                                let params = GcmParams::new(&mut iv, &aad, GCM_TAG_BITS.into())?;
+                                session
+                                    .decrypt(&CkMechanism::AesGcm(params), handle, &ciphertext)
+                                    .map(SecretBytes::new)
+                            },
+                        )
                     })
                     .await
             }
@@ -455,11 +513,19 @@ impl Backend for Pkcs11Key {
                 }
                 self.pool
                     .run(move |session, generation| {
-                        key.with_handle(session, generation, Purpose::Decrypt, "C_Decrypt(RSA_PKCS_OAEP)", |handle| {
-                            let (hash_alg, mgf) = hash.params();
-                            let params = PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty());
-                            session.decrypt(&CkMechanism::RsaPkcsOaep(params), handle, &ciphertext).map(SecretBytes::new)
-                        })
+                        key.with_handle(
+                            session,
+                            generation,
+                            Purpose::Decrypt,
+                            "C_Decrypt(RSA_PKCS_OAEP)",
+                            |handle| {
+                                let (hash_alg, mgf) = hash.params();
+                                let params = PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty());
+                                session
+                                    .decrypt(&CkMechanism::RsaPkcsOaep(params), handle, &ciphertext)
+                                    .map(SecretBytes::new)
+                            },
+                        )
                     })
                     .await
             }
@@ -487,9 +553,15 @@ pub async fn generate_key(backend: &BackendConfig, key: &KeyConfig) -> Result<St
     let lib = backend.lib.clone();
     tokio::task::spawn_blocking(move || -> Result<String, BackendError> {
         let session = pool::open_rw_logged_in(&lib, &token, &pin)?;
-        let device = |what: &'static str| move |e: CkError| BackendError::unavailable(format!("{what}: {}", pool::describe(&e)));
+        let device = |what: &'static str| {
+            move |e: CkError| BackendError::unavailable(format!("{what}: {}", pool::describe(&e)))
+        };
         let (class, _) = selector.classes();
-        if !session.find_objects(&selector.template(class)).map_err(device("C_FindObjects"))?.is_empty() {
+        if !session
+            .find_objects(&selector.template(class))
+            .map_err(device("C_FindObjects"))?
+            .is_empty()
+        {
             return Err(BackendError::new(
                 BackendErrorKind::InvalidInput,
                 format!("a key with {} already exists on {token}", selector.describe()),
@@ -511,7 +583,9 @@ pub async fn generate_key(backend: &BackendConfig, key: &KeyConfig) -> Result<St
                     Attribute::Label(label),
                     Attribute::Id(id),
                 ];
-                session.generate_key(&CkMechanism::AesKeyGen, &template).map_err(device("C_GenerateKey"))?;
+                session
+                    .generate_key(&CkMechanism::AesKeyGen, &template)
+                    .map_err(device("C_GenerateKey"))?;
                 Ok(format!("AES-256 key with {} on {token}", selector.describe()))
             }
             MechanismName::RsaPkcsOaep => {
@@ -537,11 +611,13 @@ pub async fn generate_key(backend: &BackendConfig, key: &KeyConfig) -> Result<St
                 session
                     .generate_key_pair(&CkMechanism::RsaPkcsKeyPairGen, &public, &private)
                     .map_err(device("C_GenerateKeyPair"))?;
-                Ok(format!("RSA-3072 key pair with {} on {token}", selector.describe()))
+                Ok(format!(
+                    "RSA-3072 key pair with {} on {token}",
+                    selector.describe()
+                ))
             }
         }
     })
     .await
     .map_err(|e| BackendError::internal(format!("PKCS#11 worker failed: {e}")))?
 }
-

@@ -17,8 +17,8 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
-use secrecy::SecretString;
 use sealbroker_core::{BackendError, BackendErrorKind};
+use secrecy::SecretString;
 use tokio::sync::Semaphore;
 
 /// How long to wait before trying a PIN again after the token rejected it,
@@ -108,7 +108,10 @@ pub(crate) fn describe(error: &CkError) -> String {
 /// Loaded modules, one per library path, initialized once with OS locking.
 fn module(lib: &Path) -> Result<Pkcs11, BackendError> {
     static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
-    let mut modules = MODULES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    let mut modules = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     if let Some(ctx) = modules.get(lib) {
         return Ok(ctx.clone());
     }
@@ -272,7 +275,9 @@ impl PoolInner {
         if let Some(session) = state.idle.pop() {
             return Ok(Lease { session, generation });
         }
-        let slot = state.slot.ok_or_else(|| BackendError::internal("pool has no slot"))?;
+        let slot = state
+            .slot
+            .ok_or_else(|| BackendError::internal("pool has no slot"))?;
         drop(state);
         let ctx = module(&self.lib)?;
         match ctx.open_ro_session(slot) {
@@ -282,7 +287,11 @@ impl PoolInner {
                 if damage != Damage::None {
                     self.reset(generation, damage);
                 }
-                Err(BackendError::unavailable(format!("C_OpenSession on {}: {}", self.token, describe(&e))))
+                Err(BackendError::unavailable(format!(
+                    "C_OpenSession on {}: {}",
+                    self.token,
+                    describe(&e)
+                )))
             }
         }
     }
@@ -296,27 +305,30 @@ impl PoolInner {
 
     /// Finds the slot, opens the anchor session and logs in.
     fn connect(&self, state: &mut PoolState) -> Result<(), BackendError> {
-        if let Some(at) = state.pin_rejected_at {
-            if at.elapsed() < PIN_RETRY_BACKOFF {
-                return Err(BackendError::new(
-                    BackendErrorKind::PermissionDenied,
-                    format!(
-                        "{} rejected the PIN less than {}s ago; not retrying yet so the token is not locked",
-                        self.token,
-                        PIN_RETRY_BACKOFF.as_secs()
-                    ),
-                ));
-            }
+        if let Some(at) = state.pin_rejected_at
+            && at.elapsed() < PIN_RETRY_BACKOFF
+        {
+            return Err(BackendError::new(
+                BackendErrorKind::PermissionDenied,
+                format!(
+                    "{} rejected the PIN less than {}s ago; not retrying yet so the token is not locked",
+                    self.token,
+                    PIN_RETRY_BACKOFF.as_secs()
+                ),
+            ));
         }
         let ctx = module(&self.lib)?;
         let slot = find_slot(&ctx, &self.token)?;
-        let anchor = ctx
-            .open_ro_session(slot)
-            .map_err(|e| BackendError::unavailable(format!("C_OpenSession on {}: {}", self.token, describe(&e))))?;
+        let anchor = ctx.open_ro_session(slot).map_err(|e| {
+            BackendError::unavailable(format!("C_OpenSession on {}: {}", self.token, describe(&e)))
+        })?;
         let pin = self.pin.read()?;
         match anchor.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(CkError::Pkcs11(rv @ (RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired), _)) => {
+            Err(CkError::Pkcs11(
+                rv @ (RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired),
+                _,
+            )) => {
                 state.pin_rejected_at = Some(Instant::now());
                 return Err(BackendError::new(
                     BackendErrorKind::PermissionDenied,
@@ -324,7 +336,11 @@ impl PoolInner {
                 ));
             }
             Err(e) => {
-                return Err(BackendError::unavailable(format!("C_Login on {}: {}", self.token, describe(&e))));
+                return Err(BackendError::unavailable(format!(
+                    "C_Login on {}: {}",
+                    self.token,
+                    describe(&e)
+                )));
             }
         }
         state.pin_rejected_at = None;
@@ -345,14 +361,14 @@ impl PoolInner {
         state.idle.clear();
         state.anchor = None;
         state.slot = None;
-        if damage == Damage::Device {
-            if let Ok(ctx) = module(&self.lib) {
-                // Other pools on this module see CKR_CRYPTOKI_NOT_INITIALIZED
-                // once and reset the same way.
-                let _ = ctx.clone().finalize();
-                if let Err(e) = initialize(&ctx, &self.lib) {
-                    tracing::warn!(lib = %self.lib.display(), error = %e, "re-initializing PKCS#11 module failed");
-                }
+        if damage == Damage::Device
+            && let Ok(ctx) = module(&self.lib)
+        {
+            // Other pools on this module see CKR_CRYPTOKI_NOT_INITIALIZED
+            // once and reset the same way.
+            let _ = ctx.clone().finalize();
+            if let Err(e) = initialize(&ctx, &self.lib) {
+                tracing::warn!(lib = %self.lib.display(), error = %e, "re-initializing PKCS#11 module failed");
             }
         }
     }
@@ -370,15 +386,17 @@ fn find_slot(ctx: &Pkcs11, token: &TokenSelector) -> Result<Slot, BackendError> 
         TokenSelector::Label(label) => {
             let mut found = Vec::new();
             for slot in slots {
-                if let Ok(info) = ctx.get_token_info(slot) {
-                    if info.label().trim_end() == label {
-                        found.push(slot);
-                    }
+                if let Ok(info) = ctx.get_token_info(slot)
+                    && info.label().trim_end() == label
+                {
+                    found.push(slot);
                 }
             }
             match found.as_slice() {
                 [slot] => Ok(*slot),
-                [] => Err(BackendError::unavailable(format!("no token labelled {label:?} is present"))),
+                [] => Err(BackendError::unavailable(format!(
+                    "no token labelled {label:?} is present"
+                ))),
                 _ => Err(BackendError::internal(format!(
                     "{} tokens are labelled {label:?}; select one by slot",
                     found.len()
@@ -388,10 +406,13 @@ fn find_slot(ctx: &Pkcs11, token: &TokenSelector) -> Result<Slot, BackendError> 
     }
 }
 
-
 /// Opens a read-write session on the token and logs in, outside any pool
 /// (for key generation).
-pub(crate) fn open_rw_logged_in(lib: &Path, token: &TokenSelector, pin: &PinSource) -> Result<Session, BackendError> {
+pub(crate) fn open_rw_logged_in(
+    lib: &Path,
+    token: &TokenSelector,
+    pin: &PinSource,
+) -> Result<Session, BackendError> {
     let ctx = module(lib)?;
     let slot = find_slot(&ctx, token)?;
     let session = ctx
@@ -399,6 +420,9 @@ pub(crate) fn open_rw_logged_in(lib: &Path, token: &TokenSelector, pin: &PinSour
         .map_err(|e| BackendError::unavailable(format!("C_OpenSession on {token}: {}", describe(&e))))?;
     match session.login(UserType::User, Some(&pin.read()?)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
-        Err(e) => Err(BackendError::new(BackendErrorKind::PermissionDenied, format!("C_Login on {token}: {}", describe(&e)))),
+        Err(e) => Err(BackendError::new(
+            BackendErrorKind::PermissionDenied,
+            format!("C_Login on {token}: {}", describe(&e)),
+        )),
     }
 }

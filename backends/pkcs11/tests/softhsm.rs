@@ -36,7 +36,11 @@ fn token() -> Token {
         .env("PIN", PIN)
         .output()
         .unwrap();
-    assert!(out.status.success(), "make-token failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "make-token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let path = dir.path().to_owned();
     // SAFETY: set before any thread loads the module; nextest runs each test
     // in its own process.
@@ -56,7 +60,12 @@ fn backend(token: &Token, max_sessions: usize) -> BackendConfig {
 }
 
 fn aes_key(label: &str) -> KeyConfig {
-    KeyConfig { key_label: Some(label.into()), key_id: None, mechanism: MechanismName::AesGcm, rsa_oaep_hash: OaepHash::Sha256 }
+    KeyConfig {
+        key_label: Some(label.into()),
+        key_id: None,
+        mechanism: MechanismName::AesGcm,
+        rsa_oaep_hash: OaepHash::Sha256,
+    }
 }
 
 fn key(config: &BackendConfig, key: &KeyConfig) -> Pkcs11Key {
@@ -67,7 +76,10 @@ fn key(config: &BackendConfig, key: &KeyConfig) -> Pkcs11Key {
 async fn aes_gcm_round_trip_binds_aad() {
     let token = token();
     let key = key(&backend(&token, 4), &aes_key("aes-1"));
-    let sealed = key.encrypt(b"0123456789abcdef0123456789abcdef", b"aad-1").await.unwrap();
+    let sealed = key
+        .encrypt(b"0123456789abcdef0123456789abcdef", b"aad-1")
+        .await
+        .unwrap();
     assert_eq!(sealed.iv.len(), 12);
     assert_eq!(sealed.ciphertext.len(), 32 + 16);
     let opened = key.decrypt(&sealed, b"aad-1").await.unwrap();
@@ -135,7 +147,11 @@ async fn missing_token_is_unavailable() {
     let token = token();
     let mut config = backend(&token, 2);
     config.token_label = Some("not-there".into());
-    let err = key(&config, &aes_key("aes-1")).encrypt(&[0; 32], b"").await.err().unwrap();
+    let err = key(&config, &aes_key("aes-1"))
+        .encrypt(&[0; 32], b"")
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.kind, BackendErrorKind::Unavailable, "{err}");
     assert!(err.message.contains("not-there"), "{err}");
 }
@@ -215,7 +231,11 @@ async fn pool_recovers_when_sessions_are_closed_underneath_it() {
     // Every session and the login are gone; the next calls must heal.
     let opened = key.decrypt(&before, b"x").await.unwrap();
     assert_eq!(opened.expose(), &[5; 32]);
-    assert_eq!(key.pool().resets(), 1, "the pool should have noticed the lost sessions");
+    assert_eq!(
+        key.pool().resets(),
+        1,
+        "the pool should have noticed the lost sessions"
+    );
 
     close_all_sessions_underneath();
     let after = key.encrypt(&[6; 32], b"y").await.unwrap();

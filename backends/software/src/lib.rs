@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
-use sealbroker_core::{Backend, BackendError, Mechanism, SecretBytes, Sealed};
+use sealbroker_core::{Backend, BackendError, Mechanism, Sealed, SecretBytes};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -41,7 +41,10 @@ pub enum LoadError {
 }
 
 fn file_error(path: &Path, reason: impl ToString) -> LoadError {
-    LoadError::File { path: path.to_owned(), reason: reason.to_string() }
+    LoadError::File {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
 }
 
 /// An AES-256-GCM key held in process memory.
@@ -68,11 +71,13 @@ impl SoftwareKey {
         }
         let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| file_error(path, e))?);
         let bytes = Zeroizing::new(
-            hex::decode(text.trim())
-                .map_err(|_| file_error(path, "does not hold a hex-encoded key"))?,
+            hex::decode(text.trim()).map_err(|_| file_error(path, "does not hold a hex-encoded key"))?,
         );
         if bytes.len() != KEY_LEN {
-            return Err(file_error(path, format!("holds {} bytes; an AES-256 key is 32", bytes.len())));
+            return Err(file_error(
+                path,
+                format!("holds {} bytes; an AES-256 key is 32", bytes.len()),
+            ));
         }
         let key = LessSafeKey::new(
             UnboundKey::new(&aead::AES_256_GCM, &bytes).map_err(|_| file_error(path, "bad key"))?,
@@ -80,7 +85,11 @@ impl SoftwareKey {
         // Identify the key by a fingerprint, never by its bytes.
         let fingerprint = ring::digest::digest(&ring::digest::SHA256, &bytes);
         let identity = format!("software:sha256={}", hex::encode(&fingerprint.as_ref()[..8]));
-        Ok(SoftwareKey { key, identity, rng: SystemRandom::new() })
+        Ok(SoftwareKey {
+            key,
+            identity,
+            rng: SystemRandom::new(),
+        })
     }
 }
 
@@ -90,7 +99,9 @@ pub fn generate_key_file(path: &Path) -> Result<(), LoadError> {
         fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
     }
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    SystemRandom::new().fill(key.as_mut()).map_err(|_| file_error(path, "system RNG failed"))?;
+    SystemRandom::new()
+        .fill(key.as_mut())
+        .map_err(|_| file_error(path, "system RNG failed"))?;
     let encoded = Zeroizing::new(hex::encode(key.as_ref()));
     let mut file = fs::OpenOptions::new()
         .write(true)
@@ -98,7 +109,8 @@ pub fn generate_key_file(path: &Path) -> Result<(), LoadError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| file_error(path, e))?;
-    file.write_all(encoded.as_bytes()).map_err(|e| file_error(path, e))?;
+    file.write_all(encoded.as_bytes())
+        .map_err(|e| file_error(path, e))?;
     file.write_all(b"\n").map_err(|e| file_error(path, e))?;
     file.sync_all().map_err(|e| file_error(path, e))?;
     tracing::info!(path = %path.display(), "generated a new software key (Development profile only)");
@@ -117,17 +129,26 @@ impl Backend for SoftwareKey {
 
     async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {
         let mut iv = [0u8; IV_LEN];
-        self.rng.fill(&mut iv).map_err(|_| BackendError::internal("system RNG failed"))?;
+        self.rng
+            .fill(&mut iv)
+            .map_err(|_| BackendError::internal("system RNG failed"))?;
         let mut in_out = secret.to_vec();
         self.key
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(iv), Aad::from(aad), &mut in_out)
             .map_err(|_| BackendError::internal("AES-GCM seal failed"))?;
-        Ok(Sealed { mechanism: Mechanism::Aes256Gcm, iv: iv.to_vec(), ciphertext: in_out, ..Default::default() })
+        Ok(Sealed {
+            mechanism: Mechanism::Aes256Gcm,
+            iv: iv.to_vec(),
+            ciphertext: in_out,
+            ..Default::default()
+        })
     }
 
     async fn decrypt(&self, sealed: &Sealed, aad: &[u8]) -> Result<SecretBytes, BackendError> {
         if sealed.mechanism != Mechanism::Aes256Gcm {
-            return Err(BackendError::not_authentic("the data key was not sealed with AES-GCM"));
+            return Err(BackendError::not_authentic(
+                "the data key was not sealed with AES-GCM",
+            ));
         }
         let iv: [u8; IV_LEN] = sealed
             .iv
@@ -137,7 +158,11 @@ impl Backend for SoftwareKey {
         let mut in_out = SecretBytes::new(sealed.ciphertext.clone());
         let len = self
             .key
-            .open_in_place(Nonce::assume_unique_for_key(iv), Aad::from(aad), in_out.expose_mut())
+            .open_in_place(
+                Nonce::assume_unique_for_key(iv),
+                Aad::from(aad),
+                in_out.expose_mut(),
+            )
             .map_err(|_| BackendError::not_authentic("the data key does not authenticate under this key"))?
             .len();
         let mut plain = in_out.into_unprotected_vec();
@@ -151,7 +176,11 @@ mod tests {
     use super::*;
 
     fn key_in(dir: &Path) -> SoftwareKey {
-        SoftwareKey::load(&KeyConfig { key_file: dir.join("k"), generate: true }).unwrap()
+        SoftwareKey::load(&KeyConfig {
+            key_file: dir.join("k"),
+            generate: true,
+        })
+        .unwrap()
     }
 
     #[tokio::test]
@@ -178,18 +207,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         key_in(dir.path());
         fs::set_permissions(dir.path().join("k"), fs::Permissions::from_mode(0o640)).unwrap();
-        let err = SoftwareKey::load(&KeyConfig { key_file: dir.path().join("k"), generate: false })
-            .err()
-            .unwrap();
+        let err = SoftwareKey::load(&KeyConfig {
+            key_file: dir.path().join("k"),
+            generate: false,
+        })
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 
     #[test]
     fn refuses_missing_file_without_generate() {
         let dir = tempfile::tempdir().unwrap();
-        let err = SoftwareKey::load(&KeyConfig { key_file: dir.path().join("nope"), generate: false })
-            .err()
-            .unwrap();
+        let err = SoftwareKey::load(&KeyConfig {
+            key_file: dir.path().join("nope"),
+            generate: false,
+        })
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("nope"), "{err}");
     }
 }

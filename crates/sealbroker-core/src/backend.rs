@@ -52,7 +52,9 @@ pub trait Backend: Send + Sync + 'static {
         if opened.expose() == probe {
             Ok(())
         } else {
-            Err(BackendError::internal("health probe round trip returned different bytes"))
+            Err(BackendError::internal(
+                "health probe round trip returned different bytes",
+            ))
         }
     }
 }

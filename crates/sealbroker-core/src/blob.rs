@@ -46,10 +46,16 @@ impl WrappedBlob {
             return field("key_name", "is empty".into());
         }
         if self.payload_mechanism != Mechanism::Aes256Gcm as i32 {
-            return field("payload_mechanism", format!("{} is not AES-256-GCM", self.payload_mechanism));
+            return field(
+                "payload_mechanism",
+                format!("{} is not AES-256-GCM", self.payload_mechanism),
+            );
         }
         if self.payload_iv.len() != GCM_IV_LEN {
-            return field("payload_iv", format!("is {} bytes, expected {GCM_IV_LEN}", self.payload_iv.len()));
+            return field(
+                "payload_iv",
+                format!("is {} bytes, expected {GCM_IV_LEN}", self.payload_iv.len()),
+            );
         }
         if self.ciphertext.len() < GCM_TAG_LEN {
             return field(
@@ -61,7 +67,10 @@ impl WrappedBlob {
             return field("deks", "is empty: no backend sealed the data key".into());
         }
         if self.deks.len() > MAX_DEKS {
-            return field("deks", format!("has {} entries, at most {MAX_DEKS} allowed", self.deks.len()));
+            return field(
+                "deks",
+                format!("has {} entries, at most {MAX_DEKS} allowed", self.deks.len()),
+            );
         }
         for dek in &self.deks {
             if dek.key_id.is_empty() {
@@ -71,7 +80,10 @@ impl WrappedBlob {
                 return field("deks.wrapped_dek", "is empty".into());
             }
             if Mechanism::try_from(dek.mechanism).is_err() || dek.mechanism == 0 {
-                return field("deks.mechanism", format!("{} is not a known mechanism", dek.mechanism));
+                return field(
+                    "deks.mechanism",
+                    format!("{} is not a known mechanism", dek.mechanism),
+                );
             }
         }
         Ok(())
@@ -110,21 +122,30 @@ mod tests {
     #[test]
     fn rejects_empty_and_garbage() {
         assert!(matches!(WrappedBlob::from_bytes(b""), Err(BlobError::Decode(_))));
-        assert!(matches!(WrappedBlob::from_bytes(&[0xff; 33]), Err(BlobError::Decode(_))));
+        assert!(matches!(
+            WrappedBlob::from_bytes(&[0xff; 33]),
+            Err(BlobError::Decode(_))
+        ));
     }
 
     #[test]
     fn rejects_unknown_format() {
         let mut blob = sample();
         blob.format = 2;
-        assert_eq!(WrappedBlob::from_bytes(&blob.to_bytes()), Err(BlobError::UnsupportedFormat(2)));
+        assert_eq!(
+            WrappedBlob::from_bytes(&blob.to_bytes()),
+            Err(BlobError::UnsupportedFormat(2))
+        );
     }
 
     #[test]
     fn rejects_every_truncation() {
         let bytes = sample().to_bytes();
         for len in 1..bytes.len() {
-            assert!(WrappedBlob::from_bytes(&bytes[..len]).is_err(), "truncated to {len} accepted");
+            assert!(
+                WrappedBlob::from_bytes(&bytes[..len]).is_err(),
+                "truncated to {len} accepted"
+            );
         }
     }
 
@@ -140,6 +161,11 @@ mod tests {
     fn rejects_too_many_deks() {
         let mut blob = sample();
         blob.deks = vec![blob.deks[0].clone(); MAX_DEKS + 1];
-        assert!(WrappedBlob::from_bytes(&blob.to_bytes()).unwrap_err().to_string().contains("deks"));
+        assert!(
+            WrappedBlob::from_bytes(&blob.to_bytes())
+                .unwrap_err()
+                .to_string()
+                .contains("deks")
+        );
     }
 }

@@ -70,10 +70,18 @@ pub enum Error {
     VersionRetired { key: String, version: u32, min: u32 },
 
     #[error("{operation} on key {key:?} is not permitted for {caller}")]
-    PermissionDenied { operation: &'static str, key: String, caller: String },
+    PermissionDenied {
+        operation: &'static str,
+        key: String,
+        caller: String,
+    },
 
     #[error("backend {backend:?} for key {key:?}: {source}")]
-    Backend { backend: String, key: String, source: BackendError },
+    Backend {
+        backend: String,
+        key: String,
+        source: BackendError,
+    },
 
     #[error("{0}")]
     Internal(String),
@@ -84,9 +92,9 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::UnknownKey(_) | Error::UnknownKeyVersion { .. } => Code::NotFound,
-            Error::PayloadTooLarge { .. }
-            | Error::MalformedBlob(_)
-            | Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::PayloadTooLarge { .. } | Error::MalformedBlob(_) | Error::InvalidArgument { .. } => {
+                Code::InvalidArgument
+            }
             Error::WrongKey { .. } | Error::NotAuthentic | Error::VersionRetired { .. } => {
                 Code::FailedPrecondition
             }
@@ -143,7 +151,10 @@ pub struct BackendError {
 
 impl BackendError {
     pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
-        BackendError { kind, message: message.into() }
+        BackendError {
+            kind,
+            message: message.into(),
+        }
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(BackendErrorKind::Unavailable, message)

@@ -58,7 +58,12 @@ pub struct KeyVersion {
 impl KeyVersion {
     pub fn new(key_name: &str, version: u32, backend_name: &str, backend: Arc<dyn Backend>) -> Self {
         let key_id = KeyId::derive(key_name, version, &backend.key_identity());
-        KeyVersion { version, key_id, backend_name: backend_name.to_owned(), backend }
+        KeyVersion {
+            version,
+            key_id,
+            backend_name: backend_name.to_owned(),
+            backend,
+        }
     }
 }
 
@@ -138,11 +143,15 @@ pub struct KeyRing {
 
 impl KeyRing {
     pub fn new(keys: impl IntoIterator<Item = LogicalKey>) -> Self {
-        KeyRing { keys: keys.into_iter().map(|k| (k.name.clone(), k)).collect() }
+        KeyRing {
+            keys: keys.into_iter().map(|k| (k.name.clone(), k)).collect(),
+        }
     }
 
     pub fn get(&self, name: &str) -> Result<&LogicalKey, Error> {
-        self.keys.get(name).ok_or_else(|| Error::UnknownKey(name.to_owned()))
+        self.keys
+            .get(name)
+            .ok_or_else(|| Error::UnknownKey(name.to_owned()))
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -175,7 +184,8 @@ impl KeyRing {
 
         let dek = random_secret(&rng, DEK_LEN)?;
         let mut payload_iv = [0u8; GCM_IV_LEN];
-        rng.fill(&mut payload_iv).map_err(|_| Error::Internal("system RNG failed".into()))?;
+        rng.fill(&mut payload_iv)
+            .map_err(|_| Error::Internal("system RNG failed".into()))?;
         let ciphertext = seal_payload(&dek, &payload_iv, &payload_aad(key_name, aad), plaintext)?;
 
         let sealed = version
@@ -218,13 +228,16 @@ impl KeyRing {
         aad: &[u8],
     ) -> Result<Unwrapped, Error> {
         let blob = WrappedBlob::from_bytes(blob)?;
-        if let Some(expected) = expected_key.filter(|k| !k.is_empty()) {
-            if expected != blob.key_name {
-                // Name the requested key only: whether the blob's key exists
-                // here is not the caller's business.
-                self.get(expected)?;
-                return Err(Error::WrongKey { blob_key: blob.key_name, requested: expected.to_owned() });
-            }
+        if let Some(expected) = expected_key.filter(|k| !k.is_empty())
+            && expected != blob.key_name
+        {
+            // Name the requested key only: whether the blob's key exists
+            // here is not the caller's business.
+            self.get(expected)?;
+            return Err(Error::WrongKey {
+                blob_key: blob.key_name,
+                requested: expected.to_owned(),
+            });
         }
         let key = self.get(&blob.key_name)?;
 
@@ -249,7 +262,11 @@ impl KeyRing {
                 oaep_hash: entry.oaep_hash.clone(),
                 metadata: entry.backend_metadata.clone().into_iter().collect(),
             };
-            let dek = match version.backend.decrypt(&sealed, &dek_aad(&key.name, version.version)).await {
+            let dek = match version
+                .backend
+                .decrypt(&sealed, &dek_aad(&key.name, version.version))
+                .await
+            {
                 Ok(dek) => dek,
                 Err(source) if source.kind == BackendErrorKind::NotAuthentic => {
                     last_error = Some(Error::NotAuthentic);
@@ -264,9 +281,11 @@ impl KeyRing {
                 last_error = Some(Error::NotAuthentic);
                 continue;
             }
-            let iv: [u8; GCM_IV_LEN] = blob.payload_iv.as_slice().try_into().map_err(|_| {
-                Error::Internal("payload IV length checked at decode".into())
-            })?;
+            let iv: [u8; GCM_IV_LEN] = blob
+                .payload_iv
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::Internal("payload IV length checked at decode".into()))?;
             let plaintext = open_payload(&dek, &iv, &payload_aad(&key.name, aad), &blob.ciphertext)?;
             return Ok(Unwrapped {
                 plaintext,
@@ -277,24 +296,39 @@ impl KeyRing {
         }
         Err(last_error.unwrap_or_else(|| Error::UnknownKeyVersion {
             key: key.name.clone(),
-            key_id: blob.deks.iter().map(|d| d.key_id.as_str()).collect::<Vec<_>>().join(","),
+            key_id: blob
+                .deks
+                .iter()
+                .map(|d| d.key_id.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
         }))
     }
 
     /// Opens a blob and seals its plaintext again under the key's primary version.
-    pub async fn rewrap(&self, expected_key: Option<&str>, blob: &[u8], aad: &[u8]) -> Result<Wrapped, Error> {
+    pub async fn rewrap(
+        &self,
+        expected_key: Option<&str>,
+        blob: &[u8],
+        aad: &[u8],
+    ) -> Result<Wrapped, Error> {
         let opened = self.unwrap(expected_key, blob, aad).await?;
         self.wrap(&opened.key_name, opened.plaintext.expose(), aad).await
     }
 }
 
 fn backend_error(version: &KeyVersion, key: &str, source: crate::error::BackendError) -> Error {
-    Error::Backend { backend: version.backend_name.clone(), key: key.to_owned(), source }
+    Error::Backend {
+        backend: version.backend_name.clone(),
+        key: key.to_owned(),
+        source,
+    }
 }
 
 fn random_secret(rng: &SystemRandom, len: usize) -> Result<SecretBytes, Error> {
     let mut bytes = SecretBytes::new(vec![0u8; len]);
-    rng.fill(bytes.expose_mut()).map_err(|_| Error::Internal("system RNG failed".into()))?;
+    rng.fill(bytes.expose_mut())
+        .map_err(|_| Error::Internal("system RNG failed".into()))?;
     Ok(bytes)
 }
 
@@ -324,7 +358,12 @@ fn gcm_key(dek: &SecretBytes) -> Result<LessSafeKey, Error> {
     Ok(LessSafeKey::new(unbound))
 }
 
-fn seal_payload(dek: &SecretBytes, iv: &[u8; GCM_IV_LEN], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+fn seal_payload(
+    dek: &SecretBytes,
+    iv: &[u8; GCM_IV_LEN],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, Error> {
     let key = gcm_key(dek)?;
     let mut in_out = plaintext.to_vec();
     key.seal_in_place_append_tag(Nonce::assume_unique_for_key(*iv), Aad::from(aad), &mut in_out)
@@ -332,7 +371,12 @@ fn seal_payload(dek: &SecretBytes, iv: &[u8; GCM_IV_LEN], aad: &[u8], plaintext:
     Ok(in_out)
 }
 
-fn open_payload(dek: &SecretBytes, iv: &[u8; GCM_IV_LEN], aad: &[u8], ciphertext: &[u8]) -> Result<SecretBytes, Error> {
+fn open_payload(
+    dek: &SecretBytes,
+    iv: &[u8; GCM_IV_LEN],
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Result<SecretBytes, Error> {
     let key = gcm_key(dek)?;
     let mut in_out = ciphertext.to_vec();
     let result = key
@@ -364,7 +408,7 @@ mod tests {
     }
 
     impl MemoryKey {
-        fn new(identity: &'static str, byte: u8) -> Arc<dyn Backend> {
+        fn shared(identity: &'static str, byte: u8) -> Arc<dyn Backend> {
             let key = LessSafeKey::new(UnboundKey::new(&aead::AES_256_GCM, &[byte; 32]).unwrap());
             Arc::new(MemoryKey { key, identity })
         }
@@ -381,8 +425,15 @@ mod tests {
         async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {
             let iv = [9u8; 12];
             let mut out = secret.to_vec();
-            self.key.seal_in_place_append_tag(Nonce::assume_unique_for_key(iv), Aad::from(aad), &mut out).unwrap();
-            Ok(Sealed { mechanism: Mechanism::Aes256Gcm, iv: iv.to_vec(), ciphertext: out, ..Default::default() })
+            self.key
+                .seal_in_place_append_tag(Nonce::assume_unique_for_key(iv), Aad::from(aad), &mut out)
+                .unwrap();
+            Ok(Sealed {
+                mechanism: Mechanism::Aes256Gcm,
+                iv: iv.to_vec(),
+                ciphertext: out,
+                ..Default::default()
+            })
         }
         async fn decrypt(&self, sealed: &Sealed, aad: &[u8]) -> Result<SecretBytes, BackendError> {
             let mut buf = sealed.ciphertext.clone();
@@ -399,8 +450,8 @@ mod tests {
 
     fn ring() -> KeyRing {
         KeyRing::new([
-            LogicalKey::single("a", KeyVersion::new("a", 1, "mem", MemoryKey::new("mem:a", 1))),
-            LogicalKey::single("b", KeyVersion::new("b", 1, "mem", MemoryKey::new("mem:b", 2))),
+            LogicalKey::single("a", KeyVersion::new("a", 1, "mem", MemoryKey::shared("mem:a", 1))),
+            LogicalKey::single("b", KeyVersion::new("b", 1, "mem", MemoryKey::shared("mem:b", 2))),
         ])
     }
 
@@ -444,7 +495,10 @@ mod tests {
         let ring = ring();
         let wrapped = ring.wrap("a", b"secret", b"").await.unwrap();
         let err = ring.unwrap(Some("b"), &wrapped.blob, b"").await.err().unwrap();
-        assert!(matches!(&err, Error::WrongKey { blob_key, requested } if blob_key == "a" && requested == "b"), "{err}");
+        assert!(
+            matches!(&err, Error::WrongKey { blob_key, requested } if blob_key == "a" && requested == "b"),
+            "{err}"
+        );
         assert_eq!(err.code(), Code::FailedPrecondition);
     }
 
@@ -464,7 +518,7 @@ mod tests {
         let wrapped = ring().wrap("a", b"secret", b"").await.unwrap();
         let replaced = KeyRing::new([LogicalKey::single(
             "a",
-            KeyVersion::new("a", 1, "mem", MemoryKey::new("mem:a-new", 1)),
+            KeyVersion::new("a", 1, "mem", MemoryKey::shared("mem:a-new", 1)),
         )]);
         let err = replaced.unwrap(None, &wrapped.blob, b"").await.err().unwrap();
         assert!(matches!(err, Error::UnknownKeyVersion { .. }), "{err}");
@@ -481,7 +535,11 @@ mod tests {
     async fn garbage_and_truncated_blobs_are_invalid_argument() {
         let ring = ring();
         let wrapped = ring.wrap("a", b"secret", b"").await.unwrap();
-        for bad in [&b"garbage bytes!"[..], &wrapped.blob[..wrapped.blob.len() / 2], b""] {
+        for bad in [
+            &b"garbage bytes!"[..],
+            &wrapped.blob[..wrapped.blob.len() / 2],
+            b"",
+        ] {
             let err = ring.unwrap(None, bad, b"").await.err().unwrap();
             assert_eq!(err.code(), Code::InvalidArgument, "{err}");
         }

@@ -51,8 +51,15 @@ mod tests {
 
     #[test]
     fn debug_never_prints_plaintext() {
-        let req = WrapRequest { key_name: "k".into(), plaintext: b"hunter2".to_vec(), aad: b"ctx".to_vec() };
-        let resp = UnwrapResponse { plaintext: b"hunter2".to_vec(), ..Default::default() };
+        let req = WrapRequest {
+            key_name: "k".into(),
+            plaintext: b"hunter2".to_vec(),
+            aad: b"ctx".to_vec(),
+        };
+        let resp = UnwrapResponse {
+            plaintext: b"hunter2".to_vec(),
+            ..Default::default()
+        };
         for text in [format!("{req:?}"), format!("{resp:?}")] {
             assert!(!text.contains("hunter2") && !text.contains("104"), "{text}");
             assert!(text.contains("redacted 7 bytes"), "{text}");

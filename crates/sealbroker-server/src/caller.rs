@@ -18,7 +18,11 @@ pub enum Caller {
 impl fmt::Display for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Caller::Unix { uid, gid, pid: Some(pid) } => write!(f, "unix:uid={uid},gid={gid},pid={pid}"),
+            Caller::Unix {
+                uid,
+                gid,
+                pid: Some(pid),
+            } => write!(f, "unix:uid={uid},gid={gid},pid={pid}"),
             Caller::Unix { uid, gid, pid: None } => write!(f, "unix:uid={uid},gid={gid}"),
             Caller::Tls { fingerprint } => write!(f, "tls:sha256={fingerprint}"),
             Caller::Anonymous { peer } => write!(f, "anonymous:{peer}"),

@@ -35,7 +35,10 @@ pub enum ClientError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("cannot connect to the broker at {target}: {source}")]
-    Connect { target: String, source: tonic::transport::Error },
+    Connect {
+        target: String,
+        source: tonic::transport::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -44,7 +47,10 @@ impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Unix(path) => write!(f, "unix:{}", path.display()),
-            Target::Tcp { address, tls: Some(_) } => write!(f, "https://{address}"),
+            Target::Tcp {
+                address,
+                tls: Some(_),
+            } => write!(f, "https://{address}"),
             Target::Tcp { address, tls: None } => write!(f, "http://{address}"),
         }
     }
@@ -53,7 +59,9 @@ impl std::fmt::Display for Target {
 fn client_tls_config(config: &ClientTls) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in tls::load_certs(&config.ca_file, "ca_file")? {
-        roots.add(ca).map_err(|e| ClientError::Invalid(format!("bad CA certificate: {e}")))?;
+        roots
+            .add(ca)
+            .map_err(|e| ClientError::Invalid(format!("bad CA certificate: {e}")))?;
     }
     let certs = tls::load_certs(&config.cert_file, "cert_file")?;
     let key = tls::load_key(&config.key_file, "key_file")?;
@@ -69,7 +77,10 @@ fn client_tls_config(config: &ClientTls) -> Result<rustls::ClientConfig, ClientE
 
 /// Opens a channel to the broker.
 pub async fn channel(target: &Target) -> Result<Channel, ClientError> {
-    let connect_error = |source| ClientError::Connect { target: target.to_string(), source };
+    let connect_error = |source| ClientError::Connect {
+        target: target.to_string(),
+        source,
+    };
     match target {
         Target::Unix(path) => {
             let path = path.clone();
@@ -86,10 +97,16 @@ pub async fn channel(target: &Target) -> Result<Channel, ClientError> {
             .connect()
             .await
             .map_err(connect_error),
-        Target::Tcp { address, tls: Some(tls_config) } => {
+        Target::Tcp {
+            address,
+            tls: Some(tls_config),
+        } => {
             let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls_config(tls_config)?));
             let host = tls_config.server_name.clone().unwrap_or_else(|| {
-                address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned()).unwrap_or_default()
+                address
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
+                    .unwrap_or_default()
             });
             let server_name = ServerName::try_from(host.clone())
                 .map_err(|_| ClientError::Invalid(format!("{host:?} is not a valid TLS server name")))?;

@@ -19,7 +19,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), message: message.into() }
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -171,7 +174,10 @@ fn default_log_level() -> String {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::default(), level: default_log_level() }
+        LogConfig {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
     }
 }
 
@@ -196,7 +202,10 @@ impl Config {
         let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::new("", e.to_string()))?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            ConfigError::new(if path == "." { String::new() } else { path }, e.into_inner().message().to_owned())
+            ConfigError::new(
+                if path == "." { String::new() } else { path },
+                e.into_inner().message().to_owned(),
+            )
         })?;
         config.check()?;
         Ok(config)
@@ -208,7 +217,10 @@ impl Config {
             .ok()
             .filter(|mode| *mode <= 0o777)
             .ok_or_else(|| {
-                ConfigError::new("server.unix_socket_mode", "must be an octal file mode such as \"0600\"")
+                ConfigError::new(
+                    "server.unix_socket_mode",
+                    "must be an octal file mode such as \"0600\"",
+                )
             })?;
         if self.server.unix_socket.is_none() && self.server.tcp.is_none() {
             return Err(ConfigError::new(
@@ -219,7 +231,10 @@ impl Config {
         if let Some(tcp) = &self.server.tcp {
             match (&tcp.tls, tcp.plaintext) {
                 (Some(_), true) => {
-                    return Err(ConfigError::new("server.tcp.plaintext", "cannot be true when `tls` is set"));
+                    return Err(ConfigError::new(
+                        "server.tcp.plaintext",
+                        "cannot be true when `tls` is set",
+                    ));
                 }
                 (None, false) => {
                     return Err(ConfigError::new(
@@ -243,10 +258,16 @@ impl Config {
             }
         }
         if self.limits.max_plaintext_bytes == 0 {
-            return Err(ConfigError::new("limits.max_plaintext_bytes", "must be at least 1"));
+            return Err(ConfigError::new(
+                "limits.max_plaintext_bytes",
+                "must be at least 1",
+            ));
         }
         if self.limits.request_timeout_secs == 0 {
-            return Err(ConfigError::new("limits.request_timeout_secs", "must be at least 1"));
+            return Err(ConfigError::new(
+                "limits.request_timeout_secs",
+                "must be at least 1",
+            ));
         }
         for (name, key) in &self.keys {
             match key.get("backend") {
@@ -258,7 +279,10 @@ impl Config {
                     ));
                 }
                 Some(_) => {
-                    return Err(ConfigError::new(format!("keys.{name}.backend"), "must be a string"));
+                    return Err(ConfigError::new(
+                        format!("keys.{name}.backend"),
+                        "must be a string",
+                    ));
                 }
                 None => {
                     return Err(ConfigError::new(format!("keys.{name}.backend"), "is missing"));
@@ -274,7 +298,10 @@ impl Config {
             }
         }
         if self.keys.is_empty() {
-            return Err(ConfigError::new("keys", "no keys are configured; add a [keys.NAME] table"));
+            return Err(ConfigError::new(
+                "keys",
+                "no keys are configured; add a [keys.NAME] table",
+            ));
         }
         Ok(())
     }
@@ -288,7 +315,11 @@ impl Config {
 pub fn parse_table<T: DeserializeOwned>(table: &toml::Table, prefix: &str) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
         let inner = e.path().to_string();
-        let path = if inner == "." { prefix.to_owned() } else { format!("{prefix}.{inner}") };
+        let path = if inner == "." {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}.{inner}")
+        };
         ConfigError::new(path, e.into_inner().message().to_owned())
     })
 }
@@ -309,7 +340,7 @@ mod tests {
     "#;
 
     fn error_of(text: &str) -> ConfigError {
-        Config::parse(text).err().expect("config should be rejected")
+        Config::parse(text).expect_err("config should be rejected")
     }
 
     #[test]
@@ -352,7 +383,10 @@ mod tests {
             + "\n[server.tcp]\nlisten = \"127.0.0.1:1\"\nplaintext = true\n";
         let err = error_of(&text);
         assert_eq!(err.path, "server.tcp.plaintext");
-        assert!(err.message.contains("hardened profile refuses plaintext TCP"), "{err}");
+        assert!(
+            err.message.contains("hardened profile refuses plaintext TCP"),
+            "{err}"
+        );
     }
 
     #[test]

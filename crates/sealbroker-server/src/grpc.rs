@@ -30,18 +30,29 @@ impl SealGrpc {
 
 /// Identifies the caller from what the listener recorded about the connection.
 pub fn caller_of<T>(request: &Request<T>) -> Caller {
-    if let Some(info) = request.extensions().get::<UdsConnectInfo>() {
-        if let Some(cred) = info.peer_cred {
-            return Caller::Unix { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() };
-        }
+    if let Some(info) = request.extensions().get::<UdsConnectInfo>()
+        && let Some(cred) = info.peer_cred
+    {
+        return Caller::Unix {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+        };
     }
     if let Some(info) = request.extensions().get::<TlsConnectInfo>() {
         return match &info.client_fingerprint {
-            Some(fingerprint) => Caller::Tls { fingerprint: fingerprint.clone() },
-            None => Caller::Anonymous { peer: info.remote_addr.to_string() },
+            Some(fingerprint) => Caller::Tls {
+                fingerprint: fingerprint.clone(),
+            },
+            None => Caller::Anonymous {
+                peer: info.remote_addr.to_string(),
+            },
         };
     }
-    let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+    let peer = request
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into());
     Caller::Anonymous { peer }
 }
 
@@ -56,7 +67,10 @@ fn key_info(info: KeyInfo) -> pb::KeyInfo {
         versions: info
             .versions
             .into_iter()
-            .map(|(version, key_id)| pb::KeyVersionInfo { version, key_id: key_id.to_string() })
+            .map(|(version, key_id)| pb::KeyVersionInfo {
+                version,
+                key_id: key_id.to_string(),
+            })
             .collect(),
     }
 }
@@ -67,7 +81,11 @@ impl pb::seal_service_server::SealService for SealGrpc {
         let caller = caller_of(&request);
         let mut req = request.into_inner();
         let plaintext = SecretBytes::new(std::mem::take(&mut req.plaintext));
-        let wrapped = self.broker.wrap(&caller, &req.key_name, plaintext, &req.aad).await.map_err(|e| to_status(&e))?;
+        let wrapped = self
+            .broker
+            .wrap(&caller, &req.key_name, plaintext, &req.aad)
+            .await
+            .map_err(|e| to_status(&e))?;
         Ok(Response::new(pb::WrapResponse {
             blob: wrapped.blob,
             key_name: wrapped.key_name,
@@ -76,10 +94,17 @@ impl pb::seal_service_server::SealService for SealGrpc {
         }))
     }
 
-    async fn unwrap(&self, request: Request<pb::UnwrapRequest>) -> Result<Response<pb::UnwrapResponse>, Status> {
+    async fn unwrap(
+        &self,
+        request: Request<pb::UnwrapRequest>,
+    ) -> Result<Response<pb::UnwrapResponse>, Status> {
         let caller = caller_of(&request);
         let req = request.into_inner();
-        let opened = self.broker.unwrap(&caller, &req.key_name, &req.blob, &req.aad).await.map_err(|e| to_status(&e))?;
+        let opened = self
+            .broker
+            .unwrap(&caller, &req.key_name, &req.blob, &req.aad)
+            .await
+            .map_err(|e| to_status(&e))?;
         Ok(Response::new(pb::UnwrapResponse {
             plaintext: opened.plaintext.into_unprotected_vec(),
             key_name: opened.key_name,
@@ -88,10 +113,16 @@ impl pb::seal_service_server::SealService for SealGrpc {
         }))
     }
 
-    async fn rewrap(&self, request: Request<pb::RewrapRequest>) -> Result<Response<pb::RewrapResponse>, Status> {
+    async fn rewrap(
+        &self,
+        request: Request<pb::RewrapRequest>,
+    ) -> Result<Response<pb::RewrapResponse>, Status> {
         let caller = caller_of(&request);
         let mut req = request.into_inner();
-        let result = self.broker.rewrap(&caller, &req.key_name, &req.blob, &req.aad).await;
+        let result = self
+            .broker
+            .rewrap(&caller, &req.key_name, &req.blob, &req.aad)
+            .await;
         req.aad.zeroize();
         let wrapped = result.map_err(|e| to_status(&e))?;
         Ok(Response::new(pb::RewrapResponse {
@@ -102,19 +133,33 @@ impl pb::seal_service_server::SealService for SealGrpc {
         }))
     }
 
-    async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> Result<Response<pb::GetKeyResponse>, Status> {
+    async fn get_key(
+        &self,
+        request: Request<pb::GetKeyRequest>,
+    ) -> Result<Response<pb::GetKeyResponse>, Status> {
         let caller = caller_of(&request);
-        let info = self.broker.get_key(&caller, &request.get_ref().key_name).map_err(|e| to_status(&e))?;
-        Ok(Response::new(pb::GetKeyResponse { key: Some(key_info(info)) }))
+        let info = self
+            .broker
+            .get_key(&caller, &request.get_ref().key_name)
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::GetKeyResponse {
+            key: Some(key_info(info)),
+        }))
     }
 
-    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
         let caller = caller_of(&request);
         let keys = self.broker.list_keys(&caller).into_iter().map(key_info).collect();
         Ok(Response::new(pb::ListKeysResponse { keys }))
     }
 
-    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let status = self.broker.status(request.get_ref().deep).await;
         Ok(Response::new(pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),

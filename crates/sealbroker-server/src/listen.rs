@@ -9,8 +9,8 @@ use std::time::Duration;
 use sealbroker_proto::sealbroker::v1::seal_service_server::SealServiceServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::transport::Server;
 
 use crate::config::ServerConfig;
@@ -42,7 +42,10 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(ServeError::Io {
-                what: format!("{} exists and is not a socket; refusing to replace it", path.display()),
+                what: format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
                 source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
             });
         }
@@ -59,7 +62,8 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     }
     let staging = path.with_extension(format!("sock.{}", std::process::id()));
     let _ = std::fs::remove_file(&staging);
-    let listener = UnixListener::bind(&staging).map_err(io_error(format!("binding {}", staging.display())))?;
+    let listener =
+        UnixListener::bind(&staging).map_err(io_error(format!("binding {}", staging.display())))?;
     std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
         .map_err(io_error(format!("chmod {}", staging.display())))?;
     std::fs::rename(&staging, path).map_err(io_error(format!("renaming socket to {}", path.display())))?;
@@ -89,7 +93,10 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(sealbroker_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| ServeError::Io { what: format!("reflection: {e}"), source: std::io::Error::other("reflection") })?;
+        .map_err(|e| ServeError::Io {
+            what: format!("reflection: {e}"),
+            source: std::io::Error::other("reflection"),
+        })?;
     let seal = SealGrpc::new(broker.clone()).into_server();
     let router = || {
         Server::builder()
@@ -103,7 +110,10 @@ pub async fn serve(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let mut tasks = tokio::task::JoinSet::new();
-    let mut bound = Bound { unix_socket: None, tcp: None };
+    let mut bound = Bound {
+        unix_socket: None,
+        tcp: None,
+    };
 
     if let Some(path) = &server.unix_socket {
         let listener = bind_unix(path, socket_mode)?;
@@ -115,11 +125,14 @@ pub async fn serve(
     }
 
     if let Some(tcp) = &server.tcp {
-        let listener =
-            TcpListener::bind(tcp.listen).await.map_err(io_error(format!("binding TCP {}", tcp.listen)))?;
+        let listener = TcpListener::bind(tcp.listen)
+            .await
+            .map_err(io_error(format!("binding TCP {}", tcp.listen)))?;
         let local = listener.local_addr().map_err(io_error("reading TCP address"))?;
         let acceptor = match &tcp.tls {
-            Some(tls_config) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(tls_config)?))),
+            Some(tls_config) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(
+                tls_config,
+            )?))),
             None => None,
         };
         let (conn_tx, conn_rx) = mpsc::channel::<ServerConn>(64);
@@ -138,9 +151,27 @@ pub async fn serve(
     shutdown.await;
     tracing::info!("shutting down: no new connections; finishing in-flight requests");
     let _ = stop_tx.send(true);
-    health_reporter.set_not_serving::<SealServiceServer<SealGrpc>>().await;
+    health_reporter
+        .set_not_serving::<SealServiceServer<SealGrpc>>()
+        .await;
+    // Wait for operations already running to finish; idle connections do
+    // not hold the shutdown up.
     let grace = Duration::from_secs(server.shutdown_grace_secs);
     let drained = tokio::time::timeout(grace, async {
+        while broker.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            in_flight = broker.in_flight(),
+            "in-flight requests did not finish within the grace period; aborting them"
+        );
+    }
+    // Let the servers send their last responses, then close what is left.
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
         while let Some(result) = tasks.join_next().await {
             if let Ok(Err(e)) = result {
                 tracing::warn!(error = %e, "listener ended with an error");
@@ -148,10 +179,7 @@ pub async fn serve(
         }
     })
     .await;
-    if drained.is_err() {
-        tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; aborting them");
-        tasks.abort_all();
-    }
+    tasks.abort_all();
     if let Some(path) = &server.unix_socket {
         let _ = std::fs::remove_file(path);
     }

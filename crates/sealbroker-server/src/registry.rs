@@ -55,10 +55,16 @@ impl BackendRegistry {
             let kind = self.kinds.get(kind_name).ok_or_else(|| {
                 ConfigError::new(
                     format!("{path}.type"),
-                    format!("unknown backend type {kind_name:?}; this build knows {}", self.kind_names().join(", ")),
+                    format!(
+                        "unknown backend type {kind_name:?}; this build knows {}",
+                        self.kind_names().join(", ")
+                    ),
                 )
             })?;
-            let uses = config.keys.values().filter(|k| k.get("backend").and_then(|v| v.as_str()) == Some(name));
+            let uses = config
+                .keys
+                .values()
+                .filter(|k| k.get("backend").and_then(|v| v.as_str()) == Some(name));
             if kind.development_only && config.profile == Profile::Hardened && uses.count() > 0 {
                 return Err(ConfigError::new(
                     format!("{path}.type"),
@@ -79,12 +85,18 @@ impl BackendRegistry {
             let path = format!("keys.{name}");
             let backend_name = table.get("backend").and_then(|v| v.as_str()).unwrap_or_default();
             let factory = factories.get(backend_name).ok_or_else(|| {
-                ConfigError::new(format!("{path}.backend"), format!("no backend named {backend_name:?}"))
+                ConfigError::new(
+                    format!("{path}.backend"),
+                    format!("no backend named {backend_name:?}"),
+                )
             })?;
             let mut key_table = table.clone();
             key_table.remove("backend");
             let backend = factory(&key_table, &path)?;
-            keys.push(LogicalKey::single(name, KeyVersion::new(name, 1, backend_name, backend)));
+            keys.push(LogicalKey::single(
+                name,
+                KeyVersion::new(name, 1, backend_name, backend),
+            ));
         }
         Ok(KeyRing::new(keys))
     }

@@ -4,9 +4,12 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sealbroker_core::{BackendError, BackendErrorKind, Error, KeyInfo, KeyRing, SecretBytes, Unwrapped, Wrapped};
+use sealbroker_core::{
+    BackendError, BackendErrorKind, Error, KeyInfo, KeyRing, SecretBytes, Unwrapped, Wrapped,
+};
 use tracing::Instrument;
 
 use crate::caller::Caller;
@@ -36,6 +39,23 @@ pub struct Broker {
     profile: Profile,
     limits: LimitsConfig,
     health: Mutex<HashMap<String, KeyHealth>>,
+    in_flight: AtomicUsize,
+}
+
+/// Counts one operation as in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn start(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn request_id() -> String {
@@ -53,7 +73,18 @@ impl Broker {
                 "running under the DEVELOPMENT profile: this broker is not a production root of trust"
             );
         }
-        Broker { ring, profile, limits, health: Mutex::new(HashMap::new()) }
+        Broker {
+            ring,
+            profile,
+            limits,
+            health: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Wrap, unwrap and rewrap operations running right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     pub fn profile(&self) -> Profile {
@@ -69,12 +100,21 @@ impl Broker {
     }
 
     /// Bounds a backend-bound future by the configured request timeout.
-    async fn bounded<T>(&self, what: &str, key: &str, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        key: &str,
+        fut: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
         let limit = Duration::from_secs(self.limits.request_timeout_secs);
         match tokio::time::timeout(limit, fut).await {
             Ok(result) => result,
             Err(_) => Err(Error::Backend {
-                backend: self.ring.get(key).map(|k| k.primary().backend_name.clone()).unwrap_or_default(),
+                backend: self
+                    .ring
+                    .get(key)
+                    .map(|k| k.primary().backend_name.clone())
+                    .unwrap_or_default(),
                 key: key.to_owned(),
                 source: BackendError::new(
                     BackendErrorKind::Timeout,
@@ -88,18 +128,30 @@ impl Broker {
         let latency_us = started.elapsed().as_micros() as u64;
         match result {
             Ok(_) => tracing::debug!(op, latency_us, outcome = "ok", "request done"),
-            Err(e) => tracing::info!(op, latency_us, outcome = ?e.code(), error = %e, "request failed"),
+            Err(e) => {
+                tracing::info!(op, latency_us, outcome = ?e.code(), error = %e, "request failed")
+            }
         }
     }
 
     /// Seals `plaintext` under `key`.
-    pub async fn wrap(&self, caller: &Caller, key: &str, plaintext: SecretBytes, aad: &[u8]) -> Result<Wrapped, Error> {
+    pub async fn wrap(
+        &self,
+        caller: &Caller,
+        key: &str,
+        plaintext: SecretBytes,
+        aad: &[u8],
+    ) -> Result<Wrapped, Error> {
+        let _in_flight = InFlight::start(&self.in_flight);
         let span = tracing::info_span!("wrap", request_id = %request_id(), %caller, key);
         async {
             let started = Instant::now();
             let result = async {
                 if key.is_empty() {
-                    return Err(Error::InvalidArgument { field: "key_name", reason: "is empty".into() });
+                    return Err(Error::InvalidArgument {
+                        field: "key_name",
+                        reason: "is empty".into(),
+                    });
                 }
                 if plaintext.len() > self.limits.max_plaintext_bytes {
                     return Err(Error::PayloadTooLarge {
@@ -107,7 +159,8 @@ impl Broker {
                         limit: self.limits.max_plaintext_bytes,
                     });
                 }
-                self.bounded("wrap", key, self.ring.wrap(key, plaintext.expose(), aad)).await
+                self.bounded("wrap", key, self.ring.wrap(key, plaintext.expose(), aad))
+                    .await
             }
             .await;
             Self::log_outcome("wrap", started, &result);
@@ -118,12 +171,21 @@ impl Broker {
     }
 
     /// Opens a blob; `key` (may be empty) must match the blob's key when given.
-    pub async fn unwrap(&self, caller: &Caller, key: &str, blob: &[u8], aad: &[u8]) -> Result<Unwrapped, Error> {
+    pub async fn unwrap(
+        &self,
+        caller: &Caller,
+        key: &str,
+        blob: &[u8],
+        aad: &[u8],
+    ) -> Result<Unwrapped, Error> {
+        let _in_flight = InFlight::start(&self.in_flight);
         let span = tracing::info_span!("unwrap", request_id = %request_id(), %caller, key);
         async {
             let started = Instant::now();
             let expected = (!key.is_empty()).then_some(key);
-            let result = self.bounded("unwrap", key, self.ring.unwrap(expected, blob, aad)).await;
+            let result = self
+                .bounded("unwrap", key, self.ring.unwrap(expected, blob, aad))
+                .await;
             if let Ok(opened) = &result {
                 tracing::Span::current().record("key", opened.key_name.as_str());
             }
@@ -135,12 +197,21 @@ impl Broker {
     }
 
     /// Re-seals a blob under its key's primary version.
-    pub async fn rewrap(&self, caller: &Caller, key: &str, blob: &[u8], aad: &[u8]) -> Result<Wrapped, Error> {
+    pub async fn rewrap(
+        &self,
+        caller: &Caller,
+        key: &str,
+        blob: &[u8],
+        aad: &[u8],
+    ) -> Result<Wrapped, Error> {
+        let _in_flight = InFlight::start(&self.in_flight);
         let span = tracing::info_span!("rewrap", request_id = %request_id(), %caller, key);
         async {
             let started = Instant::now();
             let expected = (!key.is_empty()).then_some(key);
-            let result = self.bounded("rewrap", key, self.ring.rewrap(expected, blob, aad)).await;
+            let result = self
+                .bounded("rewrap", key, self.ring.rewrap(expected, blob, aad))
+                .await;
             Self::log_outcome("rewrap", started, &result);
             result
         }
@@ -153,7 +224,10 @@ impl Broker {
     }
 
     pub fn list_keys(&self, _caller: &Caller) -> Vec<KeyInfo> {
-        self.ring.names().filter_map(|name| self.ring.describe(name).ok()).collect()
+        self.ring
+            .names()
+            .filter_map(|name| self.ring.describe(name).ok())
+            .collect()
     }
 
     /// Health of every key. Results younger than `limits.health_cache_secs`
@@ -163,7 +237,12 @@ impl Broker {
         let ttl = Duration::from_secs(self.limits.health_cache_secs);
         let mut keys = Vec::new();
         for key in self.ring.keys() {
-            let cached = self.health.lock().unwrap_or_else(|p| p.into_inner()).get(&key.name).cloned();
+            let cached = self
+                .health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key.name)
+                .cloned();
             let fresh = cached.filter(|h| !deep && h.checked_at.elapsed() < ttl);
             let health = match fresh {
                 Some(health) => health,
@@ -174,7 +253,12 @@ impl Broker {
                         primary.backend.health(),
                     )
                     .await
-                    .unwrap_or_else(|_| Err(BackendError::new(BackendErrorKind::Timeout, "health probe timed out")));
+                    .unwrap_or_else(|_| {
+                        Err(BackendError::new(
+                            BackendErrorKind::Timeout,
+                            "health probe timed out",
+                        ))
+                    });
                     let health = KeyHealth {
                         key_name: key.name.clone(),
                         backend_name: primary.backend_name.clone(),
@@ -185,12 +269,19 @@ impl Broker {
                     if let Some(error) = &health.error {
                         tracing::warn!(key = %key.name, backend = %primary.backend_name, %error, "backend unhealthy");
                     }
-                    self.health.lock().unwrap_or_else(|p| p.into_inner()).insert(key.name.clone(), health.clone());
+                    self.health
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key.name.clone(), health.clone());
                     health
                 }
             };
             keys.push(health);
         }
-        BrokerStatus { profile: self.profile, security_risk: self.profile == Profile::Development, keys }
+        BrokerStatus {
+            profile: self.profile,
+            security_risk: self.profile == Profile::Development,
+            keys,
+        }
     }
 }

@@ -26,17 +26,29 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn load_certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ConfigError::new(field, format!("cannot read certificates from {}: {e}", path.display())))?;
+        .map_err(|e| {
+            ConfigError::new(
+                field,
+                format!("cannot read certificates from {}: {e}", path.display()),
+            )
+        })?;
     if certs.is_empty() {
-        return Err(ConfigError::new(field, format!("{} holds no PEM certificate", path.display())));
+        return Err(ConfigError::new(
+            field,
+            format!("{} holds no PEM certificate", path.display()),
+        ));
     }
     Ok(certs)
 }
 
 /// Reads a PEM private key.
 pub fn load_key(path: &Path, field: &str) -> Result<PrivateKeyDer<'static>, ConfigError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| ConfigError::new(field, format!("cannot read a private key from {}: {e}", path.display())))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        ConfigError::new(
+            field,
+            format!("cannot read a private key from {}: {e}", path.display()),
+        )
+    })
 }
 
 /// Builds the server config: our certificate, client certificates required
@@ -51,9 +63,12 @@ pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ConfigErro
         .ok_or_else(|| ConfigError::new("server.tcp.tls.client_ca_file", "is missing"))?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in load_certs(ca_path, "server.tcp.tls.client_ca_file")? {
-        roots
-            .add(ca)
-            .map_err(|e| ConfigError::new("server.tcp.tls.client_ca_file", format!("bad CA certificate: {e}")))?;
+        roots.add(ca).map_err(|e| {
+            ConfigError::new(
+                "server.tcp.tls.client_ca_file",
+                format!("bad CA certificate: {e}"),
+            )
+        })?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
@@ -63,7 +78,12 @@ pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ConfigErro
         .map_err(|e| ConfigError::new("server.tcp.tls", e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .map_err(|e| ConfigError::new("server.tcp.tls.key_file", format!("does not match cert_file: {e}")))?;
+        .map_err(|e| {
+            ConfigError::new(
+                "server.tcp.tls.key_file",
+                format!("does not match cert_file: {e}"),
+            )
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
@@ -91,11 +111,23 @@ impl ServerConn {
             .peer_certificates()
             .and_then(|certs| certs.first())
             .map(|leaf| hex::encode(ring::digest::digest(&ring::digest::SHA256, leaf.as_ref())));
-        ServerConn::Tls(Box::new(stream), TlsConnectInfo { remote_addr, client_fingerprint })
+        ServerConn::Tls(
+            Box::new(stream),
+            TlsConnectInfo {
+                remote_addr,
+                client_fingerprint,
+            },
+        )
     }
 
     pub fn plain(stream: TcpStream, remote_addr: SocketAddr) -> Self {
-        ServerConn::Plain(stream, TlsConnectInfo { remote_addr, client_fingerprint: None })
+        ServerConn::Plain(
+            stream,
+            TlsConnectInfo {
+                remote_addr,
+                client_fingerprint: None,
+            },
+        )
     }
 }
 

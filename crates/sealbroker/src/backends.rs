@@ -10,8 +10,16 @@ use sealbroker_server::registry::{BackendKind, BackendRegistry, KeyFactory};
 /// Every backend kind in this build.
 pub fn registry() -> BackendRegistry {
     BackendRegistry::default()
-        .with(BackendKind { name: "pkcs11", development_only: false, open: open_pkcs11 })
-        .with(BackendKind { name: "software", development_only: true, open: open_software })
+        .with(BackendKind {
+            name: "pkcs11",
+            development_only: false,
+            open: open_pkcs11,
+        })
+        .with(BackendKind {
+            name: "software",
+            development_only: true,
+            open: open_software,
+        })
 }
 
 fn field_error(path: &str, e: pkcs11::ConfigError) -> ConfigError {

@@ -52,7 +52,13 @@ Signals: SIGTERM or SIGINT stop accepting connections, let in-flight requests fi
 (server.shutdown_grace_secs), remove the socket and exit 0.")]
 pub struct ServeArgs {
     /// TOML config file.
-    #[arg(long, short, env = "SEALBROKER_CONFIG", required_unless_present = "dev", conflicts_with = "dev")]
+    #[arg(
+        long,
+        short,
+        env = "SEALBROKER_CONFIG",
+        required_unless_present = "dev",
+        conflicts_with = "dev"
+    )]
     pub config: Option<PathBuf>,
     /// Run on the embedded development config: a software key generated under --data-dir,
     /// a unix socket there, and plaintext gRPC on 127.0.0.1. Never for production.

@@ -24,7 +24,9 @@ fn target(args: &ConnectArgs) -> Target {
             }),
         },
         None => Target::Unix(
-            args.socket.clone().unwrap_or_else(|| crate::serve::default_data_dir().join("sealbroker.sock")),
+            args.socket
+                .clone()
+                .unwrap_or_else(|| crate::serve::default_data_dir().join("sealbroker.sock")),
         ),
     }
 }
@@ -39,32 +41,47 @@ fn status_message(status: tonic::Status) -> String {
 
 fn read_stdin() -> Result<Zeroizing<Vec<u8>>, String> {
     let mut input = Zeroizing::new(Vec::new());
-    std::io::stdin().read_to_end(&mut input).map_err(|e| format!("reading stdin: {e}"))?;
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| format!("reading stdin: {e}"))?;
     Ok(input)
 }
 
 fn read_blob() -> Result<Vec<u8>, String> {
     let input = read_stdin()?;
     let text = String::from_utf8_lossy(&input);
-    STANDARD.decode(text.trim()).map_err(|e| format!("stdin is not a base64 blob: {e}"))
+    STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("stdin is not a base64 blob: {e}"))
 }
 
 pub async fn wrap(args: WrapArgs) -> Result<ExitCode, String> {
     let input = read_stdin()?;
     let plaintext = if args.base64 {
         let text = Zeroizing::new(String::from_utf8_lossy(&input).trim().to_owned());
-        Zeroizing::new(STANDARD.decode(text.as_bytes()).map_err(|e| format!("stdin is not base64: {e}"))?)
+        Zeroizing::new(
+            STANDARD
+                .decode(text.as_bytes())
+                .map_err(|e| format!("stdin is not base64: {e}"))?,
+        )
     } else {
         input
     };
     let mut client = connect(&args.connect).await?;
     let response = client
-        .wrap(pb::WrapRequest { key_name: args.key, plaintext: plaintext.to_vec(), aad: args.aad.into_bytes() })
+        .wrap(pb::WrapRequest {
+            key_name: args.key,
+            plaintext: plaintext.to_vec(),
+            aad: args.aad.into_bytes(),
+        })
         .await
         .map_err(status_message)?
         .into_inner();
     println!("{}", STANDARD.encode(&response.blob));
-    eprintln!("sealed under key {:?} version {} (key id {})", response.key_name, response.key_version, response.key_id);
+    eprintln!(
+        "sealed under key {:?} version {} (key id {})",
+        response.key_name, response.key_version, response.key_id
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -72,18 +89,28 @@ pub async fn unwrap(args: UnwrapArgs) -> Result<ExitCode, String> {
     let blob = read_blob()?;
     let mut client = connect(&args.connect).await?;
     let response = client
-        .unwrap(pb::UnwrapRequest { blob, aad: args.aad.into_bytes(), key_name: args.key })
+        .unwrap(pb::UnwrapRequest {
+            blob,
+            aad: args.aad.into_bytes(),
+            key_name: args.key,
+        })
         .await
         .map_err(status_message)?
         .into_inner();
     let plaintext = Zeroizing::new(response.plaintext);
     let mut out = std::io::stdout().lock();
     let written = if args.base64 {
-        writeln!(out, "{}", Zeroizing::new(STANDARD.encode(plaintext.as_slice())).as_str())
+        writeln!(
+            out,
+            "{}",
+            Zeroizing::new(STANDARD.encode(plaintext.as_slice())).as_str()
+        )
     } else {
         out.write_all(&plaintext)
     };
-    written.and_then(|_| out.flush()).map_err(|e| format!("writing stdout: {e}"))?;
+    written
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("writing stdout: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -91,38 +118,78 @@ pub async fn rewrap(args: UnwrapArgs) -> Result<ExitCode, String> {
     let blob = read_blob()?;
     let mut client = connect(&args.connect).await?;
     let response = client
-        .rewrap(pb::RewrapRequest { blob, aad: args.aad.into_bytes(), key_name: args.key })
+        .rewrap(pb::RewrapRequest {
+            blob,
+            aad: args.aad.into_bytes(),
+            key_name: args.key,
+        })
         .await
         .map_err(status_message)?
         .into_inner();
     println!("{}", STANDARD.encode(&response.blob));
-    eprintln!("sealed under key {:?} version {} (key id {})", response.key_name, response.key_version, response.key_id);
+    eprintln!(
+        "sealed under key {:?} version {} (key id {})",
+        response.key_name, response.key_version, response.key_id
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn status(args: StatusArgs) -> Result<ExitCode, String> {
     let mut client = connect(&args.connect).await?;
-    let status = client.status(pb::StatusRequest { deep: args.deep }).await.map_err(status_message)?.into_inner();
-    println!("sealbroker {} profile={}{}", status.version, status.profile, if status.security_risk { " SECURITY-RISK" } else { "" });
+    let status = client
+        .status(pb::StatusRequest { deep: args.deep })
+        .await
+        .map_err(status_message)?
+        .into_inner();
+    println!(
+        "sealbroker {} profile={}{}",
+        status.version,
+        status.profile,
+        if status.security_risk {
+            " SECURITY-RISK"
+        } else {
+            ""
+        }
+    );
     let mut healthy = true;
     for key in &status.keys {
         if key.healthy {
             println!("  key {:<20} backend {:<12} ok", key.key_name, key.backend_name);
         } else {
             healthy = false;
-            println!("  key {:<20} backend {:<12} UNHEALTHY: {}", key.key_name, key.backend_name, key.error);
+            println!(
+                "  key {:<20} backend {:<12} UNHEALTHY: {}",
+                key.key_name, key.backend_name, key.error
+            );
         }
     }
-    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub async fn keys(args: KeysArgs) -> Result<ExitCode, String> {
     let mut client = connect(&args.connect).await?;
     let keys = match args.name {
         Some(name) => vec![
-            client.get_key(pb::GetKeyRequest { key_name: name }).await.map_err(status_message)?.into_inner().key.unwrap_or_default(),
+            client
+                .get_key(pb::GetKeyRequest { key_name: name })
+                .await
+                .map_err(status_message)?
+                .into_inner()
+                .key
+                .unwrap_or_default(),
         ],
-        None => client.list_keys(pb::ListKeysRequest {}).await.map_err(status_message)?.into_inner().keys,
+        None => {
+            client
+                .list_keys(pb::ListKeysRequest {})
+                .await
+                .map_err(status_message)?
+                .into_inner()
+                .keys
+        }
     };
     for key in keys {
         println!(

