@@ -7,12 +7,27 @@ fn main() {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path().expect("vendored protoc"));
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("sealbroker_descriptor.bin"))
-        // Messages that carry plaintext get a redacting Debug (see lib.rs).
-        .skip_debug(["sealbroker.v1.WrapRequest", "sealbroker.v1.UnwrapResponse"])
+        // Messages that carry plaintext, or a config map that may hold a PIN,
+        // get a redacting Debug (see lib.rs).
+        .skip_debug([
+            "sealbroker.v1.WrapRequest",
+            "sealbroker.v1.UnwrapResponse",
+            "pb.EncryptRequest",
+            "pb.DecryptResponse",
+            "wrapping.RPCOptions",
+            "v2.EncryptRequest",
+            "v2.DecryptResponse",
+        ])
         .compile_with_config(
             config,
-            &["../../proto/sealbroker/v1/seal.proto"],
+            &[
+                "../../proto/sealbroker/v1/seal.proto",
+                "../../proto/openbao/kms/wrapper.proto",
+                "../../proto/openbao/kms/metadata.proto",
+                "../../proto/openbao/goplugin/controller.proto",
+                "../../proto/k8s/kms/v2/api.proto",
+            ],
             &["../../proto"],
         )
-        .expect("compile sealbroker protos");
+        .expect("compile protos");
 }

@@ -1,5 +1,8 @@
-//! Generated gRPC types: sealbroker's own API (`sealbroker.v1`) and, as the
-//! front doors arrive, the peer protocols it speaks.
+//! Generated gRPC types: sealbroker's own API (`sealbroker.v1`) and the peer
+//! protocols it speaks: OpenBao's KMS plugin protocol (packages `pb`,
+//! `wrapping`, `metadata`), go-plugin's controller (`plugin`) and the
+//! Kubernetes KMS v2 API (`v2`). Module names follow the proto packages,
+//! because generated code refers to sibling packages by them.
 //!
 //! Messages that carry plaintext have a hand-written `Debug` that prints the
 //! length only, so a stray `{:?}` cannot leak a secret.
@@ -10,6 +13,31 @@ pub mod sealbroker {
     pub mod v1 {
         tonic::include_proto!("sealbroker.v1");
     }
+}
+
+/// OpenBao KMS plugin: the `Wrapper` service (go-kms-wrapping `plugin/pb`).
+pub mod pb {
+    tonic::include_proto!("pb");
+}
+
+/// OpenBao KMS plugin: shared message types (go-kms-wrapping `types.proto`).
+pub mod wrapping {
+    tonic::include_proto!("wrapping");
+}
+
+/// OpenBao KMS plugin: the `Metadata` service.
+pub mod metadata {
+    tonic::include_proto!("metadata");
+}
+
+/// hashicorp/go-plugin's `GRPCController` (graceful shutdown).
+pub mod plugin {
+    tonic::include_proto!("plugin");
+}
+
+/// Kubernetes KMS v2 (`k8s.io/kms/apis/v2`).
+pub mod kms_v2 {
+    tonic::include_proto!("v2");
 }
 
 /// Encoded file descriptor set, for gRPC reflection.
@@ -45,6 +73,55 @@ impl fmt::Debug for sealbroker::v1::UnwrapResponse {
     }
 }
 
+impl fmt::Debug for pb::EncryptRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncryptRequest")
+            .field("wrapper_id", &self.wrapper_id)
+            .field("plaintext", &Redacted(self.plaintext.len()))
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::DecryptResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecryptResponse")
+            .field("plaintext", &Redacted(self.plaintext.len()))
+            .finish()
+    }
+}
+
+impl fmt::Debug for wrapping::RpcOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Config map values may be PINs or tokens: print the keys only.
+        let mut keys: Vec<&String> = self.with_config_map.keys().collect();
+        keys.sort();
+        f.debug_struct("RpcOptions")
+            .field("with_key_id", &self.with_key_id)
+            .field("with_aad", &Redacted(self.with_aad.len()))
+            .field("with_config_map_keys", &keys)
+            .field("with_disallow_env_vars", &self.with_disallow_env_vars)
+            .finish()
+    }
+}
+
+impl fmt::Debug for kms_v2::EncryptRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncryptRequest")
+            .field("plaintext", &Redacted(self.plaintext.len()))
+            .field("uid", &self.uid)
+            .finish()
+    }
+}
+
+impl fmt::Debug for kms_v2::DecryptResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecryptResponse")
+            .field("plaintext", &Redacted(self.plaintext.len()))
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::sealbroker::v1::*;
@@ -60,7 +137,33 @@ mod tests {
             plaintext: b"hunter2".to_vec(),
             ..Default::default()
         };
-        for text in [format!("{req:?}"), format!("{resp:?}")] {
+        let options = crate::wrapping::RpcOptions {
+            with_config_map: [("pin".to_owned(), "hunter2".to_owned())].into(),
+            ..Default::default()
+        };
+        let plugin_req = crate::pb::EncryptRequest {
+            wrapper_id: "w".into(),
+            plaintext: b"hunter2".to_vec(),
+            options: Some(options.clone()),
+        };
+        let plugin_resp = crate::pb::DecryptResponse {
+            plaintext: b"hunter2".to_vec(),
+        };
+        let kms_req = crate::kms_v2::EncryptRequest {
+            plaintext: b"hunter2".to_vec(),
+            uid: "u".into(),
+        };
+        let kms_resp = crate::kms_v2::DecryptResponse {
+            plaintext: b"hunter2".to_vec(),
+        };
+        for text in [
+            format!("{req:?}"),
+            format!("{resp:?}"),
+            format!("{plugin_req:?}"),
+            format!("{plugin_resp:?}"),
+            format!("{kms_req:?}"),
+            format!("{kms_resp:?}"),
+        ] {
             assert!(!text.contains("hunter2") && !text.contains("104"), "{text}");
             assert!(text.contains("redacted 7 bytes"), "{text}");
         }

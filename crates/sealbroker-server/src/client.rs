@@ -75,28 +75,57 @@ fn client_tls_config(config: &ClientTls) -> Result<rustls::ClientConfig, ClientE
     Ok(client)
 }
 
-/// Opens a channel to the broker.
-pub async fn channel(target: &Target) -> Result<Channel, ClientError> {
-    let connect_error = |source| ClientError::Connect {
-        target: target.to_string(),
-        source,
+/// Connects `endpoint` through `connector`, now or on first use.
+async fn finish<C>(
+    endpoint: Endpoint,
+    connector: C,
+    lazy: bool,
+    target: &Target,
+) -> Result<Channel, ClientError>
+where
+    C: tower::Service<Uri> + Send + 'static,
+    C::Response: hyper::rt::Read + hyper::rt::Write + Send + Unpin,
+    C::Future: Send,
+    Box<dyn std::error::Error + Send + Sync>: From<C::Error> + Send,
+{
+    if lazy {
+        return Ok(endpoint.connect_with_connector_lazy(connector));
+    }
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|source| ClientError::Connect {
+            target: target.to_string(),
+            source,
+        })
+}
+
+async fn open(target: &Target, lazy: bool) -> Result<Channel, ClientError> {
+    let endpoint = |address: &str| {
+        Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| ClientError::Invalid(format!("bad address {address:?}: {e}")))
     };
     match target {
         Target::Unix(path) => {
             let path = path.clone();
-            Endpoint::from_static("http://localhost")
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
-                }))
-                .await
-                .map_err(connect_error)
+            let connector = tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+            });
+            finish(Endpoint::from_static("http://localhost"), connector, lazy, target).await
         }
-        Target::Tcp { address, tls: None } => Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| ClientError::Invalid(format!("bad address {address:?}: {e}")))?
-            .connect()
-            .await
-            .map_err(connect_error),
+        Target::Tcp { address, tls: None } => {
+            let address = address.clone();
+            let connector = tower::service_fn(move |_: Uri| {
+                let address = address.clone();
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(&address).await?;
+                    let _ = tcp.set_nodelay(true);
+                    Ok::<_, std::io::Error>(TokioIo::new(tcp))
+                }
+            });
+            finish(endpoint(address_of(target))?, connector, lazy, target).await
+        }
         Target::Tcp {
             address,
             tls: Some(tls_config),
@@ -111,26 +140,41 @@ pub async fn channel(target: &Target) -> Result<Channel, ClientError> {
             let server_name = ServerName::try_from(host.clone())
                 .map_err(|_| ClientError::Invalid(format!("{host:?} is not a valid TLS server name")))?;
             let address = address.clone();
-            Endpoint::from_shared(format!("http://{address}"))
-                .map_err(|e| ClientError::Invalid(format!("bad address {address:?}: {e}")))?
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let connector = connector.clone();
-                    let server_name = server_name.clone();
-                    let address = address.clone();
-                    async move {
-                        let tcp = tokio::net::TcpStream::connect(&address).await?;
-                        let _ = tcp.set_nodelay(true);
-                        let tls = connector.connect(server_name, tcp).await?;
-                        Ok::<_, std::io::Error>(TokioIo::new(tls))
-                    }
-                }))
-                .await
-                .map_err(connect_error)
+            let tls_connect = tower::service_fn(move |_: Uri| {
+                let connector = connector.clone();
+                let server_name = server_name.clone();
+                let address = address.clone();
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(&address).await?;
+                    let _ = tcp.set_nodelay(true);
+                    let tls = connector.connect(server_name, tcp).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(tls))
+                }
+            });
+            finish(endpoint(address_of(target))?, tls_connect, lazy, target).await
         }
     }
+}
+
+fn address_of(target: &Target) -> &str {
+    match target {
+        Target::Tcp { address, .. } => address,
+        Target::Unix(_) => "localhost",
+    }
+}
+
+/// Opens a channel to the broker.
+pub async fn channel(target: &Target) -> Result<Channel, ClientError> {
+    open(target, false).await
 }
 
 /// A `SealService` client for the broker at `target`.
 pub async fn connect(target: &Target) -> Result<SealServiceClient<Channel>, ClientError> {
     Ok(SealServiceClient::new(channel(target).await?))
+}
+
+/// A client that connects on first use (and reconnects after failures), so
+/// it can be created while the broker is down.
+pub async fn connect_lazy(target: &Target) -> Result<SealServiceClient<Channel>, ClientError> {
+    Ok(SealServiceClient::new(open(target, true).await?))
 }

@@ -79,7 +79,7 @@ pub struct Config {
 }
 
 /// `[server]`: where the daemon listens.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Unix socket for local callers (e.g. an OpenBao sidecar).
@@ -92,6 +92,17 @@ pub struct ServerConfig {
     /// Seconds to let in-flight requests finish after SIGTERM.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            unix_socket: None,
+            unix_socket_mode: default_socket_mode(),
+            tcp: None,
+            shutdown_grace_secs: default_shutdown_grace(),
+        }
+    }
 }
 
 fn default_socket_mode() -> String {
@@ -222,12 +233,6 @@ impl Config {
                     "must be an octal file mode such as \"0600\"",
                 )
             })?;
-        if self.server.unix_socket.is_none() && self.server.tcp.is_none() {
-            return Err(ConfigError::new(
-                "server",
-                "no listener: set `unix_socket` and/or a `[server.tcp]` table",
-            ));
-        }
         if let Some(tcp) = &self.server.tcp {
             match (&tcp.tls, tcp.plaintext) {
                 (Some(_), true) => {
@@ -306,6 +311,18 @@ impl Config {
         Ok(())
     }
 
+    /// A daemon needs somewhere to listen (the KMS plugin's in-process mode
+    /// reads the same file and needs none).
+    pub fn require_listener(&self) -> Result<(), ConfigError> {
+        if self.server.unix_socket.is_none() && self.server.tcp.is_none() {
+            return Err(ConfigError::new(
+                "server",
+                "no listener: set `unix_socket` and/or a `[server.tcp]` table",
+            ));
+        }
+        Ok(())
+    }
+
     pub fn unix_socket_mode(&self) -> u32 {
         u32::from_str_radix(self.server.unix_socket_mode.trim_start_matches("0o"), 8).unwrap_or(0o600)
     }
@@ -341,6 +358,16 @@ mod tests {
 
     fn error_of(text: &str) -> ConfigError {
         Config::parse(text).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn absent_tables_get_the_documented_defaults() {
+        let config = Config::parse("[backends.b]\ntype = \"x\"\n[keys.k]\nbackend = \"b\"\n").unwrap();
+        assert_eq!(config.profile, Profile::Hardened);
+        assert_eq!(config.unix_socket_mode(), 0o600);
+        assert_eq!(config.server.shutdown_grace_secs, 10);
+        assert_eq!(config.limits.request_timeout_secs, 30);
+        assert!(config.require_listener().is_err());
     }
 
     #[test]

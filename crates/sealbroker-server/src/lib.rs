@@ -9,6 +9,7 @@ pub mod config;
 pub mod grpc;
 pub mod listen;
 pub mod logging;
+pub mod plugin;
 pub mod registry;
 pub mod service;
 pub mod status;

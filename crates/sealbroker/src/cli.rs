@@ -29,6 +29,15 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker daemon.
     Serve(ServeArgs),
+    /// OpenBao KMS plugin mode: launched by OpenBao (plugin "kms"), never by hand.
+    #[command(
+        name = "kms-plugin",
+        after_help = "OpenBao starts this with its plugin handshake in the environment. Configure it in OpenBao:\n\n  \
+plugin \"kms\" \"sealbroker\" {\n    command = \"sealbroker\"\n    args = [\"kms-plugin\"]\n    sha256sum = \"<sha256>\"\n  }\n  \
+seal \"sealbroker\" {\n    endpoint = \"unix:///run/sealbroker/sealbroker.sock\"\n    key_name = \"openbao-unseal\"\n  }\n\n\
+See docs/openbao.md for the in-process mode (config_file) and every seal option."
+    )]
+    KmsPlugin,
     /// Create the key a config's [keys.NAME] table names, on its backend (PKCS#11 token or software key file).
     Keygen(KeygenArgs),
     /// Seal stdin under a key; print the blob (base64) on stdout.

@@ -85,6 +85,7 @@ async fn shutdown_signal() {
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let (config, dev_dir) = load(&args)?;
+    config.require_listener().map_err(|e| e.to_string())?;
     logging::init(config.log.format, &config.log.level);
     let registry: BackendRegistry = backends::registry();
     let ring = registry.build_keyring(&config).map_err(|e| e.to_string())?;
@@ -191,5 +192,11 @@ pub async fn keygen(args: KeygenArgs) -> Result<ExitCode, String> {
             ));
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn kms_plugin() -> Result<ExitCode, String> {
+    sealbroker_server::logging::init_plugin();
+    sealbroker_server::plugin::run(backends::registry()).await?;
     Ok(ExitCode::SUCCESS)
 }
