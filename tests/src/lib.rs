@@ -5,6 +5,8 @@
 //! The binary is `$SEALBROKER_BIN`, or `target/debug/sealbroker` (built by
 //! `cargo build --workspace` in tests/run.sh before the tests run).
 
+pub mod openbao;
+
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
