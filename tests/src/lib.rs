@@ -365,3 +365,58 @@ pub async fn tls_channel(
         }))
         .await
 }
+
+/// The Python of the peers venv (hvac, grpcio-tools), made by tests/peers/install.sh.
+pub fn peers_python() -> PathBuf {
+    let venv = std::env::var_os("SEALBROKER_PEERS_VENV").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sealbroker-peers/venv")
+    });
+    let python = venv.join("bin/python");
+    assert!(python.exists(), "{} is missing; run tests/run.sh, which installs the test peers", python.display());
+    python
+}
+
+/// Two tokens, `tok-a` (key `key-a`) and `tok-b` (key `key-b`), in one
+/// SoftHSM2 directory; token B is reached through its own copy of the
+/// module, as a second HSM would be. For HA key rings.
+pub struct TwoTokens {
+    pub a: SoftHsmToken,
+    pub module_b: PathBuf,
+}
+
+impl TwoTokens {
+    pub fn create(dir: &Path, pin: &str) -> TwoTokens {
+        let a = SoftHsmToken::create(&dir.join("hsm"), "tok-a", "key-a", pin);
+        SoftHsmToken::create(&dir.join("hsm"), "tok-b", "key-b", pin);
+        let module_b = dir.join("libsofthsm2-b.so");
+        fs::copy(SOFTHSM_MODULE, &module_b).unwrap();
+        TwoTokens { a, module_b }
+    }
+
+    /// The token directory of `label` (move it away to take the token down).
+    pub fn token_dir(&self, label: &str) -> PathBuf {
+        for entry in fs::read_dir(self.a.dir.join("tokens")).unwrap() {
+            let dir = entry.unwrap().path();
+            let object = fs::read(dir.join("token.object")).unwrap_or_default();
+            if object.windows(label.len()).any(|w| w == label.as_bytes()) {
+                return dir;
+            }
+        }
+        panic!("no token labelled {label}");
+    }
+
+    /// `[backends.a]` and `[backends.b]`.
+    pub fn backends_toml(&self) -> String {
+        format!(
+            "[backends.a]\ntype = \"pkcs11\"\nlib = \"{SOFTHSM_MODULE}\"\ntoken_label = \"tok-a\"\npin_file = \"{pin}\"\n\
+             [backends.b]\ntype = \"pkcs11\"\nlib = \"{lib_b}\"\ntoken_label = \"tok-b\"\npin_file = \"{pin}\"\n",
+            pin = self.a.dir.join("pin").display(),
+            lib_b = self.module_b.display(),
+        )
+    }
+
+    /// The body of a `[keys.NAME]` table using both tokens.
+    pub fn members_toml(&self) -> String {
+        "policy = \"all\"\nmembers = [{ backend = \"a\", key_label = \"key-a\" }, { backend = \"b\", key_label = \"key-b\" }]".into()
+    }
+}

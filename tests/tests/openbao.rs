@@ -193,3 +193,30 @@ fn kms_plugin_run_by_hand_explains_itself() {
         "nothing may reach stdout, which carries the handshake"
     );
 }
+
+#[test]
+fn ha_key_unseals_openbao_with_one_member_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TwoTokens::create(dir.path(), PIN);
+    let broker = dir.path().join("plugin.toml");
+    fs::write(
+        &broker,
+        format!("profile = \"hardened\"\n{}\n[keys.unseal]\n{}\n", tokens.backends_toml(), tokens.members_toml()),
+    )
+    .unwrap();
+    let config = BaoConfig::write(dir.path(), &plugin_seal(&format!("config_file = \"{}\"", broker.display())));
+    let env = [("SOFTHSM2_CONF", tokens.a.conf.as_path())];
+
+    let bao = OpenBao::start(&config, &env, "bao-1.log");
+    let root = bao.init_auto();
+    bao.wait_unsealed(Duration::from_secs(30));
+    bao.write_secret(&root, SECRET);
+    bao.stop();
+
+    // Take token A down; OpenBao must unseal through B.
+    fs::rename(tokens.token_dir("tok-a"), dir.path().join("saved-a")).unwrap();
+    let bao = OpenBao::start(&config, &env, "bao-2.log");
+    let took = bao.wait_unsealed(Duration::from_secs(30));
+    eprintln!("MEASURED HA unseal with one member down: {took:?}");
+    assert_eq!(bao.read_secret(&root), SECRET);
+}

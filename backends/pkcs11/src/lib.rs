@@ -18,7 +18,7 @@ use cryptoki::mechanism::{Mechanism as CkMechanism, MechanismType};
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use ring::rand::{SecureRandom, SystemRandom};
-use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, Sealed, SecretBytes};
+use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, NewVersion, Sealed, SecretBytes};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -330,6 +330,10 @@ impl KeyState {
 /// A key on a PKCS#11 token.
 pub struct Pkcs11Key {
     pool: TokenPool,
+    /// Where new versions are created, and how they are named.
+    lib: PathBuf,
+    token: TokenSelector,
+    pin: PinSource,
     key: Arc<KeyState>,
     identity: String,
     rng: SystemRandom,
@@ -345,10 +349,14 @@ impl Pkcs11Key {
     /// so the broker can start while the HSM is briefly away.
     pub fn new(pool: TokenPool, config: &KeyConfig) -> Result<Self, ConfigError> {
         let selector = KeySelector::from_config(config)?;
+        let (lib, token_selector, pin) = pool.origin();
         let token = pool.describe();
         let identity = format!("pkcs11:{token}:{}:{:?}", selector.describe(), selector.mechanism);
         Ok(Pkcs11Key {
             pool,
+            lib,
+            token: token_selector,
+            pin,
             key: Arc::new(KeyState {
                 selector,
                 token,
@@ -400,10 +408,43 @@ fn op_error(error: OpError, decrypting: bool) -> BackendError {
     }
 }
 
+/// `unseal-v3` -> `unseal`: the label versions derive from.
+fn base_label(label: &str) -> &str {
+    match label.rsplit_once("-v") {
+        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => label,
+    }
+}
+
 #[async_trait]
 impl Backend for Pkcs11Key {
     fn kind(&self) -> &'static str {
         "pkcs11"
+    }
+
+    /// Creates `<label>-v<version>` (non-extractable, like keygen) on the same token.
+    async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
+        let selector = &self.key.selector;
+        let base = selector.label.as_deref().map(base_label).unwrap_or("sealbroker-key");
+        let config = KeyConfig {
+            key_label: Some(format!("{base}-v{version}")),
+            key_id: None,
+            mechanism: selector.mechanism,
+            rsa_oaep_hash: selector.oaep_hash,
+        };
+        let selection = KeySelector::from_config(&config)
+            .map_err(|e| BackendError::new(BackendErrorKind::InvalidInput, e.to_string()))?;
+        create_key(self.lib.clone(), self.token.clone(), self.pin.clone(), selection).await?;
+        let key = Pkcs11Key::new(self.pool.clone(), &config)
+            .map_err(|e| BackendError::new(BackendErrorKind::InvalidInput, e.to_string()))?;
+        Ok(NewVersion {
+            backend: Arc::new(key),
+            settings: [
+                ("key_label".to_owned(), config.key_label.clone().unwrap_or_default()),
+                ("key_id".to_owned(), String::new()),
+            ]
+            .into(),
+        })
     }
 
     fn key_identity(&self) -> String {
@@ -548,9 +589,17 @@ pub async fn generate_key(backend: &BackendConfig, key: &KeyConfig) -> Result<St
     let selector = KeySelector::from_config(key).map_err(config_err)?;
     let token = backend.token_selector().map_err(config_err)?;
     let pin = backend.pin_source().map_err(config_err)?;
+    create_key(backend.lib.clone(), token, pin, selector).await
+}
+
+async fn create_key(
+    lib: PathBuf,
+    token: TokenSelector,
+    pin: PinSource,
+    selector: KeySelector,
+) -> Result<String, BackendError> {
     let label = selector.label.clone().unwrap_or_default().into_bytes();
     let id = selector.id.clone().unwrap_or_default();
-    let lib = backend.lib.clone();
     tokio::task::spawn_blocking(move || -> Result<String, BackendError> {
         let session = pool::open_rw_logged_in(&lib, &token, &pin)?;
         let device = |what: &'static str| {

@@ -25,6 +25,9 @@ use tokio::sync::Semaphore;
 /// so a wrong PIN cannot lock the token by repetition.
 const PIN_RETRY_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How often a missing token may trigger a module re-initialization.
+const REINIT_BACKOFF: Duration = Duration::from_secs(2);
+
 /// Which token to use.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TokenSelector {
@@ -142,6 +145,7 @@ struct PoolState {
     anchor: Option<Session>,
     idle: Vec<Session>,
     pin_rejected_at: Option<Instant>,
+    reinitialized_at: Option<Instant>,
 }
 
 struct PoolInner {
@@ -177,10 +181,16 @@ impl TokenPool {
                     anchor: None,
                     idle: Vec::new(),
                     pin_rejected_at: None,
+                    reinitialized_at: None,
                 }),
             }),
             permits: Arc::new(Semaphore::new(max_sessions.max(1))),
         }
+    }
+
+    /// The module, token and PIN source this pool serves.
+    pub fn origin(&self) -> (PathBuf, TokenSelector, PinSource) {
+        (self.inner.lib.clone(), self.inner.token.clone(), self.inner.pin.clone())
     }
 
     /// How many times the pool has dropped its sessions to recover from a
@@ -318,7 +328,20 @@ impl PoolInner {
             ));
         }
         let ctx = module(&self.lib)?;
-        let slot = find_slot(&ctx, &self.token)?;
+        let slot = match find_slot(&ctx, &self.token) {
+            Ok(slot) => slot,
+            // Modules list tokens at C_Initialize: a token that was away may
+            // be back, but only a re-initialization shows it. Rate-limited,
+            // because it also resets every other pool on this module.
+            Err(e) if state.reinitialized_at.is_none_or(|at| at.elapsed() >= REINIT_BACKOFF) => {
+                state.reinitialized_at = Some(Instant::now());
+                tracing::info!(token = %self.token, error = %e, "token not found; re-initializing the PKCS#11 module");
+                let _ = ctx.clone().finalize();
+                initialize(&ctx, &self.lib)?;
+                find_slot(&ctx, &self.token)?
+            }
+            Err(e) => return Err(e),
+        };
         let anchor = ctx.open_ro_session(slot).map_err(|e| {
             BackendError::unavailable(format!("C_OpenSession on {}: {}", self.token, describe(&e)))
         })?;

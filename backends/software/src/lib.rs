@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
-use sealbroker_core::{Backend, BackendError, Mechanism, Sealed, SecretBytes};
+use sealbroker_core::{Backend, BackendError, Mechanism, NewVersion, Sealed, SecretBytes};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -50,6 +50,8 @@ fn file_error(path: &Path, reason: impl ToString) -> LoadError {
 /// An AES-256-GCM key held in process memory.
 pub struct SoftwareKey {
     key: LessSafeKey,
+    /// The file of the first version; later versions sit beside it.
+    base_file: PathBuf,
     identity: String,
     rng: SystemRandom,
 }
@@ -88,8 +90,18 @@ impl SoftwareKey {
         Ok(SoftwareKey {
             key,
             identity,
+            base_file: base_file(path),
             rng: SystemRandom::new(),
         })
+    }
+}
+
+/// `dev.key.v3` -> `dev.key`: the file name versions derive from.
+fn base_file(path: &Path) -> PathBuf {
+    let text = path.to_string_lossy();
+    match text.rsplit_once(".v") {
+        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => PathBuf::from(base),
+        _ => path.to_owned(),
     }
 }
 
@@ -125,6 +137,17 @@ impl Backend for SoftwareKey {
 
     fn key_identity(&self) -> String {
         self.identity.clone()
+    }
+
+    async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
+        let file = PathBuf::from(format!("{}.v{version}", self.base_file.display()));
+        generate_key_file(&file).map_err(|e| BackendError::internal(e.to_string()))?;
+        let key = SoftwareKey::load(&KeyConfig { key_file: file.clone(), generate: false })
+            .map_err(|e| BackendError::internal(e.to_string()))?;
+        Ok(NewVersion {
+            backend: std::sync::Arc::new(key),
+            settings: [("key_file".to_owned(), file.display().to_string())].into(),
+        })
     }
 
     async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {

@@ -1,6 +1,7 @@
 //! The one trait every backend implements.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -20,6 +21,15 @@ pub struct Sealed {
     pub oaep_hash: String,
     /// Non-secret backend data needed to decrypt (e.g. a service key version).
     pub metadata: BTreeMap<String, String>,
+}
+
+/// A backend key made to serve as a new version of a logical key.
+pub struct NewVersion {
+    pub backend: Arc<dyn Backend>,
+    /// Key settings that rebuild this backend key after a restart, laid over
+    /// the settings of the key it was made from (an empty value removes a
+    /// setting). Never secret: they are persisted in the broker's state.
+    pub settings: BTreeMap<String, String>,
 }
 
 /// One backend key: seals and opens small secrets (32-byte DEKs).
@@ -42,6 +52,17 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Opens what [`Backend::encrypt`] sealed with the same `aad`.
     async fn decrypt(&self, sealed: &Sealed, aad: &[u8]) -> Result<SecretBytes, BackendError>;
+
+    /// Creates a new key on the backend to serve as `version` of the logical
+    /// key this key belongs to (rotation). Backends that cannot create keys
+    /// say so; their versions are added in the config instead.
+    async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
+        let _ = version;
+        Err(BackendError::new(
+            crate::error::BackendErrorKind::InvalidInput,
+            format!("the {} backend cannot create key versions; add a version to the config instead", self.kind()),
+        ))
+    }
 
     /// A real round trip through the key: proves the device or service and the
     /// key are usable right now.

@@ -84,6 +84,9 @@ pub enum Error {
     },
 
     #[error("{0}")]
+    Precondition(String),
+
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -95,7 +98,7 @@ impl Error {
             Error::PayloadTooLarge { .. } | Error::MalformedBlob(_) | Error::InvalidArgument { .. } => {
                 Code::InvalidArgument
             }
-            Error::WrongKey { .. } | Error::NotAuthentic | Error::VersionRetired { .. } => {
+            Error::WrongKey { .. } | Error::NotAuthentic | Error::VersionRetired { .. } | Error::Precondition(_) => {
                 Code::FailedPrecondition
             }
             Error::PermissionDenied { .. } => Code::PermissionDenied,

@@ -1,4 +1,10 @@
 //! Logical keys, their versions, and the envelope that wraps payloads.
+//!
+//! A logical key has numbered versions; new wraps use the primary version,
+//! and any version at or above `min_decryption_version` can unwrap. A
+//! version has one or more *members*, each a backend key: with several
+//! members on different backends (an HA key ring), the DEK is sealed under
+//! each member and any one of them can open the blob again.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,20 +15,21 @@ use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::backend::{Backend, Sealed};
-use crate::blob::{FORMAT_V1, GCM_IV_LEN, Mechanism, WrappedBlob, WrappedDek};
-use crate::error::{BackendErrorKind, Error};
+use crate::blob::{FORMAT_V1, GCM_IV_LEN, MAX_DEKS, Mechanism, WrappedBlob, WrappedDek};
+use crate::error::{BackendError, BackendErrorKind, Error};
 use crate::secret::SecretBytes;
 
 const DEK_LEN: usize = 32;
 
-/// A key version's public identifier: a hash of the key name, version and
-/// backend key identity. Stable for a version, different for every version,
-/// never reused, and safe to log.
+/// A public key identifier: a hash of the key name, version and backend key
+/// identities. Stable for a version, different for every version and
+/// member, never reused, and safe to log.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(String);
 
 impl KeyId {
-    /// Derives the id. `backend_identity` is [`Backend::key_identity`].
+    /// Derives the id. `backend_identity` is [`Backend::key_identity`] (or
+    /// the identities of all members of a version, joined).
     pub fn derive(key_name: &str, version: u32, backend_identity: &str) -> Self {
         let input = length_prefixed(&[
             b"sealbroker/key-id/v1",
@@ -45,48 +52,113 @@ impl fmt::Display for KeyId {
     }
 }
 
-/// One version of a logical key, held by one backend key.
+/// One backend key holding (part of) a key version.
 #[derive(Clone)]
-pub struct KeyVersion {
-    pub version: u32,
-    pub key_id: KeyId,
+pub struct Member {
     /// The config name of the backend (`[backends.NAME]`).
     pub backend_name: String,
     pub backend: Arc<dyn Backend>,
+    /// Id of this member; recorded with the DEK it sealed.
+    pub key_id: KeyId,
+}
+
+/// How a version with several members seals a DEK.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WrapPolicy {
+    /// Seal under every reachable member; any one can unwrap.
+    #[default]
+    All,
+    /// Seal under the first reachable member, in configured order.
+    Primary,
+}
+
+/// One version of a logical key.
+#[derive(Clone)]
+pub struct KeyVersion {
+    pub version: u32,
+    /// The version's id, exposed to callers.
+    pub key_id: KeyId,
+    pub members: Vec<Member>,
 }
 
 impl KeyVersion {
+    /// A version held by one backend key.
     pub fn new(key_name: &str, version: u32, backend_name: &str, backend: Arc<dyn Backend>) -> Self {
-        let key_id = KeyId::derive(key_name, version, &backend.key_identity());
-        KeyVersion {
-            version,
-            key_id,
-            backend_name: backend_name.to_owned(),
-            backend,
-        }
+        Self::with_members(key_name, version, vec![(backend_name.to_owned(), backend)])
+    }
+
+    /// A version held by several backend keys (an HA key ring), in the
+    /// order unwraps try them.
+    pub fn with_members(key_name: &str, version: u32, members: Vec<(String, Arc<dyn Backend>)>) -> Self {
+        let identities: Vec<String> = members.iter().map(|(_, b)| b.key_identity()).collect();
+        let key_id = KeyId::derive(key_name, version, &identities.join("\n"));
+        let members = members
+            .into_iter()
+            .map(|(backend_name, backend)| {
+                let key_id = KeyId::derive(key_name, version, &backend.key_identity());
+                Member { backend_name, backend, key_id }
+            })
+            .collect();
+        KeyVersion { version, key_id, members }
+    }
+
+    fn member_by_id(&self, key_id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.key_id.as_str() == key_id)
+    }
+
+    /// Backend names, comma separated (for messages and listings).
+    pub fn backend_names(&self) -> String {
+        self.members.iter().map(|m| m.backend_name.as_str()).collect::<Vec<_>>().join(",")
     }
 }
 
-/// A named key callers wrap under. New wraps use the primary version; any
-/// version at or above `min_decryption_version` can unwrap.
+/// A named key callers wrap under.
 #[derive(Clone)]
 pub struct LogicalKey {
     pub name: String,
     versions: BTreeMap<u32, KeyVersion>,
     primary: u32,
     min_decryption_version: u32,
+    policy: WrapPolicy,
 }
 
 impl LogicalKey {
     /// A key with a single version.
     pub fn single(name: &str, version: KeyVersion) -> Self {
-        let primary = version.version;
-        LogicalKey {
-            name: name.to_owned(),
-            versions: BTreeMap::from([(primary, version)]),
-            primary,
-            min_decryption_version: 1,
+        Self::new(name, vec![version], None, 1, WrapPolicy::All).expect("one version is always valid")
+    }
+
+    /// A key from its versions. `primary` defaults to the highest version.
+    pub fn new(
+        name: &str,
+        versions: Vec<KeyVersion>,
+        primary: Option<u32>,
+        min_decryption_version: u32,
+        policy: WrapPolicy,
+    ) -> Result<Self, String> {
+        let mut by_number = BTreeMap::new();
+        for version in versions {
+            if version.version == 0 {
+                return Err("key versions start at 1".into());
+            }
+            if version.members.is_empty() || version.members.len() > MAX_DEKS {
+                return Err(format!("version {} must have 1 to {MAX_DEKS} members", version.version));
+            }
+            if by_number.insert(version.version, version).is_some() {
+                return Err("a version number appears twice".into());
+            }
         }
+        let highest = *by_number.keys().next_back().ok_or("a key needs at least one version")?;
+        let primary = primary.unwrap_or(highest);
+        if !by_number.contains_key(&primary) {
+            return Err(format!("primary version {primary} does not exist"));
+        }
+        if min_decryption_version > primary {
+            return Err(format!(
+                "min_decryption_version {min_decryption_version} is above the primary version {primary}"
+            ));
+        }
+        Ok(LogicalKey { name: name.to_owned(), versions: by_number, primary, min_decryption_version, policy })
     }
 
     pub fn primary(&self) -> &KeyVersion {
@@ -101,8 +173,31 @@ impl LogicalKey {
         self.min_decryption_version
     }
 
-    fn version_by_id(&self, key_id: &str) -> Option<&KeyVersion> {
-        self.versions.values().find(|v| v.key_id.as_str() == key_id)
+    pub fn policy(&self) -> WrapPolicy {
+        self.policy
+    }
+
+    /// A copy with `version` added and made primary.
+    pub fn with_new_primary(&self, version: KeyVersion) -> Result<Self, String> {
+        let mut versions: Vec<KeyVersion> = self.versions.values().cloned().collect();
+        let number = version.version;
+        versions.push(version);
+        Self::new(&self.name, versions, Some(number), self.min_decryption_version, self.policy)
+    }
+
+    /// A copy with a new minimum decryption version.
+    pub fn with_min_decryption_version(&self, min: u32) -> Result<Self, String> {
+        let versions = self.versions.values().cloned().collect();
+        Self::new(&self.name, versions, Some(self.primary), min.max(1), self.policy)
+    }
+
+    fn member_by_id(&self, key_id: &str) -> Option<(&KeyVersion, &Member)> {
+        self.versions.values().find_map(|v| v.member_by_id(key_id).map(|m| (v, m)))
+    }
+
+    /// Whether `key_id` names one of this key's versions.
+    pub fn has_version_id(&self, key_id: &str) -> bool {
+        self.versions.values().any(|v| v.key_id.as_str() == key_id)
     }
 }
 
@@ -114,6 +209,7 @@ pub struct KeyInfo {
     pub primary_key_id: KeyId,
     pub min_decryption_version: u32,
     pub backend_kind: &'static str,
+    /// Backend names of the primary version's members, comma separated.
     pub backend_name: String,
     /// (version, key id) for every version, oldest first.
     pub versions: Vec<(u32, KeyId)>,
@@ -125,6 +221,9 @@ pub struct Wrapped {
     pub key_name: String,
     pub key_id: KeyId,
     pub key_version: u32,
+    /// Members of the version that could not seal the DEK (HA keys): the
+    /// blob is still good, and `Rewrap` can repair it later.
+    pub missing_members: Vec<String>,
 }
 
 /// The result of an unwrap. Holds the plaintext, so it is not `Debug`.
@@ -143,15 +242,18 @@ pub struct KeyRing {
 
 impl KeyRing {
     pub fn new(keys: impl IntoIterator<Item = LogicalKey>) -> Self {
-        KeyRing {
-            keys: keys.into_iter().map(|k| (k.name.clone(), k)).collect(),
-        }
+        KeyRing { keys: keys.into_iter().map(|k| (k.name.clone(), k)).collect() }
     }
 
     pub fn get(&self, name: &str) -> Result<&LogicalKey, Error> {
-        self.keys
-            .get(name)
-            .ok_or_else(|| Error::UnknownKey(name.to_owned()))
+        self.keys.get(name).ok_or_else(|| Error::UnknownKey(name.to_owned()))
+    }
+
+    /// A copy of the ring with `key` replacing the key of the same name.
+    pub fn with_key(&self, key: LogicalKey) -> KeyRing {
+        let mut keys = self.keys.clone();
+        keys.insert(key.name.clone(), key);
+        KeyRing { keys }
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -170,8 +272,8 @@ impl KeyRing {
             primary_version: primary.version,
             primary_key_id: primary.key_id.clone(),
             min_decryption_version: key.min_decryption_version,
-            backend_kind: primary.backend.kind(),
-            backend_name: primary.backend_name.clone(),
+            backend_kind: primary.members[0].backend.kind(),
+            backend_name: primary.backend_names(),
             versions: key.versions().map(|v| (v.version, v.key_id.clone())).collect(),
         })
     }
@@ -184,15 +286,53 @@ impl KeyRing {
 
         let dek = random_secret(&rng, DEK_LEN)?;
         let mut payload_iv = [0u8; GCM_IV_LEN];
-        rng.fill(&mut payload_iv)
-            .map_err(|_| Error::Internal("system RNG failed".into()))?;
+        rng.fill(&mut payload_iv).map_err(|_| Error::Internal("system RNG failed".into()))?;
         let ciphertext = seal_payload(&dek, &payload_iv, &payload_aad(key_name, aad), plaintext)?;
 
-        let sealed = version
-            .backend
-            .encrypt(dek.expose(), &dek_aad(key_name, version.version))
-            .await
-            .map_err(|source| backend_error(version, key_name, source))?;
+        let dek_aad = dek_aad(key_name, version.version);
+        let results: Vec<(&Member, Result<Sealed, BackendError>)> = match key.policy {
+            WrapPolicy::All => {
+                let sealing = version.members.iter().map(|m| m.backend.encrypt(dek.expose(), &dek_aad));
+                version.members.iter().zip(futures::future::join_all(sealing).await).collect()
+            }
+            WrapPolicy::Primary => {
+                let mut results = Vec::new();
+                for member in &version.members {
+                    let result = member.backend.encrypt(dek.expose(), &dek_aad).await;
+                    let done = result.is_ok();
+                    results.push((member, result));
+                    if done {
+                        break;
+                    }
+                }
+                results
+            }
+        };
+
+        let mut deks = Vec::new();
+        let mut missing_members = Vec::new();
+        let mut first_error = None;
+        for (member, result) in results {
+            match result {
+                Ok(sealed) => deks.push(WrappedDek {
+                    key_id: member.key_id.to_string(),
+                    key_version: version.version,
+                    backend: member.backend.kind().to_owned(),
+                    mechanism: sealed.mechanism as i32,
+                    iv: sealed.iv,
+                    wrapped_dek: sealed.ciphertext,
+                    oaep_hash: sealed.oaep_hash,
+                    backend_metadata: sealed.metadata.into_iter().collect(),
+                }),
+                Err(source) => {
+                    missing_members.push(member.backend_name.clone());
+                    first_error.get_or_insert_with(|| backend_error(member, key_name, source));
+                }
+            }
+        }
+        if deks.is_empty() {
+            return Err(first_error.unwrap_or_else(|| Error::Internal("no member sealed the data key".into())));
+        }
 
         let blob = WrappedBlob {
             format: FORMAT_V1,
@@ -200,33 +340,20 @@ impl KeyRing {
             payload_mechanism: Mechanism::Aes256Gcm as i32,
             payload_iv: payload_iv.to_vec(),
             ciphertext,
-            deks: vec![WrappedDek {
-                key_id: version.key_id.to_string(),
-                key_version: version.version,
-                backend: version.backend.kind().to_owned(),
-                mechanism: sealed.mechanism as i32,
-                iv: sealed.iv,
-                wrapped_dek: sealed.ciphertext,
-                oaep_hash: sealed.oaep_hash,
-                backend_metadata: sealed.metadata.into_iter().collect(),
-            }],
+            deks,
         };
         Ok(Wrapped {
             blob: blob.to_bytes(),
             key_name: key_name.to_owned(),
             key_id: version.key_id.clone(),
             key_version: version.version,
+            missing_members,
         })
     }
 
     /// Opens a blob. When `expected_key` is given the blob must have been
     /// sealed under that key name.
-    pub async fn unwrap(
-        &self,
-        expected_key: Option<&str>,
-        blob: &[u8],
-        aad: &[u8],
-    ) -> Result<Unwrapped, Error> {
+    pub async fn unwrap(&self, expected_key: Option<&str>, blob: &[u8], aad: &[u8]) -> Result<Unwrapped, Error> {
         let blob = WrappedBlob::from_bytes(blob)?;
         if let Some(expected) = expected_key.filter(|k| !k.is_empty())
             && expected != blob.key_name
@@ -234,17 +361,15 @@ impl KeyRing {
             // Name the requested key only: whether the blob's key exists
             // here is not the caller's business.
             self.get(expected)?;
-            return Err(Error::WrongKey {
-                blob_key: blob.key_name,
-                requested: expected.to_owned(),
-            });
+            return Err(Error::WrongKey { blob_key: blob.key_name, requested: expected.to_owned() });
         }
         let key = self.get(&blob.key_name)?;
 
-        // Try every DEK entry we hold a version for; the first that opens wins.
+        // Try every DEK entry we hold a member for, in blob order (which is
+        // configured order); the first that opens wins.
         let mut last_error = None;
         for entry in &blob.deks {
-            let Some(version) = key.version_by_id(&entry.key_id) else {
+            let Some((version, member)) = key.member_by_id(&entry.key_id) else {
                 continue;
             };
             if version.version < key.min_decryption_version {
@@ -262,18 +387,17 @@ impl KeyRing {
                 oaep_hash: entry.oaep_hash.clone(),
                 metadata: entry.backend_metadata.clone().into_iter().collect(),
             };
-            let dek = match version
-                .backend
-                .decrypt(&sealed, &dek_aad(&key.name, version.version))
-                .await
-            {
+            let dek = match member.backend.decrypt(&sealed, &dek_aad(&key.name, version.version)).await {
                 Ok(dek) => dek,
                 Err(source) if source.kind == BackendErrorKind::NotAuthentic => {
-                    last_error = Some(Error::NotAuthentic);
+                    last_error.get_or_insert(Error::NotAuthentic);
                     continue;
                 }
                 Err(source) => {
-                    last_error = Some(backend_error(version, &key.name, source));
+                    // Prefer reporting an unreachable member over "not authentic".
+                    if !matches!(last_error, Some(Error::Backend { .. })) {
+                        last_error = Some(backend_error(member, &key.name, source));
+                    }
                     continue;
                 }
             };
@@ -296,39 +420,24 @@ impl KeyRing {
         }
         Err(last_error.unwrap_or_else(|| Error::UnknownKeyVersion {
             key: key.name.clone(),
-            key_id: blob
-                .deks
-                .iter()
-                .map(|d| d.key_id.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
+            key_id: blob.deks.iter().map(|d| d.key_id.as_str()).collect::<Vec<_>>().join(","),
         }))
     }
 
     /// Opens a blob and seals its plaintext again under the key's primary version.
-    pub async fn rewrap(
-        &self,
-        expected_key: Option<&str>,
-        blob: &[u8],
-        aad: &[u8],
-    ) -> Result<Wrapped, Error> {
+    pub async fn rewrap(&self, expected_key: Option<&str>, blob: &[u8], aad: &[u8]) -> Result<Wrapped, Error> {
         let opened = self.unwrap(expected_key, blob, aad).await?;
         self.wrap(&opened.key_name, opened.plaintext.expose(), aad).await
     }
 }
 
-fn backend_error(version: &KeyVersion, key: &str, source: crate::error::BackendError) -> Error {
-    Error::Backend {
-        backend: version.backend_name.clone(),
-        key: key.to_owned(),
-        source,
-    }
+fn backend_error(member: &Member, key: &str, source: BackendError) -> Error {
+    Error::Backend { backend: member.backend_name.clone(), key: key.to_owned(), source }
 }
 
 fn random_secret(rng: &SystemRandom, len: usize) -> Result<SecretBytes, Error> {
     let mut bytes = SecretBytes::new(vec![0u8; len]);
-    rng.fill(bytes.expose_mut())
-        .map_err(|_| Error::Internal("system RNG failed".into()))?;
+    rng.fill(bytes.expose_mut()).map_err(|_| Error::Internal("system RNG failed".into()))?;
     Ok(bytes)
 }
 

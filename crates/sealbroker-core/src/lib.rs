@@ -15,8 +15,8 @@ pub mod error;
 pub mod keyring;
 pub mod secret;
 
-pub use backend::{Backend, Sealed};
+pub use backend::{Backend, NewVersion, Sealed};
 pub use blob::{Mechanism, WrappedBlob, WrappedDek};
 pub use error::{BackendError, BackendErrorKind, BlobError, Code, Error};
-pub use keyring::{KeyId, KeyInfo, KeyRing, KeyVersion, LogicalKey, Unwrapped, Wrapped};
+pub use keyring::{KeyId, KeyInfo, KeyRing, KeyVersion, LogicalKey, Member, Unwrapped, WrapPolicy, Wrapped};
 pub use secret::SecretBytes;

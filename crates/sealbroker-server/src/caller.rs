@@ -9,6 +9,9 @@ pub enum Caller {
     Unix { uid: u32, gid: u32, pid: Option<i32> },
     /// A TLS client, identified by its certificate's SHA-256 fingerprint.
     Tls { fingerprint: String },
+    /// A transit (HTTP) client, identified by the configured identity of the
+    /// token it presented. Never the token itself.
+    Token { identity: String },
     /// A plaintext TCP client (development profile only): no identity.
     Anonymous { peer: String },
     /// The broker itself (health probes, CLI tools in-process).
@@ -25,6 +28,7 @@ impl fmt::Display for Caller {
             } => write!(f, "unix:uid={uid},gid={gid},pid={pid}"),
             Caller::Unix { uid, gid, pid: None } => write!(f, "unix:uid={uid},gid={gid}"),
             Caller::Tls { fingerprint } => write!(f, "tls:sha256={fingerprint}"),
+            Caller::Token { identity } => write!(f, "token:{identity}"),
             Caller::Anonymous { peer } => write!(f, "anonymous:{peer}"),
             Caller::Internal(what) => write!(f, "internal:{what}"),
         }

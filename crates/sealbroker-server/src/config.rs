@@ -89,9 +89,28 @@ pub struct ServerConfig {
     pub unix_socket_mode: String,
     /// gRPC over TCP.
     pub tcp: Option<TcpConfig>,
+    /// The Vault-transit-compatible HTTP front door (see docs/transit.md).
+    pub transit: Option<TransitConfig>,
     /// Seconds to let in-flight requests finish after SIGTERM.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
+    /// Where the broker records key versions it creates (rotation).
+    /// Without it, keys can only be rotated in the config.
+    pub state_dir: Option<PathBuf>,
+    /// The Kubernetes KMS v2 front door (see docs/kubernetes-kms.md).
+    pub kms_v2: Option<KmsV2Config>,
+}
+
+/// `[server.kms_v2]`: a unix socket for kube-apiserver's KMS v2 plugin API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsV2Config {
+    pub socket: PathBuf,
+    /// The key that encrypts the apiserver's data keys.
+    pub key_name: String,
+    /// Octal file mode of the socket.
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
 }
 
 impl Default for ServerConfig {
@@ -100,7 +119,10 @@ impl Default for ServerConfig {
             unix_socket: None,
             unix_socket_mode: default_socket_mode(),
             tcp: None,
+            transit: None,
             shutdown_grace_secs: default_shutdown_grace(),
+            state_dir: None,
+            kms_v2: None,
         }
     }
 }
@@ -131,6 +153,78 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
     /// CA bundle for client certificates. Required: clients must authenticate.
     pub client_ca_file: Option<PathBuf>,
+}
+
+/// `[server.transit]`: HTTP(S) that speaks Vault's transit API, so a stock
+/// `seal "transit"` stanza (or hvac) can use the broker.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitConfig {
+    pub listen: SocketAddr,
+    /// The mount the callers name, as in `/v1/<mount_path>/encrypt/<key>`.
+    #[serde(default = "default_transit_mount")]
+    pub mount_path: String,
+    /// Serve without TLS. Development profile only.
+    #[serde(default)]
+    pub plaintext: bool,
+    pub tls: Option<TlsConfig>,
+    /// `[[server.transit.tokens]]`: who may call, and on which keys.
+    #[serde(default)]
+    pub tokens: Vec<TransitTokenConfig>,
+}
+
+fn default_transit_mount() -> String {
+    "transit".into()
+}
+
+impl TransitConfig {
+    /// The mount path without leading or trailing slashes.
+    pub fn mount(&self) -> &str {
+        self.mount_path.trim_matches('/')
+    }
+}
+
+/// One `[[server.transit.tokens]]` entry. Holds the token's file, never the token.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitTokenConfig {
+    /// Who this token is; logged as the caller.
+    pub identity: String,
+    /// File holding the token; a trailing newline is ignored.
+    pub token_file: PathBuf,
+    /// Keys this token may use.
+    pub keys: Vec<String>,
+}
+
+impl TransitTokenConfig {
+    /// Reads the token, refusing an unreadable or empty file and bytes no
+    /// HTTP client could send in a header. `field` names the entry in errors.
+    pub fn read_token(&self, field: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, ConfigError> {
+        let path = format!("{field}.token_file");
+        let mut token = zeroize::Zeroizing::new(std::fs::read(&self.token_file).map_err(|e| {
+            ConfigError::new(&path, format!("cannot read {}: {e}", self.token_file.display()))
+        })?);
+        while token.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            token.pop();
+        }
+        if token.is_empty() {
+            return Err(ConfigError::new(
+                &path,
+                format!("{} is empty; put the token in it", self.token_file.display()),
+            ));
+        }
+        // Headers carry visible ASCII only; reject what could never match.
+        if !token.iter().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                &path,
+                format!(
+                    "{} must hold one token of printable ASCII without spaces (one trailing newline is fine)",
+                    self.token_file.display()
+                ),
+            ));
+        }
+        Ok(token)
+    }
 }
 
 /// `[limits]`.
@@ -262,6 +356,9 @@ impl Config {
                 _ => {}
             }
         }
+        if let Some(transit) = &self.server.transit {
+            self.check_transit(transit)?;
+        }
         if self.limits.max_plaintext_bytes == 0 {
             return Err(ConfigError::new(
                 "limits.max_plaintext_bytes",
@@ -275,23 +372,19 @@ impl Config {
             ));
         }
         for (name, key) in &self.keys {
-            match key.get("backend") {
-                Some(toml::Value::String(backend)) if self.backends.contains_key(backend) => {}
-                Some(toml::Value::String(backend)) => {
-                    return Err(ConfigError::new(
-                        format!("keys.{name}.backend"),
-                        format!("names backend {backend:?}, but there is no [backends.{backend}] table"),
-                    ));
-                }
-                Some(_) => {
-                    return Err(ConfigError::new(
-                        format!("keys.{name}.backend"),
-                        "must be a string",
-                    ));
-                }
-                None => {
-                    return Err(ConfigError::new(format!("keys.{name}.backend"), "is missing"));
-                }
+            if let Some(toml::Value::String(backend)) = key.get("backend")
+                && !self.backends.contains_key(backend)
+            {
+                return Err(ConfigError::new(
+                    format!("keys.{name}.backend"),
+                    format!("names backend {backend:?}, but there is no [backends.{backend}] table"),
+                ));
+            }
+            if !["backend", "members", "versions"].iter().any(|f| key.contains_key(*f)) {
+                return Err(ConfigError::new(
+                    format!("keys.{name}.backend"),
+                    "is missing: name a [backends.NAME] (or give `members` / `versions`)",
+                ));
             }
         }
         for (name, backend) in &self.backends {
@@ -302,6 +395,17 @@ impl Config {
                 ));
             }
         }
+        if let Some(kms) = &self.server.kms_v2 {
+            if !self.keys.contains_key(&kms.key_name) {
+                return Err(ConfigError::new(
+                    "server.kms_v2.key_name",
+                    format!("names key {:?}, but there is no [keys.{}] table", kms.key_name, kms.key_name),
+                ));
+            }
+            parse_mode(&kms.socket_mode).ok_or_else(|| {
+                ConfigError::new("server.kms_v2.socket_mode", "must be an octal file mode such as \"0600\"")
+            })?;
+        }
         if self.keys.is_empty() {
             return Err(ConfigError::new(
                 "keys",
@@ -311,13 +415,125 @@ impl Config {
         Ok(())
     }
 
+    /// `[server.transit]`: the same TLS refusals as `[server.tcp]`, except
+    /// that the development profile may skip client certificates (the
+    /// tokens still authenticate), and a sound token table.
+    fn check_transit(&self, transit: &TransitConfig) -> Result<(), ConfigError> {
+        let mount = transit.mount();
+        let mount_ok = !mount.is_empty()
+            && mount.split('/').all(|segment| {
+                !segment.is_empty()
+                    && segment != "."
+                    && segment != ".."
+                    && segment
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            });
+        if !mount_ok {
+            return Err(ConfigError::new(
+                "server.transit.mount_path",
+                "must be one or more path segments of letters, digits, `-`, `_` and `.`, such as \"transit\"",
+            ));
+        }
+        if matches!(mount.split('/').next(), Some("auth" | "sys")) {
+            return Err(ConfigError::new(
+                "server.transit.mount_path",
+                "cannot start with `auth` or `sys`: those paths are the token and health endpoints",
+            ));
+        }
+        match (&transit.tls, transit.plaintext) {
+            (Some(_), true) => {
+                return Err(ConfigError::new(
+                    "server.transit.plaintext",
+                    "cannot be true when `tls` is set",
+                ));
+            }
+            (None, false) => {
+                return Err(ConfigError::new(
+                    "server.transit.tls",
+                    "is missing: the transit listener needs TLS with client certificates (or `plaintext = true` under the development profile)",
+                ));
+            }
+            (None, true) if self.profile == Profile::Hardened => {
+                return Err(ConfigError::new(
+                    "server.transit.plaintext",
+                    "the hardened profile refuses plaintext HTTP: tokens and unwrapped secrets would cross the network in the clear; configure [server.transit.tls] with client_ca_file",
+                ));
+            }
+            (Some(tls), false) if tls.client_ca_file.is_none() && self.profile == Profile::Hardened => {
+                return Err(ConfigError::new(
+                    "server.transit.tls.client_ca_file",
+                    "is missing: the hardened profile requires mutual TLS on the transit listener, so a stolen token alone cannot unwrap; set the CA that signs client certificates",
+                ));
+            }
+            _ => {}
+        }
+        if transit.tokens.is_empty() {
+            return Err(ConfigError::new(
+                "server.transit.tokens",
+                "no tokens: add a [[server.transit.tokens]] table with identity, token_file and keys",
+            ));
+        }
+        let mut identities = std::collections::BTreeSet::new();
+        // Zeroed on drop, like every copy of a token.
+        let mut tokens_seen: Vec<zeroize::Zeroizing<Vec<u8>>> = Vec::new();
+        for (index, entry) in transit.tokens.iter().enumerate() {
+            let field = format!("server.transit.tokens[{index}]");
+            let identity_ok = !entry.identity.is_empty()
+                && entry
+                    .identity
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+            if !identity_ok {
+                return Err(ConfigError::new(
+                    format!("{field}.identity"),
+                    "must be a non-empty name of letters, digits, `-`, `_`, `.` and `@` (it appears in logs)",
+                ));
+            }
+            if !identities.insert(entry.identity.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{field}.identity"),
+                    format!(
+                        "{:?} is used by an earlier token; each token needs its own identity",
+                        entry.identity
+                    ),
+                ));
+            }
+            if entry.keys.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{field}.keys"),
+                    "is empty: list the keys this token may use",
+                ));
+            }
+            for key in &entry.keys {
+                if !self.keys.contains_key(key) {
+                    return Err(ConfigError::new(
+                        format!("{field}.keys"),
+                        format!("names key {key:?}, but there is no [keys.{key}] table"),
+                    ));
+                }
+            }
+            let token = entry.read_token(&field)?;
+            // Two entries with one token would make the caller's identity ambiguous.
+            if tokens_seen.contains(&token) {
+                return Err(ConfigError::new(
+                    format!("{field}.token_file"),
+                    "holds the same token as an earlier entry; give each identity its own token",
+                ));
+            }
+            tokens_seen.push(token);
+        }
+        Ok(())
+    }
+
     /// A daemon needs somewhere to listen (the KMS plugin's in-process mode
     /// reads the same file and needs none).
     pub fn require_listener(&self) -> Result<(), ConfigError> {
-        if self.server.unix_socket.is_none() && self.server.tcp.is_none() {
+        let server = &self.server;
+        if server.unix_socket.is_none() && server.tcp.is_none() && server.transit.is_none() {
             return Err(ConfigError::new(
                 "server",
-                "no listener: set `unix_socket` and/or a `[server.tcp]` table",
+                "no listener: set `unix_socket`, a `[server.tcp]` table and/or a `[server.transit]` table",
             ));
         }
         Ok(())
@@ -326,6 +542,11 @@ impl Config {
     pub fn unix_socket_mode(&self) -> u32 {
         u32::from_str_radix(self.server.unix_socket_mode.trim_start_matches("0o"), 8).unwrap_or(0o600)
     }
+}
+
+/// Parses an octal file mode such as "0600".
+pub fn parse_mode(text: &str) -> Option<u32> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8).ok().filter(|mode| *mode <= 0o777)
 }
 
 /// Deserializes a sub-table into `T`, prefixing error paths with `prefix`.
@@ -442,5 +663,206 @@ mod tests {
         let table: toml::Table = toml::from_str("size = \"x\"").unwrap();
         let err = parse_table::<Key>(&table, "keys.k").unwrap_err();
         assert_eq!(err.path, "keys.k.size");
+    }
+
+    /// `[server.transit]` tables over MINIMAL, with token files in a temporary directory.
+    struct TransitFixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl TransitFixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("token"), "s.token-one\n").unwrap();
+            std::fs::write(dir.path().join("token2"), "s.token-two").unwrap();
+            TransitFixture { dir }
+        }
+
+        fn token(&self, name: &str) -> String {
+            self.dir.path().join(name).display().to_string()
+        }
+
+        /// `profile`, then a plaintext transit listener with `extra` lines,
+        /// then `tokens` (TOML array-of-tables text).
+        fn config(&self, profile: &str, transit: &str, tokens: &str) -> String {
+            MINIMAL.replace("\"development\"", &format!("\"{profile}\""))
+                + &format!("\n[server.transit]\nlisten = \"127.0.0.1:8200\"\n{transit}\n{tokens}")
+        }
+
+        fn one_token(&self) -> String {
+            format!(
+                "[[server.transit.tokens]]\nidentity = \"openbao\"\ntoken_file = \"{}\"\nkeys = [\"k\"]\n",
+                self.token("token")
+            )
+        }
+    }
+
+    #[test]
+    fn transit_config_parses_with_defaults() {
+        let fixture = TransitFixture::new();
+        let config =
+            Config::parse(&fixture.config("development", "plaintext = true", &fixture.one_token())).unwrap();
+        let transit = config.server.transit.as_ref().unwrap();
+        assert_eq!(transit.mount(), "transit");
+        assert_eq!(transit.tokens[0].identity, "openbao");
+        assert_eq!(transit.tokens[0].keys, ["k"]);
+        let token = transit.tokens[0].read_token("t").unwrap();
+        assert_eq!(&token[..], b"s.token-one", "the trailing newline is dropped");
+    }
+
+    #[test]
+    fn transit_mount_path_slashes_are_trimmed_and_bad_paths_refused() {
+        let fixture = TransitFixture::new();
+        let parse = |mount: &str| {
+            Config::parse(&fixture.config(
+                "development",
+                &format!("plaintext = true\nmount_path = \"{mount}\""),
+                &fixture.one_token(),
+            ))
+        };
+        let config = parse("/kms/transit/").unwrap();
+        assert_eq!(config.server.transit.unwrap().mount(), "kms/transit");
+        for bad in ["", "/", "a b", "../x", "a//b", "{key}", "auth/transit", "sys"] {
+            let err = parse(bad).expect_err(bad);
+            assert_eq!(err.path, "server.transit.mount_path", "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn hardened_refuses_plaintext_transit_and_says_why() {
+        let fixture = TransitFixture::new();
+        let err = error_of(&fixture.config("hardened", "plaintext = true", &fixture.one_token()));
+        assert_eq!(err.path, "server.transit.plaintext", "{err}");
+        assert!(
+            err.message.contains("hardened profile refuses plaintext HTTP"),
+            "{err}"
+        );
+        assert!(err.message.contains("tokens and unwrapped secrets"), "{err}");
+    }
+
+    #[test]
+    fn transit_tls_without_client_ca_is_refused_when_hardened_only() {
+        let fixture = TransitFixture::new();
+        let tls = "[server.transit.tls]\ncert_file = \"c\"\nkey_file = \"k\"";
+        let err = error_of(&fixture.config("hardened", tls, &fixture.one_token()));
+        assert_eq!(err.path, "server.transit.tls.client_ca_file", "{err}");
+        assert!(err.message.contains("mutual TLS"), "{err}");
+        // Development may rely on tokens alone.
+        Config::parse(&fixture.config("development", tls, &fixture.one_token())).unwrap();
+        let with_ca = format!("{tls}\nclient_ca_file = \"ca\"");
+        Config::parse(&fixture.config("hardened", &with_ca, &fixture.one_token())).unwrap();
+    }
+
+    #[test]
+    fn transit_needs_tls_or_plaintext_and_not_both() {
+        let fixture = TransitFixture::new();
+        let err = error_of(&fixture.config("development", "", &fixture.one_token()));
+        assert_eq!(err.path, "server.transit.tls", "{err}");
+        let both = "plaintext = true\n[server.transit.tls]\ncert_file = \"c\"\nkey_file = \"k\"";
+        let err = error_of(&fixture.config("development", both, &fixture.one_token()));
+        assert_eq!(err.path, "server.transit.plaintext", "{err}");
+    }
+
+    #[test]
+    fn transit_needs_at_least_one_token() {
+        let fixture = TransitFixture::new();
+        let err = error_of(&fixture.config("development", "plaintext = true", ""));
+        assert_eq!(err.path, "server.transit.tokens", "{err}");
+        assert!(err.message.contains("[[server.transit.tokens]]"), "{err}");
+    }
+
+    #[test]
+    fn transit_token_entries_are_checked_field_by_field() {
+        let fixture = TransitFixture::new();
+        let empty = fixture.dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let spaced = fixture.dir.path().join("spaced");
+        std::fs::write(&spaced, "two words\n").unwrap();
+        let entry = |identity: &str, file: &str, keys: &str| {
+            format!(
+                "[[server.transit.tokens]]\nidentity = \"{identity}\"\ntoken_file = \"{file}\"\nkeys = {keys}\n"
+            )
+        };
+        let token = fixture.token("token");
+        let token2 = fixture.token("token2");
+        let cases = [
+            (
+                entry("a", &token, "[\"nope\"]"),
+                "server.transit.tokens[0].keys",
+                "[keys.nope]",
+            ),
+            (
+                entry("a", &token, "[]"),
+                "server.transit.tokens[0].keys",
+                "is empty",
+            ),
+            (
+                entry("", &token, "[\"k\"]"),
+                "server.transit.tokens[0].identity",
+                "non-empty",
+            ),
+            (
+                entry("a b", &token, "[\"k\"]"),
+                "server.transit.tokens[0].identity",
+                "letters",
+            ),
+            (
+                entry("a", "/nonexistent/token", "[\"k\"]"),
+                "server.transit.tokens[0].token_file",
+                "cannot read",
+            ),
+            (
+                entry("a", &empty.display().to_string(), "[\"k\"]"),
+                "server.transit.tokens[0].token_file",
+                "is empty",
+            ),
+            (
+                entry("a", &spaced.display().to_string(), "[\"k\"]"),
+                "server.transit.tokens[0].token_file",
+                "printable ASCII",
+            ),
+            (
+                entry("a", &token, "[\"k\"]") + &entry("a", &token2, "[\"k\"]"),
+                "server.transit.tokens[1].identity",
+                "earlier token",
+            ),
+            (
+                entry("a", &token, "[\"k\"]") + &entry("b", &token, "[\"k\"]"),
+                "server.transit.tokens[1].token_file",
+                "same token",
+            ),
+            (
+                entry("a", &token, "[\"k\"]").replace("keys =", "key =") + "keys = [\"k\"]\n",
+                "server.transit.tokens[0].key",
+                "unknown field",
+            ),
+        ];
+        for (tokens, path, message) in cases {
+            let err = error_of(&fixture.config("development", "plaintext = true", &tokens));
+            assert_eq!(err.path, path, "{tokens}: {err}");
+            assert!(err.message.contains(message), "{tokens}: {err}");
+        }
+    }
+
+    #[test]
+    fn transit_errors_never_quote_the_token() {
+        let fixture = TransitFixture::new();
+        let tokens = fixture.one_token() + &fixture.one_token().replace("\"openbao\"", "\"other\"");
+        let err = error_of(&fixture.config("development", "plaintext = true", &tokens));
+        assert!(!err.to_string().contains("token-one"), "{err}");
+        let debug = format!(
+            "{:?}",
+            Config::parse(&fixture.config("development", "plaintext = true", &fixture.one_token())).unwrap()
+        );
+        assert!(!debug.contains("token-one"), "{debug}");
+    }
+
+    #[test]
+    fn a_transit_listener_alone_is_enough_for_a_daemon() {
+        let fixture = TransitFixture::new();
+        let text = fixture
+            .config("development", "plaintext = true", &fixture.one_token())
+            .replace("unix_socket = \"/tmp/x.sock\"", "");
+        Config::parse(&text).unwrap().require_listener().unwrap();
     }
 }

@@ -91,6 +91,7 @@ impl pb::seal_service_server::SealService for SealGrpc {
             key_name: wrapped.key_name,
             key_id: wrapped.key_id.to_string(),
             key_version: wrapped.key_version,
+            missing_backends: wrapped.missing_members,
         }))
     }
 
@@ -130,6 +131,7 @@ impl pb::seal_service_server::SealService for SealGrpc {
             key_name: wrapped.key_name,
             key_id: wrapped.key_id.to_string(),
             key_version: wrapped.key_version,
+            missing_backends: wrapped.missing_members,
         }))
     }
 
@@ -154,6 +156,29 @@ impl pb::seal_service_server::SealService for SealGrpc {
         let caller = caller_of(&request);
         let keys = self.broker.list_keys(&caller).into_iter().map(key_info).collect();
         Ok(Response::new(pb::ListKeysResponse { keys }))
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::GetKeyResponse>, Status> {
+        let caller = caller_of(&request);
+        let info = self.broker.rotate(&caller, &request.get_ref().key_name).await.map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::GetKeyResponse { key: Some(key_info(info)) }))
+    }
+
+    async fn set_min_decryption_version(
+        &self,
+        request: Request<pb::SetMinDecryptionVersionRequest>,
+    ) -> Result<Response<pb::GetKeyResponse>, Status> {
+        let caller = caller_of(&request);
+        let req = request.get_ref();
+        let info = self
+            .broker
+            .set_min_decryption_version(&caller, &req.key_name, req.min_decryption_version)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::GetKeyResponse { key: Some(key_info(info)) }))
     }
 
     async fn status(

@@ -1,6 +1,7 @@
 //! Listeners and the serving loop: gRPC on a unix socket and on TCP (mTLS),
-//! with health and reflection, and a graceful shutdown.
+//! with health and reflection, the transit HTTP door, and a graceful shutdown.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use sealbroker_proto::sealbroker::v1::seal_service_server::SealServiceServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::transport::Server;
@@ -17,6 +20,7 @@ use crate::config::ServerConfig;
 use crate::grpc::SealGrpc;
 use crate::service::Broker;
 use crate::tls::{self, ServerConn};
+use crate::transit;
 
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +79,11 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
 pub struct Bound {
     pub unix_socket: Option<PathBuf>,
     pub tcp: Option<std::net::SocketAddr>,
+    /// The transit HTTP(S) listener.
+    pub transit: Option<SocketAddr>,
 }
 
-/// Serves gRPC until `shutdown` resolves, then lets in-flight requests finish
+/// Serves every configured listener until `shutdown` resolves, then lets in-flight requests finish
 /// for up to `server.shutdown_grace_secs` and removes the socket file.
 /// `on_bound` is called once every listener is bound.
 pub async fn serve(
@@ -109,42 +115,86 @@ pub async fn serve(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks: JoinSet<Result<(), ServeError>> = JoinSet::new();
     let mut bound = Bound {
         unix_socket: None,
         tcp: None,
+        transit: None,
     };
 
     if let Some(path) = &server.unix_socket {
         let listener = bind_unix(path, socket_mode)?;
         let incoming = UnixListenerStream::new(listener);
         let serving = router().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
-        tasks.spawn(serving);
+        tasks.spawn(async move { Ok(serving.await?) });
         bound.unix_socket = Some(path.clone());
         tracing::info!(socket = %path.display(), mode = format!("{socket_mode:04o}"), "gRPC listening on unix socket");
     }
 
     if let Some(tcp) = &server.tcp {
-        let listener = TcpListener::bind(tcp.listen)
-            .await
-            .map_err(io_error(format!("binding TCP {}", tcp.listen)))?;
-        let local = listener.local_addr().map_err(io_error("reading TCP address"))?;
         let acceptor = match &tcp.tls {
-            Some(tls_config) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(
-                tls_config,
-            )?))),
+            Some(tls_config) => Some(TlsAcceptor::from(Arc::new(tls::server_config(tls_config)?))),
             None => None,
         };
-        let (conn_tx, conn_rx) = mpsc::channel::<ServerConn>(64);
-        tasks.spawn(accept_tcp(listener, acceptor.clone(), conn_tx, stop_rx.clone()));
+        let is_tls = acceptor.is_some();
+        let (local, conn_rx) = listen_tcp(tcp.listen, acceptor, stop_rx.clone(), &mut tasks).await?;
         let incoming = ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>);
-        tasks.spawn(router().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())));
+        let serving = router().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+        tasks.spawn(async move { Ok(serving.await?) });
         bound.tcp = Some(local);
-        if acceptor.is_some() {
+        if is_tls {
             tracing::info!(address = %local, "gRPC listening on TCP with mutual TLS");
         } else {
             tracing::warn!(address = %local, security_risk = true, "gRPC listening on PLAINTEXT TCP (development profile)");
         }
+    }
+
+    if let Some(transit_config) = &server.transit {
+        // Tokens and certificates load before binding, so a bad file stops
+        // start-up before anything listens.
+        let app = transit::router(broker.clone(), transit_config)?;
+        let acceptor = match &transit_config.tls {
+            Some(tls_config) => Some(TlsAcceptor::from(Arc::new(tls::server_config_at(
+                tls_config,
+                "server.transit.tls",
+                transit::ALPN,
+            )?))),
+            None => None,
+        };
+        let client_certs = transit_config
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_file.is_some());
+        let is_tls = acceptor.is_some();
+        let (local, conn_rx) =
+            listen_tcp(transit_config.listen, acceptor, stop_rx.clone(), &mut tasks).await?;
+        tasks.spawn(transit::serve(app, conn_rx, stop_rx.clone()));
+        bound.transit = Some(local);
+        let mount = transit_config.mount();
+        match (is_tls, client_certs) {
+            (true, true) => {
+                tracing::info!(address = %local, mount, "transit listening on HTTPS with mutual TLS")
+            }
+            (true, false) => {
+                tracing::warn!(address = %local, mount, security_risk = true, "transit listening on HTTPS WITHOUT client certificates (development profile)")
+            }
+            _ => {
+                tracing::warn!(address = %local, mount, security_risk = true, "transit listening on PLAINTEXT HTTP (development profile)")
+            }
+        }
+    }
+    if let Some(kms) = &server.kms_v2 {
+        let mode = crate::config::parse_mode(&kms.socket_mode).unwrap_or(0o600);
+        let listener = bind_unix(&kms.socket, mode)?;
+        let (kms_health, kms_health_service) = tonic_health::server::health_reporter();
+        kms_health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        let service = crate::kmsv2::KmsV2::new(broker.clone(), kms.key_name.clone()).into_server();
+        let serving = Server::builder()
+            .add_service(kms_health_service)
+            .add_service(service)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
+        tasks.spawn(async move { serving.await.map_err(ServeError::from) });
+        tracing::info!(socket = %kms.socket.display(), key = %kms.key_name, "Kubernetes KMS v2 listening");
     }
     on_bound(&bound);
 
@@ -180,21 +230,39 @@ pub async fn serve(
     })
     .await;
     tasks.abort_all();
-    if let Some(path) = &server.unix_socket {
+    for path in server.unix_socket.iter().chain(server.kms_v2.as_ref().map(|k| &k.socket)) {
         let _ = std::fs::remove_file(path);
     }
     tracing::info!("stopped");
     Ok(())
 }
 
+/// Binds `address` and accepts on it, in a task of `tasks`, until `stop`.
+/// Connections arrive on the returned channel once their TLS handshake is
+/// done; gRPC and transit serve from such channels alike.
+async fn listen_tcp(
+    address: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+    tasks: &mut JoinSet<Result<(), ServeError>>,
+) -> Result<(SocketAddr, mpsc::Receiver<ServerConn>), ServeError> {
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(io_error(format!("binding TCP {address}")))?;
+    let local = listener.local_addr().map_err(io_error("reading TCP address"))?;
+    let (conn_tx, conn_rx) = mpsc::channel::<ServerConn>(64);
+    tasks.spawn(accept_tcp(listener, acceptor, conn_tx, stop));
+    Ok((local, conn_rx))
+}
+
 /// Accepts TCP connections and completes TLS handshakes off the accept loop,
 /// so one slow client cannot hold up others. Yields only finished handshakes.
 async fn accept_tcp(
     listener: TcpListener,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    acceptor: Option<TlsAcceptor>,
     conns: mpsc::Sender<ServerConn>,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => return Ok(()),

@@ -3,16 +3,17 @@
 //! here and hold no crypto and no policy of their own.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sealbroker_core::{
-    BackendError, BackendErrorKind, Error, KeyInfo, KeyRing, SecretBytes, Unwrapped, Wrapped,
+    BackendError, BackendErrorKind, Error, KeyInfo, KeyRing, KeyVersion, LogicalKey, SecretBytes, Unwrapped, Wrapped,
 };
 use tracing::Instrument;
 
 use crate::caller::Caller;
+use crate::keystate::{KeyStateStore, MemberRecord, VersionRecord};
 use crate::config::{LimitsConfig, Profile};
 
 /// Health of one key's primary backend, as last probed.
@@ -35,11 +36,15 @@ pub struct BrokerStatus {
 
 /// The inner service shared by every front door.
 pub struct Broker {
-    ring: KeyRing,
+    /// Swapped whole on rotation; requests work on the snapshot they started with.
+    ring: RwLock<Arc<KeyRing>>,
     profile: Profile,
     limits: LimitsConfig,
     health: Mutex<HashMap<String, KeyHealth>>,
     in_flight: AtomicUsize,
+    state: Option<Arc<KeyStateStore>>,
+    /// Serializes rotations and other key changes.
+    changing_keys: tokio::sync::Mutex<()>,
 }
 
 /// Counts one operation as in flight for as long as it lives.
@@ -74,12 +79,80 @@ impl Broker {
             );
         }
         Broker {
-            ring,
+            ring: RwLock::new(Arc::new(ring)),
             profile,
             limits,
             health: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
+            state: None,
+            changing_keys: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Records rotations in `state` so they survive restarts.
+    pub fn with_state(mut self, state: Arc<KeyStateStore>) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    fn state_store(&self) -> Result<&KeyStateStore, Error> {
+        self.state.as_deref().ok_or_else(|| {
+            Error::Precondition(
+                "this broker has no state directory, so it cannot record key changes: set server.state_dir \
+                 (or add the version to the config)"
+                    .into(),
+            )
+        })
+    }
+
+    /// Creates a new version of `key` on its backends, records it, and makes
+    /// it primary. Old versions keep unwrapping; `Rewrap` moves blobs forward.
+    pub async fn rotate(&self, caller: &Caller, key: &str) -> Result<KeyInfo, Error> {
+        let _changing = self.changing_keys.lock().await;
+        let store = self.state_store()?;
+        let current = self.key_ring().get(key)?.clone();
+        let next = current.versions().map(|v| v.version).max().unwrap_or(0) + 1;
+        let mut members = Vec::new();
+        let mut records = Vec::new();
+        for member in &current.primary().members {
+            let created = member.backend.create_version(next).await.map_err(|source| Error::Backend {
+                backend: member.backend_name.clone(),
+                key: key.to_owned(),
+                source,
+            })?;
+            members.push((member.backend_name.clone(), created.backend));
+            records.push(MemberRecord { backend: member.backend_name.clone(), settings: created.settings });
+        }
+        let rotated = current
+            .with_new_primary(KeyVersion::with_members(key, next, members))
+            .map_err(Error::Internal)?;
+        store
+            .update(|state| {
+                state.keys.entry(key.to_owned()).or_default().versions.push(VersionRecord { version: next, members: records })
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("cannot record the new key version: {e}")))?;
+        self.replace_key(rotated);
+        let info = self.key_ring().describe(key)?;
+        tracing::info!(%caller, key, version = next, key_id = %info.primary_key_id, "key rotated");
+        Ok(info)
+    }
+
+    /// Refuses blobs under versions below `min` from now on.
+    pub async fn set_min_decryption_version(&self, caller: &Caller, key: &str, min: u32) -> Result<KeyInfo, Error> {
+        let _changing = self.changing_keys.lock().await;
+        let store = self.state_store()?;
+        let current = self.key_ring().get(key)?.clone();
+        let changed = current
+            .with_min_decryption_version(min)
+            .map_err(|reason| Error::InvalidArgument { field: "min_decryption_version", reason })?;
+        store
+            .update(|state| state.keys.entry(key.to_owned()).or_default().min_decryption_version = Some(min))
+            .await
+            .map_err(|e| Error::Internal(format!("cannot record the minimum decryption version: {e}")))?;
+        self.replace_key(changed);
+        tracing::info!(%caller, key, min, "minimum decryption version set");
+        self.key_ring().describe(key)
     }
 
     /// Wrap, unwrap and rewrap operations running right now.
@@ -95,8 +168,15 @@ impl Broker {
         &self.limits
     }
 
-    pub fn key_ring(&self) -> &KeyRing {
-        &self.ring
+    /// The current key ring.
+    pub fn key_ring(&self) -> Arc<KeyRing> {
+        self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces one key (after a rotation or a policy change).
+    pub fn replace_key(&self, key: LogicalKey) {
+        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        *ring = Arc::new(ring.with_key(key));
     }
 
     /// Bounds a backend-bound future by the configured request timeout.
@@ -110,11 +190,7 @@ impl Broker {
         match tokio::time::timeout(limit, fut).await {
             Ok(result) => result,
             Err(_) => Err(Error::Backend {
-                backend: self
-                    .ring
-                    .get(key)
-                    .map(|k| k.primary().backend_name.clone())
-                    .unwrap_or_default(),
+                backend: self.key_ring().get(key).map(|k| k.primary().backend_names()).unwrap_or_default(),
                 key: key.to_owned(),
                 source: BackendError::new(
                     BackendErrorKind::Timeout,
@@ -159,8 +235,15 @@ impl Broker {
                         limit: self.limits.max_plaintext_bytes,
                     });
                 }
-                self.bounded("wrap", key, self.ring.wrap(key, plaintext.expose(), aad))
-                    .await
+                let wrapped =
+                    self.bounded("wrap", key, self.key_ring().wrap(key, plaintext.expose(), aad)).await?;
+                if !wrapped.missing_members.is_empty() {
+                    tracing::warn!(
+                        missing = %wrapped.missing_members.join(","),
+                        "wrap is degraded: some key ring members could not seal the data key; Rewrap later to repair"
+                    );
+                }
+                Ok(wrapped)
             }
             .await;
             Self::log_outcome("wrap", started, &result);
@@ -184,7 +267,7 @@ impl Broker {
             let started = Instant::now();
             let expected = (!key.is_empty()).then_some(key);
             let result = self
-                .bounded("unwrap", key, self.ring.unwrap(expected, blob, aad))
+                .bounded("unwrap", key, self.key_ring().unwrap(expected, blob, aad))
                 .await;
             if let Ok(opened) = &result {
                 tracing::Span::current().record("key", opened.key_name.as_str());
@@ -210,7 +293,7 @@ impl Broker {
             let started = Instant::now();
             let expected = (!key.is_empty()).then_some(key);
             let result = self
-                .bounded("rewrap", key, self.ring.rewrap(expected, blob, aad))
+                .bounded("rewrap", key, self.key_ring().rewrap(expected, blob, aad))
                 .await;
             Self::log_outcome("rewrap", started, &result);
             result
@@ -220,68 +303,50 @@ impl Broker {
     }
 
     pub fn get_key(&self, _caller: &Caller, key: &str) -> Result<KeyInfo, Error> {
-        self.ring.describe(key)
+        self.key_ring().describe(key)
     }
 
     pub fn list_keys(&self, _caller: &Caller) -> Vec<KeyInfo> {
-        self.ring
-            .names()
-            .filter_map(|name| self.ring.describe(name).ok())
-            .collect()
+        let ring = self.key_ring();
+        ring.names().filter_map(|name| ring.describe(name).ok()).collect()
     }
 
-    /// Health of every key. Results younger than `limits.health_cache_secs`
-    /// are reused unless `deep` asks for a fresh probe, so frequent status
-    /// polls never hammer an HSM or a cloud quota.
+    /// Health of every member of every key's primary version. Results
+    /// younger than `limits.health_cache_secs` are reused unless `deep` asks
+    /// for a fresh probe, so frequent status polls never hammer an HSM or a
+    /// cloud quota.
     pub async fn status(&self, deep: bool) -> BrokerStatus {
         let ttl = Duration::from_secs(self.limits.health_cache_secs);
+        let ring = self.key_ring();
         let mut keys = Vec::new();
-        for key in self.ring.keys() {
-            let cached = self
-                .health
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key.name)
-                .cloned();
-            let fresh = cached.filter(|h| !deep && h.checked_at.elapsed() < ttl);
-            let health = match fresh {
-                Some(health) => health,
-                None => {
-                    let primary = key.primary();
-                    let probe = tokio::time::timeout(
-                        Duration::from_secs(self.limits.request_timeout_secs),
-                        primary.backend.health(),
-                    )
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(BackendError::new(
-                            BackendErrorKind::Timeout,
-                            "health probe timed out",
-                        ))
-                    });
-                    let health = KeyHealth {
-                        key_name: key.name.clone(),
-                        backend_name: primary.backend_name.clone(),
-                        healthy: probe.is_ok(),
-                        error: probe.err().map(|e| e.to_string()),
-                        checked_at: Instant::now(),
-                    };
-                    if let Some(error) = &health.error {
-                        tracing::warn!(key = %key.name, backend = %primary.backend_name, %error, "backend unhealthy");
-                    }
-                    self.health
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key.name.clone(), health.clone());
-                    health
+        for key in ring.keys() {
+            for member in &key.primary().members {
+                let cache_key = format!("{}/{}", key.name, member.backend_name);
+                let cached = self.health.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key).cloned();
+                if let Some(health) = cached.filter(|h| !deep && h.checked_at.elapsed() < ttl) {
+                    keys.push(health);
+                    continue;
                 }
-            };
-            keys.push(health);
+                let probe = tokio::time::timeout(
+                    Duration::from_secs(self.limits.request_timeout_secs),
+                    member.backend.health(),
+                )
+                .await
+                .unwrap_or_else(|_| Err(BackendError::new(BackendErrorKind::Timeout, "health probe timed out")));
+                let health = KeyHealth {
+                    key_name: key.name.clone(),
+                    backend_name: member.backend_name.clone(),
+                    healthy: probe.is_ok(),
+                    error: probe.err().map(|e| e.to_string()),
+                    checked_at: Instant::now(),
+                };
+                if let Some(error) = &health.error {
+                    tracing::warn!(key = %key.name, backend = %member.backend_name, %error, "backend unhealthy");
+                }
+                self.health.lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, health.clone());
+                keys.push(health);
+            }
         }
-        BrokerStatus {
-            profile: self.profile,
-            security_risk: self.profile == Profile::Development,
-            keys,
-        }
+        BrokerStatus { profile: self.profile, security_risk: self.profile == Profile::Development, keys }
     }
 }

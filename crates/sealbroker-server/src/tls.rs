@@ -51,40 +51,52 @@ pub fn load_key(path: &Path, field: &str) -> Result<PrivateKeyDer<'static>, Conf
     })
 }
 
-/// Builds the server config: our certificate, client certificates required
-/// and verified against `client_ca_file`, HTTP/2 only.
+/// Builds the gRPC listener's config: our certificate, client certificates
+/// required and verified against `client_ca_file`, HTTP/2 only.
 pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ConfigError> {
-    let provider = provider();
-    let certs = load_certs(&tls.cert_file, "server.tcp.tls.cert_file")?;
-    let key = load_key(&tls.key_file, "server.tcp.tls.key_file")?;
-    let ca_path = tls
-        .client_ca_file
-        .as_ref()
-        .ok_or_else(|| ConfigError::new("server.tcp.tls.client_ca_file", "is missing"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in load_certs(ca_path, "server.tcp.tls.client_ca_file")? {
-        roots.add(ca).map_err(|e| {
-            ConfigError::new(
-                "server.tcp.tls.client_ca_file",
-                format!("bad CA certificate: {e}"),
-            )
-        })?;
+    if tls.client_ca_file.is_none() {
+        return Err(ConfigError::new("server.tcp.tls.client_ca_file", "is missing"));
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| ConfigError::new("server.tcp.tls.client_ca_file", e.to_string()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    server_config_at(tls, "server.tcp.tls", &[b"h2"])
+}
+
+/// Builds a server config from the `[...tls]` table at `field` (named in
+/// errors), offering `alpn`. Client certificates are required and verified
+/// when `client_ca_file` is set; config checks decide where it may be absent.
+pub fn server_config_at(
+    tls: &TlsConfig,
+    field: &str,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, ConfigError> {
+    let provider = provider();
+    let certs = load_certs(&tls.cert_file, &format!("{field}.cert_file"))?;
+    let key = load_key(&tls.key_file, &format!("{field}.key_file"))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::new("server.tcp.tls", e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            ConfigError::new(
-                "server.tcp.tls.key_file",
-                format!("does not match cert_file: {e}"),
-            )
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+        .map_err(|e| ConfigError::new(field, e.to_string()))?;
+    let builder = match &tls.client_ca_file {
+        Some(ca_path) => {
+            let ca_field = format!("{field}.client_ca_file");
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in load_certs(ca_path, &ca_field)? {
+                roots
+                    .add(ca)
+                    .map_err(|e| ConfigError::new(&ca_field, format!("bad CA certificate: {e}")))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| ConfigError::new(&ca_field, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        ConfigError::new(
+            format!("{field}.key_file"),
+            format!("does not match cert_file: {e}"),
+        )
+    })?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 

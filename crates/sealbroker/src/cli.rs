@@ -164,9 +164,26 @@ pub struct StatusArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "Examples:\n  \
+sealbroker keys list\n  \
+sealbroker keys show unseal\n  \
+sealbroker keys rotate unseal                 # new version on the backend; old blobs still unwrap\n  \
+sealbroker keys min-version unseal 2          # refuse blobs under versions below 2")]
 pub struct KeysArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// Describe only this key.
-    pub name: Option<String>,
+    #[command(subcommand)]
+    pub action: Option<KeysAction>,
+}
+
+#[derive(Subcommand, Clone)]
+pub enum KeysAction {
+    /// List every key (the default).
+    List,
+    /// Describe one key: versions and key ids.
+    Show { name: String },
+    /// Create a new version of the key on its backend(s) and make it primary.
+    Rotate { name: String },
+    /// Retire versions below VERSION: their blobs are refused from now on.
+    MinVersion { name: String, version: u32 },
 }

@@ -10,7 +10,7 @@ use sealbroker_server::client::{self, ClientTls, Target};
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
-use crate::cli::{ConnectArgs, KeysArgs, StatusArgs, UnwrapArgs, WrapArgs};
+use crate::cli::{ConnectArgs, KeysAction, KeysArgs, StatusArgs, UnwrapArgs, WrapArgs};
 
 fn target(args: &ConnectArgs) -> Target {
     match &args.address {
@@ -172,30 +172,35 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, String> {
 
 pub async fn keys(args: KeysArgs) -> Result<ExitCode, String> {
     let mut client = connect(&args.connect).await?;
-    let keys = match args.name {
-        Some(name) => vec![
-            client
-                .get_key(pb::GetKeyRequest { key_name: name })
-                .await
-                .map_err(status_message)?
-                .into_inner()
-                .key
-                .unwrap_or_default(),
-        ],
-        None => {
-            client
-                .list_keys(pb::ListKeysRequest {})
-                .await
-                .map_err(status_message)?
-                .into_inner()
-                .keys
+    let keys = match args.action.unwrap_or(KeysAction::List) {
+        KeysAction::List => client.list_keys(pb::ListKeysRequest {}).await.map_err(status_message)?.into_inner().keys,
+        KeysAction::Show { name } => {
+            let reply = client.get_key(pb::GetKeyRequest { key_name: name }).await.map_err(status_message)?;
+            reply.into_inner().key.into_iter().collect()
+        }
+        KeysAction::Rotate { name } => {
+            let reply = client.rotate_key(pb::RotateKeyRequest { key_name: name }).await.map_err(status_message)?;
+            reply.into_inner().key.into_iter().collect()
+        }
+        KeysAction::MinVersion { name, version } => {
+            let request = pb::SetMinDecryptionVersionRequest { key_name: name, min_decryption_version: version };
+            let reply = client.set_min_decryption_version(request).await.map_err(status_message)?;
+            reply.into_inner().key.into_iter().collect()
         }
     };
     for key in keys {
         println!(
-            "{}\tversion={}\tkey_id={}\tbackend={} ({})",
-            key.name, key.primary_version, key.primary_key_id, key.backend_name, key.backend_kind
+            "{}\tversion={}\tkey_id={}\tmin_decryption_version={}\tbackend={} ({})",
+            key.name,
+            key.primary_version,
+            key.primary_key_id,
+            key.min_decryption_version,
+            key.backend_name,
+            key.backend_kind
         );
+        for version in &key.versions {
+            println!("\t  v{}\t{}", version.version, version.key_id);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

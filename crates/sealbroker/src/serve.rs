@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use sealbroker_server::config::{Config, ConfigError, Profile, parse_table};
+use sealbroker_server::keystate::KeyStateStore;
 use sealbroker_server::listen::{self, Bound};
 use sealbroker_server::service::Broker;
 use sealbroker_server::{logging, registry::BackendRegistry};
@@ -88,8 +89,20 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     config.require_listener().map_err(|e| e.to_string())?;
     logging::init(config.log.format, &config.log.level);
     let registry: BackendRegistry = backends::registry();
-    let ring = registry.build_keyring(&config).map_err(|e| e.to_string())?;
-    let broker = Arc::new(Broker::new(ring, config.profile, config.limits.clone()));
+    let state = match &config.server.state_dir {
+        Some(dir) => Some(Arc::new(KeyStateStore::open(dir).map_err(|e| e.to_string())?)),
+        None => None,
+    };
+    let snapshot = match &state {
+        Some(store) => store.snapshot().await,
+        None => Default::default(),
+    };
+    let ring = registry.build_keyring_with_state(&config, &snapshot).map_err(|e| e.to_string())?;
+    let mut broker = Broker::new(ring, config.profile, config.limits.clone());
+    if let Some(store) = state {
+        broker = broker.with_state(store);
+    }
+    let broker = Arc::new(broker);
 
     if args.check {
         let status = broker.status(true).await;

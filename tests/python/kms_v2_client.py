@@ -1,0 +1,88 @@
+"""Drives sealbroker's Kubernetes KMS v2 socket the way kube-apiserver does,
+with stubs generated at run time from proto/k8s/kms/v2/api.proto.
+
+usage: kms_v2_client.py KMS_SOCKET SEALBROKER_BIN ADMIN_SOCKET KEY_NAME
+Exits non-zero on the first failed expectation.
+"""
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import grpc
+from grpc_tools import protoc
+
+kms_socket, sealbroker, admin_socket, key_name = sys.argv[1:5]
+root = Path(__file__).resolve().parents[2]
+out = tempfile.mkdtemp()
+rc = protoc.main(["protoc", f"-I{root / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}",
+                  str(root / "proto/k8s/kms/v2/api.proto")])
+assert rc == 0, "protoc failed"
+sys.path.insert(0, out)
+from k8s.kms.v2 import api_pb2 as pb, api_pb2_grpc as rpc  # noqa: E402
+
+# kube-apiserver (Go gRPC) sends ":authority: localhost" on unix sockets; C-core
+# would send the socket path, which HTTP/2 servers may reject as an authority.
+channel = grpc.insecure_channel(f"unix://{kms_socket}", options=[("grpc.default_authority", "localhost")])
+stub = rpc.KeyManagementServiceStub(channel)
+passed = 0
+
+
+def check(cond, what):
+    global passed
+    if not cond:
+        print(f"FAILED: {what}", file=sys.stderr)
+        sys.exit(1)
+    passed += 1
+
+
+# kube-apiserver polls Status first.
+status = stub.Status(pb.StatusRequest())
+check(status.version == "v2", f"version is v2, got {status.version!r}")
+check(status.healthz == "ok", f"healthz is ok, got {status.healthz!r}")
+check(0 < len(status.key_id) <= 1024, "key_id is set and at most 1 KiB")
+first_id = status.key_id
+
+# Encrypt a 32-byte DEK seed, as the KDF mode does.
+seed = bytes(range(32))
+enc = stub.Encrypt(pb.EncryptRequest(plaintext=seed, uid="uid-1"))
+check(enc.key_id == first_id, "Encrypt returns the Status key_id")
+check(0 < len(enc.ciphertext) <= 1024, f"ciphertext within 1 KiB ({len(enc.ciphertext)} bytes)")
+check(seed not in enc.ciphertext, "ciphertext does not contain the plaintext")
+for name in enc.annotations:
+    check(re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name) and "." in name, f"annotation {name!r} is a domain name")
+dec = stub.Decrypt(pb.DecryptRequest(ciphertext=enc.ciphertext, uid="uid-2", key_id=enc.key_id,
+                                     annotations=enc.annotations))
+check(dec.plaintext == seed, "Decrypt returns the seed")
+
+# Rotate the key through the broker's admin API.
+subprocess.run([sealbroker, "keys", "--socket", admin_socket, "rotate", key_name], check=True,
+               stdout=subprocess.DEVNULL)
+status = stub.Status(pb.StatusRequest())
+check(status.key_id != first_id, "Status shows a new key_id after rotation")
+check(status.healthz == "ok", "still healthy after rotation")
+enc2 = stub.Encrypt(pb.EncryptRequest(plaintext=seed, uid="uid-3"))
+check(enc2.key_id == status.key_id, "Encrypt uses the new key_id")
+
+# Data under the old key id still decrypts.
+dec = stub.Decrypt(pb.DecryptRequest(ciphertext=enc.ciphertext, uid="uid-4", key_id=first_id,
+                                     annotations=enc.annotations))
+check(dec.plaintext == seed, "old ciphertext still decrypts after rotation")
+
+# Key ids the broker did not issue are rejected.
+try:
+    stub.Decrypt(pb.DecryptRequest(ciphertext=enc.ciphertext, uid="uid-5", key_id="not-a-key-id"))
+    check(False, "unknown key_id is rejected")
+except grpc.RpcError as e:
+    check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"unknown key_id -> INVALID_ARGUMENT, got {e.code()}")
+    check("not issued by this broker" in e.details(), f"clear message, got {e.details()!r}")
+
+# Garbage ciphertext is a clear error, not a crash.
+try:
+    stub.Decrypt(pb.DecryptRequest(ciphertext=b"garbage", uid="uid-6", key_id=first_id))
+    check(False, "garbage ciphertext is rejected")
+except grpc.RpcError as e:
+    check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"garbage -> INVALID_ARGUMENT, got {e.code()}")
+
+print(f"{passed} passed, 0 failed")

@@ -1,0 +1,205 @@
+//! HA key rings and rotation, end to end on real SoftHSM2 tokens.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use sealbroker_e2e::*;
+use sealbroker_proto::sealbroker::v1::seal_service_client::SealServiceClient;
+use sealbroker_proto::sealbroker::v1::*;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const PIN: &str = "ha-e2e-pin-5521";
+
+trait HaConfig {
+    fn config(&self, dir: &Path) -> PathBuf;
+}
+
+impl HaConfig for TwoTokens {
+    fn config(&self, dir: &Path) -> PathBuf {
+        let text = format!(
+            "profile = \"hardened\"\n[server]\nunix_socket = \"{sock}\"\nstate_dir = \"{state}\"\n{backends}\n[keys.unseal]\n{members}\n",
+            sock = dir.join("sb.sock").display(),
+            state = dir.join("state").display(),
+            backends = self.backends_toml(),
+            members = self.members_toml(),
+        );
+        let path = dir.join("sealbroker.toml");
+        fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+async fn wrap(c: &mut SealServiceClient<Channel>, secret: &[u8]) -> WrapResponse {
+    c.wrap(WrapRequest { key_name: "unseal".into(), plaintext: secret.to_vec(), aad: b"ha".to_vec() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn unwrap(c: &mut SealServiceClient<Channel>, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+    c.unwrap(UnwrapRequest { blob: blob.to_vec(), aad: b"ha".to_vec(), key_name: String::new() })
+        .await
+        .map(|r| r.into_inner().plaintext)
+}
+
+async fn health(c: &mut SealServiceClient<Channel>) -> Vec<(String, bool)> {
+    let status = c.status(StatusRequest { deep: true }).await.unwrap().into_inner();
+    status.keys.into_iter().map(|k| (k.backend_name, k.healthy)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_key_ring_survives_a_lost_member_and_rewrap_repairs_the_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TwoTokens::create(dir.path(), PIN);
+    let config = tokens.config(dir.path());
+    let log = |n: &str| dir.path().join(n);
+
+    // Both members up: the blob is sealed under both.
+    let daemon = Daemon::serve(&config, Some(&tokens.a), &log("1.log")).await;
+    let mut c = daemon.unix_client().await;
+    let both = wrap(&mut c, b"sealed under both").await;
+    assert!(both.missing_backends.is_empty(), "{:?}", both.missing_backends);
+    assert!(daemon.terminate().success());
+
+    // Token B is lost: unwraps keep working through A, wraps are degraded
+    // and say so, status shows B unhealthy.
+    let b_dir = tokens.token_dir("tok-b");
+    let b_saved = dir.path().join("saved-b");
+    fs::rename(&b_dir, &b_saved).unwrap();
+    let daemon = Daemon::serve(&config, Some(&tokens.a), &log("2.log")).await;
+    let mut c = daemon.unix_client().await;
+    assert_eq!(unwrap(&mut c, &both.blob).await.unwrap(), b"sealed under both");
+    let degraded = wrap(&mut c, b"sealed while B was down").await;
+    assert_eq!(degraded.missing_backends, ["b"]);
+    assert_eq!(health(&mut c).await, [("a".to_owned(), true), ("b".to_owned(), false)]);
+    assert!(daemon.logs().contains("wrap is degraded"), "degraded wrap not logged");
+    assert!(daemon.terminate().success());
+
+    // B is back: Rewrap repairs the degraded blob.
+    fs::rename(&b_saved, &b_dir).unwrap();
+    let daemon = Daemon::serve(&config, Some(&tokens.a), &log("3.log")).await;
+    let mut c = daemon.unix_client().await;
+    assert_eq!(health(&mut c).await, [("a".to_owned(), true), ("b".to_owned(), true)]);
+    let repaired = c
+        .rewrap(RewrapRequest { blob: degraded.blob.clone(), aad: b"ha".to_vec(), key_name: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(repaired.missing_backends.is_empty());
+    assert!(daemon.terminate().success());
+
+    // Now A is lost: the repaired blob opens through B alone; the
+    // unrepaired one cannot, and says why.
+    let a_dir = tokens.token_dir("tok-a");
+    fs::rename(&a_dir, dir.path().join("saved-a")).unwrap();
+    let daemon = Daemon::serve(&config, Some(&tokens.a), &log("4.log")).await;
+    let mut c = daemon.unix_client().await;
+    assert_eq!(unwrap(&mut c, &repaired.blob).await.unwrap(), b"sealed while B was down");
+    assert_eq!(unwrap(&mut c, &both.blob).await.unwrap(), b"sealed under both");
+    let err = unwrap(&mut c, &degraded.blob).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("backend \"a\"") && err.message().contains("tok-a"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_keeps_old_blobs_moves_them_forward_and_retires_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "rot", "unseal", PIN);
+    let soft_key = dir.path().join("dev.key");
+    let text = format!(
+        "profile = \"development\"\n[server]\nunix_socket = \"{}\"\nstate_dir = \"{}\"\n{}\n\
+         [backends.soft]\ntype = \"software\"\n\
+         [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal\"\n\
+         [keys.dev]\nbackend = \"soft\"\nkey_file = \"{}\"\ngenerate = true\n",
+        dir.path().join("sb.sock").display(),
+        dir.path().join("state").display(),
+        token.backend_toml("hsm"),
+        soft_key.display()
+    );
+    let config = dir.path().join("sealbroker.toml");
+    fs::write(&config, text).unwrap();
+    let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("1.log")).await;
+    let mut c = daemon.unix_client().await;
+
+    let mut ids = Vec::new();
+    for key in ["unseal", "dev"] {
+        let v1 = c
+            .wrap(WrapRequest { key_name: key.into(), plaintext: b"old".to_vec(), aad: vec![] })
+            .await
+            .unwrap()
+            .into_inner();
+        let rotated = c.rotate_key(RotateKeyRequest { key_name: key.into() }).await.unwrap().into_inner().key.unwrap();
+        assert_eq!(rotated.primary_version, 2);
+        assert_ne!(rotated.primary_key_id, v1.key_id, "rotation must change the key id");
+        let v2 = c
+            .wrap(WrapRequest { key_name: key.into(), plaintext: b"new".to_vec(), aad: vec![] })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((v2.key_version, v2.key_id.as_str()), (2, rotated.primary_key_id.as_str()));
+        // Old blobs still open; Rewrap moves them to v2.
+        let old = UnwrapRequest { blob: v1.blob.clone(), aad: vec![], key_name: key.into() };
+        assert_eq!(c.unwrap(old.clone()).await.unwrap().into_inner().plaintext, b"old");
+        let moved = c
+            .rewrap(RewrapRequest { blob: v1.blob.clone(), aad: vec![], key_name: key.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(moved.key_version, 2);
+        // Retire v1: its blobs are refused, the moved one opens.
+        let retired = c
+            .set_min_decryption_version(SetMinDecryptionVersionRequest {
+                key_name: key.into(),
+                min_decryption_version: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(retired.into_inner().key.unwrap().min_decryption_version, 2);
+        let err = c.unwrap(old).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("version 1 is retired"), "{err:?}");
+        let opened = c.unwrap(UnwrapRequest { blob: moved.blob, aad: vec![], key_name: key.into() }).await.unwrap();
+        assert_eq!(opened.into_inner().plaintext, b"old");
+        // A third version: ids never repeat.
+        let v3 = c.rotate_key(RotateKeyRequest { key_name: key.into() }).await.unwrap().into_inner().key.unwrap();
+        let all: Vec<String> = v3.versions.iter().map(|v| v.key_id.clone()).collect();
+        assert_eq!(all.len(), 3);
+        assert!(all[0] != all[1] && all[1] != all[2] && all[0] != all[2], "{all:?}");
+        ids.push((key, v3, v2.blob));
+    }
+    assert!(daemon.terminate().success());
+
+    // The versions survive a restart with the same ids, and v2 blobs open.
+    let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("2.log")).await;
+    let mut c = daemon.unix_client().await;
+    for (key, before, v2_blob) in ids {
+        let after = c.get_key(GetKeyRequest { key_name: key.into() }).await.unwrap().into_inner().key.unwrap();
+        assert_eq!(after, before, "{key} changed across a restart");
+        let opened = c.unwrap(UnwrapRequest { blob: v2_blob, aad: vec![], key_name: key.into() }).await.unwrap();
+        assert_eq!(opened.into_inner().plaintext, b"new");
+    }
+    // The CLI speaks the same RPCs.
+    let socket = dir.path().join("sb.sock");
+    let out = run_cli(&["keys", "--socket", socket.to_str().unwrap(), "show", "unseal"], b"", &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("version=3"), "{out:?}");
+}
+
+#[tokio::test]
+async fn rotation_without_a_state_dir_says_how_to_enable_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let data = dir.path().join("data");
+    let daemon = Daemon::start(
+        &["serve", "--dev", "--data-dir", data.to_str().unwrap(), "--port", &port.to_string()],
+        &[],
+        &dir.path().join("log"),
+        Some(data.join("sealbroker.sock")),
+        None,
+    )
+    .await;
+    let mut c = daemon.unix_client().await;
+    let err = c.rotate_key(RotateKeyRequest { key_name: "dev".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("server.state_dir"), "{err:?}");
+}

@@ -1,0 +1,40 @@
+//! The Kubernetes KMS v2 front door, driven by a Python gRPC client
+//! generated from the real `k8s.io/kms/apis/v2/api.proto`.
+
+use std::fs;
+use std::process::Command;
+
+use sealbroker_e2e::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_apiserver_pattern_status_encrypt_rotate_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "k8s", "k8s-secrets", "kms-pin-8812");
+    let kms_socket = dir.path().join("kms.sock");
+    let admin_socket = dir.path().join("sb.sock");
+    let text = format!(
+        "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\nstate_dir = \"{}\"\n\
+         [server.kms_v2]\nsocket = \"{}\"\nkey_name = \"k8s\"\n{}\n[keys.k8s]\nbackend = \"hsm\"\nkey_label = \"k8s-secrets\"\n",
+        admin_socket.display(),
+        dir.path().join("state").display(),
+        kms_socket.display(),
+        token.backend_toml("hsm"),
+    );
+    let config = dir.path().join("sealbroker.toml");
+    fs::write(&config, text).unwrap();
+    let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("daemon.log")).await;
+    assert!(kms_socket.exists());
+
+    let out = Command::new(peers_python())
+        .arg(repo_root().join("tests/python/kms_v2_client.py"))
+        .args([kms_socket.as_os_str(), sealbroker_bin().as_os_str(), admin_socket.as_os_str()])
+        .arg("k8s")
+        .output()
+        .unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "KMS v2 client failed:\n{report}\n--- daemon ---\n{}", daemon.logs());
+    assert!(report.contains("passed, 0 failed"), "{report}");
+    assert!(!daemon.logs().contains("kms-pin-8812"));
+    assert!(daemon.terminate().success());
+    assert!(!kms_socket.exists(), "the KMS socket must be removed on shutdown");
+}
