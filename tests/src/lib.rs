@@ -368,11 +368,17 @@ pub async fn tls_channel(
 
 /// The Python of the peers venv (hvac, grpcio-tools), made by tests/peers/install.sh.
 pub fn peers_python() -> PathBuf {
-    let venv = std::env::var_os("SEALBROKER_PEERS_VENV").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sealbroker-peers/venv")
-    });
+    let venv = std::env::var_os("SEALBROKER_PEERS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sealbroker-peers/venv")
+        });
     let python = venv.join("bin/python");
-    assert!(python.exists(), "{} is missing; run tests/run.sh, which installs the test peers", python.display());
+    assert!(
+        python.exists(),
+        "{} is missing; run tests/run.sh, which installs the test peers",
+        python.display()
+    );
     python
 }
 

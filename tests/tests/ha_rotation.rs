@@ -31,21 +31,33 @@ impl HaConfig for TwoTokens {
 }
 
 async fn wrap(c: &mut SealServiceClient<Channel>, secret: &[u8]) -> WrapResponse {
-    c.wrap(WrapRequest { key_name: "unseal".into(), plaintext: secret.to_vec(), aad: b"ha".to_vec() })
-        .await
-        .unwrap()
-        .into_inner()
+    c.wrap(WrapRequest {
+        key_name: "unseal".into(),
+        plaintext: secret.to_vec(),
+        aad: b"ha".to_vec(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
 }
 
 async fn unwrap(c: &mut SealServiceClient<Channel>, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    c.unwrap(UnwrapRequest { blob: blob.to_vec(), aad: b"ha".to_vec(), key_name: String::new() })
-        .await
-        .map(|r| r.into_inner().plaintext)
+    c.unwrap(UnwrapRequest {
+        blob: blob.to_vec(),
+        aad: b"ha".to_vec(),
+        key_name: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner().plaintext)
 }
 
 async fn health(c: &mut SealServiceClient<Channel>) -> Vec<(String, bool)> {
     let status = c.status(StatusRequest { deep: true }).await.unwrap().into_inner();
-    status.keys.into_iter().map(|k| (k.backend_name, k.healthy)).collect()
+    status
+        .keys
+        .into_iter()
+        .map(|k| (k.backend_name, k.healthy))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,17 +84,30 @@ async fn ha_key_ring_survives_a_lost_member_and_rewrap_repairs_the_blob() {
     assert_eq!(unwrap(&mut c, &both.blob).await.unwrap(), b"sealed under both");
     let degraded = wrap(&mut c, b"sealed while B was down").await;
     assert_eq!(degraded.missing_backends, ["b"]);
-    assert_eq!(health(&mut c).await, [("a".to_owned(), true), ("b".to_owned(), false)]);
-    assert!(daemon.logs().contains("wrap is degraded"), "degraded wrap not logged");
+    assert_eq!(
+        health(&mut c).await,
+        [("a".to_owned(), true), ("b".to_owned(), false)]
+    );
+    assert!(
+        daemon.logs().contains("wrap is degraded"),
+        "degraded wrap not logged"
+    );
     assert!(daemon.terminate().success());
 
     // B is back: Rewrap repairs the degraded blob.
     fs::rename(&b_saved, &b_dir).unwrap();
     let daemon = Daemon::serve(&config, Some(&tokens.a), &log("3.log")).await;
     let mut c = daemon.unix_client().await;
-    assert_eq!(health(&mut c).await, [("a".to_owned(), true), ("b".to_owned(), true)]);
+    assert_eq!(
+        health(&mut c).await,
+        [("a".to_owned(), true), ("b".to_owned(), true)]
+    );
     let repaired = c
-        .rewrap(RewrapRequest { blob: degraded.blob.clone(), aad: b"ha".to_vec(), key_name: String::new() })
+        .rewrap(RewrapRequest {
+            blob: degraded.blob.clone(),
+            aad: b"ha".to_vec(),
+            key_name: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -95,11 +120,17 @@ async fn ha_key_ring_survives_a_lost_member_and_rewrap_repairs_the_blob() {
     fs::rename(&a_dir, dir.path().join("saved-a")).unwrap();
     let daemon = Daemon::serve(&config, Some(&tokens.a), &log("4.log")).await;
     let mut c = daemon.unix_client().await;
-    assert_eq!(unwrap(&mut c, &repaired.blob).await.unwrap(), b"sealed while B was down");
+    assert_eq!(
+        unwrap(&mut c, &repaired.blob).await.unwrap(),
+        b"sealed while B was down"
+    );
     assert_eq!(unwrap(&mut c, &both.blob).await.unwrap(), b"sealed under both");
     let err = unwrap(&mut c, &degraded.blob).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(err.message().contains("backend \"a\"") && err.message().contains("tok-a"), "{err:?}");
+    assert!(
+        err.message().contains("backend \"a\"") && err.message().contains("tok-a"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,24 +156,55 @@ async fn rotation_keeps_old_blobs_moves_them_forward_and_retires_them() {
     let mut ids = Vec::new();
     for key in ["unseal", "dev"] {
         let v1 = c
-            .wrap(WrapRequest { key_name: key.into(), plaintext: b"old".to_vec(), aad: vec![] })
+            .wrap(WrapRequest {
+                key_name: key.into(),
+                plaintext: b"old".to_vec(),
+                aad: vec![],
+            })
             .await
             .unwrap()
             .into_inner();
-        let rotated = c.rotate_key(RotateKeyRequest { key_name: key.into() }).await.unwrap().into_inner().key.unwrap();
+        let rotated = c
+            .rotate_key(RotateKeyRequest { key_name: key.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .key
+            .unwrap();
         assert_eq!(rotated.primary_version, 2);
-        assert_ne!(rotated.primary_key_id, v1.key_id, "rotation must change the key id");
+        assert_ne!(
+            rotated.primary_key_id, v1.key_id,
+            "rotation must change the key id"
+        );
         let v2 = c
-            .wrap(WrapRequest { key_name: key.into(), plaintext: b"new".to_vec(), aad: vec![] })
+            .wrap(WrapRequest {
+                key_name: key.into(),
+                plaintext: b"new".to_vec(),
+                aad: vec![],
+            })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!((v2.key_version, v2.key_id.as_str()), (2, rotated.primary_key_id.as_str()));
+        assert_eq!(
+            (v2.key_version, v2.key_id.as_str()),
+            (2, rotated.primary_key_id.as_str())
+        );
         // Old blobs still open; Rewrap moves them to v2.
-        let old = UnwrapRequest { blob: v1.blob.clone(), aad: vec![], key_name: key.into() };
-        assert_eq!(c.unwrap(old.clone()).await.unwrap().into_inner().plaintext, b"old");
+        let old = UnwrapRequest {
+            blob: v1.blob.clone(),
+            aad: vec![],
+            key_name: key.into(),
+        };
+        assert_eq!(
+            c.unwrap(old.clone()).await.unwrap().into_inner().plaintext,
+            b"old"
+        );
         let moved = c
-            .rewrap(RewrapRequest { blob: v1.blob.clone(), aad: vec![], key_name: key.into() })
+            .rewrap(RewrapRequest {
+                blob: v1.blob.clone(),
+                aad: vec![],
+                key_name: key.into(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -159,13 +221,29 @@ async fn rotation_keeps_old_blobs_moves_them_forward_and_retires_them() {
         let err = c.unwrap(old).await.unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition);
         assert!(err.message().contains("version 1 is retired"), "{err:?}");
-        let opened = c.unwrap(UnwrapRequest { blob: moved.blob, aad: vec![], key_name: key.into() }).await.unwrap();
+        let opened = c
+            .unwrap(UnwrapRequest {
+                blob: moved.blob,
+                aad: vec![],
+                key_name: key.into(),
+            })
+            .await
+            .unwrap();
         assert_eq!(opened.into_inner().plaintext, b"old");
         // A third version: ids never repeat.
-        let v3 = c.rotate_key(RotateKeyRequest { key_name: key.into() }).await.unwrap().into_inner().key.unwrap();
+        let v3 = c
+            .rotate_key(RotateKeyRequest { key_name: key.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .key
+            .unwrap();
         let all: Vec<String> = v3.versions.iter().map(|v| v.key_id.clone()).collect();
         assert_eq!(all.len(), 3);
-        assert!(all[0] != all[1] && all[1] != all[2] && all[0] != all[2], "{all:?}");
+        assert!(
+            all[0] != all[1] && all[1] != all[2] && all[0] != all[2],
+            "{all:?}"
+        );
         ids.push((key, v3, v2.blob));
     }
     assert!(daemon.terminate().success());
@@ -174,15 +252,35 @@ async fn rotation_keeps_old_blobs_moves_them_forward_and_retires_them() {
     let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("2.log")).await;
     let mut c = daemon.unix_client().await;
     for (key, before, v2_blob) in ids {
-        let after = c.get_key(GetKeyRequest { key_name: key.into() }).await.unwrap().into_inner().key.unwrap();
+        let after = c
+            .get_key(GetKeyRequest { key_name: key.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .key
+            .unwrap();
         assert_eq!(after, before, "{key} changed across a restart");
-        let opened = c.unwrap(UnwrapRequest { blob: v2_blob, aad: vec![], key_name: key.into() }).await.unwrap();
+        let opened = c
+            .unwrap(UnwrapRequest {
+                blob: v2_blob,
+                aad: vec![],
+                key_name: key.into(),
+            })
+            .await
+            .unwrap();
         assert_eq!(opened.into_inner().plaintext, b"new");
     }
     // The CLI speaks the same RPCs.
     let socket = dir.path().join("sb.sock");
-    let out = run_cli(&["keys", "--socket", socket.to_str().unwrap(), "show", "unseal"], b"", &[]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("version=3"), "{out:?}");
+    let out = run_cli(
+        &["keys", "--socket", socket.to_str().unwrap(), "show", "unseal"],
+        b"",
+        &[],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("version=3"),
+        "{out:?}"
+    );
 }
 
 #[tokio::test]
@@ -191,7 +289,14 @@ async fn rotation_without_a_state_dir_says_how_to_enable_it() {
     let port = free_port();
     let data = dir.path().join("data");
     let daemon = Daemon::start(
-        &["serve", "--dev", "--data-dir", data.to_str().unwrap(), "--port", &port.to_string()],
+        &[
+            "serve",
+            "--dev",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+        ],
         &[],
         &dir.path().join("log"),
         Some(data.join("sealbroker.sock")),
@@ -199,7 +304,12 @@ async fn rotation_without_a_state_dir_says_how_to_enable_it() {
     )
     .await;
     let mut c = daemon.unix_client().await;
-    let err = c.rotate_key(RotateKeyRequest { key_name: "dev".into() }).await.unwrap_err();
+    let err = c
+        .rotate_key(RotateKeyRequest {
+            key_name: "dev".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("server.state_dir"), "{err:?}");
 }

@@ -27,12 +27,24 @@ async fn kube_apiserver_pattern_status_encrypt_rotate_decrypt() {
 
     let out = Command::new(peers_python())
         .arg(repo_root().join("tests/python/kms_v2_client.py"))
-        .args([kms_socket.as_os_str(), sealbroker_bin().as_os_str(), admin_socket.as_os_str()])
+        .args([
+            kms_socket.as_os_str(),
+            sealbroker_bin().as_os_str(),
+            admin_socket.as_os_str(),
+        ])
         .arg("k8s")
         .output()
         .unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "KMS v2 client failed:\n{report}\n--- daemon ---\n{}", daemon.logs());
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "KMS v2 client failed:\n{report}\n--- daemon ---\n{}",
+        daemon.logs()
+    );
     assert!(report.contains("passed, 0 failed"), "{report}");
     assert!(!daemon.logs().contains("kms-pin-8812"));
     assert!(daemon.terminate().success());

@@ -201,10 +201,17 @@ fn ha_key_unseals_openbao_with_one_member_down() {
     let broker = dir.path().join("plugin.toml");
     fs::write(
         &broker,
-        format!("profile = \"hardened\"\n{}\n[keys.unseal]\n{}\n", tokens.backends_toml(), tokens.members_toml()),
+        format!(
+            "profile = \"hardened\"\n{}\n[keys.unseal]\n{}\n",
+            tokens.backends_toml(),
+            tokens.members_toml()
+        ),
     )
     .unwrap();
-    let config = BaoConfig::write(dir.path(), &plugin_seal(&format!("config_file = \"{}\"", broker.display())));
+    let config = BaoConfig::write(
+        dir.path(),
+        &plugin_seal(&format!("config_file = \"{}\"", broker.display())),
+    );
     let env = [("SOFTHSM2_CONF", tokens.a.conf.as_path())];
 
     let bao = OpenBao::start(&config, &env, "bao-1.log");

@@ -60,7 +60,10 @@ pub trait Backend: Send + Sync + 'static {
         let _ = version;
         Err(BackendError::new(
             crate::error::BackendErrorKind::InvalidInput,
-            format!("the {} backend cannot create key versions; add a version to the config instead", self.kind()),
+            format!(
+                "the {} backend cannot create key versions; add a version to the config instead",
+                self.kind()
+            ),
         ))
     }
 

@@ -86,6 +86,9 @@ pub enum Error {
     #[error("{0}")]
     Precondition(String),
 
+    #[error("the operation was not completed because it could not be audited: {0}")]
+    AuditUnavailable(String),
+
     #[error("{0}")]
     Internal(String),
 }
@@ -98,10 +101,12 @@ impl Error {
             Error::PayloadTooLarge { .. } | Error::MalformedBlob(_) | Error::InvalidArgument { .. } => {
                 Code::InvalidArgument
             }
-            Error::WrongKey { .. } | Error::NotAuthentic | Error::VersionRetired { .. } | Error::Precondition(_) => {
-                Code::FailedPrecondition
-            }
+            Error::WrongKey { .. }
+            | Error::NotAuthentic
+            | Error::VersionRetired { .. }
+            | Error::Precondition(_) => Code::FailedPrecondition,
             Error::PermissionDenied { .. } => Code::PermissionDenied,
+            Error::AuditUnavailable(_) => Code::Unavailable,
             Error::Backend { source, .. } => source.kind.code(),
             Error::Internal(_) => Code::Internal,
         }

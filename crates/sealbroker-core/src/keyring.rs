@@ -96,10 +96,18 @@ impl KeyVersion {
             .into_iter()
             .map(|(backend_name, backend)| {
                 let key_id = KeyId::derive(key_name, version, &backend.key_identity());
-                Member { backend_name, backend, key_id }
+                Member {
+                    backend_name,
+                    backend,
+                    key_id,
+                }
             })
             .collect();
-        KeyVersion { version, key_id, members }
+        KeyVersion {
+            version,
+            key_id,
+            members,
+        }
     }
 
     fn member_by_id(&self, key_id: &str) -> Option<&Member> {
@@ -108,7 +116,11 @@ impl KeyVersion {
 
     /// Backend names, comma separated (for messages and listings).
     pub fn backend_names(&self) -> String {
-        self.members.iter().map(|m| m.backend_name.as_str()).collect::<Vec<_>>().join(",")
+        self.members
+            .iter()
+            .map(|m| m.backend_name.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -142,13 +154,19 @@ impl LogicalKey {
                 return Err("key versions start at 1".into());
             }
             if version.members.is_empty() || version.members.len() > MAX_DEKS {
-                return Err(format!("version {} must have 1 to {MAX_DEKS} members", version.version));
+                return Err(format!(
+                    "version {} must have 1 to {MAX_DEKS} members",
+                    version.version
+                ));
             }
             if by_number.insert(version.version, version).is_some() {
                 return Err("a version number appears twice".into());
             }
         }
-        let highest = *by_number.keys().next_back().ok_or("a key needs at least one version")?;
+        let highest = *by_number
+            .keys()
+            .next_back()
+            .ok_or("a key needs at least one version")?;
         let primary = primary.unwrap_or(highest);
         if !by_number.contains_key(&primary) {
             return Err(format!("primary version {primary} does not exist"));
@@ -158,7 +176,13 @@ impl LogicalKey {
                 "min_decryption_version {min_decryption_version} is above the primary version {primary}"
             ));
         }
-        Ok(LogicalKey { name: name.to_owned(), versions: by_number, primary, min_decryption_version, policy })
+        Ok(LogicalKey {
+            name: name.to_owned(),
+            versions: by_number,
+            primary,
+            min_decryption_version,
+            policy,
+        })
     }
 
     pub fn primary(&self) -> &KeyVersion {
@@ -182,7 +206,13 @@ impl LogicalKey {
         let mut versions: Vec<KeyVersion> = self.versions.values().cloned().collect();
         let number = version.version;
         versions.push(version);
-        Self::new(&self.name, versions, Some(number), self.min_decryption_version, self.policy)
+        Self::new(
+            &self.name,
+            versions,
+            Some(number),
+            self.min_decryption_version,
+            self.policy,
+        )
     }
 
     /// A copy with a new minimum decryption version.
@@ -192,7 +222,9 @@ impl LogicalKey {
     }
 
     fn member_by_id(&self, key_id: &str) -> Option<(&KeyVersion, &Member)> {
-        self.versions.values().find_map(|v| v.member_by_id(key_id).map(|m| (v, m)))
+        self.versions
+            .values()
+            .find_map(|v| v.member_by_id(key_id).map(|m| (v, m)))
     }
 
     /// Whether `key_id` names one of this key's versions.
@@ -242,11 +274,15 @@ pub struct KeyRing {
 
 impl KeyRing {
     pub fn new(keys: impl IntoIterator<Item = LogicalKey>) -> Self {
-        KeyRing { keys: keys.into_iter().map(|k| (k.name.clone(), k)).collect() }
+        KeyRing {
+            keys: keys.into_iter().map(|k| (k.name.clone(), k)).collect(),
+        }
     }
 
     pub fn get(&self, name: &str) -> Result<&LogicalKey, Error> {
-        self.keys.get(name).ok_or_else(|| Error::UnknownKey(name.to_owned()))
+        self.keys
+            .get(name)
+            .ok_or_else(|| Error::UnknownKey(name.to_owned()))
     }
 
     /// A copy of the ring with `key` replacing the key of the same name.
@@ -286,14 +322,22 @@ impl KeyRing {
 
         let dek = random_secret(&rng, DEK_LEN)?;
         let mut payload_iv = [0u8; GCM_IV_LEN];
-        rng.fill(&mut payload_iv).map_err(|_| Error::Internal("system RNG failed".into()))?;
+        rng.fill(&mut payload_iv)
+            .map_err(|_| Error::Internal("system RNG failed".into()))?;
         let ciphertext = seal_payload(&dek, &payload_iv, &payload_aad(key_name, aad), plaintext)?;
 
         let dek_aad = dek_aad(key_name, version.version);
         let results: Vec<(&Member, Result<Sealed, BackendError>)> = match key.policy {
             WrapPolicy::All => {
-                let sealing = version.members.iter().map(|m| m.backend.encrypt(dek.expose(), &dek_aad));
-                version.members.iter().zip(futures::future::join_all(sealing).await).collect()
+                let sealing = version
+                    .members
+                    .iter()
+                    .map(|m| m.backend.encrypt(dek.expose(), &dek_aad));
+                version
+                    .members
+                    .iter()
+                    .zip(futures::future::join_all(sealing).await)
+                    .collect()
             }
             WrapPolicy::Primary => {
                 let mut results = Vec::new();
@@ -331,7 +375,9 @@ impl KeyRing {
             }
         }
         if deks.is_empty() {
-            return Err(first_error.unwrap_or_else(|| Error::Internal("no member sealed the data key".into())));
+            return Err(
+                first_error.unwrap_or_else(|| Error::Internal("no member sealed the data key".into()))
+            );
         }
 
         let blob = WrappedBlob {
@@ -353,7 +399,12 @@ impl KeyRing {
 
     /// Opens a blob. When `expected_key` is given the blob must have been
     /// sealed under that key name.
-    pub async fn unwrap(&self, expected_key: Option<&str>, blob: &[u8], aad: &[u8]) -> Result<Unwrapped, Error> {
+    pub async fn unwrap(
+        &self,
+        expected_key: Option<&str>,
+        blob: &[u8],
+        aad: &[u8],
+    ) -> Result<Unwrapped, Error> {
         let blob = WrappedBlob::from_bytes(blob)?;
         if let Some(expected) = expected_key.filter(|k| !k.is_empty())
             && expected != blob.key_name
@@ -361,7 +412,10 @@ impl KeyRing {
             // Name the requested key only: whether the blob's key exists
             // here is not the caller's business.
             self.get(expected)?;
-            return Err(Error::WrongKey { blob_key: blob.key_name, requested: expected.to_owned() });
+            return Err(Error::WrongKey {
+                blob_key: blob.key_name,
+                requested: expected.to_owned(),
+            });
         }
         let key = self.get(&blob.key_name)?;
 
@@ -387,7 +441,11 @@ impl KeyRing {
                 oaep_hash: entry.oaep_hash.clone(),
                 metadata: entry.backend_metadata.clone().into_iter().collect(),
             };
-            let dek = match member.backend.decrypt(&sealed, &dek_aad(&key.name, version.version)).await {
+            let dek = match member
+                .backend
+                .decrypt(&sealed, &dek_aad(&key.name, version.version))
+                .await
+            {
                 Ok(dek) => dek,
                 Err(source) if source.kind == BackendErrorKind::NotAuthentic => {
                     last_error.get_or_insert(Error::NotAuthentic);
@@ -420,24 +478,39 @@ impl KeyRing {
         }
         Err(last_error.unwrap_or_else(|| Error::UnknownKeyVersion {
             key: key.name.clone(),
-            key_id: blob.deks.iter().map(|d| d.key_id.as_str()).collect::<Vec<_>>().join(","),
+            key_id: blob
+                .deks
+                .iter()
+                .map(|d| d.key_id.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
         }))
     }
 
     /// Opens a blob and seals its plaintext again under the key's primary version.
-    pub async fn rewrap(&self, expected_key: Option<&str>, blob: &[u8], aad: &[u8]) -> Result<Wrapped, Error> {
+    pub async fn rewrap(
+        &self,
+        expected_key: Option<&str>,
+        blob: &[u8],
+        aad: &[u8],
+    ) -> Result<Wrapped, Error> {
         let opened = self.unwrap(expected_key, blob, aad).await?;
         self.wrap(&opened.key_name, opened.plaintext.expose(), aad).await
     }
 }
 
 fn backend_error(member: &Member, key: &str, source: BackendError) -> Error {
-    Error::Backend { backend: member.backend_name.clone(), key: key.to_owned(), source }
+    Error::Backend {
+        backend: member.backend_name.clone(),
+        key: key.to_owned(),
+        source,
+    }
 }
 
 fn random_secret(rng: &SystemRandom, len: usize) -> Result<SecretBytes, Error> {
     let mut bytes = SecretBytes::new(vec![0u8; len]);
-    rng.fill(bytes.expose_mut()).map_err(|_| Error::Internal("system RNG failed".into()))?;
+    rng.fill(bytes.expose_mut())
+        .map_err(|_| Error::Internal("system RNG failed".into()))?;
     Ok(bytes)
 }
 

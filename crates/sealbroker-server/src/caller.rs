@@ -34,3 +34,14 @@ impl fmt::Display for Caller {
         }
     }
 }
+
+impl Caller {
+    /// The front door this caller came through, for audit and metrics.
+    pub fn door(&self) -> &'static str {
+        match self {
+            Caller::Unix { .. } | Caller::Tls { .. } | Caller::Anonymous { .. } => "grpc",
+            Caller::Token { .. } => "transit",
+            Caller::Internal(what) => what,
+        }
+    }
+}

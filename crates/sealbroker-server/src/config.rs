@@ -70,6 +70,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// `[audit]`: the hash-chained audit trail.
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
     /// `[backends.NAME]`: connections to HSMs and KMSes, each with a `type`.
     #[serde(default)]
     pub backends: BTreeMap<String, toml::Table>,
@@ -380,7 +383,10 @@ impl Config {
                     format!("names backend {backend:?}, but there is no [backends.{backend}] table"),
                 ));
             }
-            if !["backend", "members", "versions"].iter().any(|f| key.contains_key(*f)) {
+            if !["backend", "members", "versions"]
+                .iter()
+                .any(|f| key.contains_key(*f))
+            {
                 return Err(ConfigError::new(
                     format!("keys.{name}.backend"),
                     "is missing: name a [backends.NAME] (or give `members` / `versions`)",
@@ -399,12 +405,24 @@ impl Config {
             if !self.keys.contains_key(&kms.key_name) {
                 return Err(ConfigError::new(
                     "server.kms_v2.key_name",
-                    format!("names key {:?}, but there is no [keys.{}] table", kms.key_name, kms.key_name),
+                    format!(
+                        "names key {:?}, but there is no [keys.{}] table",
+                        kms.key_name, kms.key_name
+                    ),
                 ));
             }
             parse_mode(&kms.socket_mode).ok_or_else(|| {
-                ConfigError::new("server.kms_v2.socket_mode", "must be an octal file mode such as \"0600\"")
+                ConfigError::new(
+                    "server.kms_v2.socket_mode",
+                    "must be an octal file mode such as \"0600\"",
+                )
             })?;
+        }
+        if self.audit.fail_open && self.profile == Profile::Hardened {
+            return Err(ConfigError::new(
+                "audit.fail_open",
+                "the hardened profile refuses it: every operation must be audited, or not happen",
+            ));
         }
         if self.keys.is_empty() {
             return Err(ConfigError::new(
@@ -546,7 +564,9 @@ impl Config {
 
 /// Parses an octal file mode such as "0600".
 pub fn parse_mode(text: &str) -> Option<u32> {
-    u32::from_str_radix(text.trim_start_matches("0o"), 8).ok().filter(|mode| *mode <= 0o777)
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
 }
 
 /// Deserializes a sub-table into `T`, prefixing error paths with `prefix`.

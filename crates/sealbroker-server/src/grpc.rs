@@ -163,8 +163,14 @@ impl pb::seal_service_server::SealService for SealGrpc {
         request: Request<pb::RotateKeyRequest>,
     ) -> Result<Response<pb::GetKeyResponse>, Status> {
         let caller = caller_of(&request);
-        let info = self.broker.rotate(&caller, &request.get_ref().key_name).await.map_err(|e| to_status(&e))?;
-        Ok(Response::new(pb::GetKeyResponse { key: Some(key_info(info)) }))
+        let info = self
+            .broker
+            .rotate(&caller, &request.get_ref().key_name)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::GetKeyResponse {
+            key: Some(key_info(info)),
+        }))
     }
 
     async fn set_min_decryption_version(
@@ -178,7 +184,9 @@ impl pb::seal_service_server::SealService for SealGrpc {
             .set_min_decryption_version(&caller, &req.key_name, req.min_decryption_version)
             .await
             .map_err(|e| to_status(&e))?;
-        Ok(Response::new(pb::GetKeyResponse { key: Some(key_info(info)) }))
+        Ok(Response::new(pb::GetKeyResponse {
+            key: Some(key_info(info)),
+        }))
     }
 
     async fn status(

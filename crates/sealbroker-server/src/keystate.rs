@@ -54,12 +54,23 @@ impl KeyStateStore {
         let path = dir.join(FILE_NAME);
         let state = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                ConfigError::new("server.state_dir", format!("{} is not a valid state file: {e}", path.display()))
+                ConfigError::new(
+                    "server.state_dir",
+                    format!("{} is not a valid state file: {e}", path.display()),
+                )
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyStateFile::default(),
-            Err(e) => return Err(ConfigError::new("server.state_dir", format!("cannot read {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(ConfigError::new(
+                    "server.state_dir",
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+            }
         };
-        Ok(KeyStateStore { path, state: tokio::sync::Mutex::new(state) })
+        Ok(KeyStateStore {
+            path,
+            state: tokio::sync::Mutex::new(state),
+        })
     }
 
     pub async fn snapshot(&self) -> KeyStateFile {
@@ -72,7 +83,10 @@ impl KeyStateStore {
         let mut state = self.state.lock().await;
         let mut next = state.clone();
         change(&mut next);
-        write_atomically(&self.path, &serde_json::to_vec_pretty(&next).map_err(std::io::Error::other)?)?;
+        write_atomically(
+            &self.path,
+            &serde_json::to_vec_pretty(&next).map_err(std::io::Error::other)?,
+        )?;
         *state = next;
         Ok(())
     }
@@ -99,15 +113,25 @@ mod tests {
         let store = KeyStateStore::open(dir.path()).unwrap();
         store
             .update(|s| {
-                s.keys.entry("k".into()).or_default().versions.push(VersionRecord {
-                    version: 2,
-                    members: vec![MemberRecord { backend: "hsm".into(), settings: [("key_label".into(), "k-v2".into())].into() }],
-                })
+                s.keys
+                    .entry("k".into())
+                    .or_default()
+                    .versions
+                    .push(VersionRecord {
+                        version: 2,
+                        members: vec![MemberRecord {
+                            backend: "hsm".into(),
+                            settings: [("key_label".into(), "k-v2".into())].into(),
+                        }],
+                    })
             })
             .await
             .unwrap();
         let reloaded = KeyStateStore::open(dir.path()).unwrap().snapshot().await;
-        assert_eq!(reloaded.keys["k"].versions[0].members[0].settings["key_label"], "k-v2");
+        assert_eq!(
+            reloaded.keys["k"].versions[0].members[0].settings["key_label"],
+            "k-v2"
+        );
     }
 
     #[test]

@@ -40,28 +40,57 @@ impl KmsV2 {
 #[tonic::async_trait]
 impl pb::key_management_service_server::KeyManagementService for KmsV2 {
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        let info = self.broker.get_key(&crate::caller::Caller::Internal("kms-v2"), &self.key_name);
-        let key_id = info.map(|i| i.primary_key_id.to_string()).map_err(|e| to_status(&e))?;
+        let info = self
+            .broker
+            .get_key(&crate::caller::Caller::Internal("kms-v2"), &self.key_name);
+        let key_id = info
+            .map(|i| i.primary_key_id.to_string())
+            .map_err(|e| to_status(&e))?;
         let status = self.broker.status(false).await;
-        let members: Vec<_> = status.keys.iter().filter(|k| k.key_name == self.key_name).collect();
+        let members: Vec<_> = status
+            .keys
+            .iter()
+            .filter(|k| k.key_name == self.key_name)
+            .collect();
         // The key works while any member of its primary version does.
         let healthz = if members.iter().any(|k| k.healthy) {
             "ok".to_owned()
         } else {
             let errors: Vec<String> = members
                 .iter()
-                .map(|k| format!("{}: {}", k.backend_name, k.error.as_deref().unwrap_or("unhealthy")))
+                .map(|k| {
+                    format!(
+                        "{}: {}",
+                        k.backend_name,
+                        k.error.as_deref().unwrap_or("unhealthy")
+                    )
+                })
                 .collect();
-            format!("sealbroker key {:?} unavailable: {}", self.key_name, errors.join("; "))
+            format!(
+                "sealbroker key {:?} unavailable: {}",
+                self.key_name,
+                errors.join("; ")
+            )
         };
-        Ok(Response::new(pb::StatusResponse { version: "v2".into(), healthz, key_id }))
+        Ok(Response::new(pb::StatusResponse {
+            version: "v2".into(),
+            healthz,
+            key_id,
+        }))
     }
 
-    async fn encrypt(&self, request: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
+    async fn encrypt(
+        &self,
+        request: Request<pb::EncryptRequest>,
+    ) -> Result<Response<pb::EncryptResponse>, Status> {
         let caller = caller_of(&request);
         let mut req = request.into_inner();
         let plaintext = SecretBytes::new(std::mem::take(&mut req.plaintext));
-        let wrapped = self.broker.wrap(&caller, &self.key_name, plaintext, b"").await.map_err(|e| to_status(&e))?;
+        let wrapped = self
+            .broker
+            .wrap(&caller, &self.key_name, plaintext, b"")
+            .await
+            .map_err(|e| to_status(&e))?;
         if wrapped.blob.len() > MAX_CIPHERTEXT {
             return Err(Status::internal(format!(
                 "the sealed blob is {} bytes; kube-apiserver accepts at most {MAX_CIPHERTEXT} (too many key ring members?)",
@@ -71,11 +100,18 @@ impl pb::key_management_service_server::KeyManagementService for KmsV2 {
         Ok(Response::new(pb::EncryptResponse {
             ciphertext: wrapped.blob,
             key_id: wrapped.key_id.to_string(),
-            annotations: [(VERSION_ANNOTATION.to_owned(), wrapped.key_version.to_string().into_bytes())].into(),
+            annotations: [(
+                VERSION_ANNOTATION.to_owned(),
+                wrapped.key_version.to_string().into_bytes(),
+            )]
+            .into(),
         }))
     }
 
-    async fn decrypt(&self, request: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
+    async fn decrypt(
+        &self,
+        request: Request<pb::DecryptRequest>,
+    ) -> Result<Response<pb::DecryptResponse>, Status> {
         let caller = caller_of(&request);
         let req = request.into_inner();
         let ring = self.broker.key_ring();
@@ -86,8 +122,13 @@ impl pb::key_management_service_server::KeyManagementService for KmsV2 {
                 req.key_id, self.key_name
             )));
         }
-        let opened =
-            self.broker.unwrap(&caller, &self.key_name, &req.ciphertext, b"").await.map_err(|e| to_status(&e))?;
-        Ok(Response::new(pb::DecryptResponse { plaintext: opened.plaintext.into_unprotected_vec() }))
+        let opened = self
+            .broker
+            .unwrap(&caller, &self.key_name, &req.ciphertext, b"")
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::DecryptResponse {
+            plaintext: opened.plaintext.into_unprotected_vec(),
+        }))
     }
 }

@@ -187,7 +187,9 @@ pub async fn serve(
         let mode = crate::config::parse_mode(&kms.socket_mode).unwrap_or(0o600);
         let listener = bind_unix(&kms.socket, mode)?;
         let (kms_health, kms_health_service) = tonic_health::server::health_reporter();
-        kms_health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        kms_health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
         let service = crate::kmsv2::KmsV2::new(broker.clone(), kms.key_name.clone()).into_server();
         let serving = Server::builder()
             .add_service(kms_health_service)
@@ -230,7 +232,11 @@ pub async fn serve(
     })
     .await;
     tasks.abort_all();
-    for path in server.unix_socket.iter().chain(server.kms_v2.as_ref().map(|k| &k.socket)) {
+    for path in server
+        .unix_socket
+        .iter()
+        .chain(server.kms_v2.as_ref().map(|k| &k.socket))
+    {
         let _ = std::fs::remove_file(path);
     }
     tracing::info!("stopped");

@@ -54,7 +54,11 @@ impl BackendRegistry {
 
     /// Like [`build_keyring`](Self::build_keyring), adding the versions and
     /// minimum decryption versions recorded in the broker's state.
-    pub fn build_keyring_with_state(&self, config: &Config, state: &KeyStateFile) -> Result<KeyRing, ConfigError> {
+    pub fn build_keyring_with_state(
+        &self,
+        config: &Config,
+        state: &KeyStateFile,
+    ) -> Result<KeyRing, ConfigError> {
         let mut factories = BTreeMap::new();
         for (name, table) in &config.backends {
             let path = format!("backends.{name}");
@@ -92,7 +96,14 @@ impl BackendRegistry {
 }
 
 /// Key-table fields that describe the logical key rather than a backend key.
-const KEY_FIELDS: &[&str] = &["backend", "members", "versions", "policy", "primary_version", "min_decryption_version"];
+const KEY_FIELDS: &[&str] = &[
+    "backend",
+    "members",
+    "versions",
+    "policy",
+    "primary_version",
+    "min_decryption_version",
+];
 
 type Factories<'a> = BTreeMap<&'a str, KeyFactory>;
 
@@ -111,18 +122,29 @@ fn build_key(
     let policy = match table.get("policy").map(|v| v.as_str()) {
         None | Some(Some("all")) => WrapPolicy::All,
         Some(Some("primary")) => WrapPolicy::Primary,
-        _ => return Err(ConfigError::new(format!("{path}.policy"), "must be \"all\" or \"primary\"")),
+        _ => {
+            return Err(ConfigError::new(
+                format!("{path}.policy"),
+                "must be \"all\" or \"primary\"",
+            ));
+        }
     };
     let number = |field: &str, default: Option<u32>| -> Result<Option<u32>, ConfigError> {
         match table.get(field) {
             None => Ok(default),
             Some(toml::Value::Integer(n)) if *n >= 1 && *n <= u32::MAX as i64 => Ok(Some(*n as u32)),
-            Some(_) => Err(ConfigError::new(format!("{path}.{field}"), "must be a whole number from 1")),
+            Some(_) => Err(ConfigError::new(
+                format!("{path}.{field}"),
+                "must be a whole number from 1",
+            )),
         }
     };
     let primary = number("primary_version", None)?;
     let configured_min = number("min_decryption_version", Some(1))?.unwrap_or(1);
-    let min_decryption = state.and_then(|s| s.min_decryption_version).unwrap_or(configured_min).max(configured_min);
+    let min_decryption = state
+        .and_then(|s| s.min_decryption_version)
+        .unwrap_or(configured_min)
+        .max(configured_min);
 
     let versions = match table.get("versions") {
         Some(toml::Value::Array(entries)) => {
@@ -140,7 +162,12 @@ fn build_key(
                     .ok_or_else(|| ConfigError::new(&entry_path, "must be a table"))?;
                 let version = match entry.get("version") {
                     Some(toml::Value::Integer(n)) if *n >= 1 && *n <= u32::MAX as i64 => *n as u32,
-                    _ => return Err(ConfigError::new(format!("{entry_path}.version"), "must be a whole number from 1")),
+                    _ => {
+                        return Err(ConfigError::new(
+                            format!("{entry_path}.version"),
+                            "must be a whole number from 1",
+                        ));
+                    }
                 };
                 let mut entry = entry.clone();
                 entry.remove("version");
@@ -148,7 +175,12 @@ fn build_key(
             }
             versions
         }
-        Some(_) => return Err(ConfigError::new(format!("{path}.versions"), "must be an array of tables")),
+        Some(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.versions"),
+                "must be an array of tables",
+            ));
+        }
         None => {
             let mut rest = table.clone();
             for field in ["policy", "primary_version", "min_decryption_version"] {
@@ -186,8 +218,13 @@ fn build_key(
         }
     }
     // Versions the broker created supersede the configured primary.
-    let primary = if state.is_some_and(|s| !s.versions.is_empty()) { None } else { primary };
-    LogicalKey::new(name, versions, primary, min_decryption, policy).map_err(|reason| ConfigError::new(path, reason))
+    let primary = if state.is_some_and(|s| !s.versions.is_empty()) {
+        None
+    } else {
+        primary
+    };
+    LogicalKey::new(name, versions, primary, min_decryption, policy)
+        .map_err(|reason| ConfigError::new(path, reason))
 }
 
 /// The member tables of a key's newest configured version, by backend name:
@@ -226,20 +263,28 @@ pub fn build_version(
 ) -> Result<KeyVersion, ConfigError> {
     let members = match (table.get("backend"), table.get("members")) {
         (Some(_), Some(_)) => {
-            return Err(ConfigError::new(format!("{path}.members"), "give either `backend` or `members`, not both"));
+            return Err(ConfigError::new(
+                format!("{path}.members"),
+                "give either `backend` or `members`, not both",
+            ));
         }
         (Some(_), None) => vec![build_member(table, path, factories)?],
         (None, Some(toml::Value::Array(entries))) if !entries.is_empty() => {
             let mut members = Vec::new();
             for (i, entry) in entries.iter().enumerate() {
                 let member_path = format!("{path}.members[{i}]");
-                let entry = entry.as_table().ok_or_else(|| ConfigError::new(&member_path, "must be a table"))?;
+                let entry = entry
+                    .as_table()
+                    .ok_or_else(|| ConfigError::new(&member_path, "must be a table"))?;
                 members.push(build_member(entry, &member_path, factories)?);
             }
             members
         }
         (None, Some(_)) => {
-            return Err(ConfigError::new(format!("{path}.members"), "must be a non-empty array of tables"));
+            return Err(ConfigError::new(
+                format!("{path}.members"),
+                "must be a non-empty array of tables",
+            ));
         }
         (None, None) => {
             return Err(ConfigError::new(
@@ -258,7 +303,12 @@ fn build_member(
 ) -> Result<(String, Arc<dyn Backend>), ConfigError> {
     let backend_name = match table.get("backend") {
         Some(toml::Value::String(name)) => name.clone(),
-        _ => return Err(ConfigError::new(format!("{path}.backend"), "must name a [backends.NAME] table")),
+        _ => {
+            return Err(ConfigError::new(
+                format!("{path}.backend"),
+                "must name a [backends.NAME] table",
+            ));
+        }
     };
     let factory = factories.get(backend_name.as_str()).ok_or_else(|| {
         ConfigError::new(

@@ -3,18 +3,20 @@
 //! here and hold no crypto and no policy of their own.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use sealbroker_core::{
-    BackendError, BackendErrorKind, Error, KeyInfo, KeyRing, KeyVersion, LogicalKey, SecretBytes, Unwrapped, Wrapped,
+    BackendError, BackendErrorKind, Error, KeyInfo, KeyRing, KeyVersion, LogicalKey, SecretBytes, Unwrapped,
+    Wrapped,
 };
 use tracing::Instrument;
 
+use crate::audit::{AuditLog, AuditRecord};
 use crate::caller::Caller;
-use crate::keystate::{KeyStateStore, MemberRecord, VersionRecord};
 use crate::config::{LimitsConfig, Profile};
+use crate::keystate::{KeyStateStore, MemberRecord, VersionRecord};
 
 /// Health of one key's primary backend, as last probed.
 #[derive(Debug, Clone)]
@@ -43,8 +45,18 @@ pub struct Broker {
     health: Mutex<HashMap<String, KeyHealth>>,
     in_flight: AtomicUsize,
     state: Option<Arc<KeyStateStore>>,
+    audit: Arc<AuditLog>,
     /// Serializes rotations and other key changes.
     changing_keys: tokio::sync::Mutex<()>,
+}
+
+/// What an audit line says about the operation besides its result.
+struct Op<'a> {
+    name: &'static str,
+    request_id: &'a str,
+    caller: &'a Caller,
+    key: &'a str,
+    started: Instant,
 }
 
 /// Counts one operation as in flight for as long as it lives.
@@ -85,7 +97,43 @@ impl Broker {
             health: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
             state: None,
+            audit: Arc::new(AuditLog::disabled()),
             changing_keys: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Writes an audit line for every operation to `audit`.
+    pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Records the outcome of one operation; an unwritable audit log turns
+    /// a success into an error (fail closed).
+    fn audited<T>(
+        &self,
+        op: Op<'_>,
+        version_of: impl Fn(&T) -> u32,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
+        let record = AuditRecord {
+            time: crate::audit::rfc3339(std::time::SystemTime::now()),
+            request_id: op.request_id.to_owned(),
+            door: op.caller.door().to_owned(),
+            caller: op.caller.to_string(),
+            operation: op.name.to_owned(),
+            key: op.key.to_owned(),
+            key_version: result.as_ref().map(&version_of).unwrap_or(0),
+            outcome: match &result {
+                Ok(_) => "ok".to_owned(),
+                Err(e) => format!("{:?}", e.code()),
+            },
+            latency_us: op.started.elapsed().as_micros() as u64,
+            prev: String::new(),
+        };
+        match self.audit.record(record) {
+            Ok(()) => result,
+            Err(e) => Err(Error::AuditUnavailable(e.to_string())),
         }
     }
 
@@ -108,6 +156,22 @@ impl Broker {
     /// Creates a new version of `key` on its backends, records it, and makes
     /// it primary. Old versions keep unwrapping; `Rewrap` moves blobs forward.
     pub async fn rotate(&self, caller: &Caller, key: &str) -> Result<KeyInfo, Error> {
+        let started = Instant::now();
+        let result = self.rotate_unaudited(caller, key).await;
+        self.audited(
+            Op {
+                name: "rotate",
+                request_id: &request_id(),
+                caller,
+                key,
+                started,
+            },
+            |k: &KeyInfo| k.primary_version,
+            result,
+        )
+    }
+
+    async fn rotate_unaudited(&self, caller: &Caller, key: &str) -> Result<KeyInfo, Error> {
         let _changing = self.changing_keys.lock().await;
         let store = self.state_store()?;
         let current = self.key_ring().get(key)?.clone();
@@ -115,20 +179,35 @@ impl Broker {
         let mut members = Vec::new();
         let mut records = Vec::new();
         for member in &current.primary().members {
-            let created = member.backend.create_version(next).await.map_err(|source| Error::Backend {
-                backend: member.backend_name.clone(),
-                key: key.to_owned(),
-                source,
-            })?;
+            let created = member
+                .backend
+                .create_version(next)
+                .await
+                .map_err(|source| Error::Backend {
+                    backend: member.backend_name.clone(),
+                    key: key.to_owned(),
+                    source,
+                })?;
             members.push((member.backend_name.clone(), created.backend));
-            records.push(MemberRecord { backend: member.backend_name.clone(), settings: created.settings });
+            records.push(MemberRecord {
+                backend: member.backend_name.clone(),
+                settings: created.settings,
+            });
         }
         let rotated = current
             .with_new_primary(KeyVersion::with_members(key, next, members))
             .map_err(Error::Internal)?;
         store
             .update(|state| {
-                state.keys.entry(key.to_owned()).or_default().versions.push(VersionRecord { version: next, members: records })
+                state
+                    .keys
+                    .entry(key.to_owned())
+                    .or_default()
+                    .versions
+                    .push(VersionRecord {
+                        version: next,
+                        members: records,
+                    })
             })
             .await
             .map_err(|e| Error::Internal(format!("cannot record the new key version: {e}")))?;
@@ -139,15 +218,46 @@ impl Broker {
     }
 
     /// Refuses blobs under versions below `min` from now on.
-    pub async fn set_min_decryption_version(&self, caller: &Caller, key: &str, min: u32) -> Result<KeyInfo, Error> {
+    pub async fn set_min_decryption_version(
+        &self,
+        caller: &Caller,
+        key: &str,
+        min: u32,
+    ) -> Result<KeyInfo, Error> {
+        let started = Instant::now();
+        let result = self.set_min_unaudited(caller, key, min).await;
+        let version = |k: &KeyInfo| k.min_decryption_version;
+        self.audited(
+            Op {
+                name: "set-min-decryption-version",
+                request_id: &request_id(),
+                caller,
+                key,
+                started,
+            },
+            version,
+            result,
+        )
+    }
+
+    async fn set_min_unaudited(&self, caller: &Caller, key: &str, min: u32) -> Result<KeyInfo, Error> {
         let _changing = self.changing_keys.lock().await;
         let store = self.state_store()?;
         let current = self.key_ring().get(key)?.clone();
         let changed = current
             .with_min_decryption_version(min)
-            .map_err(|reason| Error::InvalidArgument { field: "min_decryption_version", reason })?;
+            .map_err(|reason| Error::InvalidArgument {
+                field: "min_decryption_version",
+                reason,
+            })?;
         store
-            .update(|state| state.keys.entry(key.to_owned()).or_default().min_decryption_version = Some(min))
+            .update(|state| {
+                state
+                    .keys
+                    .entry(key.to_owned())
+                    .or_default()
+                    .min_decryption_version = Some(min)
+            })
             .await
             .map_err(|e| Error::Internal(format!("cannot record the minimum decryption version: {e}")))?;
         self.replace_key(changed);
@@ -190,7 +300,11 @@ impl Broker {
         match tokio::time::timeout(limit, fut).await {
             Ok(result) => result,
             Err(_) => Err(Error::Backend {
-                backend: self.key_ring().get(key).map(|k| k.primary().backend_names()).unwrap_or_default(),
+                backend: self
+                    .key_ring()
+                    .get(key)
+                    .map(|k| k.primary().backend_names())
+                    .unwrap_or_default(),
                 key: key.to_owned(),
                 source: BackendError::new(
                     BackendErrorKind::Timeout,
@@ -219,7 +333,8 @@ impl Broker {
         aad: &[u8],
     ) -> Result<Wrapped, Error> {
         let _in_flight = InFlight::start(&self.in_flight);
-        let span = tracing::info_span!("wrap", request_id = %request_id(), %caller, key);
+        let request_id = request_id();
+        let span = tracing::info_span!("wrap", %request_id, %caller, key);
         async {
             let started = Instant::now();
             let result = async {
@@ -247,7 +362,7 @@ impl Broker {
             }
             .await;
             Self::log_outcome("wrap", started, &result);
-            result
+            self.audited(Op { name: "wrap", request_id: &request_id, caller, key, started }, |w: &Wrapped| w.key_version, result)
         }
         .instrument(span)
         .await
@@ -262,7 +377,8 @@ impl Broker {
         aad: &[u8],
     ) -> Result<Unwrapped, Error> {
         let _in_flight = InFlight::start(&self.in_flight);
-        let span = tracing::info_span!("unwrap", request_id = %request_id(), %caller, key);
+        let request_id = request_id();
+        let span = tracing::info_span!("unwrap", %request_id, %caller, key);
         async {
             let started = Instant::now();
             let expected = (!key.is_empty()).then_some(key);
@@ -273,7 +389,21 @@ impl Broker {
                 tracing::Span::current().record("key", opened.key_name.as_str());
             }
             Self::log_outcome("unwrap", started, &result);
-            result
+            let audited_key = result
+                .as_ref()
+                .map(|u| u.key_name.clone())
+                .unwrap_or_else(|_| key.to_owned());
+            self.audited(
+                Op {
+                    name: "unwrap",
+                    request_id: &request_id,
+                    caller,
+                    key: &audited_key,
+                    started,
+                },
+                |u: &Unwrapped| u.key_version,
+                result,
+            )
         }
         .instrument(span)
         .await
@@ -288,7 +418,8 @@ impl Broker {
         aad: &[u8],
     ) -> Result<Wrapped, Error> {
         let _in_flight = InFlight::start(&self.in_flight);
-        let span = tracing::info_span!("rewrap", request_id = %request_id(), %caller, key);
+        let request_id = request_id();
+        let span = tracing::info_span!("rewrap", %request_id, %caller, key);
         async {
             let started = Instant::now();
             let expected = (!key.is_empty()).then_some(key);
@@ -296,7 +427,21 @@ impl Broker {
                 .bounded("rewrap", key, self.key_ring().rewrap(expected, blob, aad))
                 .await;
             Self::log_outcome("rewrap", started, &result);
-            result
+            let audited_key = result
+                .as_ref()
+                .map(|w| w.key_name.clone())
+                .unwrap_or_else(|_| key.to_owned());
+            self.audited(
+                Op {
+                    name: "rewrap",
+                    request_id: &request_id,
+                    caller,
+                    key: &audited_key,
+                    started,
+                },
+                |w: &Wrapped| w.key_version,
+                result,
+            )
         }
         .instrument(span)
         .await
@@ -322,7 +467,12 @@ impl Broker {
         for key in ring.keys() {
             for member in &key.primary().members {
                 let cache_key = format!("{}/{}", key.name, member.backend_name);
-                let cached = self.health.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key).cloned();
+                let cached = self
+                    .health
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&cache_key)
+                    .cloned();
                 if let Some(health) = cached.filter(|h| !deep && h.checked_at.elapsed() < ttl) {
                     keys.push(health);
                     continue;
@@ -332,7 +482,12 @@ impl Broker {
                     member.backend.health(),
                 )
                 .await
-                .unwrap_or_else(|_| Err(BackendError::new(BackendErrorKind::Timeout, "health probe timed out")));
+                .unwrap_or_else(|_| {
+                    Err(BackendError::new(
+                        BackendErrorKind::Timeout,
+                        "health probe timed out",
+                    ))
+                });
                 let health = KeyHealth {
                     key_name: key.name.clone(),
                     backend_name: member.backend_name.clone(),
@@ -343,10 +498,17 @@ impl Broker {
                 if let Some(error) = &health.error {
                     tracing::warn!(key = %key.name, backend = %member.backend_name, %error, "backend unhealthy");
                 }
-                self.health.lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, health.clone());
+                self.health
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(cache_key, health.clone());
                 keys.push(health);
             }
         }
-        BrokerStatus { profile: self.profile, security_risk: self.profile == Profile::Development, keys }
+        BrokerStatus {
+            profile: self.profile,
+            security_risk: self.profile == Profile::Development,
+            keys,
+        }
     }
 }

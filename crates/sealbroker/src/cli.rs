@@ -48,8 +48,11 @@ See docs/openbao.md for the in-process mode (config_file) and every seal option.
     Rewrap(UnwrapArgs),
     /// Show the broker's profile and the health of every key.
     Status(StatusArgs),
-    /// List keys, or describe one.
+    /// Manage keys: list, show, rotate, retire old versions.
     Keys(KeysArgs),
+    /// Work with the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 #[derive(Args)]
@@ -186,4 +189,14 @@ pub enum KeysAction {
     Rotate { name: String },
     /// Retire versions below VERSION: their blobs are refused from now on.
     MinVersion { name: String, version: u32 },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check an audit file's hash chain; names the first changed, removed or reordered line.
+    #[command(
+        after_help = "Example:\n  sealbroker audit verify /var/log/sealbroker/audit.log\n\n\
+Exit code 0: intact. 1: broken (the line and the reason are printed). 2: unreadable."
+    )]
+    Verify { file: PathBuf },
 }

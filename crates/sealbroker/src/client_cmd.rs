@@ -173,18 +173,37 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, String> {
 pub async fn keys(args: KeysArgs) -> Result<ExitCode, String> {
     let mut client = connect(&args.connect).await?;
     let keys = match args.action.unwrap_or(KeysAction::List) {
-        KeysAction::List => client.list_keys(pb::ListKeysRequest {}).await.map_err(status_message)?.into_inner().keys,
+        KeysAction::List => {
+            client
+                .list_keys(pb::ListKeysRequest {})
+                .await
+                .map_err(status_message)?
+                .into_inner()
+                .keys
+        }
         KeysAction::Show { name } => {
-            let reply = client.get_key(pb::GetKeyRequest { key_name: name }).await.map_err(status_message)?;
+            let reply = client
+                .get_key(pb::GetKeyRequest { key_name: name })
+                .await
+                .map_err(status_message)?;
             reply.into_inner().key.into_iter().collect()
         }
         KeysAction::Rotate { name } => {
-            let reply = client.rotate_key(pb::RotateKeyRequest { key_name: name }).await.map_err(status_message)?;
+            let reply = client
+                .rotate_key(pb::RotateKeyRequest { key_name: name })
+                .await
+                .map_err(status_message)?;
             reply.into_inner().key.into_iter().collect()
         }
         KeysAction::MinVersion { name, version } => {
-            let request = pb::SetMinDecryptionVersionRequest { key_name: name, min_decryption_version: version };
-            let reply = client.set_min_decryption_version(request).await.map_err(status_message)?;
+            let request = pb::SetMinDecryptionVersionRequest {
+                key_name: name,
+                min_decryption_version: version,
+            };
+            let reply = client
+                .set_min_decryption_version(request)
+                .await
+                .map_err(status_message)?;
             reply.into_inner().key.into_iter().collect()
         }
     };

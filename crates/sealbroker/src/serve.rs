@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use sealbroker_server::audit::AuditLog;
 use sealbroker_server::config::{Config, ConfigError, Profile, parse_table};
 use sealbroker_server::keystate::KeyStateStore;
 use sealbroker_server::listen::{self, Bound};
@@ -97,11 +98,18 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         Some(store) => store.snapshot().await,
         None => Default::default(),
     };
-    let ring = registry.build_keyring_with_state(&config, &snapshot).map_err(|e| e.to_string())?;
+    let ring = registry
+        .build_keyring_with_state(&config, &snapshot)
+        .map_err(|e| e.to_string())?;
     let mut broker = Broker::new(ring, config.profile, config.limits.clone());
     if let Some(store) = state {
         broker = broker.with_state(store);
     }
+    let audit = AuditLog::open(&config.audit).map_err(|e| e.to_string())?;
+    if !audit.is_enabled() {
+        tracing::warn!("no audit trail configured: set [audit] file = \"...\" to record every operation");
+    }
+    broker = broker.with_audit(Arc::new(audit));
     let broker = Arc::new(broker);
 
     if args.check {
@@ -212,4 +220,18 @@ pub async fn kms_plugin() -> Result<ExitCode, String> {
     sealbroker_server::logging::init_plugin();
     sealbroker_server::plugin::run(backends::registry()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn audit_verify(file: &std::path::Path) -> Result<ExitCode, String> {
+    use sealbroker_server::audit::{Verdict, verify};
+    match verify(file).map_err(|e| format!("cannot read {}: {e}", file.display()))? {
+        Verdict::Intact { lines } => {
+            println!("{}: intact, {lines} lines", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Verdict::Broken { line, reason } => {
+            println!("{}: BROKEN at line {line}: {reason}", file.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
