@@ -425,7 +425,11 @@ impl Backend for Pkcs11Key {
     /// Creates `<label>-v<version>` (non-extractable, like keygen) on the same token.
     async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
         let selector = &self.key.selector;
-        let base = selector.label.as_deref().map(base_label).unwrap_or("sealbroker-key");
+        let base = selector
+            .label
+            .as_deref()
+            .map(base_label)
+            .unwrap_or("sealbroker-key");
         let config = KeyConfig {
             key_label: Some(format!("{base}-v{version}")),
             key_id: None,
@@ -440,7 +444,10 @@ impl Backend for Pkcs11Key {
         Ok(NewVersion {
             backend: Arc::new(key),
             settings: [
-                ("key_label".to_owned(), config.key_label.clone().unwrap_or_default()),
+                (
+                    "key_label".to_owned(),
+                    config.key_label.clone().unwrap_or_default(),
+                ),
                 ("key_id".to_owned(), String::new()),
             ]
             .into(),

@@ -190,7 +190,11 @@ impl TokenPool {
 
     /// The module, token and PIN source this pool serves.
     pub fn origin(&self) -> (PathBuf, TokenSelector, PinSource) {
-        (self.inner.lib.clone(), self.inner.token.clone(), self.inner.pin.clone())
+        (
+            self.inner.lib.clone(),
+            self.inner.token.clone(),
+            self.inner.pin.clone(),
+        )
     }
 
     /// How many times the pool has dropped its sessions to recover from a
@@ -333,7 +337,11 @@ impl PoolInner {
             // Modules list tokens at C_Initialize: a token that was away may
             // be back, but only a re-initialization shows it. Rate-limited,
             // because it also resets every other pool on this module.
-            Err(e) if state.reinitialized_at.is_none_or(|at| at.elapsed() >= REINIT_BACKOFF) => {
+            Err(e)
+                if state
+                    .reinitialized_at
+                    .is_none_or(|at| at.elapsed() >= REINIT_BACKOFF) =>
+            {
                 state.reinitialized_at = Some(Instant::now());
                 tracing::info!(token = %self.token, error = %e, "token not found; re-initializing the PKCS#11 module");
                 let _ = ctx.clone().finalize();

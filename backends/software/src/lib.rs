@@ -142,8 +142,11 @@ impl Backend for SoftwareKey {
     async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
         let file = PathBuf::from(format!("{}.v{version}", self.base_file.display()));
         generate_key_file(&file).map_err(|e| BackendError::internal(e.to_string()))?;
-        let key = SoftwareKey::load(&KeyConfig { key_file: file.clone(), generate: false })
-            .map_err(|e| BackendError::internal(e.to_string()))?;
+        let key = SoftwareKey::load(&KeyConfig {
+            key_file: file.clone(),
+            generate: false,
+        })
+        .map_err(|e| BackendError::internal(e.to_string()))?;
         Ok(NewVersion {
             backend: std::sync::Arc::new(key),
             settings: [("key_file".to_owned(), file.display().to_string())].into(),
