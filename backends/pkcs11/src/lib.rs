@@ -242,6 +242,9 @@ struct KeyState {
     selector: KeySelector,
     token: String,
     cache: Mutex<HandleCache>,
+    /// Set once the key has been found: if it later vanishes, the token
+    /// was probably replaced or restored underneath a stale module.
+    ever_found: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Copy)]
@@ -298,6 +301,14 @@ impl KeyState {
             .map_err(|e| OpError::Device(e, "C_FindObjects"))?;
         let handle = match found.as_slice() {
             [handle] => *handle,
+            [] if self.ever_found.load(std::sync::atomic::Ordering::Relaxed) => {
+                // Treat as device damage: the pool re-initializes the module
+                // (rate-limited) and retries, so a restored token is seen.
+                return Err(OpError::Device(
+                    CkError::Pkcs11(RvError::TokenNotPresent, cryptoki::context::Function::FindObjects),
+                    "the key vanished from the token (C_FindObjects)",
+                ));
+            }
             [] => {
                 return Err(OpError::Backend(BackendError::new(
                     BackendErrorKind::KeyNotFound,
@@ -316,6 +327,7 @@ impl KeyState {
                 )));
             }
         };
+        self.ever_found.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.generation == generation {
             match purpose {
@@ -361,6 +373,7 @@ impl Pkcs11Key {
                 selector,
                 token,
                 cache: Mutex::new(HandleCache::default()),
+                ever_found: Default::default(),
             }),
             identity,
             rng: SystemRandom::new(),

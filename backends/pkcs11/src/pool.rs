@@ -392,9 +392,14 @@ impl PoolInner {
         state.idle.clear();
         state.anchor = None;
         state.slot = None;
+        let recently = state
+            .reinitialized_at
+            .is_some_and(|at| at.elapsed() < REINIT_BACKOFF);
         if damage == Damage::Device
+            && !recently
             && let Ok(ctx) = module(&self.lib)
         {
+            state.reinitialized_at = Some(Instant::now());
             // Other pools on this module see CKR_CRYPTOKI_NOT_INITIALIZED
             // once and reset the same way.
             let _ = ctx.clone().finalize();

@@ -81,6 +81,22 @@ fn line_hash(line: &str) -> String {
     hex::encode(digest(&SHA256, line.as_bytes()))
 }
 
+/// The last line of a regular file, reading only its tail (audit lines are
+/// short; the file may be huge). Not for devices and pipes.
+fn last_line(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
+    let mut file = File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() == 0 {
+        return None;
+    }
+    file.seek(SeekFrom::Start(meta.len().saturating_sub(TAIL))).ok()?;
+    let mut tail = String::new();
+    file.read_to_string(&mut tail).ok()?;
+    tail.lines().filter(|l| !l.is_empty()).last().map(str::to_owned)
+}
+
 /// RFC 3339 UTC from a system time, without a date crate.
 pub fn rfc3339(time: SystemTime) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
@@ -112,9 +128,7 @@ impl AuditLog {
         let mut prev = GENESIS.to_owned();
         let file = match &config.file {
             Some(path) => {
-                if let Ok(existing) = File::open(path)
-                    && let Some(last) = BufReader::new(existing).lines().map_while(Result::ok).last()
-                {
+                if let Some(last) = last_line(path) {
                     prev = line_hash(&last);
                 }
                 let file = OpenOptions::new()

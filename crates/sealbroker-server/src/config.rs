@@ -102,6 +102,8 @@ pub struct ServerConfig {
     pub state_dir: Option<PathBuf>,
     /// The Kubernetes KMS v2 front door (see docs/kubernetes-kms.md).
     pub kms_v2: Option<KmsV2Config>,
+    /// Prometheus metrics and health endpoints.
+    pub metrics: Option<crate::metrics::MetricsConfig>,
 }
 
 /// `[server.kms_v2]`: a unix socket for kube-apiserver's KMS v2 plugin API.
@@ -126,6 +128,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: default_shutdown_grace(),
             state_dir: None,
             kms_v2: None,
+            metrics: None,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod keystate;
 pub mod kmsv2;
 pub mod listen;
 pub mod logging;
+pub mod metrics;
 pub mod plugin;
 pub mod registry;
 pub mod service;

@@ -81,6 +81,8 @@ pub struct Bound {
     pub tcp: Option<std::net::SocketAddr>,
     /// The transit HTTP(S) listener.
     pub transit: Option<SocketAddr>,
+    /// The metrics and health listener.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Serves every configured listener until `shutdown` resolves, then lets in-flight requests finish
@@ -120,6 +122,7 @@ pub async fn serve(
         unix_socket: None,
         tcp: None,
         transit: None,
+        metrics: None,
     };
 
     if let Some(path) = &server.unix_socket {
@@ -182,6 +185,24 @@ pub async fn serve(
                 tracing::warn!(address = %local, mount, security_risk = true, "transit listening on PLAINTEXT HTTP (development profile)")
             }
         }
+    }
+    if let Some(metrics) = &server.metrics {
+        let listener = TcpListener::bind(metrics.listen)
+            .await
+            .map_err(io_error(format!("binding metrics {}", metrics.listen)))?;
+        let local = listener
+            .local_addr()
+            .map_err(io_error("reading metrics address"))?;
+        let app = crate::metrics::router(broker.clone());
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .map_err(io_error("metrics listener"))
+        });
+        bound.metrics = Some(local);
+        tracing::info!(address = %local, "metrics, /livez and /readyz listening");
     }
     if let Some(kms) = &server.kms_v2 {
         let mode = crate::config::parse_mode(&kms.socket_mode).unwrap_or(0o600);

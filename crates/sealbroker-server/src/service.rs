@@ -17,6 +17,7 @@ use crate::audit::{AuditLog, AuditRecord};
 use crate::caller::Caller;
 use crate::config::{LimitsConfig, Profile};
 use crate::keystate::{KeyStateStore, MemberRecord, VersionRecord};
+use crate::metrics::Metrics;
 
 /// Health of one key's primary backend, as last probed.
 #[derive(Debug, Clone)]
@@ -46,6 +47,7 @@ pub struct Broker {
     in_flight: AtomicUsize,
     state: Option<Arc<KeyStateStore>>,
     audit: Arc<AuditLog>,
+    metrics: Option<Arc<Metrics>>,
     /// Serializes rotations and other key changes.
     changing_keys: tokio::sync::Mutex<()>,
 }
@@ -98,8 +100,22 @@ impl Broker {
             in_flight: AtomicUsize::new(0),
             state: None,
             audit: Arc::new(AuditLog::disabled()),
+            metrics: None,
             changing_keys: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Counts every operation and backend probe in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The metrics, with the in-flight gauge brought up to date.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        let metrics = self.metrics.as_deref()?;
+        metrics.set_in_flight(self.in_flight());
+        Some(metrics)
     }
 
     /// Writes an audit line for every operation to `audit`.
@@ -131,10 +147,24 @@ impl Broker {
             latency_us: op.started.elapsed().as_micros() as u64,
             prev: String::new(),
         };
-        match self.audit.record(record) {
+        let result = match self.audit.record(record.clone()) {
             Ok(()) => result,
             Err(e) => Err(Error::AuditUnavailable(e.to_string())),
+        };
+        if let Some(metrics) = &self.metrics {
+            let backend = self
+                .key_ring()
+                .get(op.key)
+                .map(|k| k.primary().backend_names())
+                .unwrap_or_default();
+            let outcome = match &result {
+                Ok(_) => "ok".to_owned(),
+                Err(e) => format!("{:?}", e.code()),
+            };
+            let seconds = record.latency_us as f64 / 1e6;
+            metrics.observe(&record.door, op.key, &backend, op.name, &outcome, seconds);
         }
+        result
     }
 
     /// Records rotations in `state` so they survive restarts.
@@ -497,6 +527,9 @@ impl Broker {
                 };
                 if let Some(error) = &health.error {
                     tracing::warn!(key = %key.name, backend = %member.backend_name, %error, "backend unhealthy");
+                }
+                if let Some(metrics) = &self.metrics {
+                    metrics.set_backend_up(&key.name, &member.backend_name, health.healthy);
                 }
                 self.health
                     .lock()

@@ -110,6 +110,10 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         tracing::warn!("no audit trail configured: set [audit] file = \"...\" to record every operation");
     }
     broker = broker.with_audit(Arc::new(audit));
+    if config.server.metrics.is_some() {
+        let metrics = sealbroker_server::metrics::Metrics::new(config.profile == Profile::Development);
+        broker = broker.with_metrics(Arc::new(metrics));
+    }
     let broker = Arc::new(broker);
 
     if args.check {

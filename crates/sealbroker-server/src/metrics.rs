@@ -1,0 +1,226 @@
+//! Prometheus metrics and health endpoints, on their own listener
+//! (`[server.metrics]`): `/metrics`, `/livez`, `/readyz`.
+//!
+//! Every front door's operations pass through the broker, which counts them
+//! here, so one registry covers them all.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+
+use crate::service::Broker;
+
+/// `[server.metrics]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address for `/metrics`, `/livez` and `/readyz` (plain HTTP; nothing secret is served).
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    door: String,
+    key: String,
+    backend: String,
+    operation: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    door: String,
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    key: String,
+    backend: String,
+}
+
+/// The broker's metrics.
+pub struct Metrics {
+    registry: Registry,
+    operations: Family<OperationLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
+    backend_up: Family<BackendLabels, Gauge<i64, AtomicI64>>,
+    health_probes: Family<BackendLabels, Counter>,
+    in_flight: Gauge<i64, AtomicI64>,
+    security_risk: Gauge<i64, AtomicI64>,
+}
+
+impl Metrics {
+    pub fn new(security_risk: bool) -> Self {
+        let mut registry = Registry::with_prefix("sealbroker");
+        let operations = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "operations",
+            "Operations by front door, key, backend, operation and outcome",
+            operations.clone(),
+        );
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+        });
+        registry.register("operation_duration_seconds", "Operation latency", latency.clone());
+        let backend_up = Family::<BackendLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "backend_up",
+            "1 when the last health probe of a key's backend succeeded",
+            backend_up.clone(),
+        );
+        let health_probes = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "health_probes",
+            "Real health probes sent to a key's backend",
+            health_probes.clone(),
+        );
+        let in_flight = Gauge::<i64, AtomicI64>::default();
+        registry.register("in_flight", "Operations running now", in_flight.clone());
+        let risk = Gauge::<i64, AtomicI64>::default();
+        risk.set(i64::from(security_risk));
+        registry.register(
+            "security_risk",
+            "1 under the Development profile: not a production root of trust",
+            risk.clone(),
+        );
+        Metrics {
+            registry,
+            operations,
+            latency,
+            backend_up,
+            health_probes,
+            in_flight,
+            security_risk: risk,
+        }
+    }
+
+    /// Counts one finished operation.
+    pub fn observe(
+        &self,
+        door: &str,
+        key: &str,
+        backend: &str,
+        operation: &str,
+        outcome: &str,
+        seconds: f64,
+    ) {
+        self.operations
+            .get_or_create(&OperationLabels {
+                door: door.into(),
+                key: key.into(),
+                backend: backend.into(),
+                operation: operation.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&LatencyLabels {
+                door: door.into(),
+                operation: operation.into(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn set_in_flight(&self, n: usize) {
+        self.in_flight.set(n as i64);
+    }
+
+    pub fn set_backend_up(&self, key: &str, backend: &str, up: bool) {
+        self.health_probes
+            .get_or_create(&BackendLabels {
+                key: key.into(),
+                backend: backend.into(),
+            })
+            .inc();
+        self.backend_up
+            .get_or_create(&BackendLabels {
+                key: key.into(),
+                backend: backend.into(),
+            })
+            .set(i64::from(up));
+    }
+
+    pub fn security_risk(&self) -> bool {
+        self.security_risk.get() == 1
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    let body = broker.metrics().map(|m| m.encode()).unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+async fn livez() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when every key can be used through at least one member, judged by
+/// the cached deep probe (so probes never hammer an HSM or a cloud quota).
+async fn readyz(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    let status = broker.status(false).await;
+    let mut keys: Vec<&str> = status.keys.iter().map(|k| k.key_name.as_str()).collect();
+    keys.dedup();
+    let down: Vec<String> = keys
+        .into_iter()
+        .filter(|key| !status.keys.iter().any(|k| k.key_name == *key && k.healthy))
+        .map(|key| {
+            let why: Vec<String> = status
+                .keys
+                .iter()
+                .filter(|k| k.key_name == key)
+                .map(|k| {
+                    format!(
+                        "{}: {}",
+                        k.backend_name,
+                        k.error.as_deref().unwrap_or("unhealthy")
+                    )
+                })
+                .collect();
+            format!("key {key:?}: {}", why.join("; "))
+        })
+        .collect();
+    if down.is_empty() {
+        (StatusCode::OK, "ok\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{}\n", down.join("\n")),
+        )
+    }
+}
+
+/// The router for the metrics listener.
+pub fn router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .with_state(broker)
+}

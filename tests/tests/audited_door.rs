@@ -1,0 +1,207 @@
+//! The single audited door: audit trail, metrics and readiness, end to end.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sealbroker_e2e::*;
+use sealbroker_proto::sealbroker::v1::*;
+use tonic::Code;
+
+const PIN: &str = "audit-e2e-pin-4410";
+
+fn config(dir: &Path, token: &SoftHsmToken, audit_file: &Path, metrics_port: u16) -> std::path::PathBuf {
+    let text = format!(
+        "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n[server.metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+         [audit]\nfile = \"{}\"\n[limits]\nhealth_cache_secs = 1\n{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n",
+        dir.join("sb.sock").display(),
+        audit_file.display(),
+        token.backend_toml("hsm"),
+    );
+    let path = dir.join("sealbroker.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// Samples parsed by the real `prometheus_client` parser.
+fn metrics(addr: SocketAddr) -> Vec<String> {
+    let (status, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200);
+    let mut child = Command::new(peers_python())
+        .arg(repo_root().join("tests/python/parse_metrics.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client could not parse /metrics: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn sample(samples: &[String], prefix: &str) -> f64 {
+    samples
+        .iter()
+        .find(|s| s.starts_with(prefix))
+        .and_then(|s| s.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix} in {samples:#?}"))
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_metrics_and_readiness_tell_the_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "audit", "unseal-key", PIN);
+    let audit = dir.path().join("audit.log");
+    let port = free_port();
+    let metrics_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let daemon = Daemon::serve(
+        &config(dir.path(), &token, &audit, port),
+        Some(&token),
+        &dir.path().join("d.log"),
+    )
+    .await;
+    let mut c = daemon.unix_client().await;
+
+    // N operations -> N audit lines that verify.
+    let secret = b"AUDIT-PLAINTEXT-CANARY";
+    for _ in 0..3 {
+        let w = c
+            .wrap(WrapRequest {
+                key_name: "unseal".into(),
+                plaintext: secret.to_vec(),
+                aad: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        c.unwrap(UnwrapRequest {
+            blob: w.blob,
+            aad: vec![],
+            key_name: String::new(),
+        })
+        .await
+        .unwrap();
+    }
+    let denied = c
+        .unwrap(UnwrapRequest {
+            blob: b"junk".to_vec(),
+            aad: vec![],
+            key_name: String::new(),
+        })
+        .await;
+    assert_eq!(denied.unwrap_err().code(), Code::InvalidArgument);
+    let text = fs::read_to_string(&audit).unwrap();
+    assert_eq!(text.lines().count(), 7, "{text}");
+    assert!(
+        text.contains("\"operation\":\"wrap\"") && text.contains("\"outcome\":\"InvalidArgument\""),
+        "{text}"
+    );
+    assert!(text.contains("\"caller\":\"unix:uid="), "{text}");
+    assert!(
+        !text.contains("AUDIT-PLAINTEXT-CANARY") && !text.contains(PIN),
+        "secret material in the audit log"
+    );
+    let verify = run_cli(&["audit", "verify", audit.to_str().unwrap()], b"", &[]);
+    assert!(verify.status.success(), "{verify:?}");
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("intact, 7 lines"));
+
+    // Tampering is detected and located.
+    let copy = dir.path().join("tampered.log");
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[3] = lines[3].replace("\"outcome\":\"ok\"", "\"outcome\":\"PermissionDenied\"");
+    fs::write(&copy, lines.join("\n") + "\n").unwrap();
+    let verify = run_cli(&["audit", "verify", copy.to_str().unwrap()], b"", &[]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("BROKEN at line 5"),
+        "{verify:?}"
+    );
+
+    // Metrics move, and parse with a real Prometheus parser.
+    let samples = metrics(metrics_addr);
+    assert_eq!(
+        sample(
+            &samples,
+            "sealbroker_operations_total{backend=hsm,door=grpc,key=unseal,operation=wrap,outcome=ok}"
+        ),
+        3.0
+    );
+    assert_eq!(sample(&samples, "sealbroker_security_risk"), 0.0);
+    assert_eq!(http_get(metrics_addr, "/livez").0, 200);
+
+    // Readiness follows the token, from a cached probe: 30 polls in a burst
+    // cost at most one real probe per TTL.
+    wait_for("ready", || http_get(metrics_addr, "/readyz").0 == 200);
+    let probes = |s: &[String]| sample(s, "sealbroker_health_probes_total{backend=hsm,key=unseal}");
+    let before = probes(&metrics(metrics_addr));
+    let burst = Instant::now();
+    for _ in 0..30 {
+        http_get(metrics_addr, "/readyz");
+    }
+    let elapsed = burst.elapsed().as_secs_f64();
+    let after = probes(&metrics(metrics_addr));
+    assert!(
+        after - before <= elapsed.ceil() + 1.0,
+        "{} probes for 30 polls in {elapsed:.2}s",
+        after - before
+    );
+
+    let token_dir = fs::read_dir(token.dir.join("tokens"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    fs::rename(&token_dir, dir.path().join("away")).unwrap();
+    wait_for("not ready", || http_get(metrics_addr, "/readyz").0 == 503);
+    let (_, body) = http_get(metrics_addr, "/readyz");
+    assert!(body.contains("key \"unseal\""), "{body}");
+    assert_eq!(
+        sample(
+            &metrics(metrics_addr),
+            "sealbroker_backend_up{backend=hsm,key=unseal}"
+        ),
+        0.0
+    );
+    fs::rename(dir.path().join("away"), &token_dir).unwrap();
+    wait_for("ready again", || http_get(metrics_addr, "/readyz").0 == 200);
+}
+
+#[tokio::test]
+async fn an_unwritable_audit_log_fails_operations_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "audit", "unseal-key", PIN);
+    // /dev/full opens, and every write fails: a disk that filled up.
+    let config = config(dir.path(), &token, Path::new("/dev/full"), free_port());
+    let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("d.log")).await;
+    let mut c = daemon.unix_client().await;
+    let err = c
+        .wrap(WrapRequest {
+            key_name: "unseal".into(),
+            plaintext: b"x".to_vec(),
+            aad: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("could not be audited"), "{err:?}");
+}
