@@ -283,3 +283,48 @@ impl Drop for OpenBao {
         self.stop_inner();
     }
 }
+
+/// `bao server -dev` on 127.0.0.1 with a known root token, for backends
+/// that use OpenBao as their upstream (transit).
+pub struct DevServer {
+    pub bao: OpenBao,
+    pub root_token: String,
+}
+
+impl DevServer {
+    pub fn start(dir: &Path) -> DevServer {
+        let port = free_port();
+        let root_token = format!("root-{port}-dev");
+        let log = dir.join("bao-dev.log");
+        let output = fs::File::create(&log).unwrap();
+        let child = Command::new(bao_bin())
+            .args(["server", "-dev", &format!("-dev-root-token-id={root_token}")])
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", dir)
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().unwrap())
+            .stderr(output)
+            .spawn()
+            .unwrap();
+        let mut bao = OpenBao {
+            child: Some(child),
+            addr: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        bao.wait_api();
+        bao.wait_unsealed(Duration::from_secs(20));
+        DevServer { bao, root_token }
+    }
+
+    /// Enables transit at `transit/` and creates key `name`.
+    pub fn transit_key(&self, name: &str) {
+        self.bao
+            .must(&["secrets", "enable", "transit"], Some(&self.root_token));
+        self.bao.must(
+            &["write", "-f", &format!("transit/keys/{name}")],
+            Some(&self.root_token),
+        );
+    }
+}

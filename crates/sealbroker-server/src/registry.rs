@@ -14,9 +14,10 @@ use crate::keystate::{KeyState, KeyStateFile};
 /// Makes backend keys for one configured backend.
 pub type KeyFactory = Box<dyn Fn(&toml::Table, &str) -> Result<Arc<dyn Backend>, ConfigError> + Send + Sync>;
 
-/// Opens a configured backend: gets its table (without `type`) and the
-/// table's path for error messages.
-pub type OpenBackend = fn(&toml::Table, &str) -> Result<KeyFactory, ConfigError>;
+/// Opens a configured backend: gets its table (without `type`), the
+/// table's path for error messages, and the profile (for refusals such as
+/// plaintext upstreams under Hardened).
+pub type OpenBackend = fn(&toml::Table, &str, Profile) -> Result<KeyFactory, ConfigError>;
 
 /// A kind of backend the binary knows how to build.
 #[derive(Clone)]
@@ -84,7 +85,7 @@ impl BackendRegistry {
             }
             let mut table = table.clone();
             table.remove("type");
-            factories.insert(name.as_str(), (kind.open)(&table, &path)?);
+            factories.insert(name.as_str(), (kind.open)(&table, &path, config.profile)?);
         }
 
         let mut keys = Vec::new();

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use sealbroker_backend_pkcs11 as pkcs11;
 use sealbroker_backend_software as software;
-use sealbroker_server::config::{ConfigError, parse_table};
+use sealbroker_backend_transit as transit;
+use sealbroker_server::config::{ConfigError, Profile, parse_table};
 use sealbroker_server::registry::{BackendKind, BackendRegistry, KeyFactory};
 
 /// Every backend kind in this build.
@@ -20,13 +21,18 @@ pub fn registry() -> BackendRegistry {
             development_only: true,
             open: open_software,
         })
+        .with(BackendKind {
+            name: "transit",
+            development_only: false,
+            open: open_transit,
+        })
 }
 
 fn field_error(path: &str, e: pkcs11::ConfigError) -> ConfigError {
     ConfigError::new(format!("{path}.{}", e.field), e.reason)
 }
 
-fn open_pkcs11(table: &toml::Table, path: &str) -> Result<KeyFactory, ConfigError> {
+fn open_pkcs11(table: &toml::Table, path: &str, _: Profile) -> Result<KeyFactory, ConfigError> {
     let config: pkcs11::BackendConfig = parse_table(table, path)?;
     let pool = config.pool().map_err(|e| field_error(path, e))?;
     Ok(Box::new(move |key_table, key_path| {
@@ -36,12 +42,32 @@ fn open_pkcs11(table: &toml::Table, path: &str) -> Result<KeyFactory, ConfigErro
     }))
 }
 
-fn open_software(table: &toml::Table, path: &str) -> Result<KeyFactory, ConfigError> {
+fn open_software(table: &toml::Table, path: &str, _: Profile) -> Result<KeyFactory, ConfigError> {
     let _: software::BackendConfig = parse_table(table, path)?;
     Ok(Box::new(|key_table, key_path| {
         let key_config: software::KeyConfig = parse_table(key_table, key_path)?;
         let key = software::SoftwareKey::load(&key_config)
             .map_err(|e| ConfigError::new(format!("{key_path}.key_file"), e.to_string()))?;
+        Ok(Arc::new(key))
+    }))
+}
+
+fn open_transit(table: &toml::Table, path: &str, profile: Profile) -> Result<KeyFactory, ConfigError> {
+    let config: transit::BackendConfig = parse_table(table, path)?;
+    let client = config
+        .client()
+        .map_err(|e| ConfigError::new(format!("{path}.{}", e.field), e.reason))?;
+    if profile == Profile::Hardened && !client.uses_tls() {
+        return Err(ConfigError::new(
+            format!("{path}.address"),
+            "the hardened profile refuses a plaintext http:// upstream: the token and the data keys would cross \
+             the network in the clear; use https://",
+        ));
+    }
+    Ok(Box::new(move |key_table, key_path| {
+        let key_config: transit::KeyConfig = parse_table(key_table, key_path)?;
+        let key = transit::TransitKey::new(client.clone(), &key_config)
+            .map_err(|e| ConfigError::new(format!("{key_path}.{}", e.field), e.reason))?;
         Ok(Arc::new(key))
     }))
 }

@@ -1,0 +1,69 @@
+//! Backends behind the daemon, against their real upstreams.
+
+use std::fs;
+
+use sealbroker_e2e::openbao::DevServer;
+use sealbroker_e2e::*;
+use sealbroker_proto::sealbroker::v1::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_backend_round_trip_and_rotation_through_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = DevServer::start(dir.path());
+    upstream.transit_key("sealbroker");
+    let token_file = dir.path().join("token");
+    fs::write(&token_file, &upstream.root_token).unwrap();
+    fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let text = format!(
+        "profile = \"development\"\n[server]\nunix_socket = \"{}\"\nstate_dir = \"{}\"\n\
+         [backends.upstream]\ntype = \"transit\"\naddress = \"{}\"\ntoken_file = \"{}\"\n\
+         [keys.unseal]\nbackend = \"upstream\"\nkey_name = \"sealbroker\"\n",
+        dir.path().join("sb.sock").display(),
+        dir.path().join("state").display(),
+        upstream.bao.addr,
+        token_file.display()
+    );
+    let config = dir.path().join("sealbroker.toml");
+    fs::write(&config, &text).unwrap();
+    let daemon = Daemon::serve(&config, None, &dir.path().join("d.log")).await;
+    let mut c = daemon.unix_client().await;
+    let wrapped = c
+        .wrap(WrapRequest {
+            key_name: "unseal".into(),
+            plaintext: b"via transit".to_vec(),
+            aad: b"a".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Upstream rotation: old blobs still open.
+    upstream.bao.must(
+        &["write", "-f", "transit/keys/sealbroker/rotate"],
+        Some(&upstream.root_token),
+    );
+    let opened = c
+        .unwrap(UnwrapRequest {
+            blob: wrapped.blob,
+            aad: b"a".to_vec(),
+            key_name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(opened.plaintext, b"via transit");
+    assert!(
+        !daemon.logs().contains(&upstream.root_token),
+        "the upstream token reached the log"
+    );
+
+    // Hardened refuses a plaintext upstream, and says why.
+    let hardened = dir.path().join("hardened.toml");
+    fs::write(&hardened, text.replace("\"development\"", "\"hardened\"")).unwrap();
+    let out = run_cli(&["serve", "--config", hardened.to_str().unwrap()], b"", &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("backends.upstream.address") && stderr.contains("plaintext http://"),
+        "{stderr}"
+    );
+}
