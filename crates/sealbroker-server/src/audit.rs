@@ -94,7 +94,7 @@ fn last_line(path: &Path) -> Option<String> {
     file.seek(SeekFrom::Start(meta.len().saturating_sub(TAIL))).ok()?;
     let mut tail = String::new();
     file.read_to_string(&mut tail).ok()?;
-    tail.lines().filter(|l| !l.is_empty()).last().map(str::to_owned)
+    tail.lines().rfind(|l| !l.is_empty()).map(str::to_owned)
 }
 
 /// RFC 3339 UTC from a system time, without a date crate.
