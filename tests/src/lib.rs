@@ -423,7 +423,10 @@ impl TwoTokens {
 
     /// The body of a `[keys.NAME]` table using both tokens.
     pub fn members_toml(&self) -> String {
-        "policy = \"all\"\nmembers = [{ backend = \"a\", key_label = \"key-a\" }, { backend = \"b\", key_label = \"key-b\" }]".into()
+        format!(
+            "policy = \"all\"\nmembers = [{{ backend = \"a\", key_label = \"key-a\" }}, {{ backend = \"b\", key_label = \"key-b\" }}]\n{}",
+            allow_test_callers()
+        )
     }
 }
 
@@ -449,4 +452,20 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The uid this test runs as (what the broker sees on its unix socket).
+pub fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let probe = tempfile::tempfile().unwrap();
+    probe.metadata().unwrap().uid()
+}
+
+/// An `allow` line granting everything to this test's uid and to the test
+/// PKI's client certificate (`dns:openbao.test`).
+pub fn allow_test_callers() -> String {
+    format!(
+        "allow = {{ any = [\"uid:{}\", \"dns:openbao.test\"] }}\n",
+        current_uid()
+    )
 }

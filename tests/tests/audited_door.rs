@@ -15,10 +15,11 @@ const PIN: &str = "audit-e2e-pin-4410";
 fn config(dir: &Path, token: &SoftHsmToken, audit_file: &Path, metrics_port: u16) -> std::path::PathBuf {
     let text = format!(
         "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n[server.metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
-         [audit]\nfile = \"{}\"\n[limits]\nhealth_cache_secs = 1\n{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n",
+         [audit]\nfile = \"{}\"\n[limits]\nhealth_cache_secs = 1\n{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{}",
         dir.join("sb.sock").display(),
         audit_file.display(),
         token.backend_toml("hsm"),
+        allow_test_callers(),
     );
     let path = dir.join("sealbroker.toml");
     fs::write(&path, text).unwrap();
@@ -204,4 +205,133 @@ async fn an_unwritable_audit_log_fails_operations_closed() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("could not be audited"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acls_grant_per_operation_and_per_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "acl", "unseal-key", PIN);
+    let pki = Pki::create(&dir.path().join("pki"));
+    let port = free_port();
+    let uid = current_uid();
+    let key = |name: &str, allow: &str| {
+        format!("[keys.{name}]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\nallow = {allow}\n")
+    };
+    let text = format!(
+        "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n{}\n{}\n{}{}{}",
+        dir.path().join("sb.sock").display(),
+        pki.tcp_toml(port),
+        token.backend_toml("hsm"),
+        key("wrap-only", &format!("{{ wrap = [\"uid:{uid}\"] }}")),
+        key("someone-else", "{ any = [\"uid:4242424\"] }"),
+        key("for-tls", "{ any = [\"dns:openbao.test\"] }"),
+    );
+    let config = dir.path().join("sealbroker.toml");
+    fs::write(&config, text).unwrap();
+    let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("d.log")).await;
+    let mut unix = daemon.unix_client().await;
+    let mut tls = sealbroker_server::client::connect(&pki.client_target(port))
+        .await
+        .unwrap();
+    let wrap = |key: &str| WrapRequest {
+        key_name: key.into(),
+        plaintext: b"s".to_vec(),
+        aad: vec![],
+    };
+
+    // Wrap but not unwrap.
+    let blob = unix.wrap(wrap("wrap-only")).await.unwrap().into_inner().blob;
+    let err = unix
+        .unwrap(UnwrapRequest {
+            blob: blob.clone(),
+            aad: vec![],
+            key_name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message()
+            .contains("unwrap on key \"wrap-only\" is not permitted for unix:uid="),
+        "{err:?}"
+    );
+    // Another identity's key, and a key that does not exist, look the same.
+    let other = unix.wrap(wrap("someone-else")).await.unwrap_err();
+    let ghost = unix.wrap(wrap("no-such-key")).await.unwrap_err();
+    assert_eq!(
+        (other.code(), ghost.code()),
+        (Code::PermissionDenied, Code::PermissionDenied)
+    );
+    assert_eq!(
+        other.message().replace("someone-else", "X"),
+        ghost.message().replace("no-such-key", "X")
+    );
+    // Listings and status show only what the caller may use.
+    let names: Vec<String> = unix
+        .list_keys(ListKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(names, ["wrap-only"]);
+    let status = unix
+        .status(StatusRequest { deep: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status.keys.iter().all(|k| k.key_name == "wrap-only"),
+        "{status:?}"
+    );
+    // The TLS client is known by its certificate's DNS SAN.
+    let sealed = tls.wrap(wrap("for-tls")).await.unwrap().into_inner();
+    let opened = tls
+        .unwrap(UnwrapRequest {
+            blob: sealed.blob,
+            aad: vec![],
+            key_name: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(opened.into_inner().plaintext, b"s");
+    assert_eq!(
+        tls.wrap(wrap("wrap-only")).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    // Admin needs its own grant.
+    let err = unix
+        .rotate_key(RotateKeyRequest {
+            key_name: "wrap-only".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        daemon.logs().contains("tls:dns:openbao.test"),
+        "TLS callers must be logged by their name"
+    );
+}
+
+#[test]
+fn hardened_refuses_keys_without_an_acl() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    fs::write(
+        &config,
+        format!(
+            "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n[backends.hsm]\ntype = \"pkcs11\"\nlib = \"{SOFTHSM_MODULE}\"\ntoken_label = \"t\"\npin = \"1\"\n[keys.k]\nbackend = \"hsm\"\nkey_label = \"k\"\n",
+            dir.path().join("s.sock").display()
+        ),
+    )
+    .unwrap();
+    let out = run_cli(&["serve", "--config", config.to_str().unwrap()], b"", &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("keys.k.allow") && stderr.contains("denies every caller by default"),
+        "{stderr}"
+    );
 }

@@ -14,11 +14,12 @@ async fn kube_apiserver_pattern_status_encrypt_rotate_decrypt() {
     let admin_socket = dir.path().join("sb.sock");
     let text = format!(
         "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\nstate_dir = \"{}\"\n\
-         [server.kms_v2]\nsocket = \"{}\"\nkey_name = \"k8s\"\n{}\n[keys.k8s]\nbackend = \"hsm\"\nkey_label = \"k8s-secrets\"\n",
+         [server.kms_v2]\nsocket = \"{}\"\nkey_name = \"k8s\"\n{}\n[keys.k8s]\nbackend = \"hsm\"\nkey_label = \"k8s-secrets\"\n{}",
         admin_socket.display(),
         dir.path().join("state").display(),
         kms_socket.display(),
         token.backend_toml("hsm"),
+        allow_test_callers(),
     );
     let config = dir.path().join("sealbroker.toml");
     fs::write(&config, text).unwrap();

@@ -18,8 +18,9 @@ fn broker_config(dir: &Path, token: &SoftHsmToken, socket: Option<&Path>) -> Pat
         .map(|s| format!("[server]\nunix_socket = \"{}\"\n", s.display()))
         .unwrap_or_default();
     let text = format!(
-        "profile = \"hardened\"\n{server}\n{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n",
-        token.backend_toml("hsm")
+        "profile = \"hardened\"\n{server}\n{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{}",
+        token.backend_toml("hsm"),
+        allow_test_callers()
     );
     let path = dir.join(if socket.is_some() {
         "daemon.toml"

@@ -21,9 +21,10 @@ fn hardened_hsm_config(
 ) -> std::path::PathBuf {
     let tcp = pki.map(|(pki, port)| pki.tcp_toml(port)).unwrap_or_default();
     let text = format!(
-        "profile = \"hardened\"\n{extra}\n[server]\nunix_socket = \"{}\"\n{tcp}\n{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n\n[keys.other]\nbackend = \"hsm\"\nkey_label = \"other-key\"\n",
+        "profile = \"hardened\"\n{extra}\n[server]\nunix_socket = \"{}\"\n{tcp}\n{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{allow}\n[keys.other]\nbackend = \"hsm\"\nkey_label = \"other-key\"\n{allow}",
         dir.join("sb.sock").display(),
         token.backend_toml("hsm"),
+        allow = allow_test_callers(),
     );
     let path = dir.join("sealbroker.toml");
     fs::write(&path, text).unwrap();
@@ -333,7 +334,8 @@ async fn bad_input_gets_a_specific_clear_error() {
         Code::InvalidArgument,
         "empty",
     );
-    // Unknown key.
+    // Unknown key: with ACLs in force it reads exactly like a key the
+    // caller may not use, so callers learn nothing about other keys.
     expect(
         c.wrap(WrapRequest {
             key_name: "nope".into(),
@@ -341,15 +343,15 @@ async fn bad_input_gets_a_specific_clear_error() {
             aad: vec![],
         })
         .await,
-        Code::NotFound,
-        "\"nope\"",
+        Code::PermissionDenied,
+        "wrap on key \"nope\" is not permitted",
     );
     expect(
         c.get_key(GetKeyRequest {
             key_name: "nope".into(),
         })
         .await,
-        Code::NotFound,
+        Code::PermissionDenied,
         "\"nope\"",
     );
     // Blob from another key.

@@ -61,7 +61,9 @@ keys = ["unseal"]
 [keys.unseal]
 backend = "hsm"
 key_label = "unseal-key"
+allow = {{ any = ["token:{identity}", "uid:{uid}"] }}
 "#,
+        uid = current_uid(),
         socket = dir.join("sb.sock").display(),
         cert = pki.server_cert.display(),
         key = pki.server_key.display(),

@@ -7,8 +7,9 @@ use std::fmt;
 pub enum Caller {
     /// A local process on the unix socket, identified by its credentials.
     Unix { uid: u32, gid: u32, pid: Option<i32> },
-    /// A TLS client, identified by its certificate's SHA-256 fingerprint.
-    Tls { fingerprint: String },
+    /// A TLS client, identified by its certificate: its SHA-256
+    /// fingerprint and its names (`uri:…`, `dns:…` SANs, `cn:…`).
+    Tls { fingerprint: String, names: Vec<String> },
     /// A transit (HTTP) client, identified by the configured identity of the
     /// token it presented. Never the token itself.
     Token { identity: String },
@@ -27,7 +28,8 @@ impl fmt::Display for Caller {
                 pid: Some(pid),
             } => write!(f, "unix:uid={uid},gid={gid},pid={pid}"),
             Caller::Unix { uid, gid, pid: None } => write!(f, "unix:uid={uid},gid={gid}"),
-            Caller::Tls { fingerprint } => write!(f, "tls:sha256={fingerprint}"),
+            Caller::Tls { names, .. } if !names.is_empty() => write!(f, "tls:{}", names[0]),
+            Caller::Tls { fingerprint, .. } => write!(f, "tls:sha256={fingerprint}"),
             Caller::Token { identity } => write!(f, "token:{identity}"),
             Caller::Anonymous { peer } => write!(f, "anonymous:{peer}"),
             Caller::Internal(what) => write!(f, "internal:{what}"),
@@ -36,6 +38,25 @@ impl fmt::Display for Caller {
 }
 
 impl Caller {
+    /// The principals an ACL can name this caller by (see `acl`).
+    pub fn principals(&self) -> Vec<String> {
+        match self {
+            Caller::Unix { uid, gid, .. } => vec![format!("uid:{uid}"), format!("gid:{gid}")],
+            Caller::Tls { fingerprint, names } => {
+                let mut all = names.clone();
+                all.push(format!("sha256:{fingerprint}"));
+                all
+            }
+            Caller::Token { identity } => vec![format!("token:{identity}")],
+            Caller::Anonymous { .. } | Caller::Internal(_) => Vec::new(),
+        }
+    }
+
+    /// Whether the caller proved an identity (everything but plaintext TCP).
+    pub fn is_authenticated(&self) -> bool {
+        !matches!(self, Caller::Anonymous { .. })
+    }
+
     /// The front door this caller came through, for audit and metrics.
     pub fn door(&self) -> &'static str {
         match self {

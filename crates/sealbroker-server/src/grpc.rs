@@ -43,6 +43,7 @@ pub fn caller_of<T>(request: &Request<T>) -> Caller {
         return match &info.client_fingerprint {
             Some(fingerprint) => Caller::Tls {
                 fingerprint: fingerprint.clone(),
+                names: info.client_names.clone(),
             },
             None => Caller::Anonymous {
                 peer: info.remote_addr.to_string(),
@@ -193,7 +194,9 @@ impl pb::seal_service_server::SealService for SealGrpc {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let status = self.broker.status(request.get_ref().deep).await;
+        let caller = caller_of(&request);
+        let mut status = self.broker.status(request.get_ref().deep).await;
+        status.keys.retain(|k| self.broker.visible(&caller, &k.key_name));
         Ok(Response::new(pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             profile: status.profile.as_str().to_owned(),

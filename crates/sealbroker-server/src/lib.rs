@@ -3,6 +3,7 @@
 //! plumbing around them. Backends are plugged in through
 //! [`registry::BackendRegistry`] by the binary.
 
+pub mod acl;
 pub mod audit;
 pub mod caller;
 pub mod client;

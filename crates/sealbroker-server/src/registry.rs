@@ -184,7 +184,7 @@ fn build_key(
         }
         None => {
             let mut rest = table.clone();
-            for field in ["policy", "primary_version", "min_decryption_version"] {
+            for field in ["policy", "primary_version", "min_decryption_version", "allow"] {
                 rest.remove(field);
             }
             vec![build_version(name, 1, &rest, &path, factories)?]

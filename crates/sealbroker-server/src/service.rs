@@ -13,6 +13,7 @@ use sealbroker_core::{
 };
 use tracing::Instrument;
 
+use crate::acl::{Acls, Operation};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::caller::Caller;
 use crate::config::{LimitsConfig, Profile};
@@ -48,6 +49,7 @@ pub struct Broker {
     state: Option<Arc<KeyStateStore>>,
     audit: Arc<AuditLog>,
     metrics: Option<Arc<Metrics>>,
+    acls: Acls,
     /// Serializes rotations and other key changes.
     changing_keys: tokio::sync::Mutex<()>,
 }
@@ -101,7 +103,32 @@ impl Broker {
             state: None,
             audit: Arc::new(AuditLog::disabled()),
             metrics: None,
+            acls: Acls::default(),
             changing_keys: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Enforces per-key ACLs on every operation.
+    pub fn with_acls(mut self, acls: Acls) -> Self {
+        self.acls = acls;
+        self
+    }
+
+    /// Whether `caller` may see `key` (any grant), for listings and status.
+    pub fn visible(&self, caller: &Caller, key: &str) -> bool {
+        self.acls.visible(caller, key)
+    }
+
+    /// Authorizes an unwrap or rewrap: against the named key, or else the
+    /// key the blob names. A blob that does not even decode names no key;
+    /// it is let through to fail as malformed, which reveals nothing.
+    fn check_blob(&self, caller: &Caller, operation: Operation, key: &str, blob: &[u8]) -> Result<(), Error> {
+        if !key.is_empty() {
+            return self.acls.check(caller, operation, key);
+        }
+        match sealbroker_core::WrappedBlob::from_bytes(blob) {
+            Ok(decoded) => self.acls.check(caller, operation, &decoded.key_name),
+            Err(_) => Ok(()),
         }
     }
 
@@ -202,6 +229,7 @@ impl Broker {
     }
 
     async fn rotate_unaudited(&self, caller: &Caller, key: &str) -> Result<KeyInfo, Error> {
+        self.acls.check(caller, Operation::Admin, key)?;
         let _changing = self.changing_keys.lock().await;
         let store = self.state_store()?;
         let current = self.key_ring().get(key)?.clone();
@@ -271,6 +299,7 @@ impl Broker {
     }
 
     async fn set_min_unaudited(&self, caller: &Caller, key: &str, min: u32) -> Result<KeyInfo, Error> {
+        self.acls.check(caller, Operation::Admin, key)?;
         let _changing = self.changing_keys.lock().await;
         let store = self.state_store()?;
         let current = self.key_ring().get(key)?.clone();
@@ -374,6 +403,7 @@ impl Broker {
                         reason: "is empty".into(),
                     });
                 }
+                self.acls.check(caller, Operation::Wrap, key)?;
                 if plaintext.len() > self.limits.max_plaintext_bytes {
                     return Err(Error::PayloadTooLarge {
                         size: plaintext.len(),
@@ -412,9 +442,13 @@ impl Broker {
         async {
             let started = Instant::now();
             let expected = (!key.is_empty()).then_some(key);
-            let result = self
-                .bounded("unwrap", key, self.key_ring().unwrap(expected, blob, aad))
-                .await;
+            let result = match self.check_blob(caller, Operation::Unwrap, key, blob) {
+                Ok(()) => {
+                    self.bounded("unwrap", key, self.key_ring().unwrap(expected, blob, aad))
+                        .await
+                }
+                Err(denied) => Err(denied),
+            };
             if let Ok(opened) = &result {
                 tracing::Span::current().record("key", opened.key_name.as_str());
             }
@@ -453,9 +487,13 @@ impl Broker {
         async {
             let started = Instant::now();
             let expected = (!key.is_empty()).then_some(key);
-            let result = self
-                .bounded("rewrap", key, self.key_ring().rewrap(expected, blob, aad))
-                .await;
+            let result = match self.check_blob(caller, Operation::Rewrap, key, blob) {
+                Ok(()) => {
+                    self.bounded("rewrap", key, self.key_ring().rewrap(expected, blob, aad))
+                        .await
+                }
+                Err(denied) => Err(denied),
+            };
             Self::log_outcome("rewrap", started, &result);
             let audited_key = result
                 .as_ref()
@@ -477,13 +515,23 @@ impl Broker {
         .await
     }
 
-    pub fn get_key(&self, _caller: &Caller, key: &str) -> Result<KeyInfo, Error> {
+    pub fn get_key(&self, caller: &Caller, key: &str) -> Result<KeyInfo, Error> {
+        if !self.acls.visible(caller, key) || (self.acls.is_enforcing() && self.key_ring().get(key).is_err())
+        {
+            return self
+                .acls
+                .check(caller, Operation::Admin, key)
+                .and_then(|_| self.key_ring().describe(key));
+        }
         self.key_ring().describe(key)
     }
 
-    pub fn list_keys(&self, _caller: &Caller) -> Vec<KeyInfo> {
+    pub fn list_keys(&self, caller: &Caller) -> Vec<KeyInfo> {
         let ring = self.key_ring();
-        ring.names().filter_map(|name| ring.describe(name).ok()).collect()
+        ring.names()
+            .filter(|name| self.acls.visible(caller, name))
+            .filter_map(|name| ring.describe(name).ok())
+            .collect()
     }
 
     /// Health of every member of every key's primary version. Results

@@ -107,6 +107,32 @@ pub struct TlsConnectInfo {
     pub remote_addr: SocketAddr,
     /// SHA-256 of the client's leaf certificate (hex), when TLS was used.
     pub client_fingerprint: Option<String>,
+    /// The client certificate's names, as ACL principals (`uri:`, `dns:`, `cn:`).
+    pub client_names: Vec<String>,
+}
+
+/// A certificate's URI and DNS SANs and its CN, as ACL principals.
+pub fn certificate_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::URI(uri) => names.push(format!("uri:{uri}")),
+                GeneralName::DNSName(dns) => names.push(format!("dns:{dns}")),
+                _ => {}
+            }
+        }
+    }
+    for cn in cert.subject().iter_common_name() {
+        if let Ok(cn) = cn.as_str() {
+            names.push(format!("cn:{cn}"));
+        }
+    }
+    names
 }
 
 /// A TCP connection, TLS or (development only) plaintext, that tonic can serve.
@@ -117,17 +143,22 @@ pub enum ServerConn {
 
 impl ServerConn {
     pub fn tls(stream: tokio_rustls::server::TlsStream<TcpStream>, remote_addr: SocketAddr) -> Self {
-        let client_fingerprint = stream
+        let leaf = stream
             .get_ref()
             .1
             .peer_certificates()
-            .and_then(|certs| certs.first())
-            .map(|leaf| hex::encode(ring::digest::digest(&ring::digest::SHA256, leaf.as_ref())));
+            .and_then(|certs| certs.first());
+        let client_fingerprint =
+            leaf.map(|leaf| hex::encode(ring::digest::digest(&ring::digest::SHA256, leaf.as_ref())));
+        let client_names = leaf
+            .map(|leaf| certificate_names(leaf.as_ref()))
+            .unwrap_or_default();
         ServerConn::Tls(
             Box::new(stream),
             TlsConnectInfo {
                 remote_addr,
                 client_fingerprint,
+                client_names,
             },
         )
     }
@@ -138,6 +169,7 @@ impl ServerConn {
             TlsConnectInfo {
                 remote_addr,
                 client_fingerprint: None,
+                client_names: Vec::new(),
             },
         )
     }

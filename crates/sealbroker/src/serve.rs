@@ -105,6 +105,14 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     if let Some(store) = state {
         broker = broker.with_state(store);
     }
+    let acls = sealbroker_server::acl::Acls::from_config(&config).map_err(|e| e.to_string())?;
+    if !acls.is_enforcing() {
+        tracing::warn!(
+            security_risk = true,
+            "no key has an `allow` list: every caller may use every key"
+        );
+    }
+    broker = broker.with_acls(acls);
     let audit = AuditLog::open(&config.audit).map_err(|e| e.to_string())?;
     if !audit.is_enabled() {
         tracing::warn!("no audit trail configured: set [audit] file = \"...\" to record every operation");

@@ -1,0 +1,297 @@
+//! Per-key authorization: which callers may wrap, unwrap, rewrap or
+//! administer (describe, rotate, retire) each key.
+//!
+//! ```toml
+//! [keys.openbao-unseal]
+//! backend = "hsm"
+//! key_label = "openbao-unseal"
+//! allow = { wrap = ["uid:1000"], unwrap = ["uid:1000"], admin = ["uid:0"] }
+//! # or: allow = { any = ["uri:spiffe://prod/ns/openbao/sa/openbao"] }
+//! ```
+//!
+//! Principals: `uid:N` and `gid:N` (unix socket peer credentials);
+//! `uri:…`, `dns:…`, `cn:…` or `sha256:<fingerprint>` (TLS client
+//! certificate); `token:<identity>` (transit tokens); `*` (any
+//! authenticated caller). Under the Hardened profile every key needs an
+//! `allow` table and everything else is denied.
+
+use std::collections::BTreeMap;
+
+use sealbroker_core::Error;
+
+use crate::caller::Caller;
+use crate::config::{Config, ConfigError, Profile};
+
+/// An operation a grant covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Wrap,
+    Unwrap,
+    Rewrap,
+    /// Describe, rotate, retire versions.
+    Admin,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Wrap => "wrap",
+            Operation::Unwrap => "unwrap",
+            Operation::Rewrap => "rewrap",
+            Operation::Admin => "admin",
+        }
+    }
+}
+
+const PRINCIPAL_KINDS: &[&str] = &["uid:", "gid:", "uri:", "dns:", "cn:", "sha256:", "token:"];
+
+/// Who may do what to one key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyAcl {
+    wrap: Vec<String>,
+    unwrap: Vec<String>,
+    rewrap: Vec<String>,
+    admin: Vec<String>,
+}
+
+impl KeyAcl {
+    fn grants(&self, operation: Operation) -> &[String] {
+        match operation {
+            Operation::Wrap => &self.wrap,
+            Operation::Unwrap => &self.unwrap,
+            Operation::Rewrap => &self.rewrap,
+            Operation::Admin => &self.admin,
+        }
+    }
+
+    fn allows(&self, caller: &Caller, operation: Operation) -> bool {
+        let principals = caller.principals();
+        self.grants(operation)
+            .iter()
+            .any(|grant| (grant == "*" && caller.is_authenticated()) || principals.iter().any(|p| p == grant))
+    }
+
+    fn visible_to(&self, caller: &Caller) -> bool {
+        [
+            Operation::Wrap,
+            Operation::Unwrap,
+            Operation::Rewrap,
+            Operation::Admin,
+        ]
+        .into_iter()
+        .any(|op| self.allows(caller, op))
+    }
+}
+
+/// The ACLs of every key. Keys without an `allow` table are open (only
+/// possible under the Development profile).
+#[derive(Debug, Clone, Default)]
+pub struct Acls {
+    keys: BTreeMap<String, KeyAcl>,
+    /// Keys configured without `allow` (Development only): anyone may use them.
+    open: std::collections::BTreeSet<String>,
+}
+
+impl Acls {
+    /// Reads every key's `allow` table; under Hardened, a key without one
+    /// is a start-up error.
+    pub fn from_config(config: &Config) -> Result<Acls, ConfigError> {
+        let mut keys = BTreeMap::new();
+        let mut open = std::collections::BTreeSet::new();
+        for (name, table) in &config.keys {
+            let path = format!("keys.{name}.allow");
+            match table.get("allow") {
+                Some(allow) => {
+                    keys.insert(name.clone(), parse_allow(allow, &path)?);
+                }
+                None if config.profile == Profile::Hardened => {
+                    return Err(ConfigError::new(
+                        path,
+                        "is missing: the hardened profile denies every caller by default; grant operations, \
+                         e.g. allow = { wrap = [\"uid:1000\"], unwrap = [\"uid:1000\"] }",
+                    ));
+                }
+                None => {
+                    open.insert(name.clone());
+                }
+            }
+        }
+        Ok(Acls { keys, open })
+    }
+
+    /// Succeeds when `caller` may do `operation` on `key`. A denial names
+    /// the operation and key, and reads the same whether or not the key
+    /// exists, so callers learn nothing about keys they may not use.
+    pub fn check(&self, caller: &Caller, operation: Operation, key: &str) -> Result<(), Error> {
+        if matches!(caller, Caller::Internal(_)) {
+            return Ok(()); // the broker itself (in-process plugin, health probes)
+        }
+        match self.keys.get(key) {
+            Some(acl) if acl.allows(caller, operation) => Ok(()),
+            Some(_) => Err(denied(caller, operation, key)),
+            // Unknown keys are denied like forbidden ones once any ACL is
+            // in force; otherwise the caller hears "unknown key" later.
+            None if self.open.contains(key) || !self.is_enforcing() => Ok(()),
+            None => Err(denied(caller, operation, key)),
+        }
+    }
+
+    /// Whether `caller` may see `key` at all (for listings).
+    pub fn visible(&self, caller: &Caller, key: &str) -> bool {
+        matches!(caller, Caller::Internal(_)) || self.keys.get(key).is_none_or(|acl| acl.visible_to(caller))
+    }
+
+    /// True when at least one key has an ACL.
+    pub fn is_enforcing(&self) -> bool {
+        !self.keys.is_empty()
+    }
+}
+
+fn denied(caller: &Caller, operation: Operation, key: &str) -> Error {
+    Error::PermissionDenied {
+        operation: operation.as_str(),
+        key: key.to_owned(),
+        caller: caller.to_string(),
+    }
+}
+
+fn parse_allow(value: &toml::Value, path: &str) -> Result<KeyAcl, ConfigError> {
+    let table = value
+        .as_table()
+        .ok_or_else(|| ConfigError::new(path, "must be a table, e.g. { wrap = [\"uid:1000\"] }"))?;
+    let mut acl = KeyAcl::default();
+    for (field, list) in table {
+        let field_path = format!("{path}.{field}");
+        let principals = list
+            .as_array()
+            .ok_or_else(|| ConfigError::new(&field_path, "must be a list of principals"))?
+            .iter()
+            .map(|p| {
+                let text = p.as_str().ok_or_else(|| ConfigError::new(&field_path, "principals are strings"))?;
+                if text == "*" || PRINCIPAL_KINDS.iter().any(|k| text.starts_with(k) && text.len() > k.len()) {
+                    Ok(text.to_owned())
+                } else {
+                    Err(ConfigError::new(
+                        &field_path,
+                        format!("{text:?} is not a principal; use uid:N, gid:N, uri:…, dns:…, cn:…, sha256:…, token:… or *"),
+                    ))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        match field.as_str() {
+            "wrap" => acl.wrap.extend(principals),
+            "unwrap" => acl.unwrap.extend(principals),
+            "rewrap" => acl.rewrap.extend(principals),
+            "admin" => acl.admin.extend(principals),
+            "any" => {
+                for list in [&mut acl.wrap, &mut acl.unwrap, &mut acl.rewrap, &mut acl.admin] {
+                    list.extend(principals.iter().cloned());
+                }
+            }
+            other => {
+                return Err(ConfigError::new(
+                    field_path,
+                    format!("unknown operation {other:?}; use wrap, unwrap, rewrap, admin or any"),
+                ));
+            }
+        }
+    }
+    Ok(acl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acls(text: &str) -> Result<Acls, ConfigError> {
+        Acls::from_config(&Config::parse(text).unwrap())
+    }
+
+    const BASE: &str = "profile = \"hardened\"\n[backends.b]\ntype = \"x\"\n[keys.k]\nbackend = \"b\"\n";
+
+    fn unix(uid: u32) -> Caller {
+        Caller::Unix {
+            uid,
+            gid: 100,
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn hardened_requires_an_acl_on_every_key() {
+        let err = acls(BASE).unwrap_err();
+        assert_eq!(err.path, "keys.k.allow");
+        assert!(err.message.contains("denies every caller by default"), "{err}");
+    }
+
+    #[test]
+    fn grants_are_per_operation() {
+        let acls = acls(&format!(
+            "{BASE}allow = {{ wrap = [\"uid:7\"], unwrap = [\"gid:100\"] }}\n"
+        ))
+        .unwrap();
+        assert!(acls.check(&unix(7), Operation::Wrap, "k").is_ok());
+        assert!(acls.check(&unix(8), Operation::Wrap, "k").is_err());
+        assert!(acls.check(&unix(8), Operation::Unwrap, "k").is_ok());
+        assert!(acls.check(&unix(7), Operation::Admin, "k").is_err());
+    }
+
+    #[test]
+    fn denial_names_operation_and_key_and_does_not_reveal_existence() {
+        let acls = acls(&format!("{BASE}allow = {{ any = [\"uid:7\"] }}\n")).unwrap();
+        let real = acls
+            .check(&unix(8), Operation::Wrap, "k")
+            .unwrap_err()
+            .to_string();
+        let ghost = acls
+            .check(&unix(8), Operation::Wrap, "ghost")
+            .unwrap_err()
+            .to_string();
+        assert!(real.contains("wrap on key \"k\" is not permitted"), "{real}");
+        assert_eq!(ghost.replace("ghost", "k"), real);
+        assert!(!acls.visible(&unix(8), "k"));
+        assert!(acls.visible(&unix(7), "k"));
+    }
+
+    #[test]
+    fn tls_names_and_tokens_match() {
+        let acls = acls(&format!(
+            "{BASE}allow = {{ unwrap = [\"uri:spiffe://prod/openbao\", \"token:ci\"], wrap = [\"*\"] }}\n"
+        ))
+        .unwrap();
+        let tls = Caller::Tls {
+            fingerprint: "ab".into(),
+            names: vec!["uri:spiffe://prod/openbao".into()],
+        };
+        assert!(acls.check(&tls, Operation::Unwrap, "k").is_ok());
+        assert!(
+            acls.check(
+                &Caller::Token {
+                    identity: "ci".into()
+                },
+                Operation::Unwrap,
+                "k"
+            )
+            .is_ok()
+        );
+        assert!(
+            acls.check(&Caller::Anonymous { peer: "x".into() }, Operation::Wrap, "k")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bad_principal_names_the_field() {
+        let err = acls(&format!("{BASE}allow = {{ wrap = [\"root\"] }}\n")).unwrap_err();
+        assert_eq!(err.path, "keys.k.allow.wrap");
+        let err = acls(&format!("{BASE}allow = {{ wrapp = [\"uid:1\"] }}\n")).unwrap_err();
+        assert_eq!(err.path, "keys.k.allow.wrapp");
+    }
+
+    #[test]
+    fn development_without_acls_is_open() {
+        let acls = acls(&BASE.replace("hardened", "development")).unwrap();
+        assert!(acls.check(&unix(8), Operation::Wrap, "k").is_ok());
+        assert!(!acls.is_enforcing());
+    }
+}
