@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use sealbroker_backend_kmip as kmip;
 use sealbroker_backend_pkcs11 as pkcs11;
 use sealbroker_backend_software as software;
 use sealbroker_backend_transit as transit;
@@ -25,6 +26,11 @@ pub fn registry() -> BackendRegistry {
             name: "transit",
             development_only: false,
             open: open_transit,
+        })
+        .with(BackendKind {
+            name: "kmip",
+            development_only: false,
+            open: open_kmip,
         })
 }
 
@@ -67,6 +73,19 @@ fn open_transit(table: &toml::Table, path: &str, profile: Profile) -> Result<Key
     Ok(Box::new(move |key_table, key_path| {
         let key_config: transit::KeyConfig = parse_table(key_table, key_path)?;
         let key = transit::TransitKey::new(client.clone(), &key_config)
+            .map_err(|e| ConfigError::new(format!("{key_path}.{}", e.field), e.reason))?;
+        Ok(Arc::new(key))
+    }))
+}
+
+fn open_kmip(table: &toml::Table, path: &str, _: Profile) -> Result<KeyFactory, ConfigError> {
+    let config: kmip::BackendConfig = parse_table(table, path)?;
+    let pool = config
+        .pool()
+        .map_err(|e| ConfigError::new(format!("{path}.{}", e.field), e.reason))?;
+    Ok(Box::new(move |key_table, key_path| {
+        let key_config: kmip::KeyConfig = parse_table(key_table, key_path)?;
+        let key = kmip::KmipKey::new(pool.clone(), &key_config)
             .map_err(|e| ConfigError::new(format!("{key_path}.{}", e.field), e.reason))?;
         Ok(Arc::new(key))
     }))
