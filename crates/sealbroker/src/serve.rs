@@ -219,6 +219,20 @@ pub async fn keygen(args: KeygenArgs) -> Result<ExitCode, String> {
             software::generate_key_file(&key.key_file).map_err(|e| e.to_string())?;
             println!("created software key file {}", key.key_file.display());
         }
+        "kmip" => {
+            use sealbroker_backend_kmip as kmip;
+            let backend: kmip::BackendConfig = parse_table(&backend_table, &backend_path).map_err(err)?;
+            let key: kmip::KeyConfig = parse_table(&key_table, &key_path).map_err(err)?;
+            let name = key.key_name.ok_or_else(|| {
+                format!(
+                    "{key_path}.key_name: keygen creates a KMIP key by Name; set key_name (not kms_key_id)"
+                )
+            })?;
+            let id = kmip::create_key(&backend, &name)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("created AES-256 KMIP key {name:?} (unique identifier {id})");
+        }
         other => {
             return Err(format!(
                 "{backend_path}.type: keygen does not support {other:?} backends"
