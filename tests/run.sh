@@ -24,7 +24,12 @@ if [ "${CI:-}" = "true" ]; then
   cargo clippy --workspace --all-targets --locked -- -D warnings
 fi
 
+if [ "${CI:-}" = "true" ] || [ -n "${SEALBROKER_FUZZ:-}" ]; then
+  echo "== fuzz: KMIP TTLV decoder for ${FUZZ_SECONDS:-30}s" >&2
+  command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+  bash backends/kmip/fuzz/run.sh "${FUZZ_SECONDS:-30}" 2>&1 | tail -n 12
+fi
+
+echo "timing: peers+build $((built - started))s, until tests $(( $(date +%s) - started ))s" >&2
 echo "== test" >&2
 cargo nextest run --workspace --locked --profile "${NEXTEST_PROFILE:-default}" "$@"
-
-echo "timing: peers+build $((built - started))s, total $(( $(date +%s) - started ))s" >&2
