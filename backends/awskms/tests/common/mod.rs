@@ -1,0 +1,150 @@
+//! Test harness: a real moto KMS server on a free loopback port, dummy
+//! credentials in a credentials file, and a client built from them.
+
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sealbroker_backend_awskms::{BackendConfig, KmsClient, RetryConfig, connect};
+
+pub const REGION: &str = "eu-west-1";
+pub const ACCESS_KEY_ID: &str = "AKIAMOTOTESTEXAMPLE1";
+/// Must never show up in any error message.
+pub const SECRET_ACCESS_KEY: &str = "sealbroker-test-secret-DO-NOT-LEAK-0123456789";
+
+/// The moto_server binary from the peers venv; a missing moto fails the test.
+fn moto_server() -> PathBuf {
+    let venv = std::env::var_os("SEALBROKER_PEERS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is not set"))
+                .join(".cache/sealbroker-peers/venv")
+        });
+    let path = venv.join("bin/moto_server");
+    assert!(
+        path.exists(),
+        "moto_server not found at {}: install it with `{}/bin/pip install 'moto[server]'` \
+         (or set SEALBROKER_PEERS_VENV)",
+        path.display(),
+        venv.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running moto server, killed when dropped.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        Moto::start_with_env(&[])
+    }
+
+    pub fn start_with_env(env: &[(&str, &str)]) -> Moto {
+        let binary = moto_server();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
+        let mut child = Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(dir.path().join("moto.log")).unwrap_or_default();
+                panic!("moto_server exited with {status} before listening on port {port}:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen on port {port} within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A credentials file with the dummy keys, and a backend config that uses it.
+pub struct Creds {
+    pub dir: tempfile::TempDir,
+    pub file: PathBuf,
+}
+
+pub fn credentials() -> Creds {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials");
+    std::fs::write(
+        &file,
+        format!(
+            "[default]\naws_access_key_id = {ACCESS_KEY_ID}\naws_secret_access_key = {SECRET_ACCESS_KEY}\n"
+        ),
+    )
+    .unwrap();
+    Creds { dir, file }
+}
+
+pub fn backend_config(endpoint: &str, creds: &Creds) -> BackendConfig {
+    BackendConfig {
+        region: Some(REGION.into()),
+        endpoint: Some(endpoint.into()),
+        credentials_file: Some(creds.file.clone()),
+        profile: None,
+        timeout_ms: 5_000,
+        retry: RetryConfig {
+            max_retries: 2,
+            initial_backoff_ms: 10,
+            max_backoff_ms: 200,
+        },
+    }
+}
+
+pub async fn client(endpoint: &str, creds: &Creds) -> KmsClient {
+    connect(&backend_config(endpoint, creds)).await.unwrap()
+}
+
+/// Fails the test if an error leaks the secret access key.
+pub fn assert_no_secret(error: &impl std::fmt::Debug) {
+    let text = format!("{error:?}");
+    assert!(
+        !text.contains(SECRET_ACCESS_KEY),
+        "secret access key leaked: {text}"
+    );
+    assert!(!text.contains("DO-NOT-LEAK"), "secret access key leaked: {text}");
+}

@@ -1,0 +1,207 @@
+//! Throttling, against a scripted stand-in for the KMS JSON protocol (moto
+//! never throttles): bounded, jittered retries that honour `Retry-After`,
+//! then `Throttled`.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use sealbroker_backend_awskms::{AwsKmsKey, KeyConfig, METADATA_KEY_ARN};
+use sealbroker_core::{Backend, BackendErrorKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const ARN: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+}
+
+fn throttled(retry_after: Option<&str>) -> Reply {
+    Reply {
+        status: 400,
+        headers: retry_after
+            .map(|s| ("Retry-After", s.to_owned()))
+            .into_iter()
+            .collect(),
+        body: r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#.into(),
+    }
+}
+
+fn encrypted() -> Reply {
+    Reply {
+        status: 200,
+        headers: vec![],
+        body: format!(
+            r#"{{"CiphertextBlob":"AAECAw==","KeyId":"{ARN}","EncryptionAlgorithm":"SYMMETRIC_DEFAULT"}}"#
+        ),
+    }
+}
+
+/// Serves `script` in order (the last reply repeats) and counts requests.
+async fn scripted_kms(script: Vec<Reply>) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    let script = Arc::new(script);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let script = script.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Read the head, then the body by Content-Length.
+                let (head_end, length) = loop {
+                    let read = stream.read(&mut buf).await.unwrap_or(0);
+                    if read == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..read]);
+                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (end + 4, length);
+                    }
+                };
+                while request.len() < head_end + length {
+                    let read = stream.read(&mut buf).await.unwrap_or(0);
+                    if read == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..read]);
+                }
+                let reply = &script[n.min(script.len() - 1)];
+                let mut response = format!(
+                    "HTTP/1.1 {} X\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n",
+                    reply.status,
+                    reply.body.len()
+                );
+                for (name, value) in &reply.headers {
+                    response.push_str(&format!("{name}: {value}\r\n"));
+                }
+                response.push_str("\r\n");
+                response.push_str(&reply.body);
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (endpoint, count)
+}
+
+#[tokio::test]
+async fn throttling_is_retried_then_succeeds() {
+    let (endpoint, count) = scripted_kms(vec![throttled(None), throttled(None), encrypted()]).await;
+    let creds = credentials();
+    let client = client(&endpoint, &creds).await;
+    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    let sealed = key.encrypt(&[7; 32], b"aad").await.unwrap();
+    assert_eq!(sealed.metadata[METADATA_KEY_ARN], ARN);
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let (endpoint, count) = scripted_kms(vec![throttled(Some("1")), encrypted()]).await;
+    let creds = credentials();
+    let mut config = backend_config(&endpoint, &creds);
+    config.retry.max_backoff_ms = 5_000;
+    let client = sealbroker_backend_awskms::connect(&config).await.unwrap();
+    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    let started = Instant::now();
+    key.encrypt(&[7; 32], b"aad").await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited only {:?}",
+        started.elapsed()
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn persistent_throttling_ends_as_throttled_after_bounded_retries() {
+    let (endpoint, count) = scripted_kms(vec![throttled(Some("0"))]).await;
+    let creds = credentials();
+    let client = client(&endpoint, &creds).await;
+    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    let err = key.encrypt(&[7; 32], b"aad").await.err().unwrap();
+    assert_eq!(err.kind, BackendErrorKind::Throttled, "{err}");
+    assert_eq!(err.kind.code(), sealbroker_core::Code::Unavailable);
+    assert!(err.message.contains("ThrottlingException"), "{err}");
+    assert!(err.message.contains("gave up after 2 retries"), "{err}");
+    // One attempt plus max_retries (2) retries.
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+    assert_no_secret(&err);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_as_unavailable() {
+    let reply = || Reply {
+        status: 500,
+        headers: vec![],
+        body: r#"{"__type":"KMSInternalException","message":"internal"}"#.into(),
+    };
+    let (endpoint, count) = scripted_kms(vec![reply(), encrypted()]).await;
+    let creds = credentials();
+    let client = client(&endpoint, &creds).await;
+    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    key.encrypt(&[7; 32], b"aad").await.unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+
+    let (endpoint, _) = scripted_kms(vec![reply()]).await;
+    let client = common::client(&endpoint, &creds).await;
+    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    let err = key.encrypt(&[7; 32], b"aad").await.err().unwrap();
+    assert_eq!(err.kind, BackendErrorKind::Unavailable, "{err}");
+}
+
+#[tokio::test]
+async fn disabled_key_on_encrypt_is_a_clear_key_error() {
+    // moto does not refuse Encrypt on a disabled key; real KMS answers this.
+    let (endpoint, count) = scripted_kms(vec![Reply {
+        status: 400,
+        headers: vec![],
+        body: format!(r#"{{"__type":"DisabledException","message":"{ARN} is disabled."}}"#),
+    }])
+    .await;
+    let creds = credentials();
+    let client = client(&endpoint, &creds).await;
+    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    let err = key.encrypt(&[7; 32], b"aad").await.err().unwrap();
+    assert_eq!(err.kind, BackendErrorKind::KeyNotFound, "{err}");
+    assert!(err.message.contains("disabled"), "{err}");
+    assert!(err.message.contains(ARN), "{err}");
+    assert_eq!(count.load(Ordering::SeqCst), 1, "not retried");
+}
+
+#[tokio::test]
+async fn access_denied_is_permission_denied_naming_the_identity() {
+    let (endpoint, _) = scripted_kms(vec![Reply {
+        status: 400,
+        headers: vec![],
+        body: r#"{"__type":"AccessDeniedException","message":"User: arn:aws:iam::111122223333:user/broker is not authorized to perform: kms:Encrypt"}"#.into(),
+    }])
+    .await;
+    let creds = credentials();
+    let client = client(&endpoint, &creds).await;
+    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    let err = key.encrypt(&[7; 32], b"aad").await.err().unwrap();
+    assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
+    assert!(err.message.contains("kms:Encrypt"), "{err}");
+    assert!(err.message.contains("AKIAMOTO…"), "{err}");
+    assert_no_secret(&err);
+}
