@@ -212,7 +212,8 @@ async fn openbao_stock_transit_seal_auto_unseals_through_sealbroker() {
 
     // A restart unseals through the broker alone: no keys typed in.
     let bao = OpenBao::start(&bao_config, &[], "bao-2.log");
-    bao.wait_unsealed(Duration::from_secs(30));
+    let took = bao.wait_unsealed(Duration::from_secs(30));
+    eprintln!("MEASURED stock seal \"transit\" through sealbroker: unseal after restart {took:?}");
     assert_eq!(bao.read_secret(&root), secret_value);
     let bao_logs = bao.logs();
     bao.stop();
