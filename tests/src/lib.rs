@@ -99,6 +99,9 @@ pub struct Pki {
     pub client_key: PathBuf,
     pub rogue_cert: PathBuf,
     pub rogue_key: PathBuf,
+    /// From the right CA, but expired in 2021.
+    pub expired_cert: PathBuf,
+    pub expired_key: PathBuf,
 }
 
 impl Pki {
@@ -118,8 +121,12 @@ impl Pki {
             let cert = params.self_signed(&key).unwrap();
             (cert, Issuer::new(params, key))
         };
-        let leaf = |names: Vec<String>, issuer: &Issuer<'_, KeyPair>, client: bool| {
+        let leaf = |names: Vec<String>, issuer: &Issuer<'_, KeyPair>, client: bool, expired: bool| {
             let mut params = CertificateParams::new(names).unwrap();
+            if expired {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
             params.extended_key_usages = vec![if client {
                 rcgen::ExtendedKeyUsagePurpose::ClientAuth
             } else {
@@ -132,9 +139,10 @@ impl Pki {
         let (ca_cert, ca) = make_ca("sealbroker test CA");
         let (rogue_ca_cert, rogue_ca) = make_ca("rogue CA");
         let _ = rogue_ca_cert;
-        let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()], &ca, false);
-        let (client_cert, client_key) = leaf(vec!["openbao.test".into()], &ca, true);
-        let (rogue_cert, rogue_key) = leaf(vec!["openbao.test".into()], &rogue_ca, true);
+        let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()], &ca, false, false);
+        let (client_cert, client_key) = leaf(vec!["openbao.test".into()], &ca, true, false);
+        let (expired_cert, expired_key) = leaf(vec!["openbao.test".into()], &ca, true, true);
+        let (rogue_cert, rogue_key) = leaf(vec!["openbao.test".into()], &rogue_ca, true, false);
         Pki {
             ca: write("ca.pem", ca_cert.pem()),
             server_cert: write("server.pem", server_cert),
@@ -143,6 +151,8 @@ impl Pki {
             client_key: write("client.key", client_key),
             rogue_cert: write("rogue.pem", rogue_cert),
             rogue_key: write("rogue.key", rogue_key),
+            expired_cert: write("expired.pem", expired_cert),
+            expired_key: write("expired.key", expired_key),
         }
     }
 

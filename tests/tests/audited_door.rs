@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use sealbroker_e2e::*;
 use sealbroker_proto::sealbroker::v1::*;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 const PIN: &str = "audit-e2e-pin-4410";
 
@@ -174,6 +175,12 @@ async fn audit_metrics_and_readiness_tell_the_truth() {
         .path();
     fs::rename(&token_dir, dir.path().join("away")).unwrap();
     wait_for("not ready", || http_get(metrics_addr, "/readyz").0 == 503);
+    let socket = daemon.socket.clone().unwrap();
+    assert_eq!(
+        grpc_health(&socket).await,
+        ServingStatus::NotServing,
+        "gRPC health must follow readiness"
+    );
     let (_, body) = http_get(metrics_addr, "/readyz");
     assert!(body.contains("key \"unseal\""), "{body}");
     assert_eq!(
@@ -185,6 +192,32 @@ async fn audit_metrics_and_readiness_tell_the_truth() {
     );
     fs::rename(dir.path().join("away"), &token_dir).unwrap();
     wait_for("ready again", || http_get(metrics_addr, "/readyz").0 == 200);
+    assert_eq!(grpc_health(&socket).await, ServingStatus::Serving);
+}
+
+/// The gRPC health of `sealbroker.v1.SealService`, once it settles (it is
+/// refreshed from the cached probe every `health_cache_secs`).
+async fn grpc_health(socket: &Path) -> ServingStatus {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel =
+        sealbroker_server::client::channel(&sealbroker_server::client::Target::Unix(socket.to_owned()))
+            .await
+            .unwrap();
+    let mut client = HealthClient::new(channel);
+    let ask = HealthCheckRequest {
+        service: "sealbroker.v1.SealService".into(),
+    };
+    let mut last = ServingStatus::Unknown;
+    for _ in 0..30 {
+        let status = client.check(ask.clone()).await.unwrap().into_inner().status();
+        if status == last {
+            return status;
+        }
+        last = status;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    last
 }
 
 #[tokio::test]

@@ -230,7 +230,11 @@ async fn mtls_refuses_clients_without_a_cert_or_with_a_foreign_ca() {
     let config = hardened_hsm_config(dir.path(), &token, Some((&pki, port)), "");
     let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("log")).await;
 
-    for client_cert in [None, Some((pki.rogue_cert.as_path(), pki.rogue_key.as_path()))] {
+    for client_cert in [
+        None,
+        Some((pki.rogue_cert.as_path(), pki.rogue_key.as_path())),
+        Some((pki.expired_cert.as_path(), pki.expired_key.as_path())),
+    ] {
         let refused = match tls_channel(port, &pki.ca, client_cert).await {
             Err(_) => true,
             Ok(channel) => SealServiceClient::new(channel)
@@ -248,7 +252,11 @@ async fn mtls_refuses_clients_without_a_cert_or_with_a_foreign_ca() {
         .await
         .unwrap();
     let logs = daemon.logs();
-    assert!(logs.matches("TLS handshake refused").count() >= 2, "{logs}");
+    assert!(logs.matches("TLS handshake refused").count() >= 3, "{logs}");
+    assert!(
+        logs.contains("certificate expired"),
+        "the expired certificate should be refused as expired:\n{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -114,6 +114,26 @@ pub async fn serve(
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // gRPC health follows the same cached deep probe as /readyz.
+    {
+        let reporter = health_reporter.clone();
+        let broker = broker.clone();
+        let mut stop = stop_rx.clone();
+        let period = Duration::from_secs(broker.limits().health_cache_secs.max(1));
+        tokio::spawn(async move {
+            loop {
+                if broker.status(false).await.unready_keys().is_empty() {
+                    reporter.set_serving::<SealServiceServer<SealGrpc>>().await;
+                } else {
+                    reporter.set_not_serving::<SealServiceServer<SealGrpc>>().await;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };

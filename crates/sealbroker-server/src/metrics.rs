@@ -184,28 +184,7 @@ async fn livez() -> &'static str {
 /// Ready when every key can be used through at least one member, judged by
 /// the cached deep probe (so probes never hammer an HSM or a cloud quota).
 async fn readyz(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
-    let status = broker.status(false).await;
-    let mut keys: Vec<&str> = status.keys.iter().map(|k| k.key_name.as_str()).collect();
-    keys.dedup();
-    let down: Vec<String> = keys
-        .into_iter()
-        .filter(|key| !status.keys.iter().any(|k| k.key_name == *key && k.healthy))
-        .map(|key| {
-            let why: Vec<String> = status
-                .keys
-                .iter()
-                .filter(|k| k.key_name == key)
-                .map(|k| {
-                    format!(
-                        "{}: {}",
-                        k.backend_name,
-                        k.error.as_deref().unwrap_or("unhealthy")
-                    )
-                })
-                .collect();
-            format!("key {key:?}: {}", why.join("; "))
-        })
-        .collect();
+    let down = broker.status(false).await.unready_keys();
     if down.is_empty() {
         (StatusCode::OK, "ok\n".to_owned())
     } else {

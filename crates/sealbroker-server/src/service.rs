@@ -38,6 +38,34 @@ pub struct BrokerStatus {
     pub keys: Vec<KeyHealth>,
 }
 
+impl BrokerStatus {
+    /// Keys that no backend member can serve right now, each with the
+    /// reasons; empty when the broker is ready.
+    pub fn unready_keys(&self) -> Vec<String> {
+        let mut names: Vec<&str> = self.keys.iter().map(|k| k.key_name.as_str()).collect();
+        names.dedup();
+        names
+            .into_iter()
+            .filter(|key| !self.keys.iter().any(|k| k.key_name == *key && k.healthy))
+            .map(|key| {
+                let why: Vec<String> = self
+                    .keys
+                    .iter()
+                    .filter(|k| k.key_name == key)
+                    .map(|k| {
+                        format!(
+                            "{}: {}",
+                            k.backend_name,
+                            k.error.as_deref().unwrap_or("unhealthy")
+                        )
+                    })
+                    .collect();
+                format!("key {key:?}: {}", why.join("; "))
+            })
+            .collect()
+    }
+}
+
 /// The inner service shared by every front door.
 pub struct Broker {
     /// Swapped whole on rotation; requests work on the snapshot they started with.
@@ -50,6 +78,9 @@ pub struct Broker {
     audit: Arc<AuditLog>,
     metrics: Option<Arc<Metrics>>,
     acls: Acls,
+    /// Makes health refreshes single-flight: concurrent status calls wait
+    /// for the probe in progress instead of starting their own.
+    probing: tokio::sync::Mutex<()>,
     /// Serializes rotations and other key changes.
     changing_keys: tokio::sync::Mutex<()>,
 }
@@ -104,6 +135,7 @@ impl Broker {
             audit: Arc::new(AuditLog::disabled()),
             metrics: None,
             acls: Acls::default(),
+            probing: tokio::sync::Mutex::new(()),
             changing_keys: tokio::sync::Mutex::new(()),
         }
     }
@@ -540,6 +572,7 @@ impl Broker {
     /// cloud quota.
     pub async fn status(&self, deep: bool) -> BrokerStatus {
         let ttl = Duration::from_secs(self.limits.health_cache_secs);
+        let _single_flight = self.probing.lock().await;
         let ring = self.key_ring();
         let mut keys = Vec::new();
         for key in ring.keys() {
