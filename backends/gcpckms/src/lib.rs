@@ -1,0 +1,709 @@
+//! Google Cloud KMS backend: the broker's 32-byte data key is wrapped by a
+//! Cloud KMS symmetric `CryptoKey` with `Encrypt` and unwrapped with
+//! `Decrypt`, through the official `google-cloud-kms-v1` client (REST/JSON
+//! over HTTPS, authenticated by `google-cloud-auth`).
+//!
+//! # Design
+//!
+//! The broker seals the payload locally; Cloud KMS only sees the data key.
+//! The caller's AAD is passed as Cloud KMS `additional_authenticated_data`, so
+//! Cloud KMS refuses to unwrap under another AAD (Cloud KMS answers
+//! `INVALID_ARGUMENT`; reported as [`BackendErrorKind::NotAuthentic`]).
+//! Requests and answers carry CRC32C checksums, checked both ways, as Google
+//! recommends for integrity end to end.
+//!
+//! `Encrypt` answers with the `CryptoKeyVersion` it used; that name is
+//! recorded in the blob ([`Sealed::metadata`] key `gcp_key_version`). Cloud KMS
+//! ciphertexts name their version themselves, so blobs sealed before a
+//! rotation open as long as that version stays enabled; the recorded name tells
+//! an operator which versions still guard data before disabling one.
+//!
+//! The client's own retry loop is off. `RESOURCE_EXHAUSTED` (HTTP 429) and
+//! transient failures (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL`, 5xx,
+//! connection errors, timeouts) are retried a bounded number of times with
+//! full-jitter exponential backoff that honours `Retry-After`
+//! ([`RetryConfig`]); then the call fails as [`BackendErrorKind::Throttled`] or
+//! `Unavailable`. `UNAUTHENTICATED`/`PERMISSION_DENIED` and credential failures
+//! are [`BackendErrorKind::PermissionDenied`] and name the principal (service
+//! account e-mail, or where the credentials came from), never a secret.
+//!
+//! Credentials come from Application Default Credentials
+//! (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's ADC file, the metadata server),
+//! or, with `credentials_file`, only from that JSON file (`service_account`,
+//! `authorized_user`, `external_account` or `impersonated_service_account`).
+//!
+//! # IAM permissions
+//!
+//! On the key: `cloudkms.cryptoKeyVersions.useToEncrypt`,
+//! `cloudkms.cryptoKeyVersions.useToDecrypt` (role
+//! `roles/cloudkms.cryptoKeyEncrypterDecrypter`) and `cloudkms.cryptoKeys.get`
+//! (used by the health check; role `roles/cloudkms.viewer`).
+//!
+//! # Configuration
+//!
+//! ```toml
+//! [backends.gcp]
+//! type = "gcpckms"
+//! # endpoint = "https://cloudkms.googleapis.com"    # regional / Private Service Connect / a test server
+//! # credentials_file = "/etc/sealbroker/gcp-sa.json" # else Application Default Credentials
+//! # timeout_ms = 10000                               # per attempt
+//! # [backends.gcp.retry]
+//! # max_retries = 4
+//! # initial_backoff_ms = 100
+//! # max_backoff_ms = 5000
+//!
+//! [keys.openbao-unseal]
+//! backend = "gcp"
+//! key_name = "projects/my-project/locations/europe-west1/keyRings/sealbroker/cryptoKeys/openbao-unseal"
+//! ```
+
+mod retry;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use google_cloud_gax::error::Error as GaxError;
+use google_cloud_gax::error::rpc::Code;
+use google_cloud_gax::options::RequestOptionsBuilder;
+use google_cloud_gax::retry_policy::NeverRetry;
+use google_cloud_kms_v1::client::KeyManagementService;
+use google_cloud_kms_v1::model::crypto_key::CryptoKeyPurpose;
+use google_cloud_kms_v1::model::crypto_key_version::CryptoKeyVersionState;
+use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, Sealed, SecretBytes};
+use serde::Deserialize;
+
+pub use retry::RetryConfig;
+use retry::{Attempt, parse_retry_after};
+
+/// [`Sealed::metadata`] key holding the `CryptoKeyVersion` that `Encrypt` used.
+pub const METADATA_KEY_VERSION: &str = "gcp_key_version";
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+/// `[backends.NAME]` with `type = "gcpckms"`: one Google identity and endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Endpoint override, e.g. a regional or Private Service Connect endpoint.
+    pub endpoint: Option<String>,
+    /// Credentials JSON file to use instead of Application Default Credentials.
+    pub credentials_file: Option<PathBuf>,
+    /// Time bound of one attempt of one call, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries of throttled and transiently failing calls.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// Per-key settings under `[keys.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// `projects/P/locations/L/keyRings/R/cryptoKeys/K`: a symmetric
+    /// `ENCRYPT_DECRYPT` key. Cloud KMS picks its primary version.
+    pub key_name: String,
+}
+
+/// A configuration problem, naming the offending field (relative to the table).
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn config_error(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl BackendConfig {
+    /// Checks the fields that can be checked without the network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(endpoint) = &self.endpoint
+            && !(endpoint.starts_with("https://") || endpoint.starts_with("http://"))
+        {
+            return Err(config_error(
+                "endpoint",
+                format!("{endpoint:?} is not an http(s) URL"),
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(config_error("timeout_ms", "must be at least 1"));
+        }
+        if self.retry.initial_backoff_ms > self.retry.max_backoff_ms {
+            return Err(config_error(
+                "retry.initial_backoff_ms",
+                "must not exceed retry.max_backoff_ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct ClientInner {
+    kms: KeyManagementService,
+    /// Who calls are made as, for permission errors.
+    principal: String,
+    endpoint: String,
+    timeout: Duration,
+    retry: RetryConfig,
+}
+
+/// A configured Cloud KMS client for one `[backends.NAME]`, shared by its
+/// keys. Cheap to clone. Tokens are fetched lazily, on the first call.
+#[derive(Clone)]
+pub struct KmsClient(Arc<ClientInner>);
+
+impl fmt::Debug for KmsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KmsClient")
+            .field("endpoint", &self.0.endpoint)
+            .field("principal", &self.0.principal)
+            .finish()
+    }
+}
+
+/// Reads a credentials JSON file, builds credentials from it and names the
+/// principal. The file's secrets (private key, refresh token) stay inside the
+/// credentials object.
+fn file_credentials(
+    path: &PathBuf,
+) -> Result<(google_cloud_auth::credentials::Credentials, String), ConfigError> {
+    let field = "credentials_file";
+    let text =
+        std::fs::read_to_string(path).map_err(|e| config_error(field, format!("{}: {e}", path.display())))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| config_error(field, format!("{}: not JSON ({e})", path.display())))?;
+    let kind = json.get("type").and_then(|t| t.as_str()).unwrap_or("").to_owned();
+    let text_field = |name: &str| json.get(name).and_then(|v| v.as_str()).unwrap_or("?").to_owned();
+    use google_cloud_auth::credentials::{external_account, impersonated, service_account, user_account};
+    let (built, principal) = match kind.as_str() {
+        "service_account" => (
+            service_account::Builder::new(json.clone()).build(),
+            format!("service account {}", text_field("client_email")),
+        ),
+        "authorized_user" => (
+            user_account::Builder::new(json.clone()).build(),
+            format!("user credentials of OAuth client {}", text_field("client_id")),
+        ),
+        "external_account" => (
+            external_account::Builder::new(json.clone()).build(),
+            format!(
+                "workload identity federation (audience {})",
+                text_field("audience")
+            ),
+        ),
+        "impersonated_service_account" => (
+            impersonated::Builder::new(json.clone()).build(),
+            format!(
+                "impersonated service account via {}",
+                text_field("service_account_impersonation_url")
+            ),
+        ),
+        other => {
+            return Err(config_error(
+                field,
+                format!(
+                    "{}: credential type {other:?} is not supported (service_account, authorized_user, \
+                     external_account, impersonated_service_account)",
+                    path.display()
+                ),
+            ));
+        }
+    };
+    let credentials = built.map_err(|e| config_error(field, format!("{}: {e}", path.display())))?;
+    Ok((credentials, format!("{principal} from {}", path.display())))
+}
+
+/// Names the ADC principal without fetching a token: the file that
+/// `GOOGLE_APPLICATION_CREDENTIALS` points at, or the metadata server.
+fn adc_principal() -> String {
+    match std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS") {
+        Some(path) => {
+            let email = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|j| j.get("client_email").and_then(|e| e.as_str()).map(str::to_owned));
+            match email {
+                Some(email) => format!("service account {email} from {}", PathBuf::from(path).display()),
+                None => format!(
+                    "Application Default Credentials from {}",
+                    PathBuf::from(path).display()
+                ),
+            }
+        }
+        None => "Application Default Credentials (gcloud ADC file or the metadata server's service account)"
+            .into(),
+    }
+}
+
+/// Builds the Cloud KMS client for `backend`. Makes no KMS call; with
+/// `credentials_file` it reads that file.
+pub async fn connect(backend: &BackendConfig) -> Result<KmsClient, ConfigError> {
+    backend.validate()?;
+    let mut builder = KeyManagementService::builder().with_retry_policy(NeverRetry);
+    if let Some(endpoint) = &backend.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let principal = match &backend.credentials_file {
+        Some(path) => {
+            let (credentials, principal) = file_credentials(path)?;
+            builder = builder.with_credentials(credentials);
+            principal
+        }
+        None => adc_principal(),
+    };
+    let kms = builder.build().await.map_err(|e| {
+        config_error(
+            if backend.credentials_file.is_some() {
+                "credentials_file"
+            } else {
+                "endpoint"
+            },
+            format!("cannot build the Cloud KMS client: {e}"),
+        )
+    })?;
+    let endpoint = backend
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| "https://cloudkms.googleapis.com".into());
+    Ok(KmsClient(Arc::new(ClientInner {
+        kms,
+        principal,
+        endpoint,
+        timeout: Duration::from_millis(backend.timeout_ms),
+        retry: backend.retry,
+    })))
+}
+
+impl KmsClient {
+    /// The underlying client, for tooling (admin CLIs, tests).
+    pub fn sdk(&self) -> &KeyManagementService {
+        &self.0.kms
+    }
+}
+
+/// One Cloud KMS `CryptoKey` used through one [`KmsClient`].
+pub struct GcpKmsKey {
+    client: KmsClient,
+    key_name: String,
+}
+
+impl fmt::Debug for GcpKmsKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GcpKmsKey")
+            .field("key_name", &self.key_name)
+            .finish()
+    }
+}
+
+/// Checks `projects/P/locations/L/keyRings/R/cryptoKeys/K`.
+fn valid_key_name(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('/').collect();
+    parts.len() == 8
+        && parts[0] == "projects"
+        && parts[2] == "locations"
+        && parts[4] == "keyRings"
+        && parts[6] == "cryptoKeys"
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && !p.contains(char::is_whitespace))
+}
+
+impl GcpKmsKey {
+    /// Binds `key` to `client`. Makes no network call.
+    pub fn new(client: &KmsClient, key: &KeyConfig) -> Result<Self, ConfigError> {
+        if !valid_key_name(&key.key_name) {
+            let hint = if key.key_name.contains("/cryptoKeyVersions/") {
+                "; name the CryptoKey, not a version: Cloud KMS encrypts with the primary version"
+            } else {
+                ""
+            };
+            return Err(config_error(
+                "key_name",
+                format!(
+                    "{:?} is not projects/PROJECT/locations/LOCATION/keyRings/RING/cryptoKeys/KEY{hint}",
+                    key.key_name
+                ),
+            ));
+        }
+        Ok(GcpKmsKey {
+            client: client.clone(),
+            key_name: key.key_name.clone(),
+        })
+    }
+
+    /// Runs one call with retries and turns its failure into a [`BackendError`].
+    async fn call<T, F, Fut>(&self, operation: &'static str, mut op: F) -> Result<T, BackendError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, GaxError>>,
+    {
+        let retry = self.client.0.retry;
+        let result = retry
+            .run(|| {
+                let fut = op();
+                async move { fut.await.map_err(|e| classify(operation, &e)) }
+            })
+            .await;
+        result.map_err(|failure| {
+            let mut message = format!(
+                "Cloud KMS {operation} with key {} at {}: {}",
+                self.key_name, self.client.0.endpoint, failure.message
+            );
+            if failure.retryable && retry.max_retries > 0 {
+                message.push_str(&format!(" (gave up after {} retries)", retry.max_retries));
+            }
+            if failure.kind == BackendErrorKind::PermissionDenied {
+                message.push_str(&format!("; calling as {}", self.client.0.principal));
+            }
+            BackendError::new(failure.kind, message)
+        })
+    }
+}
+
+/// A classified failure, before the key and principal are named.
+#[derive(Debug)]
+struct Failure {
+    kind: BackendErrorKind,
+    message: String,
+    retryable: bool,
+}
+
+fn classify(operation: &str, error: &GaxError) -> Attempt<Failure> {
+    let fatal = |kind, message: String| {
+        Attempt::Fatal(Failure {
+            kind,
+            message,
+            retryable: false,
+        })
+    };
+    let retryable = |kind, message: String, retry_after| Attempt::Retryable {
+        error: Failure {
+            kind,
+            message,
+            retryable: true,
+        },
+        retry_after,
+    };
+    let retry_after = error
+        .http_headers()
+        .and_then(|h| h.get("retry-after"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    if error.is_authentication() {
+        if credentials_error_is_transient(error) {
+            // The token endpoint could not be reached: not a refusal.
+            return retryable(
+                BackendErrorKind::Unavailable,
+                format!("cannot obtain an access token right now: {}", error_chain(error)),
+                None,
+            );
+        }
+        return fatal(
+            BackendErrorKind::PermissionDenied,
+            format!("cannot obtain an access token: {}", error_chain(error)),
+        );
+    }
+    if let Some(status) = error.status() {
+        let text = format!("{:?}: {}", status.code, status.message);
+        return match status.code {
+            Code::ResourceExhausted => retryable(BackendErrorKind::Throttled, text, retry_after),
+            Code::Unavailable | Code::Internal | Code::DeadlineExceeded | Code::Aborted => {
+                retryable(BackendErrorKind::Unavailable, text, retry_after)
+            }
+            Code::Unauthenticated | Code::PermissionDenied => fatal(BackendErrorKind::PermissionDenied, text),
+            Code::NotFound => fatal(BackendErrorKind::KeyNotFound, text),
+            Code::FailedPrecondition => fatal(
+                BackendErrorKind::KeyNotFound,
+                format!(
+                    "the key or key version is not usable (disabled, destroyed or wrong purpose?): {text}"
+                ),
+            ),
+            // Cloud KMS says INVALID_ARGUMENT when a ciphertext does not open
+            // (wrong AAD, altered, or under another key).
+            Code::InvalidArgument if operation == "Decrypt" => fatal(
+                BackendErrorKind::NotAuthentic,
+                format!("the wrapped data key does not open under this key and AAD ({text})"),
+            ),
+            Code::InvalidArgument => fatal(BackendErrorKind::InvalidInput, text),
+            _ => fatal(BackendErrorKind::Internal, text),
+        };
+    }
+    if let Some(code) = error.http_status_code() {
+        let text = format!("HTTP {code}: {}", error_chain(error));
+        return match code {
+            429 => retryable(BackendErrorKind::Throttled, text, retry_after),
+            401 | 403 => fatal(BackendErrorKind::PermissionDenied, text),
+            404 => fatal(BackendErrorKind::KeyNotFound, text),
+            500.. => retryable(BackendErrorKind::Unavailable, text, retry_after),
+            _ => fatal(BackendErrorKind::Internal, text),
+        };
+    }
+    if error.is_timeout() {
+        return retryable(
+            BackendErrorKind::Timeout,
+            "the call timed out (timeout_ms)".into(),
+            None,
+        );
+    }
+    if error.is_connect() || error.is_io() || error.is_transport() {
+        return retryable(
+            BackendErrorKind::Unavailable,
+            format!("cannot reach the service: {}", error_chain(error)),
+            None,
+        );
+    }
+    fatal(BackendErrorKind::Internal, error_chain(error))
+}
+
+/// Whether a credentials failure says that trying again may work (the token
+/// endpoint was unreachable or failed), as opposed to a refusal.
+fn credentials_error_is_transient(error: &GaxError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(credentials) = e.downcast_ref::<google_cloud_gax::error::CredentialsError>() {
+            return credentials.is_transient();
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// An error and its sources on one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// CRC32C (Castagnoli), as Cloud KMS uses for request and response integrity.
+pub fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn corrupted(what: &str) -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Unavailable,
+        format!("Cloud KMS answer failed its CRC32C check ({what}); the data was corrupted in transit"),
+    )
+}
+
+#[async_trait]
+impl Backend for GcpKmsKey {
+    fn kind(&self) -> &'static str {
+        "gcpckms"
+    }
+
+    fn key_identity(&self) -> String {
+        format!("gcpckms:{}", self.key_name)
+    }
+
+    async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {
+        let kms = &self.client.0.kms;
+        let plaintext = Bytes::copy_from_slice(secret);
+        let aad_bytes = Bytes::copy_from_slice(aad);
+        // No AAD, no AAD checksum: the service only verifies what it is sent.
+        let aad_crc = (!aad.is_empty()).then(|| i64::from(crc32c(aad)));
+        let output = self
+            .call("Encrypt", || {
+                kms.encrypt()
+                    .set_name(&self.key_name)
+                    .set_plaintext(plaintext.clone())
+                    .set_plaintext_crc32c(i64::from(crc32c(secret)))
+                    .set_additional_authenticated_data(aad_bytes.clone())
+                    .set_or_clear_additional_authenticated_data_crc32c(aad_crc)
+                    .with_attempt_timeout(self.client.0.timeout)
+                    .send()
+            })
+            .await?;
+        if !output.verified_plaintext_crc32c
+            || (aad_crc.is_some() && !output.verified_additional_authenticated_data_crc32c)
+        {
+            return Err(corrupted("the service did not verify our request checksums"));
+        }
+        if output.ciphertext_crc32c != Some(i64::from(crc32c(&output.ciphertext))) {
+            return Err(corrupted("ciphertext"));
+        }
+        if !output
+            .name
+            .starts_with(&format!("{}/cryptoKeyVersions/", self.key_name))
+        {
+            return Err(BackendError::internal(format!(
+                "Cloud KMS Encrypt answered with version {:?}, not a version of {}",
+                output.name, self.key_name
+            )));
+        }
+        Ok(Sealed {
+            mechanism: Mechanism::ServiceDefined,
+            ciphertext: output.ciphertext.to_vec(),
+            metadata: [(METADATA_KEY_VERSION.to_owned(), output.name)].into(),
+            ..Default::default()
+        })
+    }
+
+    async fn decrypt(&self, sealed: &Sealed, aad: &[u8]) -> Result<SecretBytes, BackendError> {
+        if sealed.mechanism != Mechanism::ServiceDefined {
+            return Err(BackendError::not_authentic(
+                "the data key was not sealed by Cloud KMS (mechanism is not service-defined)",
+            ));
+        }
+        if let Some(version) = sealed.metadata.get(METADATA_KEY_VERSION)
+            && !version.starts_with(&format!("{}/cryptoKeyVersions/", self.key_name))
+        {
+            return Err(BackendError::not_authentic(format!(
+                "the blob was sealed by {version:?}, which is not a version of {}",
+                self.key_name
+            )));
+        }
+        let kms = &self.client.0.kms;
+        let ciphertext = Bytes::from(sealed.ciphertext.clone());
+        let aad_bytes = Bytes::copy_from_slice(aad);
+        // No AAD, no AAD checksum: the service only verifies what it is sent.
+        let aad_crc = (!aad.is_empty()).then(|| i64::from(crc32c(aad)));
+        let output = self
+            .call("Decrypt", || {
+                kms.decrypt()
+                    .set_name(&self.key_name)
+                    .set_ciphertext(ciphertext.clone())
+                    .set_ciphertext_crc32c(i64::from(crc32c(&sealed.ciphertext)))
+                    .set_additional_authenticated_data(aad_bytes.clone())
+                    .set_or_clear_additional_authenticated_data_crc32c(aad_crc)
+                    .with_attempt_timeout(self.client.0.timeout)
+                    .send()
+            })
+            .await?;
+        let plaintext = SecretBytes::new(output.plaintext.to_vec());
+        if output.plaintext_crc32c != Some(i64::from(crc32c(plaintext.expose()))) {
+            return Err(corrupted("plaintext"));
+        }
+        Ok(plaintext)
+    }
+
+    /// Reads the key first, so a disabled primary or a wrong purpose is named
+    /// plainly, then makes a real round trip.
+    async fn health(&self) -> Result<(), BackendError> {
+        let kms = &self.client.0.kms;
+        let key = self
+            .call("GetCryptoKey", || {
+                kms.get_crypto_key()
+                    .set_name(&self.key_name)
+                    .with_attempt_timeout(self.client.0.timeout)
+                    .send()
+            })
+            .await?;
+        if key.purpose != CryptoKeyPurpose::EncryptDecrypt {
+            return Err(BackendError::new(
+                BackendErrorKind::InvalidInput,
+                format!(
+                    "Cloud KMS key {} has purpose {:?}, not ENCRYPT_DECRYPT",
+                    self.key_name, key.purpose
+                ),
+            ));
+        }
+        match key.primary {
+            Some(primary) if primary.state == CryptoKeyVersionState::Enabled => {}
+            Some(primary) => {
+                return Err(BackendError::new(
+                    BackendErrorKind::KeyNotFound,
+                    format!(
+                        "Cloud KMS key {}: primary version {} is {:?}, not ENABLED",
+                        self.key_name, primary.name, primary.state
+                    ),
+                ));
+            }
+            None => {
+                return Err(BackendError::new(
+                    BackendErrorKind::KeyNotFound,
+                    format!("Cloud KMS key {} has no primary version", self.key_name),
+                ));
+            }
+        }
+        let probe = b"sealbroker health probe";
+        let sealed = self.encrypt(probe, b"health").await?;
+        let opened = self.decrypt(&sealed, b"health").await?;
+        if opened.expose() == probe {
+            Ok(())
+        } else {
+            Err(BackendError::internal(
+                "health probe round trip returned different bytes",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_matches_the_standard_check_value() {
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(b""), 0);
+    }
+
+    #[test]
+    fn key_names_are_checked_with_a_hint_for_versions() {
+        assert!(valid_key_name(
+            "projects/p/locations/global/keyRings/r/cryptoKeys/k"
+        ));
+        assert!(!valid_key_name(
+            "projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1"
+        ));
+        assert!(!valid_key_name(
+            "projects//locations/global/keyRings/r/cryptoKeys/k"
+        ));
+        assert!(!valid_key_name("k"));
+    }
+
+    #[test]
+    fn config_rejects_unknown_fields_and_names_fields() {
+        let err = toml::from_str::<BackendConfig>("private_key = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("private_key"), "{err}");
+        let config: BackendConfig = toml::from_str("endpoint = \"kms.example\"").unwrap();
+        assert_eq!(config.validate().unwrap_err().field, "endpoint");
+        let config: BackendConfig = toml::from_str("").unwrap();
+        assert_eq!(config.timeout_ms, 10_000);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unsupported_credential_type_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("creds.json");
+        std::fs::write(&path, r#"{"type":"api_key","key":"secret"}"#).unwrap();
+        let err = file_credentials(&path).err().unwrap();
+        assert_eq!(err.field, "credentials_file");
+        assert!(err.reason.contains("api_key"), "{err}");
+        assert!(!err.reason.contains("secret"), "{err}");
+    }
+}

@@ -1,0 +1,749 @@
+//! The Cloud KMS backend driven through the real `google-cloud-kms-v1` client
+//! against a local stand-in that speaks the documented REST surface over TLS:
+//! `POST /v1/{cryptoKey}:encrypt`, `POST /v1/{cryptoKey}:decrypt`,
+//! `GET /v1/{cryptoKey}`, Google's JSON error body, and an OAuth token endpoint
+//! for `authorized_user` credentials. There is no Cloud KMS emulator.
+//!
+//! Harness-less (see Cargo.toml): `main` trusts the test CA through
+//! `SSL_CERT_FILE` before any thread starts, then runs each test in turn.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use sealbroker_backend_gcpckms::{
+    BackendConfig, GcpKmsKey, KeyConfig, KmsClient, METADATA_KEY_VERSION, RetryConfig, connect, crc32c,
+};
+use sealbroker_core::{Backend, BackendErrorKind, Mechanism};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+const KEY: &str = "projects/p/locations/global/keyRings/sealbroker/cryptoKeys/unseal";
+const TOKEN: &str = "ya29.sealbroker-test-token";
+const CLIENT_ID: &str = "1234567890-sealbroker.apps.googleusercontent.com";
+/// Must never show up in any error message.
+const REFRESH_TOKEN: &str = "1//sealbroker-refresh-DO-NOT-LEAK";
+const CLIENT_SECRET: &str = "sealbroker-client-secret-DO-NOT-LEAK";
+const DEK: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
+
+// ---------------------------------------------------------------- fake service
+
+struct Version {
+    state: &'static str,
+    key: [u8; 32],
+}
+
+/// A canned reply served before normal handling (failure injection).
+struct Canned {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Value,
+}
+
+#[derive(Default)]
+struct State {
+    /// Versions of [`KEY`], 1-based; the last one is primary.
+    versions: Vec<Version>,
+    canned: VecDeque<Canned>,
+    /// Every KMS request (not token requests).
+    requests: usize,
+    /// 403 for this principal's calls, as when IAM denies the role.
+    deny: bool,
+}
+
+struct FakeKms {
+    endpoint: String,
+    state: Arc<Mutex<State>>,
+    tokens: Arc<AtomicUsize>,
+}
+
+impl FakeKms {
+    fn rotate(&self) {
+        let mut key = [0u8; 32];
+        SystemRandom::new().fill(&mut key).unwrap();
+        self.state.lock().unwrap().versions.push(Version {
+            state: "ENABLED",
+            key,
+        });
+    }
+    fn set_state(&self, version: usize, state: &'static str) {
+        self.state.lock().unwrap().versions[version - 1].state = state;
+    }
+    fn push(&self, canned: Canned) {
+        self.state.lock().unwrap().canned.push_back(canned);
+    }
+    fn requests(&self) -> usize {
+        self.state.lock().unwrap().requests
+    }
+}
+
+fn error_body(code: u16, status: &str, message: &str) -> Value {
+    json!({"error": {"code": code, "message": message, "status": status}})
+}
+
+fn version_name(n: usize) -> String {
+    format!("{KEY}/cryptoKeyVersions/{n}")
+}
+
+fn b64(v: &Value, field: &str) -> Vec<u8> {
+    B64.decode(v.get(field).and_then(Value::as_str).unwrap_or(""))
+        .unwrap()
+}
+
+fn handle(
+    state: &Mutex<State>,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &Value,
+) -> (u16, Vec<(&'static str, String)>, Value) {
+    let mut state = state.lock().unwrap();
+    state.requests += 1;
+    if let Some(canned) = state.canned.pop_front() {
+        return (canned.status, canned.headers, canned.body);
+    }
+    if auth != Some(&format!("Bearer {TOKEN}")) {
+        return (
+            401,
+            vec![],
+            error_body(
+                401,
+                "UNAUTHENTICATED",
+                "Request had invalid authentication credentials.",
+            ),
+        );
+    }
+    if state.deny {
+        return (
+            403,
+            vec![],
+            error_body(
+                403,
+                "PERMISSION_DENIED",
+                &format!(
+                    "Permission 'cloudkms.cryptoKeyVersions.useToEncrypt' denied on resource '{KEY}' (or it may not exist)."
+                ),
+            ),
+        );
+    }
+    let Some(rest) = path.strip_prefix("/v1/") else {
+        return (404, vec![], error_body(404, "NOT_FOUND", "no such path"));
+    };
+    let (name, verb) = rest.split_once(':').unwrap_or((rest, ""));
+    if name != KEY {
+        return (
+            404,
+            vec![],
+            error_body(404, "NOT_FOUND", &format!("CryptoKey {name} not found.")),
+        );
+    }
+    let primary = state.versions.len();
+    match (method, verb) {
+        ("GET", "") => {
+            let p = &state.versions[primary - 1];
+            (
+                200,
+                vec![],
+                json!({
+                    "name": KEY,
+                    "purpose": "ENCRYPT_DECRYPT",
+                    "primary": {"name": version_name(primary), "state": p.state, "algorithm": "GOOGLE_SYMMETRIC_ENCRYPTION", "protectionLevel": "SOFTWARE"},
+                }),
+            )
+        }
+        ("POST", "encrypt") => {
+            let plaintext = b64(body, "plaintext");
+            let aad = b64(body, "additionalAuthenticatedData");
+            let crc_ok = |field: &str, data: &[u8]| {
+                body.get(field)
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse::<u32>().ok())
+                    == Some(crc32c(data))
+            };
+            if !crc_ok("plaintextCrc32c", &plaintext) {
+                return (
+                    400,
+                    vec![],
+                    error_body(400, "INVALID_ARGUMENT", "plaintext_crc32c did not match"),
+                );
+            }
+            let version = &state.versions[primary - 1];
+            if version.state != "ENABLED" {
+                return (
+                    400,
+                    vec![],
+                    error_body(
+                        400,
+                        "FAILED_PRECONDITION",
+                        &format!(
+                            "{} is not enabled, current state is: {}.",
+                            version_name(primary),
+                            version.state
+                        ),
+                    ),
+                );
+            }
+            let mut iv = [0u8; 12];
+            SystemRandom::new().fill(&mut iv).unwrap();
+            let sealing = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &version.key).unwrap());
+            let mut sealed = plaintext.clone();
+            sealing
+                .seal_in_place_append_tag(Nonce::assume_unique_for_key(iv), Aad::from(&aad), &mut sealed)
+                .unwrap();
+            let mut ciphertext = (primary as u32).to_be_bytes().to_vec();
+            ciphertext.extend_from_slice(&iv);
+            ciphertext.extend_from_slice(&sealed);
+            (
+                200,
+                vec![],
+                json!({
+                    "name": version_name(primary),
+                    "ciphertext": B64.encode(&ciphertext),
+                    "ciphertextCrc32c": crc32c(&ciphertext).to_string(),
+                    "verifiedPlaintextCrc32c": true,
+                    "verifiedAdditionalAuthenticatedDataCrc32c": crc_ok("additionalAuthenticatedDataCrc32c", &aad),
+                    "protectionLevel": "SOFTWARE",
+                }),
+            )
+        }
+        ("POST", "decrypt") => {
+            let ciphertext = b64(body, "ciphertext");
+            let aad = b64(body, "additionalAuthenticatedData");
+            let invalid = || {
+                (
+                    400,
+                    vec![],
+                    error_body(
+                        400,
+                        "INVALID_ARGUMENT",
+                        "Decryption failed: the ciphertext is invalid.",
+                    ),
+                )
+            };
+            if ciphertext.len() < 4 + 12 + 16 {
+                return invalid();
+            }
+            let n = u32::from_be_bytes(ciphertext[..4].try_into().unwrap()) as usize;
+            let Some(version) = n.checked_sub(1).and_then(|i| state.versions.get(i)) else {
+                return invalid();
+            };
+            if version.state != "ENABLED" {
+                return (
+                    400,
+                    vec![],
+                    error_body(
+                        400,
+                        "FAILED_PRECONDITION",
+                        &format!(
+                            "{} is not enabled, current state is: {}.",
+                            version_name(n),
+                            version.state
+                        ),
+                    ),
+                );
+            }
+            let opening = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &version.key).unwrap());
+            let mut data = ciphertext[16..].to_vec();
+            let iv: [u8; 12] = ciphertext[4..16].try_into().unwrap();
+            let Ok(plaintext) =
+                opening.open_in_place(Nonce::assume_unique_for_key(iv), Aad::from(&aad), &mut data)
+            else {
+                return invalid();
+            };
+            (
+                200,
+                vec![],
+                json!({
+                    "plaintext": B64.encode(&*plaintext),
+                    "plaintextCrc32c": crc32c(plaintext).to_string(),
+                    "usedPrimary": n == primary,
+                    "protectionLevel": "SOFTWARE",
+                }),
+            )
+        }
+        _ => (404, vec![], error_body(404, "NOT_FOUND", "no such method")),
+    }
+}
+
+/// Reads one HTTP/1.1 request; `None` at end of stream.
+async fn read_request<S: AsyncReadExt + Unpin>(
+    stream: &mut S,
+    buffer: &mut Vec<u8>,
+) -> Option<(String, String, BTreeMap<String, String>, Vec<u8>)> {
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+    let mut lines = head.lines();
+    let mut request_line = lines.next()?.split(' ');
+    let method = request_line.next()?.to_owned();
+    let target = request_line.next()?.to_owned();
+    let headers: BTreeMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while buffer.len() < head_end + 4 + length {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    let body = buffer[head_end + 4..head_end + 4 + length].to_vec();
+    buffer.drain(..head_end + 4 + length);
+    let path = target.split('?').next().unwrap_or("").to_owned();
+    Some((method, path, headers, body))
+}
+
+async fn start_fake(tls: Arc<rustls::ServerConfig>) -> FakeKms {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("https://localhost:{}", listener.local_addr().unwrap().port());
+    let state = Arc::new(Mutex::new(State::default()));
+    let tokens = Arc::new(AtomicUsize::new(0));
+    let acceptor = TlsAcceptor::from(tls);
+    let (shared, token_count) = (state.clone(), tokens.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, state, tokens) = (acceptor.clone(), shared.clone(), token_count.clone());
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buffer = Vec::new();
+                while let Some((method, path, headers, body)) = read_request(&mut stream, &mut buffer).await {
+                    let (status, extra, reply) = if path == "/token" {
+                        tokens.fetch_add(1, Ordering::SeqCst);
+                        // The refresh grant (JSON or form encoded) must carry our refresh token.
+                        let request = String::from_utf8_lossy(&body).to_string();
+                        if request.contains(REFRESH_TOKEN) {
+                            (
+                                200,
+                                vec![],
+                                json!({"access_token": TOKEN, "expires_in": 3600, "token_type": "Bearer"}),
+                            )
+                        } else {
+                            (400, vec![], json!({"error": "invalid_grant"}))
+                        }
+                    } else {
+                        let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        handle(
+                            &state,
+                            &method,
+                            &path,
+                            headers.get("authorization").map(String::as_str),
+                            &json,
+                        )
+                    };
+                    let text = reply.to_string();
+                    let mut response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+                        text.len()
+                    );
+                    for (name, value) in extra {
+                        response.push_str(&format!("{name}: {value}\r\n"));
+                    }
+                    response.push_str("\r\n");
+                    response.push_str(&text);
+                    if stream.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let fake = FakeKms {
+        endpoint,
+        state,
+        tokens,
+    };
+    fake.rotate();
+    fake
+}
+
+// ---------------------------------------------------------------- fixtures
+
+struct Env {
+    tls: Arc<rustls::ServerConfig>,
+    dir: tempfile::TempDir,
+}
+
+/// Makes a CA and a `localhost` server certificate; returns the CA PEM path.
+fn pki(dir: &std::path::Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "sealbroker gcp test CA");
+    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, issuer.pem()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+        )
+        .unwrap();
+    (ca, Arc::new(config))
+}
+
+impl Env {
+    /// `authorized_user` credentials whose token endpoint is the fake server.
+    fn credentials(&self, fake: &FakeKms) -> PathBuf {
+        let path = self.dir.path().join(format!(
+            "creds-{}.json",
+            fake.endpoint.rsplit(':').next().unwrap()
+        ));
+        let json = json!({
+            "type": "authorized_user",
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "refresh_token": REFRESH_TOKEN,
+            "token_uri": format!("{}/token", fake.endpoint),
+        });
+        std::fs::write(&path, json.to_string()).unwrap();
+        path
+    }
+
+    fn config(&self, fake: &FakeKms) -> BackendConfig {
+        BackendConfig {
+            endpoint: Some(fake.endpoint.clone()),
+            credentials_file: Some(self.credentials(fake)),
+            timeout_ms: 5_000,
+            retry: RetryConfig {
+                max_retries: 2,
+                initial_backoff_ms: 10,
+                max_backoff_ms: 200,
+            },
+        }
+    }
+
+    async fn key(&self, fake: &FakeKms) -> (KmsClient, GcpKmsKey) {
+        let client = connect(&self.config(fake)).await.unwrap();
+        let key = GcpKmsKey::new(&client, &KeyConfig { key_name: KEY.into() }).unwrap();
+        (client, key)
+    }
+}
+
+fn assert_no_secret(text: &str) {
+    assert!(!text.contains("DO-NOT-LEAK"), "a secret leaked: {text}");
+}
+
+// ---------------------------------------------------------------- tests
+
+async fn round_trip_over_tls_records_the_version_and_binds_aad(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let (_, key) = env.key(&fake).await;
+    key.health().await.unwrap();
+    let sealed = key.encrypt(DEK, b"vault/unseal").await.unwrap();
+    assert_eq!(sealed.mechanism, Mechanism::ServiceDefined);
+    assert_eq!(sealed.metadata[METADATA_KEY_VERSION], version_name(1));
+    assert_eq!(key.decrypt(&sealed, b"vault/unseal").await.unwrap().expose(), DEK);
+    let empty_aad = key.encrypt(DEK, b"").await.unwrap();
+    assert_eq!(key.decrypt(&empty_aad, b"").await.unwrap().expose(), DEK);
+    assert_eq!(
+        fake.tokens.load(Ordering::SeqCst),
+        1,
+        "the token is fetched once and cached"
+    );
+
+    let err = key.decrypt(&sealed, b"other").await.err().unwrap();
+
+    eprintln!("{err}");
+    assert_eq!(err.kind, BackendErrorKind::NotAuthentic, "{err}");
+    assert!(
+        err.message.contains("INVALID_ARGUMENT") || err.message.contains("InvalidArgument"),
+        "{err}"
+    );
+    assert_eq!(key.key_identity(), format!("gcpckms:{KEY}"));
+}
+
+async fn old_blobs_open_after_rotation_until_their_version_is_disabled(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let (_, key) = env.key(&fake).await;
+    let old = key.encrypt(DEK, b"aad").await.unwrap();
+    fake.rotate();
+    let new = key.encrypt(DEK, b"aad").await.unwrap();
+    assert_eq!(old.metadata[METADATA_KEY_VERSION], version_name(1));
+    assert_eq!(new.metadata[METADATA_KEY_VERSION], version_name(2));
+    assert_eq!(key.decrypt(&old, b"aad").await.unwrap().expose(), DEK);
+    assert_eq!(key.decrypt(&new, b"aad").await.unwrap().expose(), DEK);
+
+    fake.set_state(1, "DISABLED");
+    let err = key.decrypt(&old, b"aad").await.err().unwrap();
+    eprintln!("{err}");
+    assert_eq!(err.kind, BackendErrorKind::KeyNotFound, "{err}");
+    assert!(err.message.contains("cryptoKeyVersions/1"), "{err}");
+    assert_eq!(key.decrypt(&new, b"aad").await.unwrap().expose(), DEK);
+
+    fake.set_state(2, "DISABLED");
+    let err = key.health().await.err().unwrap();
+    eprintln!("{err}");
+    assert_eq!(err.kind, BackendErrorKind::KeyNotFound, "{err}");
+    assert!(
+        err.message.contains("Disabled") || err.message.contains("DISABLED"),
+        "{err}"
+    );
+}
+
+async fn a_blob_from_another_key_is_refused(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let (_, key) = env.key(&fake).await;
+    let mut sealed = key.encrypt(DEK, b"aad").await.unwrap();
+    sealed.metadata.insert(
+        METADATA_KEY_VERSION.into(),
+        "projects/p/locations/global/keyRings/r/cryptoKeys/other/cryptoKeyVersions/1".into(),
+    );
+    let before = fake.requests();
+    let err = key.decrypt(&sealed, b"aad").await.err().unwrap();
+    eprintln!("{err}");
+    assert_eq!(err.kind, BackendErrorKind::NotAuthentic, "{err}");
+    assert_eq!(fake.requests(), before, "refused without a call");
+}
+
+async fn resource_exhausted_is_retried_honouring_retry_after(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let (_, key) = env.key(&fake).await;
+    key.encrypt(DEK, b"warm-up").await.unwrap();
+    let quota = || Canned {
+        status: 429,
+        headers: vec![("Retry-After", "1".into())],
+        body: error_body(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "Quota exceeded for quota metric 'Cryptographic requests'.",
+        ),
+    };
+    fake.push(quota());
+    let before = fake.requests();
+    let started = Instant::now();
+    let sealed = key.encrypt(DEK, b"aad").await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(190),
+        "Retry-After ignored: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(fake.requests() - before, 2);
+    assert_eq!(key.decrypt(&sealed, b"aad").await.unwrap().expose(), DEK);
+
+    for _ in 0..3 {
+        fake.push(quota());
+    }
+    let before = fake.requests();
+    let err = key.encrypt(DEK, b"aad").await.err().unwrap();
+    eprintln!("{err}");
+    assert_eq!(err.kind, BackendErrorKind::Throttled, "{err}");
+    assert!(err.message.contains("gave up after 2 retries"), "{err}");
+    assert_eq!(fake.requests() - before, 3, "one attempt and two retries");
+}
+
+async fn unauthenticated_and_denied_are_permission_denied_naming_the_principal(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let (_, key) = env.key(&fake).await;
+    fake.push(Canned {
+        status: 401,
+        headers: vec![],
+        body: error_body(
+            401,
+            "UNAUTHENTICATED",
+            "Request had invalid authentication credentials.",
+        ),
+    });
+    let err = key.encrypt(DEK, b"aad").await.err().unwrap();
+    eprintln!("{err}");
+    assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
+    assert!(err.message.contains(CLIENT_ID), "{err}");
+    assert_no_secret(&format!("{err:?}"));
+
+    fake.state.lock().unwrap().deny = true;
+    let before = fake.requests();
+    let err = key.encrypt(DEK, b"aad").await.err().unwrap();
+    eprintln!("{err}");
+    assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
+    assert!(err.message.contains("useToEncrypt"), "{err}");
+    assert!(err.message.contains(CLIENT_ID), "{err}");
+    assert_eq!(fake.requests() - before, 1, "not retried");
+    assert_no_secret(&format!("{err:?}"));
+}
+
+async fn a_refused_token_request_is_permission_denied(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let path = env.dir.path().join("bad-creds.json");
+    std::fs::write(
+        &path,
+        json!({
+            "type": "authorized_user",
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "refresh_token": "",
+            "token_uri": format!("{}/token", fake.endpoint),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut config = env.config(&fake);
+    config.credentials_file = Some(path);
+    // An empty refresh token may already be refused while building.
+    let client = match connect(&config).await {
+        Ok(client) => client,
+        Err(e) => {
+            assert_eq!(e.field, "credentials_file");
+            assert_no_secret(&e.to_string());
+            return;
+        }
+    };
+    let key = GcpKmsKey::new(&client, &KeyConfig { key_name: KEY.into() }).unwrap();
+    let err = key.encrypt(DEK, b"aad").await.err().unwrap();
+    eprintln!("{err}");
+    assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
+    assert_no_secret(&format!("{err:?}"));
+}
+
+async fn unknown_key_is_key_not_found(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let client = connect(&env.config(&fake)).await.unwrap();
+    let name = "projects/p/locations/global/keyRings/sealbroker/cryptoKeys/missing";
+    let key = GcpKmsKey::new(
+        &client,
+        &KeyConfig {
+            key_name: name.into(),
+        },
+    )
+    .unwrap();
+    let err = key.encrypt(DEK, b"aad").await.err().unwrap();
+    eprintln!("{err}");
+    assert_eq!(err.kind, BackendErrorKind::KeyNotFound, "{err}");
+    assert!(err.message.contains(name), "{err}");
+}
+
+async fn server_down_is_unavailable(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let mut config = env.config(&fake);
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    config.endpoint = Some(format!("https://localhost:{port}"));
+    let client = connect(&config).await.unwrap();
+    let key = GcpKmsKey::new(&client, &KeyConfig { key_name: KEY.into() }).unwrap();
+    let err = key.encrypt(DEK, b"aad").await.err().unwrap();
+    eprintln!("{err}");
+    assert_eq!(err.kind, BackendErrorKind::Unavailable, "{err}");
+    assert!(err.message.contains("gave up after 2 retries"), "{err}");
+}
+
+async fn an_untrusted_server_certificate_is_refused(env: Arc<Env>) {
+    // A certificate from a CA the client does not trust, on the KMS endpoint
+    // only: tokens still come from a trusted server.
+    let other = tempfile::tempdir().unwrap();
+    let (_, untrusted) = pki(other.path());
+    let fake = start_fake(untrusted).await;
+    let token_server = start_fake(env.tls.clone()).await;
+    let mut config = env.config(&token_server);
+    config.endpoint = Some(fake.endpoint.clone());
+    let client = connect(&config).await.unwrap();
+    let key = GcpKmsKey::new(&client, &KeyConfig { key_name: KEY.into() }).unwrap();
+    let err = key.encrypt(DEK, b"aad").await.err().unwrap();
+    eprintln!("{err}");
+    assert_eq!(err.kind, BackendErrorKind::Unavailable, "{err}");
+    assert!(err.message.contains("certificate"), "{err}");
+    assert_eq!(fake.requests(), 0);
+    assert_eq!(token_server.tokens.load(Ordering::SeqCst), 1);
+}
+
+// ---------------------------------------------------------------- runner
+
+type Test = fn(Arc<Env>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+macro_rules! tests {
+    ($($name:ident),* $(,)?) => {
+        [$((stringify!($name), (|env| Box::pin($name(env))) as Test)),*]
+    };
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, tls) = pki(dir.path());
+    // SAFETY: no other thread exists yet; the client's verifier reads this.
+    unsafe { std::env::set_var("SSL_CERT_FILE", &ca) };
+    unsafe { std::env::remove_var("SSL_CERT_DIR") };
+    let env = Arc::new(Env { tls, dir });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let all = tests![
+        round_trip_over_tls_records_the_version_and_binds_aad,
+        old_blobs_open_after_rotation_until_their_version_is_disabled,
+        a_blob_from_another_key_is_refused,
+        resource_exhausted_is_retried_honouring_retry_after,
+        unauthenticated_and_denied_are_permission_denied_naming_the_principal,
+        a_refused_token_request_is_permission_denied,
+        unknown_key_is_key_not_found,
+        server_down_is_unavailable,
+        an_untrusted_server_certificate_is_refused,
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in all {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let outcome = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), tokio::spawn(test(env.clone()))).await
+        });
+        match outcome {
+            Ok(Ok(())) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Ok(Err(_)) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED (timed out)");
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
