@@ -58,8 +58,9 @@ impl Profile {
     }
 }
 
-/// The whole file.
-#[derive(Debug, Deserialize)]
+/// The whole file. Its `Debug` names the backend and key tables but never
+/// prints their contents, which may hold an inline PIN.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -298,6 +299,16 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("profile", &self.profile)
+            .field("backends", &self.backends.keys().collect::<Vec<_>>())
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -612,6 +623,17 @@ mod tests {
         assert_eq!(config.server.shutdown_grace_secs, 10);
         assert_eq!(config.limits.request_timeout_secs, 30);
         assert!(config.require_listener().is_err());
+    }
+
+    #[test]
+    fn debug_never_prints_backend_settings() {
+        let text = MINIMAL.replace("type = \"software\"", "type = \"software\"\npin = \"s3cr3t-pin\"");
+        let config: Config = toml::from_str(&text).unwrap();
+        let printed = format!("{config:?}");
+        assert!(
+            !printed.contains("s3cr3t-pin") && printed.contains("soft"),
+            "{printed}"
+        );
     }
 
     #[test]
