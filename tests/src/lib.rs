@@ -217,6 +217,26 @@ impl Daemon {
         daemon
     }
 
+    /// `serve --dev` with its data in `dir/data`, on a free loopback port;
+    /// ready once the socket and the port accept connections.
+    pub async fn dev(dir: &Path) -> Daemon {
+        let data = dir.join("data");
+        let port = free_port();
+        let args = [
+            "serve",
+            "--dev",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+        ];
+        let (socket, tcp) = (
+            Some(data.join("sealbroker.sock")),
+            Some(([127, 0, 0, 1], port).into()),
+        );
+        Daemon::start(&args, &[], &dir.join("log"), socket, tcp).await
+    }
+
     /// `serve --config FILE` with SoftHSM's config in the environment when given.
     pub async fn serve(config: &Path, softhsm: Option<&SoftHsmToken>, log: &Path) -> Daemon {
         let text = fs::read_to_string(config).unwrap();

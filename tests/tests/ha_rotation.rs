@@ -286,23 +286,7 @@ async fn rotation_keeps_old_blobs_moves_them_forward_and_retires_them() {
 #[tokio::test]
 async fn rotation_without_a_state_dir_says_how_to_enable_it() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let data = dir.path().join("data");
-    let daemon = Daemon::start(
-        &[
-            "serve",
-            "--dev",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--port",
-            &port.to_string(),
-        ],
-        &[],
-        &dir.path().join("log"),
-        Some(data.join("sealbroker.sock")),
-        None,
-    )
-    .await;
+    let daemon = Daemon::dev(dir.path()).await;
     let mut c = daemon.unix_client().await;
     let err = c
         .rotate_key(RotateKeyRequest {

@@ -93,23 +93,9 @@ async fn round_trip(
 #[tokio::test]
 async fn dev_profile_serves_software_key_on_socket_and_loopback_tcp() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let daemon = Daemon::dev(dir.path()).await;
     let data = dir.path().join("data");
-    let daemon = Daemon::start(
-        &[
-            "serve",
-            "--dev",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--port",
-            &port.to_string(),
-        ],
-        &[],
-        &dir.path().join("log"),
-        Some(data.join("sealbroker.sock")),
-        Some(([127, 0, 0, 1], port).into()),
-    )
-    .await;
+    let port = daemon.tcp.unwrap().port();
     let key_mode = fs::metadata(data.join("dev.key")).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&key_mode.permissions()) & 0o777,

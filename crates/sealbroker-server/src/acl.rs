@@ -136,9 +136,23 @@ impl Acls {
         }
     }
 
+    /// Succeeds when `caller` holds any grant on `key` (enough to describe
+    /// it). Denials read like [`check`](Self::check)'s, naming `admin`.
+    pub fn check_any(&self, caller: &Caller, key: &str) -> Result<(), Error> {
+        if matches!(caller, Caller::Internal(_)) {
+            return Ok(());
+        }
+        match self.keys.get(key) {
+            Some(acl) if acl.visible_to(caller) => Ok(()),
+            Some(_) => Err(denied(caller, Operation::Admin, key)),
+            None if self.open.contains(key) || !self.is_enforcing() => Ok(()),
+            None => Err(denied(caller, Operation::Admin, key)),
+        }
+    }
+
     /// Whether `caller` may see `key` at all (for listings).
     pub fn visible(&self, caller: &Caller, key: &str) -> bool {
-        matches!(caller, Caller::Internal(_)) || self.keys.get(key).is_none_or(|acl| acl.visible_to(caller))
+        self.check_any(caller, key).is_ok()
     }
 
     /// True when at least one key has an ACL.

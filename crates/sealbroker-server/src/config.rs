@@ -335,15 +335,12 @@ impl Config {
 
     /// Checks that need more than one field, and the profile's refusals.
     fn check(&self) -> Result<(), ConfigError> {
-        u32::from_str_radix(self.server.unix_socket_mode.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|mode| *mode <= 0o777)
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "server.unix_socket_mode",
-                    "must be an octal file mode such as \"0600\"",
-                )
-            })?;
+        parse_mode(&self.server.unix_socket_mode).ok_or_else(|| {
+            ConfigError::new(
+                "server.unix_socket_mode",
+                "must be an octal file mode such as \"0600\"",
+            )
+        })?;
         if let Some(tcp) = &self.server.tcp {
             match (&tcp.tls, tcp.plaintext) {
                 (Some(_), true) => {
@@ -572,7 +569,7 @@ impl Config {
     }
 
     pub fn unix_socket_mode(&self) -> u32 {
-        u32::from_str_radix(self.server.unix_socket_mode.trim_start_matches("0o"), 8).unwrap_or(0o600)
+        parse_mode(&self.server.unix_socket_mode).unwrap_or(0o600)
     }
 }
 

@@ -474,13 +474,12 @@ impl Broker {
         async {
             let started = Instant::now();
             let expected = (!key.is_empty()).then_some(key);
-            let result = match self.check_blob(caller, Operation::Unwrap, key, blob) {
-                Ok(()) => {
-                    self.bounded("unwrap", key, self.key_ring().unwrap(expected, blob, aad))
-                        .await
-                }
-                Err(denied) => Err(denied),
-            };
+            let result = async {
+                self.check_blob(caller, Operation::Unwrap, key, blob)?;
+                self.bounded("unwrap", key, self.key_ring().unwrap(expected, blob, aad))
+                    .await
+            }
+            .await;
             if let Ok(opened) = &result {
                 tracing::Span::current().record("key", opened.key_name.as_str());
             }
@@ -519,13 +518,12 @@ impl Broker {
         async {
             let started = Instant::now();
             let expected = (!key.is_empty()).then_some(key);
-            let result = match self.check_blob(caller, Operation::Rewrap, key, blob) {
-                Ok(()) => {
-                    self.bounded("rewrap", key, self.key_ring().rewrap(expected, blob, aad))
-                        .await
-                }
-                Err(denied) => Err(denied),
-            };
+            let result = async {
+                self.check_blob(caller, Operation::Rewrap, key, blob)?;
+                self.bounded("rewrap", key, self.key_ring().rewrap(expected, blob, aad))
+                    .await
+            }
+            .await;
             Self::log_outcome("rewrap", started, &result);
             let audited_key = result
                 .as_ref()
@@ -548,13 +546,7 @@ impl Broker {
     }
 
     pub fn get_key(&self, caller: &Caller, key: &str) -> Result<KeyInfo, Error> {
-        if !self.acls.visible(caller, key) || (self.acls.is_enforcing() && self.key_ring().get(key).is_err())
-        {
-            return self
-                .acls
-                .check(caller, Operation::Admin, key)
-                .and_then(|_| self.key_ring().describe(key));
-        }
+        self.acls.check_any(caller, key)?;
         self.key_ring().describe(key)
     }
 
