@@ -43,7 +43,7 @@ async fn transit_backend_round_trip_and_rotation_through_the_daemon() {
     );
     let opened = c
         .unwrap(UnwrapRequest {
-            blob: wrapped.blob,
+            blob: wrapped.blob.clone(),
             aad: b"a".to_vec(),
             key_name: String::new(),
         })
@@ -51,10 +51,64 @@ async fn transit_backend_round_trip_and_rotation_through_the_daemon() {
         .unwrap()
         .into_inner();
     assert_eq!(opened.plaintext, b"via transit");
-    assert!(
-        !daemon.logs().contains(&upstream.root_token),
-        "the upstream token reached the log"
+
+    // Broker rotation: a new broker version over a rotated upstream key,
+    // kept across a restart; Rewrap moves the old blob forward.
+    let rotated = c
+        .rotate_key(RotateKeyRequest {
+            key_name: "unseal".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(rotated.primary_version, 2);
+    assert_ne!(rotated.primary_key_id, wrapped.key_id);
+    let upstream_key = upstream.bao.must(
+        &["read", "-field=latest_version", "transit/keys/sealbroker"],
+        Some(&upstream.root_token),
     );
+    assert_eq!(
+        upstream_key.trim(),
+        "3",
+        "one upstream rotation by hand, one by the broker"
+    );
+    let logs = daemon.logs();
+    daemon.terminate();
+    let daemon = Daemon::serve(&config, None, &dir.path().join("d2.log")).await;
+    let mut c = daemon.unix_client().await;
+    let rewrapped = c
+        .rewrap(RewrapRequest {
+            blob: wrapped.blob.clone(),
+            aad: b"a".to_vec(),
+            key_name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (rewrapped.key_version, rewrapped.key_id.as_str()),
+        (2, rotated.primary_key_id.as_str())
+    );
+    for blob in [wrapped.blob, rewrapped.blob] {
+        let opened = c
+            .unwrap(UnwrapRequest {
+                blob,
+                aad: b"a".to_vec(),
+                key_name: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(opened.plaintext, b"via transit");
+    }
+    for log in [logs, daemon.logs()] {
+        assert!(
+            !log.contains(&upstream.root_token),
+            "the upstream token reached the log"
+        );
+    }
 
     // Hardened refuses a plaintext upstream, and says why.
     let hardened = dir.path().join("hardened.toml");

@@ -76,7 +76,7 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::KeyState;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, Sealed, SecretBytes};
+use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, NewVersion, Sealed, SecretBytes};
 use serde::Deserialize;
 
 pub use retry::RetryConfig;
@@ -686,6 +686,38 @@ impl Backend for AwsKmsKey {
             .plaintext
             .ok_or_else(|| BackendError::internal("AWS KMS Decrypt answered without a Plaintext"))?;
         Ok(SecretBytes::new(plaintext.into_inner()))
+    }
+
+    /// Rotates the key material on demand (`RotateKeyOnDemand`, needing
+    /// `kms:RotateKeyOnDemand` and `kms:DescribeKey`). The key id stays the
+    /// same, and KMS keeps every older backing key, so blobs under earlier
+    /// broker versions still open; new broker versions wrap under the new
+    /// material.
+    async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
+        let kms = &self.client.0.kms;
+        // On-demand rotation takes a key id or ARN, never an alias.
+        let described = self
+            .call("DescribeKey", &self.key_id, || {
+                kms.describe_key().key_id(&self.key_id).send()
+            })
+            .await?;
+        let arn = described
+            .key_metadata
+            .and_then(|meta| meta.arn)
+            .ok_or_else(|| BackendError::internal("AWS KMS DescribeKey answered without the key ARN"))?;
+        self.call("RotateKeyOnDemand", &arn, || {
+            kms.rotate_key_on_demand().key_id(&arn).send()
+        })
+        .await?;
+        tracing::info!(key = %arn, broker_version = version, "rotated the AWS KMS key material on demand");
+        Ok(NewVersion {
+            backend: Arc::new(AwsKmsKey {
+                client: self.client.clone(),
+                key_id: self.key_id.clone(),
+                identity: self.identity.clone(),
+            }),
+            settings: Default::default(),
+        })
     }
 
     /// Describes the key first, so a disabled or misconfigured key is named

@@ -153,6 +153,51 @@ async fn kms_managed_rotation_keeps_old_blobs_open() {
 }
 
 #[tokio::test]
+async fn create_version_rotates_on_demand_through_an_alias() {
+    let moto = Moto::start();
+    let creds = credentials();
+    let client = client(&moto.endpoint(), &creds).await;
+    let arn = create_key(&client).await;
+    client
+        .sdk()
+        .create_alias()
+        .alias_name("alias/unseal")
+        .target_key_id(&arn)
+        .send()
+        .await
+        .unwrap();
+    let key = key(&client, "alias/unseal");
+    let before = key.encrypt(DEK, b"aad").await.unwrap();
+
+    let created = key.create_version(2).await.unwrap();
+    assert!(created.settings.is_empty(), "{:?}", created.settings);
+    let rotations = client
+        .sdk()
+        .list_key_rotations()
+        .key_id(&arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        rotations.rotations().len(),
+        1,
+        "one on-demand rotation of the aliased key"
+    );
+
+    let after = created.backend.encrypt(DEK, b"aad").await.unwrap();
+    assert_eq!(after.metadata[METADATA_KEY_ARN], arn);
+    assert_eq!(
+        created.backend.decrypt(&before, b"aad").await.unwrap().expose(),
+        DEK
+    );
+    assert_eq!(key.decrypt(&after, b"aad").await.unwrap().expose(), DEK);
+
+    let missing = self::key(&client, "alias/nothing-here");
+    let err = missing.create_version(2).await.err().unwrap();
+    assert_eq!(err.kind, BackendErrorKind::KeyNotFound, "{err}");
+}
+
+#[tokio::test]
 async fn a_blob_naming_another_key_is_refused_before_any_call() {
     let moto = Moto::start();
     let creds = credentials();

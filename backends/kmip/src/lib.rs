@@ -30,11 +30,11 @@ pub mod ttlv;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ring::rand::{SecureRandom, SystemRandom};
-use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, Sealed, SecretBytes};
+use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, NewVersion, Sealed, SecretBytes};
 use serde::Deserialize;
 
 use crate::error::CallError;
@@ -401,6 +401,31 @@ impl Backend for KmipKey {
         self.identity.clone()
     }
 
+    /// Creates and activates a new AES-256 key on the same server, named
+    /// after this one with a `-v<version>` suffix, and selects it by id.
+    async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
+        let base = match &self.selector {
+            KeySelector::Name(name) => name.clone(),
+            KeySelector::Id(id) => format!("sealbroker-{id}"),
+        };
+        let name = format!("{base}-v{version}");
+        let unique_id = create_key_on(&self.pool, &name).await?;
+        let config = KeyConfig {
+            kms_key_id: Some(unique_id.clone()),
+            key_name: None,
+            encrypt_alg: self.alg,
+        };
+        let key =
+            KmipKey::new(self.pool.clone(), &config).map_err(|e| BackendError::internal(e.to_string()))?;
+        Ok(NewVersion {
+            backend: Arc::new(key),
+            settings: BTreeMap::from([
+                ("kms_key_id".to_owned(), unique_id),
+                ("key_name".to_owned(), String::new()),
+            ]),
+        })
+    }
+
     async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {
         let unique_id = self.usable_key(Purpose::Encrypt).await?;
         let cipher = self.alg.cipher();
@@ -546,15 +571,19 @@ impl Backend for KmipKey {
 /// and tests; production keys come from the KMS's own tooling. Refuses when
 /// an object with that name exists.
 pub async fn create_key(backend: &BackendConfig, name: &str) -> Result<String, BackendError> {
+    let pool = backend
+        .pool()
+        .map_err(|e| BackendError::new(BackendErrorKind::InvalidInput, e.to_string()))?;
+    create_key_on(&pool, name).await
+}
+
+async fn create_key_on(pool: &KmipPool, name: &str) -> Result<String, BackendError> {
     if name.is_empty() {
         return Err(BackendError::new(
             BackendErrorKind::InvalidInput,
             "the key name is empty",
         ));
     }
-    let pool = backend
-        .pool()
-        .map_err(|e| BackendError::new(BackendErrorKind::InvalidInput, e.to_string()))?;
     let endpoint = pool.endpoint().to_owned();
     let existing = pool.locate(name).await?;
     if !existing.is_empty() {

@@ -351,6 +351,43 @@ async fn aes_cbc_pad_round_trip_through_the_broker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_version_makes_a_new_named_key_and_old_blobs_still_open() {
+    let fx = Fixture::start();
+    let config = fx.backend("client");
+    let first = create_key(&config, "unseal").await.unwrap();
+    let pool = config.pool().unwrap();
+    let v1: Arc<dyn Backend> = Arc::new(
+        KmipKey::new(
+            pool.clone(),
+            &KeyConfig {
+                kms_key_id: None,
+                key_name: Some("unseal".into()),
+                encrypt_alg: EncryptAlg::AesCbcPad,
+            },
+        )
+        .unwrap(),
+    );
+    let old = v1.encrypt(&DEK, b"aad").await.unwrap();
+
+    let created = v1.create_version(2).await.unwrap();
+    let second = created.settings["kms_key_id"].clone();
+    assert_ne!(second, first);
+    assert_eq!(created.settings["key_name"], "", "the name selector is dropped");
+    assert_eq!(pool.locate("unseal-v2").await.unwrap(), vec![second.clone()]);
+    assert_ne!(created.backend.key_identity(), v1.key_identity());
+
+    let new = created.backend.encrypt(&DEK, b"aad").await.unwrap();
+    assert_eq!(new.metadata[METADATA_UNIQUE_ID], second);
+    assert_eq!(created.backend.decrypt(&new, b"aad").await.unwrap().expose(), DEK);
+    assert_eq!(v1.decrypt(&old, b"aad").await.unwrap().expose(), DEK);
+
+    // The same version twice would collide on the name: refused, not duplicated.
+    let err = v1.create_version(2).await.err().unwrap();
+    assert_eq!(err.kind, BackendErrorKind::InvalidInput, "{err}");
+    assert!(err.message.contains("unseal-v2"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_a_bounded_pool() {
     let fx = Fixture::start();
     let config = fx.backend("client");

@@ -27,6 +27,9 @@
 //! path "transit/decrypt/KEY" { capabilities = ["update"] }
 //! path "transit/keys/KEY"    { capabilities = ["read"] }
 //! ```
+//!
+//! `sealbroker keys rotate` also needs
+//! `path "transit/keys/KEY/rotate" { capabilities = ["update"] }`.
 
 pub mod batch;
 pub mod client;
@@ -41,7 +44,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use reqwest::{Method, StatusCode};
-use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, Sealed, SecretBytes};
+use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, NewVersion, Sealed, SecretBytes};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -729,6 +732,54 @@ impl Backend for TransitKey {
             Some(batcher) => batcher.submit(item).await,
             None => one(self.shared.clone().encrypt_many(vec![item]).await),
         }
+    }
+
+    /// Rotates the upstream transit key (`POST <mount>/keys/<name>/rotate`)
+    /// and serves the new broker version from it. Upstream versions are not
+    /// pinned: every broker version decrypts any upstream version, and the
+    /// broker's own `min_decryption_version` retires old blobs.
+    async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
+        let before = self.shared.refresh_info().await?;
+        let what = self.shared.what("rotate");
+        let path = format!("{}/rotate", self.shared.keys_path);
+        let reply = self
+            .shared
+            .client
+            .execute(Call {
+                method: Method::POST,
+                path: &path,
+                what: &what,
+                body: None,
+            })
+            .await?;
+        if !reply.status.is_success() {
+            return Err(self
+                .shared
+                .client
+                .status_error(reply.status, &reply.errors(), &what, false));
+        }
+        let after = self.shared.refresh_info().await?;
+        tracing::info!(
+            address = %self.shared.client.address,
+            key = %self.shared.name,
+            broker_version = version,
+            from = before.latest_version,
+            to = after.latest_version,
+            "rotated the upstream transit key"
+        );
+        let key = TransitKey::new(
+            TransitClient {
+                inner: self.shared.client.clone(),
+            },
+            &KeyConfig {
+                key_name: self.shared.name.clone(),
+            },
+        )
+        .map_err(|e| BackendError::internal(e.to_string()))?;
+        Ok(NewVersion {
+            backend: Arc::new(key),
+            settings: Default::default(),
+        })
     }
 
     async fn decrypt(&self, sealed: &Sealed, aad: &[u8]) -> Result<SecretBytes, BackendError> {

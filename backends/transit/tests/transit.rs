@@ -136,6 +136,28 @@ async fn upstream_rotation_keeps_old_blobs_and_rewrap_moves_them_to_the_new_vers
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_version_rotates_the_upstream_key_and_needs_the_rotate_capability() {
+    let (bao, _token, limited) = server_with_key("k", &[]);
+    let (_, key) = transit_key(&bao.backend_config(&limited, ""), "k");
+    let old = key.encrypt(DEK, b"aad").await.unwrap();
+
+    let err = key.create_version(2).await.err().unwrap();
+    assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
+    assert!(err.message.contains("rotate"), "{err}");
+    assert_eq!(key.upstream_key().await.unwrap().latest_version, 1);
+
+    let root = bao.token_file(&bao.root);
+    let (_, key) = transit_key(&bao.backend_config(&root, ""), "k");
+    let created = key.create_version(2).await.unwrap();
+    assert!(created.settings.is_empty(), "{:?}", created.settings);
+    assert_eq!(key.upstream_key().await.unwrap().latest_version, 2);
+    let new = created.backend.encrypt(DEK, b"aad").await.unwrap();
+    assert_eq!(version_of(&new), "2");
+    assert_eq!(created.backend.decrypt(&old, b"aad").await.unwrap().expose(), DEK);
+    assert_eq!(key.decrypt(&new, b"aad").await.unwrap().expose(), DEK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raised_min_decryption_version_retires_old_blobs_with_a_clear_error() {
     let (bao, _token, file) = server_with_key("k", &[]);
     let (_, key) = transit_key(&bao.backend_config(&file, ""), "k");
