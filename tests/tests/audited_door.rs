@@ -368,3 +368,120 @@ fn hardened_refuses_keys_without_an_acl() {
         "{stderr}"
     );
 }
+
+/// A stand-in AWS KMS endpoint that answers every request as an Encrypt,
+/// except that it throttles while `throttle` (decremented per request) is
+/// above zero. Returns its address.
+fn throttling_kms(throttle: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> String {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    const ARN: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            let body_complete = |request: &[u8]| {
+                let end = request.windows(4).position(|w| w == b"\r\n\r\n")?;
+                let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                (request.len() >= end + 4 + length).then_some(())
+            };
+            while body_complete(&request).is_none() {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => request.extend_from_slice(&buf[..read]),
+                }
+            }
+            let throttled = throttle
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            let (status, body) = if throttled {
+                (
+                    400,
+                    r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#.to_owned(),
+                )
+            } else {
+                (
+                    200,
+                    format!(
+                        r#"{{"CiphertextBlob":"AAECAw==","KeyId":"{ARN}","EncryptionAlgorithm":"SYMMETRIC_DEFAULT"}}"#
+                    ),
+                )
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_retries_are_counted_per_backend_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let throttle = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let endpoint = throttling_kms(throttle.clone());
+    let creds = dir.path().join("aws-credentials");
+    fs::write(
+        &creds,
+        "[default]\naws_access_key_id = AKIDTHROTTLETEST\naws_secret_access_key = throttle-secret-9921\n",
+    )
+    .unwrap();
+    let metrics_port = free_port();
+    let text = format!(
+        "profile = \"development\"\n[server]\nunix_socket = \"{}\"\n[server.metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+         [backends.aws]\ntype = \"awskms\"\nregion = \"eu-west-1\"\nendpoint = \"{endpoint}\"\ncredentials_file = \"{}\"\n\
+         max_in_flight = 4\n\
+         [backends.aws.retry]\nmax_retries = 4\ninitial_backoff_ms = 1\nmax_backoff_ms = 5\n\
+         [keys.cloud]\nbackend = \"aws\"\nkey_id = \"arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab\"\n",
+        dir.path().join("sb.sock").display(),
+        creds.display(),
+    );
+    let config = dir.path().join("sealbroker.toml");
+    fs::write(&config, text).unwrap();
+    let daemon = Daemon::serve(&config, None, &dir.path().join("d.log")).await;
+    let addr: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+    let counted = |samples: &[String]| {
+        let name = "sealbroker_backend_throttling_retries_total{backend=aws}";
+        if samples.iter().any(|s| s.starts_with(name)) {
+            sample(samples, name)
+        } else {
+            0.0
+        }
+    };
+    let before = counted(&metrics(addr));
+    assert_eq!(before, 0.0);
+    throttle.store(3, std::sync::atomic::Ordering::SeqCst);
+
+    let mut c = daemon.unix_client().await;
+    let wrapped = c
+        .wrap(WrapRequest {
+            key_name: "cloud".into(),
+            plaintext: b"throttled but sealed".to_vec(),
+            aad: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!wrapped.blob.is_empty());
+    assert_eq!(
+        counted(&metrics(addr)),
+        3.0,
+        "three throttled answers, each retried"
+    );
+    let logs = daemon.logs();
+    assert!(
+        !logs.contains("throttle-secret-9921"),
+        "the AWS secret key reached the log"
+    );
+}

@@ -62,6 +62,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -205,6 +206,7 @@ struct ClientInner {
     region: String,
     endpoint: String,
     retry: RetryConfig,
+    throttling_retries: AtomicU64,
 }
 
 /// A configured KMS client for one `[backends.NAME]`, shared by its keys.
@@ -285,6 +287,7 @@ pub async fn connect(backend: &BackendConfig) -> Result<KmsClient, ConfigError> 
         region,
         endpoint,
         retry: backend.retry,
+        throttling_retries: AtomicU64::new(0),
     })))
 }
 
@@ -448,10 +451,17 @@ impl AwsKmsKey {
     {
         let retry = self.client.0.retry;
         let result = retry
-            .run(|| {
-                let fut = op();
-                async move { fut.await.map_err(|e| classify(&e)) }
-            })
+            .run(
+                || {
+                    let fut = op();
+                    async move { fut.await.map_err(|e| classify(&e)) }
+                },
+                |failure| {
+                    if failure.kind == BackendErrorKind::Throttled {
+                        self.client.0.throttling_retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            )
             .await;
         match result {
             Ok(value) => Ok(value),
@@ -629,6 +639,10 @@ impl Backend for AwsKmsKey {
 
     fn key_identity(&self) -> String {
         self.identity.clone()
+    }
+
+    fn throttling_retries(&self) -> u64 {
+        self.client.0.throttling_retries.load(Ordering::Relaxed)
     }
 
     async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {

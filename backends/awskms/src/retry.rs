@@ -68,8 +68,9 @@ impl RetryConfig {
     }
 
     /// Runs `op` until it succeeds, fails fatally, or the retries run out; the
-    /// last error is returned as it was.
-    pub(crate) async fn run<T, E, F, Fut>(&self, mut op: F) -> Result<T, E>
+    /// last error is returned as it was. `on_retry` sees each error that is
+    /// about to be retried.
+    pub(crate) async fn run<T, E, F, Fut>(&self, mut op: F, on_retry: impl Fn(&E)) -> Result<T, E>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Attempt<E>>>,
@@ -83,6 +84,7 @@ impl RetryConfig {
                     if retry >= self.max_retries {
                         return Err(error);
                     }
+                    on_retry(&error);
                     let wait = self.backoff(retry, retry_after);
                     tracing::debug!(retry, wait_ms = wait.as_millis() as u64, "retrying KMS call");
                     tokio::time::sleep(wait).await;
@@ -161,19 +163,28 @@ mod tests {
             max_backoff_ms: 1,
         };
         let mut calls = 0;
+        let retried = std::cell::RefCell::new(Vec::new());
         let result: Result<(), u32> = config
-            .run(|| {
-                calls += 1;
-                let n = calls;
-                async move {
-                    Err(Attempt::Retryable {
-                        error: n,
-                        retry_after: None,
-                    })
-                }
-            })
+            .run(
+                || {
+                    calls += 1;
+                    let n = calls;
+                    async move {
+                        Err(Attempt::Retryable {
+                            error: n,
+                            retry_after: None,
+                        })
+                    }
+                },
+                |e| retried.borrow_mut().push(*e),
+            )
             .await;
         assert_eq!(result, Err(3));
         assert_eq!(calls, 3);
+        assert_eq!(
+            retried.into_inner(),
+            vec![1, 2],
+            "the last error is returned, not retried"
+        );
     }
 }

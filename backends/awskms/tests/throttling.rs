@@ -109,9 +109,11 @@ async fn throttling_is_retried_then_succeeds() {
     let creds = credentials();
     let client = client(&endpoint, &creds).await;
     let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    assert_eq!(key.throttling_retries(), 0);
     let sealed = key.encrypt(&[7; 32], b"aad").await.unwrap();
     assert_eq!(sealed.metadata[METADATA_KEY_ARN], ARN);
     assert_eq!(count.load(Ordering::SeqCst), 3);
+    assert_eq!(key.throttling_retries(), 2, "two throttled answers were retried");
 }
 
 #[tokio::test]

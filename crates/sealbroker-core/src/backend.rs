@@ -67,6 +67,13 @@ pub trait Backend: Send + Sync + 'static {
         ))
     }
 
+    /// How many times this backend has retried a call because the service
+    /// throttled it, since start (cumulative; keys sharing one client may
+    /// report the same count). Exported as a metric.
+    fn throttling_retries(&self) -> u64 {
+        0
+    }
+
     /// A real round trip through the key: proves the device or service and the
     /// key are usable right now.
     async fn health(&self) -> Result<(), BackendError> {

@@ -9,6 +9,7 @@ pub mod caller;
 pub mod client;
 pub mod config;
 pub mod grpc;
+pub mod inflight;
 pub mod keystate;
 pub mod kmsv2;
 pub mod listen;

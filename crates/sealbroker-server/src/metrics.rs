@@ -61,6 +61,12 @@ pub struct Metrics {
     health_probes: Family<BackendLabels, Counter>,
     in_flight: Gauge<i64, AtomicI64>,
     security_risk: Gauge<i64, AtomicI64>,
+    throttling_retries: Family<BackendNameLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendNameLabels {
+    backend: String,
 }
 
 impl Metrics {
@@ -97,8 +103,15 @@ impl Metrics {
             "1 under the Development profile: not a production root of trust",
             risk.clone(),
         );
+        let throttling_retries = Family::<BackendNameLabels, Counter>::default();
+        registry.register(
+            "backend_throttling_retries",
+            "Calls a backend retried because its service throttled them",
+            throttling_retries.clone(),
+        );
         Metrics {
             registry,
+            throttling_retries,
             operations,
             latency,
             backend_up,
@@ -154,6 +167,18 @@ impl Metrics {
             .set(i64::from(up));
     }
 
+    /// Brings a backend's throttling-retry counter up to `total`, the
+    /// cumulative count the backend itself keeps.
+    pub fn sync_throttling_retries(&self, backend: &str, total: u64) {
+        let counter = self.throttling_retries.get_or_create(&BackendNameLabels {
+            backend: backend.into(),
+        });
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+    }
+
     pub fn security_risk(&self) -> bool {
         self.security_risk.get() == 1
     }
@@ -167,7 +192,24 @@ impl Metrics {
 }
 
 async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
-    let body = broker.metrics().map(|m| m.encode()).unwrap_or_default();
+    let body = match broker.metrics() {
+        Some(metrics) => {
+            // Backends count their own retries; read them at scrape time. Keys
+            // on one backend share its client, so take the largest count.
+            let mut totals = std::collections::BTreeMap::<String, u64>::new();
+            for key in broker.key_ring().keys() {
+                for member in key.versions().flat_map(|v| &v.members) {
+                    let total = totals.entry(member.backend_name.clone()).or_default();
+                    *total = (*total).max(member.backend.throttling_retries());
+                }
+            }
+            for (backend, total) in totals {
+                metrics.sync_throttling_retries(&backend, total);
+            }
+            metrics.encode()
+        }
+        None => String::new(),
+    };
     (
         [(
             header::CONTENT_TYPE,

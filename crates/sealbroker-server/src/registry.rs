@@ -5,10 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sealbroker_core::{Backend, KeyRing, KeyVersion, LogicalKey, WrapPolicy};
 
 use crate::config::{Config, ConfigError, Profile};
+use crate::inflight::InFlightSlots;
 use crate::keystate::{KeyState, KeyStateFile};
 
 /// Makes backend keys for one configured backend.
@@ -85,7 +87,21 @@ impl BackendRegistry {
             }
             let mut table = table.clone();
             table.remove("type");
-            factories.insert(name.as_str(), (kind.open)(&table, &path, config.profile)?);
+            let limit = in_flight_limit(&mut table, &path)?;
+            let factory = (kind.open)(&table, &path, config.profile)?;
+            let factory = match limit {
+                None => factory,
+                Some(max) => {
+                    // Half the request timeout waiting for a slot leaves the
+                    // other half for the operation itself.
+                    let queue = Duration::from_millis(config.limits.request_timeout_secs * 500);
+                    let slots = InFlightSlots::new(name, max, queue);
+                    Box::new(move |settings: &toml::Table, path: &str| {
+                        Ok(slots.wrap(factory(settings, path)?))
+                    })
+                }
+            };
+            factories.insert(name.as_str(), factory);
         }
 
         let mut keys = Vec::new();
@@ -93,6 +109,18 @@ impl BackendRegistry {
             keys.push(build_key(name, table, state.keys.get(name), &factories)?);
         }
         Ok(KeyRing::new(keys))
+    }
+}
+
+/// Takes the generic `max_in_flight` setting out of a backend table.
+fn in_flight_limit(table: &mut toml::Table, path: &str) -> Result<Option<usize>, ConfigError> {
+    match table.remove("max_in_flight") {
+        None => Ok(None),
+        Some(toml::Value::Integer(n)) if (1..=1_000_000).contains(&n) => Ok(Some(n as usize)),
+        Some(_) => Err(ConfigError::new(
+            format!("{path}.max_in_flight"),
+            "must be a whole number from 1 (operations at once on this backend)",
+        )),
     }
 }
 
@@ -322,4 +350,84 @@ fn build_member(
         settings.remove(*field);
     }
     Ok((backend_name, factory(&settings, path)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use sealbroker_core::{BackendError, Sealed, SecretBytes};
+
+    use super::*;
+
+    static NOW: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+    /// Seals by echoing after a pause, recording the most calls at once.
+    struct Slow;
+
+    #[async_trait]
+    impl Backend for Slow {
+        fn kind(&self) -> &'static str {
+            "slow"
+        }
+        fn key_identity(&self) -> String {
+            "slow".into()
+        }
+        async fn encrypt(&self, secret: &[u8], _aad: &[u8]) -> Result<Sealed, BackendError> {
+            PEAK.fetch_max(NOW.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            NOW.fetch_sub(1, Ordering::SeqCst);
+            Ok(Sealed {
+                ciphertext: secret.to_vec(),
+                ..Default::default()
+            })
+        }
+        async fn decrypt(&self, sealed: &Sealed, _aad: &[u8]) -> Result<SecretBytes, BackendError> {
+            Ok(SecretBytes::copy_from(&sealed.ciphertext))
+        }
+    }
+
+    fn registry() -> BackendRegistry {
+        BackendRegistry::default().with(BackendKind {
+            name: "slow",
+            development_only: false,
+            open: |_, _, _| Ok(Box::new(|_, _| Ok(Arc::new(Slow) as Arc<dyn Backend>))),
+        })
+    }
+
+    fn config(limit: &str) -> Config {
+        Config::parse(&format!(
+            "profile = \"development\"\n[server]\nunix_socket = \"/tmp/x.sock\"\n\
+             [backends.hsm]\ntype = \"slow\"\n{limit}\n\
+             [keys.a]\nbackend = \"hsm\"\n[keys.b]\nbackend = \"hsm\"\n"
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn max_in_flight_bounds_every_key_of_the_backend_together() {
+        let ring = Arc::new(registry().build_keyring(&config("max_in_flight = 2")).unwrap());
+        let calls: Vec<_> = (0..10)
+            .map(|i| {
+                let ring = ring.clone();
+                let key = if i % 2 == 0 { "a" } else { "b" };
+                tokio::spawn(async move { ring.wrap(key, b"secret", b"").await.map(|_| ()) })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        assert_eq!(PEAK.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn max_in_flight_must_be_a_positive_number_and_names_its_path() {
+        for bad in ["max_in_flight = 0", "max_in_flight = \"4\"", "max_in_flight = -1"] {
+            let err = registry().build_keyring(&config(bad)).err().unwrap();
+            assert_eq!(err.path, "backends.hsm.max_in_flight", "{bad}");
+            assert!(err.message.contains("whole number"), "{err:?}");
+        }
+    }
 }
