@@ -32,4 +32,11 @@ fi
 
 echo "timing: peers+build $((built - started))s, until tests $(( $(date +%s) - started ))s" >&2
 echo "== test" >&2
+# Every log and audit trail the e2e tests produce is kept here and swept for
+# the secrets they used (tests/sweep-secrets.sh).
+export SEALBROKER_SWEEP_DIR="$PWD/target/secret-sweep/$(date +%Y%m%d-%H%M%S)-$$"
 cargo nextest run --workspace --locked --profile "${NEXTEST_PROFILE:-default}" "$@"
+if [ $# -eq 0 ]; then
+  echo "== secret sweep" >&2
+  bash tests/sweep-secrets.sh "$SEALBROKER_SWEEP_DIR"
+fi

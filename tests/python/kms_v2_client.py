@@ -1,7 +1,9 @@
 """Drives sealbroker's Kubernetes KMS v2 socket the way kube-apiserver does,
 with stubs generated at run time from proto/k8s/kms/v2/api.proto.
 
-usage: kms_v2_client.py KMS_SOCKET SEALBROKER_BIN ADMIN_SOCKET KEY_NAME
+usage: kms_v2_client.py KMS_SOCKET SEALBROKER_BIN ADMIN_SOCKET KEY_NAME [MODE]
+MODE "full" (default) runs kube-apiserver's pattern; "wrap-only" expects this
+caller to be granted wrap but not unwrap on the key.
 Exits non-zero on the first failed expectation.
 """
 import re
@@ -14,6 +16,7 @@ import grpc
 from grpc_tools import protoc
 
 kms_socket, sealbroker, admin_socket, key_name = sys.argv[1:5]
+mode = sys.argv[5] if len(sys.argv) > 5 else "full"
 root = Path(__file__).resolve().parents[2]
 out = tempfile.mkdtemp()
 rc = protoc.main(["protoc", f"-I{root / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}",
@@ -36,6 +39,21 @@ def check(cond, what):
         sys.exit(1)
     passed += 1
 
+
+if mode == "wrap-only":
+    seed = bytes(range(32))
+    enc = stub.Encrypt(pb.EncryptRequest(plaintext=seed, uid="acl-1"))
+    check(len(enc.ciphertext) > 0, "a caller granted wrap can Encrypt")
+    try:
+        stub.Decrypt(pb.DecryptRequest(ciphertext=enc.ciphertext, uid="acl-2", key_id=enc.key_id,
+                                         annotations=enc.annotations))
+        check(False, "a caller without unwrap cannot Decrypt")
+    except grpc.RpcError as e:
+        check(e.code() == grpc.StatusCode.PERMISSION_DENIED, f"Decrypt -> PERMISSION_DENIED, got {e.code()}")
+        check("unwrap" in e.details() and key_name in e.details(),
+              f"the refusal names the operation and key, got {e.details()!r}")
+    print(f"{passed} passed, 0 failed")
+    sys.exit(0)
 
 # kube-apiserver polls Status first.
 status = stub.Status(pb.StatusRequest())

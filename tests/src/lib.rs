@@ -37,6 +37,56 @@ pub fn sealbroker_bin() -> PathBuf {
     path
 }
 
+/// The whole-run secret sweep: tests/run.sh sets `$SEALBROKER_SWEEP_DIR`,
+/// every daemon and OpenBao log (and audit trail) is copied there when its
+/// process stops, and every secret a test hands a peer is listed in
+/// `secrets.txt` there; after the run, tests/sweep-secrets.sh greps all of
+/// it. Without the variable both do nothing.
+pub mod sweep {
+    use std::fs;
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn dir() -> Option<PathBuf> {
+        let dir = PathBuf::from(std::env::var_os("SEALBROKER_SWEEP_DIR")?);
+        fs::create_dir_all(&dir).ok()?;
+        Some(dir)
+    }
+
+    /// Lists `secret` (a PIN, a token, a plaintext) for the final grep.
+    pub fn secret(secret: &str) {
+        if let Some(dir) = dir()
+            && let Ok(mut file) = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("secrets.txt"))
+        {
+            let _ = writeln!(file, "{secret}");
+        }
+    }
+
+    /// Copies `log`, plus the audit trails and logs beside it, into the sweep.
+    pub fn keep(log: &Path) {
+        static COPIES: AtomicU32 = AtomicU32::new(0);
+        let Some(dir) = dir() else { return };
+        // `bao server -dev` prints its own root token at start by design.
+        let by_design = |p: &Path| p.file_name().is_some_and(|n| n == "bao-dev.log");
+        let mut files = vec![log.to_owned()];
+        if let Some(Ok(entries)) = log.parent().map(fs::read_dir) {
+            files.extend(entries.flatten().map(|e| e.path()).filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                p != log && (name.ends_with(".log") || name.ends_with(".jsonl") || name.contains("audit"))
+            }));
+        }
+        for file in files.iter().filter(|f| f.is_file() && !by_design(f)) {
+            let n = COPIES.fetch_add(1, Ordering::Relaxed);
+            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("log");
+            let _ = fs::copy(file, dir.join(format!("{}-{n}-{name}", std::process::id())));
+        }
+    }
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -71,6 +121,7 @@ impl SoftHsmToken {
             "make-token.sh failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        sweep::secret(pin);
         SoftHsmToken {
             dir: dir.to_owned(),
             conf: dir.join("softhsm2.conf"),
@@ -303,6 +354,7 @@ impl Daemon {
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();
+        let _keep = KeepOnExit(&self.log);
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
@@ -325,7 +377,17 @@ impl Drop for Daemon {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            sweep::keep(&self.log);
         }
+    }
+}
+
+/// Hands a log to the sweep when dropped, whichever way the caller returns.
+struct KeepOnExit<'a>(&'a Path);
+
+impl Drop for KeepOnExit<'_> {
+    fn drop(&mut self) {
+        sweep::keep(self.0);
     }
 }
 

@@ -218,7 +218,12 @@ impl OpenBao {
             None,
         );
         let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-        json["root_token"].as_str().unwrap().to_owned()
+        for recovery_key in json["recovery_keys_b64"].as_array().into_iter().flatten() {
+            crate::sweep::secret(recovery_key.as_str().unwrap_or_default());
+        }
+        let root = json["root_token"].as_str().unwrap().to_owned();
+        crate::sweep::secret(&root);
+        root
     }
 
     /// `operator init` with Shamir: returns (unseal key, root token).
@@ -234,14 +239,18 @@ impl OpenBao {
             None,
         );
         let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-        (
+        let keys = (
             json["unseal_keys_b64"][0].as_str().unwrap().to_owned(),
             json["root_token"].as_str().unwrap().to_owned(),
-        )
+        );
+        crate::sweep::secret(&keys.0);
+        crate::sweep::secret(&keys.1);
+        keys
     }
 
     /// Enables KV v2 at `kv/` and writes `kv/app password=<value>`.
     pub fn write_secret(&self, token: &str, value: &str) {
+        crate::sweep::secret(value);
         self.must(&["secrets", "enable", "-path=kv", "kv-v2"], Some(token));
         self.must(
             &["kv", "put", "kv/app", &format!("password={value}")],
@@ -262,6 +271,7 @@ impl OpenBao {
 
     fn stop_inner(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _keep = crate::KeepOnExit(&self.log);
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
@@ -315,6 +325,7 @@ impl DevServer {
         };
         bao.wait_api();
         bao.wait_unsealed(Duration::from_secs(20));
+        crate::sweep::secret(&root_token);
         DevServer { bao, root_token }
     }
 

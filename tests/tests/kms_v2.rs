@@ -51,3 +51,45 @@ async fn kube_apiserver_pattern_status_encrypt_rotate_decrypt() {
     assert!(daemon.terminate().success());
     assert!(!kms_socket.exists(), "the KMS socket must be removed on shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_v2_door_enforces_the_key_acl_per_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "k8s", "k8s-secrets", "kms-pin-8813");
+    let kms_socket = dir.path().join("kms.sock");
+    let admin_socket = dir.path().join("sb.sock");
+    let text = format!(
+        "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n\
+         [server.kms_v2]\nsocket = \"{}\"\nkey_name = \"k8s\"\n{}\n[keys.k8s]\nbackend = \"hsm\"\nkey_label = \"k8s-secrets\"\n\
+         allow = {{ wrap = [\"uid:{}\"], unwrap = [\"uid:4242\"] }}\n",
+        admin_socket.display(),
+        kms_socket.display(),
+        token.backend_toml("hsm"),
+        current_uid(),
+    );
+    let config = dir.path().join("sealbroker.toml");
+    fs::write(&config, text).unwrap();
+    let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("daemon.log")).await;
+    let out = Command::new(peers_python())
+        .arg(repo_root().join("tests/python/kms_v2_client.py"))
+        .args([
+            kms_socket.as_os_str(),
+            sealbroker_bin().as_os_str(),
+            admin_socket.as_os_str(),
+        ])
+        .args(["k8s", "wrap-only"])
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{report}\n--- daemon ---\n{}",
+        daemon.logs()
+    );
+    assert!(report.contains("3 passed, 0 failed"), "{report}");
+    assert!(daemon.terminate().success());
+}
