@@ -15,10 +15,26 @@ trait HaConfig {
     fn config(&self, dir: &Path) -> PathBuf;
 }
 
+/// The metrics listener of the HA config in `dir`, fixed per directory.
+fn metrics_addr(dir: &Path) -> std::net::SocketAddr {
+    let file = dir.join("metrics-port");
+    let port = fs::read_to_string(&file)
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| {
+            let port = free_port();
+            fs::write(&file, port.to_string()).unwrap();
+            port
+        });
+    ([127, 0, 0, 1], port).into()
+}
+
 impl HaConfig for TwoTokens {
     fn config(&self, dir: &Path) -> PathBuf {
         let text = format!(
-            "profile = \"hardened\"\n[server]\nunix_socket = \"{sock}\"\nstate_dir = \"{state}\"\n{backends}\n[keys.unseal]\n{members}\n",
+            "profile = \"hardened\"\n[server]\nunix_socket = \"{sock}\"\nstate_dir = \"{state}\"\n\
+             [server.metrics]\nlisten = \"{metrics}\"\n{backends}\n[keys.unseal]\n{members}\n",
+            metrics = metrics_addr(dir),
             sock = dir.join("sb.sock").display(),
             state = dir.join("state").display(),
             backends = self.backends_toml(),
@@ -91,6 +107,12 @@ async fn ha_key_ring_survives_a_lost_member_and_rewrap_repairs_the_blob() {
     assert!(
         daemon.logs().contains("wrap is degraded"),
         "degraded wrap not logged"
+    );
+    let (status, metrics) = http_get(metrics_addr(dir.path()), "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("sealbroker_degraded_wraps_total{key=\"unseal\",backend=\"b\"} 1"),
+        "{metrics}"
     );
     assert!(daemon.terminate().success());
 

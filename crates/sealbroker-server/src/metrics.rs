@@ -62,6 +62,7 @@ pub struct Metrics {
     in_flight: Gauge<i64, AtomicI64>,
     security_risk: Gauge<i64, AtomicI64>,
     throttling_retries: Family<BackendNameLabels, Counter>,
+    degraded_wraps: Family<BackendLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,9 +110,16 @@ impl Metrics {
             "Calls a backend retried because its service throttled them",
             throttling_retries.clone(),
         );
+        let degraded_wraps = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "degraded_wraps",
+            "Blobs sealed without a key ring member (backend); Rewrap repairs them",
+            degraded_wraps.clone(),
+        );
         Metrics {
             registry,
             throttling_retries,
+            degraded_wraps,
             operations,
             latency,
             backend_up,
@@ -165,6 +173,16 @@ impl Metrics {
                 backend: backend.into(),
             })
             .set(i64::from(up));
+    }
+
+    /// Counts a blob of `key` sealed without member `backend`.
+    pub fn degraded_wrap(&self, key: &str, backend: &str) {
+        self.degraded_wraps
+            .get_or_create(&BackendLabels {
+                key: key.into(),
+                backend: backend.into(),
+            })
+            .inc();
     }
 
     /// Brings a backend's throttling-retry counter up to `total`, the

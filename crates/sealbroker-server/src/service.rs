@@ -442,19 +442,25 @@ impl Broker {
                         limit: self.limits.max_plaintext_bytes,
                     });
                 }
-                let wrapped =
-                    self.bounded("wrap", key, self.key_ring().wrap(key, plaintext.expose(), aad)).await?;
-                if !wrapped.missing_members.is_empty() {
-                    tracing::warn!(
-                        missing = %wrapped.missing_members.join(","),
-                        "wrap is degraded: some key ring members could not seal the data key; Rewrap later to repair"
-                    );
-                }
+                let wrapped = self
+                    .bounded("wrap", key, self.key_ring().wrap(key, plaintext.expose(), aad))
+                    .await?;
+                self.report_degraded(&wrapped);
                 Ok(wrapped)
             }
             .await;
             Self::log_outcome("wrap", started, &result);
-            self.audited(Op { name: "wrap", request_id: &request_id, caller, key, started }, |w: &Wrapped| w.key_version, result)
+            self.audited(
+                Op {
+                    name: "wrap",
+                    request_id: &request_id,
+                    caller,
+                    key,
+                    started,
+                },
+                |w: &Wrapped| w.key_version,
+                result,
+            )
         }
         .instrument(span)
         .await
@@ -504,6 +510,23 @@ impl Broker {
         .await
     }
 
+    /// A blob some key ring members could not seal: log and count it, so an
+    /// operator knows to Rewrap once the members are back.
+    fn report_degraded(&self, wrapped: &Wrapped) {
+        if wrapped.missing_members.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            missing = %wrapped.missing_members.join(","),
+            "wrap is degraded: some key ring members could not seal the data key; Rewrap later to repair"
+        );
+        if let Some(metrics) = &self.metrics {
+            for member in &wrapped.missing_members {
+                metrics.degraded_wrap(&wrapped.key_name, member);
+            }
+        }
+    }
+
     /// Re-seals a blob under its key's primary version.
     pub async fn rewrap(
         &self,
@@ -520,8 +543,11 @@ impl Broker {
             let expected = (!key.is_empty()).then_some(key);
             let result = async {
                 self.check_blob(caller, Operation::Rewrap, key, blob)?;
-                self.bounded("rewrap", key, self.key_ring().rewrap(expected, blob, aad))
-                    .await
+                let wrapped = self
+                    .bounded("rewrap", key, self.key_ring().rewrap(expected, blob, aad))
+                    .await?;
+                self.report_degraded(&wrapped);
+                Ok(wrapped)
             }
             .await;
             Self::log_outcome("rewrap", started, &result);
