@@ -559,10 +559,16 @@ impl Config {
     /// reads the same file and needs none).
     pub fn require_listener(&self) -> Result<(), ConfigError> {
         let server = &self.server;
-        if server.unix_socket.is_none() && server.tcp.is_none() && server.transit.is_none() {
+        // Metrics alone serve no caller, so they do not count.
+        if server.unix_socket.is_none()
+            && server.tcp.is_none()
+            && server.transit.is_none()
+            && server.kms_v2.is_none()
+        {
             return Err(ConfigError::new(
                 "server",
-                "no listener: set `unix_socket`, a `[server.tcp]` table and/or a `[server.transit]` table",
+                "no listener: set `unix_socket`, a `[server.tcp]`, `[server.transit]` and/or \
+                 `[server.kms_v2]` table",
             ));
         }
         Ok(())
@@ -620,6 +626,17 @@ mod tests {
         assert_eq!(config.server.shutdown_grace_secs, 10);
         assert_eq!(config.limits.request_timeout_secs, 30);
         assert!(config.require_listener().is_err());
+    }
+
+    #[test]
+    fn a_kms_v2_socket_is_a_listener_and_metrics_alone_are_not() {
+        let base = "profile = \"development\"\n[backends.b]\ntype = \"x\"\n[keys.k]\nbackend = \"b\"\n";
+        let kms = format!("{base}[server.kms_v2]\nsocket = \"/run/kms.sock\"\nkey_name = \"k\"\n");
+        Config::parse(&kms).unwrap().require_listener().unwrap();
+        let metrics = format!("{base}[server.metrics]\nlisten = \"127.0.0.1:9464\"\n");
+        let err = Config::parse(&metrics).unwrap().require_listener().unwrap_err();
+        assert_eq!(err.path, "server");
+        assert!(err.message.contains("no listener"), "{err}");
     }
 
     #[test]
