@@ -121,3 +121,48 @@ async fn transit_backend_round_trip_and_rotation_through_the_daemon() {
         "{stderr}"
     );
 }
+
+#[test]
+fn cloud_backends_are_selectable_from_the_config_and_refuse_plaintext_under_hardened() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |name: &str, text: &str| {
+        let config = dir.path().join(name);
+        fs::write(&config, text).unwrap();
+        run_cli(
+            &["serve", "--config", config.to_str().unwrap(), "--check"],
+            b"",
+            &[],
+        )
+    };
+    let socket = dir.path().join("sb.sock");
+    let gcp = |profile: &str, endpoint: &str| {
+        format!(
+            "profile = \"{profile}\"\n[server]\nunix_socket = \"{}\"\n\
+             [backends.gcp]\ntype = \"gcpckms\"\nendpoint = \"{endpoint}\"\n\
+             [keys.k]\nbackend = \"gcp\"\nkey_name = \"projects/p/locations/global/keyRings/r/cryptoKeys/k\"\n\
+             allow = {{ any = [\"uid:0\"] }}\n",
+            socket.display()
+        )
+    };
+    let out = check("gcp-hardened.toml", &gcp("hardened", "http://127.0.0.1:1"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("backends.gcp.endpoint") && stderr.contains("plaintext http://"),
+        "{stderr}"
+    );
+
+    let azure = format!(
+        "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n\
+         [backends.vault]\ntype = \"azurekeyvault\"\nvault_url = \"http://my-vault.vault.azure.net\"\ncredential = \"managed_identity\"\n\
+         [keys.k]\nbackend = \"vault\"\nkey_name = \"unseal\"\nallow = {{ any = [\"uid:0\"] }}\n",
+        socket.display()
+    );
+    let out = check("azure.toml", &azure);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("backends.vault.vault_url") && stderr.contains("https://"),
+        "{stderr}"
+    );
+}

@@ -56,8 +56,6 @@
 //! key_id = "alias/openbao-unseal"         # or a key ARN, alias ARN or key id
 //! ```
 
-mod retry;
-
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -80,8 +78,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, NewVersion, Sealed, SecretBytes};
 use serde::Deserialize;
 
-pub use retry::RetryConfig;
-use retry::{Attempt, parse_retry_after};
+pub use sealbroker_retry::RetryConfig;
+use sealbroker_retry::{Attempt, parse_retry_after};
 
 /// Encryption-context key that carries the base64 of the caller's AAD.
 pub const AAD_CONTEXT_KEY: &str = "sealbroker-aad";

@@ -18,6 +18,13 @@
 //! rotation open as long as that version stays enabled; the recorded name tells
 //! an operator which versions still guard data before disabling one.
 //!
+//! A key encrypts with the `CryptoKey`'s primary version unless `key_version`
+//! pins one. `sealbroker keys rotate` ([`Backend::create_version`]) creates a
+//! new `CryptoKeyVersion` in Cloud KMS and pins the broker's new key version
+//! to it; the key's primary in Cloud KMS is left alone. A pinned key has its
+//! own key identity (`gcpckms:<key>/cryptoKeyVersions/<id>`), so each broker
+//! version has its own key id.
+//!
 //! The client's own retry loop is off. `RESOURCE_EXHAUSTED` (HTTP 429) and
 //! transient failures (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL`, 5xx,
 //! connection errors, timeouts) are retried a bounded number of times with
@@ -37,7 +44,10 @@
 //! On the key: `cloudkms.cryptoKeyVersions.useToEncrypt`,
 //! `cloudkms.cryptoKeyVersions.useToDecrypt` (role
 //! `roles/cloudkms.cryptoKeyEncrypterDecrypter`) and `cloudkms.cryptoKeys.get`
-//! (used by the health check; role `roles/cloudkms.viewer`).
+//! (used by the health check; role `roles/cloudkms.viewer`). A pinned
+//! `key_version` is also read with `cloudkms.cryptoKeyVersions.get`.
+//! `sealbroker keys rotate` needs `cloudkms.cryptoKeyVersions.create` (role
+//! `roles/cloudkms.admin`, or a custom role with that permission and `.get`).
 //!
 //! # Configuration
 //!
@@ -55,13 +65,13 @@
 //! [keys.openbao-unseal]
 //! backend = "gcp"
 //! key_name = "projects/my-project/locations/europe-west1/keyRings/sealbroker/cryptoKeys/openbao-unseal"
+//! # key_version = "3"                              # encrypt with this CryptoKeyVersion, not the primary
 //! ```
-
-mod retry;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -71,16 +81,20 @@ use google_cloud_gax::error::rpc::Code;
 use google_cloud_gax::options::RequestOptionsBuilder;
 use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_kms_v1::client::KeyManagementService;
+use google_cloud_kms_v1::model::CryptoKeyVersion;
 use google_cloud_kms_v1::model::crypto_key::CryptoKeyPurpose;
 use google_cloud_kms_v1::model::crypto_key_version::CryptoKeyVersionState;
-use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, Sealed, SecretBytes};
+use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, NewVersion, Sealed, SecretBytes};
 use serde::Deserialize;
 
-pub use retry::RetryConfig;
-use retry::{Attempt, parse_retry_after};
+pub use sealbroker_retry::RetryConfig;
+use sealbroker_retry::{Attempt, parse_retry_after};
 
 /// [`Sealed::metadata`] key holding the `CryptoKeyVersion` that `Encrypt` used.
 pub const METADATA_KEY_VERSION: &str = "gcp_key_version";
+/// How long [`Backend::create_version`] waits for a new version to leave
+/// `PENDING_GENERATION` (HSM keys take a moment).
+const GENERATION_WAIT: Duration = Duration::from_secs(60);
 
 fn default_timeout_ms() -> u64 {
     10_000
@@ -107,8 +121,13 @@ pub struct BackendConfig {
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// `projects/P/locations/L/keyRings/R/cryptoKeys/K`: a symmetric
-    /// `ENCRYPT_DECRYPT` key. Cloud KMS picks its primary version.
+    /// `ENCRYPT_DECRYPT` key. Cloud KMS picks its primary version unless
+    /// `key_version` is set.
     pub key_name: String,
+    /// A `CryptoKeyVersion` id (the number after `cryptoKeyVersions/`) to
+    /// encrypt with instead of the primary. `keys rotate` sets it.
+    #[serde(default)]
+    pub key_version: Option<String>,
 }
 
 /// A configuration problem, naming the offending field (relative to the table).
@@ -157,6 +176,7 @@ struct ClientInner {
     endpoint: String,
     timeout: Duration,
     retry: RetryConfig,
+    throttling_retries: AtomicU64,
 }
 
 /// A configured Cloud KMS client for one `[backends.NAME]`, shared by its
@@ -283,6 +303,7 @@ pub async fn connect(backend: &BackendConfig) -> Result<KmsClient, ConfigError> 
         endpoint,
         timeout: Duration::from_millis(backend.timeout_ms),
         retry: backend.retry,
+        throttling_retries: AtomicU64::new(0),
     })))
 }
 
@@ -293,16 +314,20 @@ impl KmsClient {
     }
 }
 
-/// One Cloud KMS `CryptoKey` used through one [`KmsClient`].
+/// One Cloud KMS `CryptoKey` (optionally pinned to one of its versions)
+/// used through one [`KmsClient`].
 pub struct GcpKmsKey {
     client: KmsClient,
     key_name: String,
+    /// `<key_name>/cryptoKeyVersions/<id>` when pinned.
+    version: Option<String>,
 }
 
 impl fmt::Debug for GcpKmsKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GcpKmsKey")
             .field("key_name", &self.key_name)
+            .field("version", &self.version)
             .finish()
     }
 }
@@ -337,24 +362,77 @@ impl GcpKmsKey {
                 ),
             ));
         }
+        let version = match key.key_version.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(id) if id.bytes().all(|b| b.is_ascii_digit()) && id.len() <= 20 => {
+                Some(format!("{}/cryptoKeyVersions/{id}", key.key_name))
+            }
+            Some(other) => {
+                return Err(config_error(
+                    "key_version",
+                    format!("{other:?} is not a CryptoKeyVersion id (the number after cryptoKeyVersions/)"),
+                ));
+            }
+        };
         Ok(GcpKmsKey {
             client: client.clone(),
             key_name: key.key_name.clone(),
+            version,
         })
     }
 
-    /// Runs one call with retries and turns its failure into a [`BackendError`].
-    async fn call<T, F, Fut>(&self, operation: &'static str, mut op: F) -> Result<T, BackendError>
+    /// The resource `Encrypt` is called on: the pinned version, else the key.
+    fn encrypt_target(&self) -> &str {
+        self.version.as_deref().unwrap_or(&self.key_name)
+    }
+
+    /// Runs one idempotent call with retries and turns its failure into a [`BackendError`].
+    async fn call<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T, BackendError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, GaxError>>,
+    {
+        self.call_with(operation, true, op).await
+    }
+
+    /// Runs one call with retries. A call that is not idempotent is retried
+    /// only when the service refused it outright (throttling), never after a
+    /// timeout or a 5xx, which may have taken effect.
+    async fn call_with<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        idempotent: bool,
+        mut op: F,
+    ) -> Result<T, BackendError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, GaxError>>,
     {
         let retry = self.client.0.retry;
         let result = retry
-            .run(|| {
-                let fut = op();
-                async move { fut.await.map_err(|e| classify(operation, &e)) }
-            })
+            .run(
+                || {
+                    let fut = op();
+                    async move {
+                        fut.await.map_err(|e| match classify(operation, &e) {
+                            Attempt::Retryable { error, .. }
+                                if !idempotent && error.kind != BackendErrorKind::Throttled =>
+                            {
+                                Attempt::Fatal(Failure {
+                                    retryable: false,
+                                    ..error
+                                })
+                            }
+                            other => other,
+                        })
+                    }
+                },
+                |failure| {
+                    if failure.kind == BackendErrorKind::Throttled {
+                        self.client.0.throttling_retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            )
             .await;
         result.map_err(|failure| {
             let mut message = format!(
@@ -525,7 +603,87 @@ impl Backend for GcpKmsKey {
     }
 
     fn key_identity(&self) -> String {
-        format!("gcpckms:{}", self.key_name)
+        format!("gcpckms:{}", self.encrypt_target())
+    }
+
+    fn throttling_retries(&self) -> u64 {
+        self.client.0.throttling_retries.load(Ordering::Relaxed)
+    }
+
+    /// Creates a new `CryptoKeyVersion` of the same `CryptoKey` and pins the
+    /// new broker version to it. Cloud KMS numbers versions itself, so the
+    /// broker's `version` is not part of the name. The key's primary in Cloud
+    /// KMS is not changed.
+    async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
+        let kms = &self.client.0.kms;
+        // Not retried after a timeout or 5xx: that could leave a second,
+        // unused version behind.
+        let mut created = self
+            .call_with("CreateCryptoKeyVersion", false, || {
+                kms.create_crypto_key_version()
+                    .set_parent(&self.key_name)
+                    .set_crypto_key_version(CryptoKeyVersion::new())
+                    .with_attempt_timeout(self.client.0.timeout)
+                    .send()
+            })
+            .await?;
+        let id = created
+            .name
+            .strip_prefix(&format!("{}/cryptoKeyVersions/", self.key_name))
+            .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                BackendError::internal(format!(
+                    "Cloud KMS CreateCryptoKeyVersion answered with {:?}, not a version of {}",
+                    created.name, self.key_name
+                ))
+            })?;
+        let started = std::time::Instant::now();
+        let mut wait = Duration::from_millis(200);
+        while created.state == CryptoKeyVersionState::PendingGeneration {
+            if started.elapsed() > GENERATION_WAIT {
+                return Err(BackendError::unavailable(format!(
+                    "Cloud KMS version {} is still PENDING_GENERATION after {}s",
+                    created.name,
+                    GENERATION_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+            let name = created.name.clone();
+            created = self
+                .call("GetCryptoKeyVersion", || {
+                    kms.get_crypto_key_version()
+                        .set_name(&name)
+                        .with_attempt_timeout(self.client.0.timeout)
+                        .send()
+                })
+                .await?;
+        }
+        if created.state != CryptoKeyVersionState::Enabled {
+            return Err(BackendError::new(
+                BackendErrorKind::KeyNotFound,
+                format!(
+                    "Cloud KMS created version {} but it is {:?}, not ENABLED",
+                    created.name, created.state
+                ),
+            ));
+        }
+        tracing::info!(
+            key = %self.key_name,
+            cloud_version = %created.name,
+            version,
+            "created a Cloud KMS key version"
+        );
+        let key = GcpKmsKey {
+            client: self.client.clone(),
+            key_name: self.key_name.clone(),
+            version: Some(created.name),
+        };
+        Ok(NewVersion {
+            backend: Arc::new(key),
+            settings: [("key_version".to_owned(), id)].into(),
+        })
     }
 
     async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {
@@ -537,7 +695,7 @@ impl Backend for GcpKmsKey {
         let output = self
             .call("Encrypt", || {
                 kms.encrypt()
-                    .set_name(&self.key_name)
+                    .set_name(self.encrypt_target())
                     .set_plaintext(plaintext.clone())
                     .set_plaintext_crc32c(i64::from(crc32c(secret)))
                     .set_additional_authenticated_data(aad_bytes.clone())
@@ -554,13 +712,19 @@ impl Backend for GcpKmsKey {
         if output.ciphertext_crc32c != Some(i64::from(crc32c(&output.ciphertext))) {
             return Err(corrupted("ciphertext"));
         }
-        if !output
-            .name
-            .starts_with(&format!("{}/cryptoKeyVersions/", self.key_name))
-        {
+        let expected = match &self.version {
+            Some(version) => output.name == *version,
+            None => output
+                .name
+                .starts_with(&format!("{}/cryptoKeyVersions/", self.key_name)),
+        };
+        if !expected {
             return Err(BackendError::internal(format!(
-                "Cloud KMS Encrypt answered with version {:?}, not a version of {}",
-                output.name, self.key_name
+                "Cloud KMS Encrypt answered with version {:?}, not {}",
+                output.name,
+                self.version
+                    .clone()
+                    .unwrap_or_else(|| format!("a version of {}", self.key_name))
             )));
         }
         Ok(Sealed {
@@ -577,13 +741,20 @@ impl Backend for GcpKmsKey {
                 "the data key was not sealed by Cloud KMS (mechanism is not service-defined)",
             ));
         }
-        if let Some(version) = sealed.metadata.get(METADATA_KEY_VERSION)
-            && !version.starts_with(&format!("{}/cryptoKeyVersions/", self.key_name))
-        {
-            return Err(BackendError::not_authentic(format!(
-                "the blob was sealed by {version:?}, which is not a version of {}",
-                self.key_name
-            )));
+        if let Some(version) = sealed.metadata.get(METADATA_KEY_VERSION) {
+            if !version.starts_with(&format!("{}/cryptoKeyVersions/", self.key_name)) {
+                return Err(BackendError::not_authentic(format!(
+                    "the blob was sealed by {version:?}, which is not a version of {}",
+                    self.key_name
+                )));
+            }
+            if let Some(pinned) = &self.version
+                && version != pinned
+            {
+                return Err(BackendError::not_authentic(format!(
+                    "the blob was sealed by {version:?}, not by {pinned} which this key is pinned to"
+                )));
+            }
         }
         let kms = &self.client.0.kms;
         let ciphertext = Bytes::from(sealed.ciphertext.clone());
@@ -630,14 +801,31 @@ impl Backend for GcpKmsKey {
                 ),
             ));
         }
-        match key.primary {
-            Some(primary) if primary.state == CryptoKeyVersionState::Enabled => {}
-            Some(primary) => {
+        let used = match &self.version {
+            Some(name) => Some(
+                self.call("GetCryptoKeyVersion", || {
+                    kms.get_crypto_key_version()
+                        .set_name(name)
+                        .with_attempt_timeout(self.client.0.timeout)
+                        .send()
+                })
+                .await?,
+            ),
+            None => key.primary,
+        };
+        let role = if self.version.is_some() {
+            "pinned"
+        } else {
+            "primary"
+        };
+        match used {
+            Some(version) if version.state == CryptoKeyVersionState::Enabled => {}
+            Some(version) => {
                 return Err(BackendError::new(
                     BackendErrorKind::KeyNotFound,
                     format!(
-                        "Cloud KMS key {}: primary version {} is {:?}, not ENABLED",
-                        self.key_name, primary.name, primary.state
+                        "Cloud KMS key {}: {role} version {} is {:?}, not ENABLED",
+                        self.key_name, version.name, version.state
                     ),
                 ));
             }

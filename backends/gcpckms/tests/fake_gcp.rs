@@ -1,11 +1,16 @@
 //! The Cloud KMS backend driven through the real `google-cloud-kms-v1` client
 //! against a local stand-in that speaks the documented REST surface over TLS:
-//! `POST /v1/{cryptoKey}:encrypt`, `POST /v1/{cryptoKey}:decrypt`,
-//! `GET /v1/{cryptoKey}`, Google's JSON error body, and an OAuth token endpoint
-//! for `authorized_user` credentials. There is no Cloud KMS emulator.
+//! `POST /v1/{cryptoKey}:encrypt` (or on a `cryptoKeyVersions/N`),
+//! `POST /v1/{cryptoKey}:decrypt`, `GET /v1/{cryptoKey}`,
+//! `POST /v1/{cryptoKey}/cryptoKeyVersions`, `GET` of a version, Google's JSON
+//! error body, and an OAuth token endpoint for `authorized_user` credentials.
+//! There is no Cloud KMS emulator.
 //!
 //! Harness-less (see Cargo.toml): `main` trusts the test CA through
-//! `SSL_CERT_FILE` before any thread starts, then runs each test in turn.
+//! `SSL_CERT_FILE` before any thread starts, then hands the tests to
+//! libtest-mimic, which speaks the libtest command line (`--list --format
+//! terse`, `--exact NAME`, filters) so cargo-nextest can list and run them
+//! one per process.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -53,13 +58,20 @@ struct Canned {
 
 #[derive(Default)]
 struct State {
-    /// Versions of [`KEY`], 1-based; the last one is primary.
+    /// Versions of [`KEY`], 1-based.
     versions: Vec<Version>,
+    /// The primary version's number.
+    primary: usize,
     canned: VecDeque<Canned>,
     /// Every KMS request (not token requests).
     requests: usize,
     /// 403 for this principal's calls, as when IAM denies the role.
     deny: bool,
+    /// Versions created through the API answer PENDING_GENERATION this many
+    /// more times before they are ENABLED.
+    pending_reads: usize,
+    /// The resource every `encrypt` was called on.
+    encrypt_targets: Vec<String>,
 }
 
 struct FakeKms {
@@ -72,10 +84,12 @@ impl FakeKms {
     fn rotate(&self) {
         let mut key = [0u8; 32];
         SystemRandom::new().fill(&mut key).unwrap();
-        self.state.lock().unwrap().versions.push(Version {
+        let mut state = self.state.lock().unwrap();
+        state.versions.push(Version {
             state: "ENABLED",
             key,
         });
+        state.primary = state.versions.len();
     }
     fn set_state(&self, version: usize, state: &'static str) {
         self.state.lock().unwrap().versions[version - 1].state = state;
@@ -94,6 +108,22 @@ fn error_body(code: u16, status: &str, message: &str) -> Value {
 
 fn version_name(n: usize) -> String {
     format!("{KEY}/cryptoKeyVersions/{n}")
+}
+
+fn version_json(n: usize, state: &str) -> Value {
+    json!({
+        "name": version_name(n),
+        "state": state,
+        "algorithm": "GOOGLE_SYMMETRIC_ENCRYPTION",
+        "protectionLevel": "SOFTWARE",
+    })
+}
+
+fn key_config(name: &str) -> KeyConfig {
+    KeyConfig {
+        key_name: name.into(),
+        key_version: None,
+    }
 }
 
 fn b64(v: &Value, field: &str) -> Vec<u8> {
@@ -141,6 +171,10 @@ fn handle(
         return (404, vec![], error_body(404, "NOT_FOUND", "no such path"));
     };
     let (name, verb) = rest.split_once(':').unwrap_or((rest, ""));
+    let (name, sub) = match name.split_once("/cryptoKeyVersions") {
+        Some((key, tail)) => (key, Some(tail.trim_start_matches('/'))),
+        None => (name, None),
+    };
     if name != KEY {
         return (
             404,
@@ -148,7 +182,51 @@ fn handle(
             error_body(404, "NOT_FOUND", &format!("CryptoKey {name} not found.")),
         );
     }
-    let primary = state.versions.len();
+    let primary = state.primary;
+    // The version `encrypt` uses: the primary, or the one named.
+    let mut target = primary;
+    match (method, sub, verb) {
+        ("POST", Some(""), "") => {
+            let mut key = [0u8; 32];
+            SystemRandom::new().fill(&mut key).unwrap();
+            state.versions.push(Version {
+                state: "PENDING_GENERATION",
+                key,
+            });
+            state.pending_reads = 1;
+            let n = state.versions.len();
+            return (200, vec![], version_json(n, "PENDING_GENERATION"));
+        }
+        ("GET", Some(id), "") => {
+            let Some(n) = id
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=state.versions.len()).contains(n))
+            else {
+                return (404, vec![], error_body(404, "NOT_FOUND", "no such version"));
+            };
+            if state.versions[n - 1].state == "PENDING_GENERATION" {
+                if state.pending_reads > 0 {
+                    state.pending_reads -= 1;
+                } else {
+                    state.versions[n - 1].state = "ENABLED";
+                }
+            }
+            return (200, vec![], version_json(n, state.versions[n - 1].state));
+        }
+        ("POST", Some(id), "encrypt") => {
+            let Some(n) = id
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=state.versions.len()).contains(n))
+            else {
+                return (404, vec![], error_body(404, "NOT_FOUND", "no such version"));
+            };
+            target = n;
+        }
+        (_, None, _) => {}
+        _ => return (404, vec![], error_body(404, "NOT_FOUND", "no such method")),
+    }
     match (method, verb) {
         ("GET", "") => {
             let p = &state.versions[primary - 1];
@@ -178,7 +256,10 @@ fn handle(
                     error_body(400, "INVALID_ARGUMENT", "plaintext_crc32c did not match"),
                 );
             }
-            let version = &state.versions[primary - 1];
+            state
+                .encrypt_targets
+                .push(name.to_owned() + &sub.map(|s| format!("/cryptoKeyVersions/{s}")).unwrap_or_default());
+            let version = &state.versions[target - 1];
             if version.state != "ENABLED" {
                 return (
                     400,
@@ -188,7 +269,7 @@ fn handle(
                         "FAILED_PRECONDITION",
                         &format!(
                             "{} is not enabled, current state is: {}.",
-                            version_name(primary),
+                            version_name(target),
                             version.state
                         ),
                     ),
@@ -201,14 +282,14 @@ fn handle(
             sealing
                 .seal_in_place_append_tag(Nonce::assume_unique_for_key(iv), Aad::from(&aad), &mut sealed)
                 .unwrap();
-            let mut ciphertext = (primary as u32).to_be_bytes().to_vec();
+            let mut ciphertext = (target as u32).to_be_bytes().to_vec();
             ciphertext.extend_from_slice(&iv);
             ciphertext.extend_from_slice(&sealed);
             (
                 200,
                 vec![],
                 json!({
-                    "name": version_name(primary),
+                    "name": version_name(target),
                     "ciphertext": B64.encode(&ciphertext),
                     "ciphertextCrc32c": crc32c(&ciphertext).to_string(),
                     "verifiedPlaintextCrc32c": true,
@@ -454,7 +535,7 @@ impl Env {
 
     async fn key(&self, fake: &FakeKms) -> (KmsClient, GcpKmsKey) {
         let client = connect(&self.config(fake)).await.unwrap();
-        let key = GcpKmsKey::new(&client, &KeyConfig { key_name: KEY.into() }).unwrap();
+        let key = GcpKmsKey::new(&client, &key_config(KEY)).unwrap();
         (client, key)
     }
 }
@@ -569,6 +650,7 @@ async fn resource_exhausted_is_retried_honouring_retry_after(env: Arc<Env>) {
     assert_eq!(err.kind, BackendErrorKind::Throttled, "{err}");
     assert!(err.message.contains("gave up after 2 retries"), "{err}");
     assert_eq!(fake.requests() - before, 3, "one attempt and two retries");
+    assert_eq!(key.throttling_retries(), 3, "one retry, then two more");
 }
 
 async fn unauthenticated_and_denied_are_permission_denied_naming_the_principal(env: Arc<Env>) {
@@ -626,7 +708,7 @@ async fn a_refused_token_request_is_permission_denied(env: Arc<Env>) {
             return;
         }
     };
-    let key = GcpKmsKey::new(&client, &KeyConfig { key_name: KEY.into() }).unwrap();
+    let key = GcpKmsKey::new(&client, &key_config(KEY)).unwrap();
     let err = key.encrypt(DEK, b"aad").await.err().unwrap();
     eprintln!("{err}");
     assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
@@ -637,13 +719,7 @@ async fn unknown_key_is_key_not_found(env: Arc<Env>) {
     let fake = start_fake(env.tls.clone()).await;
     let client = connect(&env.config(&fake)).await.unwrap();
     let name = "projects/p/locations/global/keyRings/sealbroker/cryptoKeys/missing";
-    let key = GcpKmsKey::new(
-        &client,
-        &KeyConfig {
-            key_name: name.into(),
-        },
-    )
-    .unwrap();
+    let key = GcpKmsKey::new(&client, &key_config(name)).unwrap();
     let err = key.encrypt(DEK, b"aad").await.err().unwrap();
     eprintln!("{err}");
     assert_eq!(err.kind, BackendErrorKind::KeyNotFound, "{err}");
@@ -659,7 +735,7 @@ async fn server_down_is_unavailable(env: Arc<Env>) {
     };
     config.endpoint = Some(format!("https://localhost:{port}"));
     let client = connect(&config).await.unwrap();
-    let key = GcpKmsKey::new(&client, &KeyConfig { key_name: KEY.into() }).unwrap();
+    let key = GcpKmsKey::new(&client, &key_config(KEY)).unwrap();
     let err = key.encrypt(DEK, b"aad").await.err().unwrap();
     eprintln!("{err}");
     assert_eq!(err.kind, BackendErrorKind::Unavailable, "{err}");
@@ -676,13 +752,105 @@ async fn an_untrusted_server_certificate_is_refused(env: Arc<Env>) {
     let mut config = env.config(&token_server);
     config.endpoint = Some(fake.endpoint.clone());
     let client = connect(&config).await.unwrap();
-    let key = GcpKmsKey::new(&client, &KeyConfig { key_name: KEY.into() }).unwrap();
+    let key = GcpKmsKey::new(&client, &key_config(KEY)).unwrap();
     let err = key.encrypt(DEK, b"aad").await.err().unwrap();
     eprintln!("{err}");
     assert_eq!(err.kind, BackendErrorKind::Unavailable, "{err}");
     assert!(err.message.contains("certificate"), "{err}");
     assert_eq!(fake.requests(), 0);
     assert_eq!(token_server.tokens.load(Ordering::SeqCst), 1);
+}
+
+async fn create_version_makes_a_cloud_version_and_pins_the_new_key_to_it(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let (client, key) = env.key(&fake).await;
+    let old = key.encrypt(DEK, b"aad").await.unwrap();
+
+    let created = key.create_version(2).await.unwrap();
+    assert_eq!(created.settings["key_version"], "2");
+    assert_eq!(created.settings.len(), 1);
+    assert_eq!(fake.state.lock().unwrap().versions.len(), 2);
+    assert_eq!(fake.state.lock().unwrap().versions[1].state, "ENABLED");
+    let pinned = created.backend;
+    assert_eq!(
+        pinned.key_identity(),
+        format!("gcpckms:{KEY}/cryptoKeyVersions/2")
+    );
+    assert_ne!(pinned.key_identity(), key.key_identity());
+
+    let new = pinned.encrypt(DEK, b"aad").await.unwrap();
+    assert_eq!(new.metadata[METADATA_KEY_VERSION], version_name(2));
+    assert_eq!(
+        fake.state.lock().unwrap().encrypt_targets.last().unwrap(),
+        &version_name(2),
+        "encrypts with the pinned version"
+    );
+    assert_eq!(pinned.decrypt(&new, b"aad").await.unwrap().expose(), DEK);
+    assert_eq!(key.decrypt(&old, b"aad").await.unwrap().expose(), DEK);
+    assert_eq!(key.decrypt(&new, b"aad").await.unwrap().expose(), DEK);
+    let err = pinned.decrypt(&old, b"aad").await.err().unwrap();
+    assert_eq!(err.kind, BackendErrorKind::NotAuthentic, "{err}");
+
+    // The primary in Cloud KMS is left alone: the unpinned key stays on it.
+    let again = key.encrypt(DEK, b"aad").await.unwrap();
+    assert_eq!(again.metadata[METADATA_KEY_VERSION], version_name(1));
+
+    // The recorded settings rebuild the same key after a restart.
+    let rebuilt = GcpKmsKey::new(
+        &client,
+        &KeyConfig {
+            key_name: KEY.into(),
+            key_version: Some(created.settings["key_version"].clone()),
+        },
+    )
+    .unwrap();
+    assert_eq!(rebuilt.key_identity(), pinned.key_identity());
+    rebuilt.health().await.unwrap();
+    fake.set_state(2, "DISABLED");
+    let err = rebuilt.health().await.err().unwrap();
+    eprintln!("{err}");
+    assert_eq!(err.kind, BackendErrorKind::KeyNotFound, "{err}");
+    assert!(err.message.contains("pinned version"), "{err}");
+    key.health().await.unwrap();
+}
+
+async fn create_version_is_permission_denied_without_the_create_permission(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let (_, key) = env.key(&fake).await;
+    fake.state.lock().unwrap().deny = true;
+    let before = fake.requests();
+    let err = key.create_version(2).await.err().unwrap();
+    eprintln!("{err}");
+    assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
+    assert!(err.message.contains("CreateCryptoKeyVersion"), "{err}");
+    assert_eq!(fake.requests() - before, 1, "not retried");
+    assert_eq!(fake.state.lock().unwrap().versions.len(), 1);
+}
+
+async fn a_key_version_must_be_a_number(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let client = connect(&env.config(&fake)).await.unwrap();
+    for bad in ["v2", "2/../3", "projects/p"] {
+        let err = GcpKmsKey::new(
+            &client,
+            &KeyConfig {
+                key_name: KEY.into(),
+                key_version: Some(bad.into()),
+            },
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.field, "key_version", "{bad}");
+    }
+    let empty = GcpKmsKey::new(
+        &client,
+        &KeyConfig {
+            key_name: KEY.into(),
+            key_version: Some(String::new()),
+        },
+    )
+    .unwrap();
+    assert_eq!(empty.key_identity(), format!("gcpckms:{KEY}"));
 }
 
 // ---------------------------------------------------------------- runner
@@ -695,19 +863,14 @@ macro_rules! tests {
     };
 }
 
-fn main() {
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+fn main() -> std::process::ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
     let dir = tempfile::tempdir().unwrap();
     let (ca, tls) = pki(dir.path());
     // SAFETY: no other thread exists yet; the client's verifier reads this.
     unsafe { std::env::set_var("SSL_CERT_FILE", &ca) };
     unsafe { std::env::remove_var("SSL_CERT_DIR") };
     let env = Arc::new(Env { tls, dir });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let all = tests![
         round_trip_over_tls_records_the_version_and_binds_aad,
         old_blobs_open_after_rotation_until_their_version_is_disabled,
@@ -718,32 +881,29 @@ fn main() {
         unknown_key_is_key_not_found,
         server_down_is_unavailable,
         an_untrusted_server_certificate_is_refused,
+        create_version_makes_a_cloud_version_and_pins_the_new_key_to_it,
+        create_version_is_permission_denied_without_the_create_permission,
+        a_key_version_must_be_a_number,
     ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, test) in all {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        let outcome = runtime.block_on(async {
-            tokio::time::timeout(Duration::from_secs(60), tokio::spawn(test(env.clone()))).await
-        });
-        match outcome {
-            Ok(Ok(())) => {
-                println!("test {name} ... ok");
-                passed += 1;
-            }
-            Ok(Err(_)) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED (timed out)");
-                failed += 1;
-            }
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    let trials = all
+        .into_iter()
+        .map(|(name, test)| {
+            let env = env.clone();
+            libtest_mimic::Trial::test(name, move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                let outcome = runtime.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(60), tokio::spawn(test(env))).await
+                });
+                match outcome {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(panic)) => Err(format!("the test panicked: {panic}").into()),
+                    Err(_) => Err("the test timed out after 60 s".into()),
+                }
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
 }

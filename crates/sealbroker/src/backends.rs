@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use sealbroker_backend_awskms as awskms;
+use sealbroker_backend_azurekeyvault as azurekeyvault;
+use sealbroker_backend_gcpckms as gcpckms;
 use sealbroker_backend_kmip as kmip;
 use sealbroker_backend_pkcs11 as pkcs11;
 use sealbroker_backend_software as software;
@@ -38,6 +40,29 @@ pub fn registry() -> BackendRegistry {
             development_only: false,
             open: open_awskms,
         })
+        .with(BackendKind {
+            name: "gcpckms",
+            development_only: false,
+            open: open_gcpckms,
+        })
+        .with(BackendKind {
+            name: "azurekeyvault",
+            development_only: false,
+            open: open_azurekeyvault,
+        })
+}
+
+/// Hardened refuses a plaintext endpoint override: credentials and data keys
+/// would cross the network in the clear.
+fn refuse_plaintext(profile: Profile, path: &str, endpoint: Option<&str>) -> Result<(), ConfigError> {
+    match endpoint {
+        Some(url) if profile == Profile::Hardened && url.starts_with("http://") => Err(ConfigError::new(
+            format!("{path}.endpoint"),
+            "the hardened profile refuses a plaintext http:// endpoint: credentials and data keys would \
+             cross the network in the clear; use https://",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn field_error(path: &str, e: pkcs11::ConfigError) -> ConfigError {
@@ -97,8 +122,9 @@ fn open_kmip(table: &toml::Table, path: &str, _: Profile) -> Result<KeyFactory, 
     }))
 }
 
-fn open_awskms(table: &toml::Table, path: &str, _: Profile) -> Result<KeyFactory, ConfigError> {
+fn open_awskms(table: &toml::Table, path: &str, profile: Profile) -> Result<KeyFactory, ConfigError> {
     let config: awskms::BackendConfig = parse_table(table, path)?;
+    refuse_plaintext(profile, path, config.endpoint.as_deref())?;
     // The SDK loads its configuration asynchronously; the key ring is
     // built once at start-up on the multi-threaded runtime.
     let client =
@@ -107,6 +133,33 @@ fn open_awskms(table: &toml::Table, path: &str, _: Profile) -> Result<KeyFactory
     Ok(Box::new(move |key_table, key_path| {
         let key_config: awskms::KeyConfig = parse_table(key_table, key_path)?;
         let key = awskms::AwsKmsKey::new(&client, &key_config)
+            .map_err(|e| ConfigError::new(format!("{key_path}.{}", e.field), e.reason))?;
+        Ok(Arc::new(key))
+    }))
+}
+
+fn open_gcpckms(table: &toml::Table, path: &str, profile: Profile) -> Result<KeyFactory, ConfigError> {
+    let config: gcpckms::BackendConfig = parse_table(table, path)?;
+    refuse_plaintext(profile, path, config.endpoint.as_deref())?;
+    // As for AWS: the client is built once, at start-up, on the runtime.
+    let client =
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(gcpckms::connect(&config)))
+            .map_err(|e| ConfigError::new(format!("{path}.{}", e.field), e.reason))?;
+    Ok(Box::new(move |key_table, key_path| {
+        let key_config: gcpckms::KeyConfig = parse_table(key_table, key_path)?;
+        let key = gcpckms::GcpKmsKey::new(&client, &key_config)
+            .map_err(|e| ConfigError::new(format!("{key_path}.{}", e.field), e.reason))?;
+        Ok(Arc::new(key))
+    }))
+}
+
+fn open_azurekeyvault(table: &toml::Table, path: &str, _: Profile) -> Result<KeyFactory, ConfigError> {
+    let config: azurekeyvault::BackendConfig = parse_table(table, path)?;
+    let client = azurekeyvault::connect(&config)
+        .map_err(|e| ConfigError::new(format!("{path}.{}", e.field), e.reason))?;
+    Ok(Box::new(move |key_table, key_path| {
+        let key_config: azurekeyvault::KeyConfig = parse_table(key_table, key_path)?;
+        let key = azurekeyvault::KeyVaultKey::new(&client, &key_config)
             .map_err(|e| ConfigError::new(format!("{key_path}.{}", e.field), e.reason))?;
         Ok(Arc::new(key))
     }))

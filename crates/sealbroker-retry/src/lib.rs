@@ -1,6 +1,11 @@
 //! Bounded retries with full-jitter exponential backoff, honouring a
-//! server-sent `Retry-After`. The SDK's own retry loop is switched off so that
-//! this is the only one: one place decides how long we wait and when we give up.
+//! server-sent `Retry-After`, for the cloud backends (AWS KMS, Cloud KMS, Key
+//! Vault). Each backend switches its SDK's own retry loop off, so this is the
+//! only one: one place decides how long we wait and when we give up.
+//!
+//! A backend classifies each failed attempt as [`Attempt::Fatal`] or
+//! [`Attempt::Retryable`] and calls [`RetryConfig::run`]; its config embeds
+//! [`RetryConfig`] as `[backends.NAME.retry]`.
 
 use std::future::Future;
 use std::time::Duration;
@@ -45,7 +50,7 @@ impl Default for RetryConfig {
 
 /// What one failed attempt says about trying again.
 #[derive(Debug)]
-pub(crate) enum Attempt<E> {
+pub enum Attempt<E> {
     /// Give up now with this error.
     Fatal(E),
     /// Worth another try, after at least `retry_after` when the server said so.
@@ -56,7 +61,7 @@ impl RetryConfig {
     /// The wait before retry number `retry` (0-based): a uniformly random
     /// duration up to `min(max, initial * 2^retry)`, or the server's
     /// `Retry-After` (capped) when that is longer.
-    pub(crate) fn backoff(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+    pub fn backoff(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
         let max = Duration::from_millis(self.max_backoff_ms);
         let ceiling =
             Duration::from_millis(self.initial_backoff_ms.saturating_mul(1u64 << retry.min(20))).min(max);
@@ -70,7 +75,7 @@ impl RetryConfig {
     /// Runs `op` until it succeeds, fails fatally, or the retries run out; the
     /// last error is returned as it was. `on_retry` sees each error that is
     /// about to be retried.
-    pub(crate) async fn run<T, E, F, Fut>(&self, mut op: F, on_retry: impl Fn(&E)) -> Result<T, E>
+    pub async fn run<T, E, F, Fut>(&self, mut op: F, on_retry: impl Fn(&E)) -> Result<T, E>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Attempt<E>>>,
@@ -86,7 +91,11 @@ impl RetryConfig {
                     }
                     on_retry(&error);
                     let wait = self.backoff(retry, retry_after);
-                    tracing::debug!(retry, wait_ms = wait.as_millis() as u64, "retrying KMS call");
+                    tracing::debug!(
+                        retry,
+                        wait_ms = wait.as_millis() as u64,
+                        "retrying a backend call"
+                    );
                     tokio::time::sleep(wait).await;
                     retry += 1;
                 }
@@ -107,7 +116,7 @@ fn random_unit() -> f64 {
 
 /// Parses a `Retry-After` header given in seconds (the HTTP-date form is not
 /// used by the cloud KMS services and is ignored).
-pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let seconds: f64 = value.trim().parse().ok()?;
     (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
 }
