@@ -138,8 +138,32 @@ async fn audit_metrics_and_readiness_tell_the_truth() {
         "{verify:?}"
     );
 
-    // Metrics move, and parse with a real Prometheus parser.
+    // Metrics move, and parse with a real Prometheus parser. Key names the
+    // caller makes up do not become labels.
+    let unknown = c
+        .wrap(WrapRequest {
+            key_name: "no-such-key-4471".into(),
+            plaintext: b"x".to_vec(),
+            aad: vec![],
+        })
+        .await;
+    assert_eq!(
+        unknown.unwrap_err().code(),
+        Code::PermissionDenied,
+        "hardened: existence is not revealed"
+    );
     let samples = metrics(metrics_addr);
+    assert!(
+        !samples.iter().any(|s| s.contains("no-such-key-4471")),
+        "{samples:#?}"
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "sealbroker_operations_total{backend=,door=grpc,key=(other),operation=wrap,outcome=PermissionDenied}"
+        ),
+        1.0
+    );
     assert_eq!(
         sample(
             &samples,

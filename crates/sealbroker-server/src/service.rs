@@ -117,6 +117,10 @@ fn request_id() -> String {
     hex::encode(id)
 }
 
+/// The `key` metric label of operations on keys that are not configured or
+/// that the caller may not use.
+pub const OTHER_KEY: &str = "(other)";
+
 impl Broker {
     pub fn new(ring: KeyRing, profile: Profile, limits: LimitsConfig) -> Self {
         if profile == Profile::Development {
@@ -211,17 +215,20 @@ impl Broker {
             Err(e) => Err(Error::AuditUnavailable(e.to_string())),
         };
         if let Some(metrics) = &self.metrics {
-            let backend = self
-                .key_ring()
-                .get(op.key)
-                .map(|k| k.primary().backend_names())
-                .unwrap_or_default();
+            // Label only configured keys, and never a key the caller may not
+            // use: caller-chosen names must not grow the registry (or reveal
+            // which keys exist) without bound.
+            let denied = matches!(result, Err(Error::PermissionDenied { .. }));
+            let (key, backend) = match self.key_ring().get(op.key) {
+                Ok(k) if !denied => (op.key, k.primary().backend_names()),
+                _ => (OTHER_KEY, String::new()),
+            };
             let outcome = match &result {
                 Ok(_) => "ok".to_owned(),
                 Err(e) => format!("{:?}", e.code()),
             };
             let seconds = record.latency_us as f64 / 1e6;
-            metrics.observe(&record.door, op.key, &backend, op.name, &outcome, seconds);
+            metrics.observe(&record.door, key, &backend, op.name, &outcome, seconds);
         }
         result
     }
