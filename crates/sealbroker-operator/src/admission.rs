@@ -1,0 +1,167 @@
+//! Admission decisions (`admission.k8s.io/v1`), separate from the HTTPS server
+//! that carries them: given a request and the SealBrokers of its namespace,
+//! answer allow, deny (with the reason) or a JSONPatch.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+
+use crate::crd::{Profile, SealBroker};
+use crate::desired::selector_matches;
+use crate::injection;
+use crate::validation::{self, describe};
+
+/// The webhook endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// `/mutate-pods`: inject the sidecar.
+    MutatePods,
+    /// `/validate-pods`: credentials go to the sidecar only.
+    ValidatePods,
+    /// `/validate-sealbrokers`: the profile's rules.
+    ValidateSealBrokers,
+}
+
+impl Hook {
+    pub fn from_path(path: &str) -> Option<Hook> {
+        match path {
+            "/mutate-pods" => Some(Hook::MutatePods),
+            "/validate-pods" => Some(Hook::ValidatePods),
+            "/validate-sealbrokers" => Some(Hook::ValidateSealBrokers),
+            _ => None,
+        }
+    }
+
+    /// Whether deciding needs the namespace's SealBrokers.
+    pub fn needs_sealbrokers(self) -> bool {
+        matches!(self, Hook::MutatePods | Hook::ValidatePods)
+    }
+}
+
+/// Parses an AdmissionReview body; the error is the review to answer with.
+pub fn parse(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, Box<AdmissionReview<DynamicObject>>> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).map_err(|e| {
+        Box::new(AdmissionResponse::invalid(format!("not an AdmissionReview: {e}")).into_review())
+    })?;
+    review
+        .try_into()
+        .map_err(|e| Box::new(AdmissionResponse::invalid(format!("{e}")).into_review()))
+}
+
+/// The SealBrokers whose selector matches the Pod's labels.
+pub fn selecting<'a>(pod: &Pod, brokers: &'a [SealBroker]) -> Vec<&'a SealBroker> {
+    let labels = pod.labels();
+    brokers
+        .iter()
+        .filter(|sb| selector_matches(&sb.spec.openbao.selector, labels))
+        .collect()
+}
+
+fn typed<T: serde::de::DeserializeOwned>(obj: &DynamicObject) -> Result<T, String> {
+    serde_json::to_value(obj)
+        .and_then(serde_json::from_value)
+        .map_err(|e| format!("cannot read the object: {e}"))
+}
+
+/// The answer to one request.
+pub fn decide(
+    hook: Hook,
+    req: &AdmissionRequest<DynamicObject>,
+    brokers: &[SealBroker],
+) -> AdmissionResponse {
+    let response = AdmissionResponse::from(req);
+    if matches!(req.operation, Operation::Delete | Operation::Connect) {
+        return response;
+    }
+    let Some(object) = req.object.as_ref() else {
+        return response;
+    };
+    match hook {
+        Hook::ValidateSealBrokers => match typed::<SealBroker>(object) {
+            Err(e) => response.deny(e),
+            Ok(mut sb) => {
+                if sb.metadata.name.is_none() {
+                    sb.metadata.name = Some(req.name.clone());
+                }
+                let problems = validation::validate(&sb);
+                if !problems.is_empty() {
+                    return response.deny(format!("SealBroker refused: {}", describe(&problems)));
+                }
+                with_risk_warning(response, &sb)
+            }
+        },
+        Hook::MutatePods | Hook::ValidatePods => {
+            let pod: Pod = match typed(object) {
+                Ok(pod) => pod,
+                Err(e) => return response.deny(e),
+            };
+            let chosen = selecting(&pod, brokers);
+            let sb = match chosen.as_slice() {
+                [] => return response,
+                [one] => *one,
+                many => {
+                    let names: Vec<String> = many.iter().map(|s| s.name_any()).collect();
+                    return response.deny(format!(
+                        "the Pod is selected by several SealBrokers ({}); exactly one may serve it",
+                        names.join(", ")
+                    ));
+                }
+            };
+            if hook == Hook::MutatePods {
+                mutate(response, &pod, sb)
+            } else {
+                validate_pod(response, &pod, sb)
+            }
+        }
+    }
+}
+
+fn with_risk_warning(mut response: AdmissionResponse, sb: &SealBroker) -> AdmissionResponse {
+    if sb.spec.profile == Profile::Development {
+        response.warnings = Some(vec![format!(
+            "SealBroker {} uses the Development profile: it is reported as a SecurityRisk and is no \
+             production trust path",
+            sb.name_any()
+        )]);
+    }
+    response
+}
+
+fn mutate(response: AdmissionResponse, pod: &Pod, sb: &SealBroker) -> AdmissionResponse {
+    let problems = validation::validate(sb);
+    if !problems.is_empty() {
+        return response.deny(format!(
+            "SealBroker {} is invalid, so the Pod cannot be served: {}",
+            sb.name_any(),
+            describe(&problems)
+        ));
+    }
+    match injection::injection_patch(pod, sb) {
+        Err(e) => response.deny(format!("sealbroker injection refused: {e}")),
+        Ok(patch) if patch.0.is_empty() => response,
+        Ok(patch) => match response.clone().with_patch(patch) {
+            Ok(patched) => patched,
+            Err(e) => response.deny(format!("cannot encode the patch: {e}")),
+        },
+    }
+}
+
+fn validate_pod(response: AdmissionResponse, pod: &Pod, sb: &SealBroker) -> AdmissionResponse {
+    let leaks = validation::credential_leaks(pod, sb);
+    if leaks.is_empty() {
+        return response;
+    }
+    match sb.spec.profile {
+        Profile::Hardened => response.deny(format!(
+            "Hardened SealBroker {} refuses this Pod: {}",
+            sb.name_any(),
+            describe(&leaks)
+        )),
+        Profile::Development => {
+            let mut response = response;
+            response.warnings = Some(leaks.iter().map(|p| p.to_string()).collect());
+            response
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Desired objects for a `SealBroker`, as pure functions of the spec.
+//!
+//! They come in two sets with two owners:
+//! - [`controller_objects`]: the ConfigMaps and the NetworkPolicy, applied by
+//!   the long-running controller;
+//! - [`access_grant`]: the broker's ServiceAccount and the Role/RoleBinding
+//!   that reads exactly the named Secrets, applied by the provisioner. The
+//!   controller can read these but never write them (docs/operator.md).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use serde::Serialize;
+
+use crate::crd::SealBroker;
+use crate::render::{self, Layout, paths};
+
+/// The controller's server-side-apply field manager.
+pub const CONTROLLER_MANAGER: &str = "sealbroker-operator";
+/// The provisioner's server-side-apply field manager.
+pub const PROVISIONER_MANAGER: &str = "sealbroker-provisioner";
+
+/// Object names derived from the SealBroker's name.
+pub struct Names {
+    pub broker_config: String,
+    pub seal_config: String,
+    pub network_policy: String,
+    pub service_account: String,
+    pub secrets_role: String,
+}
+
+impl Names {
+    pub fn of(sb: &SealBroker) -> Names {
+        let name = sb.metadata.name.as_deref().unwrap_or("sealbroker");
+        Names {
+            broker_config: format!("{name}-broker-config"),
+            seal_config: format!("{name}-openbao-seal"),
+            network_policy: format!("{name}-sealbroker"),
+            service_account: format!("{name}-broker"),
+            secrets_role: format!("{name}-broker-secrets"),
+        }
+    }
+}
+
+/// Labels on every object the operator makes.
+pub fn labels(sb: &SealBroker) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/managed-by".into(), CONTROLLER_MANAGER.into()),
+        ("app.kubernetes.io/part-of".into(), "sealbroker".into()),
+        (
+            "sealbroker.io/name".into(),
+            sb.metadata.name.clone().unwrap_or_default(),
+        ),
+    ])
+}
+
+fn meta(sb: &SealBroker, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: sb.metadata.namespace.clone(),
+        labels: Some(labels(sb)),
+        owner_references: owner_ref(sb).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The controller owner reference (needs the SealBroker's uid).
+fn owner_ref(sb: &SealBroker) -> Option<OwnerReference> {
+    sb.controller_owner_ref(&())
+}
+
+/// One desired object, serialised with apiVersion and kind for server-side apply.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Desired {
+    ConfigMap(ConfigMap),
+    NetworkPolicy(NetworkPolicy),
+    ServiceAccount(ServiceAccount),
+    Role(Role),
+    RoleBinding(RoleBinding),
+}
+
+impl Desired {
+    /// As JSON with `apiVersion` and `kind` set (k8s-openapi leaves them to the serialiser).
+    pub fn to_value(&self) -> serde_json::Value {
+        // k8s-openapi's Serialize impls write apiVersion and kind themselves.
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Desired::ConfigMap(_) => "ConfigMap",
+            Desired::NetworkPolicy(_) => "NetworkPolicy",
+            Desired::ServiceAccount(_) => "ServiceAccount",
+            Desired::Role(_) => "Role",
+            Desired::RoleBinding(_) => "RoleBinding",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        let meta = match self {
+            Desired::ConfigMap(o) => &o.metadata,
+            Desired::NetworkPolicy(o) => &o.metadata,
+            Desired::ServiceAccount(o) => &o.metadata,
+            Desired::Role(o) => &o.metadata,
+            Desired::RoleBinding(o) => &o.metadata,
+        };
+        meta.name.as_deref().unwrap_or("")
+    }
+}
+
+/// What the controller applies: broker config, seal stanza, NetworkPolicy.
+pub fn controller_objects(sb: &SealBroker) -> Vec<Desired> {
+    let names = Names::of(sb);
+    let layout = Layout::pod();
+    let broker = ConfigMap {
+        metadata: meta(sb, &names.broker_config),
+        data: Some(BTreeMap::from([(
+            paths::CONFIG_FILE.into(),
+            render::broker_config(sb, &layout),
+        )])),
+        ..ConfigMap::default()
+    };
+    let seal = ConfigMap {
+        metadata: meta(sb, &names.seal_config),
+        data: Some(BTreeMap::from([(
+            paths::SEAL_FILE.into(),
+            render::seal_stanza(sb, &layout),
+        )])),
+        ..ConfigMap::default()
+    };
+    vec![
+        Desired::ConfigMap(broker),
+        Desired::ConfigMap(seal),
+        Desired::NetworkPolicy(network_policy(sb, &names)),
+    ]
+}
+
+fn tcp_port(port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".into()),
+        ..NetworkPolicyPort::default()
+    }
+}
+
+/// Default-deny ingress for the served pods: OpenBao's own ports stay open
+/// (that exposure is OpenBao's business), and the broker's TCP port, when it
+/// listens on one, admits only the served OpenBao pods.
+fn network_policy(sb: &SealBroker, names: &Names) -> NetworkPolicy {
+    let spec = &sb.spec;
+    let mut ingress = Vec::new();
+    if !spec.openbao.ports.is_empty() {
+        ingress.push(NetworkPolicyIngressRule {
+            from: None,
+            ports: Some(spec.openbao.ports.iter().copied().map(tcp_port).collect()),
+        });
+    }
+    if let Some(net) = &spec.network {
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                pod_selector: Some(spec.openbao.selector.clone()),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: Some(vec![tcp_port(net.port)]),
+        });
+    }
+    NetworkPolicy {
+        metadata: meta(sb, &names.network_policy),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(spec.openbao.selector.clone()),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(ingress),
+            egress: None,
+        }),
+    }
+}
+
+/// What the provisioner applies: the broker's identity and its name-scoped
+/// read access to exactly the Secrets the spec names.
+pub fn access_grant(sb: &SealBroker) -> Vec<Desired> {
+    let names = Names::of(sb);
+    let secrets = sb.spec.secret_names();
+    let account = ServiceAccount {
+        metadata: meta(sb, &names.service_account),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    };
+    // An empty resourceNames would mean every Secret: no Secrets, no rule.
+    let rules = if secrets.is_empty() {
+        Vec::new()
+    } else {
+        vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["secrets".into()]),
+            resource_names: Some(secrets),
+            verbs: vec!["get".into()],
+            ..PolicyRule::default()
+        }]
+    };
+    let role = Role {
+        metadata: meta(sb, &names.secrets_role),
+        rules: Some(rules),
+    };
+    let binding = RoleBinding {
+        metadata: meta(sb, &names.secrets_role),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: names.secrets_role.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: names.service_account.clone(),
+            namespace: sb.metadata.namespace.clone(),
+            ..Subject::default()
+        }]),
+    };
+    vec![
+        Desired::ServiceAccount(account),
+        Desired::Role(role),
+        Desired::RoleBinding(binding),
+    ]
+}
+
+/// Whether an existing Role grants exactly what [`access_grant`] would.
+pub fn role_matches(existing: &Role, sb: &SealBroker) -> bool {
+    let Some(Desired::Role(want)) = access_grant(sb).into_iter().nth(1) else {
+        return false;
+    };
+    existing.rules.clone().unwrap_or_default() == want.rules.unwrap_or_default()
+}
+
+/// Whether `labels` satisfy `selector` (matchLabels and matchExpressions).
+/// An empty selector matches nothing here: a SealBroker must say which pods.
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let match_labels = selector.match_labels.clone().unwrap_or_default();
+    let expressions = selector.match_expressions.clone().unwrap_or_default();
+    if match_labels.is_empty() && expressions.is_empty() {
+        return false;
+    }
+    let labels_ok = match_labels.iter().all(|(k, v)| labels.get(k) == Some(v));
+    let expressions_ok = expressions.iter().all(|e| {
+        let values = e.values.clone().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && expressions_ok
+}
+
+/// Multi-document YAML of some objects (for golden files and `manifests`).
+pub fn to_yaml(objects: &[Desired]) -> String {
+    let values: Vec<serde_json::Value> = objects.iter().map(Desired::to_value).collect();
+    yaml_documents(&values)
+}
+
+/// `---`-separated YAML documents.
+pub fn yaml_documents(values: &[serde_json::Value]) -> String {
+    let mut out = String::new();
+    for value in values {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(value).unwrap_or_default());
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}

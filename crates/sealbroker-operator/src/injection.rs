@@ -1,0 +1,329 @@
+//! Sidecar injection into OpenBao Pods, as a pure function of (Pod, SealBroker).
+//!
+//! Added to a selected Pod:
+//! - init container `sealbroker-plugin`: copies the sealbroker binary into a
+//!   shared plugin-directory volume, which OpenBao mounts read-only;
+//! - native sidecar `sealbroker` (an init container with `restartPolicy:
+//!   Always`, so it starts before OpenBao): `sealbroker serve`, with the
+//!   credential volumes mounted into it alone;
+//! - a shared socket volume and the seal stanza, mounted into OpenBao.
+//!
+//! Every injected container runs non-root, with a read-only root filesystem,
+//! all capabilities dropped, seccomp RuntimeDefault and no privilege
+//! escalation. A Pod that already has the sidecar is returned unchanged.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, KeyToPath,
+    Pod, ProjectedVolumeSource, SeccompProfile, SecretProjection, SecurityContext, Volume, VolumeMount,
+    VolumeProjection,
+};
+
+use crate::crd::{CredentialItem, SealBroker};
+use crate::desired::Names;
+use crate::render::paths;
+
+/// The sidecar container's name; its presence marks a Pod as injected.
+pub const SIDECAR_NAME: &str = "sealbroker";
+/// The init container that installs the plugin binary.
+pub const PLUGIN_INIT_NAME: &str = "sealbroker-plugin";
+/// Annotation naming the SealBroker that injected the Pod.
+pub const INJECTED_ANNOTATION: &str = "sealbroker.io/injected-by";
+
+const VOL_CONFIG: &str = "sealbroker-config";
+const VOL_SEAL: &str = "sealbroker-seal";
+const VOL_SOCKET: &str = "sealbroker-socket";
+const VOL_PLUGINS: &str = "sealbroker-plugins";
+const VOL_STATE: &str = "sealbroker-state";
+const VOL_LISTENER: &str = "sealbroker-listener-tls";
+/// Where the init container sees the plugin volume.
+const PLUGIN_STAGING: &str = "/sealbroker-plugins";
+
+/// Why a Pod cannot be injected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InjectError {
+    #[error("the Pod has no container named {0:?} (spec.openbao.containerName of SealBroker {1:?})")]
+    NoOpenBaoContainer(String, String),
+    #[error(
+        "container {container:?} already mounts something at {path}, where sealbroker needs to mount {volume}"
+    )]
+    MountClash {
+        container: String,
+        path: String,
+        volume: String,
+    },
+    #[error("the Pod already has a volume named {0:?}")]
+    VolumeClash(String),
+    #[error("the Pod has no spec")]
+    NoSpec,
+}
+
+/// Whether the Pod already carries the sidecar.
+pub fn is_injected(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(s.containers.iter())
+            .any(|c| c.name == SIDECAR_NAME)
+    })
+}
+
+/// The restricted security context every injected container gets.
+pub fn restricted_context(uid: i64, gid: i64) -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(gid),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    }
+}
+
+fn empty_dir(name: &str, memory: bool) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: memory.then(|| "Memory".into()),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn config_map_volume(name: &str, config_map: &str, key: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map.into(),
+            items: Some(vec![KeyToPath {
+                key: key.into(),
+                path: key.into(),
+                mode: None,
+            }]),
+            default_mode: Some(0o444),
+            optional: Some(false),
+        }),
+        ..Volume::default()
+    }
+}
+
+/// A projected volume of Secret keys, one file each. Read-only for all users
+/// of the one container that mounts it: the mount is the boundary.
+fn secret_volume(name: &str, items: &[CredentialItem]) -> Volume {
+    let mut by_secret: BTreeMap<&str, Vec<KeyToPath>> = BTreeMap::new();
+    for item in items {
+        by_secret.entry(&item.secret).or_default().push(KeyToPath {
+            key: item.key.clone(),
+            path: item.file.clone(),
+            mode: None,
+        });
+    }
+    let sources = by_secret
+        .into_iter()
+        .map(|(secret, items)| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: secret.into(),
+                items: Some(items),
+                optional: Some(false),
+            }),
+            ..VolumeProjection::default()
+        })
+        .collect();
+    Volume {
+        name: name.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(sources),
+            default_mode: Some(0o444),
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The credential volumes of a SealBroker: (volume, mount path, items).
+fn credential_volumes(sb: &SealBroker) -> Vec<(String, String, Vec<CredentialItem>)> {
+    let mut out: Vec<(String, String, Vec<CredentialItem>)> = sb
+        .spec
+        .backends
+        .iter()
+        .filter_map(|b| {
+            let items = b.credential_items();
+            (!items.is_empty()).then(|| {
+                (
+                    format!("sealbroker-cred-{}", b.name),
+                    format!("{}/{}", paths::SECRETS_DIR, b.name),
+                    items,
+                )
+            })
+        })
+        .collect();
+    if let Some(net) = &sb.spec.network {
+        let items = ["tls.crt", "tls.key", "ca.crt"]
+            .into_iter()
+            .map(|k| CredentialItem {
+                secret: net.tls_secret.clone(),
+                key: k.into(),
+                file: k.into(),
+            })
+            .collect();
+        out.push((
+            VOL_LISTENER.into(),
+            format!("{}/{}", paths::SECRETS_DIR, paths::LISTENER_TLS),
+            items,
+        ));
+    }
+    out
+}
+
+/// The Pod with the sidecar injected (unchanged if it already has one).
+pub fn inject(pod: &Pod, sb: &SealBroker) -> Result<Pod, InjectError> {
+    if is_injected(pod) {
+        return Ok(pod.clone());
+    }
+    let spec_in = pod.spec.as_ref().ok_or(InjectError::NoSpec)?;
+    let sb_name = sb.metadata.name.clone().unwrap_or_default();
+    let target = &sb.spec.openbao;
+    let names = Names::of(sb);
+    let mut out = pod.clone();
+    let spec = out.spec.get_or_insert_with(|| spec_in.clone());
+
+    let openbao = spec
+        .containers
+        .iter_mut()
+        .find(|c| c.name == target.container_name)
+        .ok_or_else(|| InjectError::NoOpenBaoContainer(target.container_name.clone(), sb_name.clone()))?;
+    let openbao_mounts = [
+        mount(VOL_PLUGINS, &target.plugin_directory, true),
+        // Connecting to a socket needs no write access to the directory.
+        mount(VOL_SOCKET, paths::SOCKET_DIR, true),
+        mount(VOL_SEAL, &target.seal_config_dir, true),
+    ];
+    let existing = openbao.volume_mounts.get_or_insert_with(Vec::new);
+    for m in &openbao_mounts {
+        if existing
+            .iter()
+            .any(|e| e.mount_path.trim_end_matches('/') == m.mount_path.trim_end_matches('/'))
+        {
+            return Err(InjectError::MountClash {
+                container: target.container_name.clone(),
+                path: m.mount_path.clone(),
+                volume: m.name.clone(),
+            });
+        }
+    }
+    existing.extend(openbao_mounts);
+
+    let credentials = credential_volumes(sb);
+    let mut volumes = vec![
+        config_map_volume(VOL_CONFIG, &names.broker_config, paths::CONFIG_FILE),
+        config_map_volume(VOL_SEAL, &names.seal_config, paths::SEAL_FILE),
+        empty_dir(VOL_SOCKET, true),
+        empty_dir(VOL_PLUGINS, false),
+        empty_dir(VOL_STATE, false),
+    ];
+    volumes.extend(
+        credentials
+            .iter()
+            .map(|(name, _, items)| secret_volume(name, items)),
+    );
+    let pod_volumes = spec.volumes.get_or_insert_with(Vec::new);
+    for v in &volumes {
+        if pod_volumes.iter().any(|e| e.name == v.name) {
+            return Err(InjectError::VolumeClash(v.name.clone()));
+        }
+    }
+    pod_volumes.extend(volumes);
+
+    let security = restricted_context(sb.spec.broker_uid, target.gid);
+    let plugin_init = Container {
+        name: PLUGIN_INIT_NAME.into(),
+        image: Some(sb.spec.image.clone()),
+        command: Some(vec![
+            "cp".into(),
+            paths::IMAGE_BINARY.into(),
+            format!("{PLUGIN_STAGING}/sealbroker"),
+        ]),
+        volume_mounts: Some(vec![mount(VOL_PLUGINS, PLUGIN_STAGING, false)]),
+        security_context: Some(security.clone()),
+        resources: sb.spec.resources.clone(),
+        ..Container::default()
+    };
+    let mut sidecar_mounts = vec![
+        mount(VOL_CONFIG, paths::CONFIG_DIR, true),
+        mount(VOL_SOCKET, paths::SOCKET_DIR, false),
+        mount(VOL_STATE, paths::STATE_DIR, false),
+    ];
+    sidecar_mounts.extend(credentials.iter().map(|(name, path, _)| mount(name, path, true)));
+    let env: Vec<EnvVar> = sb
+        .spec
+        .env
+        .iter()
+        .map(|e| EnvVar {
+            name: e.name.clone(),
+            value: Some(e.value.clone()),
+            value_from: None,
+        })
+        .collect();
+    let sidecar = Container {
+        name: SIDECAR_NAME.into(),
+        image: Some(sb.spec.image.clone()),
+        command: Some(vec![paths::IMAGE_BINARY.into()]),
+        args: Some(vec![
+            "serve".into(),
+            "--config".into(),
+            format!("{}/{}", paths::CONFIG_DIR, paths::CONFIG_FILE),
+        ]),
+        restart_policy: Some("Always".into()),
+        env: (!env.is_empty()).then_some(env),
+        ports: sb.spec.network.as_ref().map(|n| {
+            vec![ContainerPort {
+                name: Some("sealbroker".into()),
+                container_port: n.port,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            }]
+        }),
+        volume_mounts: Some(sidecar_mounts),
+        security_context: Some(security),
+        resources: sb.spec.resources.clone(),
+        ..Container::default()
+    };
+    spec.init_containers
+        .get_or_insert_with(Vec::new)
+        .extend([plugin_init, sidecar]);
+
+    out.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(INJECTED_ANNOTATION.into(), sb_name);
+    Ok(out)
+}
+
+/// The RFC 6902 patch that turns `pod` into its injected form (empty when
+/// nothing changes, e.g. on a second admission of the same Pod).
+pub fn injection_patch(pod: &Pod, sb: &SealBroker) -> Result<json_patch::Patch, InjectError> {
+    let injected = inject(pod, sb)?;
+    let before = serde_json::to_value(pod).unwrap_or_default();
+    let after = serde_json::to_value(&injected).unwrap_or_default();
+    Ok(json_patch::diff(&before, &after))
+}

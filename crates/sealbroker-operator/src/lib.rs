@@ -1,0 +1,44 @@
+//! A thin Kubernetes operator that makes "OpenBao unseals through sealbroker"
+//! one object away.
+//!
+//! A `SealBroker` (see [`crd`]) names the keys, their backends (credentials
+//! only by Secret name) and the OpenBao pods it serves. From it:
+//!
+//! - [`render`] produces the broker's TOML config and OpenBao's seal stanza;
+//! - [`desired`] computes every Kubernetes object as a pure function of the
+//!   spec, split between the controller (ConfigMaps, NetworkPolicy) and the
+//!   provisioner (ServiceAccount, Role and RoleBinding on named Secrets);
+//! - [`injection`] adds the plugin installer, the broker sidecar and the
+//!   shared volumes to OpenBao Pods, and [`validation`] refuses what a
+//!   profile forbids; [`admission`] turns both into AdmissionReview answers,
+//!   which [`webhook`] serves over HTTPS;
+//! - [`kubeapi`] applies the objects with server-side apply and writes status.
+//!
+//! Everything but [`kubeapi`] and [`webhook`] is free of I/O and tested with
+//! golden files; see docs/operator.md for the design and the RBAC split.
+
+pub mod admission;
+pub mod crd;
+pub mod desired;
+pub mod injection;
+pub mod kubeapi;
+pub mod render;
+pub mod status;
+pub mod validation;
+pub mod webhook;
+
+/// The CRD as YAML, exactly as `deploy/crd/` holds it.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(crd::SealBroker::crd()).unwrap_or_default();
+    desired::yaml_documents(&[crd])
+}
+
+/// Reads a `SealBroker` from YAML (or JSON).
+pub fn parse_sealbroker(text: &str) -> Result<crd::SealBroker, String> {
+    let sb: crd::SealBroker = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    if sb.metadata.name.as_deref().unwrap_or("").is_empty() {
+        return Err("metadata.name is missing".into());
+    }
+    Ok(sb)
+}

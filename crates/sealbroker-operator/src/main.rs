@@ -1,0 +1,271 @@
+//! `sealbroker-operator`: the controller and webhook, the one-shot
+//! provisioner, and offline commands that print what the controller would
+//! write (CRD, rendered config, desired objects).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use sealbroker_operator::crd::SealBroker;
+use sealbroker_operator::render::{self, Layout, paths};
+use sealbroker_operator::{desired, kubeapi, validation, webhook};
+
+#[derive(Parser)]
+#[command(
+    name = "sealbroker-operator",
+    version,
+    about = "Kubernetes operator for sealbroker (docs/operator.md)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller and the admission webhook (the long-running Deployment).
+    Run(RunArgs),
+    /// Grant a SealBroker's broker its ServiceAccount and read access to exactly
+    /// the Secrets it names (one-shot, run by a platform admin or a Job).
+    Provision(ProvisionArgs),
+    /// Print the SealBroker CRD (deploy/crd/ is this output).
+    Crd,
+    /// Print or write the broker config (TOML) and OpenBao seal stanza (HCL),
+    /// exactly as the controller renders them into ConfigMaps.
+    #[command(
+        after_help = "Example:\n  sealbroker-operator render -f sealbroker.yaml --root /tmp/sb --out /tmp/sb"
+    )]
+    Render(RenderArgs),
+    /// Print every object the controller and the provisioner would apply.
+    Manifests(FileArg),
+    /// Validate a SealBroker as the admission webhook does.
+    Check(FileArg),
+}
+
+#[derive(Args)]
+struct FileArg {
+    /// SealBroker YAML file ("-" for stdin).
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+}
+
+#[derive(Args)]
+struct RenderArgs {
+    #[command(flatten)]
+    input: FileArg,
+    /// Move the in-pod paths (socket, credentials, state, plugin directory)
+    /// under DIR, to run the artifacts outside a pod.
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Write sealbroker.toml and seal.hcl into DIR instead of printing them.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Webhook HTTPS address.
+    #[arg(
+        long,
+        default_value = "0.0.0.0:8443",
+        env = "SEALBROKER_OPERATOR_WEBHOOK_LISTEN"
+    )]
+    webhook_listen: SocketAddr,
+    /// Webhook certificate chain (PEM).
+    #[arg(long, default_value = "/tls/tls.crt")]
+    tls_cert_file: PathBuf,
+    /// Webhook private key (PEM).
+    #[arg(long, default_value = "/tls/tls.key")]
+    tls_key_file: PathBuf,
+}
+
+#[derive(Args)]
+struct ProvisionArgs {
+    /// The SealBroker's namespace.
+    #[arg(long, short = 'n')]
+    namespace: String,
+    /// The SealBroker's name.
+    name: String,
+}
+
+fn read_input(path: &Path) -> Result<SealBroker, String> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("stdin: {e}"))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?
+    };
+    let mut sb =
+        sealbroker_operator::parse_sealbroker(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if sb.metadata.namespace.is_none() {
+        sb.metadata.namespace = Some("default".into());
+    }
+    Ok(sb)
+}
+
+fn checked(path: &Path) -> Result<SealBroker, String> {
+    let sb = read_input(path)?;
+    let problems = validation::validate(&sb);
+    if problems.is_empty() {
+        Ok(sb)
+    } else {
+        let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+        Err(format!(
+            "{}: SealBroker refused:\n{}",
+            path.display(),
+            lines.join("\n")
+        ))
+    }
+}
+
+fn render_cmd(args: &RenderArgs) -> Result<(), String> {
+    let sb = checked(&args.input.file)?;
+    let layout = args
+        .root
+        .as_deref()
+        .map(Layout::rooted)
+        .unwrap_or_else(Layout::pod);
+    let config = render::broker_config(&sb, &layout);
+    let stanza = render::seal_stanza(&sb, &layout);
+    let Some(out) = &args.out else {
+        print!(
+            "# --- {} ---\n{config}\n# --- {} ---\n{stanza}",
+            paths::CONFIG_FILE,
+            paths::SEAL_FILE
+        );
+        return Ok(());
+    };
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    for (file, text) in [(paths::CONFIG_FILE, &config), (paths::SEAL_FILE, &stanza)] {
+        let path = out.join(file);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    // Where the kubelet would project each credential; outside a pod, put them there.
+    for backend in &sb.spec.backends {
+        for item in backend.credential_items() {
+            println!(
+                "secret {}/{} -> {}",
+                item.secret,
+                item.key,
+                layout.credential(&backend.name, &item.file)
+            );
+        }
+    }
+    println!("socket {}", layout.socket());
+    println!(
+        "plugin_directory {}",
+        layout.path(&sb.spec.openbao.plugin_directory)
+    );
+    Ok(())
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEALBROKER_OPERATOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+async fn run_cmd(args: &RunArgs) -> Result<(), String> {
+    let tls = webhook::tls_config(&args.tls_cert_file, &args.tls_key_file).map_err(|e| e.to_string())?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(args.webhook_listen)
+        .await
+        .map_err(|e| format!("webhook listen {}: {e}", args.webhook_listen))?;
+    tracing::info!(listen = %args.webhook_listen, "webhook serving");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stop_webhook = stop_rx.clone();
+    let mut stop_controller = stop_rx;
+    let webhook = webhook::serve(listener, Arc::new(tls), Arc::new(client.clone()), async move {
+        let _ = stop_webhook.wait_for(|s| *s).await;
+    });
+    let controller = kubeapi::run_controller(client, async move {
+        let _ = stop_controller.wait_for(|s| *s).await;
+    });
+    let signal = async move {
+        shutdown_signal().await;
+        tracing::info!("stopping");
+        let _ = stop_tx.send(true);
+    };
+    tokio::join!(webhook, controller, signal);
+    Ok(())
+}
+
+async fn provision_cmd(args: &ProvisionArgs) -> Result<(), String> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+    let applied = kubeapi::provision(&client, &args.namespace, &args.name)
+        .await
+        .map_err(|e| e.to_string())?;
+    for line in applied {
+        println!("applied {line}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Only ring is linked, but say so rather than rely on rustls guessing.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let result = match &cli.command {
+        Command::Crd => {
+            print!("{}", sealbroker_operator::crd_yaml());
+            Ok(())
+        }
+        Command::Render(args) => render_cmd(args),
+        Command::Manifests(args) => checked(&args.file).map(|sb| {
+            let mut objects = desired::controller_objects(&sb);
+            objects.extend(desired::access_grant(&sb));
+            print!("{}", desired::to_yaml(&objects));
+        }),
+        Command::Check(args) => checked(&args.file).map(|sb| {
+            println!(
+                "SealBroker {} is valid ({:?} profile)",
+                sb.metadata.name.unwrap_or_default(),
+                sb.spec.profile
+            );
+        }),
+        Command::Run(_) | Command::Provision(_) => {
+            init_tracing();
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("sealbroker-operator: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            runtime.block_on(async {
+                match &cli.command {
+                    Command::Run(args) => run_cmd(args).await,
+                    Command::Provision(args) => provision_cmd(args).await,
+                    _ => Ok(()),
+                }
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("sealbroker-operator: {message}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! What a `SealBroker` and the Pods it serves must satisfy. Pure functions:
+//! the validating webhook, the controller and `sealbroker-operator check`
+//! all ask these, so they refuse the same things with the same words.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{Container, Pod, Volume};
+
+use crate::crd::{Profile, SealBroker, SealBrokerSpec};
+use crate::injection::SIDECAR_NAME;
+
+/// One reason a spec or Pod is refused, naming the field it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// All problems joined into one sentence for an admission denial or a condition.
+pub fn describe(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A DNS label: it becomes part of TOML table names, volume and object names.
+fn is_label(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// A Kubernetes object name (DNS subdomain).
+fn is_object_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(|part| is_label(part, 63))
+}
+
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Whether `image` names a digest (`repo@sha256:<64 hex>`).
+pub fn is_digest_pinned(image: &str) -> bool {
+    image
+        .rsplit_once("@sha256:")
+        .is_some_and(|(repo, digest)| !repo.is_empty() && is_sha256_hex(digest))
+}
+
+fn is_abs_path(path: &str) -> bool {
+    path.starts_with('/') && !path.split('/').any(|c| c == "..") && !path.contains('\0')
+}
+
+/// Every problem with a spec; empty when it may be applied.
+pub fn validate(sb: &SealBroker) -> Vec<Problem> {
+    let spec = &sb.spec;
+    let mut problems = Vec::new();
+    let name = sb.metadata.name.as_deref().unwrap_or("");
+    // Object names derive from it: `<name>-broker-secrets` must stay a label.
+    if !name.is_empty() && !is_label(name, 40) {
+        problems.push(problem(
+            "metadata.name",
+            "must be a DNS label of at most 40 characters (objects named after it add suffixes)",
+        ));
+    }
+    hardened_rules(spec, &mut problems);
+    structure_rules(spec, &mut problems);
+    problems
+}
+
+/// What only the Hardened profile refuses.
+fn hardened_rules(spec: &SealBrokerSpec, problems: &mut Vec<Problem>) {
+    if spec.profile != Profile::Hardened {
+        return;
+    }
+    for (i, backend) in spec.backends.iter().enumerate() {
+        if backend.software.is_some() {
+            problems.push(problem(
+                format!("spec.backends[{i}].software"),
+                format!(
+                    "the Hardened profile refuses the software backend {:?}: its key sits on the broker's \
+                     own disk, so it is no external root of trust; use pkcs11, kmip, awskms or transit, \
+                     or profile Development for testing",
+                    backend.name
+                ),
+            ));
+        }
+    }
+    if !is_digest_pinned(&spec.image) {
+        problems.push(problem(
+            "spec.image",
+            format!(
+                "the Hardened profile requires an image pinned by digest (repo@sha256:<64 hex>), \
+                 got {:?}: a tag can be moved to other code",
+                spec.image
+            ),
+        ));
+    }
+}
+
+fn structure_rules(spec: &SealBrokerSpec, problems: &mut Vec<Problem>) {
+    if spec.image.trim().is_empty() {
+        problems.push(problem("spec.image", "is empty"));
+    }
+    if !is_sha256_hex(&spec.plugin_sha256) {
+        problems.push(problem(
+            "spec.pluginSha256",
+            "must be the plugin binary's SHA-256 as 64 lowercase hex characters (sha256sum output)",
+        ));
+    }
+    let target = &spec.openbao;
+    let selector_empty = target.selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && target
+            .selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|e| e.is_empty());
+    if selector_empty {
+        problems.push(problem(
+            "spec.openbao.selector",
+            "is empty: it would select every Pod in the namespace",
+        ));
+    }
+    if target.container_name == SIDECAR_NAME || target.container_name.is_empty() {
+        problems.push(problem(
+            "spec.openbao.containerName",
+            format!("must name OpenBao's container, not be empty or {SIDECAR_NAME:?}"),
+        ));
+    }
+    if target.uid < 0 || target.gid < 0 {
+        problems.push(problem("spec.openbao", "uid and gid must not be negative"));
+    }
+    if spec.broker_uid <= 0 {
+        problems.push(problem("spec.brokerUid", "must be a non-root uid (> 0)"));
+    }
+    if spec.broker_uid == target.uid {
+        problems.push(problem(
+            "spec.brokerUid",
+            "must differ from spec.openbao.uid: the broker and OpenBao are separate identities",
+        ));
+    }
+    for (field, path) in [
+        ("spec.openbao.pluginDirectory", &target.plugin_directory),
+        ("spec.openbao.sealConfigDir", &target.seal_config_dir),
+    ] {
+        if !is_abs_path(path) || path == "/" {
+            problems.push(problem(field, "must be an absolute directory path without `..`"));
+        }
+    }
+    let dirs = [
+        target.plugin_directory.trim_end_matches('/'),
+        target.seal_config_dir.trim_end_matches('/'),
+        crate::render::paths::SOCKET_DIR,
+    ];
+    if dirs[0] == dirs[1] || dirs[0] == dirs[2] || dirs[1] == dirs[2] {
+        problems.push(problem(
+            "spec.openbao",
+            format!(
+                "pluginDirectory, sealConfigDir and the socket directory {} must be three different paths",
+                crate::render::paths::SOCKET_DIR
+            ),
+        ));
+    }
+    for port in target.ports.iter().chain(spec.network.iter().map(|n| &n.port)) {
+        if !(1..=65535).contains(port) {
+            problems.push(problem("spec", format!("port {port} is out of range")));
+        }
+    }
+    if let Some(net) = &spec.network {
+        if !is_object_name(&net.tls_secret) {
+            problems.push(problem("spec.network.tlsSecret", "must be a Secret name"));
+        }
+        if target.ports.contains(&net.port) {
+            problems.push(problem(
+                "spec.network.port",
+                "collides with one of OpenBao's ports",
+            ));
+        }
+    }
+    for (i, env) in spec.env.iter().enumerate() {
+        if env.name.is_empty() || env.name.contains('=') {
+            problems.push(problem(format!("spec.env[{i}].name"), "is not a variable name"));
+        }
+    }
+    backend_rules(spec, problems);
+    key_rules(spec, problems);
+}
+
+fn backend_rules(spec: &SealBrokerSpec, problems: &mut Vec<Problem>) {
+    if spec.backends.is_empty() {
+        problems.push(problem("spec.backends", "names no backend"));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, backend) in spec.backends.iter().enumerate() {
+        let field = format!("spec.backends[{i}]");
+        // Volume names are `sealbroker-cred-<backend>` (63 at most).
+        if !is_label(&backend.name, 40) || backend.name.starts_with('_') {
+            problems.push(problem(
+                format!("{field}.name"),
+                "must be a DNS label of at most 40 characters",
+            ));
+        }
+        if !seen.insert(backend.name.as_str()) {
+            problems.push(problem(format!("{field}.name"), "is used twice"));
+        }
+        if backend.type_name().is_none() {
+            problems.push(problem(
+                field.clone(),
+                "must set exactly one of pkcs11, kmip, awskms, transit, software",
+            ));
+        }
+        for item in backend.credential_items() {
+            if !is_object_name(&item.secret) {
+                problems.push(problem(
+                    field.clone(),
+                    format!("{:?} is not a Secret name", item.secret),
+                ));
+            }
+            if item.key.is_empty() || item.key.contains('/') || item.key == "." || item.key == ".." {
+                problems.push(problem(
+                    field.clone(),
+                    format!("{:?} is not a Secret key", item.key),
+                ));
+            }
+        }
+        if let Some(p) = &backend.pkcs11 {
+            if !is_abs_path(&p.lib) {
+                problems.push(problem(format!("{field}.pkcs11.lib"), "must be an absolute path"));
+            }
+            if p.token_label.is_none() && p.slot.is_none() {
+                problems.push(problem(format!("{field}.pkcs11"), "needs tokenLabel or slot"));
+            }
+        }
+    }
+}
+
+fn key_rules(spec: &SealBrokerSpec, problems: &mut Vec<Problem>) {
+    if spec.keys.is_empty() {
+        problems.push(problem("spec.keys", "names no key"));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, key) in spec.keys.iter().enumerate() {
+        let field = format!("spec.keys[{i}]");
+        if !is_label(&key.name, 63) {
+            problems.push(problem(format!("{field}.name"), "must be a DNS label"));
+        }
+        if !seen.insert(key.name.as_str()) {
+            problems.push(problem(format!("{field}.name"), "is used twice"));
+        }
+        let Some(kind) = spec
+            .backends
+            .iter()
+            .find(|b| b.name == key.backend)
+            .and_then(|b| b.type_name())
+        else {
+            problems.push(problem(
+                format!("{field}.backend"),
+                format!("{:?} is not a backend in spec.backends", key.backend),
+            ));
+            continue;
+        };
+        let set: Vec<(&str, bool)> = vec![
+            ("keyLabel", key.key_label.is_some()),
+            ("keyId", key.key_id.is_some()),
+            ("keyName", key.key_name.is_some()),
+            ("kmsKeyId", key.kms_key_id.is_some()),
+            ("mechanism", key.mechanism.is_some()),
+            ("encryptAlg", key.encrypt_alg.is_some()),
+        ];
+        let (allowed, required): (&[&str], &[&str]) = match kind {
+            "pkcs11" => (&["keyLabel", "keyId", "mechanism"], &["keyLabel", "keyId"]),
+            "kmip" => (&["kmsKeyId", "keyName", "encryptAlg"], &["kmsKeyId", "keyName"]),
+            "awskms" => (&["keyId"], &["keyId"]),
+            "transit" => (&["keyName"], &["keyName"]),
+            _ => (&[], &[]),
+        };
+        for (name, is_set) in &set {
+            if *is_set && !allowed.contains(name) {
+                problems.push(problem(
+                    format!("{field}.{name}"),
+                    format!("does not apply to a {kind} backend"),
+                ));
+            }
+        }
+        if !required.is_empty() && !set.iter().any(|(n, s)| *s && required.contains(n)) {
+            problems.push(problem(
+                field.clone(),
+                format!("a {kind} key needs one of {}", required.join(", ")),
+            ));
+        }
+    }
+    if !spec.keys.iter().any(|k| k.name == spec.seal.key) {
+        problems.push(problem(
+            "spec.seal.key",
+            format!("{:?} is not a key in spec.keys", spec.seal.key),
+        ));
+    }
+}
+
+/// Names of the Pod's volumes that carry the broker's credentials.
+fn credential_volumes(pod: &Pod, secrets: &BTreeSet<String>) -> BTreeSet<String> {
+    let volumes: &[Volume] = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_deref())
+        .unwrap_or(&[]);
+    volumes
+        .iter()
+        .filter(|v| {
+            let direct = v
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_ref())
+                .is_some_and(|n| secrets.contains(n));
+            let projected = v.projected.as_ref().is_some_and(|p| {
+                p.sources
+                    .iter()
+                    .flatten()
+                    .any(|s| s.secret.as_ref().is_some_and(|s| secrets.contains(&s.name)))
+            });
+            direct || projected
+        })
+        .map(|v| v.name.clone())
+        .collect()
+}
+
+/// Containers other than the sidecar that would receive the broker's
+/// credentials (volume mounts or environment); empty when the Pod is clean.
+pub fn credential_leaks(pod: &Pod, sb: &SealBroker) -> Vec<Problem> {
+    let secrets: BTreeSet<String> = sb.spec.secret_names().into_iter().collect();
+    if secrets.is_empty() {
+        return Vec::new();
+    }
+    let volumes = credential_volumes(pod, &secrets);
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    let all = spec.containers.iter().map(|c| ("containers", c)).chain(
+        spec.init_containers
+            .iter()
+            .flatten()
+            .map(|c| ("initContainers", c)),
+    );
+    for (list, container) in all {
+        if list == "initContainers" && container.name == SIDECAR_NAME {
+            continue;
+        }
+        let field = format!("spec.{list}[{}]", container.name);
+        for leak in container_leaks(container, &volumes, &secrets) {
+            problems.push(problem(
+                field.clone(),
+                format!(
+                    "{leak}: the broker's credentials (Secrets {}) go to the sealbroker sidecar only, \
+                     never to OpenBao or other containers",
+                    secrets.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    problems
+}
+
+fn container_leaks(c: &Container, volumes: &BTreeSet<String>, secrets: &BTreeSet<String>) -> Vec<String> {
+    let mut leaks = Vec::new();
+    for mount in c.volume_mounts.iter().flatten() {
+        if volumes.contains(&mount.name) {
+            leaks.push(format!("mounts volume {:?}", mount.name));
+        }
+    }
+    for env in c.env.iter().flatten() {
+        let secret = env
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .map(|r| r.name.clone());
+        if let Some(name) = secret.filter(|n| secrets.contains(n)) {
+            leaks.push(format!("env {:?} reads Secret {name:?}", env.name));
+        }
+    }
+    for from in c.env_from.iter().flatten() {
+        if let Some(name) = from
+            .secret_ref
+            .as_ref()
+            .map(|r| r.name.clone())
+            .filter(|n| secrets.contains(n))
+        {
+            leaks.push(format!("envFrom reads Secret {name:?}"));
+        }
+    }
+    leaks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_pinning_needs_a_full_sha256() {
+        let digest = "a".repeat(64);
+        assert!(is_digest_pinned(&format!("ghcr.io/x/sealbroker@sha256:{digest}")));
+        assert!(is_digest_pinned(&format!(
+            "ghcr.io/x/sealbroker:1.0@sha256:{digest}"
+        )));
+        assert!(!is_digest_pinned("ghcr.io/x/sealbroker:1.0"));
+        assert!(!is_digest_pinned("ghcr.io/x/sealbroker@sha256:abc"));
+        assert!(!is_digest_pinned(&format!("@sha256:{digest}")));
+    }
+
+    #[test]
+    fn labels_refuse_uppercase_dots_and_edges() {
+        assert!(is_label("hsm-1", 63));
+        assert!(!is_label("HSM", 63));
+        assert!(!is_label("a.b", 63));
+        assert!(!is_label("-a", 63));
+        assert!(!is_label("", 63));
+    }
+}

@@ -1,0 +1,343 @@
+//! Reconcile and injection as pure functions, pinned by golden files in
+//! tests/golden/. `UPDATE_GOLDEN=1 cargo test` rewrites them (and the CRD in
+//! deploy/crd/); without it any drift fails with the path to look at.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use sealbroker_operator::crd::{Profile, SealBroker, SoftwareBackend};
+use sealbroker_operator::desired::{self, Desired};
+use sealbroker_operator::injection::{self, SIDECAR_NAME};
+use sealbroker_operator::render::{self, Layout};
+use sealbroker_operator::status::{Outcome, status_for};
+use sealbroker_operator::validation;
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn input(name: &str) -> SealBroker {
+    let text = std::fs::read_to_string(golden_dir().join(format!("{name}.input.yaml"))).unwrap();
+    sealbroker_operator::parse_sealbroker(&text).unwrap()
+}
+
+fn pod() -> Pod {
+    let text = std::fs::read_to_string(golden_dir().join("pod.input.yaml")).unwrap();
+    serde_saphyr::from_str(&text).unwrap()
+}
+
+/// Compares `actual` with the file, or rewrites it under UPDATE_GOLDEN=1.
+fn golden(path: &Path, actual: &str) {
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_default();
+    if expected != actual {
+        let first = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{} drifted (first difference at line {}); rerun with UPDATE_GOLDEN=1 if intended.\n--- actual ---\n{actual}",
+            path.display(),
+            first + 1
+        );
+    }
+}
+
+fn yaml(value: &impl serde::Serialize) -> String {
+    desired::yaml_documents(&[serde_json::to_value(value).unwrap()])
+}
+
+#[test]
+fn crd_in_deploy_matches_the_rust_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crd/sealbroker.io_sealbrokers.yaml");
+    golden(&path, &sealbroker_operator::crd_yaml());
+}
+
+#[test]
+fn hardened_objects_match_golden() {
+    let sb = input("hardened");
+    assert!(
+        validation::validate(&sb).is_empty(),
+        "{:?}",
+        validation::validate(&sb)
+    );
+    let mut objects = desired::controller_objects(&sb);
+    objects.extend(desired::access_grant(&sb));
+    golden(
+        &golden_dir().join("hardened.objects.yaml"),
+        &desired::to_yaml(&objects),
+    );
+    golden(
+        &golden_dir().join("hardened.sealbroker.toml"),
+        &render::broker_config(&sb, &Layout::pod()),
+    );
+    golden(
+        &golden_dir().join("hardened.seal.hcl"),
+        &render::seal_stanza(&sb, &Layout::pod()),
+    );
+}
+
+#[test]
+fn development_objects_match_golden() {
+    let sb = input("development");
+    assert!(
+        validation::validate(&sb).is_empty(),
+        "{:?}",
+        validation::validate(&sb)
+    );
+    let mut objects = desired::controller_objects(&sb);
+    objects.extend(desired::access_grant(&sb));
+    golden(
+        &golden_dir().join("development.objects.yaml"),
+        &desired::to_yaml(&objects),
+    );
+}
+
+#[test]
+fn injected_pod_matches_golden_and_second_injection_is_a_no_op() {
+    let sb = input("hardened");
+    let pod = pod();
+    let injected = injection::inject(&pod, &sb).unwrap();
+    golden(&golden_dir().join("hardened.pod.yaml"), &yaml(&injected));
+    assert_eq!(injection::inject(&injected, &sb).unwrap(), injected);
+    assert!(injection::injection_patch(&injected, &sb).unwrap().0.is_empty());
+    assert!(validation::credential_leaks(&injected, &sb).is_empty());
+}
+
+#[test]
+fn status_matches_golden_for_each_outcome() {
+    let now = Time("2026-01-02T03:04:05Z".parse().unwrap());
+    let hardened = input("hardened");
+    let development = input("development");
+    let statuses = vec![
+        serde_json::to_value(status_for(&hardened, &Outcome::Ready, now.clone())).unwrap(),
+        serde_json::to_value(status_for(
+            &hardened,
+            &Outcome::AwaitingProvisioner("the broker's access grant is missing".into()),
+            now.clone(),
+        ))
+        .unwrap(),
+        serde_json::to_value(status_for(&development, &Outcome::Ready, now)).unwrap(),
+    ];
+    golden(
+        &golden_dir().join("status.yaml"),
+        &desired::yaml_documents(&statuses),
+    );
+}
+
+#[test]
+fn status_keeps_transition_time_while_a_condition_holds() {
+    let mut sb = input("hardened");
+    let first = status_for(
+        &sb,
+        &Outcome::Ready,
+        Time("2026-01-01T00:00:00Z".parse().unwrap()),
+    );
+    sb.status = Some(first.clone());
+    let later = status_for(
+        &sb,
+        &Outcome::Ready,
+        Time("2026-02-01T00:00:00Z".parse().unwrap()),
+    );
+    assert_eq!(first.conditions, later.conditions);
+    let changed = status_for(
+        &sb,
+        &Outcome::AwaitingProvisioner("x".into()),
+        Time("2026-02-01T00:00:00Z".parse().unwrap()),
+    );
+    assert_ne!(
+        changed.conditions[0].last_transition_time,
+        first.conditions[0].last_transition_time
+    );
+    assert_eq!(changed.conditions[1], first.conditions[1]);
+}
+
+#[test]
+fn development_reports_security_risk_and_hardened_does_not() {
+    let now = Time("2026-01-01T00:00:00Z".parse().unwrap());
+    let dev = status_for(&input("development"), &Outcome::Ready, now.clone());
+    let risk = dev.conditions.iter().find(|c| c.type_ == "SecurityRisk").unwrap();
+    assert_eq!(risk.status, "True");
+    let hard = status_for(&input("hardened"), &Outcome::Ready, now);
+    let risk = hard
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "SecurityRisk")
+        .unwrap();
+    assert_eq!(risk.status, "False");
+    assert_eq!(
+        hard.plugin_sha256.as_deref(),
+        Some(input("hardened").spec.plugin_sha256.as_str())
+    );
+}
+
+#[test]
+fn hardened_refuses_software_backend_and_tag_images_and_says_why() {
+    let mut sb = input("development");
+    sb.spec.profile = Profile::Hardened;
+    let problems = validation::describe(&validation::validate(&sb));
+    assert!(problems.contains("refuses the software backend"), "{problems}");
+    assert!(problems.contains("pinned by digest"), "{problems}");
+}
+
+#[test]
+fn role_without_secrets_grants_nothing_rather_than_everything() {
+    let sb = input("development");
+    let grant = desired::access_grant(&sb);
+    let Desired::Role(role) = &grant[1] else {
+        panic!("second object is the Role")
+    };
+    assert_eq!(role.rules.as_deref(), Some(&[][..]));
+    let sb = input("hardened");
+    let Desired::Role(role) = &desired::access_grant(&sb)[1] else {
+        panic!()
+    };
+    let rule = &role.rules.as_ref().unwrap()[0];
+    assert_eq!(rule.verbs, vec!["get"]);
+    assert_eq!(
+        rule.resource_names.as_deref().unwrap(),
+        ["hsm-pin", "transit-ca", "transit-token"]
+    );
+}
+
+#[test]
+fn credentials_are_mounted_into_the_sidecar_only() {
+    let sb = input("hardened");
+    let injected = injection::inject(&pod(), &sb).unwrap();
+    let spec = injected.spec.unwrap();
+    let openbao = spec.containers.iter().find(|c| c.name == "openbao").unwrap();
+    let mounts: Vec<&str> = openbao
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert!(
+        mounts.iter().all(|m| !m.starts_with("sealbroker-cred")),
+        "{mounts:?}"
+    );
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == SIDECAR_NAME)
+        .unwrap();
+    let sidecar_mounts: Vec<&str> = sidecar
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert!(
+        sidecar_mounts.contains(&"sealbroker-cred-hsm"),
+        "{sidecar_mounts:?}"
+    );
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+    for c in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.name.starts_with("sealbroker"))
+    {
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    }
+}
+
+#[test]
+fn a_pod_whose_openbao_container_mounts_credentials_is_a_leak() {
+    let sb = input("hardened");
+    let mut injected = injection::inject(&pod(), &sb).unwrap();
+    let spec = injected.spec.as_mut().unwrap();
+    spec.containers[0]
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(k8s_openapi::api::core::v1::VolumeMount {
+            name: "sealbroker-cred-hsm".into(),
+            mount_path: "/pin".into(),
+            ..Default::default()
+        });
+    let leaks = validation::describe(&validation::credential_leaks(&injected, &sb));
+    assert!(leaks.contains("spec.containers[openbao]"), "{leaks}");
+    assert!(leaks.contains("never to OpenBao"), "{leaks}");
+}
+
+#[test]
+fn injection_refuses_a_pod_without_the_openbao_container() {
+    let sb = input("hardened");
+    let mut pod = pod();
+    pod.spec.as_mut().unwrap().containers[0].name = "vault".into();
+    let err = injection::inject(&pod, &sb).unwrap_err().to_string();
+    assert!(err.contains("no container named \"openbao\""), "{err}");
+}
+
+#[test]
+fn selectors_follow_kubernetes_semantics() {
+    let sb = input("development");
+    let labels = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let selector = &sb.spec.openbao.selector;
+    assert!(desired::selector_matches(
+        selector,
+        &labels(&[
+            ("app.kubernetes.io/name", "openbao"),
+            ("app.kubernetes.io/instance", "dev")
+        ])
+    ));
+    assert!(!desired::selector_matches(
+        selector,
+        &labels(&[("app.kubernetes.io/name", "openbao")])
+    ));
+    let empty = Default::default();
+    assert!(!desired::selector_matches(&empty, &labels(&[("a", "b")])));
+}
+
+#[test]
+fn exactly_one_backend_type_is_required() {
+    let mut sb = input("hardened");
+    sb.spec.backends[0].software = Some(SoftwareBackend {});
+    let problems = validation::describe(&validation::validate(&sb));
+    assert!(problems.contains("exactly one of"), "{problems}");
+}
+
+#[test]
+fn deploy_examples_are_valid_sealbrokers() {
+    for overlay in ["hardened", "development"] {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../deploy/{overlay}/sealbroker.yaml"));
+        let sb = sealbroker_operator::parse_sealbroker(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let problems = validation::validate(&sb);
+        assert!(
+            problems.is_empty(),
+            "{}: {}",
+            path.display(),
+            validation::describe(&problems)
+        );
+        assert_eq!(format!("{:?}", sb.spec.profile).to_lowercase(), overlay);
+    }
+}
+
+#[test]
+fn openbao_mount_paths_must_not_collide() {
+    let mut sb = input("hardened");
+    sb.spec.openbao.seal_config_dir = sb.spec.openbao.plugin_directory.clone();
+    let problems = validation::describe(&validation::validate(&sb));
+    assert!(problems.contains("three different paths"), "{problems}");
+}
