@@ -1,0 +1,375 @@
+//! The results of a run, as JSON, as Markdown tables, and as an SVG chart of
+//! latencies (docs/performance.md embeds all three kinds).
+
+use std::fmt::Write;
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::peers::Error;
+use crate::scenarios::ComparisonRow;
+use crate::scenarios::grpc::GrpcRow;
+use crate::scenarios::startup::StartupRow;
+
+/// Where and how a run happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub loadavg_at_start: f64,
+}
+
+impl Machine {
+    pub fn probe() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("model name")
+                        .map(|v| v.trim_start_matches([' ', '\t', ':']))
+                })
+                .unwrap_or("unknown")
+                .to_owned(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            loadavg_at_start: crate::scenarios::loadavg(),
+        }
+    }
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub started: String,
+    pub command: String,
+    pub smoke: bool,
+    pub sealbroker_bin: String,
+    pub machine: Machine,
+    /// How each side-by-side level was run.
+    pub plan: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub transit: Vec<ComparisonRow>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hsm: Vec<ComparisonRow>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grpc: Vec<GrpcRow>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub startup: Vec<StartupRow>,
+    /// Scenarios that failed outright, with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+}
+
+impl Report {
+    /// Operations that failed, over every scenario, plus scenarios that failed.
+    pub fn error_count(&self) -> u64 {
+        self.transit
+            .iter()
+            .chain(&self.hsm)
+            .map(ComparisonRow::errors)
+            .sum::<u64>()
+            + self.grpc.iter().map(|r| r.rpc.errors).sum::<u64>()
+            + self.failures.len() as u64
+    }
+
+    /// The first error message of any scenario, to show why a run failed.
+    pub fn first_errors(&self) -> Vec<String> {
+        let mut errors = self.failures.clone();
+        for row in self.transit.iter().chain(&self.hsm) {
+            for (name, summary) in [(&row.a_name, &row.a), (&row.b_name, &row.b)] {
+                if let Some(e) = &summary.first_error {
+                    errors.push(format!(
+                        "{name} at {}: {e} ({} errors)",
+                        row.concurrency, summary.errors
+                    ));
+                }
+            }
+        }
+        for row in &self.grpc {
+            if let Some(e) = &row.rpc.first_error {
+                errors.push(format!(
+                    "gRPC at {} in flight: {e} ({} errors)",
+                    row.in_flight, row.rpc.errors
+                ));
+            }
+        }
+        errors
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            md,
+            "Run {} on {} CPU(s) ({}), Linux {}, load average {:.2} at start.  ",
+            self.started, m.cpus, m.cpu_model, m.kernel, m.loadavg_at_start
+        );
+        let _ = writeln!(md, "Command: `{}`  ", self.command);
+        let _ = writeln!(md, "Side-by-side levels: {}.\n", self.plan);
+        if !self.transit.is_empty() {
+            md.push_str("### 1. Transit encrypt+decrypt of 32 B: sealbroker vs OpenBao 2.7.2\n\n");
+            md.push_str("One operation is an encrypt and a decrypt (two HTTP requests).\n\n");
+            comparison_table(&mut md, &self.transit, "callers");
+        }
+        if !self.hsm.is_empty() {
+            md.push_str("### 2. Wrap+Unwrap on SoftHSM2: broker gRPC vs direct cryptoki\n\n");
+            md.push_str(
+                "One operation is a Wrap and an Unwrap of a 32-byte DEK (broker), or an AES-GCM \
+                 encrypt and decrypt of it (direct, one session per thread).\n\n",
+            );
+            comparison_table(&mut md, &self.hsm, "threads");
+        }
+        if !self.grpc.is_empty() {
+            md.push_str("### 3. Native gRPC, software key, unix socket (one RPC per operation)\n\n");
+            md.push_str("| in flight | RPC/s | p50 µs | p90 µs | p99 µs | max µs | errors | target p50 < 100 µs, p99 < 1 ms |\n");
+            md.push_str("|---:|---:|---:|---:|---:|---:|---:|---|\n");
+            for row in &self.grpc {
+                let s = &row.rpc;
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} |",
+                    row.in_flight,
+                    s.ops_per_sec,
+                    s.p50_us,
+                    s.p90_us,
+                    s.p99_us,
+                    s.max_us,
+                    s.errors,
+                    verdict(row.met)
+                );
+            }
+            md.push('\n');
+        }
+        if !self.startup.is_empty() {
+            md.push_str("### 4. Cold start and idle memory\n\n");
+            md.push_str(
+                "| config | runs | spawn → SERVING median (max) | spawn → first Wrap | SIGTERM → exit | RSS after start | RSS idle | peak RSS | target < 100 ms, < 30 MB |\n",
+            );
+            md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+            for row in &self.startup {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {:.1} ms ({:.1}) | {:.1} ms | {:.1} ms | {:.1} MB | {:.1} MB ({:.1} s) | {:.1} MB | {} |",
+                    row.config,
+                    row.runs,
+                    row.ready_median_ms,
+                    row.ready_max_ms,
+                    row.first_wrap_median_ms,
+                    row.stop_median_ms,
+                    row.rss_after_start_mb,
+                    row.rss_idle_mb,
+                    row.idle_secs,
+                    row.hwm_idle_mb,
+                    verdict(row.met)
+                );
+            }
+            md.push('\n');
+        }
+        for failure in &self.failures {
+            let _ = writeln!(md, "**Failed:** {failure}\n");
+        }
+        md
+    }
+
+    /// Writes `<stem>.json`, `<stem>.md` and `<stem>.svg` into `dir`.
+    pub fn write(&self, dir: &Path, stem: &str) -> Result<Vec<std::path::PathBuf>, Error> {
+        std::fs::create_dir_all(dir)?;
+        let json = dir.join(format!("{stem}.json"));
+        std::fs::write(&json, serde_json::to_string_pretty(self)? + "\n")?;
+        let md = dir.join(format!("{stem}.md"));
+        std::fs::write(&md, self.markdown())?;
+        let svg = dir.join(format!("{stem}.svg"));
+        self.chart(&svg)?;
+        Ok(vec![json, md, svg])
+    }
+
+    /// p50 and p99 latency against concurrency, one panel per load scenario.
+    pub fn chart(&self, path: &Path) -> Result<(), Error> {
+        let root = SVGBackend::new(path, (1200, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let panels = root.split_evenly((1, 3));
+        let pairs = |rows: &[ComparisonRow], first: bool| -> Vec<(usize, f64, f64)> {
+            rows.iter()
+                .map(|r| {
+                    let s = if first { &r.a } else { &r.b };
+                    (r.concurrency, s.p50_us, s.p99_us)
+                })
+                .collect()
+        };
+        let grpc: Vec<_> = self
+            .grpc
+            .iter()
+            .map(|r| (r.in_flight, r.rpc.p50_us, r.rpc.p99_us))
+            .collect();
+        let name = |rows: &[ComparisonRow], first: bool| {
+            rows.first()
+                .map(|r| if first { r.a_name.clone() } else { r.b_name.clone() })
+                .unwrap_or_default()
+        };
+        latency_panel(
+            &panels[0],
+            "1. transit encrypt+decrypt",
+            "callers",
+            &[
+                (name(&self.transit, true), BLUE, pairs(&self.transit, true)),
+                (name(&self.transit, false), RED, pairs(&self.transit, false)),
+            ],
+            &[],
+        )?;
+        latency_panel(
+            &panels[1],
+            "2. SoftHSM wrap+unwrap",
+            "threads",
+            &[
+                (name(&self.hsm, true), BLUE, pairs(&self.hsm, true)),
+                (name(&self.hsm, false), RED, pairs(&self.hsm, false)),
+            ],
+            &[],
+        )?;
+        latency_panel(
+            &panels[2],
+            "3. native gRPC, software key (per RPC)",
+            "in flight",
+            &[("sealbroker gRPC".into(), BLUE, grpc)],
+            &[(100.0, "p50 target"), (1000.0, "p99 target")],
+        )?;
+        root.present()?;
+        Ok(())
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
+fn comparison_table(md: &mut String, rows: &[ComparisonRow], unit: &str) {
+    let _ = writeln!(
+        md,
+        "| {unit} | side | ops/s | p50 µs | p90 µs | p99 µs | max µs | errors | ratio (rounds) | target |"
+    );
+    md.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---|---|\n");
+    for row in rows {
+        let rounds: Vec<String> = row.round_ratios.iter().map(|r| format!("{r:.2}")).collect();
+        for (first, name, s) in [(true, &row.a_name, &row.a), (false, &row.b_name, &row.b)] {
+            let (ratio, target) = if first {
+                (
+                    format!("**{:.2}×** ({})", row.ratio, rounds.join(", ")),
+                    format!("≥ {}× {}", row.target_ratio, verdict(row.met)),
+                )
+            } else {
+                (String::new(), String::new())
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} |",
+                if first {
+                    row.concurrency.to_string()
+                } else {
+                    String::new()
+                },
+                name,
+                s.ops_per_sec,
+                s.p50_us,
+                s.p90_us,
+                s.p99_us,
+                s.max_us,
+                s.errors,
+                ratio,
+                target
+            );
+        }
+    }
+    md.push('\n');
+}
+
+type Series = (String, RGBColor, Vec<(usize, f64, f64)>);
+
+/// One panel: x is the concurrency level (evenly spaced), y is latency in µs
+/// on a log scale; solid lines are p50, thin lines with crosses p99.
+fn latency_panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+    targets: &[(f64, &str)],
+) -> Result<(), Error> {
+    let levels: Vec<usize> = series
+        .iter()
+        .flat_map(|s| s.2.iter().map(|p| p.0))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if levels.is_empty() {
+        return Ok(());
+    }
+    let values = series
+        .iter()
+        .flat_map(|s| s.2.iter().flat_map(|p| [p.1, p.2]))
+        .chain(targets.iter().map(|t| t.0))
+        .filter(|v| *v > 0.0);
+    let (lo, hi) = values.fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let x_of = |level: usize| levels.iter().position(|l| *l == level).unwrap_or(0) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(
+            -0.3f64..(levels.len() as f64 - 0.7),
+            ((lo / 1.5)..(hi * 1.5)).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_labels(levels.len())
+        .x_label_formatter(&|x: &f64| {
+            let i = x.round();
+            if (x - i).abs() < 0.01 && i >= 0.0 {
+                levels.get(i as usize).map(|l| l.to_string()).unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .x_desc(x_label)
+        .y_desc("latency (µs, log)")
+        .draw()?;
+    for &(value, label) in targets {
+        chart
+            .draw_series(LineSeries::new(
+                [(-0.3, value), (levels.len() as f64 - 0.7, value)],
+                BLACK.mix(0.4),
+            ))?
+            .label(label)
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK.mix(0.4)));
+    }
+    for (name, color, points) in series {
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (x_of(p.0), p.1)),
+                color.stroke_width(2),
+            ))?
+            .label(format!("{name} p50"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+        chart
+            .draw_series(
+                LineSeries::new(points.iter().map(|p| (x_of(p.0), p.2)), color.mix(0.6)).point_size(4),
+            )?
+            .label(format!("{name} p99"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.mix(0.6)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK.mix(0.3))
+        .label_font(("sans-serif", 12))
+        .draw()?;
+    Ok(())
+}

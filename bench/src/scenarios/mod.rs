@@ -1,0 +1,281 @@
+//! The four scenarios of docs/performance.md, and what they share: the run
+//! settings, broker configs, and the gRPC callers.
+
+pub mod grpc;
+pub mod hsm;
+pub mod startup;
+pub mod transit;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sealbroker_proto::sealbroker::v1::seal_service_client::SealServiceClient;
+use sealbroker_proto::sealbroker::v1::{UnwrapRequest, WrapRequest};
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use crate::load::{AsyncCaller, Compared, Limit, RoundPlan, Summary};
+use crate::peers::{self, Error};
+
+/// The payload of every operation: a 32-byte data key.
+pub const PAYLOAD: [u8; 32] = *b"0123456789abcdef0123456789abcdef";
+/// The AAD of every gRPC operation.
+pub const AAD: &[u8] = b"sealbroker-bench";
+/// The key name every scenario configures.
+pub const KEY: &str = "bench";
+
+/// Settings shared by every scenario.
+pub struct Ctx {
+    pub sealbroker_bin: PathBuf,
+    pub bao_bin: Option<PathBuf>,
+    pub softhsm_module: PathBuf,
+    pub make_token_script: PathBuf,
+    /// The run's private temporary directory.
+    pub dir: PathBuf,
+    /// Where the SoftHSM token goes; this process's SOFTHSM2_CONF points into it.
+    pub hsm_dir: PathBuf,
+    pub plan: RoundPlan,
+    pub transit_concurrency: Vec<usize>,
+    pub hsm_threads: Vec<usize>,
+    pub grpc_concurrency: Vec<usize>,
+    pub grpc_connections: usize,
+    pub startup_runs: usize,
+    pub idle: Duration,
+    pub audit: bool,
+}
+
+impl Ctx {
+    /// An `[audit]` table when `--audit` is on.
+    fn audit_toml(&self, dir: &Path) -> String {
+        if self.audit {
+            format!("[audit]\nfile = \"{}\"\n", dir.join("audit.jsonl").display())
+        } else {
+            String::new()
+        }
+    }
+
+    /// A Development-profile config with the software key `bench`, the unix
+    /// socket `dir/sb.sock`, and `extra_server` appended to `[server]`.
+    pub fn software_config(&self, dir: &Path, extra_server: &str) -> Result<PathBuf, Error> {
+        std::fs::create_dir_all(dir)?;
+        let text = format!(
+            r#"profile = "development"
+[server]
+unix_socket = "{socket}"
+{extra_server}
+{audit}
+[backends.soft]
+type = "software"
+
+[keys.{KEY}]
+backend = "soft"
+key_file = "{key_file}"
+generate = true
+allow = {{ any = ["uid:{uid}", "token:bench"] }}
+"#,
+            socket = dir.join("sb.sock").display(),
+            audit = self.audit_toml(dir),
+            key_file = dir.join("bench.key").display(),
+            uid = peers::current_uid()?,
+        );
+        let path = dir.join("sealbroker.toml");
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// A Hardened-profile config with the SoftHSM key `bench`.
+    pub fn hsm_config(
+        &self,
+        dir: &Path,
+        token: &peers::SoftHsmToken,
+        max_sessions: usize,
+    ) -> Result<PathBuf, Error> {
+        std::fs::create_dir_all(dir)?;
+        let text = format!(
+            r#"profile = "hardened"
+[server]
+unix_socket = "{socket}"
+{audit}
+[backends.hsm]
+type = "pkcs11"
+lib = "{lib}"
+token_label = "{label}"
+pin_file = "{pin_file}"
+max_sessions = {max_sessions}
+
+[keys.{KEY}]
+backend = "hsm"
+key_label = "{key_label}"
+mechanism = "AES_GCM"
+allow = {{ any = ["uid:{uid}"] }}
+"#,
+            socket = dir.join("sb.sock").display(),
+            audit = self.audit_toml(dir),
+            lib = token.module.display(),
+            label = token.label,
+            pin_file = token.dir.join("pin").display(),
+            key_label = token.key_label,
+            uid = peers::current_uid()?,
+        );
+        let path = dir.join("sealbroker.toml");
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// `n` gRPC callers spread over `grpc_connections` channels to `broker`.
+    pub async fn grpc_callers(
+        &self,
+        broker: &peers::Broker,
+        n: usize,
+        mode: GrpcOp,
+    ) -> Result<Vec<GrpcCaller>, Error> {
+        let mut channels = Vec::new();
+        for _ in 0..self.grpc_connections.clamp(1, n.max(1)) {
+            channels.push(peers::unix_channel(&broker.socket).await?);
+        }
+        Ok((0..n)
+            .map(|i| GrpcCaller {
+                client: SealServiceClient::new(channels[i % channels.len()].clone()),
+                mode,
+                blob: None,
+            })
+            .collect())
+    }
+}
+
+/// What one gRPC operation is.
+#[derive(Debug, Clone, Copy)]
+pub enum GrpcOp {
+    /// Wrap then Unwrap (one operation = two RPCs).
+    WrapThenUnwrap,
+    /// Wrap and Unwrap in turn (one operation = one RPC).
+    Alternate,
+}
+
+/// A caller on the native gRPC API.
+pub struct GrpcCaller {
+    client: SealServiceClient<Channel>,
+    mode: GrpcOp,
+    /// Alternate mode: the blob of the last Wrap, to Unwrap next.
+    blob: Option<Vec<u8>>,
+}
+
+impl GrpcCaller {
+    async fn wrap(&mut self) -> Result<Vec<u8>, String> {
+        let request = WrapRequest {
+            key_name: KEY.into(),
+            plaintext: PAYLOAD.to_vec(),
+            aad: AAD.to_vec(),
+        };
+        let answer = self
+            .client
+            .wrap(request)
+            .await
+            .map_err(|s| format!("Wrap: {s}"))?;
+        Ok(answer.into_inner().blob)
+    }
+
+    async fn unwrap(&mut self, blob: Vec<u8>) -> Result<(), String> {
+        let request = UnwrapRequest {
+            blob,
+            aad: AAD.to_vec(),
+            key_name: String::new(),
+        };
+        let answer = self
+            .client
+            .unwrap(request)
+            .await
+            .map_err(|s| format!("Unwrap: {s}"))?;
+        if answer.get_ref().plaintext != PAYLOAD {
+            return Err("Unwrap returned a different plaintext".into());
+        }
+        Ok(())
+    }
+}
+
+impl AsyncCaller for GrpcCaller {
+    async fn call(&mut self) -> Result<(), String> {
+        match self.mode {
+            GrpcOp::WrapThenUnwrap => {
+                let blob = self.wrap().await?;
+                self.unwrap(blob).await
+            }
+            GrpcOp::Alternate => match self.blob.take() {
+                Some(blob) => self.unwrap(blob).await,
+                None => {
+                    self.blob = Some(self.wrap().await?);
+                    Ok(())
+                }
+            },
+        }
+    }
+}
+
+/// One concurrency level of a side-by-side scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComparisonRow {
+    pub concurrency: usize,
+    pub a_name: String,
+    pub b_name: String,
+    pub a: Summary,
+    pub b: Summary,
+    /// ops/s of A over ops/s of B over all rounds.
+    pub ratio: f64,
+    /// The same ratio, round by round.
+    pub round_ratios: Vec<f64>,
+    /// The goal for `ratio`: at least this.
+    pub target_ratio: f64,
+    pub met: bool,
+    pub loadavg_before: f64,
+    pub loadavg_after: f64,
+}
+
+impl ComparisonRow {
+    pub fn new(
+        concurrency: usize,
+        names: (&str, &str),
+        compared: Compared,
+        target: f64,
+        loadavg_before: f64,
+    ) -> Self {
+        let (a, b) = (compared.a.summary(), compared.b.summary());
+        let ratio = if b.ops_per_sec > 0.0 {
+            a.ops_per_sec / b.ops_per_sec
+        } else {
+            0.0
+        };
+        ComparisonRow {
+            concurrency,
+            a_name: names.0.into(),
+            b_name: names.1.into(),
+            a,
+            b,
+            ratio,
+            round_ratios: compared.round_ratios,
+            target_ratio: target,
+            met: ratio >= target,
+            loadavg_before,
+            loadavg_after: loadavg(),
+        }
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.a.errors + self.b.errors
+    }
+}
+
+/// The 1-minute load average, to tell a busy machine in the figures.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// The plan's per-round limit, as the reports describe it.
+pub fn describe_limit(limit: Limit) -> String {
+    match limit {
+        Limit::Time(d) => format!("{:.2} s", d.as_secs_f64()),
+        Limit::Count(n) => format!("{n} ops"),
+    }
+}
