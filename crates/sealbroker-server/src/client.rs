@@ -75,6 +75,9 @@ fn client_tls_config(config: &ClientTls) -> Result<rustls::ClientConfig, ClientE
     Ok(client)
 }
 
+/// How often an idle connection is pinged, and how long a ping may go unanswered.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Connects `endpoint` through `connector`, now or on first use.
 async fn finish<C>(
     endpoint: Endpoint,
@@ -88,6 +91,12 @@ where
     C::Future: Send,
     Box<dyn std::error::Error + Send + Sync>: From<C::Error> + Send,
 {
+    // HTTP/2 pings find a broker that accepts and never answers (or a dead
+    // peer): without them a caller such as OpenBao's plugin waits forever.
+    let endpoint = endpoint
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
+        .keep_alive_while_idle(true);
     if lazy {
         return Ok(endpoint.connect_with_connector_lazy(connector));
     }

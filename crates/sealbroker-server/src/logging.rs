@@ -58,6 +58,9 @@ pub fn init_plugin() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
+        // Once OpenBao dies, stderr is a broken pipe; reporting that failed
+        // write with eprintln! would panic the task that is about to stop us.
+        .log_internal_errors(false)
         .event_format(LevelPrefixed)
         .try_init();
 }
