@@ -250,6 +250,16 @@ async fn sixty_four_concurrent_wraps_and_unwraps_on_softhsm() {
     let dir = tempfile::tempdir().unwrap();
     let token = two_key_token(dir.path());
     let config = hardened_hsm_config(dir.path(), &token, None, "");
+    // The other SoftHSM tests use the default `dispatch = "pool"`; this one
+    // runs every device call on the daemon's request threads.
+    let text = fs::read_to_string(&config).unwrap();
+    let inline = text.replacen(
+        "type = \"pkcs11\"\n",
+        "type = \"pkcs11\"\ndispatch = \"inline\"\n",
+        1,
+    );
+    assert_ne!(text, inline);
+    fs::write(&config, inline).unwrap();
     let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("log")).await;
     let client = daemon.unix_client().await;
     let mut tasks = Vec::new();

@@ -22,7 +22,7 @@ use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, NewVer
 use secrecy::SecretString;
 use serde::Deserialize;
 
-pub use pool::{OpError, PinSource, TokenPool, TokenSelector};
+pub use pool::{Dispatch, OpError, PinSource, TokenPool, TokenSelector};
 
 const GCM_IV_LEN: usize = 12;
 const GCM_TAG_BITS: u64 = 128;
@@ -48,6 +48,9 @@ pub struct BackendConfig {
     /// Upper bound on concurrent sessions (keep it below the token's limit).
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// Where device calls run: `"pool"` (default) or `"inline"`. See [`Dispatch`].
+    #[serde(default)]
+    pub dispatch: Dispatch,
 }
 
 /// Mechanism names as OpenBao's pkcs11 seal spells them.
@@ -161,7 +164,8 @@ impl BackendConfig {
             self.token_selector()?,
             self.pin_source()?,
             self.max_sessions,
-        ))
+        )
+        .with_dispatch(self.dispatch))
     }
 }
 

@@ -3,10 +3,10 @@
 //! PKCS#11 login state belongs to the application, not the session: closing
 //! the last session logs every session out. So the pool keeps one "anchor"
 //! session open for its whole life and hands out up to `max_sessions` working
-//! sessions, one operation at a time each. Every device call runs on tokio's
-//! blocking pool. When the token says a session or the device is gone, the
-//! pool drops what it holds, re-initializes as needed, logs in again and
-//! retries the operation once.
+//! sessions, one operation at a time each. No device call runs on an async
+//! worker that still holds the runtime: see [`Dispatch`]. When the token says
+//! a session or the device is gone, the pool drops what it holds,
+//! re-initializes as needed, logs in again and retries the operation once.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +42,24 @@ impl std::fmt::Display for TokenSelector {
             TokenSelector::Slot(slot) => write!(f, "slot {slot}"),
         }
     }
+}
+
+/// Where a device call runs. Either way the async runtime goes on serving
+/// other requests while the call blocks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dispatch {
+    /// On tokio's blocking pool (`spawn_blocking`). Each call costs two
+    /// thread hand-offs, but a caller's timeout fires even if the device
+    /// never answers. The default: right for network HSMs.
+    #[default]
+    Pool,
+    /// On the calling worker thread, after tokio hands that thread's other
+    /// work to another thread (`block_in_place`). No hand-off on the request
+    /// path, so short calls to a local HSM (SoftHSM, a PCIe card) finish
+    /// several times sooner; but a call that hangs holds its request until
+    /// the device answers. Falls back to `Pool` on a single-threaded runtime.
+    Inline,
 }
 
 /// Where the user PIN comes from. Read at every login, so a rotated PIN file
@@ -160,6 +178,7 @@ struct PoolInner {
 pub struct TokenPool {
     inner: Arc<PoolInner>,
     permits: Arc<Semaphore>,
+    dispatch: Dispatch,
 }
 
 /// A session checked out of the pool, with the generation it belongs to.
@@ -185,7 +204,18 @@ impl TokenPool {
                 }),
             }),
             permits: Arc::new(Semaphore::new(max_sessions.max(1))),
+            dispatch: Dispatch::Pool,
         }
+    }
+
+    /// Sets where device calls run.
+    pub fn with_dispatch(mut self, dispatch: Dispatch) -> Self {
+        self.dispatch = dispatch;
+        self
+    }
+
+    pub fn dispatch(&self) -> Dispatch {
+        self.dispatch
     }
 
     /// The module, token and PIN source this pool serves.
@@ -207,8 +237,8 @@ impl TokenPool {
         format!("{} in {}", self.inner.token, self.inner.lib.display())
     }
 
-    /// Runs `op` on a pooled session on the blocking pool. `op` receives the
-    /// session and the pool generation (for handle caches). A session- or
+    /// Runs `op` on a pooled session, where [`Dispatch`] says. `op` receives
+    /// the session and the pool generation (for handle caches). A session- or
     /// device-level failure resets the pool and retries `op` once.
     pub async fn run<T, F>(&self, op: F) -> Result<T, OpError>
     where
@@ -221,6 +251,12 @@ impl TokenPool {
             .acquire_owned()
             .await
             .map_err(|_| OpError::Backend(BackendError::unavailable("session pool closed")))?;
+        if self.dispatch == Dispatch::Inline
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            return tokio::task::block_in_place(|| self.inner.run_blocking(&op));
+        }
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.run_blocking(&op))
             .await

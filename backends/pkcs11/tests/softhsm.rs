@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use sealbroker_backend_pkcs11::{BackendConfig, KeyConfig, MechanismName, OaepHash, Pkcs11Key, generate_key};
+use sealbroker_backend_pkcs11::{
+    BackendConfig, Dispatch, KeyConfig, MechanismName, OaepHash, Pkcs11Key, generate_key,
+};
 use sealbroker_core::{Backend, BackendErrorKind};
 use secrecy::SecretString;
 
@@ -56,6 +58,7 @@ fn backend(token: &Token, max_sessions: usize) -> BackendConfig {
         pin: None,
         pin_file: Some(token.path.join("pin")),
         max_sessions,
+        dispatch: Dispatch::Pool,
     }
 }
 
@@ -241,4 +244,62 @@ async fn pool_recovers_when_sessions_are_closed_underneath_it() {
     let after = key.encrypt(&[6; 32], b"y").await.unwrap();
     assert_eq!(key.decrypt(&after, b"y").await.unwrap().expose(), &[6; 32]);
     assert_eq!(key.pool().resets(), 2);
+}
+
+/// The thread a pooled call ran on, and whether it was the caller's.
+async fn ran_on_caller_thread(pool: &sealbroker_backend_pkcs11::TokenPool) -> bool {
+    let caller = std::thread::current().id();
+    let ran_on = pool
+        .run(|_session, _generation| Ok(std::thread::current().id()))
+        .await
+        .unwrap_or_else(|_| panic!("the pooled call failed"));
+    ran_on == caller
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_inline_runs_on_the_caller_and_pool_does_not() {
+    let token = token();
+    let mut config = backend(&token, 4);
+    assert!(!ran_on_caller_thread(&config.pool().unwrap()).await);
+    config.dispatch = Dispatch::Inline;
+    let pool = config.pool().unwrap();
+    assert_eq!(pool.dispatch(), Dispatch::Inline);
+    assert!(ran_on_caller_thread(&pool).await);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dispatch_inline_falls_back_to_the_pool_on_a_single_threaded_runtime() {
+    let token = token();
+    let mut config = backend(&token, 2);
+    config.dispatch = Dispatch::Inline;
+    // block_in_place would panic here; the pool must not.
+    assert!(!ran_on_caller_thread(&config.pool().unwrap()).await);
+    let key = key(&config, &aes_key("aes-1"));
+    let sealed = key.encrypt(&[9; 32], b"z").await.unwrap();
+    assert_eq!(key.decrypt(&sealed, b"z").await.unwrap().expose(), &[9; 32]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_inline_shares_a_small_pool_and_heals() {
+    let token = token();
+    let mut config = backend(&token, 2);
+    config.dispatch = Dispatch::Inline;
+    let key = Arc::new(key(&config, &aes_key("aes-1")));
+    let mut tasks = Vec::new();
+    for i in 0..32u8 {
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let sealed = key.encrypt(&[i; 32], &[i]).await?;
+            let opened = key.decrypt(&sealed, &[i]).await?;
+            assert_eq!(opened.expose(), &[i; 32]);
+            Ok::<_, sealbroker_core::BackendError>(())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let before = key.encrypt(&[7; 32], b"x").await.unwrap();
+    close_all_sessions_underneath();
+    assert_eq!(key.decrypt(&before, b"x").await.unwrap().expose(), &[7; 32]);
+    assert_eq!(key.pool().resets(), 1);
 }

@@ -154,6 +154,18 @@ pub struct Pkcs11Backend {
     pub pin_secret: SecretKeyRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sessions: Option<u32>,
+    /// Where device calls run: `pool` (default; right for network HSMs) or
+    /// `inline` (faster for a local HSM; a hung call holds its request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch: Option<Pkcs11Dispatch>,
+}
+
+/// Where a PKCS#11 device call runs; see the pkcs11 backend docs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Pkcs11Dispatch {
+    Pool,
+    Inline,
 }
 
 /// A KMIP server over mutual TLS.

@@ -185,6 +185,15 @@ fn backend_table(out: &mut String, backend: &BackendSpec, layout: &Layout) {
         if let Some(n) = p.max_sessions {
             let _ = writeln!(out, "max_sessions = {n}");
         }
+        match p.dispatch {
+            Some(crate::crd::Pkcs11Dispatch::Inline) => {
+                let _ = writeln!(out, "dispatch = \"inline\"");
+            }
+            Some(crate::crd::Pkcs11Dispatch::Pool) => {
+                let _ = writeln!(out, "dispatch = \"pool\"");
+            }
+            None => {}
+        }
     } else if let Some(k) = &backend.kmip {
         let _ = writeln!(out, "type = \"kmip\"");
         let _ = writeln!(out, "endpoint = {}", toml_str(&k.endpoint));
