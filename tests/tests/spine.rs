@@ -519,4 +519,8 @@ async fn no_pin_or_plaintext_in_trace_logs() {
     ] {
         assert!(!logs.contains(&needle), "secret {needle:?} found in the logs");
     }
+    assert!(
+        !logs.contains('\x1b'),
+        "stderr is a file here, so the log must carry no terminal colour codes"
+    );
 }

@@ -195,24 +195,32 @@ impl Broker {
         version_of: impl Fn(&T) -> u32,
         result: Result<T, Error>,
     ) -> Result<T, Error> {
-        let record = AuditRecord {
-            time: crate::audit::rfc3339(std::time::SystemTime::now()),
-            request_id: op.request_id.to_owned(),
-            door: op.caller.door().to_owned(),
-            caller: op.caller.to_string(),
-            operation: op.name.to_owned(),
-            key: op.key.to_owned(),
-            key_version: result.as_ref().map(&version_of).unwrap_or(0),
-            outcome: match &result {
-                Ok(_) => "ok".to_owned(),
-                Err(e) => format!("{:?}", e.code()),
-            },
-            latency_us: op.started.elapsed().as_micros() as u64,
-            prev: String::new(),
+        let latency_us = op.started.elapsed().as_micros() as u64;
+        let outcome = |result: &Result<T, Error>| match result {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => format!("{:?}", e.code()),
         };
-        let result = match self.audit.record(record.clone()) {
-            Ok(()) => result,
-            Err(e) => Err(Error::AuditUnavailable(e.to_string())),
+        // Building the record costs a timestamp and a few strings: skip it
+        // when there is no audit sink.
+        let result = if self.audit.is_enabled() {
+            let record = AuditRecord {
+                time: crate::audit::rfc3339(std::time::SystemTime::now()),
+                request_id: op.request_id.to_owned(),
+                door: op.caller.door().to_owned(),
+                caller: op.caller.to_string(),
+                operation: op.name.to_owned(),
+                key: op.key.to_owned(),
+                key_version: result.as_ref().map(&version_of).unwrap_or(0),
+                outcome: outcome(&result),
+                latency_us,
+                prev: String::new(),
+            };
+            match self.audit.record(record) {
+                Ok(()) => result,
+                Err(e) => Err(Error::AuditUnavailable(e.to_string())),
+            }
+        } else {
+            result
         };
         if let Some(metrics) = &self.metrics {
             // Label only configured keys, and never a key the caller may not
@@ -223,12 +231,15 @@ impl Broker {
                 Ok(k) if !denied => (op.key, k.primary().backend_names()),
                 _ => (OTHER_KEY, String::new()),
             };
-            let outcome = match &result {
-                Ok(_) => "ok".to_owned(),
-                Err(e) => format!("{:?}", e.code()),
-            };
-            let seconds = record.latency_us as f64 / 1e6;
-            metrics.observe(&record.door, key, &backend, op.name, &outcome, seconds);
+            let seconds = latency_us as f64 / 1e6;
+            metrics.observe(
+                op.caller.door(),
+                key,
+                &backend,
+                op.name,
+                &outcome(&result),
+                seconds,
+            );
         }
         result
     }
