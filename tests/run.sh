@@ -51,4 +51,9 @@ cargo nextest run --workspace --locked --profile "${NEXTEST_PROFILE:-default}" "
 if [ $# -eq 0 ]; then
   echo "== secret sweep" >&2
   bash tests/sweep-secrets.sh "$SEALBROKER_SWEEP_DIR"
+  # Keeps bench/ working: every scenario for about a second, on the debug
+  # build. It fails only if an operation or a scenario fails; its figures
+  # mean nothing (docs/performance.md has the real runs).
+  echo "== bench smoke" >&2
+  target/debug/sealbroker-bench --smoke --sealbroker-bin target/debug/sealbroker >/dev/null
 fi

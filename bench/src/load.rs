@@ -1,7 +1,9 @@
-//! The load generator: N closed-loop callers, each issuing one operation
-//! after the other for a fixed time or a fixed total count, timing every
-//! operation. Async callers run as tokio tasks; blocking callers (a direct
-//! PKCS#11 loop) run one OS thread each.
+//! The load generator: N callers for a fixed time or a fixed total count,
+//! timing every operation. Closed loop: each caller issues its next
+//! operation as soon as the last one ends ([`run_async`], [`run_blocking`]).
+//! Open loop: the callers together start operations at a fixed rate,
+//! whatever the answers do ([`run_paced`]). Async callers run as tokio tasks;
+//! blocking callers (a direct PKCS#11 loop) run one OS thread each.
 //!
 //! Two sides of a comparison are run in alternating short rounds
 //! (A B B A A B ...), so a neighbour that loads the shared machine for a
@@ -66,6 +68,9 @@ pub struct Samples {
     pub latencies_ns: Vec<u64>,
     pub errors: u64,
     pub first_error: Option<String>,
+    /// Open loop: operations that started after their slot because their
+    /// caller was still busy (the offered rate was beyond what was served).
+    pub late: u64,
     /// Wall time the callers were running.
     pub elapsed: Duration,
 }
@@ -85,6 +90,7 @@ impl Samples {
     pub fn merge(&mut self, other: Samples) {
         self.latencies_ns.extend(other.latencies_ns);
         self.errors += other.errors;
+        self.late += other.late;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
@@ -119,6 +125,7 @@ impl Samples {
             p90_us: micros(0.90),
             p99_us: micros(0.99),
             max_us: micros(1.0),
+            late: self.late,
             first_error: self.first_error.clone(),
         }
     }
@@ -136,8 +143,15 @@ pub struct Summary {
     pub p90_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
+    /// Open loop only: operations that started behind schedule.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub late: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Runs every caller concurrently until `limit`; hands the callers back so
@@ -160,6 +174,11 @@ pub async fn run_async<C: AsyncCaller>(callers: Vec<C>, limit: Limit) -> (Vec<C>
             })
         })
         .collect();
+    gather(tasks, started).await
+}
+
+/// Waits for every caller task; merges their samples.
+async fn gather<C>(tasks: Vec<tokio::task::JoinHandle<(C, Samples)>>, started: Instant) -> (Vec<C>, Samples) {
     let mut callers = Vec::with_capacity(tasks.len());
     let mut total = Samples::default();
     for task in tasks {
@@ -177,6 +196,75 @@ pub async fn run_async<C: AsyncCaller>(callers: Vec<C>, limit: Limit) -> (Vec<C>
         }
     }
     total.elapsed = started.elapsed();
+    (callers, total)
+}
+
+/// Open loop: the callers together start `rate` operations per second on a
+/// fixed schedule until `limit`, at most one each at a time. A pacer thread
+/// emits one ticket per slot into a queue the callers share (a plain thread,
+/// because `thread::sleep` wakes within tens of µs where tokio's timer has
+/// 1 ms ticks).
+///
+/// Latency counts from when the ticket was emitted. A ticket that finds
+/// every caller busy waits in the queue, and that wait counts: a slow server
+/// is not flattered by the load backing off (coordinated omission). Such
+/// tickets are counted as `late`.
+pub async fn run_paced<C: AsyncCaller>(callers: Vec<C>, limit: Limit, rate: f64) -> (Vec<C>, Samples) {
+    let n = callers.len() as u64;
+    let rate = if rate.is_finite() && rate > 0.0 { rate } else { 1.0 };
+    let (tickets, queue) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    // Tickets emitted and not yet served.
+    let outstanding = Arc::new(AtomicU64::new(0));
+    let late = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let pacer = std::thread::spawn({
+        let (outstanding, late) = (outstanding.clone(), late.clone());
+        move || {
+            let gate = limit.gate();
+            for k in 0u64.. {
+                let slot = started + Duration::from_secs_f64(k as f64 / rate);
+                if let Some(wait) = slot.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                if !gate.admit() {
+                    break;
+                }
+                if outstanding.fetch_add(1, Ordering::Relaxed) >= n {
+                    late.fetch_add(1, Ordering::Relaxed);
+                }
+                if tickets.send(Instant::now()).is_err() {
+                    break;
+                }
+            }
+            // Dropping `tickets` lets the callers finish the queue and stop.
+        }
+    });
+    let tasks: Vec<_> = callers
+        .into_iter()
+        .map(|mut caller| {
+            let (queue, outstanding) = (queue.clone(), outstanding.clone());
+            tokio::spawn(async move {
+                let mut samples = Samples::default();
+                loop {
+                    let ticket = queue.lock().await.recv().await;
+                    let Some(emitted) = ticket else { break };
+                    let result = caller.call().await;
+                    samples.record(emitted, result);
+                    outstanding.fetch_sub(1, Ordering::Relaxed);
+                }
+                (caller, samples)
+            })
+        })
+        .collect();
+    let (callers, mut total) = gather(tasks, started).await;
+    if pacer.join().is_err() {
+        total.errors += 1;
+        total
+            .first_error
+            .get_or_insert("the pacer thread panicked".into());
+    }
+    total.late = late.load(Ordering::Relaxed);
     (callers, total)
 }
 
@@ -323,6 +411,58 @@ mod tests {
         assert_eq!(samples.latencies_ns.len() as u64 + samples.errors, 40);
         assert!(samples.errors >= 1, "every caller's tenth call fails");
         assert!(samples.first_error.unwrap().starts_with("tenth call"));
+    }
+
+    /// Takes 4 ms per call, whatever the load.
+    struct Slow;
+
+    impl AsyncCaller for Slow {
+        async fn call(&mut self) -> Result<(), String> {
+            tokio::time::sleep(Duration::from_millis(4)).await;
+            Ok(())
+        }
+    }
+
+    /// Answers at once.
+    struct Instant0;
+
+    impl AsyncCaller for Instant0 {
+        async fn call(&mut self) -> Result<(), String> {
+            tokio::task::yield_now().await;
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn paced_load_keeps_its_rate_below_capacity() {
+        // Two callers at 200/s against a server that answers at once.
+        let limit = Limit::Time(Duration::from_millis(500));
+        let (callers, samples) = run_paced(vec![Instant0, Instant0], limit, 200.0).await;
+        assert_eq!(callers.len(), 2);
+        let done = samples.latencies_ns.len() as u64 + samples.errors;
+        assert!((95..=101).contains(&done), "{done} operations in 0.5 s at 200/s");
+        assert_eq!(samples.errors, 0);
+        assert_eq!(samples.late, 0, "{:?}", samples.summary());
+    }
+
+    #[tokio::test]
+    async fn paced_load_charges_missed_slots_to_the_server() {
+        // One caller at 1000/s against a 4 ms server: it falls behind at once,
+        // and the latencies must grow with the backlog, not stay at 4 ms.
+        let (_, samples) = run_paced(vec![Slow], Limit::Count(50), 1000.0).await;
+        assert_eq!(samples.latencies_ns.len(), 50);
+        assert!(samples.late >= 45, "{} late", samples.late);
+        let summary = samples.summary();
+        assert!(
+            summary.p50_us > 50_000.0,
+            "p50 {} µs hides the backlog",
+            summary.p50_us
+        );
+        assert!(
+            summary.max_us > 120_000.0,
+            "max {} µs hides the backlog",
+            summary.max_us
+        );
     }
 
     #[test]

@@ -274,6 +274,8 @@ pub struct SoftHsmToken {
     pub conf: PathBuf,
     pub label: String,
     pub key_label: String,
+    /// An RSA-3072 key pair (both halves carry this label), for RSA-OAEP.
+    pub rsa_label: String,
     pub pin: String,
     pub module: PathBuf,
 }
@@ -281,6 +283,7 @@ pub struct SoftHsmToken {
 impl SoftHsmToken {
     const LABEL: &str = "bench";
     const KEY_LABEL: &str = "bench-key";
+    const RSA_LABEL: &str = "bench-rsa";
     const PIN: &str = "bench-pin-0426";
 
     /// The token in `dir`, made by `script` unless an earlier scenario made it.
@@ -290,6 +293,7 @@ impl SoftHsmToken {
             conf: dir.join("softhsm2.conf"),
             label: Self::LABEL.into(),
             key_label: Self::KEY_LABEL.into(),
+            rsa_label: Self::RSA_LABEL.into(),
             pin: Self::PIN.into(),
             module: module.to_owned(),
         };
@@ -308,6 +312,24 @@ impl SoftHsmToken {
             return Err(format!(
                 "{} failed: {}{}",
                 script.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        // The RSA pair: private half decrypts, public half encrypts.
+        let out = Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(module)
+            .args(["--token-label", Self::LABEL, "--login", "--pin", Self::PIN])
+            .args(["--keypairgen", "--key-type", "rsa:3072", "--usage-decrypt"])
+            .args(["--label", Self::RSA_LABEL, "--id", "02"])
+            .env("SOFTHSM2_CONF", &token.conf)
+            .output()
+            .map_err(|e| format!("cannot run pkcs11-tool: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "pkcs11-tool --keypairgen failed: {}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             )

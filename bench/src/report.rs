@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::peers::Error;
 use crate::scenarios::ComparisonRow;
-use crate::scenarios::grpc::GrpcRow;
+use crate::scenarios::grpc::{GrpcRow, Load};
 use crate::scenarios::startup::StartupRow;
 
 /// Where and how a run happened.
@@ -19,10 +19,29 @@ pub struct Machine {
     pub cpu_model: String,
     pub kernel: String,
     pub loadavg_at_start: f64,
+    /// How late a thread wakes from a 200 µs sleep, in µs (p50, p99, max):
+    /// the cost of every hand-off to an idle thread on this machine.
+    pub wake_late_us: (f64, f64, f64),
+}
+
+/// Sleeps 200 µs `n` times and returns how late the thread woke (p50, p99, max, in µs).
+fn wake_lateness(n: usize) -> (f64, f64, f64) {
+    let asked = std::time::Duration::from_micros(200);
+    let mut late: Vec<f64> = (0..n.max(1))
+        .map(|_| {
+            let t0 = std::time::Instant::now();
+            std::thread::sleep(asked);
+            t0.elapsed().saturating_sub(asked).as_secs_f64() * 1e6
+        })
+        .collect();
+    late.sort_by(f64::total_cmp);
+    let at = |q: f64| late[((late.len() as f64 * q) as usize).min(late.len() - 1)];
+    (at(0.5), at(0.99), late[late.len() - 1])
 }
 
 impl Machine {
-    pub fn probe() -> Machine {
+    /// Reads the machine, and times `wake_samples` short sleeps.
+    pub fn probe(wake_samples: usize) -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         Machine {
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -39,6 +58,7 @@ impl Machine {
                 .trim()
                 .to_owned(),
             loadavg_at_start: crate::scenarios::loadavg(),
+            wake_late_us: wake_lateness(wake_samples),
         }
     }
 }
@@ -111,6 +131,11 @@ impl Report {
             "Run {} on {} CPU(s) ({}), Linux {}, load average {:.2} at start.  ",
             self.started, m.cpus, m.cpu_model, m.kernel, m.loadavg_at_start
         );
+        let _ = writeln!(
+            md,
+            "A 200 µs sleep woke late by {:.0} µs (p50), {:.0} µs (p99), {:.0} µs (max).  ",
+            m.wake_late_us.0, m.wake_late_us.1, m.wake_late_us.2
+        );
         let _ = writeln!(md, "Command: `{}`  ", self.command);
         let _ = writeln!(md, "Side-by-side levels: {}.\n", self.plan);
         if !self.transit.is_empty() {
@@ -128,21 +153,53 @@ impl Report {
         }
         if !self.grpc.is_empty() {
             md.push_str("### 3. Native gRPC, software key, unix socket (one RPC per operation)\n\n");
-            md.push_str("| in flight | RPC/s | p50 µs | p90 µs | p99 µs | max µs | errors | target p50 < 100 µs, p99 < 1 ms |\n");
-            md.push_str("|---:|---:|---:|---:|---:|---:|---:|---|\n");
+            md.push_str(
+                "Closed loop: every caller always has a call in flight, so latency is callers / \
+                 throughput (capacity). Open loop: the callers together start a fixed number of \
+                 RPCs per second; latency counts from each call's slot, so a backlog shows.\n\n",
+            );
+            md.push_str(
+                "The floor is the same pacer driving callers that do nothing, in alternate rounds: \
+                 what the machine charges to wake an idle caller.\n\n",
+            );
+            md.push_str(
+                "In the broker: the same calls in the broker's own histogram (request decoded to answer \
+                 ready; buckets 50 µs × 2^k, so the percentiles are bucket bounds).\n\n",
+            );
+            md.push_str("| load | callers | offered RPC/s | RPC/s | p50 µs | p90 µs | p99 µs | max µs | late | errors | floor p50 / p99 µs | in the broker: p50 / p99 ≤ µs (≤ 100 µs) | target p50 < 100 µs, p99 < 1 ms |\n");
+            md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
             for row in &self.grpc {
                 let s = &row.rpc;
                 let _ = writeln!(
                     md,
-                    "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} |",
+                    "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} | {} |",
+                    match row.load {
+                        Load::Closed => "closed",
+                        Load::Open => "open",
+                    },
                     row.in_flight,
+                    row.offered_rps.map_or("max".to_owned(), |r| format!("{r:.0}")),
                     s.ops_per_sec,
                     s.p50_us,
                     s.p90_us,
                     s.p99_us,
                     s.max_us,
+                    s.late,
                     s.errors,
-                    verdict(row.met)
+                    row.floor
+                        .as_ref()
+                        .map_or(String::new(), |f| format!("{:.1} / {:.1}", f.p50_us, f.p99_us)),
+                    row.in_broker.as_ref().map_or(String::new(), |b| format!(
+                        "{:.0} / {:.0} ({:.1} %)",
+                        b.p50_at_most_us,
+                        b.p99_at_most_us,
+                        b.share_within_100us * 100.0
+                    )),
+                    if row.judged {
+                        verdict(row.met)
+                    } else {
+                        "capacity, not judged"
+                    }
                 );
             }
             md.push('\n');
@@ -195,54 +252,82 @@ impl Report {
         let root = SVGBackend::new(path, (1200, 420)).into_drawing_area();
         root.fill(&WHITE)?;
         let panels = root.split_evenly((1, 3));
-        let pairs = |rows: &[ComparisonRow], first: bool| -> Vec<(usize, f64, f64)> {
-            rows.iter()
-                .map(|r| {
-                    let s = if first { &r.a } else { &r.b };
-                    (r.concurrency, s.p50_us, s.p99_us)
-                })
+        let grpc = |load: Load| -> Vec<_> {
+            self.grpc
+                .iter()
+                .filter(|r| r.load == load)
+                .map(|r| (r.in_flight, r.rpc.p50_us, r.rpc.p99_us))
                 .collect()
-        };
-        let grpc: Vec<_> = self
-            .grpc
-            .iter()
-            .map(|r| (r.in_flight, r.rpc.p50_us, r.rpc.p99_us))
-            .collect();
-        let name = |rows: &[ComparisonRow], first: bool| {
-            rows.first()
-                .map(|r| if first { r.a_name.clone() } else { r.b_name.clone() })
-                .unwrap_or_default()
         };
         latency_panel(
             &panels[0],
             "1. transit encrypt+decrypt",
             "callers",
-            &[
-                (name(&self.transit, true), BLUE, pairs(&self.transit, true)),
-                (name(&self.transit, false), RED, pairs(&self.transit, false)),
-            ],
+            &comparison_series(&self.transit),
             &[],
         )?;
         latency_panel(
             &panels[1],
             "2. SoftHSM wrap+unwrap",
             "threads",
-            &[
-                (name(&self.hsm, true), BLUE, pairs(&self.hsm, true)),
-                (name(&self.hsm, false), RED, pairs(&self.hsm, false)),
-            ],
+            &comparison_series(&self.hsm),
             &[],
         )?;
+        let rate = self.grpc.iter().find_map(|r| r.offered_rps).unwrap_or(0.0);
+        let floor: Vec<_> = self
+            .grpc
+            .iter()
+            .filter_map(|r| r.floor.as_ref().map(|f| (r.in_flight, f.p50_us, f.p99_us)))
+            .collect();
         latency_panel(
             &panels[2],
             "3. native gRPC, software key (per RPC)",
-            "in flight",
-            &[("sealbroker gRPC".into(), BLUE, grpc)],
+            "callers",
+            &[
+                ("closed loop".into(), BLUE, grpc(Load::Closed)),
+                (format!("open loop, {rate:.0} RPC/s"), GREEN, grpc(Load::Open)),
+                ("open-loop floor (no-op)".into(), RGBColor(120, 120, 120), floor),
+            ],
             &[(100.0, "p50 target"), (1000.0, "p99 target")],
         )?;
         root.present()?;
         Ok(())
     }
+}
+
+/// One series per distinct A side, then one per distinct B side (from the
+/// rows of the first A side it was compared with), in order of appearance:
+/// p50 and p99 at each concurrency level.
+fn comparison_series(rows: &[ComparisonRow]) -> Vec<Series> {
+    const A_COLORS: [RGBColor; 4] = [BLUE, GREEN, MAGENTA, CYAN];
+    const B_COLORS: [RGBColor; 2] = [RED, RGBColor(230, 140, 0)];
+    let mut a_names: Vec<&str> = Vec::new();
+    let mut b_sides: Vec<(&str, &str)> = Vec::new();
+    for row in rows {
+        if !a_names.contains(&row.a_name.as_str()) {
+            a_names.push(&row.a_name);
+        }
+        if !b_sides.iter().any(|(b, _)| *b == row.b_name) {
+            b_sides.push((&row.b_name, &row.a_name));
+        }
+    }
+    let a = a_names.iter().enumerate().map(|(i, name)| {
+        let points = rows
+            .iter()
+            .filter(|r| r.a_name == *name)
+            .map(|r| (r.concurrency, r.a.p50_us, r.a.p99_us))
+            .collect();
+        ((*name).to_owned(), A_COLORS[i % A_COLORS.len()], points)
+    });
+    let b = b_sides.iter().enumerate().map(|(i, (name, with))| {
+        let points = rows
+            .iter()
+            .filter(|r| r.b_name == *name && r.a_name == *with)
+            .map(|r| (r.concurrency, r.b.p50_us, r.b.p99_us))
+            .collect();
+        ((*name).to_owned(), B_COLORS[i % B_COLORS.len()], points)
+    });
+    a.chain(b).collect()
 }
 
 fn verdict(met: bool) -> &'static str {

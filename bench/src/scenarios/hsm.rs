@@ -1,17 +1,23 @@
 //! Scenario 2: Wrap+Unwrap of a 32-byte DEK on SoftHSM2 through the broker's
-//! gRPC unix socket, against a direct cryptoki loop that does AES-GCM
-//! encrypt+decrypt of the DEK on the same token key with the same number of
-//! threads, one session per thread. The ratio is the share of the raw HSM
-//! throughput the broker keeps.
+//! gRPC unix socket, against a direct cryptoki loop that encrypts and
+//! decrypts the DEK on the same token key with the same number of threads,
+//! one session per thread. The ratio is the share of the raw HSM throughput
+//! the broker keeps.
+//!
+//! Two mechanisms: AES-GCM, which SoftHSM does in microseconds (so the
+//! comparison is mostly the broker's IPC against a function call), and
+//! RSA-OAEP-3072, whose private-key decrypt takes a millisecond or two, as
+//! an HSM call typically does.
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 
-use super::{ComparisonRow, Ctx, GrpcOp, PAYLOAD, loadavg};
+use super::{ComparisonRow, Ctx, GrpcOp, KEY, PAYLOAD, RSA_KEY, loadavg};
 use crate::load::{AsyncSide, BlockingCaller, BlockingSide, compare};
 use crate::peers::{Broker, Error, SoftHsmToken};
 
@@ -21,12 +27,39 @@ pub const TARGET_RATIO: f64 = 0.9;
 /// The AAD of the direct loop; about as long as the broker's (key name and version).
 const DIRECT_AAD: &[u8] = b"sealbroker-bench/bench/v1";
 
+/// The token mechanism both sides use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HsmMechanism {
+    /// AES-256-GCM on the token's secret key.
+    AesGcm,
+    /// RSA-OAEP (SHA-1, all SoftHSM 2.6 supports) on a 3072-bit pair.
+    RsaOaep,
+}
+
+impl HsmMechanism {
+    fn name(self) -> &'static str {
+        match self {
+            HsmMechanism::AesGcm => "AES-GCM",
+            HsmMechanism::RsaOaep => "RSA-OAEP-3072",
+        }
+    }
+
+    fn broker_key(self) -> &'static str {
+        match self {
+            HsmMechanism::AesGcm => KEY,
+            HsmMechanism::RsaOaep => RSA_KEY,
+        }
+    }
+}
+
 /// The token opened in this process, logged in (the anchor session keeps
 /// the login for every other session).
 struct DirectToken {
     ctx: Pkcs11,
     slot: cryptoki::slot::Slot,
     key: ObjectHandle,
+    rsa_public: ObjectHandle,
+    rsa_private: ObjectHandle,
     _anchor: Session,
 }
 
@@ -44,28 +77,38 @@ impl DirectToken {
             .ok_or_else(|| format!("no SoftHSM token labelled {:?} in this process", token.label))?;
         let anchor = ctx.open_ro_session(slot)?;
         anchor.login(UserType::User, Some(&AuthPin::from(token.pin.as_str())))?;
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Label(token.key_label.as_bytes().to_vec()),
-        ];
-        let key = *anchor
-            .find_objects(&template)?
-            .first()
-            .ok_or_else(|| format!("no key labelled {:?} on the token", token.key_label))?;
+        let find = |class: ObjectClass, label: &str| -> Result<ObjectHandle, Error> {
+            let template = [
+                Attribute::Class(class),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ];
+            Ok(*anchor
+                .find_objects(&template)?
+                .first()
+                .ok_or_else(|| format!("no {class} labelled {label:?} on the token"))?)
+        };
+        let key = find(ObjectClass::SECRET_KEY, &token.key_label)?;
+        let rsa_public = find(ObjectClass::PUBLIC_KEY, &token.rsa_label)?;
+        let rsa_private = find(ObjectClass::PRIVATE_KEY, &token.rsa_label)?;
         Ok(DirectToken {
             ctx,
             slot,
             key,
+            rsa_public,
+            rsa_private,
             _anchor: anchor,
         })
     }
 
-    fn callers(&self, threads: usize) -> Result<Vec<DirectCaller>, Error> {
+    fn callers(&self, threads: usize, mechanism: HsmMechanism) -> Result<Vec<DirectCaller>, Error> {
         (0..threads)
             .map(|i| {
                 Ok(DirectCaller {
                     session: self.ctx.open_ro_session(self.slot)?,
+                    mechanism,
                     key: self.key,
+                    rsa_public: self.rsa_public,
+                    rsa_private: self.rsa_private,
                     thread: i as u32,
                     counter: 0,
                 })
@@ -74,10 +117,13 @@ impl DirectToken {
     }
 }
 
-/// One thread's loop: AES-GCM encrypt of the DEK, decrypt, compare.
+/// One thread's loop: encrypt the DEK, decrypt it, compare.
 struct DirectCaller {
     session: Session,
+    mechanism: HsmMechanism,
     key: ObjectHandle,
+    rsa_public: ObjectHandle,
+    rsa_private: ObjectHandle,
     thread: u32,
     counter: u64,
 }
@@ -93,8 +139,35 @@ impl DirectCaller {
     }
 }
 
+impl DirectCaller {
+    fn rsa_round_trip(&mut self) -> Result<(), String> {
+        let params = || {
+            PkcsOaepParams::new(
+                MechanismType::SHA1,
+                PkcsMgfType::MGF1_SHA1,
+                PkcsOaepSource::empty(),
+            )
+        };
+        let sealed = self
+            .session
+            .encrypt(&Mechanism::RsaPkcsOaep(params()), self.rsa_public, &PAYLOAD)
+            .map_err(|e| format!("C_Encrypt(RSA-OAEP): {e}"))?;
+        let opened = self
+            .session
+            .decrypt(&Mechanism::RsaPkcsOaep(params()), self.rsa_private, &sealed)
+            .map_err(|e| format!("C_Decrypt(RSA-OAEP): {e}"))?;
+        if opened != PAYLOAD {
+            return Err("C_Decrypt returned a different DEK".into());
+        }
+        Ok(())
+    }
+}
+
 impl BlockingCaller for DirectCaller {
     fn call(&mut self) -> Result<(), String> {
+        if self.mechanism == HsmMechanism::RsaOaep {
+            return self.rsa_round_trip();
+        }
         let iv = self.next_iv();
         let mut enc_iv = iv;
         let params = GcmParams::new(&mut enc_iv, DIRECT_AAD, 128.into()).map_err(|e| e.to_string())?;
@@ -137,38 +210,43 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<ComparisonRow>, Error> {
             Err(e) => return Err(e.into()),
         }
     };
-    let dir = ctx.dir.join("hsm-broker");
     let max_threads = ctx.hsm_threads.iter().copied().max().unwrap_or(1);
-    // Enough pooled sessions that the pool never queues a caller the direct loop would not.
-    let config = ctx.hsm_config(&dir, &token, max_threads.max(8))?;
-    let broker = Broker::start(
-        &ctx.sealbroker_bin,
-        &config,
-        &dir.join("sb.sock"),
-        &[("SOFTHSM2_CONF", &token.conf)],
-        &dir.join("sealbroker.log"),
-    )
-    .await?;
-
     let mut rows = Vec::new();
-    for &threads in &ctx.hsm_threads {
-        let mut a = AsyncSide(ctx.grpc_callers(&broker, threads, GrpcOp::WrapThenUnwrap).await?);
-        let mut b = BlockingSide(direct.callers(threads)?);
-        let before = loadavg();
-        let compared = compare(&mut a, &mut b, ctx.plan).await;
-        let row = ComparisonRow::new(
-            threads,
-            ("sealbroker gRPC (SoftHSM)", "direct cryptoki"),
-            compared,
-            TARGET_RATIO,
-            before,
-        );
-        eprintln!(
-            "hsm      t={threads:<3} sealbroker {:>9.0} ops/s  direct {:>9.0} ops/s  ratio {:.2}x",
-            row.a.ops_per_sec, row.b.ops_per_sec, row.ratio
-        );
-        rows.push(row);
+    // One broker per `dispatch` setting, each compared with the same direct loop.
+    for &dispatch in &ctx.hsm_dispatch {
+        let dir = ctx.dir.join(format!("hsm-broker-{dispatch}"));
+        // Enough pooled sessions that the pool never queues a caller the direct loop would not.
+        let config = ctx.hsm_config(&dir, &token, max_threads.max(8), dispatch)?;
+        let broker = Broker::start(
+            &ctx.sealbroker_bin,
+            &config,
+            &dir.join("sb.sock"),
+            &[("SOFTHSM2_CONF", &token.conf)],
+            &dir.join("sealbroker.log"),
+        )
+        .await?;
+        for &mechanism in &ctx.hsm_mechanisms {
+            let name = format!("sealbroker gRPC ({}, dispatch = {dispatch})", mechanism.name());
+            let direct_name = format!("direct cryptoki ({})", mechanism.name());
+            for &threads in &ctx.hsm_threads {
+                let callers = ctx.grpc_callers(&broker, threads, GrpcOp::WrapThenUnwrap).await?;
+                let key = mechanism.broker_key();
+                let mut a = AsyncSide(callers.into_iter().map(|c| c.with_key(key)).collect());
+                let mut b = BlockingSide(direct.callers(threads, mechanism)?);
+                let before = loadavg();
+                let compared = compare(&mut a, &mut b, ctx.plan).await;
+                let row = ComparisonRow::new(threads, (&name, &direct_name), compared, TARGET_RATIO, before);
+                eprintln!(
+                    "hsm      {:<13} {dispatch:<6} t={threads:<3} sealbroker {:>8.0} ops/s  direct {:>8.0} ops/s  ratio {:.2}x",
+                    mechanism.name(),
+                    row.a.ops_per_sec,
+                    row.b.ops_per_sec,
+                    row.ratio
+                );
+                rows.push(row);
+            }
+        }
+        drop(broker);
     }
-    drop(broker);
     Ok(rows)
 }

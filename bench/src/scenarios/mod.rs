@@ -23,6 +23,8 @@ pub const PAYLOAD: [u8; 32] = *b"0123456789abcdef0123456789abcdef";
 pub const AAD: &[u8] = b"sealbroker-bench";
 /// The key name every scenario configures.
 pub const KEY: &str = "bench";
+/// The RSA-OAEP key of the HSM config.
+pub const RSA_KEY: &str = "bench-rsa";
 
 /// Settings shared by every scenario.
 pub struct Ctx {
@@ -38,7 +40,13 @@ pub struct Ctx {
     pub transit_concurrency: Vec<usize>,
     pub hsm_threads: Vec<usize>,
     pub grpc_concurrency: Vec<usize>,
+    /// Open-loop rate for the gRPC scenario, RPC/s; `None`: closed loop only.
+    pub grpc_rate: Option<f64>,
     pub grpc_connections: usize,
+    /// The PKCS#11 `dispatch` settings the HSM comparison runs the broker with.
+    pub hsm_dispatch: Vec<&'static str>,
+    /// The token mechanisms the HSM comparison runs.
+    pub hsm_mechanisms: Vec<hsm::HsmMechanism>,
     pub startup_runs: usize,
     pub idle: Duration,
     pub audit: bool,
@@ -89,6 +97,7 @@ allow = {{ any = ["uid:{uid}", "token:bench"] }}
         dir: &Path,
         token: &peers::SoftHsmToken,
         max_sessions: usize,
+        dispatch: &str,
     ) -> Result<PathBuf, Error> {
         std::fs::create_dir_all(dir)?;
         let text = format!(
@@ -102,11 +111,19 @@ lib = "{lib}"
 token_label = "{label}"
 pin_file = "{pin_file}"
 max_sessions = {max_sessions}
+dispatch = "{dispatch}"
 
 [keys.{KEY}]
 backend = "hsm"
 key_label = "{key_label}"
 mechanism = "AES_GCM"
+allow = {{ any = ["uid:{uid}"] }}
+
+[keys.{RSA_KEY}]
+backend = "hsm"
+key_label = "{rsa_label}"
+mechanism = "RSA_PKCS_OAEP"
+rsa_oaep_hash = "sha1"
 allow = {{ any = ["uid:{uid}"] }}
 "#,
             socket = dir.join("sb.sock").display(),
@@ -115,6 +132,7 @@ allow = {{ any = ["uid:{uid}"] }}
             label = token.label,
             pin_file = token.dir.join("pin").display(),
             key_label = token.key_label,
+            rsa_label = token.rsa_label,
             uid = peers::current_uid()?,
         );
         let path = dir.join("sealbroker.toml");
@@ -137,6 +155,7 @@ allow = {{ any = ["uid:{uid}"] }}
             .map(|i| GrpcCaller {
                 client: SealServiceClient::new(channels[i % channels.len()].clone()),
                 mode,
+                key: KEY,
                 blob: None,
             })
             .collect())
@@ -156,14 +175,21 @@ pub enum GrpcOp {
 pub struct GrpcCaller {
     client: SealServiceClient<Channel>,
     mode: GrpcOp,
+    /// The key to Wrap with.
+    key: &'static str,
     /// Alternate mode: the blob of the last Wrap, to Unwrap next.
     blob: Option<Vec<u8>>,
 }
 
 impl GrpcCaller {
+    /// The same caller, wrapping with `key`.
+    pub fn with_key(self, key: &'static str) -> Self {
+        GrpcCaller { key, ..self }
+    }
+
     async fn wrap(&mut self) -> Result<Vec<u8>, String> {
         let request = WrapRequest {
-            key_name: KEY.into(),
+            key_name: self.key.into(),
             plaintext: PAYLOAD.to_vec(),
             aad: AAD.to_vec(),
         };

@@ -136,7 +136,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<StartupRow>, Error> {
 
     let token = SoftHsmToken::create_or_reuse(&ctx.make_token_script, &ctx.softhsm_module, &ctx.hsm_dir)?;
     let dir = ctx.dir.join("startup-hsm");
-    let config = ctx.hsm_config(&dir, &token, 8)?;
+    let config = ctx.hsm_config(&dir, &token, 8, "pool")?;
     rows.push(
         measure(
             ctx,
