@@ -434,15 +434,18 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn paced_load_keeps_its_rate_below_capacity() {
-        // Two callers at 200/s against a server that answers at once.
-        let limit = Limit::Time(Duration::from_millis(500));
-        let (callers, samples) = run_paced(vec![Instant0, Instant0], limit, 200.0).await;
+    async fn paced_load_never_runs_ahead_of_its_rate() {
+        // 100 operations at 1000/s: the pacer releases the last one no sooner
+        // than 99 ms after the first, however fast the callers answer.
+        let (callers, samples) = run_paced(vec![Instant0, Instant0], Limit::Count(100), 1000.0).await;
         assert_eq!(callers.len(), 2);
-        let done = samples.latencies_ns.len() as u64 + samples.errors;
-        assert!((95..=101).contains(&done), "{done} operations in 0.5 s at 200/s");
+        assert_eq!(samples.latencies_ns.len(), 100);
         assert_eq!(samples.errors, 0);
-        assert_eq!(samples.late, 0, "{:?}", samples.summary());
+        assert!(
+            samples.elapsed >= Duration::from_millis(99),
+            "{:?}",
+            samples.elapsed
+        );
     }
 
     #[tokio::test]

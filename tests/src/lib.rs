@@ -344,6 +344,11 @@ impl Daemon {
         self.child.as_ref().unwrap().id()
     }
 
+    /// How the daemon ended, if it has.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// A client on the unix socket.
     pub async fn unix_client(&self) -> SealServiceClient<Channel> {
         client::connect(&Target::Unix(self.socket.clone().expect("daemon has no socket")))

@@ -94,6 +94,30 @@ struct Op<'a> {
     started: Instant,
 }
 
+/// What a finished data operation names: the key (and version) it used.
+trait Done {
+    fn key_name(&self) -> &str;
+    fn key_version(&self) -> u32;
+}
+
+impl Done for Wrapped {
+    fn key_name(&self) -> &str {
+        &self.key_name
+    }
+    fn key_version(&self) -> u32 {
+        self.key_version
+    }
+}
+
+impl Done for Unwrapped {
+    fn key_name(&self) -> &str {
+        &self.key_name
+    }
+    fn key_version(&self) -> u32 {
+        self.key_version
+    }
+}
+
 /// Counts one operation as in flight for as long as it lives.
 struct InFlight<'a>(&'a AtomicUsize);
 
@@ -433,6 +457,51 @@ impl Broker {
         }
     }
 
+    /// Runs one data operation: counts it in flight, gives it a request id
+    /// and a span, logs, audits and measures it. `span` makes the span from
+    /// the request id. The key audited is the one the result names (a blob
+    /// names its own key), else the one asked for.
+    async fn operate<T>(
+        &self,
+        name: &'static str,
+        caller: &Caller,
+        key: &str,
+        span: impl FnOnce(&str) -> tracing::Span,
+        body: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error>
+    where
+        T: Done,
+    {
+        let _in_flight = InFlight::start(&self.in_flight);
+        let request_id = request_id();
+        let span = span(&request_id);
+        async {
+            let started = Instant::now();
+            let result = body.await;
+            if let Ok(done) = &result {
+                tracing::Span::current().record("key", done.key_name());
+            }
+            Self::log_outcome(name, started, &result);
+            let audited_key = result
+                .as_ref()
+                .map(|done| done.key_name().to_owned())
+                .unwrap_or_else(|_| key.to_owned());
+            self.audited(
+                Op {
+                    name,
+                    request_id: &request_id,
+                    caller,
+                    key: &audited_key,
+                    started,
+                },
+                T::key_version,
+                result,
+            )
+        }
+        .instrument(span)
+        .await
+    }
+
     /// Seals `plaintext` under `key`.
     pub async fn wrap(
         &self,
@@ -441,46 +510,33 @@ impl Broker {
         plaintext: SecretBytes,
         aad: &[u8],
     ) -> Result<Wrapped, Error> {
-        let _in_flight = InFlight::start(&self.in_flight);
-        let request_id = request_id();
-        let span = tracing::info_span!("wrap", %request_id, %caller, key);
-        async {
-            let started = Instant::now();
-            let result = async {
-                if key.is_empty() {
-                    return Err(Error::InvalidArgument {
-                        field: "key_name",
-                        reason: "is empty".into(),
-                    });
-                }
-                self.acls.check(caller, Operation::Wrap, key)?;
-                if plaintext.len() > self.limits.max_plaintext_bytes {
-                    return Err(Error::PayloadTooLarge {
-                        size: plaintext.len(),
-                        limit: self.limits.max_plaintext_bytes,
-                    });
-                }
-                let wrapped = self
-                    .bounded("wrap", key, self.key_ring().wrap(key, plaintext.expose(), aad))
-                    .await?;
-                self.report_degraded(&wrapped);
-                Ok(wrapped)
+        let body = async {
+            if key.is_empty() {
+                return Err(Error::InvalidArgument {
+                    field: "key_name",
+                    reason: "is empty".into(),
+                });
             }
-            .await;
-            Self::log_outcome("wrap", started, &result);
-            self.audited(
-                Op {
-                    name: "wrap",
-                    request_id: &request_id,
-                    caller,
-                    key,
-                    started,
-                },
-                |w: &Wrapped| w.key_version,
-                result,
-            )
-        }
-        .instrument(span)
+            self.acls.check(caller, Operation::Wrap, key)?;
+            if plaintext.len() > self.limits.max_plaintext_bytes {
+                return Err(Error::PayloadTooLarge {
+                    size: plaintext.len(),
+                    limit: self.limits.max_plaintext_bytes,
+                });
+            }
+            let wrapped = self
+                .bounded("wrap", key, self.key_ring().wrap(key, plaintext.expose(), aad))
+                .await?;
+            self.report_degraded(&wrapped);
+            Ok(wrapped)
+        };
+        self.operate(
+            "wrap",
+            caller,
+            key,
+            |request_id| tracing::info_span!("wrap", %request_id, %caller, key),
+            body,
+        )
         .await
     }
 
@@ -492,39 +548,19 @@ impl Broker {
         blob: &[u8],
         aad: &[u8],
     ) -> Result<Unwrapped, Error> {
-        let _in_flight = InFlight::start(&self.in_flight);
-        let request_id = request_id();
-        let span = tracing::info_span!("unwrap", %request_id, %caller, key);
-        async {
-            let started = Instant::now();
-            let expected = (!key.is_empty()).then_some(key);
-            let result = async {
-                self.check_blob(caller, Operation::Unwrap, key, blob)?;
-                self.bounded("unwrap", key, self.key_ring().unwrap(expected, blob, aad))
-                    .await
-            }
-            .await;
-            if let Ok(opened) = &result {
-                tracing::Span::current().record("key", opened.key_name.as_str());
-            }
-            Self::log_outcome("unwrap", started, &result);
-            let audited_key = result
-                .as_ref()
-                .map(|u| u.key_name.clone())
-                .unwrap_or_else(|_| key.to_owned());
-            self.audited(
-                Op {
-                    name: "unwrap",
-                    request_id: &request_id,
-                    caller,
-                    key: &audited_key,
-                    started,
-                },
-                |u: &Unwrapped| u.key_version,
-                result,
-            )
-        }
-        .instrument(span)
+        let expected = (!key.is_empty()).then_some(key);
+        let body = async {
+            self.check_blob(caller, Operation::Unwrap, key, blob)?;
+            self.bounded("unwrap", key, self.key_ring().unwrap(expected, blob, aad))
+                .await
+        };
+        self.operate(
+            "unwrap",
+            caller,
+            key,
+            |request_id| tracing::info_span!("unwrap", %request_id, %caller, key),
+            body,
+        )
         .await
     }
 
@@ -553,39 +589,22 @@ impl Broker {
         blob: &[u8],
         aad: &[u8],
     ) -> Result<Wrapped, Error> {
-        let _in_flight = InFlight::start(&self.in_flight);
-        let request_id = request_id();
-        let span = tracing::info_span!("rewrap", %request_id, %caller, key);
-        async {
-            let started = Instant::now();
-            let expected = (!key.is_empty()).then_some(key);
-            let result = async {
-                self.check_blob(caller, Operation::Rewrap, key, blob)?;
-                let wrapped = self
-                    .bounded("rewrap", key, self.key_ring().rewrap(expected, blob, aad))
-                    .await?;
-                self.report_degraded(&wrapped);
-                Ok(wrapped)
-            }
-            .await;
-            Self::log_outcome("rewrap", started, &result);
-            let audited_key = result
-                .as_ref()
-                .map(|w| w.key_name.clone())
-                .unwrap_or_else(|_| key.to_owned());
-            self.audited(
-                Op {
-                    name: "rewrap",
-                    request_id: &request_id,
-                    caller,
-                    key: &audited_key,
-                    started,
-                },
-                |w: &Wrapped| w.key_version,
-                result,
-            )
-        }
-        .instrument(span)
+        let expected = (!key.is_empty()).then_some(key);
+        let body = async {
+            self.check_blob(caller, Operation::Rewrap, key, blob)?;
+            let wrapped = self
+                .bounded("rewrap", key, self.key_ring().rewrap(expected, blob, aad))
+                .await?;
+            self.report_degraded(&wrapped);
+            Ok(wrapped)
+        };
+        self.operate(
+            "rewrap",
+            caller,
+            key,
+            |request_id| tracing::info_span!("rewrap", %request_id, %caller, key),
+            body,
+        )
         .await
     }
 
