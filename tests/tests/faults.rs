@@ -105,18 +105,33 @@ fn token_dir(token: &SoftHsmToken) -> PathBuf {
 }
 
 /// A token directory that can be pulled out of SoftHSM's view and put back.
+///
+/// Put back means as it was, like re-inserting the same card: SoftHSM may
+/// write into its object files through handles it still holds while the
+/// directory is away, and has been seen to leave `token.object` empty,
+/// which destroys the token. So the object files are read when the token is
+/// first found, and any that are missing or empty on restore are rewritten
+/// (atomically, by rename) from that copy.
 struct Pullable {
     home: PathBuf,
     away: PathBuf,
     pulled: bool,
+    objects: Vec<(std::ffi::OsString, Vec<u8>)>,
 }
 
 impl Pullable {
     fn new(home: PathBuf, away: PathBuf) -> Pullable {
+        let objects = fs::read_dir(&home)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "object"))
+            .map(|path| (path.file_name().unwrap().to_owned(), fs::read(&path).unwrap()))
+            .collect();
         Pullable {
             home,
             away,
             pulled: false,
+            objects,
         }
     }
     fn pull(&mut self) {
@@ -129,6 +144,20 @@ impl Pullable {
         if self.pulled {
             fs::rename(&self.away, &self.home).unwrap();
             self.pulled = false;
+            for (name, bytes) in &self.objects {
+                let path = self.home.join(name);
+                // SoftHSM rewrites token.object as it works, so only a lost
+                // or emptied file is damage.
+                if fs::metadata(&path).map_or(true, |m| m.len() == 0) {
+                    let fresh = self.home.join("repair.tmp");
+                    fs::write(&fresh, bytes).unwrap();
+                    fs::rename(&fresh, &path).unwrap();
+                    eprintln!(
+                        "SoftHSM had emptied {} while the token was away; put it back",
+                        path.display()
+                    );
+                }
+            }
         }
     }
 }
