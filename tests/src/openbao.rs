@@ -48,13 +48,11 @@ pub struct BaoConfig {
 }
 
 impl BaoConfig {
-    pub fn write(dir: &Path, seal: &str) -> BaoConfig {
-        let port = free_port();
-        let cluster_port = free_port();
-        let plugins = dir.join("plugins");
-        let sha = install_plugin(&plugins);
+    /// Raft storage in `dir/raft` and a plaintext loopback listener on
+    /// `port` (cluster traffic on `cluster_port`): the HCL every test server uses.
+    pub fn storage_and_listener(dir: &Path, port: u16, cluster_port: u16) -> String {
         fs::create_dir_all(dir.join("raft")).unwrap();
-        let text = format!(
+        format!(
             r#"storage "raft" {{
   path    = "{raft}"
   node_id = "node1"
@@ -66,7 +64,18 @@ listener "tcp" {{
 }}
 api_addr         = "http://127.0.0.1:{port}"
 cluster_addr     = "http://127.0.0.1:{cluster_port}"
-plugin_directory = "{plugins}"
+"#,
+            raft = dir.join("raft").display()
+        )
+    }
+
+    pub fn write(dir: &Path, seal: &str) -> BaoConfig {
+        let port = free_port();
+        let cluster_port = free_port();
+        let plugins = dir.join("plugins");
+        let sha = install_plugin(&plugins);
+        let text = format!(
+            r#"{base}plugin_directory = "{plugins}"
 plugin "kms" "sealbroker" {{
   command   = "sealbroker"
   args      = ["kms-plugin"]
@@ -74,7 +83,7 @@ plugin "kms" "sealbroker" {{
 }}
 {seal}
 "#,
-            raft = dir.join("raft").display(),
+            base = Self::storage_and_listener(dir, port, cluster_port),
             plugins = plugins.display(),
         );
         let path = dir.join("bao.hcl");

@@ -185,26 +185,10 @@ fn bao_config(dir: &Path, rendered: &Rendered) -> BaoConfig {
     let port = free_port();
     let cluster_port = free_port();
     let config_dir = dir.join("bao-config");
-    fs::create_dir_all(dir.join("raft")).unwrap();
     fs::create_dir_all(&config_dir).unwrap();
     fs::write(
         config_dir.join("config.hcl"),
-        format!(
-            r#"storage "raft" {{
-  path    = "{raft}"
-  node_id = "node1"
-}}
-listener "tcp" {{
-  address         = "127.0.0.1:{port}"
-  cluster_address = "127.0.0.1:{cluster_port}"
-  tls_disable     = true
-}}
-api_addr     = "http://127.0.0.1:{port}"
-cluster_addr = "http://127.0.0.1:{cluster_port}"
-disable_mlock = true
-"#,
-            raft = dir.join("raft").display()
-        ),
+        BaoConfig::storage_and_listener(dir, port, cluster_port) + "disable_mlock = true\n",
     )
     .unwrap();
     fs::copy(&rendered.stanza, config_dir.join("seal.hcl")).unwrap();
