@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::{Ctx, GrpcOp, loadavg};
 use crate::load::{AsyncCaller, Limit, Samples, Summary, run_async, run_paced};
-use crate::peers::{Broker, Error};
+use crate::peers::Error;
 
 /// Goals for one RPC.
 pub const TARGET_P50_US: f64 = 100.0;
@@ -201,14 +201,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<GrpcRow>, Error> {
         &format!("[server.metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
     )?;
     let http = crate::scenarios::transit::http_client()?;
-    let broker = Broker::start(
-        &ctx.sealbroker_bin,
-        &config,
-        &dir.join("sb.sock"),
-        &[],
-        &dir.join("sealbroker.log"),
-    )
-    .await?;
+    let broker = ctx.start_broker(&dir, &config, &[]).await?;
     let mut rows = Vec::new();
     for &in_flight in &ctx.grpc_concurrency {
         let mut callers = ctx.grpc_callers(&broker, in_flight, GrpcOp::Alternate).await?;

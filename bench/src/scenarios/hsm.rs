@@ -19,7 +19,7 @@ use cryptoki::types::AuthPin;
 
 use super::{ComparisonRow, Ctx, GrpcOp, KEY, PAYLOAD, RSA_KEY, loadavg};
 use crate::load::{AsyncSide, BlockingCaller, BlockingSide, compare};
-use crate::peers::{Broker, Error, SoftHsmToken};
+use crate::peers::{Error, SoftHsmToken};
 
 /// Goal: the broker keeps at least this share of the direct loop's ops/s.
 pub const TARGET_RATIO: f64 = 0.9;
@@ -217,14 +217,9 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<ComparisonRow>, Error> {
         let dir = ctx.dir.join(format!("hsm-broker-{dispatch}"));
         // Enough pooled sessions that the pool never queues a caller the direct loop would not.
         let config = ctx.hsm_config(&dir, &token, max_threads.max(8), dispatch)?;
-        let broker = Broker::start(
-            &ctx.sealbroker_bin,
-            &config,
-            &dir.join("sb.sock"),
-            &[("SOFTHSM2_CONF", &token.conf)],
-            &dir.join("sealbroker.log"),
-        )
-        .await?;
+        let broker = ctx
+            .start_broker(&dir, &config, &[("SOFTHSM2_CONF", &token.conf)])
+            .await?;
         for &mechanism in &ctx.hsm_mechanisms {
             let name = format!("sealbroker gRPC ({}, dispatch = {dispatch})", mechanism.name());
             let direct_name = format!("direct cryptoki ({})", mechanism.name());

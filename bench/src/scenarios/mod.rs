@@ -140,6 +140,25 @@ allow = {{ any = ["uid:{uid}"] }}
         Ok(path)
     }
 
+    /// Starts the broker on `config` with its socket `dir/sb.sock` and its
+    /// log `dir/sealbroker.log` (the layout the config writers above use).
+    pub async fn start_broker(
+        &self,
+        dir: &Path,
+        config: &Path,
+        envs: &[(&str, &Path)],
+    ) -> Result<peers::Broker, Error> {
+        let socket = dir.join("sb.sock");
+        peers::Broker::start(
+            &self.sealbroker_bin,
+            config,
+            &socket,
+            envs,
+            &dir.join("sealbroker.log"),
+        )
+        .await
+    }
+
     /// `n` gRPC callers spread over `grpc_connections` channels to `broker`.
     pub async fn grpc_callers(
         &self,

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{ComparisonRow, Ctx, KEY, PAYLOAD, loadavg};
 use crate::load::{AsyncCaller, AsyncSide, compare};
-use crate::peers::{self, BaoDev, Broker, Error};
+use crate::peers::{self, BaoDev, Error};
 
 /// Goal: the broker serves at least this many times OpenBao's ops/s.
 pub const TARGET_RATIO: f64 = 3.0;
@@ -96,14 +96,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<ComparisonRow>, Error> {
         token_file.display()
     );
     let config = ctx.software_config(&dir, &transit)?;
-    let broker = Broker::start(
-        &ctx.sealbroker_bin,
-        &config,
-        &dir.join("sb.sock"),
-        &[],
-        &dir.join("sealbroker.log"),
-    )
-    .await?;
+    let broker = ctx.start_broker(&dir, &config, &[]).await?;
     let bao_bin = ctx
         .bao_bin
         .as_deref()
