@@ -56,6 +56,8 @@
 //! key_id = "alias/openbao-unseal"         # or a key ARN, alias ARN or key id
 //! ```
 
+mod kind;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -119,19 +121,14 @@ pub struct KeyConfig {
     pub key_id: String,
 }
 
-/// A configuration problem, naming the offending field (relative to the table).
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct ConfigError {
-    pub field: &'static str,
-    pub reason: String,
-}
+/// Config errors name fields relative to this backend's tables; the broker places them under
+/// `backends.NAME` or `keys.NAME`.
+pub use sealbroker_core::ConfigError;
+
+pub use kind::{AwsKmsKind, KIND};
 
 fn config_error(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field,
-        reason: reason.into(),
-    }
+    ConfigError::new(field, reason)
 }
 
 impl BackendConfig {
@@ -800,18 +797,18 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap_err();
-        assert_eq!(err.field, "endpoint");
+        assert_eq!(err.path, "endpoint");
         let err = parse("credentials_file = \"/nonexistent/creds\"")
             .unwrap()
             .validate()
             .unwrap_err();
-        assert_eq!(err.field, "credentials_file");
-        assert!(err.reason.contains("/nonexistent/creds"), "{err}");
+        assert_eq!(err.path, "credentials_file");
+        assert!(err.message.contains("/nonexistent/creds"), "{err}");
         let err = parse("[retry]\ninitial_backoff_ms = 10\nmax_backoff_ms = 1")
             .unwrap()
             .validate()
             .unwrap_err();
-        assert_eq!(err.field, "retry.initial_backoff_ms");
+        assert_eq!(err.path, "retry.initial_backoff_ms");
     }
 
     #[tokio::test]
@@ -819,8 +816,8 @@ mod tests {
         let client = connect(&parse("region = \"eu-west-1\"").unwrap()).await.unwrap();
         let key = |id: &str| AwsKmsKey::new(&client, &KeyConfig { key_id: id.into() });
         let err = key("arn:aws:kms:us-east-1:111122223333:key/abc").unwrap_err();
-        assert_eq!(err.field, "key_id");
-        assert!(err.reason.contains("us-east-1"), "{err}");
+        assert_eq!(err.path, "key_id");
+        assert!(err.message.contains("us-east-1"), "{err}");
         assert!(key("arn:aws:s3:eu-west-1:111122223333:bucket/x").is_err());
         assert!(key("").is_err());
         let ok = key("arn:aws:kms:eu-west-1:111122223333:alias/unseal").unwrap();

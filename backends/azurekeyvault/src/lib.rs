@@ -80,6 +80,7 @@
 //! # key_version = "…"                  # pin a version; `keys rotate` sets it
 //! ```
 
+mod kind;
 mod transport;
 
 use std::fmt;
@@ -190,19 +191,14 @@ pub struct KeyConfig {
     pub key_version: Option<String>,
 }
 
-/// A configuration problem, naming the offending field (relative to the table).
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct ConfigError {
-    pub field: &'static str,
-    pub reason: String,
-}
+/// Config errors name fields relative to this backend's tables; the broker places them under
+/// `backends.NAME` or `keys.NAME`.
+pub use sealbroker_core::ConfigError;
+
+pub use kind::{KIND, KeyVaultKind};
 
 fn config_error(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field,
-        reason: reason.into(),
-    }
+    ConfigError::new(field, reason)
 }
 
 /// Parses and checks an `https://` URL with a host and nothing after it.
@@ -482,8 +478,7 @@ pub fn connect(backend: &BackendConfig) -> Result<KeyVaultClient, ConfigError> {
         ca_file: backend.ca_file.as_deref(),
         pinned_address: backend.vault_address.map(|address| (host.as_str(), address)),
         connect_timeout: timeout.min(Duration::from_secs(5)),
-    })
-    .map_err(|e| config_error(e.field, e.reason))?;
+    })?;
     let options = ClientOptions {
         transport: Some(transport),
         // Ours is the only retry loop.
@@ -1095,7 +1090,7 @@ mod tests {
         assert_eq!(config.retry, RetryConfig::default());
         config.validate().unwrap();
 
-        let field = |text: &str| parse(text).unwrap().validate().unwrap_err().field;
+        let field = |text: &str| parse(text).unwrap().validate().unwrap_err().path;
         assert_eq!(
             field("vault_url = \"http://v.vault.azure.net\"\ncredential = \"managed_identity\""),
             "vault_url"
@@ -1151,8 +1146,8 @@ mod tests {
             ))
             .unwrap();
             let err = connect(&config).err().unwrap();
-            assert_eq!(err.field, "client_secret_file");
-            assert!(err.reason.contains(&path.display().to_string()), "{err}");
+            assert_eq!(err.path, "client_secret_file");
+            assert!(err.message.contains(&path.display().to_string()), "{err}");
         }
     }
 
@@ -1168,11 +1163,11 @@ mod tests {
                 },
             )
         };
-        assert_eq!(key("a/b", None).unwrap_err().field, "key_name");
-        assert_eq!(key("", None).unwrap_err().field, "key_name");
+        assert_eq!(key("a/b", None).unwrap_err().path, "key_name");
+        assert_eq!(key("", None).unwrap_err().path, "key_name");
         let err = key("https://v.vault.azure.net/keys/k", None).unwrap_err();
-        assert!(err.reason.contains("not its URL"), "{err}");
-        assert_eq!(key("k", Some("../x")).unwrap_err().field, "key_version");
+        assert!(err.message.contains("not its URL"), "{err}");
+        assert_eq!(key("k", Some("../x")).unwrap_err().path, "key_version");
         let unpinned = key("unseal", Some("")).unwrap();
         assert_eq!(
             unpinned.key_identity(),

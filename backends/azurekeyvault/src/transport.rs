@@ -11,6 +11,7 @@ use std::time::Duration;
 use azure_core::http::Transport;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use sealbroker_core::ConfigError;
 
 /// What shapes the transport, taken from the backend config.
 pub(crate) struct TransportConfig<'a> {
@@ -20,18 +21,9 @@ pub(crate) struct TransportConfig<'a> {
     pub connect_timeout: Duration,
 }
 
-/// Why the transport could not be built; names the config field at fault.
-pub(crate) struct TransportError {
-    pub field: &'static str,
-    pub reason: String,
-}
-
 /// Reads every certificate in a PEM bundle.
-fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
-    let error = |reason: String| TransportError {
-        field: "ca_file",
-        reason: format!("{}: {reason}", path.display()),
-    };
+fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let error = |reason: String| ConfigError::new("ca_file", format!("{}: {reason}", path.display()));
     let roots = CertificateDer::pem_file_iter(path)
         .map_err(|e| error(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -42,23 +34,17 @@ fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportErro
     Ok(roots)
 }
 
-pub(crate) fn build(config: &TransportConfig<'_>) -> Result<Transport, TransportError> {
+pub(crate) fn build(config: &TransportConfig<'_>) -> Result<Transport, ConfigError> {
     let extra_roots = match config.ca_file {
         Some(path) => read_roots(path)?,
         None => Vec::new(),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
-        .map_err(|e| TransportError {
-            field: "ca_file",
-            reason: format!("cannot set up certificate verification: {e}"),
-        })?;
+        .map_err(|e| ConfigError::new("ca_file", format!("cannot set up certificate verification: {e}")))?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| TransportError {
-            field: "vault_url",
-            reason: format!("cannot set up TLS: {e}"),
-        })?
+        .map_err(|e| ConfigError::new("vault_url", format!("cannot set up TLS: {e}")))?
         .dangerous()
         // Not dangerous: the platform verifier does full WebPKI validation.
         .with_custom_certificate_verifier(Arc::new(verifier))
@@ -75,9 +61,8 @@ pub(crate) fn build(config: &TransportConfig<'_>) -> Result<Transport, Transport
         // The port comes from the URL; reqwest ignores this one.
         builder = builder.resolve(host, SocketAddr::new(address, 0));
     }
-    let client = builder.build().map_err(|e| TransportError {
-        field: "vault_url",
-        reason: format!("cannot build the HTTPS client: {e}"),
-    })?;
+    let client = builder
+        .build()
+        .map_err(|e| ConfigError::new("vault_url", format!("cannot build the HTTPS client: {e}")))?;
     Ok(Transport::new(Arc::new(client)))
 }

@@ -68,6 +68,8 @@
 //! # key_version = "3"                              # encrypt with this CryptoKeyVersion, not the primary
 //! ```
 
+mod kind;
+
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,19 +132,14 @@ pub struct KeyConfig {
     pub key_version: Option<String>,
 }
 
-/// A configuration problem, naming the offending field (relative to the table).
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct ConfigError {
-    pub field: &'static str,
-    pub reason: String,
-}
+/// Config errors name fields relative to this backend's tables; the broker places them under
+/// `backends.NAME` or `keys.NAME`.
+pub use sealbroker_core::ConfigError;
+
+pub use kind::{GcpKmsKind, KIND};
 
 fn config_error(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field,
-        reason: reason.into(),
-    }
+    ConfigError::new(field, reason)
 }
 
 impl BackendConfig {
@@ -878,7 +875,7 @@ mod tests {
         let err = toml::from_str::<BackendConfig>("private_key = \"x\"").unwrap_err();
         assert!(err.to_string().contains("private_key"), "{err}");
         let config: BackendConfig = toml::from_str("endpoint = \"kms.example\"").unwrap();
-        assert_eq!(config.validate().unwrap_err().field, "endpoint");
+        assert_eq!(config.validate().unwrap_err().path, "endpoint");
         let config: BackendConfig = toml::from_str("").unwrap();
         assert_eq!(config.timeout_ms, 10_000);
         config.validate().unwrap();
@@ -890,8 +887,8 @@ mod tests {
         let path = dir.path().join("creds.json");
         std::fs::write(&path, r#"{"type":"api_key","key":"secret"}"#).unwrap();
         let err = file_credentials(&path).err().unwrap();
-        assert_eq!(err.field, "credentials_file");
-        assert!(err.reason.contains("api_key"), "{err}");
-        assert!(!err.reason.contains("secret"), "{err}");
+        assert_eq!(err.path, "credentials_file");
+        assert!(err.message.contains("api_key"), "{err}");
+        assert!(!err.message.contains("secret"), "{err}");
     }
 }

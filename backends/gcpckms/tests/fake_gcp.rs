@@ -703,7 +703,7 @@ async fn a_refused_token_request_is_permission_denied(env: Arc<Env>) {
     let client = match connect(&config).await {
         Ok(client) => client,
         Err(e) => {
-            assert_eq!(e.field, "credentials_file");
+            assert_eq!(e.path, "credentials_file");
             assert_no_secret(&e.to_string());
             return;
         }
@@ -840,7 +840,7 @@ async fn a_key_version_must_be_a_number(env: Arc<Env>) {
         )
         .err()
         .unwrap();
-        assert_eq!(err.field, "key_version", "{bad}");
+        assert_eq!(err.path, "key_version", "{bad}");
     }
     let empty = GcpKmsKey::new(
         &client,

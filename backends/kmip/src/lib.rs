@@ -24,6 +24,7 @@
 //! `timeout`, `encrypt_alg`).
 
 mod error;
+mod kind;
 pub mod pool;
 mod protocol;
 pub mod ttlv;
@@ -133,13 +134,11 @@ pub struct KeyConfig {
     pub encrypt_alg: EncryptAlg,
 }
 
-/// A configuration problem, naming the offending field (relative to the table).
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct ConfigError {
-    pub field: &'static str,
-    pub reason: String,
-}
+/// Config errors name fields relative to this backend's tables; the broker places them under
+/// `backends.NAME` or `keys.NAME`.
+pub use sealbroker_core::ConfigError;
+
+pub use kind::{KIND, KmipKind};
 
 /// How the config names the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,10 +151,7 @@ impl KeySelector {
     fn from_config(config: &KeyConfig) -> Result<Self, ConfigError> {
         let non_empty = |field: &'static str, value: &str| {
             if value.is_empty() {
-                Err(ConfigError {
-                    field,
-                    reason: "is empty".into(),
-                })
+                Err(ConfigError::new(field, "is empty"))
             } else {
                 Ok(value.to_owned())
             }
@@ -163,14 +159,14 @@ impl KeySelector {
         match (&config.kms_key_id, &config.key_name) {
             (Some(id), None) => Ok(KeySelector::Id(non_empty("kms_key_id", id)?)),
             (None, Some(name)) => Ok(KeySelector::Name(non_empty("key_name", name)?)),
-            (Some(_), Some(_)) => Err(ConfigError {
-                field: "key_name",
-                reason: "set either `kms_key_id` or `key_name`, not both".into(),
-            }),
-            (None, None) => Err(ConfigError {
-                field: "kms_key_id",
-                reason: "set `kms_key_id` (the Unique Identifier) or `key_name`".into(),
-            }),
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                "key_name",
+                "set either `kms_key_id` or `key_name`, not both",
+            )),
+            (None, None) => Err(ConfigError::new(
+                "kms_key_id",
+                "set `kms_key_id` (the Unique Identifier) or `key_name`",
+            )),
         }
     }
 }
@@ -683,17 +679,20 @@ mod tests {
             KeySelector::Id("1".into())
         );
         assert_eq!(
-            KeySelector::from_config(&config(None, None)).unwrap_err().field,
+            KeySelector::from_config(&config(None, None)).unwrap_err().path,
             "kms_key_id"
         );
         assert_eq!(
             KeySelector::from_config(&config(Some("1"), Some("n")))
                 .unwrap_err()
-                .field,
+                .path,
             "key_name"
         );
         let empty = KeySelector::from_config(&config(Some(""), None)).unwrap_err();
-        assert_eq!((empty.field, empty.reason.as_str()), ("kms_key_id", "is empty"));
+        assert_eq!(
+            (empty.path.as_str(), empty.message.as_str()),
+            ("kms_key_id", "is empty")
+        );
     }
 
     #[test]
@@ -734,24 +733,24 @@ mod tests {
             max_connections: 4,
         };
         let err = config.pool().unwrap_err();
-        assert_eq!(err.field, "ca_cert");
-        assert!(err.reason.contains("ca.pem"), "{err}");
+        assert_eq!(err.path, "ca_cert");
+        assert!(err.message.contains("ca.pem"), "{err}");
 
         std::fs::write(dir.path().join("ca.pem"), "not pem").unwrap();
         let err = config.pool().unwrap_err();
-        assert_eq!(err.field, "ca_cert");
-        assert!(err.reason.contains("no PEM certificate"), "{err}");
+        assert_eq!(err.path, "ca_cert");
+        assert!(err.message.contains("no PEM certificate"), "{err}");
 
         let zero = BackendConfig {
             max_connections: 0,
             ..config.clone()
         };
-        assert_eq!(zero.pool().unwrap_err().field, "max_connections");
+        assert_eq!(zero.pool().unwrap_err().path, "max_connections");
         let bad_name = BackendConfig {
             server_name: Some("not a name!".into()),
             ..config
         };
-        assert_eq!(bad_name.pool().unwrap_err().field, "server_name");
+        assert_eq!(bad_name.pool().unwrap_err().path, "server_name");
     }
 
     #[test]

@@ -90,10 +90,7 @@ impl fmt::Debug for KmipPool {
 }
 
 fn config_error(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field,
-        reason: reason.into(),
-    }
+    ConfigError::new(field, reason)
 }
 
 /// Splits `host:port` (or `[v6]:port`) and checks both halves.
@@ -654,8 +651,8 @@ mod tests {
             ("::1:5696", "without brackets"),
         ] {
             let err = parse_endpoint(bad).unwrap_err();
-            assert_eq!(err.field, "endpoint");
-            assert!(err.reason.contains(why), "{bad}: {err}");
+            assert_eq!(err.path, "endpoint");
+            assert!(err.message.contains(why), "{bad}: {err}");
         }
     }
 

@@ -5,6 +5,7 @@
 //! `pin`, `key_label`, `key_id`, `mechanism`, `rsa_oaep_hash`) so an existing
 //! stanza can be copied over.
 
+mod kind;
 pub mod pool;
 
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, NewVer
 use secrecy::SecretString;
 use serde::Deserialize;
 
+pub use kind::{KIND, Pkcs11Kind};
 pub use pool::{Dispatch, OpError, PinSource, TokenPool, TokenSelector};
 
 const GCM_IV_LEN: usize = 12;
@@ -110,13 +112,9 @@ pub struct KeyConfig {
     pub rsa_oaep_hash: OaepHash,
 }
 
-/// A configuration problem, naming the offending field (relative to the table).
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct ConfigError {
-    pub field: &'static str,
-    pub reason: String,
-}
+/// Config errors name fields relative to this backend's tables; the broker places them under
+/// `backends.NAME` or `keys.NAME`.
+pub use sealbroker_core::ConfigError;
 
 impl BackendConfig {
     /// Which token the config selects.
@@ -124,14 +122,14 @@ impl BackendConfig {
         match (&self.token_label, self.slot) {
             (Some(label), None) => Ok(TokenSelector::Label(label.clone())),
             (None, Some(slot)) => Ok(TokenSelector::Slot(slot)),
-            (Some(_), Some(_)) => Err(ConfigError {
-                field: "slot",
-                reason: "set either `token_label` or `slot`, not both".into(),
-            }),
-            (None, None) => Err(ConfigError {
-                field: "token_label",
-                reason: "set `token_label` (preferred) or `slot`".into(),
-            }),
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                "slot",
+                "set either `token_label` or `slot`, not both",
+            )),
+            (None, None) => Err(ConfigError::new(
+                "token_label",
+                "set `token_label` (preferred) or `slot`",
+            )),
         }
     }
 
@@ -140,24 +138,21 @@ impl BackendConfig {
         match (&self.pin, &self.pin_file) {
             (Some(pin), None) => Ok(PinSource::Inline(pin.clone())),
             (None, Some(path)) => Ok(PinSource::File(path.clone())),
-            (Some(_), Some(_)) => Err(ConfigError {
-                field: "pin_file",
-                reason: "set either `pin` or `pin_file`, not both".into(),
-            }),
-            (None, None) => Err(ConfigError {
-                field: "pin_file",
-                reason: "set `pin_file` (preferred) or `pin`".into(),
-            }),
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                "pin_file",
+                "set either `pin` or `pin_file`, not both",
+            )),
+            (None, None) => Err(ConfigError::new(
+                "pin_file",
+                "set `pin_file` (preferred) or `pin`",
+            )),
         }
     }
 
     /// Checks the combination of fields and builds the token pool.
     pub fn pool(&self) -> Result<TokenPool, ConfigError> {
         if self.max_sessions == 0 {
-            return Err(ConfigError {
-                field: "max_sessions",
-                reason: "must be at least 1".into(),
-            });
+            return Err(ConfigError::new("max_sessions", "must be at least 1"));
         }
         Ok(TokenPool::new(
             self.lib.clone(),
@@ -183,18 +178,17 @@ impl KeySelector {
         let id = match &config.key_id {
             Some(hex_id) => {
                 let digits = hex_id.trim_start_matches("0x");
-                Some(hex::decode(digits).map_err(|_| ConfigError {
-                    field: "key_id",
-                    reason: format!("{hex_id:?} is not hex (CKA_ID is given in hex, e.g. \"0x01\")"),
+                Some(hex::decode(digits).map_err(|_| {
+                    ConfigError::new(
+                        "key_id",
+                        format!("{hex_id:?} is not hex (CKA_ID is given in hex, e.g. \"0x01\")"),
+                    )
                 })?)
             }
             None => None,
         };
         if config.key_label.is_none() && id.is_none() {
-            return Err(ConfigError {
-                field: "key_label",
-                reason: "set `key_label` and/or `key_id`".into(),
-            });
+            return Err(ConfigError::new("key_label", "set `key_label` and/or `key_id`"));
         }
         Ok(KeySelector {
             label: config.key_label.clone(),

@@ -2,6 +2,8 @@
 //! only: the key lives on the same disk as the broker, so it is no root of
 //! trust. The server refuses it under the Hardened profile.
 
+mod kind;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -13,6 +15,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use sealbroker_core::{Backend, BackendError, Mechanism, NewVersion, Sealed, SecretBytes};
 use serde::Deserialize;
 use zeroize::Zeroizing;
+
+pub use kind::{KIND, SoftwareKind};
 
 const KEY_LEN: usize = 32;
 const IV_LEN: usize = 12;

@@ -33,6 +33,7 @@
 
 pub mod batch;
 pub mod client;
+mod kind;
 pub mod tls;
 pub mod token;
 
@@ -124,22 +125,11 @@ pub struct KeyConfig {
     pub key_name: String,
 }
 
-/// A configuration problem, naming the offending field (relative to the table).
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct ConfigError {
-    pub field: &'static str,
-    pub reason: String,
-}
+/// Config errors name fields relative to this backend's tables; the broker places them under
+/// `backends.NAME` or `keys.NAME`.
+pub use sealbroker_core::ConfigError;
 
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError {
-            field,
-            reason: reason.into(),
-        }
-    }
-}
+pub use kind::{KIND, TransitKind};
 
 impl BackendConfig {
     /// Validates the config, reads the token and TLS files, and builds the

@@ -402,7 +402,7 @@ mod tests {
         let e = TokenSource::load(TokenOrigin::File(binary.path().into()))
             .err()
             .unwrap();
-        assert_eq!(e.field, "token_file");
+        assert_eq!(e.path, "token_file");
         assert!(!e.to_string().contains("secret"), "{e}");
     }
 
@@ -411,7 +411,7 @@ mod tests {
         let e = TokenSource::load(TokenOrigin::Env("SEALBROKER_TRANSIT_TEST_UNSET_VAR".into()))
             .err()
             .unwrap();
-        assert_eq!(e.field, "token_env");
+        assert_eq!(e.path, "token_env");
         assert!(
             e.to_string()
                 .contains("SEALBROKER_TRANSIT_TEST_UNSET_VAR is not set")

@@ -15,7 +15,7 @@ fn parse(text: &str) -> Result<BackendConfig, toml::de::Error> {
 
 fn config_error(text: &str) -> (String, String) {
     let e = parse(text).unwrap().client().expect_err("config accepted");
-    (e.field.to_owned(), e.to_string())
+    (e.path.clone(), e.to_string())
 }
 
 #[test]
@@ -137,7 +137,7 @@ fn key_names_that_would_escape_the_mount_are_refused() {
         let e = TransitKey::new(client.clone(), &KeyConfig { key_name: bad.into() })
             .err()
             .unwrap();
-        assert_eq!(e.field, "key_name", "{bad:?}");
+        assert_eq!(e.path, "key_name", "{bad:?}");
     }
 }
 

@@ -172,6 +172,6 @@ fn a_client_key_that_is_not_pem_is_refused_without_quoting_it() {
     ))
     .unwrap();
     let e = config.client().err().unwrap();
-    assert_eq!(e.field, "tls_client_key");
+    assert_eq!(e.path, "tls_client_key");
     assert!(!e.to_string().contains("c2VjcmV0"), "{e}");
 }

@@ -11,12 +11,16 @@
 
 pub mod backend;
 pub mod blob;
+pub mod config;
 pub mod error;
 pub mod keyring;
+pub mod kind;
 pub mod secret;
 
 pub use backend::{Backend, NewVersion, Sealed};
 pub use blob::{Mechanism, WrappedBlob, WrappedDek};
+pub use config::{ConfigError, Profile, parse_table};
 pub use error::{BackendError, BackendErrorKind, BlobError, Code, Error};
 pub use keyring::{KeyId, KeyInfo, KeyRing, KeyVersion, LogicalKey, Member, Unwrapped, WrapPolicy, Wrapped};
+pub use kind::{BackendKind, KeygenError, OpenedBackend};
 pub use secret::SecretBytes;

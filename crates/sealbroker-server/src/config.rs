@@ -7,56 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 
-/// A configuration error: which field, and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Dotted path of the offending field, e.g. `keys.unseal.mechanism`.
-    pub path: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "config: {}", self.message)
-        } else {
-            write!(f, "config field `{}`: {}", self.path, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Security posture; see docs/security.md.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Profile {
-    /// Production: external root of trust, mTLS, no software keys.
-    #[default]
-    Hardened,
-    /// Local testing only; reported as a security risk everywhere.
-    Development,
-}
-
-impl Profile {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Profile::Hardened => "hardened",
-            Profile::Development => "development",
-        }
-    }
-}
+pub use sealbroker_core::{ConfigError, Profile, parse_table};
 
 /// The whole file. Its `Debug` names the backend and key tables but never
 /// prints their contents, which may hold an inline PIN.
@@ -586,19 +538,6 @@ pub fn parse_mode(text: &str) -> Option<u32> {
         .filter(|mode| *mode <= 0o777)
 }
 
-/// Deserializes a sub-table into `T`, prefixing error paths with `prefix`.
-pub fn parse_table<T: DeserializeOwned>(table: &toml::Table, prefix: &str) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
-        let inner = e.path().to_string();
-        let path = if inner == "." {
-            prefix.to_owned()
-        } else {
-            format!("{prefix}.{inner}")
-        };
-        ConfigError::new(path, e.into_inner().message().to_owned())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,19 +648,6 @@ mod tests {
     fn syntax_error_reports_the_line() {
         let err = error_of("profile = ");
         assert!(err.message.contains("line 1"), "{err}");
-    }
-
-    #[test]
-    fn parse_table_prefixes_paths() {
-        #[derive(Debug, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Key {
-            #[allow(dead_code)]
-            size: u32,
-        }
-        let table: toml::Table = toml::from_str("size = \"x\"").unwrap();
-        let err = parse_table::<Key>(&table, "keys.k").unwrap_err();
-        assert_eq!(err.path, "keys.k.size");
     }
 
     /// `[server.transit]` tables over MINIMAL, with token files in a temporary directory.

@@ -112,46 +112,23 @@ impl Backend for InFlightLimit {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
+
+    use sealbroker_testkit::memory::{Knobs, MemoryKey};
 
     use super::*;
 
-    /// Seals by echoing, after a pause; records the most calls seen at once.
-    #[derive(Default)]
-    struct Slow {
-        now: AtomicUsize,
-        peak: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl Backend for Slow {
-        fn kind(&self) -> &'static str {
-            "slow"
-        }
-        fn key_identity(&self) -> String {
-            "slow".into()
-        }
-        async fn encrypt(&self, secret: &[u8], _aad: &[u8]) -> Result<Sealed, BackendError> {
-            let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-            self.peak.fetch_max(now, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            self.now.fetch_sub(1, Ordering::SeqCst);
-            Ok(Sealed {
-                ciphertext: secret.to_vec(),
-                ..Default::default()
-            })
-        }
-        async fn decrypt(&self, sealed: &Sealed, _aad: &[u8]) -> Result<SecretBytes, BackendError> {
-            Ok(SecretBytes::copy_from(&sealed.ciphertext))
-        }
-        fn throttling_retries(&self) -> u64 {
-            7
-        }
+    /// A key that takes 20 ms a call and reports 7 throttling retries.
+    fn slow() -> (Arc<Knobs>, Arc<MemoryKey>) {
+        let knobs = Arc::new(Knobs::default());
+        knobs.delay_ms.store(20, Ordering::SeqCst);
+        knobs.throttling_retries.store(7, Ordering::SeqCst);
+        (knobs.clone(), Arc::new(MemoryKey::new("slow", knobs)))
     }
 
     #[tokio::test]
     async fn concurrent_calls_never_exceed_max_in_flight_and_all_finish() {
-        let inner = Arc::new(Slow::default());
+        let (knobs, inner) = slow();
         let slots = InFlightSlots::new("hsm", 2, Duration::from_secs(10));
         // Two keys on one backend share its slots.
         let a = slots.wrap(inner.clone());
@@ -163,7 +140,8 @@ mod tests {
         for call in calls.collect::<Vec<_>>() {
             call.await.unwrap().unwrap();
         }
-        assert_eq!(inner.peak.load(Ordering::SeqCst), 2);
+        assert_eq!(knobs.concurrency.peak(), 2);
+        assert_eq!(knobs.concurrency.calls(), 12);
         assert_eq!(slots.in_use(), 0);
         assert_eq!(a.throttling_retries(), 7, "counters pass through");
     }
@@ -171,7 +149,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_backend_is_unavailable_after_the_queue_timeout_naming_the_limit() {
         let slots = InFlightSlots::new("hsm", 1, Duration::from_millis(50));
-        let key = slots.wrap(Arc::new(Slow::default()));
+        let key = slots.wrap(slow().1);
         let held = slots.permits.clone().acquire_owned().await.unwrap();
         let err = key.encrypt(&[1; 32], b"").await.err().unwrap();
         assert_eq!(err.kind, BackendErrorKind::Unavailable);

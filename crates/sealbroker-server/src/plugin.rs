@@ -142,7 +142,7 @@ impl Instance {
         let aad = get("aad").unwrap_or_default().as_bytes().to_vec();
         let door = match (get("endpoint"), get("config_file")) {
             (Some(endpoint), None) => Door::Remote(remote(endpoint, &get).await?),
-            (None, Some(path)) => Door::Local(local(Path::new(path), registry, &key_name)?),
+            (None, Some(path)) => Door::Local(local(Path::new(path), registry, &key_name).await?),
             (Some(_), Some(_)) => {
                 return Err(stanza_error(
                     "set either seal option `endpoint` or `config_file`, not both",
@@ -294,10 +294,11 @@ async fn remote<'a>(
 }
 
 /// A broker with in-process backends, from a sealbroker config file.
-fn local(path: &Path, registry: &BackendRegistry, key_name: &str) -> Result<Arc<Broker>, Status> {
+async fn local(path: &Path, registry: &BackendRegistry, key_name: &str) -> Result<Arc<Broker>, Status> {
     let config = Config::load(path).map_err(|e| stanza_error(format!("{}: {e}", path.display())))?;
     let ring = registry
         .build_keyring(&config)
+        .await
         .map_err(|e| stanza_error(format!("{}: {e}", path.display())))?;
     ring.get(key_name).map_err(|_| {
         stanza_error(format!(

@@ -1,46 +1,44 @@
 //! Backend kinds are plugged in by the binary, like rustls crypto providers:
-//! this crate names no concrete backend. A kind turns a `[backends.NAME]`
-//! table into a factory, and the factory turns each `[keys.NAME]` table that
-//! uses it into a [`Backend`].
+//! this crate names no concrete backend. Each kind, exported by its own
+//! crate, opens its `[backends.NAME]` tables, and the opened backend turns
+//! each `[keys.NAME]` table (or member) that uses it into a [`Backend`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealbroker_core::{Backend, KeyRing, KeyVersion, LogicalKey, WrapPolicy};
+use sealbroker_core::{Backend, BackendKind, KeyRing, KeyVersion, LogicalKey, OpenedBackend, WrapPolicy};
 
 use crate::config::{Config, ConfigError, Profile};
 use crate::inflight::InFlightSlots;
 use crate::keystate::{KeyState, KeyStateFile};
 
-/// Makes backend keys for one configured backend.
-pub type KeyFactory = Box<dyn Fn(&toml::Table, &str) -> Result<Arc<dyn Backend>, ConfigError> + Send + Sync>;
-
-/// Opens a configured backend: gets its table (without `type`), the
-/// table's path for error messages, and the profile (for refusals such as
-/// plaintext upstreams under Hardened).
-pub type OpenBackend = fn(&toml::Table, &str, Profile) -> Result<KeyFactory, ConfigError>;
-
-/// A kind of backend the binary knows how to build.
-#[derive(Clone)]
-pub struct BackendKind {
-    /// The `type` value, e.g. `"pkcs11"`.
-    pub name: &'static str,
-    /// True for kinds that keep key material on the broker's own disk; the
-    /// hardened profile refuses them.
-    pub development_only: bool,
-    pub open: OpenBackend,
-}
-
 /// The kinds available to a config.
 #[derive(Clone, Default)]
 pub struct BackendRegistry {
-    kinds: BTreeMap<&'static str, BackendKind>,
+    kinds: BTreeMap<&'static str, &'static dyn BackendKind>,
+}
+
+/// One opened `[backends.NAME]`, with the broker's in-flight limit around
+/// every key it makes.
+struct Factory {
+    opened: Arc<dyn OpenedBackend>,
+    slots: Option<InFlightSlots>,
+}
+
+impl Factory {
+    fn key(&self, settings: &toml::Table, path: &str) -> Result<Arc<dyn Backend>, ConfigError> {
+        let key = self.opened.key(settings, path)?;
+        Ok(match &self.slots {
+            Some(slots) => slots.wrap(key),
+            None => key,
+        })
+    }
 }
 
 impl BackendRegistry {
-    pub fn with(mut self, kind: BackendKind) -> Self {
-        self.kinds.insert(kind.name, kind);
+    pub fn with(mut self, kind: &'static dyn BackendKind) -> Self {
+        self.kinds.insert(kind.name(), kind);
         self
     }
 
@@ -48,60 +46,69 @@ impl BackendRegistry {
         self.kinds.keys().copied().collect()
     }
 
+    /// The kind of `[backends.NAME]`, refusing unknown and (under Hardened)
+    /// development-only kinds. Returns the kind and the table without `type`.
+    pub fn kind_of(
+        &self,
+        config: &Config,
+        name: &str,
+    ) -> Result<(&'static dyn BackendKind, toml::Table), ConfigError> {
+        let path = format!("backends.{name}");
+        let table = config
+            .backends
+            .get(name)
+            .ok_or_else(|| ConfigError::new(&path, "no such backend in the config"))?;
+        let kind_name = table.get("type").and_then(|v| v.as_str()).unwrap_or_default();
+        let kind = *self.kinds.get(kind_name).ok_or_else(|| {
+            ConfigError::new(
+                format!("{path}.type"),
+                format!(
+                    "unknown backend type {kind_name:?}; this build knows {}",
+                    self.kind_names().join(", ")
+                ),
+            )
+        })?;
+        if kind.development_only() && config.profile == Profile::Hardened {
+            return Err(ConfigError::new(
+                format!("{path}.type"),
+                format!(
+                    "the hardened profile refuses the {kind_name:?} backend: its key sits on the broker's own \
+                     disk, so it is no external root of trust. Use an HSM (pkcs11), KMIP, a cloud KMS or \
+                     OpenBao transit, or set profile = \"development\" for local testing"
+                ),
+            ));
+        }
+        let mut table = table.clone();
+        table.remove("type");
+        Ok((kind, table))
+    }
+
     /// Builds the key ring the config describes, enforcing the profile.
     /// Backends are not contacted here: a briefly absent HSM must not stop
     /// the broker from starting (and reporting itself unready).
-    pub fn build_keyring(&self, config: &Config) -> Result<KeyRing, ConfigError> {
+    pub async fn build_keyring(&self, config: &Config) -> Result<KeyRing, ConfigError> {
         self.build_keyring_with_state(config, &KeyStateFile::default())
+            .await
     }
 
     /// Like [`build_keyring`](Self::build_keyring), adding the versions and
     /// minimum decryption versions recorded in the broker's state.
-    pub fn build_keyring_with_state(
+    pub async fn build_keyring_with_state(
         &self,
         config: &Config,
         state: &KeyStateFile,
     ) -> Result<KeyRing, ConfigError> {
         let mut factories = BTreeMap::new();
-        for (name, table) in &config.backends {
+        for name in config.backends.keys() {
             let path = format!("backends.{name}");
-            let kind_name = table.get("type").and_then(|v| v.as_str()).unwrap_or_default();
-            let kind = self.kinds.get(kind_name).ok_or_else(|| {
-                ConfigError::new(
-                    format!("{path}.type"),
-                    format!(
-                        "unknown backend type {kind_name:?}; this build knows {}",
-                        self.kind_names().join(", ")
-                    ),
-                )
-            })?;
-            if kind.development_only && config.profile == Profile::Hardened {
-                return Err(ConfigError::new(
-                    format!("{path}.type"),
-                    format!(
-                        "the hardened profile refuses the {kind_name:?} backend: its key sits on the broker's own \
-                         disk, so it is no external root of trust. Use an HSM (pkcs11), KMIP, a cloud KMS or \
-                         OpenBao transit, or set profile = \"development\" for local testing"
-                    ),
-                ));
-            }
-            let mut table = table.clone();
-            table.remove("type");
+            let (kind, mut table) = self.kind_of(config, name)?;
             let limit = in_flight_limit(&mut table, &path)?;
-            let factory = (kind.open)(&table, &path, config.profile)?;
-            let factory = match limit {
-                None => factory,
-                Some(max) => {
-                    // Half the request timeout waiting for a slot leaves the
-                    // other half for the operation itself.
-                    let queue = Duration::from_millis(config.limits.request_timeout_secs * 500);
-                    let slots = InFlightSlots::new(name, max, queue);
-                    Box::new(move |settings: &toml::Table, path: &str| {
-                        Ok(slots.wrap(factory(settings, path)?))
-                    })
-                }
-            };
-            factories.insert(name.as_str(), factory);
+            let opened = kind.open(&table, &path, config.profile).await?;
+            // Half the request timeout waiting for a slot leaves the other
+            // half for the operation itself.
+            let queue = Duration::from_millis(config.limits.request_timeout_secs * 500);
+            let slots = limit.map(|max| InFlightSlots::new(name, max, queue));
+            factories.insert(name.as_str(), Factory { opened, slots });
         }
 
         let mut keys = Vec::new();
@@ -134,7 +141,7 @@ const KEY_FIELDS: &[&str] = &[
     "min_decryption_version",
 ];
 
-type Factories<'a> = BTreeMap<&'a str, KeyFactory>;
+type Factories<'a> = BTreeMap<&'a str, Factory>;
 
 /// Builds one logical key. A key table takes one of three forms:
 /// `backend = "b"` plus that backend's key settings (one version, one
@@ -283,7 +290,7 @@ fn newest_member_tables(table: &toml::Table) -> BTreeMap<String, toml::Table> {
 }
 
 /// One version: `backend = ...` plus settings, or `members = [...]`.
-pub fn build_version(
+fn build_version(
     key: &str,
     version: u32,
     table: &toml::Table,
@@ -349,53 +356,16 @@ fn build_member(
     for field in KEY_FIELDS {
         settings.remove(*field);
     }
-    Ok((backend_name, factory(&settings, path)?))
+    Ok((backend_name, factory.key(&settings, path)?))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
-    use async_trait::async_trait;
-    use sealbroker_core::{BackendError, Sealed, SecretBytes};
+    use sealbroker_testkit::memory::MemoryKind;
 
     use super::*;
-
-    static NOW: AtomicUsize = AtomicUsize::new(0);
-    static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-    /// Seals by echoing after a pause, recording the most calls at once.
-    struct Slow;
-
-    #[async_trait]
-    impl Backend for Slow {
-        fn kind(&self) -> &'static str {
-            "slow"
-        }
-        fn key_identity(&self) -> String {
-            "slow".into()
-        }
-        async fn encrypt(&self, secret: &[u8], _aad: &[u8]) -> Result<Sealed, BackendError> {
-            PEAK.fetch_max(NOW.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            NOW.fetch_sub(1, Ordering::SeqCst);
-            Ok(Sealed {
-                ciphertext: secret.to_vec(),
-                ..Default::default()
-            })
-        }
-        async fn decrypt(&self, sealed: &Sealed, _aad: &[u8]) -> Result<SecretBytes, BackendError> {
-            Ok(SecretBytes::copy_from(&sealed.ciphertext))
-        }
-    }
-
-    fn registry() -> BackendRegistry {
-        BackendRegistry::default().with(BackendKind {
-            name: "slow",
-            development_only: false,
-            open: |_, _, _| Ok(Box::new(|_, _| Ok(Arc::new(Slow) as Arc<dyn Backend>))),
-        })
-    }
 
     fn config(limit: &str) -> Config {
         Config::parse(&format!(
@@ -408,7 +378,15 @@ mod tests {
 
     #[tokio::test]
     async fn max_in_flight_bounds_every_key_of_the_backend_together() {
-        let ring = Arc::new(registry().build_keyring(&config("max_in_flight = 2")).unwrap());
+        let slow = MemoryKind::leak("slow");
+        slow.knobs().delay_ms.store(10, Ordering::SeqCst);
+        let registry = BackendRegistry::default().with(slow);
+        let ring = Arc::new(
+            registry
+                .build_keyring(&config("max_in_flight = 2"))
+                .await
+                .unwrap(),
+        );
         let calls: Vec<_> = (0..10)
             .map(|i| {
                 let ring = ring.clone();
@@ -419,13 +397,15 @@ mod tests {
         for call in calls {
             call.await.unwrap().unwrap();
         }
-        assert_eq!(PEAK.load(Ordering::SeqCst), 2);
+        assert_eq!(slow.knobs().concurrency.peak(), 2);
+        assert_eq!(slow.knobs().concurrency.calls(), 10);
     }
 
-    #[test]
-    fn max_in_flight_must_be_a_positive_number_and_names_its_path() {
+    #[tokio::test]
+    async fn max_in_flight_must_be_a_positive_number_and_names_its_path() {
+        let registry = BackendRegistry::default().with(MemoryKind::leak("slow"));
         for bad in ["max_in_flight = 0", "max_in_flight = \"4\"", "max_in_flight = -1"] {
-            let err = registry().build_keyring(&config(bad)).err().unwrap();
+            let err = registry.build_keyring(&config(bad)).await.err().unwrap();
             assert_eq!(err.path, "backends.hsm.max_in_flight", "{bad}");
             assert!(err.message.contains("whole number"), "{err:?}");
         }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use sealbroker_server::audit::AuditLog;
-use sealbroker_server::config::{Config, ConfigError, Profile, parse_table};
+use sealbroker_server::config::{Config, ConfigError, Profile};
 use sealbroker_server::keystate::KeyStateStore;
 use sealbroker_server::listen::{self, Bound};
 use sealbroker_server::service::Broker;
@@ -100,6 +100,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     };
     let ring = registry
         .build_keyring_with_state(&config, &snapshot)
+        .await
         .map_err(|e| e.to_string())?;
     let mut broker = Broker::new(ring, config.profile, config.limits.clone());
     if let Some(store) = state {
@@ -187,58 +188,33 @@ pub async fn keygen(args: KeygenArgs) -> Result<ExitCode, String> {
         .get(&args.key)
         .cloned()
         .ok_or_else(|| ConfigError::new(&key_path, "no such key in the config").to_string())?;
-    let backend_name = key_table
-        .remove("backend")
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let backend_name = match key_table.remove("backend") {
+        Some(toml::Value::String(name)) => name,
+        _ => {
+            return Err(ConfigError::new(
+                format!("{key_path}.backend"),
+                "keygen creates single-backend keys: name one [backends.NAME] here",
+            )
+            .to_string());
+        }
+    };
+    let registry = backends::registry();
+    let (kind, backend_table) = registry
+        .kind_of(&config, &backend_name)
+        .map_err(|e| e.to_string())?;
     let backend_path = format!("backends.{backend_name}");
-    let mut backend_table = config.backends.get(&backend_name).cloned().unwrap_or_default();
-    let kind = backend_table
-        .remove("type")
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    let err = |e: ConfigError| e.to_string();
-    match kind.as_str() {
-        "pkcs11" => {
-            use sealbroker_backend_pkcs11 as pkcs11;
-            let backend: pkcs11::BackendConfig = parse_table(&backend_table, &backend_path).map_err(err)?;
-            let key: pkcs11::KeyConfig = parse_table(&key_table, &key_path).map_err(err)?;
-            let created = pkcs11::generate_key(&backend, &key)
-                .await
-                .map_err(|e| e.to_string())?;
-            println!("created {created}");
-        }
-        "software" => {
-            if config.profile == Profile::Hardened {
-                return Err(format!(
-                    "{backend_path}.type: the hardened profile refuses software keys"
-                ));
-            }
-            use sealbroker_backend_software as software;
-            let key: software::KeyConfig = parse_table(&key_table, &key_path).map_err(err)?;
-            software::generate_key_file(&key.key_file).map_err(|e| e.to_string())?;
-            println!("created software key file {}", key.key_file.display());
-        }
-        "kmip" => {
-            use sealbroker_backend_kmip as kmip;
-            let backend: kmip::BackendConfig = parse_table(&backend_table, &backend_path).map_err(err)?;
-            let key: kmip::KeyConfig = parse_table(&key_table, &key_path).map_err(err)?;
-            let name = key.key_name.ok_or_else(|| {
-                format!(
-                    "{key_path}.key_name: keygen creates a KMIP key by Name; set key_name (not kms_key_id)"
-                )
-            })?;
-            let id = kmip::create_key(&backend, &name)
-                .await
-                .map_err(|e| e.to_string())?;
-            println!("created AES-256 KMIP key {name:?} (unique identifier {id})");
-        }
-        other => {
-            return Err(format!(
-                "{backend_path}.type: keygen does not support {other:?} backends"
-            ));
-        }
+    let opened = kind
+        .open(&backend_table, &backend_path, config.profile)
+        .await
+        .map_err(|e| e.to_string())?;
+    for field in ["policy", "primary_version", "min_decryption_version", "allow"] {
+        key_table.remove(field);
     }
+    let created = opened
+        .create_key(&key_table, &key_path)
+        .await
+        .map_err(|e| format!("{backend_path} ({} backend): {e}", kind.name()))?;
+    println!("created {created}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,22 +10,21 @@
 //! - no error and no `Debug` of a parsed config holds a transit token's contents;
 //! - a parsed config parses again, and a key ring built from it has exactly its keys.
 //!
-//! The registry's backend kinds accept any settings and open nothing, so
+//! The registry's backend kinds (the test kit's memory kind) accept any settings and open nothing, so
 //! the key-table rules (versions, members, policy) are what is fuzzed,
 //! without creating files. Inputs naming a device, FIFO or large file are
 //! skipped: reading one is the operator's choice, not the parser's bug.
 
 #![no_main]
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
-use async_trait::async_trait;
 use libfuzzer_sys::fuzz_target;
-use sealbroker_core::{Backend, BackendError, Sealed, SecretBytes};
 use sealbroker_server::acl::Acls;
-use sealbroker_server::config::{Config, ConfigError, Profile};
-use sealbroker_server::registry::{BackendKind, BackendRegistry, KeyFactory};
+use sealbroker_server::config::{Config, ConfigError};
+use sealbroker_server::registry::BackendRegistry;
 use sealbroker_server_fuzz::write_private;
+use sealbroker_testkit::memory::MemoryKind;
 
 /// Transit token files the seeds name; their contents must never surface.
 const TOKENS: [(&str, &str); 2] = [
@@ -44,49 +43,20 @@ static FILES: LazyLock<()> = LazyLock::new(|| {
     }
 });
 
-/// A backend key that is never used: the target only builds key rings.
-struct InertKey(String);
-
-#[async_trait]
-impl Backend for InertKey {
-    fn kind(&self) -> &'static str {
-        "inert"
-    }
-    fn key_identity(&self) -> String {
-        self.0.clone()
-    }
-    async fn encrypt(&self, _: &[u8], _: &[u8]) -> Result<Sealed, BackendError> {
-        Err(BackendError::unavailable("inert"))
-    }
-    async fn decrypt(&self, _: &Sealed, _: &[u8]) -> Result<SecretBytes, BackendError> {
-        Err(BackendError::unavailable("inert"))
-    }
-}
-
-fn open_inert(_: &toml::Table, _: &str, _: Profile) -> Result<KeyFactory, ConfigError> {
-    Ok(Box::new(|table, path| {
-        Ok(Arc::new(InertKey(format!("{path}:{table}"))))
-    }))
-}
+/// Builds key rings (kinds open asynchronously).
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+});
 
 static REGISTRY: LazyLock<BackendRegistry> = LazyLock::new(|| {
     let kinds = [
-        ("software", true),
-        ("pkcs11", false),
-        ("kmip", false),
-        ("transit", false),
-        ("awskms", false),
+        MemoryKind::leak_development_only("software"),
+        MemoryKind::leak("pkcs11"),
+        MemoryKind::leak("kmip"),
+        MemoryKind::leak("transit"),
+        MemoryKind::leak("awskms"),
     ];
-    kinds.into_iter().fold(
-        BackendRegistry::default(),
-        |registry, (name, development_only)| {
-            registry.with(BackendKind {
-                name,
-                development_only,
-                open: open_inert,
-            })
-        },
-    )
+    kinds.into_iter().fold(BackendRegistry::default(), |registry, kind| registry.with(kind))
 });
 
 /// Whether some string in the document names something unsafe to read.
@@ -165,7 +135,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(error.path.starts_with("keys."), "ACL error outside keys: {error}");
         assert_names_a_field(&error, &document);
     }
-    match REGISTRY.build_keyring(&config) {
+    match RUNTIME.block_on(REGISTRY.build_keyring(&config)) {
         Ok(ring) => assert!(
             ring.names().eq(config.keys.keys().map(String::as_str)),
             "the key ring and the config name different keys"

@@ -14,9 +14,9 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use sealbroker_backend_software as software;
 use sealbroker_server::acl::Acls;
-use sealbroker_server::config::{Config, ConfigError, Profile, parse_table};
+use sealbroker_server::config::Config;
 use sealbroker_server::metrics::Metrics;
-use sealbroker_server::registry::{BackendKind, BackendRegistry, KeyFactory};
+use sealbroker_server::registry::BackendRegistry;
 use sealbroker_server::service::Broker;
 
 /// The transit token of OpenBao's seal: key `unseal` only.
@@ -58,23 +58,9 @@ pub fn write_private(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("fixture file mode");
 }
 
-/// The backend kinds of the fixture: the software key, wired as the binary wires it.
+/// The backend kinds of the fixture: the software key, as the binary links it.
 pub fn registry() -> BackendRegistry {
-    BackendRegistry::default().with(BackendKind {
-        name: "software",
-        development_only: true,
-        open: open_software,
-    })
-}
-
-fn open_software(table: &toml::Table, path: &str, _: Profile) -> Result<KeyFactory, ConfigError> {
-    let _: software::BackendConfig = parse_table(table, path)?;
-    Ok(Box::new(|key_table, key_path| {
-        let key_config: software::KeyConfig = parse_table(key_table, key_path)?;
-        let key = software::SoftwareKey::load(&key_config)
-            .map_err(|e| ConfigError::new(format!("{key_path}.key_file"), e.to_string()))?;
-        Ok(Arc::new(key))
-    }))
+    BackendRegistry::default().with(&software::KIND)
 }
 
 /// The fixture config for files in `dir`: a plaintext transit listener with
@@ -171,8 +157,14 @@ impl Fixture {
         let config_path = dir.join("sealbroker.toml");
         write_private(&config_path, &text);
 
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         let config = Config::parse(&text).expect("fixture config");
-        let ring = registry().build_keyring(&config).expect("fixture key ring");
+        let ring = runtime
+            .block_on(registry().build_keyring(&config))
+            .expect("fixture key ring");
         let acls = Acls::from_config(&config).expect("fixture ACLs");
         let broker = Broker::new(ring, config.profile, config.limits.clone())
             .with_acls(acls)
@@ -183,10 +175,6 @@ impl Fixture {
             config.server.transit.as_ref().expect("fixture transit table"),
         )
         .expect("fixture transit router");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
         Fixture {
             config_path,
             config,

@@ -1,0 +1,51 @@
+//! The `awskms` backend kind: `[backends.NAME]` is one AWS account and
+//! region (credentials, endpoint), each key a KMS key id, ARN or alias.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sealbroker_core::{Backend, BackendKind, ConfigError, OpenedBackend, Profile, parse_table};
+
+use crate::{AwsKmsKey, BackendConfig, KeyConfig, KmsClient, connect};
+
+/// `type = "awskms"`.
+pub static KIND: AwsKmsKind = AwsKmsKind;
+
+pub struct AwsKmsKind;
+
+#[async_trait]
+impl BackendKind for AwsKmsKind {
+    fn name(&self) -> &'static str {
+        "awskms"
+    }
+
+    /// Loads the SDK configuration and credentials chain; no KMS call is made.
+    async fn open(
+        &self,
+        table: &toml::Table,
+        path: &str,
+        profile: Profile,
+    ) -> Result<Arc<dyn OpenedBackend>, ConfigError> {
+        let config: BackendConfig = parse_table(table, path)?;
+        if let Some(endpoint) = &config.endpoint {
+            profile
+                .refuse_plaintext_url("endpoint", endpoint, "credentials and data keys")
+                .map_err(|e| e.under(path))?;
+        }
+        let client = connect(&config).await.map_err(|e| e.under(path))?;
+        Ok(Arc::new(Account { client }))
+    }
+}
+
+struct Account {
+    client: KmsClient,
+}
+
+impl OpenedBackend for Account {
+    fn key(&self, settings: &toml::Table, path: &str) -> Result<Arc<dyn Backend>, ConfigError> {
+        let key: KeyConfig = parse_table(settings, path)?;
+        Ok(Arc::new(
+            AwsKmsKey::new(&self.client, &key).map_err(|e| e.under(path))?,
+        ))
+    }
+}

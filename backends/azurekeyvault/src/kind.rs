@@ -1,0 +1,47 @@
+//! The `azurekeyvault` backend kind: `[backends.NAME]` is one vault and its
+//! credential, each key a Key Vault key (and optional version).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sealbroker_core::{Backend, BackendKind, ConfigError, OpenedBackend, Profile, parse_table};
+
+use crate::{BackendConfig, KeyConfig, KeyVaultClient, KeyVaultKey, connect};
+
+/// `type = "azurekeyvault"`.
+pub static KIND: KeyVaultKind = KeyVaultKind;
+
+pub struct KeyVaultKind;
+
+#[async_trait]
+impl BackendKind for KeyVaultKind {
+    fn name(&self) -> &'static str {
+        "azurekeyvault"
+    }
+
+    /// Builds the client and reads the credential files; `vault_url` must be https://. No
+    /// vault call is made.
+    async fn open(
+        &self,
+        table: &toml::Table,
+        path: &str,
+        _profile: Profile,
+    ) -> Result<Arc<dyn OpenedBackend>, ConfigError> {
+        let config: BackendConfig = parse_table(table, path)?;
+        let client = connect(&config).map_err(|e| e.under(path))?;
+        Ok(Arc::new(Vault { client }))
+    }
+}
+
+struct Vault {
+    client: KeyVaultClient,
+}
+
+impl OpenedBackend for Vault {
+    fn key(&self, settings: &toml::Table, path: &str) -> Result<Arc<dyn Backend>, ConfigError> {
+        let key: KeyConfig = parse_table(settings, path)?;
+        Ok(Arc::new(
+            KeyVaultKey::new(&self.client, &key).map_err(|e| e.under(path))?,
+        ))
+    }
+}

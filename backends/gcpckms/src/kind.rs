@@ -1,0 +1,51 @@
+//! The `gcpckms` backend kind: `[backends.NAME]` is one Google Cloud project (credentials, endpoint),
+//! each key a Cloud KMS crypto key (and optional version).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sealbroker_core::{Backend, BackendKind, ConfigError, OpenedBackend, Profile, parse_table};
+
+use crate::{BackendConfig, GcpKmsKey, KeyConfig, KmsClient, connect};
+
+/// `type = "gcpckms"`.
+pub static KIND: GcpKmsKind = GcpKmsKind;
+
+pub struct GcpKmsKind;
+
+#[async_trait]
+impl BackendKind for GcpKmsKind {
+    fn name(&self) -> &'static str {
+        "gcpckms"
+    }
+
+    /// Loads the credentials and builds the client; no KMS call is made.
+    async fn open(
+        &self,
+        table: &toml::Table,
+        path: &str,
+        profile: Profile,
+    ) -> Result<Arc<dyn OpenedBackend>, ConfigError> {
+        let config: BackendConfig = parse_table(table, path)?;
+        if let Some(endpoint) = &config.endpoint {
+            profile
+                .refuse_plaintext_url("endpoint", endpoint, "credentials and data keys")
+                .map_err(|e| e.under(path))?;
+        }
+        let client = connect(&config).await.map_err(|e| e.under(path))?;
+        Ok(Arc::new(Project { client }))
+    }
+}
+
+struct Project {
+    client: KmsClient,
+}
+
+impl OpenedBackend for Project {
+    fn key(&self, settings: &toml::Table, path: &str) -> Result<Arc<dyn Backend>, ConfigError> {
+        let key: KeyConfig = parse_table(settings, path)?;
+        Ok(Arc::new(
+            GcpKmsKey::new(&self.client, &key).map_err(|e| e.under(path))?,
+        ))
+    }
+}
