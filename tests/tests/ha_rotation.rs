@@ -319,3 +319,42 @@ async fn rotation_without_a_state_dir_says_how_to_enable_it() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("server.state_dir"), "{err:?}");
 }
+
+/// Defect 1 of issue 14: restart rebuilt rotated members from the whole key
+/// table, so a Hardened key's `allow` reached the PKCS#11 backend as an
+/// unknown setting and the broker refused to start after its first rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_hardened_key_with_an_acl_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "hard", "unseal", PIN);
+    let text = format!(
+        "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\nstate_dir = \"{}\"\n{}\n\
+         [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal\"\n{}",
+        dir.path().join("sb.sock").display(),
+        dir.path().join("state").display(),
+        token.backend_toml("hsm"),
+        allow_test_callers(),
+    );
+    let config = dir.path().join("sealbroker.toml");
+    fs::write(&config, text).unwrap();
+
+    let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("1.log")).await;
+    let mut c = daemon.unix_client().await;
+    let old = wrap(&mut c, b"before rotation").await;
+    let socket = dir.path().join("sb.sock");
+    let out = run_cli(
+        &["keys", "--socket", socket.to_str().unwrap(), "rotate", "unseal"],
+        b"",
+        &[],
+    );
+    assert!(out.status.success(), "keys rotate failed: {out:?}");
+    let new = wrap(&mut c, b"after rotation").await;
+    assert_eq!((old.key_version, new.key_version), (1, 2));
+    assert!(daemon.terminate().success());
+
+    let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("2.log")).await;
+    let mut c = daemon.unix_client().await;
+    assert_eq!(unwrap(&mut c, &old.blob).await.unwrap(), b"before rotation");
+    assert_eq!(unwrap(&mut c, &new.blob).await.unwrap(), b"after rotation");
+    assert_eq!(wrap(&mut c, b"x").await.key_version, 2, "v2 stays primary");
+}

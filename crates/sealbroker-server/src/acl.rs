@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use sealbroker_core::Error;
 
 use crate::caller::Caller;
-use crate::config::{Config, ConfigError, Profile};
+use crate::config::{Config, ConfigError, Grants, Profile};
 
 /// An operation a grant covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,24 +43,17 @@ impl Operation {
     }
 }
 
-const PRINCIPAL_KINDS: &[&str] = &["uid:", "gid:", "uri:", "dns:", "cn:", "sha256:", "token:"];
-
 /// Who may do what to one key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeyAcl {
-    wrap: Vec<String>,
-    unwrap: Vec<String>,
-    rewrap: Vec<String>,
-    admin: Vec<String>,
-}
+struct KeyAcl(Grants);
 
 impl KeyAcl {
     fn grants(&self, operation: Operation) -> &[String] {
         match operation {
-            Operation::Wrap => &self.wrap,
-            Operation::Unwrap => &self.unwrap,
-            Operation::Rewrap => &self.rewrap,
-            Operation::Admin => &self.admin,
+            Operation::Wrap => &self.0.wrap,
+            Operation::Unwrap => &self.0.unwrap,
+            Operation::Rewrap => &self.0.rewrap,
+            Operation::Admin => &self.0.admin,
         }
     }
 
@@ -93,20 +86,19 @@ pub struct Acls {
 }
 
 impl Acls {
-    /// Reads every key's `allow` table; under Hardened, a key without one
-    /// is a start-up error.
+    /// Takes every key's `allow` grants; under Hardened, a key without
+    /// them is a start-up error.
     pub fn from_config(config: &Config) -> Result<Acls, ConfigError> {
         let mut keys = BTreeMap::new();
         let mut open = std::collections::BTreeSet::new();
-        for (name, table) in &config.keys {
-            let path = format!("keys.{name}.allow");
-            match table.get("allow") {
-                Some(allow) => {
-                    keys.insert(name.clone(), parse_allow(allow, &path)?);
+        for (name, spec) in &config.keys {
+            match &spec.allow {
+                Some(grants) => {
+                    keys.insert(name.clone(), KeyAcl(grants.clone()));
                 }
                 None if config.profile == Profile::Hardened => {
                     return Err(ConfigError::new(
-                        path,
+                        format!("keys.{name}.allow"),
                         "is missing: the hardened profile denies every caller by default; grant operations, \
                          e.g. allow = { wrap = [\"uid:1000\"], unwrap = [\"uid:1000\"] }",
                     ));
@@ -169,56 +161,12 @@ fn denied(caller: &Caller, operation: Operation, key: &str) -> Error {
     }
 }
 
-fn parse_allow(value: &toml::Value, path: &str) -> Result<KeyAcl, ConfigError> {
-    let table = value
-        .as_table()
-        .ok_or_else(|| ConfigError::new(path, "must be a table, e.g. { wrap = [\"uid:1000\"] }"))?;
-    let mut acl = KeyAcl::default();
-    for (field, list) in table {
-        let field_path = format!("{path}.{field}");
-        let principals = list
-            .as_array()
-            .ok_or_else(|| ConfigError::new(&field_path, "must be a list of principals"))?
-            .iter()
-            .map(|p| {
-                let text = p.as_str().ok_or_else(|| ConfigError::new(&field_path, "principals are strings"))?;
-                if text == "*" || PRINCIPAL_KINDS.iter().any(|k| text.starts_with(k) && text.len() > k.len()) {
-                    Ok(text.to_owned())
-                } else {
-                    Err(ConfigError::new(
-                        &field_path,
-                        format!("{text:?} is not a principal; use uid:N, gid:N, uri:…, dns:…, cn:…, sha256:…, token:… or *"),
-                    ))
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        match field.as_str() {
-            "wrap" => acl.wrap.extend(principals),
-            "unwrap" => acl.unwrap.extend(principals),
-            "rewrap" => acl.rewrap.extend(principals),
-            "admin" => acl.admin.extend(principals),
-            "any" => {
-                for list in [&mut acl.wrap, &mut acl.unwrap, &mut acl.rewrap, &mut acl.admin] {
-                    list.extend(principals.iter().cloned());
-                }
-            }
-            other => {
-                return Err(ConfigError::new(
-                    field_path,
-                    format!("unknown operation {other:?}; use wrap, unwrap, rewrap, admin or any"),
-                ));
-            }
-        }
-    }
-    Ok(acl)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn acls(text: &str) -> Result<Acls, ConfigError> {
-        Acls::from_config(&Config::parse(text).unwrap())
+        Acls::from_config(&Config::parse(text)?)
     }
 
     const BASE: &str = "profile = \"hardened\"\n[backends.b]\ntype = \"x\"\n[keys.k]\nbackend = \"b\"\n";

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealbroker_core::{Backend, BackendKind, KeyRing, KeyVersion, LogicalKey, OpenedBackend, WrapPolicy};
+use sealbroker_core::{Backend, BackendKind, KeyRing, KeyVersion, LogicalKey, OpenedBackend};
 
-use crate::config::{Config, ConfigError, Profile};
+use crate::config::{Config, ConfigError, KeySpec, Profile};
 use crate::inflight::InFlightSlots;
 use crate::keystate::{KeyState, KeyStateFile};
 
@@ -47,12 +47,13 @@ impl BackendRegistry {
     }
 
     /// The kind of `[backends.NAME]`, refusing unknown and (under Hardened)
-    /// development-only kinds. Returns the kind and the table without `type`.
+    /// development-only kinds. Returns the kind, the table without the
+    /// broker's own settings (`type`, `max_in_flight`), and the in-flight limit.
     pub fn kind_of(
         &self,
         config: &Config,
         name: &str,
-    ) -> Result<(&'static dyn BackendKind, toml::Table), ConfigError> {
+    ) -> Result<(&'static dyn BackendKind, toml::Table, Option<usize>), ConfigError> {
         let path = format!("backends.{name}");
         let table = config
             .backends
@@ -80,7 +81,8 @@ impl BackendRegistry {
         }
         let mut table = table.clone();
         table.remove("type");
-        Ok((kind, table))
+        let limit = in_flight_limit(&mut table, &path)?;
+        Ok((kind, table, limit))
     }
 
     /// Builds the key ring the config describes, enforcing the profile.
@@ -101,8 +103,7 @@ impl BackendRegistry {
         let mut factories = BTreeMap::new();
         for name in config.backends.keys() {
             let path = format!("backends.{name}");
-            let (kind, mut table) = self.kind_of(config, name)?;
-            let limit = in_flight_limit(&mut table, &path)?;
+            let (kind, table, limit) = self.kind_of(config, name)?;
             let opened = kind.open(&table, &path, config.profile).await?;
             // Half the request timeout waiting for a slot leaves the other
             // half for the operation itself.
@@ -112,8 +113,8 @@ impl BackendRegistry {
         }
 
         let mut keys = Vec::new();
-        for (name, table) in &config.keys {
-            keys.push(build_key(name, table, state.keys.get(name), &factories)?);
+        for (name, spec) in &config.keys {
+            keys.push(build_key(spec, state.keys.get(name), &factories)?);
         }
         Ok(KeyRing::new(keys))
     }
@@ -131,116 +132,53 @@ fn in_flight_limit(table: &mut toml::Table, path: &str) -> Result<Option<usize>,
     }
 }
 
-/// Key-table fields that describe the logical key rather than a backend key.
-const KEY_FIELDS: &[&str] = &[
-    "backend",
-    "members",
-    "versions",
-    "policy",
-    "primary_version",
-    "min_decryption_version",
-];
-
 type Factories<'a> = BTreeMap<&'a str, Factory>;
 
-/// Builds one logical key. A key table takes one of three forms:
-/// `backend = "b"` plus that backend's key settings (one version, one
-/// member); `members = [{ backend = "a", ... }, ...]` (one version held by
-/// several backends); or `versions = [{ version = 1, backend = "a", ... },
-/// { version = 2, members = [...] }]`.
+/// Builds one logical key from its spec, adding the versions the broker
+/// created itself (recorded in `state`): each laid over the settings of the
+/// newest configured member on the same backend.
 fn build_key(
-    name: &str,
-    table: &toml::Table,
+    spec: &KeySpec,
     state: Option<&KeyState>,
     factories: &Factories<'_>,
 ) -> Result<LogicalKey, ConfigError> {
+    let name = spec.name.as_str();
     let path = format!("keys.{name}");
-    let policy = match table.get("policy").map(|v| v.as_str()) {
-        None | Some(Some("all")) => WrapPolicy::All,
-        Some(Some("primary")) => WrapPolicy::Primary,
-        _ => {
-            return Err(ConfigError::new(
-                format!("{path}.policy"),
-                "must be \"all\" or \"primary\"",
-            ));
-        }
-    };
-    let number = |field: &str, default: Option<u32>| -> Result<Option<u32>, ConfigError> {
-        match table.get(field) {
-            None => Ok(default),
-            Some(toml::Value::Integer(n)) if *n >= 1 && *n <= u32::MAX as i64 => Ok(Some(*n as u32)),
-            Some(_) => Err(ConfigError::new(
-                format!("{path}.{field}"),
-                "must be a whole number from 1",
-            )),
-        }
-    };
-    let primary = number("primary_version", None)?;
-    let configured_min = number("min_decryption_version", Some(1))?.unwrap_or(1);
     let min_decryption = state
         .and_then(|s| s.min_decryption_version)
-        .unwrap_or(configured_min)
-        .max(configured_min);
-
-    let versions = match table.get("versions") {
-        Some(toml::Value::Array(entries)) => {
-            if table.contains_key("backend") || table.contains_key("members") {
-                return Err(ConfigError::new(
-                    format!("{path}.versions"),
-                    "give either `versions` or `backend`/`members` at the key's top level, not both",
-                ));
-            }
-            let mut versions = Vec::new();
-            for (i, entry) in entries.iter().enumerate() {
-                let entry_path = format!("{path}.versions[{i}]");
-                let entry = entry
-                    .as_table()
-                    .ok_or_else(|| ConfigError::new(&entry_path, "must be a table"))?;
-                let version = match entry.get("version") {
-                    Some(toml::Value::Integer(n)) if *n >= 1 && *n <= u32::MAX as i64 => *n as u32,
-                    _ => {
-                        return Err(ConfigError::new(
-                            format!("{entry_path}.version"),
-                            "must be a whole number from 1",
-                        ));
-                    }
-                };
-                let mut entry = entry.clone();
-                entry.remove("version");
-                versions.push(build_version(name, version, &entry, &entry_path, factories)?);
-            }
-            versions
-        }
-        Some(_) => {
-            return Err(ConfigError::new(
-                format!("{path}.versions"),
-                "must be an array of tables",
-            ));
-        }
-        None => {
-            let mut rest = table.clone();
-            for field in ["policy", "primary_version", "min_decryption_version", "allow"] {
-                rest.remove(field);
-            }
-            vec![build_version(name, 1, &rest, &path, factories)?]
-        }
-    };
-    let mut versions = versions;
-    if let Some(state) = state.filter(|s| !s.versions.is_empty()) {
-        let base = newest_member_tables(table);
-        for record in &state.versions {
+        .unwrap_or(spec.min_decryption_version)
+        .max(spec.min_decryption_version);
+    let mut versions = spec
+        .versions
+        .iter()
+        .map(|v| {
+            let members = v
+                .members
+                .iter()
+                .map(|m| build_member(&m.backend, &m.settings, &m.path, factories))
+                .collect::<Result<_, _>>()?;
+            Ok(KeyVersion::with_members(name, v.version, members))
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    let created = state.map(|s| s.versions.as_slice()).unwrap_or_default();
+    if !created.is_empty() {
+        let base = spec.newest_members();
+        for record in created {
             let record_path = format!("{path} (state version {})", record.version);
             let mut members = Vec::new();
             for member in &record.members {
-                let mut settings = base.get(&member.backend).cloned().ok_or_else(|| {
-                    ConfigError::new(
-                        format!("{path}.backend"),
-                        format!(
-                            "the broker's state has version {} on backend {:?}, which the key no longer uses",
-                            record.version, member.backend
-                        ),
-                    )
-                })?;
+                let mut settings = base
+                    .get(member.backend.as_str())
+                    .map(|m| m.settings.clone())
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            format!("{path}.backend"),
+                            format!(
+                                "the broker's state has version {} on backend {:?}, which the key no longer uses",
+                                record.version, member.backend
+                            ),
+                        )
+                    })?;
                 for (field, value) in &member.settings {
                     if value.is_empty() {
                         settings.remove(field);
@@ -248,115 +186,34 @@ fn build_key(
                         settings.insert(field.clone(), toml::Value::String(value.clone()));
                     }
                 }
-                members.push(build_member(&settings, &record_path, factories)?);
+                members.push(build_member(&member.backend, &settings, &record_path, factories)?);
             }
             versions.push(KeyVersion::with_members(name, record.version, members));
         }
     }
     // Versions the broker created supersede the configured primary.
-    let primary = if state.is_some_and(|s| !s.versions.is_empty()) {
-        None
+    let primary = if created.is_empty() {
+        spec.primary_version
     } else {
-        primary
+        None
     };
-    LogicalKey::new(name, versions, primary, min_decryption, policy)
+    LogicalKey::new(name, versions, primary, min_decryption, spec.policy)
         .map_err(|reason| ConfigError::new(path, reason))
 }
 
-/// The member tables of a key's newest configured version, by backend name:
-/// what rotated versions lay their settings over.
-fn newest_member_tables(table: &toml::Table) -> BTreeMap<String, toml::Table> {
-    let version_table = match table.get("versions").and_then(|v| v.as_array()) {
-        Some(versions) => versions
-            .iter()
-            .filter_map(|v| v.as_table())
-            .max_by_key(|v| v.get("version").and_then(|n| n.as_integer()).unwrap_or(0))
-            .cloned()
-            .unwrap_or_default(),
-        None => table.clone(),
-    };
-    let members: Vec<toml::Table> = match version_table.get("members").and_then(|m| m.as_array()) {
-        Some(members) => members.iter().filter_map(|m| m.as_table().cloned()).collect(),
-        None => vec![version_table],
-    };
-    members
-        .into_iter()
-        .filter_map(|mut member| {
-            let backend = member.get("backend")?.as_str()?.to_owned();
-            member.remove("version");
-            Some((backend, member))
-        })
-        .collect()
-}
-
-/// One version: `backend = ...` plus settings, or `members = [...]`.
-fn build_version(
-    key: &str,
-    version: u32,
-    table: &toml::Table,
-    path: &str,
-    factories: &Factories<'_>,
-) -> Result<KeyVersion, ConfigError> {
-    let members = match (table.get("backend"), table.get("members")) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::new(
-                format!("{path}.members"),
-                "give either `backend` or `members`, not both",
-            ));
-        }
-        (Some(_), None) => vec![build_member(table, path, factories)?],
-        (None, Some(toml::Value::Array(entries))) if !entries.is_empty() => {
-            let mut members = Vec::new();
-            for (i, entry) in entries.iter().enumerate() {
-                let member_path = format!("{path}.members[{i}]");
-                let entry = entry
-                    .as_table()
-                    .ok_or_else(|| ConfigError::new(&member_path, "must be a table"))?;
-                members.push(build_member(entry, &member_path, factories)?);
-            }
-            members
-        }
-        (None, Some(_)) => {
-            return Err(ConfigError::new(
-                format!("{path}.members"),
-                "must be a non-empty array of tables",
-            ));
-        }
-        (None, None) => {
-            return Err(ConfigError::new(
-                format!("{path}.backend"),
-                "is missing: name a [backends.NAME] (or give `members` for an HA key ring)",
-            ));
-        }
-    };
-    Ok(KeyVersion::with_members(key, version, members))
-}
-
 fn build_member(
-    table: &toml::Table,
+    backend: &str,
+    settings: &toml::Table,
     path: &str,
     factories: &Factories<'_>,
 ) -> Result<(String, Arc<dyn Backend>), ConfigError> {
-    let backend_name = match table.get("backend") {
-        Some(toml::Value::String(name)) => name.clone(),
-        _ => {
-            return Err(ConfigError::new(
-                format!("{path}.backend"),
-                "must name a [backends.NAME] table",
-            ));
-        }
-    };
-    let factory = factories.get(backend_name.as_str()).ok_or_else(|| {
+    let factory = factories.get(backend).ok_or_else(|| {
         ConfigError::new(
             format!("{path}.backend"),
-            format!("names backend {backend_name:?}, but there is no [backends.{backend_name}] table"),
+            format!("names backend {backend:?}, but there is no [backends.{backend}] table"),
         )
     })?;
-    let mut settings = table.clone();
-    for field in KEY_FIELDS {
-        settings.remove(*field);
-    }
-    Ok((backend_name, factory.key(&settings, path)?))
+    Ok((backend.to_owned(), factory.key(settings, path)?))
 }
 
 #[cfg(test)]

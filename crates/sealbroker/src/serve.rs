@@ -183,38 +183,30 @@ pub async fn keygen(args: KeygenArgs) -> Result<ExitCode, String> {
     let config = Config::load(&args.config).map_err(|e| format!("{}: {e}", args.config.display()))?;
     logging::init(config.log.format, &config.log.level);
     let key_path = format!("keys.{}", args.key);
-    let mut key_table = config
+    let spec = config
         .keys
         .get(&args.key)
-        .cloned()
         .ok_or_else(|| ConfigError::new(&key_path, "no such key in the config").to_string())?;
-    let backend_name = match key_table.remove("backend") {
-        Some(toml::Value::String(name)) => name,
-        _ => {
-            return Err(ConfigError::new(
-                format!("{key_path}.backend"),
-                "keygen creates single-backend keys: name one [backends.NAME] here",
-            )
-            .to_string());
-        }
-    };
+    let version = spec
+        .version(spec.primary())
+        .ok_or_else(|| ConfigError::new(&key_path, "has no primary version").to_string())?;
+    // Every member of the primary version: an HA key gets its key on each backend.
     let registry = backends::registry();
-    let (kind, backend_table) = registry
-        .kind_of(&config, &backend_name)
-        .map_err(|e| e.to_string())?;
-    let backend_path = format!("backends.{backend_name}");
-    let opened = kind
-        .open(&backend_table, &backend_path, config.profile)
-        .await
-        .map_err(|e| e.to_string())?;
-    for field in ["policy", "primary_version", "min_decryption_version", "allow"] {
-        key_table.remove(field);
+    for member in &version.members {
+        let (kind, backend_table, _) = registry
+            .kind_of(&config, &member.backend)
+            .map_err(|e| e.to_string())?;
+        let backend_path = format!("backends.{}", member.backend);
+        let opened = kind
+            .open(&backend_table, &backend_path, config.profile)
+            .await
+            .map_err(|e| e.to_string())?;
+        let created = opened
+            .create_key(&member.settings, &member.path)
+            .await
+            .map_err(|e| format!("{backend_path} ({} backend): {e}", kind.name()))?;
+        println!("created {created}");
     }
-    let created = opened
-        .create_key(&key_table, &key_path)
-        .await
-        .map_err(|e| format!("{backend_path} ({} backend): {e}", kind.name()))?;
-    println!("created {created}");
     Ok(ExitCode::SUCCESS)
 }
 
