@@ -15,7 +15,8 @@ bash tests/peers/install.sh "$peers_env"
 source "$peers_env"
 
 echo "== build" >&2
-cargo build --workspace --locked
+# --all-targets builds the test binaries too, so nextest below compiles nothing.
+cargo build --workspace --all-targets --locked
 built=$(date +%s)
 
 if [ "${CI:-}" = "true" ]; then
