@@ -298,6 +298,35 @@ impl Config {
         Ok(config)
     }
 
+    /// The TLS-or-plaintext rules every network listener shares.
+    fn check_listener(&self, l: Listener<'_>) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("{}.{name}", l.path);
+        match (l.tls, l.plaintext) {
+            (Some(_), true) => Err(ConfigError::new(
+                field("plaintext"),
+                "cannot be true when `tls` is set",
+            )),
+            (None, false) => Err(ConfigError::new(
+                field("tls"),
+                format!(
+                    "is missing: {} (or `plaintext = true` under the development profile)",
+                    l.needs_tls
+                ),
+            )),
+            (None, true) if self.profile == Profile::Hardened => {
+                Err(ConfigError::new(field("plaintext"), l.hardened_plaintext))
+            }
+            (Some(tls), false) if tls.client_ca_file.is_none() => match l.needs_client_ca {
+                Some(why) => Err(ConfigError::new(
+                    field("tls.client_ca_file"),
+                    format!("is missing: {why}; set the CA that signs client certificates"),
+                )),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
     /// Checks that need more than one field, and the profile's refusals.
     fn check(&self) -> Result<(), ConfigError> {
         parse_mode(&self.server.unix_socket_mode).ok_or_else(|| {
@@ -307,33 +336,14 @@ impl Config {
             )
         })?;
         if let Some(tcp) = &self.server.tcp {
-            match (&tcp.tls, tcp.plaintext) {
-                (Some(_), true) => {
-                    return Err(ConfigError::new(
-                        "server.tcp.plaintext",
-                        "cannot be true when `tls` is set",
-                    ));
-                }
-                (None, false) => {
-                    return Err(ConfigError::new(
-                        "server.tcp.tls",
-                        "is missing: TCP needs TLS with client certificates (or `plaintext = true` under the development profile)",
-                    ));
-                }
-                (None, true) if self.profile == Profile::Hardened => {
-                    return Err(ConfigError::new(
-                        "server.tcp.plaintext",
-                        "the hardened profile refuses plaintext TCP: anyone on the network could call the broker and read unwrapped secrets; configure [server.tcp.tls] with client_ca_file",
-                    ));
-                }
-                (Some(tls), false) if tls.client_ca_file.is_none() => {
-                    return Err(ConfigError::new(
-                        "server.tcp.tls.client_ca_file",
-                        "is missing: the broker requires mutual TLS so that every caller has an identity; set the CA that signs client certificates",
-                    ));
-                }
-                _ => {}
-            }
+            self.check_listener(Listener {
+                path: "server.tcp",
+                tls: tcp.tls.as_ref(),
+                plaintext: tcp.plaintext,
+                needs_tls: "TCP needs TLS with client certificates",
+                hardened_plaintext: "the hardened profile refuses plaintext TCP: anyone on the network could call the broker and read unwrapped secrets; configure [server.tcp.tls] with client_ca_file",
+                needs_client_ca: Some("the broker requires mutual TLS so that every caller has an identity"),
+            })?;
         }
         if let Some(transit) = &self.server.transit {
             self.check_transit(transit)?;
@@ -416,33 +426,16 @@ impl Config {
                 "cannot start with `auth` or `sys`: those paths are the token and health endpoints",
             ));
         }
-        match (&transit.tls, transit.plaintext) {
-            (Some(_), true) => {
-                return Err(ConfigError::new(
-                    "server.transit.plaintext",
-                    "cannot be true when `tls` is set",
-                ));
-            }
-            (None, false) => {
-                return Err(ConfigError::new(
-                    "server.transit.tls",
-                    "is missing: the transit listener needs TLS with client certificates (or `plaintext = true` under the development profile)",
-                ));
-            }
-            (None, true) if self.profile == Profile::Hardened => {
-                return Err(ConfigError::new(
-                    "server.transit.plaintext",
-                    "the hardened profile refuses plaintext HTTP: tokens and unwrapped secrets would cross the network in the clear; configure [server.transit.tls] with client_ca_file",
-                ));
-            }
-            (Some(tls), false) if tls.client_ca_file.is_none() && self.profile == Profile::Hardened => {
-                return Err(ConfigError::new(
-                    "server.transit.tls.client_ca_file",
-                    "is missing: the hardened profile requires mutual TLS on the transit listener, so a stolen token alone cannot unwrap; set the CA that signs client certificates",
-                ));
-            }
-            _ => {}
-        }
+        self.check_listener(Listener {
+            path: "server.transit",
+            tls: transit.tls.as_ref(),
+            plaintext: transit.plaintext,
+            needs_tls: "the transit listener needs TLS with client certificates",
+            hardened_plaintext: "the hardened profile refuses plaintext HTTP: tokens and unwrapped secrets would cross the network in the clear; configure [server.transit.tls] with client_ca_file",
+            needs_client_ca: (self.profile == Profile::Hardened).then_some(
+                "the hardened profile requires mutual TLS on the transit listener, so a stolen token alone cannot unwrap",
+            ),
+        })?;
         if transit.tokens.is_empty() {
             return Err(ConfigError::new(
                 "server.transit.tokens",
@@ -534,3 +527,14 @@ pub fn parse_mode(text: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests;
+
+/// One network listener's transport settings and how to explain refusing them.
+struct Listener<'a> {
+    path: &'static str,
+    tls: Option<&'a TlsConfig>,
+    plaintext: bool,
+    needs_tls: &'static str,
+    hardened_plaintext: &'static str,
+    /// Why a client CA is required, where it is.
+    needs_client_ca: Option<&'static str>,
+}
