@@ -52,6 +52,14 @@ if mode == "wrap-only":
         check(e.code() == grpc.StatusCode.PERMISSION_DENIED, f"Decrypt -> PERMISSION_DENIED, got {e.code()}")
         check("unwrap" in e.details() and key_name in e.details(),
               f"the refusal names the operation and key, got {e.details()!r}")
+    # The ACL runs before the key ring is consulted: a key id the broker never
+    # issued is refused as forbidden, not as unknown, so it reveals nothing.
+    try:
+        stub.Decrypt(pb.DecryptRequest(ciphertext=enc.ciphertext, uid="acl-3", key_id="not-a-key-id"))
+        check(False, "a caller without unwrap cannot probe key ids")
+    except grpc.RpcError as e:
+        check(e.code() == grpc.StatusCode.PERMISSION_DENIED,
+              f"Decrypt with an unknown key id -> PERMISSION_DENIED, got {e.code()}")
     print(f"{passed} passed, 0 failed")
     sys.exit(0)
 

@@ -58,12 +58,15 @@ async fn kms_v2_door_enforces_the_key_acl_per_operation() {
     let token = SoftHsmToken::create(&dir.path().join("hsm"), "k8s", "k8s-secrets", "kms-pin-8813");
     let kms_socket = dir.path().join("kms.sock");
     let admin_socket = dir.path().join("sb.sock");
+    let audit = dir.path().join("audit.jsonl");
     let text = format!(
         "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n\
-         [server.kms_v2]\nsocket = \"{}\"\nkey_name = \"k8s\"\n{}\n[keys.k8s]\nbackend = \"hsm\"\nkey_label = \"k8s-secrets\"\n\
+         [server.kms_v2]\nsocket = \"{}\"\nkey_name = \"k8s\"\n[audit]\nfile = \"{}\"\n{}\n\
+         [keys.k8s]\nbackend = \"hsm\"\nkey_label = \"k8s-secrets\"\n\
          allow = {{ wrap = [\"uid:{}\"], unwrap = [\"uid:4242\"] }}\n",
         admin_socket.display(),
         kms_socket.display(),
+        audit.display(),
         token.backend_toml("hsm"),
         current_uid(),
     );
@@ -90,6 +93,32 @@ async fn kms_v2_door_enforces_the_key_acl_per_operation() {
         "{report}\n--- daemon ---\n{}",
         daemon.logs()
     );
-    assert!(report.contains("3 passed, 0 failed"), "{report}");
+    assert!(report.contains("4 passed, 0 failed"), "{report}");
     assert!(daemon.terminate().success());
+
+    // Every KMS v2 call is audited as door kms-v2: one Encrypt, two refused Decrypts.
+    let lines: Vec<serde_json::Value> = fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let seen: Vec<(&str, &str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["door"].as_str().unwrap(),
+                l["operation"].as_str().unwrap(),
+                l["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("kms-v2", "wrap", "ok"),
+            ("kms-v2", "unwrap", "PermissionDenied"),
+            ("kms-v2", "unwrap", "PermissionDenied"),
+        ],
+        "{lines:#?}"
+    );
 }

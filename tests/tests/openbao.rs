@@ -11,14 +11,17 @@ use sealbroker_e2e::*;
 const PIN: &str = "bao-e2e-pin-2291";
 const SECRET: &str = "kv-secret-value-hunter2";
 
-/// A hardened sealbroker config with one SoftHSM key `unseal`; with a unix
-/// socket when `socket` is given (daemon), without (plugin in-process).
+/// A hardened sealbroker config with one SoftHSM key `unseal` and an
+/// audit trail (`audit.jsonl` in `dir`); with a unix socket when `socket` is
+/// given (daemon), without (plugin in-process).
 fn broker_config(dir: &Path, token: &SoftHsmToken, socket: Option<&Path>) -> PathBuf {
     let server = socket
         .map(|s| format!("[server]\nunix_socket = \"{}\"\n", s.display()))
         .unwrap_or_default();
     let text = format!(
-        "profile = \"hardened\"\n{server}\n{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{}",
+        "profile = \"hardened\"\n{server}\n[audit]\nfile = \"{}\"\n{}\n\
+         [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{}",
+        dir.join("audit.jsonl").display(),
         token.backend_toml("hsm"),
         allow_test_callers()
     );
@@ -29,6 +32,24 @@ fn broker_config(dir: &Path, token: &SoftHsmToken, socket: Option<&Path>) -> Pat
     });
     fs::write(&path, text).unwrap();
     path
+}
+
+/// The audit trail's lines as (door, caller, operation, outcome).
+fn audit_lines(path: &Path) -> Vec<(String, String, String, String)> {
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let field = |name: &str| v[name].as_str().unwrap().to_owned();
+            (
+                field("door"),
+                field("caller"),
+                field("operation"),
+                field("outcome"),
+            )
+        })
+        .collect()
 }
 
 fn plugin_seal(option: &str) -> String {
@@ -62,6 +83,80 @@ fn plugin_in_process_on_softhsm_inits_restarts_and_auto_unseals() {
     let logs = bao.logs();
     assert!(logs.contains("unsealed with stored key"), "{logs}");
     assert!(!logs.contains(PIN), "the HSM PIN reached OpenBao's log");
+    bao.stop();
+
+    // The plugin's broker is the daemon's: the file's [audit] trail records
+    // every seal call, as door kms-plugin, with OpenBao's uid as the caller.
+    let audit = dir.path().join("audit.jsonl");
+    let lines = audit_lines(&audit);
+    let caller = format!("unix:uid={},", current_uid());
+    assert!(
+        lines.iter().all(|(door, who, _, outcome)| door == "kms-plugin"
+            && who.starts_with(&caller)
+            && outcome == "ok"),
+        "{lines:#?}"
+    );
+    for operation in ["wrap", "unwrap"] {
+        assert!(
+            lines.iter().any(|(_, _, op, _)| op == operation),
+            "no {operation}: {lines:#?}"
+        );
+    }
+    // Two OpenBao runs appended to one hash chain.
+    let verify = run_cli(&["audit", "verify", audit.to_str().unwrap()], b"", &[]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+/// A config the in-process plugin cannot honour stops OpenBao at start-up
+/// with the field named: a listener table, or an ACL that OpenBao's unix
+/// credentials can never satisfy.
+#[test]
+fn plugin_refuses_a_config_it_cannot_honour_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "bao", "unseal-key", PIN);
+    let env = [("SOFTHSM2_CONF", token.conf.as_path())];
+    let refusals = [
+        (
+            "[server.kms_v2]\nsocket = \"/tmp/never.sock\"\nkey_name = \"unseal\"\n",
+            "allow = { any = [\"uid:0\"] }\n".to_owned(),
+            "config field `server.kms_v2`: is a listener the KMS plugin cannot serve",
+        ),
+        (
+            "",
+            "allow = { wrap = [\"dns:openbao.test\"], unwrap = [\"*\"] }\n".to_owned(),
+            "config field `keys.unseal.allow.wrap`: grants wrap to no principal OpenBao can present",
+        ),
+    ];
+    for (i, (server, allow, expected)) in refusals.iter().enumerate() {
+        let broker = dir.path().join(format!("plugin-{i}.toml"));
+        fs::write(
+            &broker,
+            format!(
+                "profile = \"hardened\"\n{server}{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{allow}",
+                token.backend_toml("hsm"),
+            ),
+        )
+        .unwrap();
+        let sub = dir.path().join(format!("bao-{i}"));
+        fs::create_dir_all(&sub).unwrap();
+        let config = BaoConfig::write(
+            &sub,
+            &plugin_seal(&format!("config_file = \"{}\"", broker.display())),
+        );
+        let mut command = std::process::Command::new(sealbroker_e2e::openbao::bao_bin());
+        command.args(["server", "-config"]).arg(&config.path).env_clear();
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let out = command.output().unwrap();
+        assert!(!out.status.success(), "OpenBao started on refusal {i}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains(expected), "refusal {i}: {text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

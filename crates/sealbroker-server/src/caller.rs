@@ -1,4 +1,7 @@
-//! Who is calling. Every front door turns its connection into a [`Caller`].
+//! Who is calling, and through which door. Every front door turns its
+//! connection into a [`Caller`] and hands the broker a [`Call`]: the caller
+//! plus the door, so audit lines and metrics name the door the request
+//! really came through.
 
 use std::fmt;
 
@@ -56,13 +59,95 @@ impl Caller {
     pub fn is_authenticated(&self) -> bool {
         !matches!(self, Caller::Anonymous { .. })
     }
+}
 
-    /// The front door this caller came through, for audit and metrics.
-    pub fn door(&self) -> &'static str {
+/// The front doors, as audit lines and metrics name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Door {
+    /// The native gRPC API (`sealbroker.v1.SealService`), unix socket or TCP.
+    Grpc,
+    /// Kubernetes KMS v2 (`v2.KeyManagementService`).
+    KmsV2,
+    /// The transit-compatible HTTP API.
+    Transit,
+    /// OpenBao's KMS plugin, with the keys in-process (`config_file`).
+    KmsPlugin,
+    /// The broker's own work: health probes and start-up checks.
+    Admin,
+}
+
+impl Door {
+    pub fn as_str(self) -> &'static str {
         match self {
-            Caller::Unix { .. } | Caller::Tls { .. } | Caller::Anonymous { .. } => "grpc",
-            Caller::Token { .. } => "transit",
-            Caller::Internal(what) => what,
+            Door::Grpc => "grpc",
+            Door::KmsV2 => "kms-v2",
+            Door::Transit => "transit",
+            Door::KmsPlugin => "kms-plugin",
+            Door::Admin => "admin",
         }
+    }
+}
+
+impl fmt::Display for Door {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One request's origin: who, and through which door.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub door: Door,
+    pub caller: Caller,
+}
+
+impl Call {
+    pub fn new(door: Door, caller: Caller) -> Self {
+        Call { door, caller }
+    }
+
+    /// The broker itself calling through `door` (status answers, probes).
+    pub fn internal(door: Door) -> Self {
+        Call::new(door, Caller::Internal(door.as_str()))
+    }
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.caller.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doors_have_the_names_audit_lines_use() {
+        let names: Vec<&str> = [
+            Door::Grpc,
+            Door::KmsV2,
+            Door::Transit,
+            Door::KmsPlugin,
+            Door::Admin,
+        ]
+        .into_iter()
+        .map(Door::as_str)
+        .collect();
+        assert_eq!(names, ["grpc", "kms-v2", "transit", "kms-plugin", "admin"]);
+    }
+
+    #[test]
+    fn a_call_displays_as_its_caller() {
+        let call = Call::new(
+            Door::KmsV2,
+            Caller::Unix {
+                uid: 0,
+                gid: 0,
+                pid: None,
+            },
+        );
+        assert_eq!(call.to_string(), "unix:uid=0,gid=0");
+        assert_eq!(Call::internal(Door::Admin).to_string(), "internal:admin");
     }
 }

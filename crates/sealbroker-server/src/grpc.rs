@@ -8,7 +8,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroize;
 
-use crate::caller::Caller;
+use crate::caller::{Call, Caller, Door};
 use crate::service::Broker;
 use crate::status::to_status;
 use crate::tls::TlsConnectInfo;
@@ -79,12 +79,12 @@ fn key_info(info: KeyInfo) -> pb::KeyInfo {
 #[tonic::async_trait]
 impl pb::seal_service_server::SealService for SealGrpc {
     async fn wrap(&self, request: Request<pb::WrapRequest>) -> Result<Response<pb::WrapResponse>, Status> {
-        let caller = caller_of(&request);
+        let call = Call::new(Door::Grpc, caller_of(&request));
         let mut req = request.into_inner();
         let plaintext = SecretBytes::new(std::mem::take(&mut req.plaintext));
         let wrapped = self
             .broker
-            .wrap(&caller, &req.key_name, plaintext, &req.aad)
+            .wrap(&call, &req.key_name, plaintext, &req.aad)
             .await
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(pb::WrapResponse {
@@ -100,11 +100,11 @@ impl pb::seal_service_server::SealService for SealGrpc {
         &self,
         request: Request<pb::UnwrapRequest>,
     ) -> Result<Response<pb::UnwrapResponse>, Status> {
-        let caller = caller_of(&request);
+        let call = Call::new(Door::Grpc, caller_of(&request));
         let req = request.into_inner();
         let opened = self
             .broker
-            .unwrap(&caller, &req.key_name, &req.blob, &req.aad)
+            .unwrap(&call, &req.key_name, &req.blob, &req.aad)
             .await
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(pb::UnwrapResponse {
@@ -119,11 +119,11 @@ impl pb::seal_service_server::SealService for SealGrpc {
         &self,
         request: Request<pb::RewrapRequest>,
     ) -> Result<Response<pb::RewrapResponse>, Status> {
-        let caller = caller_of(&request);
+        let call = Call::new(Door::Grpc, caller_of(&request));
         let mut req = request.into_inner();
         let result = self
             .broker
-            .rewrap(&caller, &req.key_name, &req.blob, &req.aad)
+            .rewrap(&call, &req.key_name, &req.blob, &req.aad)
             .await;
         req.aad.zeroize();
         let wrapped = result.map_err(|e| to_status(&e))?;
@@ -140,10 +140,10 @@ impl pb::seal_service_server::SealService for SealGrpc {
         &self,
         request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::GetKeyResponse>, Status> {
-        let caller = caller_of(&request);
+        let call = Call::new(Door::Grpc, caller_of(&request));
         let info = self
             .broker
-            .get_key(&caller, &request.get_ref().key_name)
+            .get_key(&call, &request.get_ref().key_name)
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(pb::GetKeyResponse {
             key: Some(key_info(info)),
@@ -154,8 +154,8 @@ impl pb::seal_service_server::SealService for SealGrpc {
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let caller = caller_of(&request);
-        let keys = self.broker.list_keys(&caller).into_iter().map(key_info).collect();
+        let call = Call::new(Door::Grpc, caller_of(&request));
+        let keys = self.broker.list_keys(&call).into_iter().map(key_info).collect();
         Ok(Response::new(pb::ListKeysResponse { keys }))
     }
 
@@ -163,10 +163,10 @@ impl pb::seal_service_server::SealService for SealGrpc {
         &self,
         request: Request<pb::RotateKeyRequest>,
     ) -> Result<Response<pb::GetKeyResponse>, Status> {
-        let caller = caller_of(&request);
+        let call = Call::new(Door::Grpc, caller_of(&request));
         let info = self
             .broker
-            .rotate(&caller, &request.get_ref().key_name)
+            .rotate(&call, &request.get_ref().key_name)
             .await
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(pb::GetKeyResponse {
@@ -178,11 +178,11 @@ impl pb::seal_service_server::SealService for SealGrpc {
         &self,
         request: Request<pb::SetMinDecryptionVersionRequest>,
     ) -> Result<Response<pb::GetKeyResponse>, Status> {
-        let caller = caller_of(&request);
+        let call = Call::new(Door::Grpc, caller_of(&request));
         let req = request.get_ref();
         let info = self
             .broker
-            .set_min_decryption_version(&caller, &req.key_name, req.min_decryption_version)
+            .set_min_decryption_version(&call, &req.key_name, req.min_decryption_version)
             .await
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(pb::GetKeyResponse {
@@ -194,9 +194,9 @@ impl pb::seal_service_server::SealService for SealGrpc {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let caller = caller_of(&request);
+        let call = Call::new(Door::Grpc, caller_of(&request));
         let mut status = self.broker.status(request.get_ref().deep).await;
-        status.keys.retain(|k| self.broker.visible(&caller, &k.key_name));
+        status.keys.retain(|k| self.broker.visible(&call, &k.key_name));
         Ok(Response::new(pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             profile: status.profile.as_str().to_owned(),

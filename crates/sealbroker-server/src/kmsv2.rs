@@ -13,6 +13,7 @@ use sealbroker_core::SecretBytes;
 use sealbroker_proto::kms_v2 as pb;
 use tonic::{Request, Response, Status};
 
+use crate::caller::{Call, Door};
 use crate::grpc::caller_of;
 use crate::service::Broker;
 use crate::status::to_status;
@@ -40,9 +41,7 @@ impl KmsV2 {
 #[tonic::async_trait]
 impl pb::key_management_service_server::KeyManagementService for KmsV2 {
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        let info = self
-            .broker
-            .get_key(&crate::caller::Caller::Internal("kms-v2"), &self.key_name);
+        let info = self.broker.get_key(&Call::internal(Door::KmsV2), &self.key_name);
         let key_id = info
             .map(|i| i.primary_key_id.to_string())
             .map_err(|e| to_status(&e))?;
@@ -83,12 +82,12 @@ impl pb::key_management_service_server::KeyManagementService for KmsV2 {
         &self,
         request: Request<pb::EncryptRequest>,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
-        let caller = caller_of(&request);
+        let call = Call::new(Door::KmsV2, caller_of(&request));
         let mut req = request.into_inner();
         let plaintext = SecretBytes::new(std::mem::take(&mut req.plaintext));
         let wrapped = self
             .broker
-            .wrap(&caller, &self.key_name, plaintext, b"")
+            .wrap(&call, &self.key_name, plaintext, b"")
             .await
             .map_err(|e| to_status(&e))?;
         if wrapped.blob.len() > MAX_CIPHERTEXT {
@@ -112,19 +111,11 @@ impl pb::key_management_service_server::KeyManagementService for KmsV2 {
         &self,
         request: Request<pb::DecryptRequest>,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
-        let caller = caller_of(&request);
+        let call = Call::new(Door::KmsV2, caller_of(&request));
         let req = request.into_inner();
-        let ring = self.broker.key_ring();
-        let key = ring.get(&self.key_name).map_err(|e| to_status(&e))?;
-        if !key.has_version_id(&req.key_id) {
-            return Err(Status::invalid_argument(format!(
-                "key id {:?} was not issued by this broker for key {:?}",
-                req.key_id, self.key_name
-            )));
-        }
         let opened = self
             .broker
-            .unwrap(&caller, &self.key_name, &req.ciphertext, b"")
+            .unwrap_issued(&call, &self.key_name, &req.key_id, &req.ciphertext, b"")
             .await
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(pb::DecryptResponse {

@@ -4,6 +4,7 @@
 //! [`registry::BackendRegistry`] by the binary.
 
 pub mod acl;
+mod assemble;
 pub mod audit;
 pub mod caller;
 pub mod client;

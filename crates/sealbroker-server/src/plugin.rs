@@ -12,11 +12,20 @@
 //! built in-process from a sealbroker config file (`config_file`, the
 //! standalone case). Either way the plugin is an adapter over [`Broker`]'s
 //! API and holds no crypto of its own.
+//!
+//! In the standalone case the broker is built by [`Broker::from_config`],
+//! like the daemon's: the file's ACLs, audit trail and `state_dir` apply.
+//! OpenBao is the caller, identified by the peer credentials of its
+//! connection to the plugin socket (`uid:N`, `gid:N`), and audit lines name
+//! the door `kms-plugin`. Listener and metrics tables are refused: nothing
+//! but OpenBao can reach this process.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine;
@@ -29,16 +38,20 @@ use sealbroker_core::SecretBytes;
 use sealbroker_proto::sealbroker::v1 as sb;
 use sealbroker_proto::sealbroker::v1::seal_service_client::SealServiceClient;
 use sealbroker_proto::{metadata, pb, plugin, wrapping};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, UdsConnectInfo};
 use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 
-use crate::caller::Caller;
+use crate::caller::{Call, Door};
 use crate::client::{self, ClientTls, Target};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::grpc::caller_of;
 use crate::registry::BackendRegistry;
 use crate::service::Broker;
 
@@ -82,7 +95,7 @@ const STANZA_KEYS: &[&str] = &[
 
 /// Where an instance's wraps go.
 #[derive(Clone)]
-enum Door {
+enum Keys {
     /// A sealbroker daemon over gRPC.
     Remote(SealServiceClient<Channel>),
     /// Backends built in this process.
@@ -94,7 +107,7 @@ struct Instance {
     key_name: String,
     seal_type: String,
     aad: Vec<u8>,
-    door: Door,
+    keys: Keys,
 }
 
 fn stanza_error(message: impl std::fmt::Display) -> Status {
@@ -110,10 +123,7 @@ fn operation_error(status: &Status) -> Status {
 }
 
 impl Instance {
-    async fn from_stanza(
-        config: &HashMap<String, String>,
-        registry: &BackendRegistry,
-    ) -> Result<Self, Status> {
+    async fn from_stanza(config: &HashMap<String, String>, service: &WrapperService) -> Result<Self, Status> {
         let mut unknown: Vec<&str> = config
             .keys()
             .map(String::as_str)
@@ -140,9 +150,9 @@ impl Instance {
             )));
         }
         let aad = get("aad").unwrap_or_default().as_bytes().to_vec();
-        let door = match (get("endpoint"), get("config_file")) {
-            (Some(endpoint), None) => Door::Remote(remote(endpoint, &get).await?),
-            (None, Some(path)) => Door::Local(local(Path::new(path), registry, &key_name).await?),
+        let keys = match (get("endpoint"), get("config_file")) {
+            (Some(endpoint), None) => Keys::Remote(remote(endpoint, &get).await?),
+            (None, Some(path)) => Keys::Local(service.local(Path::new(path), &key_name).await?),
             (Some(_), Some(_)) => {
                 return Err(stanza_error(
                     "set either seal option `endpoint` or `config_file`, not both",
@@ -159,15 +169,15 @@ impl Instance {
             key_name,
             seal_type,
             aad,
-            door,
+            keys,
         })
     }
 
     fn describe(&self) -> HashMap<String, String> {
         // Printed in OpenBao's start-up banner: nothing secret.
-        let mode = match &self.door {
-            Door::Remote(_) => "endpoint",
-            Door::Local(_) => "in-process",
+        let mode = match &self.keys {
+            Keys::Remote(_) => "endpoint",
+            Keys::Local(_) => "in-process",
         };
         HashMap::from([
             ("key_name".to_owned(), self.key_name.clone()),
@@ -182,9 +192,9 @@ impl Instance {
         }
     }
 
-    async fn key_id(&self) -> Result<String, Status> {
-        match &self.door {
-            Door::Remote(client) => {
+    async fn key_id(&self, call: &Call) -> Result<String, Status> {
+        match &self.keys {
+            Keys::Remote(client) => {
                 let reply = client
                     .clone()
                     .get_key(sb::GetKeyRequest {
@@ -198,16 +208,21 @@ impl Instance {
                     .map(|k| k.primary_key_id)
                     .unwrap_or_default())
             }
-            Door::Local(broker) => broker
-                .get_key(&Caller::Internal("kms-plugin"), &self.key_name)
+            Keys::Local(broker) => broker
+                .get_key(call, &self.key_name)
                 .map(|info| info.primary_key_id.to_string())
                 .map_err(|e| operation_error(&crate::status::to_status(&e))),
         }
     }
 
-    async fn encrypt(&self, plaintext: SecretBytes, aad: &[u8]) -> Result<(Vec<u8>, String), Status> {
-        match &self.door {
-            Door::Remote(client) => {
+    async fn encrypt(
+        &self,
+        call: &Call,
+        plaintext: SecretBytes,
+        aad: &[u8],
+    ) -> Result<(Vec<u8>, String), Status> {
+        match &self.keys {
+            Keys::Remote(client) => {
                 let reply = client
                     .clone()
                     .wrap(sb::WrapRequest {
@@ -220,9 +235,9 @@ impl Instance {
                     .into_inner();
                 Ok((reply.blob, reply.key_id))
             }
-            Door::Local(broker) => {
+            Keys::Local(broker) => {
                 let wrapped = broker
-                    .wrap(&Caller::Internal("kms-plugin"), &self.key_name, plaintext, aad)
+                    .wrap(call, &self.key_name, plaintext, aad)
                     .await
                     .map_err(|e| operation_error(&crate::status::to_status(&e)))?;
                 Ok((wrapped.blob, wrapped.key_id.to_string()))
@@ -230,9 +245,9 @@ impl Instance {
         }
     }
 
-    async fn decrypt(&self, blob: Vec<u8>, aad: &[u8]) -> Result<Vec<u8>, Status> {
-        match &self.door {
-            Door::Remote(client) => {
+    async fn decrypt(&self, call: &Call, blob: Vec<u8>, aad: &[u8]) -> Result<Vec<u8>, Status> {
+        match &self.keys {
+            Keys::Remote(client) => {
                 let reply = client
                     .clone()
                     .unwrap(sb::UnwrapRequest {
@@ -244,8 +259,8 @@ impl Instance {
                     .map_err(|s| operation_error(&s))?;
                 Ok(reply.into_inner().plaintext)
             }
-            Door::Local(broker) => broker
-                .unwrap(&Caller::Internal("kms-plugin"), &self.key_name, &blob, aad)
+            Keys::Local(broker) => broker
+                .unwrap(call, &self.key_name, &blob, aad)
                 .await
                 .map(|opened| opened.plaintext.into_unprotected_vec())
                 .map_err(|e| operation_error(&crate::status::to_status(&e))),
@@ -293,27 +308,59 @@ async fn remote<'a>(
     client::connect_lazy(&target).await.map_err(stanza_error)
 }
 
-/// A broker with in-process backends, from a sealbroker config file.
-async fn local(path: &Path, registry: &BackendRegistry, key_name: &str) -> Result<Arc<Broker>, Status> {
-    let config = Config::load(path).map_err(|e| stanza_error(format!("{}: {e}", path.display())))?;
-    let ring = registry
-        .build_keyring(&config)
-        .await
-        .map_err(|e| stanza_error(format!("{}: {e}", path.display())))?;
-    ring.get(key_name).map_err(|_| {
-        stanza_error(format!(
-            "seal option `key_name` {key_name:?} is not a key in {} (it has: {})",
-            path.display(),
-            ring.names().collect::<Vec<_>>().join(", ")
-        ))
-    })?;
-    Ok(Arc::new(Broker::new(ring, config.profile, config.limits.clone())))
+/// The config fields the plugin cannot honour: listeners and the metrics
+/// endpoint, which nothing but OpenBao could reach in this process.
+fn unserved_field(config: &Config) -> Option<&'static str> {
+    let server = &config.server;
+    [
+        ("server.unix_socket", server.unix_socket.is_some()),
+        ("server.tcp", server.tcp.is_some()),
+        ("server.transit", server.transit.is_some()),
+        ("server.kms_v2", server.kms_v2.is_some()),
+        ("server.metrics", server.metrics.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(field, set)| set.then_some(field))
+}
+
+/// Refuses what the plugin cannot honour, naming the field: a listener, or
+/// an `allow` list for `key_name` whose wrap or unwrap grants name no
+/// principal OpenBao can present over the plugin socket.
+fn check_plugin_config(config: &Config, key_name: &str) -> Result<(), ConfigError> {
+    if let Some(field) = unserved_field(config) {
+        return Err(ConfigError::new(
+            field,
+            "is a listener the KMS plugin cannot serve: only OpenBao reaches it, over the plugin socket. \
+             Remove it from this file, or run `sealbroker serve` with it and set the seal's `endpoint` instead of `config_file`",
+        ));
+    }
+    let Some(grants) = config.keys.get(key_name).and_then(|spec| spec.allow.as_ref()) else {
+        return Ok(());
+    };
+    for (operation, principals) in [("wrap", &grants.wrap), ("unwrap", &grants.unwrap)] {
+        let reachable = principals
+            .iter()
+            .any(|p| p == "*" || p.starts_with("uid:") || p.starts_with("gid:"));
+        if !reachable {
+            return Err(ConfigError::new(
+                format!("keys.{key_name}.allow.{operation}"),
+                format!(
+                    "grants {operation} to no principal OpenBao can present: it reaches the KMS plugin over a unix \
+                     socket, so only uid:N, gid:N or \"*\" can match (grant the uid OpenBao runs as)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The `pb.Wrapper` service: a map of instances keyed by wrapper id.
 pub struct WrapperService {
     registry: BackendRegistry,
     instances: Mutex<HashMap<String, Arc<Instance>>>,
+    /// One broker per config file, shared by the instances that name it, so
+    /// one audit trail has one writer and one hash chain.
+    brokers: tokio::sync::Mutex<HashMap<PathBuf, Arc<Broker>>>,
 }
 
 impl WrapperService {
@@ -321,7 +368,38 @@ impl WrapperService {
         WrapperService {
             registry,
             instances: Mutex::new(HashMap::new()),
+            brokers: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The broker with in-process backends that the sealbroker config file
+    /// at `path` describes, built on first use.
+    async fn local(&self, path: &Path, key_name: &str) -> Result<Arc<Broker>, Status> {
+        let in_file = |e: &dyn std::fmt::Display| stanza_error(format!("{}: {e}", path.display()));
+        let config = Config::load(path).map_err(|e| in_file(&e))?;
+        check_plugin_config(&config, key_name).map_err(|e| in_file(&e))?;
+        let canonical = std::fs::canonicalize(path).map_err(|e| in_file(&e))?;
+        let mut brokers = self.brokers.lock().await;
+        let broker = match brokers.get(&canonical) {
+            Some(broker) => broker.clone(),
+            None => {
+                let broker = Arc::new(
+                    Broker::from_config(&config, &self.registry)
+                        .await
+                        .map_err(|e| in_file(&e))?,
+                );
+                brokers.insert(canonical, broker.clone());
+                broker
+            }
+        };
+        if broker.key_ring().get(key_name).is_err() {
+            return Err(stanza_error(format!(
+                "seal option `key_name` {key_name:?} is not a key in {} (it has: {})",
+                path.display(),
+                broker.key_ring().names().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(broker)
     }
 
     fn instance(&self, wrapper_id: &str) -> Result<Arc<Instance>, Status> {
@@ -334,19 +412,23 @@ impl WrapperService {
     }
 }
 
-fn wrapper_id() -> String {
+/// A fresh random instance id; the system RNG failing is an error, never an
+/// all-zero id that two instances could share.
+fn wrapper_id() -> Result<String, Status> {
     use ring::rand::SecureRandom;
     let mut id = [0u8; 16];
-    let _ = ring::rand::SystemRandom::new().fill(&mut id);
+    ring::rand::SystemRandom::new()
+        .fill(&mut id)
+        .map_err(|_| Status::internal("the system random number generator failed"))?;
     let h = hex::encode(id);
-    format!(
+    Ok(format!(
         "{}-{}-{}-{}-{}",
         &h[..8],
         &h[8..12],
         &h[12..16],
         &h[16..20],
         &h[20..]
-    )
+    ))
 }
 
 #[tonic::async_trait]
@@ -356,9 +438,9 @@ impl pb::wrapper_server::Wrapper for WrapperService {
         request: Request<pb::SetConfigRequest>,
     ) -> Result<Response<pb::SetConfigResponse>, Status> {
         let options = request.into_inner().options.unwrap_or_default();
-        let instance = Instance::from_stanza(&options.with_config_map, &self.registry).await?;
+        let instance = Instance::from_stanza(&options.with_config_map, self).await?;
         let metadata = instance.describe();
-        let id = wrapper_id();
+        let id = wrapper_id()?;
         tracing::info!(wrapper_id = %id, key = %instance.key_name, seal_type = %instance.seal_type, "seal configured");
         self.instances
             .lock()
@@ -381,9 +463,10 @@ impl pb::wrapper_server::Wrapper for WrapperService {
         &self,
         request: Request<pb::KeyIdRequest>,
     ) -> Result<Response<pb::KeyIdResponse>, Status> {
+        let call = Call::new(Door::KmsPlugin, caller_of(&request));
         let instance = self.instance(&request.get_ref().wrapper_id)?;
         Ok(Response::new(pb::KeyIdResponse {
-            key_id: instance.key_id().await?,
+            key_id: instance.key_id(&call).await?,
         }))
     }
 
@@ -391,10 +474,13 @@ impl pb::wrapper_server::Wrapper for WrapperService {
         &self,
         request: Request<pb::EncryptRequest>,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
+        let call = Call::new(Door::KmsPlugin, caller_of(&request));
         let mut req = request.into_inner();
         let instance = self.instance(&req.wrapper_id)?;
         let plaintext = SecretBytes::new(std::mem::take(&mut req.plaintext));
-        let (blob, key_id) = instance.encrypt(plaintext, instance.aad(&req.options)).await?;
+        let (blob, key_id) = instance
+            .encrypt(&call, plaintext, instance.aad(&req.options))
+            .await?;
         Ok(Response::new(pb::EncryptResponse {
             ciphertext: Some(wrapping::BlobInfo {
                 ciphertext: blob,
@@ -412,6 +498,7 @@ impl pb::wrapper_server::Wrapper for WrapperService {
         &self,
         request: Request<pb::DecryptRequest>,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
+        let call = Call::new(Door::KmsPlugin, caller_of(&request));
         let req = request.into_inner();
         let instance = self.instance(&req.wrapper_id)?;
         let blob = req.ciphertext.map(|c| c.ciphertext).unwrap_or_default();
@@ -420,7 +507,7 @@ impl pb::wrapper_server::Wrapper for WrapperService {
                 "sealbroker: the BlobInfo to decrypt has no ciphertext",
             ));
         }
-        let plaintext = instance.decrypt(blob, instance.aad(&req.options)).await?;
+        let plaintext = instance.decrypt(&call, blob, instance.aad(&req.options)).await?;
         Ok(Response::new(pb::DecryptResponse { plaintext }))
     }
 
@@ -638,12 +725,53 @@ impl Drop for SocketDir {
     }
 }
 
+/// A TLS connection on the plugin socket that remembers the peer
+/// credentials of the unix socket beneath it, so requests know which
+/// process (OpenBao) is calling.
+struct PluginConn {
+    tls: Box<tokio_rustls::server::TlsStream<UnixStream>>,
+    peer: UdsConnectInfo,
+}
+
+impl Connected for PluginConn {
+    type ConnectInfo = UdsConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for PluginConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PluginConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.tls).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.tls).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.tls).poll_shutdown(cx)
+    }
+}
+
 /// Accepts connections on the plugin socket and completes TLS handshakes
 /// off the accept loop.
 async fn accept_tls(
     listener: tokio::net::UnixListener,
     acceptor: tokio_rustls::TlsAcceptor,
-    conns: mpsc::Sender<tokio_rustls::server::TlsStream<tokio::net::UnixStream>>,
+    conns: mpsc::Sender<PluginConn>,
 ) {
     loop {
         let stream = match listener.accept().await {
@@ -656,10 +784,16 @@ async fn accept_tls(
         };
         let acceptor = acceptor.clone();
         let conns = conns.clone();
+        let peer = stream.connect_info();
         tokio::spawn(async move {
             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
-                    let _ = conns.send(tls).await;
+                    let _ = conns
+                        .send(PluginConn {
+                            tls: Box::new(tls),
+                            peer,
+                        })
+                        .await;
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "plugin TLS handshake refused"),
                 Err(_) => tracing::warn!("plugin TLS handshake timed out"),

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::acl::{Acls, Operation};
 use crate::audit::{AuditLog, AuditRecord};
-use crate::caller::Caller;
+use crate::caller::{Call, Caller};
 use crate::config::{LimitsConfig, Profile};
 use crate::keystate::{KeyStateStore, MemberRecord, VersionRecord};
 use crate::metrics::Metrics;
@@ -89,7 +89,7 @@ pub struct Broker {
 struct Op<'a> {
     name: &'static str,
     request_id: &'a str,
-    caller: &'a Caller,
+    call: &'a Call,
     key: &'a str,
     started: Instant,
 }
@@ -134,12 +134,19 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn request_id() -> String {
+/// A fresh random request id. The system RNG failing is an error, never an
+/// all-zero id that would make audit lines indistinguishable.
+fn request_id() -> Result<String, Error> {
     use ring::rand::SecureRandom;
     let mut id = [0u8; 8];
-    let _ = ring::rand::SystemRandom::new().fill(&mut id);
-    hex::encode(id)
+    ring::rand::SystemRandom::new()
+        .fill(&mut id)
+        .map_err(|_| Error::Internal("the system random number generator failed".into()))?;
+    Ok(hex::encode(id))
 }
+
+/// The request id audit lines carry when the RNG could not make one.
+const NO_REQUEST_ID: &str = "-";
 
 /// The `key` metric label of operations on keys that are not configured or
 /// that the caller may not use.
@@ -174,9 +181,9 @@ impl Broker {
         self
     }
 
-    /// Whether `caller` may see `key` (any grant), for listings and status.
-    pub fn visible(&self, caller: &Caller, key: &str) -> bool {
-        self.acls.visible(caller, key)
+    /// Whether the caller may see `key` (any grant), for listings and status.
+    pub fn visible(&self, call: &Call, key: &str) -> bool {
+        self.acls.visible(&call.caller, key)
     }
 
     /// Authorizes an unwrap or rewrap: against the named key, or else the
@@ -230,8 +237,8 @@ impl Broker {
             let record = AuditRecord {
                 time: crate::audit::rfc3339(std::time::SystemTime::now()),
                 request_id: op.request_id.to_owned(),
-                door: op.caller.door().to_owned(),
-                caller: op.caller.to_string(),
+                door: op.call.door.as_str().to_owned(),
+                caller: op.call.caller.to_string(),
                 operation: op.name.to_owned(),
                 key: op.key.to_owned(),
                 key_version: result.as_ref().map(&version_of).unwrap_or(0),
@@ -257,7 +264,7 @@ impl Broker {
             };
             let seconds = latency_us as f64 / 1e6;
             metrics.observe(
-                op.caller.door(),
+                op.call.door.as_str(),
                 key,
                 &backend,
                 op.name,
@@ -286,14 +293,17 @@ impl Broker {
 
     /// Creates a new version of `key` on its backends, records it, and makes
     /// it primary. Old versions keep unwrapping; `Rewrap` moves blobs forward.
-    pub async fn rotate(&self, caller: &Caller, key: &str) -> Result<KeyInfo, Error> {
+    pub async fn rotate(&self, call: &Call, key: &str) -> Result<KeyInfo, Error> {
         let started = Instant::now();
-        let result = self.rotate_unaudited(caller, key).await;
+        let (request_id, result) = match request_id() {
+            Ok(id) => (id, self.rotate_unaudited(&call.caller, key).await),
+            Err(e) => (NO_REQUEST_ID.to_owned(), Err(e)),
+        };
         self.audited(
             Op {
                 name: "rotate",
-                request_id: &request_id(),
-                caller,
+                request_id: &request_id,
+                call,
                 key,
                 started,
             },
@@ -352,18 +362,21 @@ impl Broker {
     /// Refuses blobs under versions below `min` from now on.
     pub async fn set_min_decryption_version(
         &self,
-        caller: &Caller,
+        call: &Call,
         key: &str,
         min: u32,
     ) -> Result<KeyInfo, Error> {
         let started = Instant::now();
-        let result = self.set_min_unaudited(caller, key, min).await;
+        let (request_id, result) = match request_id() {
+            Ok(id) => (id, self.set_min_unaudited(&call.caller, key, min).await),
+            Err(e) => (NO_REQUEST_ID.to_owned(), Err(e)),
+        };
         let version = |k: &KeyInfo| k.min_decryption_version;
         self.audited(
             Op {
                 name: "set-min-decryption-version",
-                request_id: &request_id(),
-                caller,
+                request_id: &request_id,
+                call,
                 key,
                 started,
             },
@@ -464,7 +477,7 @@ impl Broker {
     async fn operate<T>(
         &self,
         name: &'static str,
-        caller: &Caller,
+        call: &Call,
         key: &str,
         span: impl FnOnce(&str) -> tracing::Span,
         body: impl std::future::Future<Output = Result<T, Error>>,
@@ -473,10 +486,22 @@ impl Broker {
         T: Done,
     {
         let _in_flight = InFlight::start(&self.in_flight);
-        let request_id = request_id();
+        let started = Instant::now();
+        let request_id = match request_id() {
+            Ok(id) => id,
+            Err(e) => {
+                let op = Op {
+                    name,
+                    request_id: NO_REQUEST_ID,
+                    call,
+                    key,
+                    started,
+                };
+                return self.audited(op, T::key_version, Err(e));
+            }
+        };
         let span = span(&request_id);
         async {
-            let started = Instant::now();
             let result = body.await;
             if let Ok(done) = &result {
                 tracing::Span::current().record("key", done.key_name());
@@ -490,7 +515,7 @@ impl Broker {
                 Op {
                     name,
                     request_id: &request_id,
-                    caller,
+                    call,
                     key: &audited_key,
                     started,
                 },
@@ -505,7 +530,7 @@ impl Broker {
     /// Seals `plaintext` under `key`.
     pub async fn wrap(
         &self,
-        caller: &Caller,
+        call: &Call,
         key: &str,
         plaintext: SecretBytes,
         aad: &[u8],
@@ -517,7 +542,7 @@ impl Broker {
                     reason: "is empty".into(),
                 });
             }
-            self.acls.check(caller, Operation::Wrap, key)?;
+            self.acls.check(&call.caller, Operation::Wrap, key)?;
             if plaintext.len() > self.limits.max_plaintext_bytes {
                 return Err(Error::PayloadTooLarge {
                     size: plaintext.len(),
@@ -532,33 +557,62 @@ impl Broker {
         };
         self.operate(
             "wrap",
-            caller,
+            call,
             key,
-            |request_id| tracing::info_span!("wrap", %request_id, %caller, key),
+            |request_id| tracing::info_span!("wrap", %request_id, door = %call.door, caller = %call.caller, key),
             body,
         )
         .await
     }
 
     /// Opens a blob; `key` (may be empty) must match the blob's key when given.
-    pub async fn unwrap(
+    pub async fn unwrap(&self, call: &Call, key: &str, blob: &[u8], aad: &[u8]) -> Result<Unwrapped, Error> {
+        self.unwrap_checked(call, key, None, blob, aad).await
+    }
+
+    /// Opens a blob for a door whose callers also name the key version id
+    /// they expect (KMS v2's `key_id`). The ACL runs first; then the id must
+    /// be one this broker issued for `key`, so an unauthorized caller learns
+    /// nothing about which ids exist.
+    pub async fn unwrap_issued(
         &self,
-        caller: &Caller,
+        call: &Call,
         key: &str,
+        key_id: &str,
+        blob: &[u8],
+        aad: &[u8],
+    ) -> Result<Unwrapped, Error> {
+        self.unwrap_checked(call, key, Some(key_id), blob, aad).await
+    }
+
+    async fn unwrap_checked(
+        &self,
+        call: &Call,
+        key: &str,
+        key_id: Option<&str>,
         blob: &[u8],
         aad: &[u8],
     ) -> Result<Unwrapped, Error> {
         let expected = (!key.is_empty()).then_some(key);
         let body = async {
-            self.check_blob(caller, Operation::Unwrap, key, blob)?;
-            self.bounded("unwrap", key, self.key_ring().unwrap(expected, blob, aad))
+            self.check_blob(&call.caller, Operation::Unwrap, key, blob)?;
+            let ring = self.key_ring();
+            if let Some(key_id) = key_id
+                && !ring.get(key)?.has_version_id(key_id)
+            {
+                return Err(Error::InvalidArgument {
+                    field: "key_id",
+                    reason: format!("key id {key_id:?} was not issued by this broker for key {key:?}"),
+                });
+            }
+            self.bounded("unwrap", key, ring.unwrap(expected, blob, aad))
                 .await
         };
         self.operate(
             "unwrap",
-            caller,
+            call,
             key,
-            |request_id| tracing::info_span!("unwrap", %request_id, %caller, key),
+            |request_id| tracing::info_span!("unwrap", %request_id, door = %call.door, caller = %call.caller, key),
             body,
         )
         .await
@@ -582,16 +636,10 @@ impl Broker {
     }
 
     /// Re-seals a blob under its key's primary version.
-    pub async fn rewrap(
-        &self,
-        caller: &Caller,
-        key: &str,
-        blob: &[u8],
-        aad: &[u8],
-    ) -> Result<Wrapped, Error> {
+    pub async fn rewrap(&self, call: &Call, key: &str, blob: &[u8], aad: &[u8]) -> Result<Wrapped, Error> {
         let expected = (!key.is_empty()).then_some(key);
         let body = async {
-            self.check_blob(caller, Operation::Rewrap, key, blob)?;
+            self.check_blob(&call.caller, Operation::Rewrap, key, blob)?;
             let wrapped = self
                 .bounded("rewrap", key, self.key_ring().rewrap(expected, blob, aad))
                 .await?;
@@ -600,23 +648,23 @@ impl Broker {
         };
         self.operate(
             "rewrap",
-            caller,
+            call,
             key,
-            |request_id| tracing::info_span!("rewrap", %request_id, %caller, key),
+            |request_id| tracing::info_span!("rewrap", %request_id, door = %call.door, caller = %call.caller, key),
             body,
         )
         .await
     }
 
-    pub fn get_key(&self, caller: &Caller, key: &str) -> Result<KeyInfo, Error> {
-        self.acls.check_any(caller, key)?;
+    pub fn get_key(&self, call: &Call, key: &str) -> Result<KeyInfo, Error> {
+        self.acls.check_any(&call.caller, key)?;
         self.key_ring().describe(key)
     }
 
-    pub fn list_keys(&self, caller: &Caller) -> Vec<KeyInfo> {
+    pub fn list_keys(&self, call: &Call) -> Vec<KeyInfo> {
         let ring = self.key_ring();
         ring.names()
-            .filter(|name| self.acls.visible(caller, name))
+            .filter(|name| self.acls.visible(&call.caller, name))
             .filter_map(|name| ring.describe(name).ok())
             .collect()
     }

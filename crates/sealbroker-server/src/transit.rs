@@ -240,7 +240,7 @@ async fn encrypt(
     let request = request?;
     let wrapped = api
         .broker
-        .wrap(&grant.caller(), &key, request.plaintext, &request.aad)
+        .wrap(&grant.call(), &key, request.plaintext, &request.aad)
         .await?;
     Ok(Json(json!({
         "data": {
@@ -261,7 +261,7 @@ async fn decrypt(
     // Naming the key makes the broker refuse a blob sealed under another key.
     let opened = api
         .broker
-        .unwrap(&grant.caller(), &key, &request.ciphertext.blob, &request.aad)
+        .unwrap(&grant.call(), &key, &request.ciphertext.blob, &request.aad)
         .await?;
     // The prefix is not authenticated; a mismatch means it was edited.
     if opened.key_version != request.ciphertext.version {
@@ -283,7 +283,7 @@ async fn read_key(
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, TransitError> {
     let key = scoped_key(&grant, "read", key)?;
-    let info = api.broker.get_key(&grant.caller(), &key)?;
+    let info = api.broker.get_key(&grant.call(), &key)?;
     let versions: serde_json::Map<String, Value> = info
         .versions
         .iter()

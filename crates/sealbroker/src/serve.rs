@@ -4,12 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use sealbroker_server::audit::AuditLog;
-use sealbroker_server::config::{Config, ConfigError, Profile};
-use sealbroker_server::keystate::KeyStateStore;
+use sealbroker_server::config::{Config, ConfigError};
 use sealbroker_server::listen::{self, Bound};
+use sealbroker_server::logging;
 use sealbroker_server::service::Broker;
-use sealbroker_server::{logging, registry::BackendRegistry};
 
 use crate::backends;
 use crate::cli::{KeygenArgs, ServeArgs};
@@ -89,40 +87,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let (config, dev_dir) = load(&args)?;
     config.require_listener().map_err(|e| e.to_string())?;
     logging::init(config.log.format, &config.log.level);
-    let registry: BackendRegistry = backends::registry();
-    let state = match &config.server.state_dir {
-        Some(dir) => Some(Arc::new(KeyStateStore::open(dir).map_err(|e| e.to_string())?)),
-        None => None,
-    };
-    let snapshot = match &state {
-        Some(store) => store.snapshot().await,
-        None => Default::default(),
-    };
-    let ring = registry
-        .build_keyring_with_state(&config, &snapshot)
+    let broker = Broker::from_config(&config, &backends::registry())
         .await
         .map_err(|e| e.to_string())?;
-    let mut broker = Broker::new(ring, config.profile, config.limits.clone());
-    if let Some(store) = state {
-        broker = broker.with_state(store);
-    }
-    let acls = sealbroker_server::acl::Acls::from_config(&config).map_err(|e| e.to_string())?;
-    if !acls.is_enforcing() {
-        tracing::warn!(
-            security_risk = true,
-            "no key has an `allow` list: every caller may use every key"
-        );
-    }
-    broker = broker.with_acls(acls);
-    let audit = AuditLog::open(&config.audit).map_err(|e| e.to_string())?;
-    if !audit.is_enabled() {
-        tracing::warn!("no audit trail configured: set [audit] file = \"...\" to record every operation");
-    }
-    broker = broker.with_audit(Arc::new(audit));
-    if config.server.metrics.is_some() {
-        let metrics = sealbroker_server::metrics::Metrics::new(config.profile == Profile::Development);
-        broker = broker.with_metrics(Arc::new(metrics));
-    }
     let broker = Arc::new(broker);
 
     if args.check {

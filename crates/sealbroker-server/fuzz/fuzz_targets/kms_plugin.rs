@@ -26,7 +26,7 @@ use prost::Message;
 use sealbroker_proto::pb;
 use sealbroker_proto::pb::wrapper_server::Wrapper;
 use sealbroker_proto::wrapping;
-use sealbroker_server::caller::Caller;
+use sealbroker_server::caller::{Call, Door};
 use sealbroker_server::plugin::WrapperService;
 use sealbroker_server_fuzz::{PLUGIN_KEY, WRAPPER_PLACEHOLDER, fixture, fixture_dir, registry};
 use tonic::{Code, Request, Status};
@@ -98,7 +98,7 @@ fuzz_target!(|data: &[u8]| {
     let fixture = fixture();
     let key_id = fixture
         .broker
-        .get_key(&Caller::Internal("fuzz"), PLUGIN_KEY)
+        .get_key(&Call::internal(Door::Admin), PLUGIN_KEY)
         .expect("the plugin key exists")
         .primary_key_id
         .to_string();

@@ -16,7 +16,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use sealbroker_proto::kms_v2 as pb;
 use sealbroker_proto::kms_v2::key_management_service_server::KeyManagementService;
-use sealbroker_server::caller::Caller;
+use sealbroker_server::caller::{Call, Door};
 use sealbroker_server::kmsv2::KmsV2;
 use sealbroker_server_fuzz::{KMS_KEY, fixture};
 use tonic::{Code, Request};
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     let kms = KmsV2::new(fixture.broker.clone(), KMS_KEY.to_owned());
     let key = fixture
         .broker
-        .get_key(&Caller::Internal("fuzz"), KMS_KEY)
+        .get_key(&Call::internal(Door::Admin), KMS_KEY)
         .expect("the KMS key exists");
     let key_id = key.primary_key_id.to_string();
     let max_plaintext = fixture.broker.limits().max_plaintext_bytes;

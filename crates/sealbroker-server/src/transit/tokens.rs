@@ -15,7 +15,7 @@ use sealbroker_core::Error;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use zeroize::Zeroizing;
 
-use crate::caller::Caller;
+use crate::caller::{Call, Caller, Door};
 use crate::config::{ConfigError, TransitConfig};
 
 /// Vault's token header; `Authorization: Bearer` is accepted too.
@@ -29,6 +29,11 @@ pub struct TokenGrant {
 }
 
 impl TokenGrant {
+    /// A request under this grant, through the transit door.
+    pub fn call(&self) -> Call {
+        Call::new(Door::Transit, self.caller())
+    }
+
     pub fn caller(&self) -> Caller {
         Caller::Token {
             identity: self.identity.clone(),
