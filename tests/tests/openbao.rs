@@ -111,6 +111,56 @@ fn plugin_in_process_on_softhsm_inits_restarts_and_auto_unseals() {
     );
 }
 
+/// The plugin's ACL holds against OpenBao itself: a key granted to another
+/// uid refuses OpenBao's init, and the refusal is audited as door kms-plugin.
+#[test]
+fn plugin_acl_refuses_openbao_when_its_uid_is_not_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "bao", "unseal-key", PIN);
+    let audit = dir.path().join("audit.jsonl");
+    let broker = dir.path().join("plugin.toml");
+    fs::write(
+        &broker,
+        format!(
+            "profile = \"hardened\"\n[audit]\nfile = \"{}\"\n{}\n[keys.unseal]\nbackend = \"hsm\"\n\
+             key_label = \"unseal-key\"\nallow = {{ wrap = [\"uid:4242\"], unwrap = [\"uid:4242\"] }}\n",
+            audit.display(),
+            token.backend_toml("hsm"),
+        ),
+    )
+    .unwrap();
+    let config = BaoConfig::write(
+        dir.path(),
+        &plugin_seal(&format!("config_file = \"{}\"", broker.display())),
+    );
+    let env = [("SOFTHSM2_CONF", token.conf.as_path())];
+    let bao = OpenBao::start(&config, &env, "bao.log");
+    let out = bao.cli(
+        &["operator", "init", "-recovery-shares=1", "-recovery-threshold=1"],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "init succeeded: {text}");
+    assert!(text.contains("PermissionDenied"), "{text}");
+    let status = bao.cli(&["status", "-format=json"], None);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    // OpenBao records the barrier before it wraps the root key, so it may
+    // count itself initialised; it can never unseal.
+    assert_eq!(status["sealed"], true, "{status}");
+    bao.stop();
+
+    let lines = audit_lines(&audit);
+    let caller = format!("unix:uid={},", current_uid());
+    assert!(!lines.is_empty(), "no audit line for the refused wrap");
+    assert!(
+        lines.iter().all(|(door, who, op, outcome)| door == "kms-plugin"
+            && who.starts_with(&caller)
+            && op == "wrap"
+            && outcome == "PermissionDenied"),
+        "{lines:#?}"
+    );
+}
+
 /// A config the in-process plugin cannot honour stops OpenBao at start-up
 /// with the field named: a listener table, or an ACL that OpenBao's unix
 /// credentials can never satisfy.
