@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use sealbroker_proto::sealbroker::v1::seal_service_client::SealServiceClient;
-use sealbroker_server::client::{self, ClientTls, Target};
+use sealbroker_server::net::client::{self, ClientTls, Target};
 use tonic::transport::Channel;
 
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";

@@ -224,10 +224,11 @@ async fn audit_metrics_and_readiness_tell_the_truth() {
 async fn grpc_health(socket: &Path) -> ServingStatus {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
-    let channel =
-        sealbroker_server::client::channel(&sealbroker_server::client::Target::Unix(socket.to_owned()))
-            .await
-            .unwrap();
+    let channel = sealbroker_server::net::client::channel(&sealbroker_server::net::client::Target::Unix(
+        socket.to_owned(),
+    ))
+    .await
+    .unwrap();
     let mut client = HealthClient::new(channel);
     let ask = HealthCheckRequest {
         service: "sealbroker.v1.SealService".into(),
@@ -287,7 +288,7 @@ async fn acls_grant_per_operation_and_per_identity() {
     fs::write(&config, text).unwrap();
     let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("d.log")).await;
     let mut unix = daemon.unix_client().await;
-    let mut tls = sealbroker_server::client::connect(&pki.client_target(port))
+    let mut tls = sealbroker_server::net::client::connect(&pki.client_target(port))
         .await
         .unwrap();
     let wrap = |key: &str| WrapRequest {

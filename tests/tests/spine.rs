@@ -7,7 +7,7 @@ use base64::Engine;
 use sealbroker_e2e::*;
 use sealbroker_proto::sealbroker::v1::seal_service_client::SealServiceClient;
 use sealbroker_proto::sealbroker::v1::*;
-use sealbroker_server::client;
+use sealbroker_server::net::client;
 use tonic::Code;
 use tonic::transport::Channel;
 

@@ -1,7 +1,7 @@
 //! The backend kinds this binary ships. Each kind's crate owns its config,
 //! Hardened rules and key creation; this list is the only wiring.
 
-use sealbroker_server::registry::BackendRegistry;
+use sealbroker_server::broker::registry::BackendRegistry;
 
 /// Every backend kind in this build.
 pub fn registry() -> BackendRegistry {

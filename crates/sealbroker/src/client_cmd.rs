@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sealbroker_proto::sealbroker::v1 as pb;
-use sealbroker_server::client::{self, ClientTls, Target};
+use sealbroker_server::net::client::{self, ClientTls, Target};
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use sealbroker_server::broker::Broker;
 use sealbroker_server::config::{Config, ConfigError};
-use sealbroker_server::listen::{self, Bound};
+use sealbroker_server::daemon::{self, Bound};
 use sealbroker_server::logging;
-use sealbroker_server::service::Broker;
 
 use crate::backends;
 use crate::cli::{KeygenArgs, ServeArgs};
@@ -130,7 +130,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         version = env!("CARGO_PKG_VERSION"),
         "sealbroker starting"
     );
-    listen::serve(
+    daemon::serve(
         broker,
         &config.server,
         config.unix_socket_mode(),
@@ -179,12 +179,12 @@ pub async fn keygen(args: KeygenArgs) -> Result<ExitCode, String> {
 
 pub async fn kms_plugin() -> Result<ExitCode, String> {
     sealbroker_server::logging::init_plugin();
-    sealbroker_server::plugin::run(backends::registry()).await?;
+    sealbroker_server::doors::plugin::run(backends::registry()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn audit_verify(file: &std::path::Path) -> Result<ExitCode, String> {
-    use sealbroker_server::audit::{Verdict, verify};
+    use sealbroker_server::broker::audit::{Verdict, verify};
     match verify(file).map_err(|e| format!("cannot read {}: {e}", file.display()))? {
         Verdict::Intact { lines } => {
             println!("{}: intact, {lines} lines", file.display());

@@ -19,8 +19,8 @@ use axum::response::Response;
 use sealbroker_proto::kms_v2::key_management_service_server::KeyManagementService;
 use sealbroker_proto::pb::wrapper_server::Wrapper;
 use sealbroker_proto::{kms_v2, pb, wrapping};
-use sealbroker_server::kmsv2::KmsV2;
-use sealbroker_server::plugin::WrapperService;
+use sealbroker_server::doors::kmsv2::KmsV2;
+use sealbroker_server::doors::plugin::WrapperService;
 use sealbroker_server_fuzz::{
     HttpInput, KMS_KEY, PLUGIN_KEY, WRAPPER_PLACEHOLDER, config_text, fixture, grpc_input, registry,
 };

@@ -20,9 +20,9 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use sealbroker_server::acl::Acls;
+use sealbroker_server::broker::acl::Acls;
 use sealbroker_server::config::{Config, ConfigError};
-use sealbroker_server::registry::BackendRegistry;
+use sealbroker_server::broker::registry::BackendRegistry;
 use sealbroker_server_fuzz::write_private;
 use sealbroker_testkit::memory::MemoryKind;
 

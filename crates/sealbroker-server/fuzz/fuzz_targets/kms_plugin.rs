@@ -26,8 +26,8 @@ use prost::Message;
 use sealbroker_proto::pb;
 use sealbroker_proto::pb::wrapper_server::Wrapper;
 use sealbroker_proto::wrapping;
-use sealbroker_server::caller::{Call, Door};
-use sealbroker_server::plugin::WrapperService;
+use sealbroker_server::broker::caller::{Call, Door};
+use sealbroker_server::doors::plugin::WrapperService;
 use sealbroker_server_fuzz::{PLUGIN_KEY, WRAPPER_PLACEHOLDER, fixture, fixture_dir, registry};
 use tonic::{Code, Request, Status};
 

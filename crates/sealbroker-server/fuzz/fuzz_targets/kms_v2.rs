@@ -16,8 +16,8 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use sealbroker_proto::kms_v2 as pb;
 use sealbroker_proto::kms_v2::key_management_service_server::KeyManagementService;
-use sealbroker_server::caller::{Call, Door};
-use sealbroker_server::kmsv2::KmsV2;
+use sealbroker_server::broker::caller::{Call, Door};
+use sealbroker_server::doors::kmsv2::KmsV2;
 use sealbroker_server_fuzz::{KMS_KEY, fixture};
 use tonic::{Code, Request};
 

@@ -14,9 +14,9 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use sealbroker_backend_software as software;
 use sealbroker_server::config::Config;
-use sealbroker_server::metrics::Metrics;
-use sealbroker_server::registry::BackendRegistry;
-use sealbroker_server::service::Broker;
+use sealbroker_server::broker::metrics::Metrics;
+use sealbroker_server::broker::registry::BackendRegistry;
+use sealbroker_server::broker::Broker;
 
 /// The transit token of OpenBao's seal: key `unseal` only.
 pub const OPENBAO_TOKEN: &str = "s.fuzz-openbao-3f9a6c1d";
@@ -168,7 +168,7 @@ impl Fixture {
             .expect("fixture broker")
             .with_metrics(Arc::new(Metrics::new(true)));
         let broker = Arc::new(broker);
-        let transit = sealbroker_server::transit::router(
+        let transit = sealbroker_server::doors::transit::router(
             broker.clone(),
             config.server.transit.as_ref().expect("fixture transit table"),
         )

@@ -29,7 +29,7 @@ pub struct Config {
     pub log: LogConfig,
     /// `[audit]`: the hash-chained audit trail.
     #[serde(default)]
-    pub audit: crate::audit::AuditConfig,
+    pub audit: AuditConfig,
     /// `[backends.NAME]`: connections to HSMs and KMSes, each with a `type`.
     #[serde(default)]
     pub backends: BTreeMap<String, toml::Table>,
@@ -63,7 +63,7 @@ pub struct ServerConfig {
     /// The Kubernetes KMS v2 front door (see docs/kubernetes-kms.md).
     pub kms_v2: Option<KmsV2Config>,
     /// Prometheus metrics and health endpoints.
-    pub metrics: Option<crate::metrics::MetricsConfig>,
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// `[server.kms_v2]`: a unix socket for kube-apiserver's KMS v2 plugin API.
@@ -76,6 +76,29 @@ pub struct KmsV2Config {
     /// Octal file mode of the socket.
     #[serde(default = "default_socket_mode")]
     pub socket_mode: String,
+}
+
+/// `[server.metrics]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address for `/metrics`, `/livez` and `/readyz` (plain HTTP; nothing secret is served).
+    pub listen: SocketAddr,
+}
+
+/// `[audit]` in the config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Append audit lines to this file.
+    pub file: Option<PathBuf>,
+    /// Also write audit lines to stdout.
+    #[serde(default)]
+    pub stdout: bool,
+    /// Let operations succeed when the audit line cannot be written.
+    /// Development profile only.
+    #[serde(default)]
+    pub fail_open: bool,
 }
 
 impl Default for ServerConfig {

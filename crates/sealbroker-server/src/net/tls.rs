@@ -1,21 +1,17 @@
 //! TLS for the TCP listener: rustls with the ring provider, mutual TLS
 //! against a configured client CA, ALPN h2.
 
-use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tonic::transport::server::Connected;
 
 use crate::config::{ConfigError, TlsConfig};
+use crate::net::accept::{Accepted, Conn};
 
 /// The crypto provider every TLS config in this crate uses.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -135,81 +131,22 @@ pub fn certificate_names(der: &[u8]) -> Vec<String> {
     names
 }
 
-/// A TCP connection, TLS or (development only) plaintext, that tonic can serve.
-pub enum ServerConn {
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, TlsConnectInfo),
-    Plain(TcpStream, TlsConnectInfo),
-}
+/// A TCP connection, TLS or (development only) plaintext, that tonic and
+/// hyper can serve.
+pub type ServerConn = Conn<TcpStream, TlsConnectInfo>;
 
-impl ServerConn {
-    pub fn tls(stream: tokio_rustls::server::TlsStream<TcpStream>, remote_addr: SocketAddr) -> Self {
-        let leaf = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|certs| certs.first());
-        let client_fingerprint =
-            leaf.map(|leaf| hex::encode(ring::digest::digest(&ring::digest::SHA256, leaf.as_ref())));
-        let client_names = leaf
-            .map(|leaf| certificate_names(leaf.as_ref()))
-            .unwrap_or_default();
-        ServerConn::Tls(
-            Box::new(stream),
-            TlsConnectInfo {
-                remote_addr,
-                client_fingerprint,
-                client_names,
-            },
-        )
-    }
-
-    pub fn plain(stream: TcpStream, remote_addr: SocketAddr) -> Self {
-        ServerConn::Plain(
-            stream,
-            TlsConnectInfo {
-                remote_addr,
-                client_fingerprint: None,
-                client_names: Vec::new(),
-            },
-        )
-    }
-}
-
-impl Connected for ServerConn {
-    type ConnectInfo = TlsConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        match self {
-            ServerConn::Tls(_, info) | ServerConn::Plain(_, info) => info.clone(),
-        }
-    }
-}
-
-impl AsyncRead for ServerConn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerConn::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            ServerConn::Plain(s, _) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ServerConn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerConn::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            ServerConn::Plain(s, _) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerConn::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
-            ServerConn::Plain(s, _) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerConn::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            ServerConn::Plain(s, _) => Pin::new(s).poll_shutdown(cx),
+impl TlsConnectInfo {
+    /// What a TCP door knows of a connection: its address and, over mutual
+    /// TLS, the client certificate's fingerprint and names.
+    pub fn of(accepted: &Accepted<TcpStream>, remote_addr: SocketAddr) -> Self {
+        let leaf = accepted.client_certificate();
+        TlsConnectInfo {
+            remote_addr,
+            client_fingerprint: leaf
+                .map(|leaf| hex::encode(ring::digest::digest(&ring::digest::SHA256, leaf.as_ref()))),
+            client_names: leaf
+                .map(|leaf| certificate_names(leaf.as_ref()))
+                .unwrap_or_default(),
         }
     }
 }

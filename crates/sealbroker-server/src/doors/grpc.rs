@@ -8,10 +8,10 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroize;
 
-use crate::caller::{Call, Caller, Door};
-use crate::service::Broker;
-use crate::status::to_status;
-use crate::tls::TlsConnectInfo;
+use crate::broker::Broker;
+use crate::broker::caller::{Call, Caller, Door};
+use crate::doors::status::to_status;
+use crate::net::tls::TlsConnectInfo;
 
 /// Adapts [`Broker`] to the generated `SealService` trait.
 pub struct SealGrpc {

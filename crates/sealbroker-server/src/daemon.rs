@@ -1,78 +1,28 @@
-//! Listeners and the serving loop: gRPC on a unix socket and on TCP (mTLS),
-//! with health and reflection, the transit HTTP door, and a graceful shutdown.
+//! The daemon: every door the config names, each on its listener, over one
+//! broker, with gRPC health following the broker's readiness and a graceful
+//! shutdown that lets in-flight operations finish.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sealbroker_proto::sealbroker::v1::seal_service_server::SealServiceServer;
-use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::transport::Server;
 
+use crate::broker::Broker;
 use crate::config::ServerConfig;
-use crate::grpc::SealGrpc;
-use crate::service::Broker;
-use crate::tls::{self, ServerConn};
-use crate::transit;
-
-/// Why serving failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("{0}")]
-    Config(#[from] crate::config::ConfigError),
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
-
-fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
-    let what = what.into();
-    move |source| ServeError::Io { what, source }
-}
-
-/// Binds a unix socket atomically with `mode`: bind under a temporary name,
-/// chmod, then rename into place, so the socket is never reachable with the
-/// process umask's looser mode. A stale socket (nobody listening) is replaced;
-/// a live one is an error.
-pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(ServeError::Io {
-                what: format!(
-                    "{} exists and is not a socket; refusing to replace it",
-                    path.display()
-                ),
-                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-            });
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ServeError::Io {
-                what: format!("another process is already serving on {}", path.display()),
-                source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
-            });
-        }
-        std::fs::remove_file(path).map_err(io_error(format!("removing stale socket {}", path.display())))?;
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
-    }
-    let staging = path.with_extension(format!("sock.{}", std::process::id()));
-    let _ = std::fs::remove_file(&staging);
-    let listener =
-        UnixListener::bind(&staging).map_err(io_error(format!("binding {}", staging.display())))?;
-    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
-        .map_err(io_error(format!("chmod {}", staging.display())))?;
-    std::fs::rename(&staging, path).map_err(io_error(format!("renaming socket to {}", path.display())))?;
-    Ok(listener)
-}
+use crate::doors::grpc::SealGrpc;
+use crate::doors::transit;
+use crate::net::listen::{ServeError, bind_unix, io_error, listen_tcp};
+use crate::net::tls;
 
 /// A running daemon's bound addresses.
 #[derive(Debug, Clone)]
@@ -213,7 +163,7 @@ pub async fn serve(
         let local = listener
             .local_addr()
             .map_err(io_error("reading metrics address"))?;
-        let app = crate::metrics::router(broker.clone());
+        let app = crate::broker::metrics::router(broker.clone());
         let stop = stopped(stop_rx.clone());
         tasks.spawn(async move {
             axum::serve(listener, app)
@@ -231,7 +181,7 @@ pub async fn serve(
         kms_health
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
-        let service = crate::kmsv2::KmsV2::new(broker.clone(), kms.key_name.clone()).into_server();
+        let service = crate::doors::kmsv2::KmsV2::new(broker.clone(), kms.key_name.clone()).into_server();
         let serving = Server::builder()
             .add_service(kms_health_service)
             .add_service(service)
@@ -282,67 +232,4 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Binds `address` and accepts on it, in a task of `tasks`, until `stop`.
-/// Connections arrive on the returned channel once their TLS handshake is
-/// done; gRPC and transit serve from such channels alike.
-async fn listen_tcp(
-    address: SocketAddr,
-    acceptor: Option<TlsAcceptor>,
-    stop: watch::Receiver<bool>,
-    tasks: &mut JoinSet<Result<(), ServeError>>,
-) -> Result<(SocketAddr, mpsc::Receiver<ServerConn>), ServeError> {
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(io_error(format!("binding TCP {address}")))?;
-    let local = listener.local_addr().map_err(io_error("reading TCP address"))?;
-    let (conn_tx, conn_rx) = mpsc::channel::<ServerConn>(64);
-    tasks.spawn(accept_tcp(listener, acceptor, conn_tx, stop));
-    Ok((local, conn_rx))
-}
-
-/// Accepts TCP connections and completes TLS handshakes off the accept loop,
-/// so one slow client cannot hold up others. Yields only finished handshakes.
-async fn accept_tcp(
-    listener: TcpListener,
-    acceptor: Option<TlsAcceptor>,
-    conns: mpsc::Sender<ServerConn>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), ServeError> {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.changed() => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "TCP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let conns = conns.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
-            let conn = match acceptor {
-                None => ServerConn::plain(stream, peer),
-                Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => ServerConn::tls(tls, peer),
-                        Ok(Err(e)) => {
-                            tracing::info!(%peer, error = %e, "TLS handshake refused");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-            };
-            let _ = conns.send(conn).await;
-        });
-    }
 }

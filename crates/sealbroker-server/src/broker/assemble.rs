@@ -6,13 +6,13 @@
 
 use std::sync::Arc;
 
-use crate::acl::Acls;
-use crate::audit::AuditLog;
+use crate::broker::Broker;
+use crate::broker::acl::Acls;
+use crate::broker::audit::AuditLog;
+use crate::broker::keystate::KeyStateStore;
+use crate::broker::metrics::Metrics;
+use crate::broker::registry::BackendRegistry;
 use crate::config::{Config, ConfigError, Profile};
-use crate::keystate::KeyStateStore;
-use crate::metrics::Metrics;
-use crate::registry::BackendRegistry;
-use crate::service::Broker;
 
 impl Broker {
     /// Builds the broker `config` describes from the backend kinds in

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::{AuditConfig, ConfigError};
 
 /// The `prev` of the first line.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -39,21 +39,6 @@ pub struct AuditRecord {
     pub latency_us: u64,
     /// SHA-256 (hex) of the previous line, or [`GENESIS`].
     pub prev: String,
-}
-
-/// `[audit]` in the config.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditConfig {
-    /// Append audit lines to this file.
-    pub file: Option<PathBuf>,
-    /// Also write audit lines to stdout.
-    #[serde(default)]
-    pub stdout: bool,
-    /// Let operations succeed when the audit line cannot be written.
-    /// Development profile only.
-    #[serde(default)]
-    pub fail_open: bool,
 }
 
 struct Chain {

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use sealbroker_core::Error;
 
-use crate::caller::Caller;
+use crate::broker::caller::Caller;
 use crate::config::{Config, ConfigError, Grants, Profile};
 
 /// An operation a grant covers.

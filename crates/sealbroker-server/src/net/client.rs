@@ -9,7 +9,7 @@ use rustls::pki_types::ServerName;
 use sealbroker_proto::sealbroker::v1::seal_service_client::SealServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::tls;
+use crate::net::tls;
 
 /// Where the broker is.
 #[derive(Debug, Clone)]

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use sealbroker_core::{Backend, BackendKind, KeyRing, KeyVersion, LogicalKey, OpenedBackend};
 
+use crate::broker::inflight::InFlightSlots;
+use crate::broker::keystate::{KeyState, KeyStateFile};
 use crate::config::{Config, ConfigError, KeySpec, Profile};
-use crate::inflight::InFlightSlots;
-use crate::keystate::{KeyState, KeyStateFile};
 
 /// The kinds available to a config.
 #[derive(Clone, Default)]

@@ -13,10 +13,10 @@ use sealbroker_core::SecretBytes;
 use sealbroker_proto::kms_v2 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::caller::{Call, Door};
-use crate::grpc::caller_of;
-use crate::service::Broker;
-use crate::status::to_status;
+use crate::broker::Broker;
+use crate::broker::caller::{Call, Door};
+use crate::doors::grpc::caller_of;
+use crate::doors::status::to_status;
 
 /// Annotation carrying the key version (non-secret; keys must be domain names).
 const VERSION_ANNOTATION: &str = "version.sealbroker.io";

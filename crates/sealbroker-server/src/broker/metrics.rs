@@ -4,7 +4,6 @@
 //! Every front door's operations pass through the broker, which counts them
 //! here, so one registry covers them all.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 
@@ -19,17 +18,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use serde::Deserialize;
 
-use crate::service::Broker;
-
-/// `[server.metrics]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Address for `/metrics`, `/livez` and `/readyz` (plain HTTP; nothing secret is served).
-    pub listen: SocketAddr,
-}
+use crate::broker::Broker;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {

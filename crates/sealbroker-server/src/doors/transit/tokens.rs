@@ -15,7 +15,7 @@ use sealbroker_core::Error;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use zeroize::Zeroizing;
 
-use crate::caller::{Call, Caller, Door};
+use crate::broker::caller::{Call, Caller, Door};
 use crate::config::{ConfigError, TransitConfig};
 
 /// Vault's token header; `Authorization: Bearer` is accepted too.

@@ -35,11 +35,11 @@ use tokio::task::JoinSet;
 use tonic::transport::server::Connected;
 use zeroize::Zeroize;
 
+use crate::broker::Broker;
 use crate::config::{ConfigError, TransitConfig};
-use crate::listen::ServeError;
-use crate::service::Broker;
-use crate::status::http_status;
-use crate::tls::{ServerConn, TlsConnectInfo};
+use crate::doors::status::http_status;
+use crate::net::listen::ServeError;
+use crate::net::tls::{ServerConn, TlsConnectInfo};
 
 use self::body::{DecryptRequest, EncryptRequest, VaultCiphertext};
 use self::tokens::{TokenGrant, TokenTable};

@@ -1,6 +1,21 @@
-//! The one inner service: wrap/unwrap against the key ring, with limits,
-//! timeouts and health. Front doors translate their wire format into calls
-//! here and hold no crypto and no policy of their own.
+//! The broker: the one inner service every front door calls. Wrap, unwrap
+//! and rewrap against the key ring, with the caller's ACL checked first,
+//! limits and timeouts, an audit line and metrics for every operation.
+//! Front doors translate their wire format into calls here and hold no
+//! crypto and no policy of their own.
+
+pub mod acl;
+mod assemble;
+pub mod audit;
+pub mod caller;
+mod health;
+pub mod inflight;
+pub mod keystate;
+pub mod metrics;
+pub mod registry;
+mod rotation;
+
+pub use health::{BrokerStatus, KeyHealth};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,63 +23,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use sealbroker_core::{
-    BackendError, BackendErrorKind, Error, KeyInfo, KeyRing, KeyVersion, LogicalKey, SecretBytes, Unwrapped,
-    Wrapped,
+    BackendError, BackendErrorKind, Error, KeyInfo, KeyRing, LogicalKey, SecretBytes, Unwrapped, Wrapped,
 };
 use tracing::Instrument;
 
-use crate::acl::{Acls, Operation};
-use crate::audit::{AuditLog, AuditRecord};
-use crate::caller::{Call, Caller};
+use self::acl::{Acls, Operation};
+use self::audit::{AuditLog, AuditRecord};
+use self::caller::{Call, Caller};
+use self::keystate::KeyStateStore;
+use self::metrics::Metrics;
 use crate::config::{LimitsConfig, Profile};
-use crate::keystate::{KeyStateStore, MemberRecord, VersionRecord};
-use crate::metrics::Metrics;
-
-/// Health of one key's primary backend, as last probed.
-#[derive(Debug, Clone)]
-pub struct KeyHealth {
-    pub key_name: String,
-    pub backend_name: String,
-    pub healthy: bool,
-    pub error: Option<String>,
-    pub checked_at: Instant,
-}
-
-/// The broker's answer to "how are you".
-#[derive(Debug, Clone)]
-pub struct BrokerStatus {
-    pub profile: Profile,
-    pub security_risk: bool,
-    pub keys: Vec<KeyHealth>,
-}
-
-impl BrokerStatus {
-    /// Keys that no backend member can serve right now, each with the
-    /// reasons; empty when the broker is ready.
-    pub fn unready_keys(&self) -> Vec<String> {
-        let mut names: Vec<&str> = self.keys.iter().map(|k| k.key_name.as_str()).collect();
-        names.dedup();
-        names
-            .into_iter()
-            .filter(|key| !self.keys.iter().any(|k| k.key_name == *key && k.healthy))
-            .map(|key| {
-                let why: Vec<String> = self
-                    .keys
-                    .iter()
-                    .filter(|k| k.key_name == key)
-                    .map(|k| {
-                        format!(
-                            "{}: {}",
-                            k.backend_name,
-                            k.error.as_deref().unwrap_or("unhealthy")
-                        )
-                    })
-                    .collect();
-                format!("key {key:?}: {}", why.join("; "))
-            })
-            .collect()
-    }
-}
 
 /// The inner service shared by every front door.
 pub struct Broker {
@@ -235,7 +203,7 @@ impl Broker {
         // when there is no audit sink.
         let result = if self.audit.is_enabled() {
             let record = AuditRecord {
-                time: crate::audit::rfc3339(std::time::SystemTime::now()),
+                time: self::audit::rfc3339(std::time::SystemTime::now()),
                 request_id: op.request_id.to_owned(),
                 door: op.call.door.as_str().to_owned(),
                 caller: op.call.caller.to_string(),
@@ -279,136 +247,6 @@ impl Broker {
     pub fn with_state(mut self, state: Arc<KeyStateStore>) -> Self {
         self.state = Some(state);
         self
-    }
-
-    fn state_store(&self) -> Result<&KeyStateStore, Error> {
-        self.state.as_deref().ok_or_else(|| {
-            Error::Precondition(
-                "this broker has no state directory, so it cannot record key changes: set server.state_dir \
-                 (or add the version to the config)"
-                    .into(),
-            )
-        })
-    }
-
-    /// Creates a new version of `key` on its backends, records it, and makes
-    /// it primary. Old versions keep unwrapping; `Rewrap` moves blobs forward.
-    pub async fn rotate(&self, call: &Call, key: &str) -> Result<KeyInfo, Error> {
-        let started = Instant::now();
-        let (request_id, result) = match request_id() {
-            Ok(id) => (id, self.rotate_unaudited(&call.caller, key).await),
-            Err(e) => (NO_REQUEST_ID.to_owned(), Err(e)),
-        };
-        self.audited(
-            Op {
-                name: "rotate",
-                request_id: &request_id,
-                call,
-                key,
-                started,
-            },
-            |k: &KeyInfo| k.primary_version,
-            result,
-        )
-    }
-
-    async fn rotate_unaudited(&self, caller: &Caller, key: &str) -> Result<KeyInfo, Error> {
-        self.acls.check(caller, Operation::Admin, key)?;
-        let _changing = self.changing_keys.lock().await;
-        let store = self.state_store()?;
-        let current = self.key_ring().get(key)?.clone();
-        let next = current.versions().map(|v| v.version).max().unwrap_or(0) + 1;
-        let mut members = Vec::new();
-        let mut records = Vec::new();
-        for member in &current.primary().members {
-            let created = member
-                .backend
-                .create_version(next)
-                .await
-                .map_err(|source| Error::Backend {
-                    backend: member.backend_name.clone(),
-                    key: key.to_owned(),
-                    source,
-                })?;
-            members.push((member.backend_name.clone(), created.backend));
-            records.push(MemberRecord {
-                backend: member.backend_name.clone(),
-                settings: created.settings,
-            });
-        }
-        let rotated = current
-            .with_new_primary(KeyVersion::with_members(key, next, members))
-            .map_err(Error::Internal)?;
-        store
-            .update(|state| {
-                state
-                    .keys
-                    .entry(key.to_owned())
-                    .or_default()
-                    .versions
-                    .push(VersionRecord {
-                        version: next,
-                        members: records,
-                    })
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("cannot record the new key version: {e}")))?;
-        self.replace_key(rotated);
-        let info = self.key_ring().describe(key)?;
-        tracing::info!(%caller, key, version = next, key_id = %info.primary_key_id, "key rotated");
-        Ok(info)
-    }
-
-    /// Refuses blobs under versions below `min` from now on.
-    pub async fn set_min_decryption_version(
-        &self,
-        call: &Call,
-        key: &str,
-        min: u32,
-    ) -> Result<KeyInfo, Error> {
-        let started = Instant::now();
-        let (request_id, result) = match request_id() {
-            Ok(id) => (id, self.set_min_unaudited(&call.caller, key, min).await),
-            Err(e) => (NO_REQUEST_ID.to_owned(), Err(e)),
-        };
-        let version = |k: &KeyInfo| k.min_decryption_version;
-        self.audited(
-            Op {
-                name: "set-min-decryption-version",
-                request_id: &request_id,
-                call,
-                key,
-                started,
-            },
-            version,
-            result,
-        )
-    }
-
-    async fn set_min_unaudited(&self, caller: &Caller, key: &str, min: u32) -> Result<KeyInfo, Error> {
-        self.acls.check(caller, Operation::Admin, key)?;
-        let _changing = self.changing_keys.lock().await;
-        let store = self.state_store()?;
-        let current = self.key_ring().get(key)?.clone();
-        let changed = current
-            .with_min_decryption_version(min)
-            .map_err(|reason| Error::InvalidArgument {
-                field: "min_decryption_version",
-                reason,
-            })?;
-        store
-            .update(|state| {
-                state
-                    .keys
-                    .entry(key.to_owned())
-                    .or_default()
-                    .min_decryption_version = Some(min)
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("cannot record the minimum decryption version: {e}")))?;
-        self.replace_key(changed);
-        tracing::info!(%caller, key, min, "minimum decryption version set");
-        self.key_ring().describe(key)
     }
 
     /// Wrap, unwrap and rewrap operations running right now.
@@ -667,65 +505,5 @@ impl Broker {
             .filter(|name| self.acls.visible(&call.caller, name))
             .filter_map(|name| ring.describe(name).ok())
             .collect()
-    }
-
-    /// Health of every member of every key's primary version. Results
-    /// younger than `limits.health_cache_secs` are reused unless `deep` asks
-    /// for a fresh probe, so frequent status polls never hammer an HSM or a
-    /// cloud quota.
-    pub async fn status(&self, deep: bool) -> BrokerStatus {
-        let ttl = Duration::from_secs(self.limits.health_cache_secs);
-        let _single_flight = self.probing.lock().await;
-        let ring = self.key_ring();
-        let mut keys = Vec::new();
-        for key in ring.keys() {
-            for member in &key.primary().members {
-                let cache_key = format!("{}/{}", key.name, member.backend_name);
-                let cached = self
-                    .health
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&cache_key)
-                    .cloned();
-                if let Some(health) = cached.filter(|h| !deep && h.checked_at.elapsed() < ttl) {
-                    keys.push(health);
-                    continue;
-                }
-                let probe = tokio::time::timeout(
-                    Duration::from_secs(self.limits.request_timeout_secs),
-                    member.backend.health(),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    Err(BackendError::new(
-                        BackendErrorKind::Timeout,
-                        "health probe timed out",
-                    ))
-                });
-                let health = KeyHealth {
-                    key_name: key.name.clone(),
-                    backend_name: member.backend_name.clone(),
-                    healthy: probe.is_ok(),
-                    error: probe.err().map(|e| e.to_string()),
-                    checked_at: Instant::now(),
-                };
-                if let Some(error) = &health.error {
-                    tracing::warn!(key = %key.name, backend = %member.backend_name, %error, "backend unhealthy");
-                }
-                if let Some(metrics) = &self.metrics {
-                    metrics.set_backend_up(&key.name, &member.backend_name, health.healthy);
-                }
-                self.health
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(cache_key, health.clone());
-                keys.push(health);
-            }
-        }
-        BrokerStatus {
-            profile: self.profile,
-            security_risk: self.profile == Profile::Development,
-            keys,
-        }
     }
 }

@@ -1,0 +1,8 @@
+//! Network plumbing: binding listeners, TLS on both sides, and the one
+//! accept loop every listener uses (TLS handshakes off the loop, so a slow
+//! client cannot hold up others).
+
+pub mod accept;
+pub mod client;
+pub mod listen;
+pub mod tls;
