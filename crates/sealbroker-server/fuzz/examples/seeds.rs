@@ -104,7 +104,7 @@ async fn kms_plugin_seeds() {
             ..Default::default()
         }),
     };
-    let config_file = fixture().config_path.display().to_string();
+    let config_file = fixture().plugin_config_path.display().to_string();
     let local = stanza(&[("key_name", PLUGIN_KEY), ("config_file", &config_file)]);
     write(
         "kms_plugin",

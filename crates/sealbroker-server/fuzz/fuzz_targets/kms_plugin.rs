@@ -40,7 +40,7 @@ fn fixture_stanza() -> HashMap<String, String> {
         ("key_name".to_owned(), PLUGIN_KEY.to_owned()),
         (
             "config_file".to_owned(),
-            fixture().config_path.display().to_string(),
+            fixture().plugin_config_path.display().to_string(),
         ),
     ])
 }
@@ -114,7 +114,7 @@ fuzz_target!(|data: &[u8]| {
                 for (key, value) in config.iter_mut() {
                     match key.as_str() {
                         "config_file" if !value.trim().is_empty() => {
-                            *value = fixture.config_path.display().to_string()
+                            *value = fixture.plugin_config_path.display().to_string()
                         }
                         "tls_ca_file" | "tls_cert_file" | "tls_key_file" if !value.trim().is_empty() => {
                             *value = fixture_dir().join("absent.pem").display().to_string()

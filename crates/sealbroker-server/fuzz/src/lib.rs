@@ -63,15 +63,14 @@ pub fn registry() -> BackendRegistry {
 }
 
 /// The fixture config for files in `dir`: a plaintext transit listener with
-/// two tokens, a KMS v2 socket, an HA key with two versions, and a key whose
-/// ACL admits the operator's token only.
+/// two tokens, a KMS v2 socket, and the keys of [`keys_text`].
 pub fn config_text(dir: &Path) -> String {
-    let dir = dir.display();
+    let d = dir.display();
     format!(
         r#"profile = "development"
 
 [server]
-unix_socket = "{dir}/sealbroker.sock"
+unix_socket = "{d}/sealbroker.sock"
 
 [server.transit]
 listen = "127.0.0.1:8200"
@@ -79,19 +78,36 @@ plaintext = true
 
 [[server.transit.tokens]]
 identity = "openbao"
-token_file = "{dir}/openbao.token"
+token_file = "{d}/openbao.token"
 keys = ["unseal"]
 
 [[server.transit.tokens]]
 identity = "ops"
-token_file = "{dir}/ops.token"
+token_file = "{d}/ops.token"
 keys = ["unseal", "other"]
 
 [server.kms_v2]
-socket = "{dir}/kms.sock"
+socket = "{d}/kms.sock"
 key_name = "kube"
 
-[limits]
+{keys}"#,
+        keys = keys_text(dir)
+    )
+}
+
+/// The config of the in-process KMS plugin (`config_file` mode): the
+/// daemon's keys and limits without its listener tables, which the plugin
+/// refuses because it serves OpenBao's socket only.
+pub fn plugin_config_text(dir: &Path) -> String {
+    format!("profile = \"development\"\n\n{}", keys_text(dir))
+}
+
+/// Limits, the software backend, an HA key with two versions, and a key
+/// whose ACL admits the operator's token only.
+pub fn keys_text(dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        r#"[limits]
 max_plaintext_bytes = 4096
 request_timeout_secs = 5
 
@@ -125,6 +141,8 @@ key_file = "{dir}/kube.key"
 /// The broker, its config and the transit router, built once per process.
 pub struct Fixture {
     pub config_path: PathBuf,
+    /// The `config_file` of the KMS plugin target's instances.
+    pub plugin_config_path: PathBuf,
     pub config: Config,
     pub runtime: tokio::runtime::Runtime,
     pub broker: Arc<Broker>,
@@ -155,6 +173,8 @@ impl Fixture {
         let text = config_text(&dir);
         let config_path = dir.join("sealbroker.toml");
         write_private(&config_path, &text);
+        let plugin_config_path = dir.join("plugin.toml");
+        write_private(&plugin_config_path, &plugin_config_text(&dir));
 
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -175,6 +195,7 @@ impl Fixture {
         .expect("fixture transit router");
         Fixture {
             config_path,
+            plugin_config_path,
             config,
             runtime,
             broker,
