@@ -363,6 +363,7 @@ async fn acls_grant_per_operation_and_per_identity() {
     let err = unix
         .rotate_key(RotateKeyRequest {
             key_name: "wrap-only".into(),
+            stage: false,
         })
         .await
         .unwrap_err();

@@ -57,6 +57,7 @@ async fn transit_backend_round_trip_and_rotation_through_the_daemon() {
     let rotated = c
         .rotate_key(RotateKeyRequest {
             key_name: "unseal".into(),
+            stage: false,
         })
         .await
         .unwrap()

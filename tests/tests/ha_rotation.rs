@@ -187,7 +187,10 @@ async fn rotation_keeps_old_blobs_moves_them_forward_and_retires_them() {
             .unwrap()
             .into_inner();
         let rotated = c
-            .rotate_key(RotateKeyRequest { key_name: key.into() })
+            .rotate_key(RotateKeyRequest {
+                key_name: key.into(),
+                stage: false,
+            })
             .await
             .unwrap()
             .into_inner()
@@ -254,7 +257,10 @@ async fn rotation_keeps_old_blobs_moves_them_forward_and_retires_them() {
         assert_eq!(opened.into_inner().plaintext, b"old");
         // A third version: ids never repeat.
         let v3 = c
-            .rotate_key(RotateKeyRequest { key_name: key.into() })
+            .rotate_key(RotateKeyRequest {
+                key_name: key.into(),
+                stage: false,
+            })
             .await
             .unwrap()
             .into_inner()
@@ -313,6 +319,7 @@ async fn rotation_without_a_state_dir_says_how_to_enable_it() {
     let err = c
         .rotate_key(RotateKeyRequest {
             key_name: "dev".into(),
+            stage: false,
         })
         .await
         .unwrap_err();
@@ -357,4 +364,96 @@ async fn a_rotated_hardened_key_with_an_acl_survives_a_restart() {
     assert_eq!(unwrap(&mut c, &old.blob).await.unwrap(), b"before rotation");
     assert_eq!(unwrap(&mut c, &new.blob).await.unwrap(), b"after rotation");
     assert_eq!(wrap(&mut c, b"x").await.key_version, 2, "v2 stays primary");
+}
+
+/// Issue 15: several brokers serve one key on a shared token, each with its
+/// own disk. A version staged on one is opened by the others without being
+/// told; the config promotes and retires; a replica whose state directory
+/// is wiped loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_token_agree_on_a_rotation_and_a_wiped_disk_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "shared", "unseal", PIN);
+    let config = |replica: &str, extra: &str| {
+        let text = format!(
+            "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\nstate_dir = \"{}\"\n{}\n\
+             [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal\"\n{extra}{}",
+            dir.path().join(format!("{replica}.sock")).display(),
+            dir.path().join(format!("{replica}-state")).display(),
+            token.backend_toml("hsm"),
+            allow_test_callers(),
+        );
+        let path = dir.path().join(format!("{replica}.toml"));
+        fs::write(&path, text).unwrap();
+        path
+    };
+    let log = |name: &str| dir.path().join(format!("{name}.log"));
+    let keys = |replica: &str, args: &[&str]| {
+        let socket = dir.path().join(format!("{replica}.sock"));
+        let mut argv = vec!["keys", "--socket", socket.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let out = run_cli(&argv, b"", &[]);
+        assert!(out.status.success(), "sealbroker {argv:?} failed: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let versions = |c: &mut SealServiceClient<Channel>| {
+        let mut c = c.clone();
+        async move {
+            let key = c
+                .get_key(GetKeyRequest {
+                    key_name: "unseal".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .key
+                .unwrap();
+            let numbers: Vec<u32> = key.versions.iter().map(|v| v.version).collect();
+            (numbers, key.primary_version)
+        }
+    };
+
+    let a = Daemon::serve(&config("a", ""), Some(&token), &log("a1")).await;
+    let b = Daemon::serve(&config("b", ""), Some(&token), &log("b1")).await;
+    let (mut ca, mut cb) = (a.unix_client().await, b.unix_client().await);
+    let v1 = wrap(&mut cb, b"under v1").await;
+
+    // Stage on A: the version exists, nothing wraps under it yet.
+    keys("a", &["rotate", "unseal", "--stage"]);
+    assert_eq!(versions(&mut ca).await, (vec![1, 2], 1));
+    assert_eq!(wrap(&mut ca, b"x").await.key_version, 1);
+    // Staging again on B converges on the same key instead of a second one.
+    keys("b", &["rotate", "unseal", "--stage"]);
+    assert_eq!(versions(&mut cb).await, (vec![1, 2], 1));
+
+    // Promote A through its config; B is not told.
+    assert!(a.terminate().success());
+    let a = Daemon::serve(&config("a", "primary_version = 2\n"), Some(&token), &log("a2")).await;
+    let mut ca = a.unix_client().await;
+    let v2 = wrap(&mut ca, b"under v2").await;
+    assert_eq!(v2.key_version, 2);
+    assert_eq!(unwrap(&mut cb, &v2.blob).await.unwrap(), b"under v2");
+
+    // Promote B, with its disk wiped: it wraps under A's v2, same id, and
+    // opens both generations.
+    assert!(b.terminate().success());
+    fs::remove_dir_all(dir.path().join("b-state")).unwrap();
+    let b = Daemon::serve(&config("b", "primary_version = 2\n"), Some(&token), &log("b2")).await;
+    let mut cb = b.unix_client().await;
+    let from_b = wrap(&mut cb, b"b under v2").await;
+    assert_eq!((from_b.key_version, &from_b.key_id), (2, &v2.key_id));
+    assert_eq!(unwrap(&mut cb, &v1.blob).await.unwrap(), b"under v1");
+    assert_eq!(unwrap(&mut ca, &from_b.blob).await.unwrap(), b"b under v2");
+
+    // Retire v1 in the config; a wiped disk does not bring it back.
+    assert!(a.terminate().success());
+    fs::remove_dir_all(dir.path().join("a-state")).unwrap();
+    let retire = "primary_version = 2\nmin_decryption_version = 2\n";
+    let a = Daemon::serve(&config("a", retire), Some(&token), &log("a3")).await;
+    let mut ca = a.unix_client().await;
+    let refused = unwrap(&mut ca, &v1.blob).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(unwrap(&mut ca, &v2.blob).await.unwrap(), b"under v2");
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
 }

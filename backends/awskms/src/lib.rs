@@ -702,6 +702,20 @@ impl Backend for AwsKmsKey {
     /// same, and KMS keeps every older backing key, so blobs under earlier
     /// broker versions still open; new broker versions wrap under the new
     /// material.
+    /// The same KMS key: AWS keeps every generation of its key material
+    /// and picks the right one from the ciphertext, so every broker version
+    /// after a rotation is served by the key the alias points at.
+    fn derive_version(&self, _version: u32) -> Option<NewVersion> {
+        Some(NewVersion {
+            backend: Arc::new(AwsKmsKey {
+                client: self.client.clone(),
+                key_id: self.key_id.clone(),
+                identity: self.identity.clone(),
+            }),
+            settings: Default::default(),
+        })
+    }
+
     async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
         let kms = &self.client.0.kms;
         // On-demand rotation takes a key id or ARN, never an alias.

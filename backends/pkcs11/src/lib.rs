@@ -350,6 +350,37 @@ pub struct Pkcs11Key {
 }
 
 impl Pkcs11Key {
+    /// The settings of version `version`: `<label>-v<version>`, selected by
+    /// label alone, with this key's mechanism.
+    fn version_config(&self, version: u32) -> KeyConfig {
+        let selector = &self.key.selector;
+        let base = selector
+            .label
+            .as_deref()
+            .map(base_label)
+            .unwrap_or("sealbroker-key");
+        KeyConfig {
+            key_label: Some(format!("{base}-v{version}")),
+            key_id: None,
+            mechanism: selector.mechanism,
+            rsa_oaep_hash: selector.oaep_hash,
+        }
+    }
+
+    fn version_key(&self, version: u32) -> Result<NewVersion, BackendError> {
+        let config = self.version_config(version);
+        let key = Pkcs11Key::new(self.pool.clone(), &config)
+            .map_err(|e| BackendError::new(BackendErrorKind::InvalidInput, e.to_string()))?;
+        Ok(NewVersion {
+            backend: Arc::new(key),
+            settings: [
+                ("key_label".to_owned(), config.key_label.unwrap_or_default()),
+                ("key_id".to_owned(), String::new()),
+            ]
+            .into(),
+        })
+    }
+
     /// The pool this key runs on.
     pub fn pool(&self) -> &TokenPool {
         &self.pool
@@ -433,36 +464,28 @@ impl Backend for Pkcs11Key {
         "pkcs11"
     }
 
-    /// Creates `<label>-v<version>` (non-extractable, like keygen) on the same token.
+    /// `<label>-v<version>` on the same token (not looked up here: the
+    /// broker adds it only once a blob sealed under it opens).
+    fn derive_version(&self, version: u32) -> Option<NewVersion> {
+        self.version_key(version).ok()
+    }
+
+    /// Creates `<label>-v<version>` (non-extractable, like keygen) on the
+    /// same token, or uses it when it already exists there.
     async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
-        let selector = &self.key.selector;
-        let base = selector
-            .label
-            .as_deref()
-            .map(base_label)
-            .unwrap_or("sealbroker-key");
-        let config = KeyConfig {
-            key_label: Some(format!("{base}-v{version}")),
-            key_id: None,
-            mechanism: selector.mechanism,
-            rsa_oaep_hash: selector.oaep_hash,
-        };
+        let created = self.version_key(version)?;
+        let config = self.version_config(version);
         let selection = KeySelector::from_config(&config)
             .map_err(|e| BackendError::new(BackendErrorKind::InvalidInput, e.to_string()))?;
-        create_key(self.lib.clone(), self.token.clone(), self.pin.clone(), selection).await?;
-        let key = Pkcs11Key::new(self.pool.clone(), &config)
-            .map_err(|e| BackendError::new(BackendErrorKind::InvalidInput, e.to_string()))?;
-        Ok(NewVersion {
-            backend: Arc::new(key),
-            settings: [
-                (
-                    "key_label".to_owned(),
-                    config.key_label.clone().unwrap_or_default(),
-                ),
-                ("key_id".to_owned(), String::new()),
-            ]
-            .into(),
-        })
+        create_key(
+            self.lib.clone(),
+            self.token.clone(),
+            self.pin.clone(),
+            selection,
+            Existing::Use,
+        )
+        .await?;
+        Ok(created)
     }
 
     fn key_identity(&self) -> String {
@@ -607,7 +630,16 @@ pub async fn generate_key(backend: &BackendConfig, key: &KeyConfig) -> Result<St
     let selector = KeySelector::from_config(key).map_err(config_err)?;
     let token = backend.token_selector().map_err(config_err)?;
     let pin = backend.pin_source().map_err(config_err)?;
-    create_key(backend.lib.clone(), token, pin, selector).await
+    create_key(backend.lib.clone(), token, pin, selector, Existing::Refuse).await
+}
+
+/// What [`create_key`] does when a matching key already exists.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    /// keygen: an operator asked for a new key, so an old one is an error.
+    Refuse,
+    /// Rotation: another replica or a retried job made it; use it.
+    Use,
 }
 
 async fn create_key(
@@ -615,6 +647,7 @@ async fn create_key(
     token: TokenSelector,
     pin: PinSource,
     selector: KeySelector,
+    existing: Existing,
 ) -> Result<String, BackendError> {
     let label = selector.label.clone().unwrap_or_default().into_bytes();
     let id = selector.id.clone().unwrap_or_default();
@@ -629,10 +662,16 @@ async fn create_key(
             .map_err(device("C_FindObjects"))?
             .is_empty()
         {
-            return Err(BackendError::new(
-                BackendErrorKind::InvalidInput,
-                format!("a key with {} already exists on {token}", selector.describe()),
-            ));
+            return match existing {
+                Existing::Use => Ok(format!(
+                    "the existing key with {} on {token}",
+                    selector.describe()
+                )),
+                Existing::Refuse => Err(BackendError::new(
+                    BackendErrorKind::InvalidInput,
+                    format!("a key with {} already exists on {token}", selector.describe()),
+                )),
+            };
         }
         match selector.mechanism {
             MechanismName::AesGcm => {

@@ -303,3 +303,27 @@ async fn dispatch_inline_shares_a_small_pool_and_heals() {
     assert_eq!(key.decrypt(&before, b"x").await.unwrap().expose(), &[7; 32]);
     assert_eq!(key.pool().resets(), 1);
 }
+
+/// Issue 15: two replicas may stage the same version, and a replica that
+/// never saw the rotation derives it by label. Both must land on one key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_created_once_and_derived_by_label() {
+    let token = token();
+    let config = backend(&token, 4);
+    let base = key(&config, &aes_key("aes-1"));
+    let derived = base.derive_version(2).expect("PKCS#11 versions derive by label");
+    assert_eq!(derived.settings["key_label"], "aes-1-v2");
+    // Derived before it exists: nothing on the token answers for it.
+    let absent = derived.backend.encrypt(&[7u8; 32], b"aad").await.err().unwrap();
+    assert_eq!(absent.kind, BackendErrorKind::KeyNotFound, "{absent}");
+
+    let first = base.create_version(2).await.unwrap();
+    let again = key(&config, &aes_key("aes-1-v2")).create_version(2).await.unwrap();
+    assert_eq!(first.backend.key_identity(), again.backend.key_identity());
+    assert_eq!(first.backend.key_identity(), derived.backend.key_identity());
+    // One key, not two: the label still selects exactly one object, and
+    // what one replica sealed the other opens.
+    let sealed = first.backend.encrypt(&[7u8; 32], b"aad").await.unwrap();
+    assert_eq!(again.backend.decrypt(&sealed, b"aad").await.unwrap().expose(), [7u8; 32]);
+    assert_eq!(derived.backend.decrypt(&sealed, b"aad").await.unwrap().expose(), [7u8; 32]);
+}

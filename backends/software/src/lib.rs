@@ -100,6 +100,24 @@ impl SoftwareKey {
     }
 }
 
+impl SoftwareKey {
+    fn version_file(&self, version: u32) -> PathBuf {
+        PathBuf::from(format!("{}.v{version}", self.base_file.display()))
+    }
+
+    fn load_version(&self, file: &Path) -> Result<NewVersion, BackendError> {
+        let key = SoftwareKey::load(&KeyConfig {
+            key_file: file.to_owned(),
+            generate: false,
+        })
+        .map_err(|e| BackendError::internal(e.to_string()))?;
+        Ok(NewVersion {
+            backend: std::sync::Arc::new(key),
+            settings: [("key_file".to_owned(), file.display().to_string())].into(),
+        })
+    }
+}
+
 /// `dev.key.v3` -> `dev.key`: the file name versions derive from.
 fn base_file(path: &Path) -> PathBuf {
     let text = path.to_string_lossy();
@@ -143,18 +161,19 @@ impl Backend for SoftwareKey {
         self.identity.clone()
     }
 
+    /// `<key_file>.v<N>`, when that file exists.
+    fn derive_version(&self, version: u32) -> Option<NewVersion> {
+        let file = self.version_file(version);
+        file.exists().then(|| self.load_version(&file).ok()).flatten()
+    }
+
+    /// Writes `<key_file>.v<N>`, or uses it when it already exists.
     async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
-        let file = PathBuf::from(format!("{}.v{version}", self.base_file.display()));
-        generate_key_file(&file).map_err(|e| BackendError::internal(e.to_string()))?;
-        let key = SoftwareKey::load(&KeyConfig {
-            key_file: file.clone(),
-            generate: false,
-        })
-        .map_err(|e| BackendError::internal(e.to_string()))?;
-        Ok(NewVersion {
-            backend: std::sync::Arc::new(key),
-            settings: [("key_file".to_owned(), file.display().to_string())].into(),
-        })
+        let file = self.version_file(version);
+        if !file.exists() {
+            generate_key_file(&file).map_err(|e| BackendError::internal(e.to_string()))?;
+        }
+        self.load_version(&file)
     }
 
     async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {
@@ -230,6 +249,23 @@ mod tests {
         let mode = fs::metadata(dir.path().join("k")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(key_in(dir.path()).key_identity(), first.key_identity());
+    }
+
+    #[tokio::test]
+    async fn versions_are_created_once_and_derived_only_when_the_file_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = key_in(dir.path());
+        assert!(base.derive_version(2).is_none(), "no k.v2 yet");
+        let first = base.create_version(2).await.unwrap();
+        assert_eq!(
+            first.settings["key_file"],
+            dir.path().join("k.v2").display().to_string()
+        );
+        let again = base.create_version(2).await.unwrap();
+        let derived = base.derive_version(2).expect("k.v2 exists now");
+        assert_eq!(again.backend.key_identity(), first.backend.key_identity());
+        assert_eq!(derived.backend.key_identity(), first.backend.key_identity());
+        assert_ne!(first.backend.key_identity(), base.key_identity());
     }
 
     #[test]

@@ -728,6 +728,25 @@ impl Backend for TransitKey {
     /// and serves the new broker version from it. Upstream versions are not
     /// pinned: every broker version decrypts any upstream version, and the
     /// broker's own `min_decryption_version` retires old blobs.
+    /// The same upstream key: transit keeps its older versions and each
+    /// ciphertext names its own, so every broker version after a rotation is
+    /// served by the upstream key.
+    fn derive_version(&self, _version: u32) -> Option<NewVersion> {
+        let key = TransitKey::new(
+            TransitClient {
+                inner: self.shared.client.clone(),
+            },
+            &KeyConfig {
+                key_name: self.shared.name.clone(),
+            },
+        )
+        .ok()?;
+        Some(NewVersion {
+            backend: Arc::new(key),
+            settings: Default::default(),
+        })
+    }
+
     async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
         let before = self.shared.refresh_info().await?;
         let what = self.shared.what("rotate");

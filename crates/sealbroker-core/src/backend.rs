@@ -54,8 +54,11 @@ pub trait Backend: Send + Sync + 'static {
     async fn decrypt(&self, sealed: &Sealed, aad: &[u8]) -> Result<SecretBytes, BackendError>;
 
     /// Creates a new key on the backend to serve as `version` of the logical
-    /// key this key belongs to (rotation). Backends that cannot create keys
-    /// say so; their versions are added in the config instead.
+    /// key this key belongs to (rotation). Idempotent where the kind can
+    /// derive versions: when the key for `version` already exists (another
+    /// replica, or a retried job, made it) it is used, not made again.
+    /// Backends that cannot create keys say so; their versions are added in
+    /// the config instead.
     async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
         let _ = version;
         Err(BackendError::new(
@@ -65,6 +68,18 @@ pub trait Backend: Send + Sync + 'static {
                 self.kind()
             ),
         ))
+    }
+
+    /// The backend key that serves as `version` by this kind's naming
+    /// convention (what [`Backend::create_version`] made, or would make),
+    /// built without contacting the backend. This is how a replica that never
+    /// saw a rotation, or lost its state, still finds every version: the
+    /// broker adds a derived version only once a blob sealed under it opens,
+    /// or the config names it. `None` for kinds whose versions cannot be
+    /// derived; their versions are declared in the config.
+    fn derive_version(&self, version: u32) -> Option<NewVersion> {
+        let _ = version;
+        None
     }
 
     /// How many times this backend has retried a call because the service

@@ -215,6 +215,24 @@ impl LogicalKey {
         )
     }
 
+    /// A copy with `version` added; the primary stays as it is.
+    pub fn with_version(&self, version: KeyVersion) -> Result<Self, String> {
+        let mut versions: Vec<KeyVersion> = self.versions.values().cloned().collect();
+        versions.push(version);
+        Self::new(
+            &self.name,
+            versions,
+            Some(self.primary),
+            self.min_decryption_version,
+            self.policy,
+        )
+    }
+
+    /// Version `version`, when this key has it.
+    pub fn version(&self, version: u32) -> Option<&KeyVersion> {
+        self.versions.get(&version)
+    }
+
     /// A copy with a new minimum decryption version.
     pub fn with_min_decryption_version(&self, min: u32) -> Result<Self, String> {
         let versions = self.versions.values().cloned().collect();

@@ -137,14 +137,20 @@ impl Backend for MemoryKey {
         Ok(SecretBytes::new(in_out))
     }
 
-    /// `<identity>-v<version>`, recorded as the `label` setting.
-    async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
+    /// `<identity>-v<version>`, recorded as the `label` setting. Every
+    /// label "exists", as on a backend that keeps all its key generations.
+    fn derive_version(&self, version: u32) -> Option<NewVersion> {
         let base = self.identity.trim_start_matches("memory:");
         let label = format!("{}-v{version}", base.rsplit_once("-v").map_or(base, |(b, _)| b));
-        Ok(NewVersion {
+        Some(NewVersion {
             backend: Arc::new(MemoryKey::new(&label, self.knobs.clone())),
             settings: [("label".to_owned(), label)].into(),
         })
+    }
+
+    async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
+        self.derive_version(version)
+            .ok_or_else(|| BackendError::internal("memory keys always derive"))
     }
 
     fn throttling_retries(&self) -> u64 {

@@ -171,6 +171,7 @@ pub struct StatusArgs {
 sealbroker keys list\n  \
 sealbroker keys show unseal\n  \
 sealbroker keys rotate unseal                 # new version on the backend; old blobs still unwrap\n  \
+sealbroker keys rotate unseal --stage         # several replicas: create it, promote later in the config\n  \
 sealbroker keys min-version unseal 2          # refuse blobs under versions below 2")]
 pub struct KeysArgs {
     #[command(flatten)]
@@ -186,7 +187,16 @@ pub enum KeysAction {
     /// Describe one key: versions and key ids.
     Show { name: String },
     /// Create a new version of the key on its backend(s) and make it primary.
-    Rotate { name: String },
+    ///
+    /// With --stage, the version is only created (or found, when another
+    /// replica made it) and opens blobs; wraps stay on the primary until the
+    /// config's `primary_version` names it on every replica.
+    Rotate {
+        name: String,
+        /// Create the version without making it primary (two-phase rotation across replicas).
+        #[arg(long)]
+        stage: bool,
+    },
     /// Retire versions below VERSION: their blobs are refused from now on.
     MinVersion { name: String, version: u32 },
 }

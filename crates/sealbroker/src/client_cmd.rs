@@ -188,9 +188,12 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode, String> {
                 .map_err(status_message)?;
             reply.into_inner().key.into_iter().collect()
         }
-        KeysAction::Rotate { name } => {
+        KeysAction::Rotate { name, stage } => {
             let reply = client
-                .rotate_key(pb::RotateKeyRequest { key_name: name })
+                .rotate_key(pb::RotateKeyRequest {
+                    key_name: name,
+                    stage,
+                })
                 .await
                 .map_err(status_message)?;
             reply.into_inner().key.into_iter().collect()

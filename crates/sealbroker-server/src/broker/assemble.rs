@@ -38,7 +38,13 @@ impl Broker {
         if !audit.is_enabled() {
             tracing::warn!("no audit trail configured: set [audit] file = \"...\" to record every operation");
         }
+        let templates = config
+            .keys
+            .iter()
+            .map(|(name, spec)| (name.clone(), spec.versions.last().map_or(1, |v| v.version)))
+            .collect();
         let mut broker = Broker::new(ring, config.profile, config.limits.clone())
+            .with_templates(templates)
             .with_acls(acls)
             .with_audit(Arc::new(audit));
         if let Some(store) = state {

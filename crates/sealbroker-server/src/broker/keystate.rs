@@ -23,11 +23,25 @@ pub struct KeyStateFile {
 pub struct KeyState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_decryption_version: Option<u32>,
+    /// The version this broker last made primary. Absent in state files
+    /// written before versions could be staged or found: there the newest
+    /// recorded version is the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_version: Option<u32>,
+    /// Versions this broker created, staged or found on the backend.
     #[serde(default)]
     pub versions: Vec<VersionRecord>,
 }
 
-/// A version the broker created.
+impl KeyState {
+    /// The primary this state asks for, if any.
+    pub fn primary(&self) -> Option<u32> {
+        self.primary_version
+            .or_else(|| self.versions.iter().map(|v| v.version).max())
+    }
+}
+
+/// A version the broker created or found.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VersionRecord {
     pub version: u32,

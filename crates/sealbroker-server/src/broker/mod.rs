@@ -8,6 +8,7 @@ pub mod acl;
 mod assemble;
 pub mod audit;
 pub mod caller;
+mod discovery;
 mod health;
 pub mod inflight;
 pub mod keystate;
@@ -51,6 +52,8 @@ pub struct Broker {
     probing: tokio::sync::Mutex<()>,
     /// Serializes rotations and other key changes.
     changing_keys: tokio::sync::Mutex<()>,
+    /// Per key, the configured version new and found versions are made from.
+    templates: HashMap<String, u32>,
 }
 
 /// What an audit line says about the operation besides its result.
@@ -140,7 +143,15 @@ impl Broker {
             acls: Acls::default(),
             probing: tokio::sync::Mutex::new(()),
             changing_keys: tokio::sync::Mutex::new(()),
+            templates: HashMap::new(),
         }
+    }
+
+    /// Names, per key, the configured version that rotations and versions
+    /// found on the backend are derived from (the newest configured one).
+    pub fn with_templates(mut self, templates: HashMap<String, u32>) -> Self {
+        self.templates = templates;
+        self
     }
 
     /// Enforces per-key ACLs on every operation.
@@ -435,16 +446,24 @@ impl Broker {
         let body = async {
             self.check_blob(&call.caller, Operation::Unwrap, key, blob)?;
             let ring = self.key_ring();
-            if let Some(key_id) = key_id
-                && !ring.get(key)?.has_version_id(key_id)
-            {
-                return Err(Error::InvalidArgument {
-                    field: "key_id",
-                    reason: format!("key id {key_id:?} was not issued by this broker for key {key:?}"),
-                });
+            let not_issued = || Error::InvalidArgument {
+                field: "key_id",
+                reason: format!("key id {key_id:?} was not issued by this broker for key {key:?}"),
+            };
+            // An id this broker does not know may name a version another
+            // replica made: it must then be the id the blob opened under.
+            let known = match key_id {
+                Some(id) => ring.get(key)?.has_version_id(id),
+                None => true,
+            };
+            let opened = self
+                .bounded("unwrap", key, self.open_blob(&ring, expected, blob, aad))
+                .await;
+            match (known, key_id, opened) {
+                (false, Some(id), Ok(opened)) if opened.key_id.as_str() != id => Err(not_issued()),
+                (false, Some(_), Err(Error::UnknownKeyVersion { .. })) => Err(not_issued()),
+                (_, _, opened) => opened,
             }
-            self.bounded("unwrap", key, ring.unwrap(expected, blob, aad))
-                .await
         };
         self.operate(
             "unwrap",
@@ -478,9 +497,20 @@ impl Broker {
         let expected = (!key.is_empty()).then_some(key);
         let body = async {
             self.check_blob(&call.caller, Operation::Rewrap, key, blob)?;
-            let wrapped = self
-                .bounded("rewrap", key, self.key_ring().rewrap(expected, blob, aad))
-                .await?;
+            let ring = self.key_ring();
+            let wrapped = match self
+                .bounded("rewrap", key, ring.rewrap(expected, blob, aad))
+                .await
+            {
+                // A version another replica made: find it, then rewrap with it.
+                Err(Error::UnknownKeyVersion { .. }) => {
+                    self.bounded("rewrap", key, self.open_blob(&ring, expected, blob, aad))
+                        .await?;
+                    self.bounded("rewrap", key, self.key_ring().rewrap(expected, blob, aad))
+                        .await?
+                }
+                done => done?,
+            };
             self.report_degraded(&wrapped);
             Ok(wrapped)
         };

@@ -164,6 +164,10 @@ fn build_key(
     if !created.is_empty() {
         let base = spec.newest_members();
         for record in created {
+            if versions.iter().any(|v| v.version == record.version) {
+                // Declared in the config since: the config's members win.
+                continue;
+            }
             let record_path = format!("{path} (state version {})", record.version);
             let mut members = Vec::new();
             for member in &record.members {
@@ -191,14 +195,44 @@ fn build_key(
             versions.push(KeyVersion::with_members(name, record.version, members));
         }
     }
-    // Versions the broker created supersede the configured primary.
-    let primary = if created.is_empty() {
-        spec.primary_version
-    } else {
-        None
-    };
-    LogicalKey::new(name, versions, primary, min_decryption, spec.policy)
+    // The config's primary, else the highest configured version; a primary
+    // this broker promoted itself (recorded in its state) only moves it up.
+    let primary = spec.primary().max(state.and_then(KeyState::primary).unwrap_or(0));
+    if !versions.iter().any(|v| v.version == primary) {
+        versions.push(derived_version(spec, primary, &versions)?);
+    }
+    LogicalKey::new(name, versions, Some(primary), min_decryption, spec.policy)
         .map_err(|reason| ConfigError::new(path, reason))
+}
+
+/// Version `version` of the key, neither configured nor in the state: made
+/// from the newest configured version's members by each backend kind's
+/// naming convention (`<label>-v<N>` on PKCS#11, ...). Not looked up here;
+/// a key that is absent fails its wraps and shows unready.
+fn derived_version(spec: &KeySpec, version: u32, built: &[KeyVersion]) -> Result<KeyVersion, ConfigError> {
+    let path = format!("keys.{}.primary_version", spec.name);
+    let newest = spec.versions.last().map_or(1, |v| v.version);
+    let template = built
+        .iter()
+        .find(|v| v.version == newest)
+        .ok_or_else(|| ConfigError::new(&path, "the key has no configured version"))?;
+    let mut members = Vec::new();
+    for member in &template.members {
+        let derived = member.backend.derive_version(version).ok_or_else(|| {
+            ConfigError::new(
+                &path,
+                format!(
+                    "version {version} is not configured, and the {} backend {:?} cannot derive it by name; \
+                     declare it under keys.{}.versions",
+                    member.backend.kind(),
+                    member.backend_name,
+                    spec.name
+                ),
+            )
+        })?;
+        members.push((member.backend_name.clone(), derived.backend));
+    }
+    Ok(KeyVersion::with_members(&spec.name, version, members))
 }
 
 fn build_member(

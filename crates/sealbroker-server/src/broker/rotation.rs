@@ -10,6 +10,14 @@ use super::caller::{Call, Caller};
 use super::keystate::{KeyStateStore, MemberRecord, VersionRecord};
 use super::{Broker, NO_REQUEST_ID, Op, request_id};
 
+#[derive(Clone, Copy)]
+enum Step {
+    /// The new version becomes primary at once (one broker).
+    Promote,
+    /// The new version only decrypts until the config promotes it (replicas).
+    Stage,
+}
+
 impl Broker {
     fn state_store(&self) -> Result<&KeyStateStore, Error> {
         self.state.as_deref().ok_or_else(|| {
@@ -24,25 +32,42 @@ impl Broker {
     /// Creates a new version of `key` on its backends, records it, and makes
     /// it primary. Old versions keep unwrapping; `Rewrap` moves blobs forward.
     pub async fn rotate(&self, call: &Call, key: &str) -> Result<KeyInfo, Error> {
+        self.new_version(call, key, Step::Promote).await
+    }
+
+    /// The first half of a rotation across replicas: creates the next
+    /// version on the backends (or finds it, when another replica or a
+    /// retried job made it) and records it, without making it primary.
+    /// Every replica can open blobs under it from now on; once all of them
+    /// report it, promote it with `primary_version` in the config.
+    pub async fn stage(&self, call: &Call, key: &str) -> Result<KeyInfo, Error> {
+        self.new_version(call, key, Step::Stage).await
+    }
+
+    async fn new_version(&self, call: &Call, key: &str, step: Step) -> Result<KeyInfo, Error> {
         let started = Instant::now();
         let (request_id, result) = match request_id() {
-            Ok(id) => (id, self.rotate_unaudited(&call.caller, key).await),
+            Ok(id) => (id, self.new_version_unaudited(&call.caller, key, step).await),
             Err(e) => (NO_REQUEST_ID.to_owned(), Err(e)),
+        };
+        let name = match step {
+            Step::Promote => "rotate",
+            Step::Stage => "stage",
         };
         self.audited(
             Op {
-                name: "rotate",
+                name,
                 request_id: &request_id,
                 call,
                 key,
                 started,
             },
-            |k: &KeyInfo| k.primary_version,
+            |k: &KeyInfo| k.versions.last().map_or(k.primary_version, |(v, _)| *v),
             result,
         )
     }
 
-    async fn rotate_unaudited(&self, caller: &Caller, key: &str) -> Result<KeyInfo, Error> {
+    async fn new_version_unaudited(&self, caller: &Caller, key: &str, step: Step) -> Result<KeyInfo, Error> {
         self.acls.check(caller, Operation::Admin, key)?;
         let _changing = self.changing_keys.lock().await;
         let store = self.state_store()?;
@@ -50,7 +75,7 @@ impl Broker {
         let next = current.versions().map(|v| v.version).max().unwrap_or(0) + 1;
         let mut members = Vec::new();
         let mut records = Vec::new();
-        for member in &current.primary().members {
+        for member in &self.template(&current).members {
             let created = member
                 .backend
                 .create_version(next)
@@ -66,26 +91,34 @@ impl Broker {
                 settings: created.settings,
             });
         }
-        let rotated = current
-            .with_new_primary(KeyVersion::with_members(key, next, members))
-            .map_err(Error::Internal)?;
+        let version = KeyVersion::with_members(key, next, members);
+        let changed = match step {
+            Step::Promote => current.with_new_primary(version),
+            Step::Stage => current.with_version(version),
+        }
+        .map_err(Error::Internal)?;
+        let primary = changed.primary().version;
         store
             .update(|state| {
-                state
-                    .keys
-                    .entry(key.to_owned())
-                    .or_default()
-                    .versions
-                    .push(VersionRecord {
-                        version: next,
-                        members: records,
-                    })
+                let entry = state.keys.entry(key.to_owned()).or_default();
+                entry.primary_version = Some(primary);
+                entry.versions.push(VersionRecord {
+                    version: next,
+                    members: records,
+                })
             })
             .await
             .map_err(|e| Error::Internal(format!("cannot record the new key version: {e}")))?;
-        self.replace_key(rotated);
+        self.replace_key(changed);
         let info = self.key_ring().describe(key)?;
-        tracing::info!(%caller, key, version = next, key_id = %info.primary_key_id, "key rotated");
+        match step {
+            Step::Promote => {
+                tracing::info!(%caller, key, version = next, key_id = %info.primary_key_id, "key rotated")
+            }
+            Step::Stage => {
+                tracing::info!(%caller, key, version = next, primary = primary, "key version staged")
+            }
+        }
         Ok(info)
     }
 

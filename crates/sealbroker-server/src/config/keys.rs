@@ -46,6 +46,7 @@ pub struct KeySpec {
     pub name: String,
     pub policy: WrapPolicy,
     /// The version new wraps use; the highest configured one when absent.
+    /// Above every configured version, it is derived by name from the newest.
     pub primary_version: Option<u32>,
     /// Blobs under older versions are refused.
     pub min_decryption_version: u32,
@@ -183,7 +184,12 @@ impl KeySpec {
             versions,
         };
         let primary = spec.primary();
+        // A primary above every configured version is derived from the
+        // newest one by its backend's naming convention (the registry
+        // checks that the backend kind can); one below must be configured.
+        let newest = spec.versions.last().map_or(1, |v| v.version);
         if let Some(asked) = spec.primary_version
+            && asked < newest
             && spec.version(asked).is_none()
         {
             return Err(ConfigError::new(
@@ -421,7 +427,13 @@ mod tests {
                 "versions = [{ version = 1, backend = \"hsm\" }, { version = 1, backend = \"hsm\" }]",
                 "keys.k.versions[1].version",
             ),
-            ("backend = \"hsm\"\nprimary_version = 2", "keys.k.primary_version"),
+            // Above every configured version a primary is derived by name;
+            // between configured versions it must be one of them.
+            (
+                "versions = [{ version = 1, backend = \"hsm\" }, { version = 3, backend = \"hsm\" }]\n\
+                 primary_version = 2",
+                "keys.k.primary_version",
+            ),
             (
                 "backend = \"hsm\"\nmin_decryption_version = 2",
                 "keys.k.min_decryption_version",

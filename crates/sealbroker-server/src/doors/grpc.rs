@@ -164,11 +164,13 @@ impl pb::seal_service_server::SealService for SealGrpc {
         request: Request<pb::RotateKeyRequest>,
     ) -> Result<Response<pb::GetKeyResponse>, Status> {
         let call = Call::new(Door::Grpc, caller_of(&request));
-        let info = self
-            .broker
-            .rotate(&call, &request.get_ref().key_name)
-            .await
-            .map_err(|e| to_status(&e))?;
+        let pb::RotateKeyRequest { key_name, stage } = request.get_ref();
+        let info = if *stage {
+            self.broker.stage(&call, key_name).await
+        } else {
+            self.broker.rotate(&call, key_name).await
+        }
+        .map_err(|e| to_status(&e))?;
         Ok(Response::new(pb::GetKeyResponse {
             key: Some(key_info(info)),
         }))
