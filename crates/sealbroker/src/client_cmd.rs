@@ -163,6 +163,17 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, String> {
             );
         }
     }
+    for v in &status.versions {
+        let usable = match (v.role.as_str(), v.usable) {
+            ("primary" | "staged", true) => " usable",
+            ("primary" | "staged", false) => " UNUSABLE",
+            _ => "",
+        };
+        println!(
+            "  key {:<20} v{:<4} {:<8} {}{usable}",
+            v.key_name, v.version, v.role, v.key_id
+        );
+    }
     Ok(if healthy {
         ExitCode::SUCCESS
     } else {

@@ -315,6 +315,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn newest_version_in_the_config_makes_a_replica_report_a_staged_version() {
+        let registry = BackendRegistry::default().with(MemoryKind::leak("shared"));
+        let dir = tempfile::tempdir().unwrap();
+        let broker = replica(&registry, dir.path(), "newest_version = 3\nprimary_version = 2\n")
+            .await
+            .with_metrics(Arc::new(crate::broker::metrics::Metrics::new(true)));
+        let status = broker.status(true).await;
+        let seen: Vec<(u32, &str, Option<bool>)> = status
+            .versions
+            .iter()
+            .map(|v| (v.version, v.role.as_str(), v.usable))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, "decrypt", None),
+                (2, "primary", Some(true)),
+                (3, "staged", Some(true))
+            ]
+        );
+        assert_eq!(wrap(&broker, b"x").await.1, 2);
+        let scrape = broker.metrics().unwrap().encode();
+        for line in [
+            "sealbroker_key_primary_version{key=\"unseal\"} 2",
+            "sealbroker_key_version_usable{key=\"unseal\",version=\"3\"} 1",
+        ] {
+            assert!(scrape.contains(line), "{line} missing from\n{scrape}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_blob_naming_an_unknown_version_under_a_forged_id_adds_nothing() {
         let registry = BackendRegistry::default().with(MemoryKind::leak("shared"));
         let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -53,6 +53,20 @@ pub struct Metrics {
     security_risk: Gauge<i64, AtomicI64>,
     throttling_retries: Family<BackendNameLabels, Counter>,
     degraded_wraps: Family<BackendLabels, Counter>,
+    primary_version: Family<KeyLabels, Gauge<i64, AtomicI64>>,
+    min_decryption_version: Family<KeyLabels, Gauge<i64, AtomicI64>>,
+    version_usable: Family<VersionLabels, Gauge<i64, AtomicI64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    key: String,
+    version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,8 +120,30 @@ impl Metrics {
             "Blobs sealed without a key ring member (backend); Rewrap repairs them",
             degraded_wraps.clone(),
         );
+        let primary_version = Family::<KeyLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "key_primary_version",
+            "The version new wraps of a key use on this replica",
+            primary_version.clone(),
+        );
+        let min_decryption_version = Family::<KeyLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "key_min_decryption_version",
+            "Blobs under older versions of a key are refused",
+            min_decryption_version.clone(),
+        );
+        let version_usable = Family::<VersionLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "key_version_usable",
+            "1 for each key version this replica knows and can use (primary and staged versions: \
+             every member passed its last health probe); promote a staged version once every replica shows 1",
+            version_usable.clone(),
+        );
         Metrics {
             registry,
+            primary_version,
+            min_decryption_version,
+            version_usable,
             throttling_retries,
             degraded_wraps,
             operations,
@@ -163,6 +199,25 @@ impl Metrics {
                 backend: backend.into(),
             })
             .set(i64::from(up));
+    }
+
+    /// What this replica knows of `key`'s versions, as the last status saw it.
+    pub fn set_key_versions(&self, key: &str, primary: u32, min_decryption: u32, usable: &[(u32, bool)]) {
+        let labels = KeyLabels { key: key.into() };
+        self.primary_version
+            .get_or_create(&labels)
+            .set(i64::from(primary));
+        self.min_decryption_version
+            .get_or_create(&labels)
+            .set(i64::from(min_decryption));
+        for (version, up) in usable {
+            self.version_usable
+                .get_or_create(&VersionLabels {
+                    key: key.into(),
+                    version: version.to_string(),
+                })
+                .set(i64::from(*up));
+        }
     }
 
     /// Counts a blob of `key` sealed without member `backend`.

@@ -16,7 +16,7 @@ pub mod metrics;
 pub mod registry;
 mod rotation;
 
-pub use health::{BrokerStatus, KeyHealth};
+pub use health::{BrokerStatus, KeyHealth, VersionReport, VersionRole};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -198,8 +198,15 @@ fn build_key(
     // The config's primary, else the highest configured version; a primary
     // this broker promoted itself (recorded in its state) only moves it up.
     let primary = spec.primary().max(state.and_then(KeyState::primary).unwrap_or(0));
-    if !versions.iter().any(|v| v.version == primary) {
-        versions.push(derived_version(spec, primary, &versions)?);
+    // Versions above the newest configured one, up to the primary or the
+    // config's newest_version, are derived by name.
+    let configured = spec.versions.last().map_or(1, |v| v.version);
+    let newest = primary.max(spec.newest_version.unwrap_or(0));
+    for number in configured + 1..=newest {
+        if !versions.iter().any(|v| v.version == number) {
+            let derived = derived_version(spec, number, &versions)?;
+            versions.push(derived);
+        }
     }
     LogicalKey::new(name, versions, Some(primary), min_decryption, spec.policy)
         .map_err(|reason| ConfigError::new(path, reason))
@@ -210,7 +217,12 @@ fn build_key(
 /// naming convention (`<label>-v<N>` on PKCS#11, ...). Not looked up here;
 /// a key that is absent fails its wraps and shows unready.
 fn derived_version(spec: &KeySpec, version: u32, built: &[KeyVersion]) -> Result<KeyVersion, ConfigError> {
-    let path = format!("keys.{}.primary_version", spec.name);
+    let field = if spec.primary_version.is_some_and(|p| p >= version) {
+        "primary_version"
+    } else {
+        "newest_version"
+    };
+    let path = format!("keys.{}.{field}", spec.name);
     let newest = spec.versions.last().map_or(1, |v| v.version);
     let template = built
         .iter()

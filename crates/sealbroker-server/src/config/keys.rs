@@ -36,9 +36,13 @@ const KEY_FIELDS: &[&str] = &[
     "versions",
     "policy",
     "primary_version",
+    "newest_version",
     "min_decryption_version",
     "allow",
 ];
+
+/// How many versions above the newest configured one may be derived by name.
+const MAX_DERIVED: u32 = 1024;
 
 /// One logical key as configured.
 #[derive(Clone, PartialEq)]
@@ -48,6 +52,9 @@ pub struct KeySpec {
     /// The version new wraps use; the highest configured one when absent.
     /// Above every configured version, it is derived by name from the newest.
     pub primary_version: Option<u32>,
+    /// Versions up to this one exist on the backend (some staged above the
+    /// primary); those not configured are derived by name.
+    pub newest_version: Option<u32>,
     /// Blobs under older versions are refused.
     pub min_decryption_version: u32,
     /// Who may do what; `None` when the table has no `allow` (open under
@@ -103,6 +110,7 @@ impl KeySpec {
             }
         };
         let primary_version = whole_number(table, "primary_version", &path)?;
+        let newest_version = whole_number(table, "newest_version", &path)?;
         let min_decryption_version = whole_number(table, "min_decryption_version", &path)?.unwrap_or(1);
         let allow = table
             .get("allow")
@@ -166,7 +174,13 @@ impl KeySpec {
             }
             None => {
                 let mut rest = table.clone();
-                for field in ["policy", "primary_version", "min_decryption_version", "allow"] {
+                for field in [
+                    "policy",
+                    "primary_version",
+                    "newest_version",
+                    "min_decryption_version",
+                    "allow",
+                ] {
                     rest.remove(field);
                 }
                 vec![VersionSpec {
@@ -179,6 +193,7 @@ impl KeySpec {
             name: name.to_owned(),
             policy,
             primary_version,
+            newest_version,
             min_decryption_version,
             allow,
             versions,
@@ -195,6 +210,30 @@ impl KeySpec {
             return Err(ConfigError::new(
                 format!("{path}.primary_version"),
                 format!("version {asked} is not configured"),
+            ));
+        }
+        for (field, value) in [
+            ("primary_version", spec.primary_version),
+            ("newest_version", spec.newest_version),
+        ] {
+            if let Some(value) = value
+                && value > newest.saturating_add(MAX_DERIVED)
+            {
+                return Err(ConfigError::new(
+                    format!("{path}.{field}"),
+                    format!(
+                        "{value} is more than {MAX_DERIVED} above the newest configured version {newest}; \
+                         declare the versions in between under `versions`"
+                    ),
+                ));
+            }
+        }
+        if let Some(newest) = spec.newest_version
+            && newest < primary
+        {
+            return Err(ConfigError::new(
+                format!("{path}.newest_version"),
+                format!("{newest} is below the primary version {primary}"),
             ));
         }
         if spec.min_decryption_version > primary {
@@ -437,6 +476,18 @@ mod tests {
             (
                 "backend = \"hsm\"\nmin_decryption_version = 2",
                 "keys.k.min_decryption_version",
+            ),
+            (
+                "backend = \"hsm\"\nprimary_version = 3\nnewest_version = 2",
+                "keys.k.newest_version",
+            ),
+            (
+                "backend = \"hsm\"\nnewest_version = 5000",
+                "keys.k.newest_version",
+            ),
+            (
+                "backend = \"hsm\"\nprimary_version = 4000000000",
+                "keys.k.primary_version",
             ),
             (
                 "backend = \"hsm\"\nallow = { wrap = [\"root\"] }",

@@ -199,6 +199,9 @@ impl pb::seal_service_server::SealService for SealGrpc {
         let call = Call::new(Door::Grpc, caller_of(&request));
         let mut status = self.broker.status(request.get_ref().deep).await;
         status.keys.retain(|k| self.broker.visible(&call, &k.key_name));
+        status
+            .versions
+            .retain(|v| self.broker.visible(&call, &v.key_name));
         Ok(Response::new(pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             profile: status.profile.as_str().to_owned(),
@@ -211,6 +214,17 @@ impl pb::seal_service_server::SealService for SealGrpc {
                     backend_name: k.backend_name,
                     healthy: k.healthy,
                     error: k.error.unwrap_or_default(),
+                })
+                .collect(),
+            versions: status
+                .versions
+                .into_iter()
+                .map(|v| pb::KeyVersionStatus {
+                    key_name: v.key_name,
+                    version: v.version,
+                    key_id: v.key_id,
+                    role: v.role.as_str().to_owned(),
+                    usable: v.usable.unwrap_or(false),
                 })
                 .collect(),
         }))
