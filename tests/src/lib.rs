@@ -8,7 +8,7 @@
 pub mod openbao;
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -87,14 +87,7 @@ pub mod sweep {
     }
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use sealbroker_testkit::{assert_no_secret, free_port};
 
 /// A SoftHSM2 token in its own directory, made by softhsm/make-token.sh.
 pub struct SoftHsmToken {
@@ -157,53 +150,28 @@ pub struct Pki {
 
 impl Pki {
     pub fn create(dir: &Path) -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use sealbroker_testkit::pki::{Leaf, TestCa};
         fs::create_dir_all(dir).unwrap();
-        let write = |name: &str, text: String| {
-            let path = dir.join(name);
-            fs::write(&path, text).unwrap();
-            path
-        };
-        let make_ca = |cn: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
-            let key = KeyPair::generate().unwrap();
-            let cert = params.self_signed(&key).unwrap();
-            (cert, Issuer::new(params, key))
-        };
-        let leaf = |names: Vec<String>, issuer: &Issuer<'_, KeyPair>, client: bool, expired: bool| {
-            let mut params = CertificateParams::new(names).unwrap();
-            if expired {
-                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-                params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-            }
-            params.extended_key_usages = vec![if client {
-                rcgen::ExtendedKeyUsagePurpose::ClientAuth
-            } else {
-                rcgen::ExtendedKeyUsagePurpose::ServerAuth
-            }];
-            let key = KeyPair::generate().unwrap();
-            let cert = params.signed_by(&key, issuer).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (ca_cert, ca) = make_ca("sealbroker test CA");
-        let (rogue_ca_cert, rogue_ca) = make_ca("rogue CA");
-        let _ = rogue_ca_cert;
-        let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()], &ca, false, false);
-        let (client_cert, client_key) = leaf(vec!["openbao.test".into()], &ca, true, false);
-        let (expired_cert, expired_key) = leaf(vec!["openbao.test".into()], &ca, true, true);
-        let (rogue_cert, rogue_key) = leaf(vec!["openbao.test".into()], &rogue_ca, true, false);
+        let ca = TestCa::new("sealbroker test CA");
+        let rogue_ca = TestCa::new("rogue CA");
+        // The clients are named `dns:openbao.test` for the brokers' ACLs.
+        let client = Leaf::client("openbao.test").names(&["openbao.test"]);
+        let server = ca
+            .issue(&Leaf::server(&["localhost", "127.0.0.1"]))
+            .write(dir, "server");
+        let good = ca.issue(&client).write(dir, "client");
+        let rogue = rogue_ca.issue(&client).write(dir, "rogue");
+        let expired = ca.issue(&client.clone().expired()).write(dir, "expired");
         Pki {
-            ca: write("ca.pem", ca_cert.pem()),
-            server_cert: write("server.pem", server_cert),
-            server_key: write("server.key", server_key),
-            client_cert: write("client.pem", client_cert),
-            client_key: write("client.key", client_key),
-            rogue_cert: write("rogue.pem", rogue_cert),
-            rogue_key: write("rogue.key", rogue_key),
-            expired_cert: write("expired.pem", expired_cert),
-            expired_key: write("expired.key", expired_key),
+            ca: ca.write(&dir.join("ca.pem")),
+            server_cert: server.cert,
+            server_key: server.key,
+            client_cert: good.cert,
+            client_key: good.key,
+            rogue_cert: rogue.cert,
+            rogue_key: rogue.key,
+            expired_cert: expired.cert,
+            expired_key: expired.key,
         }
     }
 
@@ -342,6 +310,29 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGHUP: the daemon reloads its config.
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -HUP {} failed", self.pid());
+    }
+
+    /// Waits until the daemon's log holds `needle` `count` times, e.g. the
+    /// `count`th "config reloaded": each reload logs exactly one outcome.
+    pub async fn logged(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.logs().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "no {count}th {needle:?} in the log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// How the daemon ended, if it has.

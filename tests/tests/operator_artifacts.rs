@@ -188,7 +188,7 @@ fn bao_config(dir: &Path, rendered: &Rendered) -> BaoConfig {
     fs::create_dir_all(&config_dir).unwrap();
     fs::write(
         config_dir.join("config.hcl"),
-        BaoConfig::storage_and_listener(dir, port, cluster_port) + "disable_mlock = true\n",
+        BaoConfig::storage_and_listener(dir, port, cluster_port),
     )
     .unwrap();
     fs::copy(&rendered.stanza, config_dir.join("seal.hcl")).unwrap();

@@ -147,7 +147,7 @@ async fn persistent_throttling_ends_as_throttled_after_bounded_retries() {
     assert!(err.message.contains("gave up after 2 retries"), "{err}");
     // One attempt plus max_retries (2) retries.
     assert_eq!(count.load(Ordering::SeqCst), 3);
-    assert_no_secret(&err);
+    assert_no_secret(&format!("{err:?}"), SECRETS, "the error's Debug output");
 }
 
 #[tokio::test]
@@ -205,5 +205,5 @@ async fn access_denied_is_permission_denied_naming_the_identity() {
     assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
     assert!(err.message.contains("kms:Encrypt"), "{err}");
     assert!(err.message.contains("AKIAMOTO…"), "{err}");
-    assert_no_secret(&err);
+    assert_no_secret(&format!("{err:?}"), SECRETS, "the error's Debug output");
 }

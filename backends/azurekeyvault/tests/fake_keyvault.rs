@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rsa::traits::PublicKeyParts;
 use rsa::{Oaep, RsaPrivateKey};
 use sealbroker_backend_azurekeyvault::{
@@ -33,10 +32,10 @@ use sealbroker_backend_azurekeyvault::{
     connect,
 };
 use sealbroker_core::{Backend, BackendErrorKind, Code, Error, KeyRing, KeyVersion, LogicalKey, Mechanism};
+use sealbroker_testkit::https_stub::{HttpsStub, StubListener, StubResponse};
+use sealbroker_testkit::pki::{Leaf, TestCa};
+use sealbroker_testkit::{assert_no_secret, free_port};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 const VAULT_HOST: &str = "sealbroker.vault.azure.test";
 const RESOURCE: &str = "https://vault.azure.test";
@@ -49,6 +48,13 @@ const CLIENT_SECRET: &str = "sealbroker-client-secret-DO-NOT-LEAK";
 /// The workload identity's federated token; must never show up either.
 const FEDERATED_TOKEN: &str = "federated-DO-NOT-LEAK";
 const DEK: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
+/// What no error may show: every secret the tests hand out carries the
+/// DO-NOT-LEAK marker, the refused one too.
+const SECRETS: &[(&str, &str)] = &[
+    ("the client secret", CLIENT_SECRET),
+    ("the federated token", FEDERATED_TOKEN),
+    ("a secret marked not to leak", "DO-NOT-LEAK"),
+];
 
 // ---------------------------------------------------------------- fake service
 
@@ -90,6 +96,7 @@ struct FakeVault {
     authority: String,
     state: Arc<Mutex<State>>,
     tokens: Arc<AtomicUsize>,
+    _server: HttpsStub,
 }
 
 fn new_version() -> Version {
@@ -355,63 +362,9 @@ struct Shared {
     tokens: Arc<AtomicUsize>,
 }
 
-/// One parsed HTTP/1.1 request.
-struct HttpRequest {
-    method: String,
-    path: String,
-    query: String,
-    headers: BTreeMap<String, String>,
-    body: Vec<u8>,
-}
-
-/// Reads one HTTP/1.1 request; `None` at end of stream.
-async fn read_request<S: AsyncReadExt + Unpin>(stream: &mut S, buffer: &mut Vec<u8>) -> Option<HttpRequest> {
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
-        }
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
-    let mut lines = head.lines();
-    let mut request_line = lines.next()?.split(' ');
-    let method = request_line.next()?.to_owned();
-    let target = request_line.next()?.to_owned();
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let length: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    while buffer.len() < head_end + 4 + length {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    }
-    let body = buffer[head_end + 4..head_end + 4 + length].to_vec();
-    buffer.drain(..head_end + 4 + length);
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    Some(HttpRequest {
-        method,
-        path: path.to_owned(),
-        query: query.to_owned(),
-        headers,
-        body,
-    })
-}
-
 async fn start_fake(tls: Arc<rustls::ServerConfig>) -> FakeVault {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let listener = StubListener::bind().await;
+    let port = listener.port();
     let vault_url = format!("https://{VAULT_HOST}:{port}");
     let shared = Arc::new(Shared {
         vault_url: vault_url.clone(),
@@ -421,56 +374,29 @@ async fn start_fake(tls: Arc<rustls::ServerConfig>) -> FakeVault {
         })),
         tokens: Arc::new(AtomicUsize::new(0)),
     });
-    let acceptor = TlsAcceptor::from(tls);
     let server = shared.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let (acceptor, shared) = (acceptor.clone(), server.clone());
-            tokio::spawn(async move {
-                let Ok(mut stream) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                // Which name the client asked for decides who answers.
-                let sni = stream.get_ref().1.server_name().map(str::to_owned);
-                let mut buffer = Vec::new();
-                while let Some(request) = read_request(&mut stream, &mut buffer).await {
-                    let (status, extra, reply) = if sni.as_deref() == Some(VAULT_HOST) {
-                        handle_vault(
-                            &shared,
-                            &request.method,
-                            &request.path,
-                            &request.query,
-                            request.headers.get("authorization").map(String::as_str),
-                            &request.body,
-                        )
-                    } else {
-                        handle_token(&shared, &request.path, &request.body)
-                    };
-                    let text = reply.to_string();
-                    let mut response = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-                        text.len()
-                    );
-                    for (name, value) in extra {
-                        response.push_str(&format!("{name}: {value}\r\n"));
-                    }
-                    response.push_str("\r\n");
-                    response.push_str(&text);
-                    if stream.write_all(response.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+    let stub = listener.serve(tls, move |request| {
+        // Which name the client asked for decides who answers.
+        let (status, headers, reply) = if request.server_name.as_deref() == Some(VAULT_HOST) {
+            handle_vault(
+                &server,
+                &request.method,
+                &request.path,
+                &request.query,
+                request.header("authorization"),
+                &request.body,
+            )
+        } else {
+            handle_token(&server, &request.path, &request.body)
+        };
+        StubResponse::json(status, &reply).with_headers(headers)
     });
     FakeVault {
         vault_url,
         authority: format!("https://localhost:{port}"),
         state: shared.state.clone(),
         tokens: shared.tokens.clone(),
+        _server: stub,
     }
 }
 
@@ -482,32 +408,14 @@ struct Env {
     tls: Arc<rustls::ServerConfig>,
 }
 
-/// Makes a CA and a server certificate for the vault's name and `localhost`.
+/// Makes a CA (its PEM in `dir/ca.pem`) and a server certificate for the
+/// vault's name and `localhost`.
 fn pki(dir: &Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "sealbroker azure test CA");
-    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec![VAULT_HOST.to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, issuer.pem()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![server.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
-        )
-        .unwrap();
-    (ca, Arc::new(config))
+    let ca = TestCa::new("sealbroker azure test CA");
+    let tls = ca
+        .issue(&Leaf::server(&[VAULT_HOST, "localhost"]))
+        .server_config();
+    (ca.write(&dir.join("ca.pem")), tls)
 }
 
 fn env() -> Env {
@@ -557,10 +465,6 @@ impl Env {
     fn key(&self, fake: &FakeVault) -> KeyVaultKey {
         self.key_with(&self.config(fake), None)
     }
-}
-
-fn assert_no_secret(text: &str) {
-    assert!(!text.contains("DO-NOT-LEAK"), "a secret leaked: {text}");
 }
 
 fn throttled(retry_after: &str) -> Canned {
@@ -734,7 +638,7 @@ async fn forbidden_and_unauthorized_are_permission_denied_naming_the_identity() 
     assert!(err.message.contains(CLIENT_ID), "{err}");
     assert!(err.message.contains(TENANT), "{err}");
     assert_eq!(fake.requests() - before, 1, "not retried");
-    assert_no_secret(&format!("{err:?}"));
+    assert_no_secret(&format!("{err:?}"), SECRETS, "the error's Debug output");
     fake.state.lock().unwrap().deny = false;
 
     // A token the vault no longer accepts, and no challenge to recover with.
@@ -747,7 +651,7 @@ async fn forbidden_and_unauthorized_are_permission_denied_naming_the_identity() 
     eprintln!("{err}");
     assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
     assert!(err.message.contains(CLIENT_ID), "{err}");
-    assert_no_secret(&format!("{err:?}"));
+    assert_no_secret(&format!("{err:?}"), SECRETS, "the error's Debug output");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -766,7 +670,7 @@ async fn a_refused_client_secret_is_permission_denied_without_the_secret() {
     assert!(err.message.contains(CLIENT_ID), "{err}");
     assert!(err.message.contains("wrong-secret"), "names the file: {err}");
     assert_eq!(fake.tokens.load(Ordering::SeqCst), 1, "a refusal is not retried");
-    assert_no_secret(&format!("{err:?}"));
+    assert_no_secret(&format!("{err:?}"), SECRETS, "the error's Debug output");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -791,7 +695,7 @@ async fn workload_identity_exchanges_the_federated_token() {
     assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
     assert!(err.message.contains("workload identity"), "{err}");
     assert!(err.message.contains(CLIENT_ID), "{err}");
-    assert_no_secret(&format!("{err:?}"));
+    assert_no_secret(&format!("{err:?}"), SECRETS, "the error's Debug output");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -850,10 +754,7 @@ async fn an_unknown_key_is_key_not_found_naming_it() {
 async fn an_unreachable_token_endpoint_is_unavailable_after_retries() {
     let env = env();
     let fake = start_fake(env.tls.clone()).await;
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = free_port(); // nothing listens there
     let config = BackendConfig {
         authority_host: Some(format!("https://localhost:{port}")),
         ..env.config(&fake)

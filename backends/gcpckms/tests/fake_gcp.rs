@@ -12,7 +12,7 @@
 //! terse`, `--exact NAME`, filters) so cargo-nextest can list and run them
 //! one per process.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -22,17 +22,16 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use sealbroker_backend_gcpckms::{
     BackendConfig, GcpKmsKey, KeyConfig, KmsClient, METADATA_KEY_VERSION, RetryConfig, connect, crc32c,
 };
 use sealbroker_core::{Backend, BackendErrorKind, Mechanism};
+use sealbroker_testkit::https_stub::{HttpsStub, StubResponse};
+use sealbroker_testkit::pki::{Leaf, TestCa};
+use sealbroker_testkit::{assert_no_secret, free_port};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 const KEY: &str = "projects/p/locations/global/keyRings/sealbroker/cryptoKeys/unseal";
 const TOKEN: &str = "ya29.sealbroker-test-token";
@@ -41,6 +40,13 @@ const CLIENT_ID: &str = "1234567890-sealbroker.apps.googleusercontent.com";
 const REFRESH_TOKEN: &str = "1//sealbroker-refresh-DO-NOT-LEAK";
 const CLIENT_SECRET: &str = "sealbroker-client-secret-DO-NOT-LEAK";
 const DEK: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
+/// What no error may show: every secret the tests hand out carries the
+/// DO-NOT-LEAK marker.
+const SECRETS: &[(&str, &str)] = &[
+    ("the refresh token", REFRESH_TOKEN),
+    ("the client secret", CLIENT_SECRET),
+    ("a secret marked not to leak", "DO-NOT-LEAK"),
+];
 
 // ---------------------------------------------------------------- fake service
 
@@ -78,6 +84,7 @@ struct FakeKms {
     endpoint: String,
     state: Arc<Mutex<State>>,
     tokens: Arc<AtomicUsize>,
+    _server: HttpsStub,
 }
 
 impl FakeKms {
@@ -357,111 +364,42 @@ fn handle(
     }
 }
 
-/// Reads one HTTP/1.1 request; `None` at end of stream.
-async fn read_request<S: AsyncReadExt + Unpin>(
-    stream: &mut S,
-    buffer: &mut Vec<u8>,
-) -> Option<(String, String, BTreeMap<String, String>, Vec<u8>)> {
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
-        }
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
-    let mut lines = head.lines();
-    let mut request_line = lines.next()?.split(' ');
-    let method = request_line.next()?.to_owned();
-    let target = request_line.next()?.to_owned();
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let length: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    while buffer.len() < head_end + 4 + length {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    }
-    let body = buffer[head_end + 4..head_end + 4 + length].to_vec();
-    buffer.drain(..head_end + 4 + length);
-    let path = target.split('?').next().unwrap_or("").to_owned();
-    Some((method, path, headers, body))
-}
-
 async fn start_fake(tls: Arc<rustls::ServerConfig>) -> FakeKms {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("https://localhost:{}", listener.local_addr().unwrap().port());
     let state = Arc::new(Mutex::new(State::default()));
     let tokens = Arc::new(AtomicUsize::new(0));
-    let acceptor = TlsAcceptor::from(tls);
     let (shared, token_count) = (state.clone(), tokens.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let (acceptor, state, tokens) = (acceptor.clone(), shared.clone(), token_count.clone());
-            tokio::spawn(async move {
-                let Ok(mut stream) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut buffer = Vec::new();
-                while let Some((method, path, headers, body)) = read_request(&mut stream, &mut buffer).await {
-                    let (status, extra, reply) = if path == "/token" {
-                        tokens.fetch_add(1, Ordering::SeqCst);
-                        // The refresh grant (JSON or form encoded) must carry our refresh token.
-                        let request = String::from_utf8_lossy(&body).to_string();
-                        if request.contains(REFRESH_TOKEN) {
-                            (
-                                200,
-                                vec![],
-                                json!({"access_token": TOKEN, "expires_in": 3600, "token_type": "Bearer"}),
-                            )
-                        } else {
-                            (400, vec![], json!({"error": "invalid_grant"}))
-                        }
-                    } else {
-                        let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        handle(
-                            &state,
-                            &method,
-                            &path,
-                            headers.get("authorization").map(String::as_str),
-                            &json,
-                        )
-                    };
-                    let text = reply.to_string();
-                    let mut response = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-                        text.len()
-                    );
-                    for (name, value) in extra {
-                        response.push_str(&format!("{name}: {value}\r\n"));
-                    }
-                    response.push_str("\r\n");
-                    response.push_str(&text);
-                    if stream.write_all(response.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let server = HttpsStub::start(tls, move |request| {
+        let (status, headers, reply) = if request.path == "/token" {
+            token_count.fetch_add(1, Ordering::SeqCst);
+            // The refresh grant (JSON or form encoded) must carry our refresh token.
+            let grant = String::from_utf8_lossy(&request.body).to_string();
+            if grant.contains(REFRESH_TOKEN) {
+                (
+                    200,
+                    vec![],
+                    json!({"access_token": TOKEN, "expires_in": 3600, "token_type": "Bearer"}),
+                )
+            } else {
+                (400, vec![], json!({"error": "invalid_grant"}))
+            }
+        } else {
+            let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+            handle(
+                &shared,
+                &request.method,
+                &request.path,
+                request.header("authorization"),
+                &body,
+            )
+        };
+        StubResponse::json(status, &reply).with_headers(headers)
+    })
+    .await;
     let fake = FakeKms {
-        endpoint,
+        endpoint: format!("https://localhost:{}", server.port()),
         state,
         tokens,
+        _server: server,
     };
     fake.rotate();
     fake
@@ -474,32 +412,11 @@ struct Env {
     dir: tempfile::TempDir,
 }
 
-/// Makes a CA and a `localhost` server certificate; returns the CA PEM path.
+/// Makes a CA (its PEM in `dir/ca.pem`) and a `localhost` server certificate.
 fn pki(dir: &std::path::Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "sealbroker gcp test CA");
-    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, issuer.pem()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![server.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
-        )
-        .unwrap();
-    (ca, Arc::new(config))
+    let ca = TestCa::new("sealbroker gcp test CA");
+    let tls = ca.issue(&Leaf::server(&["localhost"])).server_config();
+    (ca.write(&dir.join("ca.pem")), tls)
 }
 
 impl Env {
@@ -538,10 +455,6 @@ impl Env {
         let key = GcpKmsKey::new(&client, &key_config(KEY)).unwrap();
         (client, key)
     }
-}
-
-fn assert_no_secret(text: &str) {
-    assert!(!text.contains("DO-NOT-LEAK"), "a secret leaked: {text}");
 }
 
 // ---------------------------------------------------------------- tests
@@ -669,7 +582,7 @@ async fn unauthenticated_and_denied_are_permission_denied_naming_the_principal(e
     eprintln!("{err}");
     assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
     assert!(err.message.contains(CLIENT_ID), "{err}");
-    assert_no_secret(&format!("{err:?}"));
+    assert_no_secret(&format!("{err:?}"), SECRETS, "the error's Debug output");
 
     fake.state.lock().unwrap().deny = true;
     let before = fake.requests();
@@ -679,7 +592,7 @@ async fn unauthenticated_and_denied_are_permission_denied_naming_the_principal(e
     assert!(err.message.contains("useToEncrypt"), "{err}");
     assert!(err.message.contains(CLIENT_ID), "{err}");
     assert_eq!(fake.requests() - before, 1, "not retried");
-    assert_no_secret(&format!("{err:?}"));
+    assert_no_secret(&format!("{err:?}"), SECRETS, "the error's Debug output");
 }
 
 async fn a_refused_token_request_is_permission_denied(env: Arc<Env>) {
@@ -704,7 +617,7 @@ async fn a_refused_token_request_is_permission_denied(env: Arc<Env>) {
         Ok(client) => client,
         Err(e) => {
             assert_eq!(e.path, "credentials_file");
-            assert_no_secret(&e.to_string());
+            assert_no_secret(&e.to_string(), SECRETS, "the config error");
             return;
         }
     };
@@ -712,7 +625,7 @@ async fn a_refused_token_request_is_permission_denied(env: Arc<Env>) {
     let err = key.encrypt(DEK, b"aad").await.err().unwrap();
     eprintln!("{err}");
     assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
-    assert_no_secret(&format!("{err:?}"));
+    assert_no_secret(&format!("{err:?}"), SECRETS, "the error's Debug output");
 }
 
 async fn unknown_key_is_key_not_found(env: Arc<Env>) {
@@ -729,10 +642,7 @@ async fn unknown_key_is_key_not_found(env: Arc<Env>) {
 async fn server_down_is_unavailable(env: Arc<Env>) {
     let fake = start_fake(env.tls.clone()).await;
     let mut config = env.config(&fake);
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = free_port(); // nothing listens there
     config.endpoint = Some(format!("https://localhost:{port}"));
     let client = connect(&config).await.unwrap();
     let key = GcpKmsKey::new(&client, &key_config(KEY)).unwrap();

@@ -12,7 +12,7 @@
 //! AES-GCM is exercised in the unit tests (requests checked byte for byte
 //! against PyKMIP's own encoder); against the server only AES-CBC-PAD runs.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use sealbroker_backend_kmip::{
 use sealbroker_core::{
     Backend, BackendErrorKind, Error, KeyRing, KeyVersion, LogicalKey, Mechanism, WrappedBlob,
 };
+use sealbroker_testkit::free_port;
 
 // ---------------------------------------------------------------------------
 // The PyKMIP server
@@ -50,14 +51,6 @@ fn peers_venv_bin(name: &str) -> PathBuf {
         "PyKMIP is not installed (looked for {}); run backends/kmip/tests/install-pykmip.sh",
         tried.join(" and ")
     );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running `pykmip-server`, stopped with SIGINT when dropped.

@@ -10,8 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Pki;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sealbroker_backend_kmip::ttlv::{Item, Tag, Value};
 use sealbroker_backend_kmip::{BackendConfig, KmipPool};
 use sealbroker_core::{BackendError, BackendErrorKind};
@@ -32,16 +30,7 @@ enum Answer {
 /// Starts a TLS server on 127.0.0.1 that reads whole requests and answers
 /// each with the next scripted answer, and returns its endpoint.
 async fn fake_server(pki: &Pki, script: Vec<Answer>) -> String {
-    let chain = vec![CertificateDer::from_pem_file(pki.path("server.pem")).unwrap()];
-    let key = PrivateKeyDer::from_pem_file(pki.path("server.key")).unwrap();
-    let config =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let acceptor = TlsAcceptor::from(pki.server_tls());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = listener.local_addr().unwrap().to_string();
     let script = Arc::new(Mutex::new(VecDeque::from(script)));

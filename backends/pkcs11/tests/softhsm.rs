@@ -12,6 +12,7 @@ use sealbroker_backend_pkcs11::{
     BackendConfig, Dispatch, KeyConfig, MechanismName, OaepHash, Pkcs11Key, generate_key,
 };
 use sealbroker_core::{Backend, BackendErrorKind};
+use sealbroker_testkit::assert_no_secret;
 use secrecy::SecretString;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -168,7 +169,7 @@ async fn wrong_pin_is_permission_denied_and_never_logged() {
     let key = key(&config, &aes_key("aes-1"));
     let err = key.encrypt(&[0; 32], b"").await.err().unwrap();
     assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
-    assert!(!err.message.contains("9999"), "PIN leaked into error: {err}");
+    assert_no_secret(&err.message, &[("the wrong PIN", "9999")], "the error message");
     // The pool backs off instead of hammering the token with a bad PIN.
     let again = key.encrypt(&[0; 32], b"").await.err().unwrap();
     assert!(again.message.contains("not retrying yet"), "{again}");
@@ -318,12 +319,21 @@ async fn versions_are_created_once_and_derived_by_label() {
     assert_eq!(absent.kind, BackendErrorKind::KeyNotFound, "{absent}");
 
     let first = base.create_version(2).await.unwrap();
-    let again = key(&config, &aes_key("aes-1-v2")).create_version(2).await.unwrap();
+    let again = key(&config, &aes_key("aes-1-v2"))
+        .create_version(2)
+        .await
+        .unwrap();
     assert_eq!(first.backend.key_identity(), again.backend.key_identity());
     assert_eq!(first.backend.key_identity(), derived.backend.key_identity());
     // One key, not two: the label still selects exactly one object, and
     // what one replica sealed the other opens.
     let sealed = first.backend.encrypt(&[7u8; 32], b"aad").await.unwrap();
-    assert_eq!(again.backend.decrypt(&sealed, b"aad").await.unwrap().expose(), [7u8; 32]);
-    assert_eq!(derived.backend.decrypt(&sealed, b"aad").await.unwrap().expose(), [7u8; 32]);
+    assert_eq!(
+        again.backend.decrypt(&sealed, b"aad").await.unwrap().expose(),
+        [7u8; 32]
+    );
+    assert_eq!(
+        derived.backend.decrypt(&sealed, b"aad").await.unwrap().expose(),
+        [7u8; 32]
+    );
 }

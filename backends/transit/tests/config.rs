@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use common::{random_token, token_file};
 use sealbroker_backend_transit::{BackendConfig, KeyConfig, TransitKey};
 use sealbroker_core::{Backend, BackendErrorKind};
+use sealbroker_testkit::{assert_no_secret, free_port};
 
 fn parse(text: &str) -> Result<BackendConfig, toml::de::Error> {
     toml::from_str(text)
@@ -172,7 +173,7 @@ async fn constructing_contacts_nothing_and_an_absent_upstream_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let token = random_token("s.");
     let file = token_file(dir.path(), "t", &token);
-    let port = common::free_port(); // nothing listens there
+    let port = free_port(); // nothing listens there
     let address = format!("http://127.0.0.1:{port}");
     let config = parse(&format!(
         "address = \"{address}\"\ntoken_file = \"{}\"",
@@ -190,10 +191,11 @@ async fn constructing_contacts_nothing_and_an_absent_upstream_is_unavailable() {
             .contains(&format!("cannot connect to upstream OpenBao at {address}")),
         "{err}"
     );
-    assert!(!err.to_string().contains(&token));
+    assert_no_secret(&err.to_string(), &[("the token", &token)], "the error");
 
     let debug = format!("{client:?} {config:?}");
-    assert!(debug.contains("token_file") && !debug.contains(&token), "{debug}");
+    assert!(debug.contains("token_file"), "{debug}");
+    assert_no_secret(&debug, &[("the token", &token)], "the Debug output");
 }
 
 #[tokio::test]

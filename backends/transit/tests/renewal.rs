@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{Bao, transit_key};
 use sealbroker_core::{Backend, BackendErrorKind};
+use sealbroker_testkit::assert_no_secret;
 
 const DEK: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
 const TTL_SECS: u64 = 4;
@@ -50,7 +51,7 @@ async fn without_renewal_the_token_expires_into_a_clear_permission_denied() {
         err.message.contains("refused the token (revoked or expired?)"),
         "{err}"
     );
-    assert!(!err.to_string().contains(&token));
+    assert_no_secret(&err.to_string(), &[("the token", &token)], "the error");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

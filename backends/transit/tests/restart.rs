@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{Bao, transit_key};
 use sealbroker_core::{Backend, BackendErrorKind};
+use sealbroker_testkit::assert_no_secret;
 
 const DEK: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
 
@@ -29,7 +30,7 @@ async fn upstream_down_is_unavailable_sealed_is_unavailable_and_the_same_key_rec
                 .contains(&format!("cannot connect to upstream OpenBao at {}", bao.addr)),
             "{err}"
         );
-        assert!(!err.to_string().contains(&token));
+        assert_no_secret(&err.to_string(), &[("the token", &token)], "the error");
     }
 
     bao.start(); // comes back sealed

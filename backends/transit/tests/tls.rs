@@ -6,11 +6,10 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{Bao, free_port, random_token, transit_key};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-};
+use common::{Bao, random_token, transit_key};
 use sealbroker_core::{Backend, BackendErrorKind};
+use sealbroker_testkit::pki::{Leaf, TestCa};
+use sealbroker_testkit::{assert_no_secret, free_port};
 
 const DEK: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
 
@@ -23,45 +22,20 @@ struct Pki {
     server_key: PathBuf,
 }
 
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
+/// A CA with a `bao.test` server certificate and a `sealbroker` client
+/// certificate, and another CA that issued neither.
 fn pki(dir: &Path) -> Pki {
-    let write = |name: &str, pem: String| {
-        let path = dir.join(name);
-        fs::write(&path, pem).unwrap();
-        path
-    };
-    let issuer = ca("sealbroker transit test CA");
-    let other = ca("some other CA");
-
-    let server_key = KeyPair::generate().unwrap();
-    let mut server = CertificateParams::new(vec!["bao.test".to_owned()]).unwrap();
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = server.signed_by(&server_key, &issuer).unwrap();
-
-    let client_key = KeyPair::generate().unwrap();
-    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client.distinguished_name.push(DnType::CommonName, "sealbroker");
-    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_cert = client.signed_by(&client_key, &issuer).unwrap();
-
-    let key_file = |name: &str, key: &KeyPair| {
-        let path = write(name, key.serialize_pem());
-        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        path
-    };
+    let issuer = TestCa::new("sealbroker transit test CA");
+    let other = TestCa::new("some other CA");
+    let server = issuer.issue(&Leaf::server(&["bao.test"])).write(dir, "server");
+    let client = issuer.issue(&Leaf::client("sealbroker")).write(dir, "client");
     Pki {
-        ca: write("ca.pem", issuer.pem()),
-        other_ca: write("other-ca.pem", other.pem()),
-        client_cert: write("client.pem", client_cert.pem()),
-        client_key: key_file("client.key", &client_key),
-        server_cert: write("server.pem", server_cert.pem()),
-        server_key: key_file("server.key", &server_key),
+        ca: issuer.write(&dir.join("ca.pem")),
+        other_ca: other.write(&dir.join("other-ca.pem")),
+        client_cert: client.cert,
+        client_key: client.key,
+        server_cert: server.cert,
+        server_key: server.key,
     }
 }
 
@@ -173,5 +147,9 @@ fn a_client_key_that_is_not_pem_is_refused_without_quoting_it() {
     .unwrap();
     let e = config.client().err().unwrap();
     assert_eq!(e.path, "tls_client_key");
-    assert!(!e.to_string().contains("c2VjcmV0"), "{e}");
+    assert_no_secret(
+        &e.to_string(),
+        &[("the key file's contents", "c2VjcmV0")],
+        "the config error",
+    );
 }

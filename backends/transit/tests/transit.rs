@@ -9,6 +9,7 @@ use sealbroker_backend_transit::{METADATA_CONTEXT, METADATA_KEY_VERSION, Transit
 use sealbroker_core::{
     Backend, BackendErrorKind, Error, KeyRing, KeyVersion, LogicalKey, Mechanism, Sealed, WrappedBlob,
 };
+use sealbroker_testkit::assert_no_secret;
 
 const DEK: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
 
@@ -196,7 +197,7 @@ async fn revoked_token_is_permission_denied_and_a_rotated_token_file_recovers() 
         );
         assert!(err.message.contains(&expected), "{err}");
         assert!(err.message.contains("permission denied"), "{err}");
-        assert!(!err.to_string().contains(&token), "the token leaked into: {err}");
+        assert_no_secret(&err.to_string(), &[("the token", &token)], "the error");
     }
     // Through the key ring the code is PermissionDenied too.
     let backend: Arc<dyn Backend> = key.clone();

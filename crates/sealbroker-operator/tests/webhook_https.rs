@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use sealbroker_operator::crd::SealBroker;
 use sealbroker_operator::webhook;
+use sealbroker_testkit::pki::{Leaf, TestCa};
 use serde_json::{Value, json};
 
 const PIN_SECRET: &str = "hsm-pin";
@@ -40,12 +41,9 @@ fn pod_json() -> Value {
 async fn start(brokers: Vec<SealBroker>) -> Server {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
-    let tls = webhook::tls_config(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap();
+    let ca = TestCa::new("sealbroker webhook test CA");
+    let files = ca.issue(&Leaf::server(&["localhost"])).write(dir.path(), "tls");
+    let tls = webhook::tls_config(&files.cert, &files.key).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -59,7 +57,7 @@ async fn start(brokers: Vec<SealBroker>) -> Server {
     ));
     Server {
         addr,
-        ca: cert.der().clone(),
+        ca: ca.der(),
         _stop: stop,
         _dir: dir,
     }

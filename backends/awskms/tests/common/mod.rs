@@ -3,17 +3,24 @@
 
 #![allow(dead_code)]
 
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sealbroker_backend_awskms::{BackendConfig, KmsClient, RetryConfig, connect};
+pub use sealbroker_testkit::assert_no_secret;
+use sealbroker_testkit::free_port;
 
 pub const REGION: &str = "eu-west-1";
 pub const ACCESS_KEY_ID: &str = "AKIAMOTOTESTEXAMPLE1";
 /// Must never show up in any error message.
 pub const SECRET_ACCESS_KEY: &str = "sealbroker-test-secret-DO-NOT-LEAK-0123456789";
+/// What no error may show.
+pub const SECRETS: &[(&str, &str)] = &[
+    ("the secret access key", SECRET_ACCESS_KEY),
+    ("a secret marked not to leak", "DO-NOT-LEAK"),
+];
 
 /// The moto_server binary from the peers venv; a missing moto fails the test.
 fn moto_server() -> PathBuf {
@@ -32,14 +39,6 @@ fn moto_server() -> PathBuf {
         venv.display()
     );
     path
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running moto server, killed when dropped.
@@ -137,14 +136,4 @@ pub fn backend_config(endpoint: &str, creds: &Creds) -> BackendConfig {
 
 pub async fn client(endpoint: &str, creds: &Creds) -> KmsClient {
     connect(&backend_config(endpoint, creds)).await.unwrap()
-}
-
-/// Fails the test if an error leaks the secret access key.
-pub fn assert_no_secret(error: &impl std::fmt::Debug) {
-    let text = format!("{error:?}");
-    assert!(
-        !text.contains(SECRET_ACCESS_KEY),
-        "secret access key leaked: {text}"
-    );
-    assert!(!text.contains("DO-NOT-LEAK"), "secret access key leaked: {text}");
 }

@@ -5,88 +5,46 @@
 #![allow(dead_code)] // each test crate uses a different part
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
-};
 use sealbroker_backend_kmip::BackendConfig;
+use sealbroker_testkit::pki::{IssuedCert, Leaf, TestCa, Usage};
+
+/// The client certificates' common name, which PyKMIP takes as the client's
+/// identity: it owns the objects the client creates.
+const CLIENT_IDENTITY: &str = "sealbroker-test-client";
 
 pub struct Pki {
     dir: tempfile::TempDir,
-}
-
-fn new_ca(common_name: &str) -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, common_name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    (cert, Issuer::new(params, key))
+    server: IssuedCert,
 }
 
 impl Pki {
+    /// `ca.pem`, and `NAME.pem` with `NAME.key` for: `server` (127.0.0.1 and
+    /// localhost), `client`, `server-auth-only` and `no-eku` (client
+    /// certificates without the clientAuth usage), and `rogue-client` from
+    /// another CA (`rogue-ca.pem`).
     pub fn new() -> Self {
-        let pki = Pki {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        let (ca_cert, ca) = new_ca("sealbroker test CA");
-        pki.write("ca.pem", &ca_cert.pem());
-        pki.leaf(
-            &ca,
-            "server",
-            &["127.0.0.1", "localhost"],
-            &[ExtendedKeyUsagePurpose::ServerAuth],
-        );
-        pki.leaf(&ca, "client", &[], &[ExtendedKeyUsagePurpose::ClientAuth]);
-        pki.leaf(
-            &ca,
-            "server-auth-only",
-            &[],
-            &[ExtendedKeyUsagePurpose::ServerAuth],
-        );
-        pki.leaf(&ca, "no-eku", &[], &[]);
-        let (rogue_ca_cert, rogue_ca) = new_ca("rogue CA");
-        pki.write("rogue-ca.pem", &rogue_ca_cert.pem());
-        pki.leaf(
-            &rogue_ca,
-            "rogue-client",
-            &[],
-            &[ExtendedKeyUsagePurpose::ClientAuth],
-        );
-        pki
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("sealbroker test CA");
+        ca.write(&dir.path().join("ca.pem"));
+        let server = ca.issue(&Leaf::server(&["127.0.0.1", "localhost"]).common_name("pykmip test server"));
+        server.write(dir.path(), "server");
+        let client = Leaf::client(CLIENT_IDENTITY);
+        ca.issue(&client).write(dir.path(), "client");
+        ca.issue(&client.clone().usage(Usage::ServerAuth))
+            .write(dir.path(), "server-auth-only");
+        ca.issue(&client.clone().usage(Usage::Unstated))
+            .write(dir.path(), "no-eku");
+        let rogue_ca = TestCa::new("rogue CA");
+        rogue_ca.write(&dir.path().join("rogue-ca.pem"));
+        rogue_ca.issue(&client).write(dir.path(), "rogue-client");
+        Pki { dir, server }
     }
 
-    /// Writes `NAME.pem` and `NAME.key`. The common name doubles as PyKMIP's
-    /// client identity, which owns the objects the client creates.
-    fn leaf(
-        &self,
-        issuer: &Issuer<'static, KeyPair>,
-        name: &str,
-        sans: &[&str],
-        usages: &[ExtendedKeyUsagePurpose],
-    ) {
-        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-        let mut params = CertificateParams::new(sans).unwrap();
-        params.distinguished_name = DistinguishedName::new();
-        let common_name = if name == "server" {
-            "pykmip test server"
-        } else {
-            "sealbroker-test-client"
-        };
-        params.distinguished_name.push(DnType::CommonName, common_name);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = usages.to_vec();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, issuer).unwrap();
-        self.write(&format!("{name}.pem"), &cert.pem());
-        self.write(&format!("{name}.key"), &key.serialize_pem());
-    }
-
-    fn write(&self, file: &str, contents: &str) {
-        std::fs::write(self.path(file), contents).unwrap();
+    /// The `server` certificate as a rustls config, for in-process servers.
+    pub fn server_tls(&self) -> Arc<rustls::ServerConfig> {
+        self.server.server_config()
     }
 
     pub fn path(&self, file: &str) -> PathBuf {

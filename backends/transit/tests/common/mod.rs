@@ -1,6 +1,6 @@
-//! Runs the real OpenBao 2.7.2 `bao` on 127.0.0.1 for the transit backend's
-//! tests: `bao server -dev` (in-memory), or a raft server that survives a
-//! restart. Every server is stopped on drop (SIGTERM, then SIGKILL).
+//! The transit backend's tests against the real OpenBao 2.7.2 `bao` on
+//! 127.0.0.1 (the kit's spawner): `bao server -dev` (in-memory), or a raft
+//! server that survives a restart. Every server is stopped on drop.
 
 #![allow(dead_code)]
 
@@ -8,39 +8,13 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sealbroker_backend_transit::{BackendConfig, KeyConfig, TransitClient, TransitKey};
-
-/// The `bao` binary: `$SEALBROKER_PEERS_VENV/bin/bao`, else the venv that
-/// tests/run.sh installs. Panics with a clear message when it is missing.
-pub fn bao_bin() -> PathBuf {
-    if let Some(venv) = std::env::var_os("SEALBROKER_PEERS_VENV") {
-        let bin = PathBuf::from(venv).join("bin/bao");
-        if bin.exists() {
-            return bin;
-        }
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-    let cached = home.join(".cache/sealbroker-peers/venv/bin/bao");
-    assert!(
-        cached.exists(),
-        "OpenBao 2.7.2 (`bao`) is not installed: looked in $SEALBROKER_PEERS_VENV/bin/bao and {}; \
-         run tests/run.sh from the repository root, which installs the test peers",
-        cached.display()
-    );
-    cached
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use sealbroker_testkit::free_port;
+use sealbroker_testkit::openbao::{BaoLaunch, BaoServer, raft_hcl};
 
 /// A random token id (dev root tokens, tokens with a chosen id).
 pub fn random_token(prefix: &str) -> String {
@@ -61,14 +35,11 @@ pub fn token_file(dir: &Path, name: &str, token: &str) -> PathBuf {
     path
 }
 
-enum Mode {
-    Dev,
-    Raft { config: PathBuf },
-}
-
-/// A running `bao server`.
+/// A `bao server` that can be stopped and started again on the same
+/// port and data, with the tokens it was set up with.
 pub struct Bao {
-    child: Option<Child>,
+    server: Option<BaoServer>,
+    launch: BaoLaunch,
     pub addr: String,
     pub port: u16,
     /// Root token (dev: chosen; raft: from `operator init`).
@@ -76,8 +47,6 @@ pub struct Bao {
     /// Unseal key of a raft server.
     pub unseal_key: Option<String>,
     pub dir: tempfile::TempDir,
-    mode: Mode,
-    extra_config: Option<PathBuf>,
     starts: u32,
 }
 
@@ -90,17 +59,12 @@ impl Bao {
     /// `bao server -dev` on `port`, optionally with an extra `-config` file
     /// (e.g. a TLS listener).
     pub fn dev_on(port: u16, root: &str, extra_config: Option<PathBuf>) -> Bao {
-        let mut bao = Bao {
-            child: None,
-            addr: format!("http://127.0.0.1:{port}"),
-            port,
-            root: root.to_owned(),
-            unseal_key: None,
-            dir: tempfile::tempdir().unwrap(),
-            mode: Mode::Dev,
-            extra_config,
-            starts: 0,
-        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut launch = BaoLaunch::dev(dir.path(), port, root);
+        if let Some(extra) = &extra_config {
+            launch = launch.config_file(extra);
+        }
+        let mut bao = Bao::new(dir, launch, root);
         bao.start();
         bao
     }
@@ -108,113 +72,42 @@ impl Bao {
     /// A raft-backed server, initialized (one unseal key) and unsealed.
     pub fn raft() -> Bao {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let cluster_port = free_port();
-        fs::create_dir_all(dir.path().join("raft")).unwrap();
+        let (port, cluster_port) = (free_port(), free_port());
         let config = dir.path().join("bao.hcl");
-        fs::write(
-            &config,
-            format!(
-                r#"storage "raft" {{
-  path    = "{raft}"
-  node_id = "node1"
-}}
-listener "tcp" {{
-  address         = "127.0.0.1:{port}"
-  cluster_address = "127.0.0.1:{cluster_port}"
-  tls_disable     = true
-}}
-api_addr      = "http://127.0.0.1:{port}"
-cluster_addr  = "http://127.0.0.1:{cluster_port}"
-disable_mlock = true
-"#,
-                raft = dir.path().join("raft").display()
-            ),
-        )
-        .unwrap();
-        let mut bao = Bao {
-            child: None,
-            addr: format!("http://127.0.0.1:{port}"),
-            port,
-            root: String::new(),
-            unseal_key: None,
-            dir,
-            mode: Mode::Raft { config },
-            extra_config: None,
-            starts: 0,
-        };
+        fs::write(&config, raft_hcl(dir.path(), port, cluster_port)).unwrap();
+        let launch = BaoLaunch::config(dir.path(), port, &config);
+        let mut bao = Bao::new(dir, launch, "");
         bao.start();
-        let out = bao.cli_ok(
-            &[
-                "operator",
-                "init",
-                "-key-shares=1",
-                "-key-threshold=1",
-                "-format=json",
-            ],
-            None,
-        );
-        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-        bao.unseal_key = Some(json["unseal_keys_b64"][0].as_str().unwrap().to_owned());
-        bao.root = json["root_token"].as_str().unwrap().to_owned();
+        let init = bao.server().init_shamir();
+        bao.unseal_key = Some(init.unseal_key);
+        bao.root = init.root_token;
         bao.unseal();
         bao
+    }
+
+    fn new(dir: tempfile::TempDir, launch: BaoLaunch, root: &str) -> Bao {
+        Bao {
+            server: None,
+            addr: format!("http://127.0.0.1:{}", launch.port()),
+            port: launch.port(),
+            launch,
+            root: root.to_owned(),
+            unseal_key: None,
+            dir,
+            starts: 0,
+        }
+    }
+
+    fn server(&self) -> &BaoServer {
+        self.server.as_ref().expect("bao server is stopped")
     }
 
     /// Starts the server process (again, after [`stop`](Self::stop)) and
     /// waits for its API.
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "already running");
+        assert!(self.server.is_none(), "already running");
         self.starts += 1;
-        let log = self.log_path();
-        let mut command = Command::new(bao_bin());
-        command.arg("server");
-        match &self.mode {
-            Mode::Dev => {
-                command.args([
-                    "-dev",
-                    &format!("-dev-root-token-id={}", self.root),
-                    &format!("-dev-listen-address=127.0.0.1:{}", self.port),
-                ]);
-                if let Some(extra) = &self.extra_config {
-                    command.arg(format!("-config={}", extra.display()));
-                }
-            }
-            Mode::Raft { config } => {
-                command.arg(format!("-config={}", config.display()));
-            }
-        }
-        let output = fs::File::create(&log).unwrap();
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(output.try_clone().unwrap())
-            .stderr(output);
-        self.child = Some(command.spawn().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                panic!("bao server exited with {status}:\n{}", self.logs());
-            }
-            let out = self.cli(&["status", "-format=json"], None);
-            if serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                .ok()
-                .and_then(|j| j.get("sealed").cloned())
-                .is_some()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "OpenBao's API did not come up:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.server = Some(BaoServer::start(&self.launch, &self.log_path()));
     }
 
     fn log_path(&self) -> PathBuf {
@@ -227,54 +120,22 @@ disable_mlock = true
 
     /// Unseals a raft server and waits until it is active.
     pub fn unseal(&self) {
-        let key = self.unseal_key.clone().expect("only raft servers are unsealed");
-        self.cli_ok(&["operator", "unseal", &key], None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        // Active once a root-token read succeeds (raft elects itself leader).
-        while !self
-            .cli(&["read", "-format=json", "sys/mounts"], Some(&self.root))
-            .status
-            .success()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "OpenBao did not become active:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let key = self
+            .unseal_key
+            .as_deref()
+            .expect("only raft servers are unsealed");
+        self.server().unseal(key);
+        self.server().wait_active(&self.root, Duration::from_secs(60));
     }
 
     /// Runs the `bao` CLI against this server.
     pub fn cli(&self, args: &[&str], token: Option<&str>) -> Output {
-        let mut command = Command::new(bao_bin());
-        command
-            .args(args)
-            .env_clear()
-            .env("BAO_ADDR", &self.addr)
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path());
-        if let Some(token) = token {
-            command.env("BAO_TOKEN", token);
-        }
-        command.output().unwrap()
-    }
-
-    fn cli_ok(&self, args: &[&str], token: Option<&str>) -> String {
-        let out = self.cli(args, token);
-        assert!(
-            out.status.success(),
-            "bao {args:?} failed: {}{}\n--- server log ---\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.logs()
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.server().cli(args, token)
     }
 
     /// Runs the CLI as root, asserting success; returns stdout.
     pub fn must(&self, args: &[&str]) -> String {
-        self.cli_ok(args, Some(&self.root))
+        self.server().must(args, Some(&self.root))
     }
 
     /// Enables transit at `transit/` (once) and creates `key` with `args`
@@ -335,28 +196,12 @@ path "transit/keys/{key}" {{ capabilities = ["read"] }}
         .unwrap()
     }
 
-    /// SIGTERM, then waits (SIGKILL after 20 s).
+    /// Stops the server (SIGTERM, then SIGKILL); [`start`](Self::start)
+    /// brings it back.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        if let Some(mut server) = self.server.take() {
+            server.stop();
         }
-    }
-}
-
-impl Drop for Bao {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
