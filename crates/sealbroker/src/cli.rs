@@ -61,7 +61,10 @@ sealbroker serve --dev\n  \
 sealbroker serve --dev --data-dir /tmp/sb --port 0\n  \
 sealbroker serve --config /etc/sealbroker/sealbroker.toml\n\n\
 Signals: SIGTERM or SIGINT stop accepting connections, let in-flight requests finish \
-(server.shutdown_grace_secs), remove the socket and exit 0.")]
+(server.shutdown_grace_secs), remove the socket and exit 0. SIGHUP re-reads --config: keys, \
+ACLs, transit tokens and TLS certificates change without a restart, and a bad file changes \
+nothing (the old config keeps serving; `sealbroker status` says why). Changed config, TLS and \
+token files are picked up on their own every server.reload_poll_secs.")]
 pub struct ServeArgs {
     /// TOML config file.
     #[arg(

@@ -152,6 +152,12 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, String> {
         }
     );
     let mut healthy = true;
+    if !status.config_error.is_empty() {
+        println!(
+            "  CONFIG RELOAD REFUSED (the config before it serves): {}",
+            status.config_error
+        );
+    }
     for key in &status.keys {
         if key.healthy {
             println!("  key {:<20} backend {:<12} ok", key.key_name, key.backend_name);

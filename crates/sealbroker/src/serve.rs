@@ -130,17 +130,20 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         version = env!("CARGO_PKG_VERSION"),
         "sealbroker starting"
     );
-    daemon::serve(
-        broker,
-        &config.server,
-        config.unix_socket_mode(),
-        shutdown_signal(),
-        |bound| {
-            if is_dev {
-                print_dev_banner(bound);
-            }
-        },
-    )
+    let reload = args
+        .config
+        .clone()
+        .filter(|_| !args.dev)
+        .map(|path| daemon::ReloadSource {
+            path,
+            registry: backends::registry(),
+            poll: std::time::Duration::from_secs(config.server.reload_poll_secs),
+        });
+    daemon::serve(broker, &config, reload, shutdown_signal(), |bound| {
+        if is_dev {
+            print_dev_banner(bound);
+        }
+    })
     .await
     .map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)

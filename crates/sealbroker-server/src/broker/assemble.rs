@@ -4,8 +4,10 @@
 //! both build their broker here, so one config file means the same broker
 //! whichever process reads it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::Policy;
 use crate::broker::Broker;
 use crate::broker::acl::Acls;
 use crate::broker::audit::AuditLog;
@@ -38,11 +40,7 @@ impl Broker {
         if !audit.is_enabled() {
             tracing::warn!("no audit trail configured: set [audit] file = \"...\" to record every operation");
         }
-        let templates = config
-            .keys
-            .iter()
-            .map(|(name, spec)| (name.clone(), spec.versions.last().map_or(1, |v| v.version)))
-            .collect();
+        let templates = templates(config);
         let mut broker = Broker::new(ring, config.profile, config.limits.clone())
             .with_templates(templates)
             .with_acls(acls)
@@ -54,5 +52,79 @@ impl Broker {
             broker = broker.with_metrics(Arc::new(Metrics::new(config.profile == Profile::Development)));
         }
         Ok(broker)
+    }
+}
+
+/// Per key, the newest configured version: what rotations and versions
+/// found on the backend are derived from.
+fn templates(config: &Config) -> HashMap<String, u32> {
+    config
+        .keys
+        .iter()
+        .map(|(name, spec)| (name.clone(), spec.versions.last().map_or(1, |v| v.version)))
+        .collect()
+}
+
+impl Broker {
+    /// Applies a new config's keys and ACLs to this running broker (a
+    /// reload). Everything is built first; on any refusal nothing changes
+    /// and the error names the field. Requests already running finish on
+    /// the key ring they started with. The profile, state directory, audit
+    /// trail, limits and metrics stay as they started: they need a restart.
+    pub async fn reconfigure(&self, config: &Config, registry: &BackendRegistry) -> Result<(), ConfigError> {
+        let snapshot = match &self.state {
+            Some(store) => store.snapshot().await,
+            None => Default::default(),
+        };
+        let ring = registry.build_keyring_with_state(config, &snapshot).await?;
+        let acls = Acls::from_config(config)?;
+        let policy = Arc::new(Policy {
+            acls,
+            templates: templates(config),
+        });
+        let _changing = self.changing_keys.lock().await;
+        *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+        // Health of keys and members that may be gone: probe afresh.
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(())
+    }
+
+    /// Records the outcome of a reload: audited (operation `reload`),
+    /// counted, and, while refused, reported by `Status`.
+    pub fn reloaded(&self, refused: Option<String>) {
+        let call = crate::broker::caller::Call::internal(crate::broker::caller::Door::Admin);
+        let result = match &refused {
+            None => Ok(()),
+            Some(reason) => Err(sealbroker_core::Error::InvalidArgument {
+                field: "config",
+                reason: reason.clone(),
+            }),
+        };
+        let request_id = super::request_id().unwrap_or_else(|_| super::NO_REQUEST_ID.to_owned());
+        let op = super::Op {
+            name: "reload",
+            request_id: &request_id,
+            call: &call,
+            key: "",
+            started: std::time::Instant::now(),
+        };
+        if let Err(e) = self.audited(op, |_: &()| 0, result)
+            && refused.is_none()
+        {
+            tracing::error!(error = %e, "cannot audit the reload");
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.reloaded(refused.is_none());
+        }
+        *self.config_error.lock().unwrap_or_else(|p| p.into_inner()) = refused;
+    }
+
+    /// Why the last reload was refused, if it was.
+    pub fn config_error(&self) -> Option<String> {
+        self.config_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }

@@ -116,9 +116,9 @@ impl Broker {
     /// configured version (every replica reads the same config), else its
     /// primary.
     pub(super) fn template<'k>(&self, key: &'k LogicalKey) -> &'k KeyVersion {
-        self.templates
-            .get(&key.name)
-            .and_then(|v| key.version(*v))
+        let template = self.policy().templates.get(&key.name).copied();
+        template
+            .and_then(|v| key.version(v))
             .unwrap_or_else(|| key.primary())
     }
 

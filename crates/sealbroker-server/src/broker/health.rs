@@ -66,6 +66,8 @@ pub struct BrokerStatus {
     pub keys: Vec<KeyHealth>,
     /// Every version of every key, oldest first per key.
     pub versions: Vec<VersionReport>,
+    /// Why the last reload was refused; the config before it serves.
+    pub config_error: Option<String>,
 }
 
 impl BrokerStatus {
@@ -157,6 +159,7 @@ impl Broker {
             security_risk: self.profile == Profile::Development,
             keys,
             versions,
+            config_error: self.config_error(),
         }
     }
 

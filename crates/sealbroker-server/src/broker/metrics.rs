@@ -56,6 +56,13 @@ pub struct Metrics {
     primary_version: Family<KeyLabels, Gauge<i64, AtomicI64>>,
     min_decryption_version: Family<KeyLabels, Gauge<i64, AtomicI64>>,
     version_usable: Family<VersionLabels, Gauge<i64, AtomicI64>>,
+    reloads: Family<OutcomeLabels, Counter>,
+    reload_failed: Gauge<i64, AtomicI64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,8 +146,22 @@ impl Metrics {
              every member passed its last health probe); promote a staged version once every replica shows 1",
             version_usable.clone(),
         );
+        let reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads (SIGHUP or a changed file) by outcome: ok, or refused (the old config keeps serving)",
+            reloads.clone(),
+        );
+        let reload_failed = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "config_reload_failed",
+            "1 while the last reload was refused and the config before it serves",
+            reload_failed.clone(),
+        );
         Metrics {
             registry,
+            reloads,
+            reload_failed,
             primary_version,
             min_decryption_version,
             version_usable,
@@ -218,6 +239,16 @@ impl Metrics {
                 })
                 .set(i64::from(*up));
         }
+    }
+
+    pub fn reloaded(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "refused" };
+        self.reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.reload_failed.set(i64::from(!ok));
     }
 
     /// Counts a blob of `key` sealed without member `backend`.

@@ -46,12 +46,21 @@ pub struct Broker {
     state: Option<Arc<KeyStateStore>>,
     audit: Arc<AuditLog>,
     metrics: Option<Arc<Metrics>>,
-    acls: Acls,
+    /// The ACLs and key templates, swapped whole by a reload.
+    policy: RwLock<Arc<Policy>>,
     /// Makes health refreshes single-flight: concurrent status calls wait
     /// for the probe in progress instead of starting their own.
     probing: tokio::sync::Mutex<()>,
     /// Serializes rotations and other key changes.
     changing_keys: tokio::sync::Mutex<()>,
+    /// Why the last reload was refused, while the config before it serves.
+    config_error: Mutex<Option<String>>,
+}
+
+/// What a reload replaces besides the key ring.
+#[derive(Default)]
+struct Policy {
+    acls: Acls,
     /// Per key, the configured version new and found versions are made from.
     templates: HashMap<String, u32>,
 }
@@ -140,29 +149,41 @@ impl Broker {
             state: None,
             audit: Arc::new(AuditLog::disabled()),
             metrics: None,
-            acls: Acls::default(),
+            policy: RwLock::new(Arc::default()),
             probing: tokio::sync::Mutex::new(()),
             changing_keys: tokio::sync::Mutex::new(()),
-            templates: HashMap::new(),
+            config_error: Mutex::new(None),
         }
     }
 
     /// Names, per key, the configured version that rotations and versions
     /// found on the backend are derived from (the newest configured one).
-    pub fn with_templates(mut self, templates: HashMap<String, u32>) -> Self {
-        self.templates = templates;
+    pub fn with_templates(self, templates: HashMap<String, u32>) -> Self {
+        {
+            let mut policy = self.policy.write().unwrap_or_else(|p| p.into_inner());
+            *policy = Arc::new(Policy {
+                acls: policy.acls.clone(),
+                templates,
+            });
+        }
         self
     }
 
     /// Enforces per-key ACLs on every operation.
-    pub fn with_acls(mut self, acls: Acls) -> Self {
-        self.acls = acls;
+    pub fn with_acls(self, acls: Acls) -> Self {
+        {
+            let mut policy = self.policy.write().unwrap_or_else(|p| p.into_inner());
+            *policy = Arc::new(Policy {
+                acls,
+                templates: policy.templates.clone(),
+            });
+        }
         self
     }
 
     /// Whether the caller may see `key` (any grant), for listings and status.
     pub fn visible(&self, call: &Call, key: &str) -> bool {
-        self.acls.visible(&call.caller, key)
+        self.policy().acls.visible(&call.caller, key)
     }
 
     /// Authorizes an unwrap or rewrap: against the named key, or else the
@@ -170,10 +191,10 @@ impl Broker {
     /// it is let through to fail as malformed, which reveals nothing.
     fn check_blob(&self, caller: &Caller, operation: Operation, key: &str, blob: &[u8]) -> Result<(), Error> {
         if !key.is_empty() {
-            return self.acls.check(caller, operation, key);
+            return self.policy().acls.check(caller, operation, key);
         }
         match sealbroker_core::WrappedBlob::from_bytes(blob) {
-            Ok(decoded) => self.acls.check(caller, operation, &decoded.key_name),
+            Ok(decoded) => self.policy().acls.check(caller, operation, &decoded.key_name),
             Err(_) => Ok(()),
         }
     }
@@ -274,6 +295,10 @@ impl Broker {
     }
 
     /// The current key ring.
+    fn policy(&self) -> Arc<Policy> {
+        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn key_ring(&self) -> Arc<KeyRing> {
         self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -391,7 +416,7 @@ impl Broker {
                     reason: "is empty".into(),
                 });
             }
-            self.acls.check(&call.caller, Operation::Wrap, key)?;
+            self.policy().acls.check(&call.caller, Operation::Wrap, key)?;
             if plaintext.len() > self.limits.max_plaintext_bytes {
                 return Err(Error::PayloadTooLarge {
                     size: plaintext.len(),
@@ -525,14 +550,14 @@ impl Broker {
     }
 
     pub fn get_key(&self, call: &Call, key: &str) -> Result<KeyInfo, Error> {
-        self.acls.check_any(&call.caller, key)?;
+        self.policy().acls.check_any(&call.caller, key)?;
         self.key_ring().describe(key)
     }
 
     pub fn list_keys(&self, call: &Call) -> Vec<KeyInfo> {
         let ring = self.key_ring();
         ring.names()
-            .filter(|name| self.acls.visible(&call.caller, name))
+            .filter(|name| self.policy().acls.visible(&call.caller, name))
             .filter_map(|name| ring.describe(name).ok())
             .collect()
     }

@@ -68,7 +68,7 @@ impl Broker {
     }
 
     async fn new_version_unaudited(&self, caller: &Caller, key: &str, step: Step) -> Result<KeyInfo, Error> {
-        self.acls.check(caller, Operation::Admin, key)?;
+        self.policy().acls.check(caller, Operation::Admin, key)?;
         let _changing = self.changing_keys.lock().await;
         let store = self.state_store()?;
         let current = self.key_ring().get(key)?.clone();
@@ -149,7 +149,7 @@ impl Broker {
     }
 
     async fn set_min_unaudited(&self, caller: &Caller, key: &str, min: u32) -> Result<KeyInfo, Error> {
-        self.acls.check(caller, Operation::Admin, key)?;
+        self.policy().acls.check(caller, Operation::Admin, key)?;
         let _changing = self.changing_keys.lock().await;
         let store = self.state_store()?;
         let current = self.key_ring().get(key)?.clone();

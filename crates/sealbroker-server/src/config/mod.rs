@@ -16,7 +16,7 @@ pub use self::keys::{Grants, KeySpec, MemberSpec, VersionSpec};
 
 /// The whole file. Its `Debug` names the backend and key tables but never
 /// prints their contents, which may hold an inline PIN.
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -42,7 +42,7 @@ pub struct Config {
 }
 
 /// `[server]`: where the daemon listens.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Unix socket for local callers (e.g. an OpenBao sidecar).
@@ -64,6 +64,11 @@ pub struct ServerConfig {
     pub kms_v2: Option<KmsV2Config>,
     /// Prometheus metrics and health endpoints.
     pub metrics: Option<MetricsConfig>,
+    /// How often (seconds) `serve --config` compares the config file, the
+    /// transit token files and the TLS files with what it loaded, and
+    /// reloads when they changed. SIGHUP reloads at once.
+    #[serde(default = "default_reload_poll")]
+    pub reload_poll_secs: u64,
 }
 
 /// `[server.kms_v2]`: a unix socket for kube-apiserver's KMS v2 plugin API.
@@ -112,8 +117,13 @@ impl Default for ServerConfig {
             state_dir: None,
             kms_v2: None,
             metrics: None,
+            reload_poll_secs: default_reload_poll(),
         }
     }
+}
+
+fn default_reload_poll() -> u64 {
+    5
 }
 
 fn default_socket_mode() -> String {
@@ -124,7 +134,7 @@ fn default_shutdown_grace() -> u64 {
 }
 
 /// `[server.tcp]`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpConfig {
     pub listen: SocketAddr,
@@ -146,7 +156,7 @@ pub struct TlsConfig {
 
 /// `[server.transit]`: HTTP(S) that speaks Vault's transit API, so a stock
 /// `seal "transit"` stanza (or hvac) can use the broker.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransitConfig {
     pub listen: SocketAddr,
@@ -174,7 +184,7 @@ impl TransitConfig {
 }
 
 /// One `[[server.transit.tokens]]` entry. Holds the token's file, never the token.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransitTokenConfig {
     /// Who this token is; logged as the caller.
@@ -375,6 +385,12 @@ impl Config {
             return Err(ConfigError::new(
                 "limits.max_plaintext_bytes",
                 "must be at least 1",
+            ));
+        }
+        if self.server.reload_poll_secs == 0 {
+            return Err(ConfigError::new(
+                "server.reload_poll_secs",
+                "must be at least 1 (seconds between checks of the config's files; SIGHUP reloads at once)",
             ));
         }
         if self.limits.request_timeout_secs == 0 {

@@ -206,6 +206,7 @@ impl pb::seal_service_server::SealService for SealGrpc {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             profile: status.profile.as_str().to_owned(),
             security_risk: status.security_risk,
+            config_error: status.config_error.unwrap_or_default(),
             keys: status
                 .keys
                 .into_iter()

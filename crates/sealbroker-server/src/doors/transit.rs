@@ -42,7 +42,7 @@ use crate::net::listen::ServeError;
 use crate::net::tls::{ServerConn, TlsConnectInfo};
 
 use self::body::{DecryptRequest, EncryptRequest, VaultCiphertext};
-use self::tokens::{TokenGrant, TokenTable};
+use self::tokens::{LiveTokens, TokenGrant, TokenTable};
 
 /// ALPN for the transit listener: Go clients (OpenBao) negotiate h2, Python
 /// clients (hvac) HTTP/1.1.
@@ -103,7 +103,7 @@ impl IntoResponse for TransitError {
 /// What every handler shares.
 struct TransitApi {
     broker: Arc<Broker>,
-    tokens: TokenTable,
+    tokens: LiveTokens,
     body_limit: usize,
     /// Reported as each key version's creation time, which the broker does
     /// not know: the time this listener started.
@@ -135,10 +135,16 @@ fn body_limit(max_plaintext_bytes: usize) -> usize {
 
 /// The transit API for `config`, reading its token files.
 pub fn router(broker: Arc<Broker>, config: &TransitConfig) -> Result<Router, ConfigError> {
-    Ok(build_router(broker, TokenTable::load(config)?, config.mount()))
+    Ok(live_router(broker, config)?.0)
 }
 
-fn build_router(broker: Arc<Broker>, tokens: TokenTable, mount: &str) -> Router {
+/// Like [`router`], with the handle a reload replaces the tokens through.
+pub fn live_router(broker: Arc<Broker>, config: &TransitConfig) -> Result<(Router, LiveTokens), ConfigError> {
+    let tokens = LiveTokens::new(TokenTable::load(config)?);
+    Ok((build_router(broker, tokens.clone(), config.mount()), tokens))
+}
+
+fn build_router(broker: Arc<Broker>, tokens: LiveTokens, mount: &str) -> Router {
     let body_limit = body_limit(broker.limits().max_plaintext_bytes);
     let api = Arc::new(TransitApi {
         broker,
@@ -180,7 +186,7 @@ fn build_router(broker: Arc<Broker>, tokens: TokenTable, mount: &str) -> Router 
 }
 
 async fn authenticate(State(api): State<Arc<TransitApi>>, mut request: Request, next: Next) -> Response {
-    match api.tokens.authenticate_headers(request.headers()) {
+    match api.tokens.current().authenticate_headers(request.headers()) {
         Some(grant) => {
             let caller = grant.caller();
             let (method, path) = (request.method().clone(), request.uri().path().to_owned());

@@ -15,8 +15,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::{Connected, UdsConnectInfo};
+
+use crate::net::tls::LiveTls;
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
@@ -121,13 +122,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin, I: Unpin> AsyncWrite for Conn<S, I> {
     }
 }
 
-/// Accepts on `listener` until `stop`: with `acceptor`, each connection's
-/// TLS handshake runs in its own task; without, connections pass through
+/// Accepts on `listener` until `stop`: with `tls`, each connection's TLS
+/// handshake (under the settings current when it was accepted) runs in its
+/// own task; without, connections pass through
 /// plain. `info` says what the door will know of the peer. `what` names the
 /// listener in log lines.
 pub async fn accept_loop<L, I>(
     listener: L,
-    acceptor: Option<TlsAcceptor>,
+    tls: Option<LiveTls>,
     info: fn(&Accepted<L::Io>, L::Peer) -> I,
     conns: mpsc::Sender<Conn<L::Io, I>>,
     mut stop: watch::Receiver<bool>,
@@ -154,7 +156,7 @@ pub async fn accept_loop<L, I>(
             },
         };
         let conns = conns.clone();
-        let acceptor = acceptor.clone();
+        let acceptor = tls.as_ref().map(LiveTls::current);
         tokio::spawn(async move {
             let io = match acceptor {
                 None => Accepted::Plain(stream),

@@ -9,10 +9,9 @@ use std::path::Path;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 
 use crate::net::accept::accept_loop;
-use crate::net::tls::{ServerConn, TlsConnectInfo};
+use crate::net::tls::{LiveTls, ServerConn, TlsConnectInfo};
 
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +70,7 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
 /// done; gRPC and transit serve from such channels alike.
 pub async fn listen_tcp(
     address: SocketAddr,
-    acceptor: Option<TlsAcceptor>,
+    tls: Option<LiveTls>,
     stop: watch::Receiver<bool>,
     tasks: &mut JoinSet<Result<(), ServeError>>,
 ) -> Result<(SocketAddr, mpsc::Receiver<ServerConn>), ServeError> {
@@ -81,7 +80,7 @@ pub async fn listen_tcp(
     let local = listener.local_addr().map_err(io_error("reading TCP address"))?;
     let (conn_tx, conn_rx) = mpsc::channel::<ServerConn>(64);
     tasks.spawn(async move {
-        accept_loop(listener, acceptor, TlsConnectInfo::of, conn_tx, stop, "TCP").await;
+        accept_loop(listener, tls, TlsConnectInfo::of, conn_tx, stop, "TCP").await;
         Ok(())
     });
     Ok((local, conn_rx))

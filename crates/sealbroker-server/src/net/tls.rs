@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -12,6 +12,27 @@ use tokio::net::TcpStream;
 
 use crate::config::{ConfigError, TlsConfig};
 use crate::net::accept::{Accepted, Conn};
+
+/// A listener's TLS settings, replaceable while it serves: a reload swaps
+/// in a renewed certificate, key or client CA, and every connection
+/// accepted from then on gets it. Connections already open keep theirs.
+#[derive(Clone)]
+pub struct LiveTls(Arc<RwLock<tokio_rustls::TlsAcceptor>>);
+
+impl LiveTls {
+    pub fn new(config: rustls::ServerConfig) -> Self {
+        LiveTls(Arc::new(RwLock::new(Arc::new(config).into())))
+    }
+
+    /// The acceptor for the next connection.
+    pub fn current(&self) -> tokio_rustls::TlsAcceptor {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn replace(&self, config: rustls::ServerConfig) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config).into();
+    }
+}
 
 /// The crypto provider every TLS config in this crate uses.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {

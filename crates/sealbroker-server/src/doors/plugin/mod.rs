@@ -24,7 +24,7 @@ mod handshake;
 mod wrapper;
 
 use std::io::Write;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use sealbroker_proto::{metadata, pb, plugin};
@@ -89,11 +89,7 @@ impl plugin::grpc_controller_server::GrpcController for ControllerService {
 pub async fn run(registry: BackendRegistry) -> Result<(), String> {
     let client_cert = handshake_environment()?;
     let (server_cert, server_key) = server_identity()?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(
-        client_cert,
-        server_cert.clone(),
-        server_key,
-    )?));
+    let tls = crate::net::tls::LiveTls::new(tls_config(client_cert, server_cert.clone(), server_key)?);
     let dir = SocketDir::create()?;
     let socket = dir.path().join("plugin.sock");
     let listener = crate::net::listen::bind_unix(&socket, 0o600).map_err(|e| e.to_string())?;
@@ -120,7 +116,7 @@ pub async fn run(registry: BackendRegistry) -> Result<(), String> {
     let (conn_tx, conn_rx) = mpsc::channel::<PluginConn>(16);
     let accepting = tokio::spawn(accept_loop(
         listener,
-        Some(acceptor),
+        Some(tls),
         peer_credentials,
         conn_tx,
         stop_rx.clone(),

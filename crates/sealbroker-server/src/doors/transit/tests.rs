@@ -105,7 +105,7 @@ fn app_with(mount: &str, max_plaintext_bytes: usize) -> Router {
         "bob",
         ["unseal", "other"].map(String::from),
     );
-    build_router(broker, tokens, mount)
+    build_router(broker, tokens::LiveTokens::new(tokens), mount)
 }
 
 fn app() -> Router {

@@ -7,7 +7,7 @@
 //! guess came.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
@@ -67,6 +67,25 @@ struct TokenEntry {
 #[derive(Default)]
 pub struct TokenTable {
     entries: Vec<TokenEntry>,
+}
+
+/// The token table in force, replaceable by a reload: a token removed from
+/// the config, or whose file changed, is refused from the next request on.
+#[derive(Clone, Default)]
+pub struct LiveTokens(Arc<RwLock<Arc<TokenTable>>>);
+
+impl LiveTokens {
+    pub fn new(table: TokenTable) -> Self {
+        LiveTokens(Arc::new(RwLock::new(Arc::new(table))))
+    }
+
+    pub fn current(&self) -> Arc<TokenTable> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn replace(&self, table: TokenTable) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    }
 }
 
 fn sha256(bytes: &[u8]) -> Zeroizing<[u8; 32]> {

@@ -1,6 +1,10 @@
 //! The daemon: every door the config names, each on its listener, over one
-//! broker, with gRPC health following the broker's readiness and a graceful
-//! shutdown that lets in-flight operations finish.
+//! broker, with gRPC health following the broker's readiness, live reload
+//! ([`reload`]) and a graceful shutdown that lets in-flight operations finish.
+
+mod reload;
+
+pub use reload::ReloadSource;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,17 +16,16 @@ use sealbroker_proto::sealbroker::v1::seal_service_server::SealServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::transport::Server;
 
 use crate::broker::Broker;
-use crate::config::ServerConfig;
+use crate::config::Config;
 use crate::doors::grpc::SealGrpc;
 use crate::doors::transit;
 use crate::net::listen::{ServeError, bind_unix, io_error, listen_tcp};
-use crate::net::tls;
+use crate::net::tls::{self, LiveTls};
 
 /// A running daemon's bound addresses.
 #[derive(Debug, Clone)]
@@ -37,14 +40,18 @@ pub struct Bound {
 
 /// Serves every configured listener until `shutdown` resolves, then lets in-flight requests finish
 /// for up to `server.shutdown_grace_secs` and removes the socket file.
-/// `on_bound` is called once every listener is bound.
+/// `on_bound` is called once every listener is bound. With `reload`, SIGHUP
+/// and changes to the config's files reload it (see [`reload`]).
 pub async fn serve(
     broker: Arc<Broker>,
-    server: &ServerConfig,
-    socket_mode: u32,
+    config: &Config,
+    reload: Option<ReloadSource>,
     shutdown: impl Future<Output = ()>,
     on_bound: impl FnOnce(&Bound),
 ) -> Result<(), ServeError> {
+    let server = &config.server;
+    let socket_mode = config.unix_socket_mode();
+    let mut live = reload::Live::default();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<SealServiceServer<SealGrpc>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -106,10 +113,11 @@ pub async fn serve(
 
     if let Some(tcp) = &server.tcp {
         let acceptor = match &tcp.tls {
-            Some(tls_config) => Some(TlsAcceptor::from(Arc::new(tls::server_config(tls_config)?))),
+            Some(tls_config) => Some(LiveTls::new(tls::server_config(tls_config)?)),
             None => None,
         };
         let is_tls = acceptor.is_some();
+        live.tcp_tls = acceptor.clone();
         let (local, conn_rx) = listen_tcp(tcp.listen, acceptor, stop_rx.clone(), &mut tasks).await?;
         let incoming = ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>);
         let serving = router().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
@@ -125,15 +133,17 @@ pub async fn serve(
     if let Some(transit_config) = &server.transit {
         // Tokens and certificates load before binding, so a bad file stops
         // start-up before anything listens.
-        let app = transit::router(broker.clone(), transit_config)?;
+        let (app, tokens) = transit::live_router(broker.clone(), transit_config)?;
+        live.transit_tokens = Some(tokens);
         let acceptor = match &transit_config.tls {
-            Some(tls_config) => Some(TlsAcceptor::from(Arc::new(tls::server_config_at(
+            Some(tls_config) => Some(LiveTls::new(tls::server_config_at(
                 tls_config,
                 "server.transit.tls",
                 transit::ALPN,
-            )?))),
+            )?)),
             None => None,
         };
+        live.transit_tls = acceptor.clone();
         let client_certs = transit_config
             .tls
             .as_ref()
@@ -188,6 +198,17 @@ pub async fn serve(
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
         tasks.spawn(async move { serving.await.map_err(ServeError::from) });
         tracing::info!(socket = %kms.socket.display(), key = %kms.key_name, "Kubernetes KMS v2 listening");
+    }
+    if let Some(source) = reload {
+        let reloader = Arc::new(reload::Reloader::new(
+            source,
+            broker.clone(),
+            live,
+            config.clone(),
+        ));
+        tokio::spawn(reloader.run(stop_rx.clone()));
+    } else {
+        drop(live);
     }
     on_bound(&bound);
 
