@@ -1,10 +1,20 @@
 //! The Kubernetes KMS v2 front door, driven by a Python gRPC client
 //! generated from the real `k8s.io/kms/apis/v2/api.proto`.
 
+use std::collections::BTreeSet;
 use std::fs;
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sealbroker_e2e::*;
+use sealbroker_proto::kms_v2::key_management_service_client::KeyManagementServiceClient;
+use sealbroker_proto::kms_v2::{DecryptRequest, EncryptRequest, EncryptResponse, StatusRequest};
+use sealbroker_proto::sealbroker::v1::StatusRequest as StatusRequest_;
+use sealbroker_server::net::client;
+use tonic::transport::Channel;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_apiserver_pattern_status_encrypt_rotate_decrypt() {
@@ -121,4 +131,265 @@ async fn kms_v2_door_enforces_the_key_acl_per_operation() {
         ],
         "{lines:#?}"
     );
+}
+
+/// One object in the shared "etcd": a DEK sealed by one apiserver's broker.
+struct Stored {
+    writer: usize,
+    uid: String,
+    plaintext: Vec<u8>,
+    response: EncryptResponse,
+}
+
+/// What one apiserver saw.
+#[derive(Default)]
+struct Seen {
+    written: usize,
+    decrypted: usize,
+    key_ids: BTreeSet<String>,
+    failures: Vec<String>,
+}
+
+/// One kube-apiserver's use of its own KMS v2 plugin: it follows `Status`
+/// (a changed key id means a new DEK seed), seals a new DEK at every step
+/// (a seed rotation, as after a restart) and reads what the other
+/// apiservers wrote through its own broker, as a shared etcd makes it.
+async fn apiserver(
+    me: usize,
+    socket: PathBuf,
+    etcd: Arc<Mutex<Vec<Arc<Stored>>>>,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+) {
+    let channel = client::channel(&client::Target::Unix(socket)).await.unwrap();
+    let mut kms = KeyManagementServiceClient::new(channel);
+    let mut read = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(25));
+    let fail = |what: String| seen.lock().unwrap().failures.push(what);
+    for step in 0.. {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        tick.tick().await;
+        match kms.status(StatusRequest {}).await {
+            Ok(status) => {
+                let status = status.into_inner();
+                if status.healthz != "ok" || status.key_id.is_empty() {
+                    fail(format!("apiserver {me}: Status {status:?}"));
+                }
+                seen.lock().unwrap().key_ids.insert(status.key_id);
+            }
+            Err(e) => fail(format!("apiserver {me}: Status failed: {e:?}")),
+        }
+        let uid = format!("apiserver-{me}-{step}");
+        let plaintext = format!("DEK seed {me}/{step}").repeat(2).into_bytes();
+        match kms
+            .encrypt(EncryptRequest {
+                uid: uid.clone(),
+                plaintext: plaintext.clone(),
+            })
+            .await
+        {
+            Ok(response) => {
+                let response = response.into_inner();
+                seen.lock().unwrap().written += 1;
+                etcd.lock().unwrap().push(Arc::new(Stored {
+                    writer: me,
+                    uid,
+                    plaintext,
+                    response,
+                }));
+            }
+            Err(e) => fail(format!("apiserver {me}: Encrypt failed: {e:?}")),
+        }
+        let fresh: Vec<Arc<Stored>> = {
+            let etcd = etcd.lock().unwrap();
+            let fresh = etcd[read..].to_vec();
+            read = etcd.len();
+            fresh
+        };
+        for object in fresh.iter().filter(|o| o.writer != me) {
+            match decrypt(&mut kms, object).await {
+                Ok(()) => seen.lock().unwrap().decrypted += 1,
+                Err(e) => fail(format!("apiserver {me}: {e}")),
+            }
+        }
+    }
+}
+
+async fn decrypt(kms: &mut KeyManagementServiceClient<Channel>, object: &Stored) -> Result<(), String> {
+    let opened = kms
+        .decrypt(DecryptRequest {
+            ciphertext: object.response.ciphertext.clone(),
+            uid: object.uid.clone(),
+            key_id: object.response.key_id.clone(),
+            annotations: object.response.annotations.clone(),
+        })
+        .await
+        .map_err(|e| format!("Decrypt of {} failed: {e:?}", object.uid))?
+        .into_inner();
+    if opened.plaintext == object.plaintext {
+        Ok(())
+    } else {
+        Err(format!("Decrypt of {} returned other bytes", object.uid))
+    }
+}
+
+/// Three kube-apiservers, each with its own broker and its own state_dir on
+/// one SoftHSM2 token, keep writing and reading one another's DEKs while
+/// the key is staged and then promoted broker by broker through live
+/// reloads: not one call fails, and every apiserver ends on the new key id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_brokers_serve_three_apiservers_across_a_rotation_with_no_failed_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "k8s", "k8s-secrets", "kms-pin-8814");
+    let names = ["a", "b", "c"];
+    let write_config = |name: &str, extra: &str| {
+        let d = dir.path().display();
+        let text = format!(
+            "profile = \"hardened\"\n[server]\nunix_socket = \"{d}/{name}.sock\"\nstate_dir = \"{d}/{name}-state\"\n\
+             reload_poll_secs = 3600\n[server.kms_v2]\nsocket = \"{d}/{name}-kms.sock\"\nkey_name = \"k8s\"\n{}\n\
+             [keys.k8s]\nbackend = \"hsm\"\nkey_label = \"k8s-secrets\"\n{extra}{}",
+            token.backend_toml("hsm"),
+            allow_test_callers(),
+        );
+        let path = dir.path().join(format!("{name}.toml"));
+        let staging = dir.path().join(format!("{name}.toml.new"));
+        fs::write(&staging, text).unwrap();
+        fs::rename(&staging, &path).unwrap();
+        path
+    };
+    let mut brokers = Vec::new();
+    for name in names {
+        let config = write_config(name, "");
+        let log = dir.path().join(format!("{name}.log"));
+        brokers.push(Daemon::serve(&config, Some(&token), &log).await);
+    }
+    let etcd = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Vec<Arc<Mutex<Seen>>> = (0..3).map(|_| Arc::default()).collect();
+    let apiservers: Vec<_> = (0..3)
+        .map(|me| {
+            let socket = dir.path().join(format!("{}-kms.sock", names[me]));
+            tokio::spawn(apiserver(
+                me,
+                socket,
+                etcd.clone(),
+                seen[me].clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    // Waits until every apiserver has sealed `more` new DEKs: traffic
+    // really flows through every phase.
+    let progress = |more: usize| {
+        let seen = &seen;
+        async move {
+            let marks: Vec<usize> = seen.iter().map(|s| s.lock().unwrap().written).collect();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while seen
+                .iter()
+                .zip(&marks)
+                .any(|(s, mark)| s.lock().unwrap().written < mark + more)
+            {
+                assert!(Instant::now() < deadline, "an apiserver stopped making progress");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // Applies `extra` to every broker's config, one broker at a time, and
+    // waits for each reload; every apiserver seals and reads in between.
+    let reload_all = |extra: &'static str, round: usize| {
+        let brokers = &brokers;
+        let write_config = &write_config;
+        let progress = &progress;
+        async move {
+            for (name, broker) in names.iter().zip(brokers) {
+                write_config(name, extra);
+                broker.hangup();
+                broker.logged("config reloaded", round).await;
+                progress(3).await;
+            }
+        }
+    };
+
+    progress(5).await;
+
+    // Stage v2 on A's admin socket; then every broker is told it exists
+    // and reports it usable (the promotion gate).
+    let admin = dir.path().join("a.sock");
+    let out = run_cli(
+        &[
+            "keys",
+            "--socket",
+            admin.to_str().unwrap(),
+            "rotate",
+            "k8s",
+            "--stage",
+        ],
+        b"",
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    progress(5).await;
+    reload_all("newest_version = 2\n", 1).await;
+    for broker in &brokers {
+        let status = broker
+            .unix_client()
+            .await
+            .status(StatusRequest_ { deep: true })
+            .await
+            .unwrap()
+            .into_inner();
+        let roles: Vec<_> = status
+            .versions
+            .iter()
+            .map(|v| (v.version, v.role.as_str(), v.usable))
+            .collect();
+        assert_eq!(roles, [(1, "primary", true), (2, "staged", true)]);
+    }
+    progress(5).await;
+    let before: Vec<usize> = seen.iter().map(|s| s.lock().unwrap().key_ids.len()).collect();
+    assert_eq!(before, [1, 1, 1], "no key id may change before the promotion");
+
+    // Promote broker by broker: for a while A seals under v2 while B and C
+    // still seal under v1, and everyone reads everything.
+    reload_all("newest_version = 2\nprimary_version = 2\n", 2).await;
+    progress(5).await;
+    stop.store(true, Ordering::SeqCst);
+    for apiserver in apiservers {
+        apiserver.await.unwrap();
+    }
+
+    // Every apiserver followed the rotation and then reads all of etcd.
+    let etcd = etcd.lock().unwrap().clone();
+    let generations: BTreeSet<&str> = etcd.iter().map(|o| o.response.key_id.as_str()).collect();
+    assert_eq!(generations.len(), 2, "DEKs sealed under both versions");
+    for (me, name) in names.iter().enumerate() {
+        let socket = dir.path().join(format!("{name}-kms.sock"));
+        let mut kms =
+            KeyManagementServiceClient::new(client::channel(&client::Target::Unix(socket)).await.unwrap());
+        for object in &etcd {
+            if let Err(e) = decrypt(&mut kms, object).await {
+                seen[me]
+                    .lock()
+                    .unwrap()
+                    .failures
+                    .push(format!("final read by {name}: {e}"));
+            }
+        }
+    }
+    for (me, seen) in seen.iter().enumerate() {
+        let seen = seen.lock().unwrap();
+        assert!(seen.failures.is_empty(), "apiserver {me}: {:#?}", seen.failures);
+        assert_eq!(seen.key_ids.len(), 2, "apiserver {me} saw the key id change once");
+        assert!(
+            seen.decrypted > 10,
+            "apiserver {me} read only {} objects",
+            seen.decrypted
+        );
+    }
+    for broker in brokers {
+        assert!(broker.terminate().success());
+    }
 }
