@@ -381,4 +381,74 @@ mod tests {
         );
         assert_eq!(versions(&b), [1]);
     }
+
+    #[tokio::test]
+    async fn an_unknown_key_id_opens_only_a_blob_under_an_unknown_version() {
+        let registry = BackendRegistry::default().with(MemoryKind::leak("shared"));
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = replica(&registry, dir_a.path(), "").await;
+        let b = replica(&registry, dir_b.path(), "").await;
+        let (v1_blob, _, v1_id) = wrap(&a, b"old").await;
+        a.rotate(&admin(), "unseal").await.unwrap();
+        let (v2_blob, _, v2_id) = wrap(&a, b"new").await;
+
+        // KMS v2 names the id it was given: B has not seen v2 yet, finds it.
+        let opened = b
+            .unwrap_issued(&admin(), "unseal", &v2_id, &v2_blob, b"aad")
+            .await
+            .unwrap();
+        assert_eq!(opened.plaintext.expose(), b"new");
+        // An id B does not know on a blob under a version B knows is refused
+        // as never issued, whatever the blob holds (no trial decryption).
+        let c = replica(&registry, tempfile::tempdir().unwrap().path(), "").await;
+        for aad in [&b"aad"[..], b"other aad"] {
+            let err = c
+                .unwrap_issued(
+                    &admin(),
+                    "unseal",
+                    "0123456789abcdef0123456789abcdef",
+                    &v1_blob,
+                    aad,
+                )
+                .await
+                .err()
+                .unwrap();
+            assert!(
+                matches!(err, Error::InvalidArgument { field: "key_id", .. }),
+                "{err}"
+            );
+        }
+        // Nor on another key's blob.
+        let other = replica(
+            &registry,
+            tempfile::tempdir().unwrap().path(),
+            "[keys.other]\nbackend = \"hsm\"\nlabel = \"other\"\n",
+        )
+        .await;
+        let foreign = other
+            .wrap(&admin(), "other", SecretBytes::copy_from(b"x"), b"aad")
+            .await
+            .unwrap();
+        let err = c
+            .unwrap_issued(
+                &admin(),
+                "unseal",
+                "0123456789abcdef0123456789abcdef",
+                &foreign.blob,
+                b"aad",
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, Error::InvalidArgument { field: "key_id", .. }),
+            "{err}"
+        );
+        // The blob's own id still opens it.
+        let opened = c
+            .unwrap_issued(&admin(), "unseal", &v1_id, &v1_blob, b"aad")
+            .await
+            .unwrap();
+        assert_eq!(opened.plaintext.expose(), b"old");
+    }
 }

@@ -459,6 +459,19 @@ impl Broker {
         self.unwrap_checked(call, key, Some(key_id), blob, aad).await
     }
 
+    /// Whether `blob` is sealed under `key` and names a version of it that
+    /// `ring` does not hold (one another replica may have made).
+    fn names_an_unknown_version(&self, ring: &KeyRing, key: &str, blob: &[u8]) -> bool {
+        let (Ok(decoded), Ok(key)) = (sealbroker_core::WrappedBlob::from_bytes(blob), ring.get(key)) else {
+            return false;
+        };
+        decoded.key_name == key.name
+            && decoded
+                .deks
+                .iter()
+                .any(|entry| key.version(entry.key_version).is_none())
+    }
+
     async fn unwrap_checked(
         &self,
         call: &Call,
@@ -481,6 +494,11 @@ impl Broker {
                 Some(id) => ring.get(key)?.has_version_id(id),
                 None => true,
             };
+            // An unknown id on a blob whose every version this broker knows
+            // cannot be right: refused before any backend call.
+            if !known && !self.names_an_unknown_version(&ring, key, blob) {
+                return Err(not_issued());
+            }
             let opened = self
                 .bounded("unwrap", key, self.open_blob(&ring, expected, blob, aad))
                 .await;
