@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use sealbroker_testkit::openbao::{BaoLaunch, BaoServer, raft_hcl};
+use sealbroker_testkit::openbao::{BaoLaunch, BaoServer, raft_hcl, raft_node_hcl};
 
 pub use sealbroker_testkit::openbao::bao_bin;
 
@@ -46,8 +46,19 @@ impl BaoConfig {
     }
 
     pub fn write(dir: &Path, seal: &str) -> BaoConfig {
-        let port = free_port();
-        let cluster_port = free_port();
+        Self::write_node(dir, "node1", free_port(), free_port(), &[], seal)
+    }
+
+    /// One node of a raft cluster: node id `node_id`, API on `port`, and a
+    /// `retry_join` to each of the other nodes' API ports in `join`.
+    pub fn write_node(
+        dir: &Path,
+        node_id: &str,
+        port: u16,
+        cluster_port: u16,
+        join: &[u16],
+        seal: &str,
+    ) -> BaoConfig {
         let plugins = dir.join("plugins");
         let sha = install_plugin(&plugins);
         let text = format!(
@@ -59,7 +70,7 @@ plugin "kms" "sealbroker" {{
 }}
 {seal}
 "#,
-            base = Self::storage_and_listener(dir, port, cluster_port),
+            base = raft_node_hcl(dir, node_id, port, cluster_port, join),
             plugins = plugins.display(),
         );
         let path = dir.join("bao.hcl");

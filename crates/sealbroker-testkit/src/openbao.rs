@@ -44,13 +44,23 @@ pub fn bao_bin() -> PathBuf {
 /// listener on 127.0.0.1:`port`, cluster traffic on `cluster_port`, mlock
 /// off: the base every test server config starts from.
 pub fn raft_hcl(dir: &Path, port: u16, cluster_port: u16) -> String {
+    raft_node_hcl(dir, "node1", port, cluster_port, &[])
+}
+
+/// [`raft_hcl`] for one node of a cluster: raft node id `node_id`, and a
+/// `retry_join` to each API port in `join` (the other nodes on 127.0.0.1).
+pub fn raft_node_hcl(dir: &Path, node_id: &str, port: u16, cluster_port: u16, join: &[u16]) -> String {
     let raft = dir.join("raft");
     fs::create_dir_all(&raft).unwrap_or_else(|e| panic!("cannot create {}: {e}", raft.display()));
+    let joins: String = join
+        .iter()
+        .map(|port| format!("  retry_join {{\n    leader_api_addr = \"http://127.0.0.1:{port}\"\n  }}\n"))
+        .collect();
     format!(
         r#"storage "raft" {{
   path    = "{raft}"
-  node_id = "node1"
-}}
+  node_id = "{node_id}"
+{joins}}}
 listener "tcp" {{
   address         = "127.0.0.1:{port}"
   cluster_address = "127.0.0.1:{cluster_port}"
@@ -244,6 +254,15 @@ impl BaoServer {
         json.get("sealed")?.as_bool()
     }
 
+    /// The active node's API address as this node knows it (`bao status`),
+    /// once it knows one: a standby forwards writes only from then on.
+    pub fn leader(&self) -> Option<String> {
+        let out = self.cli(&["status", "-format=json"], None);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let leader = json.get("leader_address")?.as_str()?;
+        (!leader.is_empty()).then(|| leader.to_owned())
+    }
+
     /// Waits until the server is unsealed; returns how long that took.
     pub fn wait_unsealed(&self, limit: Duration) -> Duration {
         let started = Instant::now();
@@ -357,6 +376,19 @@ mod tests {
         assert!(dir.path().join("raft").is_dir());
         assert!(hcl.contains("address         = \"127.0.0.1:8200\""), "{hcl}");
         assert!(hcl.contains("cluster_addr  = \"http://127.0.0.1:8201\""), "{hcl}");
+        assert!(!hcl.contains("retry_join"), "{hcl}");
+    }
+
+    #[test]
+    fn a_cluster_node_joins_the_others_by_api_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let hcl = raft_node_hcl(dir.path(), "node2", 8210, 8211, &[8200, 8220]);
+        assert!(hcl.contains("node_id = \"node2\""), "{hcl}");
+        assert_eq!(hcl.matches("retry_join {").count(), 2, "{hcl}");
+        assert!(
+            hcl.contains("leader_api_addr = \"http://127.0.0.1:8220\""),
+            "{hcl}"
+        );
     }
 
     #[test]
