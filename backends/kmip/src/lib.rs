@@ -268,6 +268,18 @@ impl KmipKey {
         &self.pool
     }
 
+    /// The name of this key's version `version`: see `derive_version`.
+    fn version_name(&self, version: u32) -> String {
+        let base = match &self.selector {
+            KeySelector::Name(name) => match name.rsplit_once("-v") {
+                Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base.to_owned(),
+                _ => name.clone(),
+            },
+            KeySelector::Id(id) => format!("sealbroker-{id}"),
+        };
+        format!("{base}-v{version}")
+    }
+
     fn describe(&self, unique_id: Option<&str>) -> String {
         match (&self.selector, unique_id) {
             (KeySelector::Id(id), _) => format!("key id {id:?}"),
@@ -397,29 +409,55 @@ impl Backend for KmipKey {
         self.identity.clone()
     }
 
-    /// Creates and activates a new AES-256 key on the same server, named
-    /// after this one with a `-v<version>` suffix, and selects it by id.
-    async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
-        let base = match &self.selector {
-            KeySelector::Name(name) => name.clone(),
-            KeySelector::Id(id) => format!("sealbroker-{id}"),
-        };
-        let name = format!("{base}-v{version}");
-        let unique_id = create_key_on(&self.pool, &name).await?;
+    /// The key named `<name>-v<version>` on the same server (the name
+    /// without any `-v<N>` it already ends in; `sealbroker-<id>` for a key
+    /// selected by id). Not looked up here: the broker adds it only once a
+    /// blob sealed under it opens.
+    fn derive_version(&self, version: u32) -> Option<NewVersion> {
+        let name = self.version_name(version);
         let config = KeyConfig {
-            kms_key_id: Some(unique_id.clone()),
-            key_name: None,
+            kms_key_id: None,
+            key_name: Some(name.clone()),
             encrypt_alg: self.alg,
         };
-        let key =
-            KmipKey::new(self.pool.clone(), &config).map_err(|e| BackendError::internal(e.to_string()))?;
-        Ok(NewVersion {
+        let key = KmipKey::new(self.pool.clone(), &config).ok()?;
+        Some(NewVersion {
             backend: Arc::new(key),
             settings: BTreeMap::from([
-                ("kms_key_id".to_owned(), unique_id),
-                ("key_name".to_owned(), String::new()),
+                ("key_name".to_owned(), name),
+                ("kms_key_id".to_owned(), String::new()),
             ]),
         })
+    }
+
+    /// Creates and activates a new AES-256 key named as
+    /// [`derive_version`](Self::derive_version) names it, or uses the one
+    /// object of that name when it already exists (another replica, or a
+    /// retried job, made it), and selects it by name.
+    async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
+        let name = self.version_name(version);
+        let existing = self.pool.locate(&name).await?;
+        match existing.as_slice() {
+            [] => {
+                create_key_on(&self.pool, &name).await?;
+            }
+            [unique_id] => {
+                tracing::info!(endpoint = %self.pool.endpoint(), name, %unique_id, "the key version exists already; using it");
+            }
+            many => {
+                return Err(BackendError::new(
+                    BackendErrorKind::InvalidInput,
+                    format!(
+                        "KMIP server {} has {} objects named {name:?} (ids {}): remove all but one",
+                        self.pool.endpoint(),
+                        many.len(),
+                        many.join(", ")
+                    ),
+                ));
+            }
+        }
+        self.derive_version(version)
+            .ok_or_else(|| BackendError::internal(format!("cannot select the KMIP key {name:?}")))
     }
 
     async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {

@@ -362,22 +362,34 @@ async fn create_version_makes_a_new_named_key_and_old_blobs_still_open() {
     );
     let old = v1.encrypt(&DEK, b"aad").await.unwrap();
 
+    // Derived by name, before it exists: nothing is looked up.
+    let derived = v1.derive_version(2).expect("KMIP versions are derived by name");
+    assert_eq!(derived.settings["key_name"], "unseal-v2");
+    assert!(pool.locate("unseal-v2").await.unwrap().is_empty());
+
     let created = v1.create_version(2).await.unwrap();
-    let second = created.settings["kms_key_id"].clone();
-    assert_ne!(second, first);
-    assert_eq!(created.settings["key_name"], "", "the name selector is dropped");
-    assert_eq!(pool.locate("unseal-v2").await.unwrap(), vec![second.clone()]);
+    assert_eq!(created.settings["key_name"], "unseal-v2");
+    assert_eq!(created.settings["kms_key_id"], "", "the id selector is dropped");
+    let ids = pool.locate("unseal-v2").await.unwrap();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_ne!(ids[0], first);
     assert_ne!(created.backend.key_identity(), v1.key_identity());
+    assert_eq!(created.backend.key_identity(), derived.backend.key_identity());
 
     let new = created.backend.encrypt(&DEK, b"aad").await.unwrap();
-    assert_eq!(new.metadata[METADATA_UNIQUE_ID], second);
+    assert_eq!(new.metadata[METADATA_UNIQUE_ID], ids[0]);
     assert_eq!(created.backend.decrypt(&new, b"aad").await.unwrap().expose(), DEK);
+    assert_eq!(derived.backend.decrypt(&new, b"aad").await.unwrap().expose(), DEK);
     assert_eq!(v1.decrypt(&old, b"aad").await.unwrap().expose(), DEK);
 
-    // The same version twice would collide on the name: refused, not duplicated.
-    let err = v1.create_version(2).await.err().unwrap();
-    assert_eq!(err.kind, BackendErrorKind::InvalidInput, "{err}");
-    assert!(err.message.contains("unseal-v2"), "{err}");
+    // Creating it again (another replica, a retried job) converges on the
+    // same key instead of a second object of that name.
+    let again = v1.create_version(2).await.unwrap();
+    assert_eq!(again.backend.key_identity(), created.backend.key_identity());
+    assert_eq!(pool.locate("unseal-v2").await.unwrap(), ids);
+    // The next version is named from the base name, not "unseal-v2-v3".
+    let v3 = created.backend.derive_version(3).unwrap();
+    assert_eq!(v3.settings["key_name"], "unseal-v3");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
