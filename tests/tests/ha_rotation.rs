@@ -450,6 +450,55 @@ async fn replicas_on_one_token_agree_on_a_rotation_and_a_wiped_disk_loses_nothin
     // Staging again on B converges on the same key instead of a second one.
     keys("b", &["rotate", "unseal", "--stage"]);
     assert_eq!(versions(&mut cb).await, (vec![1, 2], 1));
+    // So does a rotation Job's offline `keygen --version 2`, with the
+    // broker's credentials and no running broker.
+    let c_config = dir.path().join("c.toml");
+    let env = [("SOFTHSM2_CONF", token.conf.as_path())];
+    for _ in 0..2 {
+        let out = run_cli(
+            &[
+                "keygen",
+                "--config",
+                c_config.to_str().unwrap(),
+                "--key",
+                "unseal",
+                "--version",
+                "2",
+            ],
+            b"",
+            &env,
+        );
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            printed.contains("version 2 of unseal on backend hsm") && printed.contains("unseal-v2"),
+            "{printed}"
+        );
+    }
+    let objects = std::process::Command::new("pkcs11-tool")
+        .args([
+            "--module",
+            SOFTHSM_MODULE,
+            "--token-label",
+            "shared",
+            "--login",
+            "--pin",
+            PIN,
+            "--list-objects",
+            "--type",
+            "secrkey",
+        ])
+        .env("SOFTHSM2_CONF", &token.conf)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&objects.stdout);
+    let labelled = |label: &str| {
+        listing
+            .lines()
+            .filter(|l| l.trim_start().starts_with("label:") && l.split_whitespace().nth(1) == Some(label))
+            .count()
+    };
+    assert_eq!(labelled("unseal-v2"), 1, "one v2 key on the token:\n{listing}");
 
     // Promote A through its config; B is not told.
     assert!(a.terminate().success());

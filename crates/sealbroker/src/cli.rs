@@ -92,15 +92,24 @@ pub struct ServeArgs {
 
 #[derive(Args)]
 #[command(after_help = "Example (SoftHSM):\n  \
-sealbroker keygen --config sealbroker.toml --key unseal\n\n\
+sealbroker keygen --config sealbroker.toml --key unseal\n  \
+sealbroker keygen --config sealbroker.toml --key unseal --version 2\n\n\
 PKCS#11 keys are created non-extractable and sensitive: AES-256 for AES_GCM, an RSA-3072 \
-pair for RSA_PKCS_OAEP. An existing key with the same label/id is never overwritten.")]
+pair for RSA_PKCS_OAEP. An existing key with the same label/id is never overwritten.\n\n\
+--version N creates version N of the key on its backend, named as every replica derives it \
+(unseal-v2 on PKCS#11, <key_name>-v2 on KMIP, <key_file>.v2; AWS KMS and transit rotate the \
+key), with no running broker: the step a rotation Job runs with the broker's credentials. \
+Run again, it finds the version instead of making a second one (AWS KMS and transit rotate \
+again). Then set newest_version = N in every replica's config to stage it.")]
 pub struct KeygenArgs {
     #[arg(long, short, env = "SEALBROKER_CONFIG")]
     pub config: PathBuf,
     /// Name of the [keys.NAME] table.
     #[arg(long)]
     pub key: String,
+    /// Create version N (2 or more) of the key instead of its first key.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..))]
+    pub version: Option<u32>,
 }
 
 /// How to reach a running broker.

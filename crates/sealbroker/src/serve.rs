@@ -153,6 +153,9 @@ pub async fn keygen(args: KeygenArgs) -> Result<ExitCode, String> {
     let config = Config::load(&args.config).map_err(|e| format!("{}: {e}", args.config.display()))?;
     logging::init(config.log.format, &config.log.level);
     let key_path = format!("keys.{}", args.key);
+    if let Some(version) = args.version {
+        return create_version(&config, &args.key, version).await;
+    }
     let spec = config
         .keys
         .get(&args.key)
@@ -176,6 +179,40 @@ pub async fn keygen(args: KeygenArgs) -> Result<ExitCode, String> {
             .await
             .map_err(|e| format!("{backend_path} ({} backend): {e}", kind.name()))?;
         println!("created {created}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keygen --version N`: version N of `key` on every member of the newest
+/// version at or below N, through the backends' own idempotent creation.
+async fn create_version(config: &Config, key: &str, version: u32) -> Result<ExitCode, String> {
+    let key_path = format!("keys.{key}");
+    let broker = Broker::from_config(config, &backends::registry())
+        .await
+        .map_err(|e| e.to_string())?;
+    let ring = broker.key_ring();
+    let logical = ring
+        .get(key)
+        .map_err(|_| ConfigError::new(&key_path, "no such key in the config").to_string())?;
+    let template = logical
+        .versions()
+        .filter(|v| v.version <= version)
+        .max_by_key(|v| v.version)
+        .ok_or_else(|| {
+            ConfigError::new(&key_path, format!("has no version at or below {version}")).to_string()
+        })?;
+    for member in &template.members {
+        let created = member.backend.create_version(version).await.map_err(|e| {
+            format!(
+                "{key_path} version {version} on backend {:?}: {e}",
+                member.backend_name
+            )
+        })?;
+        println!(
+            "version {version} of {key} on backend {}: {}",
+            member.backend_name,
+            created.backend.key_identity()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
