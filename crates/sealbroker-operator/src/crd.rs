@@ -245,6 +245,30 @@ pub struct KeySpec {
     /// kmip: `AES_GCM` or `AES_CBC_PAD`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypt_alg: Option<String>,
+    /// The key's versions, declared here so that every broker pod agrees on
+    /// them and none forgets them with its disk (docs/ha-and-rotation.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<KeyVersions>,
+}
+
+/// Which versions of a key exist, which one wraps, and which are retired.
+/// Versions above 1 are found on the backend by name (`<keyLabel>-v2` on
+/// PKCS#11, `<keyName>-v2` on KMIP, the same AWS KMS or transit key).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyVersions {
+    /// Versions up to this one exist: every broker probes them and reports
+    /// them (staged), before one is promoted. Default: `primary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<u32>,
+    /// The version new wraps use. Promote only once every broker pod
+    /// reports it usable. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<u32>,
+    /// Blobs under older versions are refused. Raise it only once OpenBao
+    /// has re-wrapped its stored keys and recovery key under `primary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_decryption: Option<u32>,
 }
 
 /// A plain environment variable.

@@ -259,6 +259,16 @@ fn key_table(out: &mut String, key: &KeySpec, backends: &[BackendSpec], layout: 
         }
         _ => {}
     }
+    if let Some(versions) = &key.versions {
+        let number = |out: &mut String, name: &str, value: Option<u32>| {
+            if let Some(v) = value {
+                let _ = writeln!(out, "{name} = {v}");
+            }
+        };
+        number(out, "primary_version", versions.primary);
+        number(out, "newest_version", versions.newest);
+        number(out, "min_decryption_version", versions.min_decryption);
+    }
     // Only OpenBao may use a key, and only for sealing; nobody administers it
     // through the socket (rotation is done with the broker's own config).
     let _ = writeln!(
@@ -312,6 +322,29 @@ mod tests {
     #[test]
     fn hcl_strings_escape_template_sequences() {
         assert_eq!(hcl_str("${x}%{y}"), "\"$${x}%%{y}\"");
+    }
+
+    #[test]
+    fn key_versions_render_into_the_key_table() {
+        let mut sb = crate::parse_sealbroker(include_str!("../tests/golden/hardened.input.yaml")).unwrap();
+        sb.spec.keys[0].versions = Some(crate::crd::KeyVersions {
+            newest: Some(3),
+            primary: Some(2),
+            min_decryption: Some(2),
+        });
+        let config = broker_config(&sb, &Layout::pod());
+        let table = config
+            .split("[keys.openbao-unseal]\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n[").next())
+            .unwrap();
+        for line in [
+            "primary_version = 2",
+            "newest_version = 3",
+            "min_decryption_version = 2",
+        ] {
+            assert!(table.lines().any(|l| l == line), "no {line:?} in\n{table}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 
-use crate::crd::{Profile, SealBroker, SealBrokerSpec};
+use crate::crd::{KeyVersions, Profile, SealBroker, SealBrokerSpec};
 use crate::injection::SIDECAR_NAME;
 
 /// One reason a spec or Pod is refused, naming the field it is about.
@@ -255,6 +255,37 @@ fn backend_rules(spec: &SealBrokerSpec, problems: &mut Vec<Problem>) {
     }
 }
 
+/// Versions count from 1; the one that wraps exists, and no retirement
+/// passes it (that would refuse what it wraps).
+fn version_rules(field: &str, versions: &KeyVersions, problems: &mut Vec<Problem>) {
+    for (name, value) in [
+        ("newest", versions.newest),
+        ("primary", versions.primary),
+        ("minDecryption", versions.min_decryption),
+    ] {
+        if value == Some(0) {
+            problems.push(problem(format!("{field}.{name}"), "versions count from 1"));
+        }
+    }
+    let primary = versions.primary.unwrap_or(1);
+    if let Some(newest) = versions.newest
+        && newest < primary
+    {
+        problems.push(problem(
+            format!("{field}.newest"),
+            format!("is {newest}, below primary {primary}: the version that wraps must exist"),
+        ));
+    }
+    if let Some(min) = versions.min_decryption
+        && min > primary
+    {
+        problems.push(problem(
+            format!("{field}.minDecryption"),
+            format!("is {min}, above primary {primary}: it would refuse the blobs the primary wraps"),
+        ));
+    }
+}
+
 fn key_rules(spec: &SealBrokerSpec, problems: &mut Vec<Problem>) {
     if spec.keys.is_empty() {
         problems.push(problem("spec.keys", "names no key"));
@@ -308,6 +339,9 @@ fn key_rules(spec: &SealBrokerSpec, problems: &mut Vec<Problem>) {
                 field.clone(),
                 format!("a {kind} key needs one of {}", required.join(", ")),
             ));
+        }
+        if let Some(versions) = &key.versions {
+            version_rules(&format!("{field}.versions"), versions, problems);
         }
     }
     if !spec.keys.iter().any(|k| k.name == spec.seal.key) {
@@ -426,6 +460,38 @@ mod tests {
         assert!(!is_digest_pinned("ghcr.io/x/sealbroker:1.0"));
         assert!(!is_digest_pinned("ghcr.io/x/sealbroker@sha256:abc"));
         assert!(!is_digest_pinned(&format!("@sha256:{digest}")));
+    }
+
+    #[test]
+    fn versions_count_from_one_and_the_primary_exists_and_is_not_retired() {
+        let check = |newest, primary, min_decryption| {
+            let mut problems = Vec::new();
+            let versions = KeyVersions {
+                newest,
+                primary,
+                min_decryption,
+            };
+            version_rules("spec.keys[0].versions", &versions, &mut problems);
+            problems.into_iter().map(|p| p.field).collect::<Vec<_>>()
+        };
+        assert!(check(Some(3), Some(2), Some(2)).is_empty());
+        assert!(
+            check(Some(2), None, None).is_empty(),
+            "staged above the default primary 1"
+        );
+        assert_eq!(check(Some(1), Some(2), None), ["spec.keys[0].versions.newest"]);
+        assert_eq!(
+            check(None, Some(2), Some(3)),
+            ["spec.keys[0].versions.minDecryption"]
+        );
+        assert_eq!(
+            check(None, None, Some(2)),
+            ["spec.keys[0].versions.minDecryption"]
+        );
+        assert_eq!(
+            check(Some(0), Some(0), None),
+            ["spec.keys[0].versions.newest", "spec.keys[0].versions.primary"]
+        );
     }
 
     #[test]
