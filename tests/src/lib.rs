@@ -312,6 +312,23 @@ impl Daemon {
         self.child.as_ref().unwrap().id()
     }
 
+    /// Every version the daemon knows, from a deep Status: (version, role,
+    /// usable), oldest first.
+    pub async fn version_roles(&self) -> Vec<(u32, String, bool)> {
+        let status = self
+            .unix_client()
+            .await
+            .status(sealbroker_proto::sealbroker::v1::StatusRequest { deep: true })
+            .await
+            .unwrap()
+            .into_inner();
+        status
+            .versions
+            .into_iter()
+            .map(|v| (v.version, v.role, v.usable))
+            .collect()
+    }
+
     /// Sends SIGHUP: the daemon reloads its config.
     pub fn hangup(&self) {
         let status = Command::new("kill")

@@ -413,18 +413,6 @@ async fn replicas_on_one_token_agree_on_a_rotation_and_a_wiped_disk_loses_nothin
         }
     };
 
-    let staged_usable = |c: &mut SealServiceClient<Channel>| {
-        let mut c = c.clone();
-        async move {
-            let status = c.status(StatusRequest { deep: true }).await.unwrap().into_inner();
-            status
-                .versions
-                .iter()
-                .map(|v| (v.version, v.role.clone(), v.usable))
-                .collect::<Vec<_>>()
-        }
-    };
-
     let a = Daemon::serve(&config("a", ""), Some(&token), &log("a1")).await;
     let b = Daemon::serve(&config("b", ""), Some(&token), &log("b1")).await;
     // C is told by its config that v2 is coming; until it exists, C says so.
@@ -436,15 +424,15 @@ async fn replicas_on_one_token_agree_on_a_rotation_and_a_wiped_disk_loses_nothin
     );
     let v1 = wrap(&mut cb, b"under v1").await;
     let staged = |usable: bool| vec![(1, "primary".to_owned(), true), (2, "staged".to_owned(), usable)];
-    assert_eq!(staged_usable(&mut cc).await, staged(false));
+    assert_eq!(c.version_roles().await, staged(false));
 
     // Stage on A: the version exists, nothing wraps under it yet.
     keys("a", &["rotate", "unseal", "--stage"]);
     assert_eq!(versions(&mut ca).await, (vec![1, 2], 1));
     assert_eq!(wrap(&mut ca, b"x").await.key_version, 1);
     // Every replica that knows of v2 reports it usable: the promotion gate.
-    assert_eq!(staged_usable(&mut ca).await, staged(true));
-    assert_eq!(staged_usable(&mut cc).await, staged(true));
+    assert_eq!(a.version_roles().await, staged(true));
+    assert_eq!(c.version_roles().await, staged(true));
     assert_eq!(wrap(&mut cc, b"x").await.key_version, 1);
     assert!(c.terminate().success());
     // Staging again on B converges on the same key instead of a second one.

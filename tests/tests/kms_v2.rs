@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use sealbroker_e2e::*;
 use sealbroker_proto::kms_v2::key_management_service_client::KeyManagementServiceClient;
 use sealbroker_proto::kms_v2::{DecryptRequest, EncryptRequest, EncryptResponse, StatusRequest};
-use sealbroker_proto::sealbroker::v1::StatusRequest as StatusRequest_;
 use sealbroker_server::net::client;
 use tonic::transport::Channel;
 
@@ -333,20 +332,10 @@ async fn three_brokers_serve_three_apiservers_across_a_rotation_with_no_failed_d
     assert!(out.status.success(), "{out:?}");
     progress(5).await;
     reload_all("newest_version = 2\n", 1).await;
+    let staged = vec![(1, "primary".to_owned(), true), (2, "staged".to_owned(), true)];
     for broker in &brokers {
-        let status = broker
-            .unix_client()
-            .await
-            .status(StatusRequest_ { deep: true })
-            .await
-            .unwrap()
-            .into_inner();
-        let roles: Vec<_> = status
-            .versions
-            .iter()
-            .map(|v| (v.version, v.role.as_str(), v.usable))
-            .collect();
-        assert_eq!(roles, [(1, "primary", true), (2, "staged", true)]);
+        let roles = broker.version_roles().await;
+        assert_eq!(roles, staged);
     }
     progress(5).await;
     let before: Vec<usize> = seen.iter().map(|s| s.lock().unwrap().key_ids.len()).collect();

@@ -315,25 +315,10 @@ async fn a_three_node_raft_cluster_rotates_retires_and_restarts_through_three_br
     cluster
         .reload_all("newest_version = 2\n", 1, &brokers, &baos)
         .await;
+    let staged = vec![(1, "primary".to_owned(), true), (2, "staged".to_owned(), true)];
     for broker in &brokers {
-        let status = broker
-            .unix_client()
-            .await
-            .status(StatusRequest { deep: true })
-            .await
-            .unwrap()
-            .into_inner();
-        let roles: Vec<_> = status
-            .versions
-            .iter()
-            .map(|v| (v.version, v.role.as_str(), v.usable))
-            .collect();
-        assert_eq!(
-            roles,
-            [(1, "primary", true), (2, "staged", true)],
-            "{}",
-            broker.logs()
-        );
+        let roles = broker.version_roles().await;
+        assert_eq!(roles, staged, "{}", broker.logs());
     }
 
     // Promote, broker by broker: the root key rotations after it re-wrap

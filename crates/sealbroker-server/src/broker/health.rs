@@ -78,23 +78,27 @@ impl BrokerStatus {
         names.dedup();
         names
             .into_iter()
-            .filter(|key| !self.keys.iter().any(|k| k.key_name == *key && k.healthy))
-            .map(|key| {
-                let why: Vec<String> = self
-                    .keys
-                    .iter()
-                    .filter(|k| k.key_name == key)
-                    .map(|k| {
-                        format!(
-                            "{}: {}",
-                            k.backend_name,
-                            k.error.as_deref().unwrap_or("unhealthy")
-                        )
-                    })
-                    .collect();
-                format!("key {key:?}: {}", why.join("; "))
-            })
+            .filter_map(|key| self.unavailable(key).map(|why| format!("key {key:?}: {why}")))
             .collect()
+    }
+
+    /// Why no member of `key`'s primary version can serve it (each
+    /// member's error, `; `-joined), or `None` while any one can.
+    pub fn unavailable(&self, key: &str) -> Option<String> {
+        let members = self.keys.iter().filter(|k| k.key_name == key);
+        if members.clone().any(|k| k.healthy) {
+            return None;
+        }
+        let why: Vec<String> = members
+            .map(|k| {
+                format!(
+                    "{}: {}",
+                    k.backend_name,
+                    k.error.as_deref().unwrap_or("unhealthy")
+                )
+            })
+            .collect();
+        Some(why.join("; "))
     }
 }
 

@@ -46,30 +46,10 @@ impl pb::key_management_service_server::KeyManagementService for KmsV2 {
             .map(|i| i.primary_key_id.to_string())
             .map_err(|e| to_status(&e))?;
         let status = self.broker.status(false).await;
-        let members: Vec<_> = status
-            .keys
-            .iter()
-            .filter(|k| k.key_name == self.key_name)
-            .collect();
         // The key works while any member of its primary version does.
-        let healthz = if members.iter().any(|k| k.healthy) {
-            "ok".to_owned()
-        } else {
-            let errors: Vec<String> = members
-                .iter()
-                .map(|k| {
-                    format!(
-                        "{}: {}",
-                        k.backend_name,
-                        k.error.as_deref().unwrap_or("unhealthy")
-                    )
-                })
-                .collect();
-            format!(
-                "sealbroker key {:?} unavailable: {}",
-                self.key_name,
-                errors.join("; ")
-            )
+        let healthz = match status.unavailable(&self.key_name) {
+            None => "ok".to_owned(),
+            Some(why) => format!("sealbroker key {:?} unavailable: {why}", self.key_name),
         };
         Ok(Response::new(pb::StatusResponse {
             version: "v2".into(),
