@@ -329,6 +329,24 @@ impl Daemon {
             .collect()
     }
 
+    /// Waits until a deep Status reports `expected` (a deep probe of a
+    /// version runs at most once a second, so a fresh change can take that
+    /// long to show).
+    pub async fn wait_version_roles(&self, expected: &[(u32, String, bool)]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let roles = self.version_roles().await;
+            if roles == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "versions {roles:?}, waited for {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Sends SIGHUP: the daemon reloads its config.
     pub fn hangup(&self) {
         let status = Command::new("kill")

@@ -438,12 +438,18 @@ impl KeyRing {
         let key = self.get(&blob.key_name)?;
 
         // Try every DEK entry we hold a member for, in blob order (which is
-        // configured order); the first that opens wins.
+        // configured order); the first that opens wins. Each member is asked
+        // once: a blob that repeats an entry costs no more backend calls.
         let mut last_error = None;
+        let mut tried: Vec<&str> = Vec::new();
         for entry in &blob.deks {
+            if tried.contains(&entry.key_id.as_str()) {
+                continue;
+            }
             let Some((version, member)) = key.member_by_id(&entry.key_id) else {
                 continue;
             };
+            tried.push(entry.key_id.as_str());
             if version.version < key.min_decryption_version {
                 last_error = Some(Error::VersionRetired {
                     key: key.name.clone(),

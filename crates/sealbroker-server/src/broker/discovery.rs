@@ -451,4 +451,36 @@ mod tests {
             .unwrap();
         assert_eq!(opened.plaintext.expose(), b"old");
     }
+
+    #[tokio::test]
+    async fn a_blob_repeating_one_member_costs_one_backend_decrypt() {
+        let kind = MemoryKind::leak("counted");
+        let registry = BackendRegistry::default().with(kind);
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "profile = \"development\"\n[server]\nunix_socket = \"/tmp/unused.sock\"\nstate_dir = {:?}\n\
+             [backends.hsm]\ntype = \"counted\"\n[keys.unseal]\nbackend = \"hsm\"\nlabel = \"unseal\"\n",
+            dir.path()
+        );
+        let broker = Broker::from_config(&Config::parse(&text).unwrap(), &registry)
+            .await
+            .unwrap();
+        let (blob, _, _) = wrap(&broker, b"x").await;
+        // Sixteen copies of the one entry, its wrapped key altered: none opens.
+        let mut forged = WrappedBlob::from_bytes(&blob).unwrap();
+        forged.deks[0].wrapped_dek[0] ^= 1;
+        forged.deks = vec![forged.deks[0].clone(); 16];
+        let before = kind.knobs().concurrency.calls();
+        let err = broker
+            .unwrap(&admin(), "unseal", &forged.to_bytes(), b"aad")
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::NotAuthentic), "{err}");
+        assert_eq!(
+            kind.knobs().concurrency.calls() - before,
+            1,
+            "one decrypt for one member"
+        );
+    }
 }

@@ -48,9 +48,9 @@ pub struct Broker {
     metrics: Option<Arc<Metrics>>,
     /// The ACLs and key templates, swapped whole by a reload.
     policy: RwLock<Arc<Policy>>,
-    /// Makes health refreshes single-flight: concurrent status calls wait
-    /// for the probe in progress instead of starting their own.
-    probing: tokio::sync::Mutex<()>,
+    /// One lock per probed member (`health::probe_lock`): probes are
+    /// single-flight per member, and a cached answer never waits for one.
+    probing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Serializes rotations and other key changes.
     changing_keys: tokio::sync::Mutex<()>,
     /// Why the last reload was refused, while the config before it serves.
@@ -150,7 +150,7 @@ impl Broker {
             audit: Arc::new(AuditLog::disabled()),
             metrics: None,
             policy: RwLock::new(Arc::default()),
-            probing: tokio::sync::Mutex::new(()),
+            probing: Mutex::default(),
             changing_keys: tokio::sync::Mutex::new(()),
             config_error: Mutex::new(None),
         }

@@ -197,7 +197,14 @@ impl pb::seal_service_server::SealService for SealGrpc {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let call = Call::new(Door::Grpc, caller_of(&request));
-        let mut status = self.broker.status(request.get_ref().deep).await;
+        let mut status = if request.get_ref().deep {
+            self.broker
+                .status_deep_for(&call)
+                .await
+                .map_err(|e| to_status(&e))?
+        } else {
+            self.broker.status(false).await
+        };
         status.keys.retain(|k| self.broker.visible(&call, &k.key_name));
         status
             .versions
