@@ -395,6 +395,31 @@ fn hardened_refuses_keys_without_an_acl() {
     );
 }
 
+#[test]
+fn hardened_refuses_metrics_off_loopback_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    fs::write(
+        &config,
+        format!(
+            "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n[server.metrics]\nlisten = \"0.0.0.0:{}\"\n\
+             [backends.hsm]\ntype = \"pkcs11\"\nlib = \"{SOFTHSM_MODULE}\"\ntoken_label = \"t\"\npin = \"1\"\n\
+             [keys.k]\nbackend = \"hsm\"\nkey_label = \"k\"\n{}",
+            dir.path().join("s.sock").display(),
+            free_port(),
+            allow_test_callers()
+        ),
+    )
+    .unwrap();
+    let out = run_cli(&["serve", "--config", config.to_str().unwrap()], b"", &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("server.metrics.listen") && stderr.contains("only on loopback"),
+        "{stderr}"
+    );
+}
+
 /// A stand-in AWS KMS endpoint that answers every request as an Encrypt,
 /// except that it throttles while `throttle` (decremented per request) is
 /// above zero. Returns its address.

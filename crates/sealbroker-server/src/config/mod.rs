@@ -87,7 +87,9 @@ pub struct KmsV2Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Address for `/metrics`, `/livez` and `/readyz` (plain HTTP; nothing secret is served).
+    /// Address for `/metrics`, `/livez` and `/readyz` (plain HTTP; nothing
+    /// secret is served, but key and backend names are). Loopback only under
+    /// the Hardened profile.
     pub listen: SocketAddr,
 }
 
@@ -423,6 +425,21 @@ impl Config {
                     "must be an octal file mode such as \"0600\"",
                 )
             })?;
+        }
+        if let Some(metrics) = &self.server.metrics
+            && self.profile == Profile::Hardened
+            && !metrics.listen.ip().is_loopback()
+        {
+            return Err(ConfigError::new(
+                "server.metrics.listen",
+                format!(
+                    "the hardened profile serves metrics only on loopback, not {}: /metrics names keys \
+                     and backends and /readyz gives backend error text to anyone who reaches it, \
+                     unauthenticated and in plaintext; listen on 127.0.0.1 and scrape from the same \
+                     host or pod",
+                    metrics.listen
+                ),
+            ));
         }
         if self.audit.fail_open && self.profile == Profile::Hardened {
             return Err(ConfigError::new(

@@ -38,6 +38,33 @@ fn a_kms_v2_socket_is_a_listener_and_metrics_alone_are_not() {
 }
 
 #[test]
+fn hardened_serves_metrics_on_loopback_only() {
+    let base = "profile = \"hardened\"\n[server]\nunix_socket = \"/run/sb.sock\"\n\
+                [backends.b]\ntype = \"x\"\n[keys.k]\nbackend = \"b\"\n";
+    for listen in ["0.0.0.0:9464", "10.0.0.7:9464", "[::]:9464"] {
+        let text = base.replace(
+            "[backends.b]",
+            &format!("[server.metrics]\nlisten = \"{listen}\"\n[backends.b]"),
+        );
+        let err = Config::parse(&text).unwrap_err();
+        assert_eq!(err.path, "server.metrics.listen", "{listen}: {err}");
+        assert!(err.message.contains("only on loopback"), "{err}");
+    }
+    for listen in ["127.0.0.1:9464", "[::1]:9464"] {
+        let text = base.replace(
+            "[backends.b]",
+            &format!("[server.metrics]\nlisten = \"{listen}\"\n[backends.b]"),
+        );
+        Config::parse(&text).unwrap();
+    }
+    let development = base.replace("hardened", "development").replace(
+        "[backends.b]",
+        "[server.metrics]\nlisten = \"0.0.0.0:9464\"\n[backends.b]",
+    );
+    Config::parse(&development).unwrap();
+}
+
+#[test]
 fn debug_never_prints_backend_settings() {
     let text = MINIMAL.replace("type = \"software\"", "type = \"software\"\npin = \"s3cr3t-pin\"");
     let config: Config = toml::from_str(&text).unwrap();
