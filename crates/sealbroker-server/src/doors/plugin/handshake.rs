@@ -172,7 +172,9 @@ pub(super) async fn parent_gone() {
     }
 }
 
-/// A private directory for the plugin socket, removed on drop.
+/// A private directory for the plugin socket, removed on drop. Its name
+/// is random (128 bits), so no other local user can predict it, create it
+/// first or squat on it; an existing directory is never reused or removed.
 pub(super) struct SocketDir(PathBuf);
 
 impl SocketDir {
@@ -181,16 +183,21 @@ impl SocketDir {
     }
 
     pub(super) fn create() -> Result<Self, String> {
+        Self::create_in(&std::env::temp_dir())
+    }
+
+    fn create_in(base: &Path) -> Result<Self, String> {
+        use ring::rand::SecureRandom;
         use std::os::unix::fs::DirBuilderExt;
-        let base = std::env::temp_dir();
-        for attempt in 0..16u32 {
-            let dir = base.join(format!("sealbroker-plugin-{}-{attempt}", std::process::id()));
+        let rng = ring::rand::SystemRandom::new();
+        for _ in 0..16 {
+            let mut suffix = [0u8; 16];
+            rng.fill(&mut suffix)
+                .map_err(|_| "the system random number generator failed".to_owned())?;
+            let dir = base.join(format!("sealbroker-plugin-{}", hex::encode(suffix)));
             match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => return Ok(SocketDir(dir)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    // Stale from a dead plugin with a recycled pid.
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
             }
         }
@@ -204,5 +211,32 @@ impl SocketDir {
 impl Drop for SocketDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn socket_directories_are_private_unpredictable_and_removed_on_drop() {
+        let base = tempfile::tempdir().unwrap();
+        let a = SocketDir::create_in(base.path()).unwrap();
+        let b = SocketDir::create_in(base.path()).unwrap();
+        assert_ne!(a.path(), b.path());
+        for dir in [&a, &b] {
+            let name = dir.path().file_name().unwrap().to_str().unwrap();
+            let suffix = name.strip_prefix("sealbroker-plugin-").unwrap();
+            assert_eq!(suffix.len(), 32, "{name}");
+            assert!(suffix.bytes().all(|c| c.is_ascii_hexdigit()), "{name}");
+            let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{name}");
+        }
+        let gone = a.path().to_owned();
+        drop(a);
+        assert!(!gone.exists());
+        assert!(b.path().exists());
     }
 }
