@@ -381,10 +381,13 @@ impl Broker {
                 tracing::Span::current().record("key", done.key_name());
             }
             Self::log_outcome(name, started, &result);
-            let audited_key = result
-                .as_ref()
-                .map(|done| done.key_name().to_owned())
-                .unwrap_or_else(|_| key.to_owned());
+            // A denial names the key it was about: for an unwrap that named
+            // no key, the blob's.
+            let audited_key = match &result {
+                Ok(done) => done.key_name().to_owned(),
+                Err(Error::PermissionDenied { key: denied, .. }) => denied.clone(),
+                Err(_) => key.to_owned(),
+            };
             self.audited(
                 Op {
                     name,
@@ -578,5 +581,54 @@ impl Broker {
             .filter(|name| self.policy().acls.visible(&call.caller, name))
             .filter_map(|name| ring.describe(name).ok())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sealbroker_testkit::memory::MemoryKind;
+
+    use super::caller::Door;
+    use super::*;
+    use crate::broker::registry::BackendRegistry;
+    use crate::config::Config;
+
+    #[tokio::test]
+    async fn a_denied_unwrap_naming_no_key_is_audited_under_the_blobs_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.jsonl");
+        let text = format!(
+            "profile = \"development\"\n[server]\nunix_socket = \"/tmp/unused.sock\"\n[audit]\nfile = {audit:?}\n\
+             [backends.hsm]\ntype = \"audited\"\n[keys.unseal]\nbackend = \"hsm\"\n\
+             allow = {{ wrap = [\"uid:7\"], unwrap = [\"uid:8\"] }}\n"
+        );
+        let registry = BackendRegistry::default().with(MemoryKind::leak("audited"));
+        let broker = Broker::from_config(&Config::parse(&text).unwrap(), &registry)
+            .await
+            .unwrap();
+        let caller = Call::new(
+            Door::Grpc,
+            Caller::Unix {
+                uid: 7,
+                gid: 7,
+                pid: None,
+            },
+        );
+        let blob = broker
+            .wrap(&caller, "unseal", SecretBytes::copy_from(b"x"), b"")
+            .await
+            .unwrap()
+            .blob;
+        let err = broker.unwrap(&caller, "", &blob, b"").await.err().unwrap();
+        assert!(matches!(err, Error::PermissionDenied { .. }), "{err}");
+        drop(broker);
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let denied = lines.iter().find(|l| l["operation"] == "unwrap").unwrap();
+        assert_eq!(denied["outcome"], "PermissionDenied", "{denied}");
+        assert_eq!(denied["key"], "unseal", "{denied}");
     }
 }
