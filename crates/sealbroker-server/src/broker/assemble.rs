@@ -4,7 +4,6 @@
 //! both build their broker here, so one config file means the same broker
 //! whichever process reads it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::Policy;
@@ -29,8 +28,8 @@ impl Broker {
             None => Default::default(),
         };
         let ring = registry.build_keyring_with_state(config, &snapshot).await?;
-        let acls = Acls::from_config(config)?;
-        if !acls.is_enforcing() {
+        let policy = Policy::of(config)?;
+        if !policy.acls.is_enforcing() {
             tracing::warn!(
                 security_risk = true,
                 "no key has an `allow` list: every caller may use every key"
@@ -40,10 +39,8 @@ impl Broker {
         if !audit.is_enabled() {
             tracing::warn!("no audit trail configured: set [audit] file = \"...\" to record every operation");
         }
-        let templates = templates(config);
         let mut broker = Broker::new(ring, config.profile, config.limits.clone())
-            .with_templates(templates)
-            .with_acls(acls)
+            .with_policy(policy)
             .with_audit(Arc::new(audit));
         if let Some(store) = state {
             broker = broker.with_state(store);
@@ -55,14 +52,20 @@ impl Broker {
     }
 }
 
-/// Per key, the newest configured version: what rotations and versions
-/// found on the backend are derived from.
-fn templates(config: &Config) -> HashMap<String, u32> {
-    config
-        .keys
-        .iter()
-        .map(|(name, spec)| (name.clone(), spec.versions.last().map_or(1, |v| v.version)))
-        .collect()
+impl Policy {
+    /// The ACLs `config` declares, and per key its newest configured
+    /// version: what rotations and versions found on the backend derive from.
+    fn of(config: &Config) -> Result<Policy, ConfigError> {
+        let templates = config
+            .keys
+            .iter()
+            .map(|(name, spec)| (name.clone(), spec.versions.last().map_or(1, |v| v.version)))
+            .collect();
+        Ok(Policy {
+            acls: Acls::from_config(config)?,
+            templates,
+        })
+    }
 }
 
 impl Broker {
@@ -77,11 +80,7 @@ impl Broker {
             None => Default::default(),
         };
         let ring = registry.build_keyring_with_state(config, &snapshot).await?;
-        let acls = Acls::from_config(config)?;
-        let policy = Arc::new(Policy {
-            acls,
-            templates: templates(config),
-        });
+        let policy = Arc::new(Policy::of(config)?);
         let _changing = self.changing_keys.lock().await;
         *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;

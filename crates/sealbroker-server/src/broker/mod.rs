@@ -156,28 +156,10 @@ impl Broker {
         }
     }
 
-    /// Names, per key, the configured version that rotations and versions
-    /// found on the backend are derived from (the newest configured one).
-    pub fn with_templates(self, templates: HashMap<String, u32>) -> Self {
-        {
-            let mut policy = self.policy.write().unwrap_or_else(|p| p.into_inner());
-            *policy = Arc::new(Policy {
-                acls: policy.acls.clone(),
-                templates,
-            });
-        }
-        self
-    }
-
-    /// Enforces per-key ACLs on every operation.
-    pub fn with_acls(self, acls: Acls) -> Self {
-        {
-            let mut policy = self.policy.write().unwrap_or_else(|p| p.into_inner());
-            *policy = Arc::new(Policy {
-                acls,
-                templates: policy.templates.clone(),
-            });
-        }
+    /// Enforces `policy`: per-key ACLs on every operation, and the
+    /// configured versions rotations and found versions derive from.
+    fn with_policy(self, policy: Policy) -> Self {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
         self
     }
 
@@ -294,11 +276,12 @@ impl Broker {
         &self.limits
     }
 
-    /// The current key ring.
+    /// The current ACLs and templates.
     fn policy(&self) -> Arc<Policy> {
         self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The current key ring.
     pub fn key_ring(&self) -> Arc<KeyRing> {
         self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -577,8 +560,9 @@ impl Broker {
 
     pub fn list_keys(&self, call: &Call) -> Vec<KeyInfo> {
         let ring = self.key_ring();
+        let policy = self.policy();
         ring.names()
-            .filter(|name| self.policy().acls.visible(&call.caller, name))
+            .filter(|name| policy.acls.visible(&call.caller, name))
             .filter_map(|name| ring.describe(name).ok())
             .collect()
     }
