@@ -418,6 +418,25 @@ mod tests {
                 "{err}"
             );
         }
+        // Nor on a blob whose known member's entry claims an unknown version.
+        let mut relabelled = WrappedBlob::from_bytes(&v1_blob).unwrap();
+        relabelled.deks[0].key_version = 50;
+        relabelled.deks[0].wrapped_dek[0] ^= 1;
+        let err = c
+            .unwrap_issued(
+                &admin(),
+                "unseal",
+                "0123456789abcdef0123456789abcdef",
+                &relabelled.to_bytes(),
+                b"aad",
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, Error::InvalidArgument { field: "key_id", .. }),
+            "{err}"
+        );
         // Nor on another key's blob.
         let other = replica(
             &registry,

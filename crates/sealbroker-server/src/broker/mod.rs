@@ -445,17 +445,23 @@ impl Broker {
         self.unwrap_checked(call, key, Some(key_id), blob, aad).await
     }
 
-    /// Whether `blob` is sealed under `key` and names a version of it that
-    /// `ring` does not hold (one another replica may have made).
+    /// Whether `blob` is sealed under `key` and has an entry for a version
+    /// `ring` does not hold (one another replica may have made): an unknown
+    /// version under a member id `ring` does not know either. An entry under
+    /// a known member opens, if at all, under that member's known version.
     fn names_an_unknown_version(&self, ring: &KeyRing, key: &str, blob: &[u8]) -> bool {
         let (Ok(decoded), Ok(key)) = (sealbroker_core::WrappedBlob::from_bytes(blob), ring.get(key)) else {
             return false;
+        };
+        let known_member = |id: &str| {
+            key.versions()
+                .any(|v| v.members.iter().any(|m| m.key_id.as_str() == id))
         };
         decoded.key_name == key.name
             && decoded
                 .deks
                 .iter()
-                .any(|entry| key.version(entry.key_version).is_none())
+                .any(|entry| key.version(entry.key_version).is_none() && !known_member(&entry.key_id))
     }
 
     async fn unwrap_checked(
