@@ -3,6 +3,7 @@
 //! client cannot hold up others).
 
 pub mod accept;
+pub mod authority;
 pub mod client;
 pub mod listen;
 pub mod tls;
