@@ -24,6 +24,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::doors::grpc::SealGrpc;
 use crate::doors::transit;
+use crate::net::authority::{RefuseLayer, UnixAuthority};
 use crate::net::listen::{ServeError, bind_unix, io_error, listen_tcp};
 use crate::net::tls::{self, LiveTls};
 
@@ -54,19 +55,32 @@ pub async fn serve(
     let mut live = reload::Live::default();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<SealServiceServer<SealGrpc>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(sealbroker_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Io {
-            what: format!("reflection: {e}"),
-            source: std::io::Error::other("reflection"),
-        })?;
+    // Reflection in both versions: v1, and v1alpha for the clients that
+    // know only it (grpcurl before 1.8.8, older Postman and evans).
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sealbroker_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Only what this door serves (the set also holds the plugin's
+            // and KMS v2's services).
+            .with_service_name("sealbroker.v1.SealService")
+            .with_service_name("grpc.health.v1.Health")
+    };
+    let reflection_error = |e: tonic_reflection::server::Error| ServeError::Io {
+        what: format!("reflection: {e}"),
+        source: std::io::Error::other("reflection"),
+    };
+    let reflection = reflection_builder().build_v1().map_err(reflection_error)?;
+    let reflection_alpha = reflection_builder().build_v1alpha().map_err(reflection_error)?;
     let seal = SealGrpc::new(broker.clone()).into_server();
+    // Every door refuses a request whose unix-socket :authority was refused
+    // (see net::authority); on TCP no request carries the mark.
     let router = || {
         Server::builder()
+            .layer(RefuseLayer)
             .add_service(health_service.clone())
             .add_service(reflection.clone())
+            .add_service(reflection_alpha.clone())
             .add_service(seal.clone())
     };
 
@@ -104,7 +118,7 @@ pub async fn serve(
 
     if let Some(path) = &server.unix_socket {
         let listener = bind_unix(path, socket_mode)?;
-        let incoming = UnixListenerStream::new(listener);
+        let incoming = UnixListenerStream::new(listener).map(|c| c.map(UnixAuthority::new));
         let serving = router().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
         tasks.spawn(async move { Ok(serving.await?) });
         bound.unix_socket = Some(path.clone());
@@ -192,10 +206,12 @@ pub async fn serve(
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         let service = crate::doors::kmsv2::KmsV2::new(broker.clone(), kms.key_name.clone()).into_server();
+        let incoming = UnixListenerStream::new(listener).map(|c| c.map(UnixAuthority::new));
         let serving = Server::builder()
+            .layer(RefuseLayer)
             .add_service(kms_health_service)
             .add_service(service)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
         tasks.spawn(async move { serving.await.map_err(ServeError::from) });
         tracing::info!(socket = %kms.socket.display(), key = %kms.key_name, "Kubernetes KMS v2 listening");
     }
