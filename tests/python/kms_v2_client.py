@@ -25,8 +25,9 @@ assert rc == 0, "protoc failed"
 sys.path.insert(0, out)
 from k8s.kms.v2 import api_pb2 as pb, api_pb2_grpc as rpc  # noqa: E402
 
-# kube-apiserver (Go gRPC) sends ":authority: localhost" on unix sockets; C-core
-# would send the socket path, which HTTP/2 servers may reject as an authority.
+# kube-apiserver (Go gRPC) sends ":authority: localhost" on unix sockets: this
+# channel speaks as it does. A stock C-core channel (default options) sends the
+# percent-encoded socket path instead; it is checked at the end.
 channel = grpc.insecure_channel(f"unix://{kms_socket}", options=[("grpc.default_authority", "localhost")])
 stub = rpc.KeyManagementServiceStub(channel)
 passed = 0
@@ -110,5 +111,14 @@ try:
     check(False, "garbage ciphertext is rejected")
 except grpc.RpcError as e:
     check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"garbage -> INVALID_ARGUMENT, got {e.code()}")
+
+# A stock C-core client with default options, on the same socket.
+plain = rpc.KeyManagementServiceStub(grpc.insecure_channel(f"unix:{kms_socket}"))
+status = plain.Status(pb.StatusRequest())
+check(status.healthz == "ok", f"default-options client: healthz is ok, got {status.healthz!r}")
+enc = plain.Encrypt(pb.EncryptRequest(plaintext=seed, uid="uid-7"))
+dec = plain.Decrypt(pb.DecryptRequest(ciphertext=enc.ciphertext, uid="uid-8", key_id=enc.key_id,
+                                      annotations=enc.annotations))
+check(dec.plaintext == seed, "default-options client: Encrypt then Decrypt round-trips")
 
 print(f"{passed} passed, 0 failed")
