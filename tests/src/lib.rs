@@ -25,6 +25,12 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Path of the binary under test.
+/// Where a daemon logging to `log` prints its stdout: beside it, named so
+/// the secret sweep collects it too.
+fn stdout_of(log: &Path) -> PathBuf {
+    log.with_extension("stdout.log")
+}
+
 pub fn sealbroker_bin() -> PathBuf {
     let path = std::env::var_os("SEALBROKER_BIN")
         .map(PathBuf::from)
@@ -87,7 +93,7 @@ pub mod sweep {
     }
 }
 
-pub use sealbroker_testkit::{assert_no_secret, free_port};
+pub use sealbroker_testkit::{assert_no_secret, audit_log, audit_toml, free_port};
 
 /// A SoftHSM2 token in its own directory, made by softhsm/make-token.sh.
 pub struct SoftHsmToken {
@@ -216,11 +222,31 @@ impl Daemon {
         socket: Option<PathBuf>,
         tcp: Option<SocketAddr>,
     ) -> Daemon {
-        let mut command = Command::new(sealbroker_bin());
+        Daemon::start_under(&[], args, envs, log, socket, tcp).await
+    }
+
+    /// Like [`start`](Self::start), with the daemon run by `prefix` (such as
+    /// `prlimit --fsize=N --`).
+    pub async fn start_under(
+        prefix: &[&str],
+        args: &[&str],
+        envs: &[(&str, &Path)],
+        log: &Path,
+        socket: Option<PathBuf>,
+        tcp: Option<SocketAddr>,
+    ) -> Daemon {
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(sealbroker_bin());
+                command
+            }
+            None => Command::new(sealbroker_bin()),
+        };
         command
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(fs::File::create(stdout_of(log)).unwrap())
             .stderr(fs::File::create(log).unwrap());
         for (key, value) in envs {
             command.env(key, value);
@@ -258,6 +284,16 @@ impl Daemon {
 
     /// `serve --config FILE` with SoftHSM's config in the environment when given.
     pub async fn serve(config: &Path, softhsm: Option<&SoftHsmToken>, log: &Path) -> Daemon {
+        Daemon::serve_under(&[], config, softhsm, log).await
+    }
+
+    /// [`serve`](Self::serve) run by `prefix` (see [`start_under`](Self::start_under)).
+    pub async fn serve_under(
+        prefix: &[&str],
+        config: &Path,
+        softhsm: Option<&SoftHsmToken>,
+        log: &Path,
+    ) -> Daemon {
         let text = fs::read_to_string(config).unwrap();
         let socket = text
             .lines()
@@ -271,7 +307,8 @@ impl Daemon {
             .map(|t| ("SOFTHSM2_CONF", t.conf.as_path()))
             .into_iter()
             .collect();
-        Daemon::start(
+        Daemon::start_under(
+            prefix,
             &["serve", "--config", config.to_str().unwrap()],
             &envs,
             log,
@@ -306,6 +343,11 @@ impl Daemon {
 
     pub fn logs(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the daemon printed on stdout (audit lines under `stdout = true`).
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(stdout_of(&self.log)).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {

@@ -16,9 +16,11 @@ const PIN: &str = "audit-e2e-pin-4410";
 fn config(dir: &Path, token: &SoftHsmToken, audit_file: &Path, metrics_port: u16) -> std::path::PathBuf {
     let text = format!(
         "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n[server.metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
-         [audit]\nfile = \"{}\"\n[limits]\nhealth_cache_secs = 1\n{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{}",
+         [audit]\nfile = \"{}\"\nseal_key = \"unseal\"\ncheckpoint_file = \"{}\"\n[limits]\nhealth_cache_secs = 1\n{}\n\
+         [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{}",
         dir.join("sb.sock").display(),
         audit_file.display(),
+        dir.join("audit-checkpoint/audit.checkpoint").display(),
         token.backend_toml("hsm"),
         allow_test_callers(),
     );
@@ -122,19 +124,48 @@ async fn audit_metrics_and_readiness_tell_the_truth() {
         !text.contains("AUDIT-PLAINTEXT-CANARY") && !text.contains(PIN),
         "secret material in the audit log"
     );
-    let verify = run_cli(&["audit", "verify", audit.to_str().unwrap()], b"", &[]);
+    // The chain is keyed: checking it unseals its key through the HSM.
+    let config = dir.path().join("sealbroker.toml");
+    let env = [("SOFTHSM2_CONF", token.conf.as_path())];
+    let verify_file = |file: &Path| {
+        run_cli(
+            &[
+                "audit",
+                "verify",
+                "--config",
+                config.to_str().unwrap(),
+                file.to_str().unwrap(),
+            ],
+            b"",
+            &env,
+        )
+    };
+    let verify = verify_file(&audit);
     assert!(verify.status.success(), "{verify:?}");
-    assert!(String::from_utf8_lossy(&verify.stdout).contains("intact, 7 lines"));
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("intact, 7 lines"),
+        "{verify:?}"
+    );
+    // Without the key the chain cannot even be checked, let alone recomputed.
+    let unkeyed = run_cli(&["audit", "verify", audit.to_str().unwrap()], b"", &[]);
+    assert_eq!(unkeyed.status.code(), Some(1), "{unkeyed:?}");
 
-    // Tampering is detected and located.
+    // Tampering is detected and located: an edited line, and a cut end.
     let copy = dir.path().join("tampered.log");
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     lines[3] = lines[3].replace("\"outcome\":\"ok\"", "\"outcome\":\"PermissionDenied\"");
     fs::write(&copy, lines.join("\n") + "\n").unwrap();
-    let verify = run_cli(&["audit", "verify", copy.to_str().unwrap()], b"", &[]);
+    let verify = verify_file(&copy);
     assert_eq!(verify.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&verify.stdout).contains("BROKEN at line 5"),
+        "{verify:?}"
+    );
+    fs::write(&copy, text.lines().take(6).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    let verify = verify_file(&copy);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("checkpoint records 7 lines"),
         "{verify:?}"
     );
 
@@ -265,6 +296,68 @@ async fn an_unwritable_audit_log_fails_operations_closed() {
     assert!(err.message().contains("could not be audited"), "{err:?}");
 }
 
+/// A file-size limit (`prlimit --fsize`) stands in for a full disk: the
+/// write that crosses it is cut short, then fails (EFBIG), as a write to a
+/// full disk does (ENOSPC).
+#[tokio::test]
+async fn a_full_disk_refuses_the_operation_and_the_trail_verifies_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "audit", "unseal-key", PIN);
+    let audit = dir.path().join("audit.log");
+    let config = config(dir.path(), &token, &audit, free_port());
+    let limit = 64 * 1024;
+    let fsize = format!("--fsize={limit}");
+    let daemon = Daemon::serve_under(
+        &["prlimit", &fsize, "--"],
+        &config,
+        Some(&token),
+        &dir.path().join("d.log"),
+    )
+    .await;
+    let mut c = daemon.unix_client().await;
+    let wrap = || WrapRequest {
+        key_name: "unseal".into(),
+        plaintext: b"x".to_vec(),
+        aad: vec![],
+    };
+    let mut answered = 0;
+    let refusal = loop {
+        assert!(answered < 1000, "{answered} wraps fit in a {limit}-byte log");
+        match c.wrap(wrap()).await {
+            Ok(_) => answered += 1,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(refusal.code(), Code::Unavailable, "{refusal:?}");
+    assert!(refusal.message().contains("could not be audited"), "{refusal:?}");
+    // Still full: still refused, and the broker is still up.
+    assert_eq!(c.wrap(wrap()).await.unwrap_err().code(), Code::Unavailable);
+    // The cut-short line was taken back: every answered wrap, and nothing
+    // else, is in the log, whole.
+    let text = fs::read_to_string(&audit).unwrap();
+    assert!(answered > 0);
+    assert!(text.ends_with('\n'), "a half line stayed in the log");
+    assert_eq!(text.lines().count(), answered, "{answered} answered");
+    drop(c);
+    drop(daemon);
+
+    // Room again: the broker continues the same chain, and it verifies.
+    let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("d2.log")).await;
+    daemon.unix_client().await.wrap(wrap()).await.unwrap();
+    drop(daemon);
+    let verify = run_cli(
+        &["audit", "verify", "--config", config.to_str().unwrap()],
+        b"",
+        &[("SOFTHSM2_CONF", token.conf.as_path())],
+    );
+    assert!(verify.status.success(), "{verify:?}");
+    let expected = format!("intact, {} lines", answered + 1);
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains(&expected),
+        "{verify:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acls_grant_per_operation_and_per_identity() {
     let dir = tempfile::tempdir().unwrap();
@@ -276,13 +369,14 @@ async fn acls_grant_per_operation_and_per_identity() {
         format!("[keys.{name}]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\nallow = {allow}\n")
     };
     let text = format!(
-        "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n{}\n{}\n{}{}{}",
+        "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n{}\n{}\n{}{}{}{}",
         dir.path().join("sb.sock").display(),
         pki.tcp_toml(port),
         token.backend_toml("hsm"),
         key("wrap-only", &format!("{{ wrap = [\"uid:{uid}\"] }}")),
         key("someone-else", "{ any = [\"uid:4242424\"] }"),
         key("for-tls", "{ any = [\"dns:openbao.test\"] }"),
+        audit_toml(dir.path(), "wrap-only"),
     );
     let config = dir.path().join("sealbroker.toml");
     fs::write(&config, text).unwrap();

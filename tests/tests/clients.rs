@@ -30,11 +30,12 @@ async fn hardened_broker() -> Broker {
     let socket = dir.path().join("sb.sock");
     let port = free_port();
     let text = format!(
-        "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n{}{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"clients-key\"\n{}",
+        "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n{}{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"clients-key\"\n{}{}",
         socket.display(),
         pki.tcp_toml(port),
         token.backend_toml("hsm"),
         allow_test_callers(),
+        audit_toml(dir.path(), "unseal"),
     );
     let config = dir.path().join("sealbroker.toml");
     fs::write(&config, text).unwrap();

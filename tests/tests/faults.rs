@@ -217,7 +217,8 @@ fn one_session_per_token(config: &Path) {
 fn hsm_daemon_config(dir: &Path, token: &SoftHsmToken, limits: &str) -> PathBuf {
     let text = format!(
         "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n{limits}\n{}\n\
-         [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{}",
+         [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{}\n\
+         [audit]\nstdout = true\n",
         dir.join("sb.sock").display(),
         token.backend_toml("hsm"),
         allow_test_callers()

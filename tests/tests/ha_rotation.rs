@@ -33,7 +33,8 @@ impl HaConfig for TwoTokens {
     fn config(&self, dir: &Path) -> PathBuf {
         let text = format!(
             "profile = \"hardened\"\n[server]\nunix_socket = \"{sock}\"\nstate_dir = \"{state}\"\n\
-             [server.metrics]\nlisten = \"{metrics}\"\n{backends}\n[keys.unseal]\n{members}\n",
+             [server.metrics]\nlisten = \"{metrics}\"\n{backends}\n[keys.unseal]\n{members}\n{audit}",
+            audit = audit_toml(dir, "unseal"),
             metrics = metrics_addr(dir),
             sock = dir.join("sb.sock").display(),
             state = dir.join("state").display(),
@@ -336,11 +337,12 @@ async fn a_rotated_hardened_key_with_an_acl_survives_a_restart() {
     let token = SoftHsmToken::create(&dir.path().join("hsm"), "hard", "unseal", PIN);
     let text = format!(
         "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\nstate_dir = \"{}\"\n{}\n\
-         [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal\"\n{}",
+         [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal\"\n{}{}",
         dir.path().join("sb.sock").display(),
         dir.path().join("state").display(),
         token.backend_toml("hsm"),
         allow_test_callers(),
+        audit_toml(dir.path(), "unseal"),
     );
     let config = dir.path().join("sealbroker.toml");
     fs::write(&config, text).unwrap();
@@ -377,11 +379,12 @@ async fn replicas_on_one_token_agree_on_a_rotation_and_a_wiped_disk_loses_nothin
     let config = |replica: &str, extra: &str| {
         let text = format!(
             "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\nstate_dir = \"{}\"\n{}\n\
-             [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal\"\n{extra}{}",
+             [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal\"\n{extra}{}{}",
             dir.path().join(format!("{replica}.sock")).display(),
             dir.path().join(format!("{replica}-state")).display(),
             token.backend_toml("hsm"),
             allow_test_callers(),
+            audit_toml(&dir.path().join(format!("{replica}-audit")), "unseal"),
         );
         let path = dir.path().join(format!("{replica}.toml"));
         fs::write(&path, text).unwrap();

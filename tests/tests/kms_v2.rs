@@ -23,12 +23,13 @@ async fn kube_apiserver_pattern_status_encrypt_rotate_decrypt() {
     let admin_socket = dir.path().join("sb.sock");
     let text = format!(
         "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\nstate_dir = \"{}\"\n\
-         [server.kms_v2]\nsocket = \"{}\"\nkey_name = \"k8s\"\n{}\n[keys.k8s]\nbackend = \"hsm\"\nkey_label = \"k8s-secrets\"\n{}",
+         [server.kms_v2]\nsocket = \"{}\"\nkey_name = \"k8s\"\n{}\n[keys.k8s]\nbackend = \"hsm\"\nkey_label = \"k8s-secrets\"\n{}{}",
         admin_socket.display(),
         dir.path().join("state").display(),
         kms_socket.display(),
         token.backend_toml("hsm"),
         allow_test_callers(),
+        audit_toml(dir.path(), "k8s"),
     );
     let config = dir.path().join("sealbroker.toml");
     fs::write(&config, text).unwrap();
@@ -70,12 +71,13 @@ async fn kms_v2_door_enforces_the_key_acl_per_operation() {
     let audit = dir.path().join("audit.jsonl");
     let text = format!(
         "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n\
-         [server.kms_v2]\nsocket = \"{}\"\nkey_name = \"k8s\"\n[audit]\nfile = \"{}\"\n{}\n\
-         [keys.k8s]\nbackend = \"hsm\"\nkey_label = \"k8s-secrets\"\n\
+         [server.kms_v2]\nsocket = \"{}\"\nkey_name = \"k8s\"\n[audit]\nfile = \"{}\"\nseal_key = \"k8s\"\n\
+         checkpoint_file = \"{}\"\n{}\n[keys.k8s]\nbackend = \"hsm\"\nkey_label = \"k8s-secrets\"\n\
          allow = {{ wrap = [\"uid:{}\"], unwrap = [\"uid:4242\"] }}\n",
         admin_socket.display(),
         kms_socket.display(),
         audit.display(),
+        dir.path().join("audit-checkpoint/audit.checkpoint").display(),
         token.backend_toml("hsm"),
         current_uid(),
     );
@@ -248,9 +250,10 @@ async fn three_brokers_serve_three_apiservers_across_a_rotation_with_no_failed_d
         let text = format!(
             "profile = \"hardened\"\n[server]\nunix_socket = \"{d}/{name}.sock\"\nstate_dir = \"{d}/{name}-state\"\n\
              reload_poll_secs = 3600\n[server.kms_v2]\nsocket = \"{d}/{name}-kms.sock\"\nkey_name = \"k8s\"\n{}\n\
-             [keys.k8s]\nbackend = \"hsm\"\nkey_label = \"k8s-secrets\"\n{extra}{}",
+             [keys.k8s]\nbackend = \"hsm\"\nkey_label = \"k8s-secrets\"\n{extra}{}{}",
             token.backend_toml("hsm"),
             allow_test_callers(),
+            audit_toml(&dir.path().join(name), "k8s"),
         );
         let path = dir.path().join(format!("{name}.toml"));
         let staging = dir.path().join(format!("{name}.toml.new"));

@@ -19,9 +19,11 @@ fn broker_config(dir: &Path, token: &SoftHsmToken, socket: Option<&Path>) -> Pat
         .map(|s| format!("[server]\nunix_socket = \"{}\"\n", s.display()))
         .unwrap_or_default();
     let text = format!(
-        "profile = \"hardened\"\n{server}\n[audit]\nfile = \"{}\"\n{}\n\
+        "profile = \"hardened\"\n{server}\n[audit]\nfile = \"{}\"\nseal_key = \"unseal\"\n\
+         checkpoint_file = \"{}\"\n{}\n\
          [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{}",
         dir.join("audit.jsonl").display(),
+        dir.join("audit-checkpoint/audit.checkpoint").display(),
         token.backend_toml("hsm"),
         allow_test_callers()
     );
@@ -103,7 +105,11 @@ fn plugin_in_process_on_softhsm_inits_restarts_and_auto_unseals() {
         );
     }
     // Two OpenBao runs appended to one hash chain.
-    let verify = run_cli(&["audit", "verify", audit.to_str().unwrap()], b"", &[]);
+    let verify = run_cli(
+        &["audit", "verify", "--config", broker.to_str().unwrap()],
+        b"",
+        &env,
+    );
     assert!(
         verify.status.success(),
         "{}",
@@ -122,9 +128,11 @@ fn plugin_acl_refuses_openbao_when_its_uid_is_not_granted() {
     fs::write(
         &broker,
         format!(
-            "profile = \"hardened\"\n[audit]\nfile = \"{}\"\n{}\n[keys.unseal]\nbackend = \"hsm\"\n\
+            "profile = \"hardened\"\n[audit]\nfile = \"{}\"\nseal_key = \"unseal\"\ncheckpoint_file = \"{}\"\n{}\n\
+             [keys.unseal]\nbackend = \"hsm\"\n\
              key_label = \"unseal-key\"\nallow = {{ wrap = [\"uid:4242\"], unwrap = [\"uid:4242\"] }}\n",
             audit.display(),
+            dir.path().join("audit-checkpoint/audit.checkpoint").display(),
             token.backend_toml("hsm"),
         ),
     )
@@ -348,9 +356,10 @@ fn ha_key_unseals_openbao_with_one_member_down() {
     fs::write(
         &broker,
         format!(
-            "profile = \"hardened\"\n{}\n[keys.unseal]\n{}\n",
+            "profile = \"hardened\"\n{}\n[keys.unseal]\n{}\n{}",
             tokens.backends_toml(),
-            tokens.members_toml()
+            tokens.members_toml(),
+            audit_toml(dir.path(), "unseal"),
         ),
     )
     .unwrap();

@@ -47,10 +47,11 @@ impl Node {
     fn write_broker_config(&self, token: &SoftHsmToken, extra: &str) {
         let text = format!(
             "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\nstate_dir = \"{}\"\nreload_poll_secs = 3600\n\
-             [audit]\nfile = \"{}\"\n{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{extra}{}",
+             [audit]\nfile = \"{}\"\nseal_key = \"unseal\"\ncheckpoint_file = \"{}\"\n{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{extra}{}",
             self.socket().display(),
             self.state().display(),
             self.audit().display(),
+            self.dir.join("audit-checkpoint/audit.checkpoint").display(),
             token.backend_toml("hsm"),
             allow_test_callers(),
         );

@@ -21,10 +21,11 @@ fn hardened_hsm_config(
 ) -> std::path::PathBuf {
     let tcp = pki.map(|(pki, port)| pki.tcp_toml(port)).unwrap_or_default();
     let text = format!(
-        "profile = \"hardened\"\n{extra}\n[server]\nunix_socket = \"{}\"\n{tcp}\n{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{allow}\n[keys.other]\nbackend = \"hsm\"\nkey_label = \"other-key\"\n{allow}",
+        "profile = \"hardened\"\n{extra}\n[server]\nunix_socket = \"{}\"\n{tcp}\n{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{allow}\n[keys.other]\nbackend = \"hsm\"\nkey_label = \"other-key\"\n{allow}{audit}",
         dir.join("sb.sock").display(),
         token.backend_toml("hsm"),
         allow = allow_test_callers(),
+        audit = audit_toml(dir, "unseal"),
     );
     let path = dir.join("sealbroker.toml");
     fs::write(&path, text).unwrap();

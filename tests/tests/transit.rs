@@ -62,7 +62,8 @@ keys = ["unseal"]
 backend = "hsm"
 key_label = "unseal-key"
 allow = {{ any = ["token:{identity}", "uid:{uid}"] }}
-"#,
+{audit}"#,
+        audit = audit_toml(dir, "unseal"),
         uid = current_uid(),
         socket = dir.join("sb.sock").display(),
         cert = pki.server_cert.display(),

@@ -53,12 +53,20 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// An `[audit]` table when `--audit` is on.
-    fn audit_toml(&self, dir: &Path) -> String {
-        if self.audit {
-            format!("[audit]\nfile = \"{}\"\n", dir.join("audit.jsonl").display())
-        } else {
-            String::new()
+    /// An `[audit]` table when `--audit` is on: a keyed chain under
+    /// `seal_key` where one is given (the Hardened configs).
+    fn audit_toml(&self, dir: &Path, seal_key: Option<&str>) -> String {
+        match (self.audit, seal_key) {
+            (true, Some(key)) => format!(
+                "[audit]\nfile = \"{}\"\nseal_key = \"{key}\"\ncheckpoint_file = \"{}\"\n",
+                dir.join("audit.jsonl").display(),
+                dir.join("audit-checkpoint").join("audit.checkpoint").display()
+            ),
+            (true, None) => format!("[audit]\nfile = \"{}\"\n", dir.join("audit.jsonl").display()),
+            // Hardened requires a trail: without --audit, one that costs
+            // what a log collector reading stdout costs (the bench's log file).
+            (false, Some(_)) => "[audit]\nstdout = true\n".to_owned(),
+            (false, None) => String::new(),
         }
     }
 
@@ -82,7 +90,7 @@ generate = true
 allow = {{ any = ["uid:{uid}", "token:bench"] }}
 "#,
             socket = dir.join("sb.sock").display(),
-            audit = self.audit_toml(dir),
+            audit = self.audit_toml(dir, None),
             key_file = dir.join("bench.key").display(),
             uid = peers::current_uid()?,
         );
@@ -127,7 +135,7 @@ rsa_oaep_hash = "sha1"
 allow = {{ any = ["uid:{uid}"] }}
 "#,
             socket = dir.join("sb.sock").display(),
-            audit = self.audit_toml(dir),
+            audit = self.audit_toml(dir, Some(KEY)),
             lib = token.module.display(),
             label = token.label,
             pin_file = token.dir.join("pin").display(),

@@ -150,7 +150,12 @@ pub fn broker_config(sb: &SealBroker, layout: &Layout) -> String {
         let _ = writeln!(out, "client_ca_file = {}", tls("ca.crt"));
     }
     let _ = writeln!(out, "\n[audit]");
-    let _ = writeln!(out, "file = {}", toml_str(&layout.state("audit.jsonl")));
+    // Hardened keeps its trail where the pod's log collector reads it: a
+    // file on the pod's own volume would go with the pod, and the broker
+    // refuses an unkeyed file under Hardened.
+    if profile != "hardened" {
+        let _ = writeln!(out, "file = {}", toml_str(&layout.state("audit.jsonl")));
+    }
     let _ = writeln!(out, "stdout = true");
     let _ = writeln!(out, "\n[log]\nformat = \"json\"");
     for backend in &spec.backends {

@@ -8,6 +8,7 @@
 //! dropped; everything it fails on panics with a message that says what to
 //! do, since its callers are tests.
 //!
+//! - [`audit`]: the keyed `[audit]` table a Hardened broker requires.
 //! - [`port`]: a free loopback port for a peer that binds its own socket.
 //! - [`pki`]: a throwaway CA that issues server and client certificates,
 //!   as PEM files or as a rustls server config.
@@ -22,6 +23,7 @@
 //!   kind for it, with the knobs tests need: a pause per call, a
 //!   peak-concurrency gauge, failures on demand.
 
+pub mod audit;
 pub mod https_stub;
 pub mod leak;
 pub mod memory;
@@ -29,5 +31,6 @@ pub mod openbao;
 pub mod pki;
 pub mod port;
 
+pub use audit::{audit_log, audit_toml};
 pub use leak::assert_no_secret;
 pub use port::free_port;

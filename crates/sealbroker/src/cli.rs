@@ -215,10 +215,23 @@ pub enum KeysAction {
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Check an audit file's hash chain; names the first changed, removed or reordered line.
+    /// Check an audit trail's chain; names the first changed, removed or reordered line.
+    ///
+    /// A keyed chain (`[audit] seal_key`) is checked with --config: the chain key is
+    /// unsealed through the broker's own backend, and the log is held against its
+    /// checkpoint, so a cut end, a replaced or a deleted log are found too. Nothing
+    /// is written: it is safe beside a running broker.
     #[command(
-        after_help = "Example:\n  sealbroker audit verify /var/log/sealbroker/audit.log\n\n\
-Exit code 0: intact. 1: broken (the line and the reason are printed). 2: unreadable."
+        after_help = "Examples:\n  sealbroker audit verify --config /etc/sealbroker/sealbroker.toml\n  \
+sealbroker audit verify /var/log/sealbroker/audit.log      # an unkeyed (development) chain\n\n\
+Exit code 0: intact. 1: broken (the line and the reason are printed). 2: could not check."
     )]
-    Verify { file: PathBuf },
+    Verify {
+        /// The log; with --config, overrides its audit.file.
+        #[arg(required_unless_present = "config")]
+        file: Option<PathBuf>,
+        /// The broker's config: checks a keyed chain against its checkpoint.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }

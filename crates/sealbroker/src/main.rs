@@ -28,7 +28,9 @@ fn main() -> ExitCode {
             cli::Command::Rewrap(args) => client_cmd::rewrap(args).await,
             cli::Command::Status(args) => client_cmd::status(args).await,
             cli::Command::Keys(args) => client_cmd::keys(args).await,
-            cli::Command::Audit(cli::AuditCommand::Verify { file }) => serve::audit_verify(&file),
+            cli::Command::Audit(cli::AuditCommand::Verify { file, config }) => {
+                serve::audit_verify(file.as_deref(), config.as_deref()).await
+            }
         }
     });
     match result {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use sealbroker_server::broker::Broker;
+use sealbroker_server::broker::{Broker, key_ring_of};
 use sealbroker_server::config::{Config, ConfigError};
 use sealbroker_server::daemon::{self, Bound};
 use sealbroker_server::logging;
@@ -83,7 +83,14 @@ async fn shutdown_signal() {
     }
 }
 
+/// SIGXFSZ on Linux.
+const SIGXFSZ: i32 = 25;
+
 pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
+    // A file-size limit (`ulimit -f`) must fail the audit write, which
+    // refuses that one operation, not kill the broker with SIGXFSZ.
+    let _file_size_limit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ))
+        .map_err(|e| format!("cannot take SIGXFSZ: {e}"))?;
     let (config, dev_dir) = load(&args)?;
     config.require_listener().map_err(|e| e.to_string())?;
     logging::init(config.log.format, &config.log.level);
@@ -187,10 +194,10 @@ pub async fn keygen(args: KeygenArgs) -> Result<ExitCode, String> {
 /// version at or below N, through the backends' own idempotent creation.
 async fn create_version(config: &Config, key: &str, version: u32) -> Result<ExitCode, String> {
     let key_path = format!("keys.{key}");
-    let broker = Broker::from_config(config, &backends::registry())
+    // Only the key ring: a live broker may be writing the audit trail.
+    let ring = key_ring_of(config, &backends::registry())
         .await
         .map_err(|e| e.to_string())?;
-    let ring = broker.key_ring();
     let logical = ring
         .get(key)
         .map_err(|_| ConfigError::new(&key_path, "no such key in the config").to_string())?;
@@ -223,15 +230,41 @@ pub async fn kms_plugin() -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn audit_verify(file: &std::path::Path) -> Result<ExitCode, String> {
-    use sealbroker_server::broker::audit::{Verdict, verify};
-    match verify(file).map_err(|e| format!("cannot read {}: {e}", file.display()))? {
+pub async fn audit_verify(
+    file: Option<&std::path::Path>,
+    config: Option<&std::path::Path>,
+) -> Result<ExitCode, String> {
+    use sealbroker_server::broker::audit::{Verdict, verify, verify_configured};
+    let (verdict, shown) = match (config, file) {
+        (Some(path), _) => {
+            let config = Config::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut audit = config.audit.clone();
+            if let Some(file) = file {
+                audit.file = Some(file.to_owned());
+            }
+            let shown = audit
+                .file
+                .as_ref()
+                .map_or_else(|| "audit.file".to_owned(), |f| f.display().to_string());
+            let ring = key_ring_of(&config, &backends::registry())
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let state_dir = config.server.state_dir.as_deref();
+            (verify_configured(&audit, state_dir, &ring).await?, shown)
+        }
+        (None, Some(file)) => (
+            verify(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?,
+            file.display().to_string(),
+        ),
+        (None, None) => return Err("name the audit file, or --config for a keyed chain".to_owned()),
+    };
+    match verdict {
         Verdict::Intact { lines } => {
-            println!("{}: intact, {lines} lines", file.display());
+            println!("{shown}: intact, {lines} lines");
             Ok(ExitCode::SUCCESS)
         }
         Verdict::Broken { line, reason } => {
-            println!("{}: BROKEN at line {line}: {reason}", file.display());
+            println!("{shown}: BROKEN at line {line}: {reason}");
             Ok(ExitCode::FAILURE)
         }
     }

@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use sealbroker_core::keyring::KeyRing;
+
 use super::Policy;
 use crate::broker::Broker;
 use crate::broker::acl::Acls;
@@ -35,7 +37,8 @@ impl Broker {
                 "no key has an `allow` list: every caller may use every key"
             );
         }
-        let audit = AuditLog::open(&config.audit)?;
+        config.check_audit()?;
+        let audit = AuditLog::open(&config.audit, config.server.state_dir.as_deref(), &ring).await?;
         if !audit.is_enabled() {
             tracing::warn!("no audit trail configured: set [audit] file = \"...\" to record every operation");
         }
@@ -50,6 +53,18 @@ impl Broker {
         }
         Ok(broker)
     }
+}
+
+/// The key ring `config` describes, with the versions `state_dir` recorded,
+/// and nothing else: no audit trail is opened and nothing is written. For
+/// the commands that run beside a live broker (`keygen --version`,
+/// `audit verify`), which must not touch its audit trail.
+pub async fn key_ring_of(config: &Config, registry: &BackendRegistry) -> Result<KeyRing, ConfigError> {
+    let snapshot = match &config.server.state_dir {
+        Some(dir) => KeyStateStore::open(dir)?.snapshot().await,
+        None => Default::default(),
+    };
+    registry.build_keyring_with_state(config, &snapshot).await
 }
 
 impl Policy {
@@ -86,6 +101,11 @@ impl Broker {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
         // Health of keys and members that may be gone: probe afresh.
         self.health.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        // A new primary of the audit seal key: the chain key follows it now,
+        // before a later reload can retire the version it was sealed under.
+        if let Err(e) = self.audit.reseal(&self.key_ring()).await {
+            tracing::error!(error = %e, "the audit chain key stays sealed under its old version");
+        }
         Ok(())
     }
 

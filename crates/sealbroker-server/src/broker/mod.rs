@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod registry;
 mod rotation;
 
+pub use assemble::key_ring_of;
 pub use health::{BrokerStatus, KeyHealth, VersionReport, VersionRole};
 
 use std::collections::HashMap;

@@ -106,6 +106,45 @@ pub struct AuditConfig {
     /// Development profile only.
     #[serde(default)]
     pub fail_open: bool,
+    /// A broker key (a `[keys.NAME]`) to seal the chain key under: the
+    /// chain's links become HMACs, so rewriting the log needs that key's
+    /// backend. Required with `file` under the Hardened profile.
+    pub seal_key: Option<String>,
+    /// Where a keyed chain keeps its checkpoint (line count, head and the
+    /// sealed chain key). Default: `<state_dir>/audit.checkpoint`, else
+    /// `<file>.checkpoint`. Hardened: not in the log's directory.
+    pub checkpoint_file: Option<PathBuf>,
+    /// `line` (default): every line, and its checkpoint, reaches the disk
+    /// before the caller gets its answer. `os`: the OS writes them back
+    /// when it likes (a crash can lose the last lines). Hardened: `line`.
+    #[serde(default)]
+    pub sync: AuditSync,
+}
+
+/// `audit.sync`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSync {
+    #[default]
+    Line,
+    Os,
+}
+
+impl AuditConfig {
+    /// Where the checkpoint of a keyed chain lives (see `checkpoint_file`).
+    pub fn checkpoint_path(&self, state_dir: Option<&Path>) -> Option<PathBuf> {
+        self.seal_key.as_ref()?;
+        if let Some(path) = &self.checkpoint_file {
+            return Some(path.clone());
+        }
+        if let Some(dir) = state_dir {
+            return Some(dir.join("audit.checkpoint"));
+        }
+        let file = self.file.as_ref()?;
+        let mut name = file.as_os_str().to_owned();
+        name.push(".checkpoint");
+        Some(PathBuf::from(name))
+    }
 }
 
 impl Default for ServerConfig {
@@ -242,6 +281,7 @@ pub struct LimitsConfig {
     #[serde(default = "default_health_ttl")]
     pub health_cache_secs: u64,
 }
+
 
 fn default_max_plaintext() -> usize {
     64 * 1024
@@ -452,6 +492,73 @@ impl Config {
                 "keys",
                 "no keys are configured; add a [keys.NAME] table",
             ));
+        }
+        Ok(())
+    }
+
+    /// `[audit]`: Hardened needs a trail, a keyed chain for a file, and the
+    /// checkpoint apart from the log. Checked when the broker is built,
+    /// after its backends, so a backend's own refusal is reported first.
+    pub fn check_audit(&self) -> Result<(), ConfigError> {
+        let audit = &self.audit;
+        let hardened = self.profile == Profile::Hardened;
+        if let Some(key) = &audit.seal_key {
+            if audit.file.is_none() {
+                return Err(ConfigError::new(
+                    "audit.seal_key",
+                    "a keyed chain needs audit.file: its checkpoint is kept against that log",
+                ));
+            }
+            if !self.keys.contains_key(key) {
+                return Err(ConfigError::new(
+                    "audit.seal_key",
+                    format!("names no configured key: add [keys.{key}] or name one of the [keys] tables"),
+                ));
+            }
+        }
+        if !hardened {
+            return Ok(());
+        }
+        if audit.file.is_none() && !audit.stdout {
+            return Err(ConfigError::new(
+                "audit",
+                "the hardened profile requires an audit trail: set [audit] file (with seal_key) or \
+                 stdout = true; an operation that cannot be recorded must not happen",
+            ));
+        }
+        if audit.file.is_some() && audit.seal_key.is_none() {
+            return Err(ConfigError::new(
+                "audit.seal_key",
+                "the hardened profile requires a keyed chain for audit.file: name a broker key to seal \
+                 the chain key under, so rewriting the log needs that key's HSM or KMS",
+            ));
+        }
+        if audit.sync != AuditSync::Line {
+            return Err(ConfigError::new(
+                "audit.sync",
+                "the hardened profile requires \"line\": an answered operation's record must be on disk",
+            ));
+        }
+        if let (Some(file), Some(checkpoint)) = (
+            &audit.file,
+            audit.checkpoint_path(self.server.state_dir.as_deref()),
+        ) {
+            let dir = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
+            if dir(file) == dir(&checkpoint) {
+                return Err(ConfigError::new(
+                    if audit.checkpoint_file.is_some() {
+                        "audit.checkpoint_file"
+                    } else {
+                        "audit"
+                    },
+                    format!(
+                        "the hardened profile keeps the checkpoint apart from the log, not beside it in {}: \
+                         whoever may rewrite that directory could cut the log and restore an older \
+                         checkpoint together; set checkpoint_file or server.state_dir elsewhere",
+                        dir(file).display()
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -274,6 +274,12 @@ fn check_plugin_config(config: &Config, key_name: &str) -> Result<(), ConfigErro
              Remove it from this file, or run `sealbroker serve` with it and set the seal's `endpoint` instead of `config_file`",
         ));
     }
+    if config.audit.stdout {
+        return Err(ConfigError::new(
+            "audit.stdout",
+            "the KMS plugin's stdout carries its handshake with OpenBao, not audit lines: use audit.file",
+        ));
+    }
     let Some(grants) = config.keys.get(key_name).and_then(|spec| spec.allow.as_ref()) else {
         return Ok(());
     };
