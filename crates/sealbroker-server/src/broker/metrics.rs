@@ -58,6 +58,13 @@ pub struct Metrics {
     version_usable: Family<VersionLabels, Gauge<i64, AtomicI64>>,
     reloads: Family<OutcomeLabels, Counter>,
     reload_failed: Gauge<i64, AtomicI64>,
+    connection_limits: Family<LimitLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    listener: String,
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -158,8 +165,17 @@ impl Metrics {
             "1 while the last reload was refused and the config before it serves",
             reload_failed.clone(),
         );
+        let connection_limits = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "connection_limits",
+            "Connections a listener bound dropped, by listener and reason: evicted (still in its \
+             handshake when the listener was full), refused (full of established connections), \
+             handshake_timeout, idle",
+            connection_limits.clone(),
+        );
         Metrics {
             registry,
+            connection_limits,
             reloads,
             reload_failed,
             primary_version,
@@ -239,6 +255,16 @@ impl Metrics {
                 })
                 .set(i64::from(*up));
         }
+    }
+
+    /// Counts a connection dropped by a bound of `listener`.
+    pub fn connection_limited(&self, listener: &str, reason: &str) {
+        self.connection_limits
+            .get_or_create(&LimitLabels {
+                listener: listener.into(),
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn reloaded(&self, ok: bool) {

@@ -188,6 +188,12 @@ impl Broker {
         self
     }
 
+    /// The metrics registry itself, for counters outside the broker (the
+    /// listeners' bounds).
+    pub fn metrics_handle(&self) -> Option<Arc<Metrics>> {
+        self.metrics.clone()
+    }
+
     /// The metrics, with the in-flight gauge brought up to date.
     pub fn metrics(&self) -> Option<&Metrics> {
         let metrics = self.metrics.as_deref()?;

@@ -280,8 +280,42 @@ pub struct LimitsConfig {
     /// How long a backend health result is reused, in seconds.
     #[serde(default = "default_health_ttl")]
     pub health_cache_secs: u64,
+    /// Connections each TCP listener (and the plugin socket) holds at once,
+    /// in their TLS handshake or established. When full, the oldest one
+    /// still in its handshake is dropped for a new one; if none is, the new
+    /// one is refused.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client may take for its TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+    /// Seconds an HTTP/1 client (transit, metrics) may take to send a
+    /// request's headers.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Seconds an established connection may send nothing before it is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// HTTP/2 streams one connection may have open at once (gRPC, transit).
+    #[serde(default = "default_max_streams")]
+    pub max_concurrent_streams: u32,
 }
 
+fn default_max_connections() -> usize {
+    256
+}
+fn default_handshake_timeout() -> u64 {
+    10
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+fn default_max_streams() -> u32 {
+    128
+}
 
 fn default_max_plaintext() -> usize {
     64 * 1024
@@ -299,6 +333,11 @@ impl Default for LimitsConfig {
             max_plaintext_bytes: default_max_plaintext(),
             request_timeout_secs: default_request_timeout(),
             health_cache_secs: default_health_ttl(),
+            max_connections: default_max_connections(),
+            handshake_timeout_secs: default_handshake_timeout(),
+            header_timeout_secs: default_header_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            max_concurrent_streams: default_max_streams(),
         }
     }
 }
@@ -440,6 +479,23 @@ impl Config {
                 "limits.request_timeout_secs",
                 "must be at least 1",
             ));
+        }
+        for (field, value) in [
+            ("limits.max_connections", self.limits.max_connections as u64),
+            (
+                "limits.handshake_timeout_secs",
+                self.limits.handshake_timeout_secs,
+            ),
+            ("limits.header_timeout_secs", self.limits.header_timeout_secs),
+            ("limits.idle_timeout_secs", self.limits.idle_timeout_secs),
+            (
+                "limits.max_concurrent_streams",
+                u64::from(self.limits.max_concurrent_streams),
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(field, "must be at least 1"));
+            }
         }
         for (name, backend) in &self.backends {
             if !matches!(backend.get("type"), Some(toml::Value::String(_))) {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sealbroker_proto::sealbroker::v1::seal_service_server::SealServiceServer;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
@@ -24,8 +23,10 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::doors::grpc::SealGrpc;
 use crate::doors::transit;
+use crate::net::accept::{ConnLimits, OnLimit};
 use crate::net::authority::{RefuseLayer, UnixAuthority};
-use crate::net::listen::{ServeError, bind_unix, io_error, listen_tcp};
+use crate::net::http::{HttpLimits, serve_http};
+use crate::net::listen::{ServeError, bind_unix, listen_tcp};
 use crate::net::tls::{self, LiveTls};
 
 /// A running daemon's bound addresses.
@@ -73,10 +74,28 @@ pub async fn serve(
     let reflection = reflection_builder().build_v1().map_err(reflection_error)?;
     let reflection_alpha = reflection_builder().build_v1alpha().map_err(reflection_error)?;
     let seal = SealGrpc::new(broker.clone()).into_server();
+    let limits = &config.limits;
+    let on_limit: Option<OnLimit> = broker.metrics_handle().map(|metrics| {
+        Arc::new(move |listener: &'static str, hit: crate::net::accept::LimitHit| {
+            metrics.connection_limited(listener, hit.as_str())
+        }) as OnLimit
+    });
+    let conn_limits = ConnLimits {
+        max_connections: limits.max_connections,
+        handshake: Duration::from_secs(limits.handshake_timeout_secs),
+        idle: Duration::from_secs(limits.idle_timeout_secs),
+        on_limit,
+    };
+    let http_limits = HttpLimits {
+        header_timeout: Duration::from_secs(limits.header_timeout_secs),
+        max_concurrent_streams: limits.max_concurrent_streams,
+    };
+    let max_streams = limits.max_concurrent_streams;
     // Every door refuses a request whose unix-socket :authority was refused
     // (see net::authority); on TCP no request carries the mark.
     let router = || {
         Server::builder()
+            .max_concurrent_streams(Some(max_streams))
             .layer(RefuseLayer)
             .add_service(health_service.clone())
             .add_service(reflection.clone())
@@ -132,7 +151,15 @@ pub async fn serve(
         };
         let is_tls = acceptor.is_some();
         live.tcp_tls = acceptor.clone();
-        let (local, conn_rx) = listen_tcp(tcp.listen, acceptor, stop_rx.clone(), &mut tasks).await?;
+        let (local, conn_rx) = listen_tcp(
+            tcp.listen,
+            acceptor,
+            stop_rx.clone(),
+            &mut tasks,
+            "grpc-tcp",
+            conn_limits.clone(),
+        )
+        .await?;
         let incoming = ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>);
         let serving = router().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
         tasks.spawn(async move { Ok(serving.await?) });
@@ -163,9 +190,16 @@ pub async fn serve(
             .as_ref()
             .is_some_and(|t| t.client_ca_file.is_some());
         let is_tls = acceptor.is_some();
-        let (local, conn_rx) =
-            listen_tcp(transit_config.listen, acceptor, stop_rx.clone(), &mut tasks).await?;
-        tasks.spawn(transit::serve(app, conn_rx, stop_rx.clone()));
+        let (local, conn_rx) = listen_tcp(
+            transit_config.listen,
+            acceptor,
+            stop_rx.clone(),
+            &mut tasks,
+            "transit",
+            conn_limits.clone(),
+        )
+        .await?;
+        tasks.spawn(serve_http(app, conn_rx, stop_rx.clone(), http_limits, "transit"));
         bound.transit = Some(local);
         let mount = transit_config.mount();
         match (is_tls, client_certs) {
@@ -181,20 +215,17 @@ pub async fn serve(
         }
     }
     if let Some(metrics) = &server.metrics {
-        let listener = TcpListener::bind(metrics.listen)
-            .await
-            .map_err(io_error(format!("binding metrics {}", metrics.listen)))?;
-        let local = listener
-            .local_addr()
-            .map_err(io_error("reading metrics address"))?;
+        let (local, conn_rx) = listen_tcp(
+            metrics.listen,
+            None,
+            stop_rx.clone(),
+            &mut tasks,
+            "metrics",
+            conn_limits.clone(),
+        )
+        .await?;
         let app = crate::broker::metrics::router(broker.clone());
-        let stop = stopped(stop_rx.clone());
-        tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-                .map_err(io_error("metrics listener"))
-        });
+        tasks.spawn(serve_http(app, conn_rx, stop_rx.clone(), http_limits, "metrics"));
         bound.metrics = Some(local);
         tracing::info!(address = %local, "metrics, /livez and /readyz listening");
     }
@@ -208,6 +239,7 @@ pub async fn serve(
         let service = crate::doors::kmsv2::KmsV2::new(broker.clone(), kms.key_name.clone()).into_server();
         let incoming = UnixListenerStream::new(listener).map(|c| c.map(UnixAuthority::new));
         let serving = Server::builder()
+            .max_concurrent_streams(Some(max_streams))
             .layer(RefuseLayer)
             .add_service(kms_health_service)
             .add_service(service)

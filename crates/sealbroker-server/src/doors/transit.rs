@@ -11,9 +11,8 @@
 mod body;
 pub mod tokens;
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -25,21 +24,14 @@ use axum::routing::{MethodRouter, get, put};
 use axum::{Extension, Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use sealbroker_core::Error;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
-use tonic::transport::server::Connected;
 use zeroize::Zeroize;
 
 use crate::broker::Broker;
 use crate::config::{ConfigError, TransitConfig};
 use crate::doors::status::http_status;
-use crate::net::listen::ServeError;
-use crate::net::tls::{ServerConn, TlsConnectInfo};
+use crate::net::tls::TlsConnectInfo;
 
 use self::body::{DecryptRequest, EncryptRequest, VaultCiphertext};
 use self::tokens::{LiveTokens, TokenGrant, TokenTable};
@@ -372,62 +364,6 @@ async fn method_not_allowed(method: Method, uri: Uri) -> TransitError {
         method,
         path: uri.path().to_owned(),
     }
-}
-
-/// One connection's view of the router: requests carry the connection's
-/// [`TlsConnectInfo`] as an extension.
-#[derive(Clone)]
-struct ConnectionService {
-    app: Router,
-    info: TlsConnectInfo,
-}
-
-impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnectionService {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = axum::routing::future::RouteFuture<Infallible>;
-
-    fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
-        request.extensions_mut().insert(self.info.clone());
-        // A Router is always ready, so calling without poll_ready is fine.
-        tower::Service::call(&mut self.app.clone(), request)
-    }
-}
-
-/// Serves HTTP/1.1 and HTTP/2 on connections from `conns` until `stop`,
-/// then lets in-flight requests finish and closes idle connections.
-pub async fn serve(
-    app: Router,
-    mut conns: mpsc::Receiver<ServerConn>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), ServeError> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A client that never finishes its headers must not hold a connection forever.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            conn = conns.recv() => {
-                let Some(conn) = conn else { break };
-                let service = ConnectionService { app: app.clone(), info: conn.connect_info() };
-                let serving = graceful.watch(builder.serve_connection(TokioIo::new(conn), service).into_owned());
-                connections.spawn(async move {
-                    if let Err(error) = serving.await {
-                        tracing::debug!(%error, "transit connection ended with an error");
-                    }
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    graceful.shutdown().await;
-    Ok(())
 }
 
 #[cfg(test)]

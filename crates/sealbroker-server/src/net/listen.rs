@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::net::accept::accept_loop;
+use crate::net::accept::{ConnLimits, accept_loop};
 use crate::net::tls::{LiveTls, ServerConn, TlsConnectInfo};
 
 /// Why serving failed.
@@ -73,6 +73,8 @@ pub async fn listen_tcp(
     tls: Option<LiveTls>,
     stop: watch::Receiver<bool>,
     tasks: &mut JoinSet<Result<(), ServeError>>,
+    what: &'static str,
+    limits: ConnLimits,
 ) -> Result<(SocketAddr, mpsc::Receiver<ServerConn>), ServeError> {
     let listener = TcpListener::bind(address)
         .await
@@ -80,7 +82,7 @@ pub async fn listen_tcp(
     let local = listener.local_addr().map_err(io_error("reading TCP address"))?;
     let (conn_tx, conn_rx) = mpsc::channel::<ServerConn>(64);
     tasks.spawn(async move {
-        accept_loop(listener, tls, TlsConnectInfo::of, conn_tx, stop, "TCP").await;
+        accept_loop(listener, tls, TlsConnectInfo::of, conn_tx, stop, what, limits).await;
         Ok(())
     });
     Ok((local, conn_rx))

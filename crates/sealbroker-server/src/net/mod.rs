@@ -5,5 +5,6 @@
 pub mod accept;
 pub mod authority;
 pub mod client;
+pub mod http;
 pub mod listen;
 pub mod tls;

@@ -38,7 +38,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::broker::registry::BackendRegistry;
-use crate::net::accept::{Accepted, Conn, accept_loop};
+use crate::net::accept::{Accepted, Conn, ConnLimits, accept_loop};
 
 use self::handshake::{
     SocketDir, handshake_environment, handshake_line, parent_gone, server_identity, tls_config,
@@ -121,6 +121,7 @@ pub async fn run(registry: BackendRegistry) -> Result<(), String> {
         conn_tx,
         stop_rx.clone(),
         "plugin socket",
+        ConnLimits::default(),
     ));
     let incoming = ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>);
     let mut stopped = stop_rx.clone();
