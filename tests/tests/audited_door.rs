@@ -236,8 +236,11 @@ async fn audit_metrics_and_readiness_tell_the_truth() {
         ServingStatus::NotServing,
         "gRPC health must follow readiness"
     );
+    // Hardened: the unauthenticated probe learns readiness, not which key
+    // is down or why.
     let (_, body) = http_get(metrics_addr, "/readyz");
-    assert!(body.contains("key \"unseal\""), "{body}");
+    assert!(body.starts_with("not ready"), "{body}");
+    assert!(!body.contains("unseal") && !body.contains("hsm"), "{body}");
     assert_eq!(
         sample(
             &metrics(metrics_addr),

@@ -345,10 +345,18 @@ async fn livez() -> &'static str {
 
 /// Ready when every key can be used through at least one member, judged by
 /// the cached deep probe (so probes never hammer an HSM or a cloud quota).
+/// The probe is unauthenticated: under Hardened it learns readiness only,
+/// not which keys are down or the backends' error text (an admin's
+/// `sealbroker status` and the log say that).
 async fn readyz(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     let down = broker.status(false).await.unready_keys();
     if down.is_empty() {
         (StatusCode::OK, "ok\n".to_owned())
+    } else if broker.profile() == crate::config::Profile::Hardened {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready (see `sealbroker status` or the broker's log)\n".to_owned(),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
