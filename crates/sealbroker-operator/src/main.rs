@@ -79,6 +79,18 @@ struct RunArgs {
     /// Webhook private key (PEM).
     #[arg(long, default_value = "/tls/tls.key")]
     tls_key_file: PathBuf,
+    /// Webhook connections held at once (in their TLS handshake or
+    /// established). When full, the oldest still in its handshake is dropped
+    /// for a new one, so idle sockets cannot lock out the API server.
+    #[arg(long, default_value_t = 256)]
+    webhook_max_connections: usize,
+    /// Seconds a webhook client may take for its TLS handshake, and for a
+    /// request's headers.
+    #[arg(long, default_value_t = 10)]
+    webhook_header_timeout_secs: u64,
+    /// Seconds an established webhook connection may send nothing.
+    #[arg(long, default_value_t = 120)]
+    webhook_idle_timeout_secs: u64,
 }
 
 #[derive(Args)]
@@ -193,9 +205,20 @@ async fn run_cmd(args: &RunArgs) -> Result<(), String> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_webhook = stop_rx.clone();
     let mut stop_controller = stop_rx;
-    let webhook = webhook::serve(listener, Arc::new(tls), Arc::new(client.clone()), async move {
-        let _ = stop_webhook.wait_for(|s| *s).await;
-    });
+    let bounds = webhook::Bounds {
+        max_connections: args.webhook_max_connections.max(1),
+        header_timeout: std::time::Duration::from_secs(args.webhook_header_timeout_secs.max(1)),
+        idle: std::time::Duration::from_secs(args.webhook_idle_timeout_secs.max(1)),
+    };
+    let webhook = webhook::serve(
+        listener,
+        Arc::new(tls),
+        Arc::new(client.clone()),
+        bounds,
+        async move {
+            let _ = stop_webhook.wait_for(|s| *s).await;
+        },
+    );
     let controller = kubeapi::run_controller(client, async move {
         let _ = stop_controller.wait_for(|s| *s).await;
     });

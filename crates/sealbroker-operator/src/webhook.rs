@@ -21,6 +21,7 @@ use kube::core::admission::{AdmissionResponse, AdmissionReview};
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sealbroker_bounds::{ConnLimits, IdleTimeout, Slots};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -29,7 +30,29 @@ use crate::crd::SealBroker;
 
 /// Largest AdmissionReview accepted (the apiserver's own limit is 3 MiB per object).
 const MAX_BODY: usize = 8 * 1024 * 1024;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The webhook listener's bounds. It fails closed, so a client that holds
+/// connections open must not be able to stall every Pod creation.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Connections held at once; when full, the oldest still in its TLS
+    /// handshake is dropped for a new one.
+    pub max_connections: usize,
+    /// For the TLS handshake, and for each request's headers.
+    pub header_timeout: Duration,
+    /// An established connection that sends nothing this long is closed.
+    pub idle: Duration,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            idle: Duration::from_secs(120),
+        }
+    }
+}
 
 /// Where the webhook finds the SealBrokers of a namespace.
 pub trait SealBrokerSource: Send + Sync + 'static {
@@ -96,9 +119,19 @@ pub async fn serve<S: SealBrokerSource>(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     source: Arc<S>,
+    bounds: Bounds,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let slots = Slots::new(
+        "webhook",
+        ConnLimits {
+            max_connections: bounds.max_connections,
+            handshake: bounds.header_timeout,
+            idle: bounds.idle,
+            on_limit: None,
+        },
+    );
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -112,20 +145,29 @@ pub async fn serve<S: SealBrokerSource>(
                 }
             },
         };
+        if !slots.admit(&peer.to_string()) {
+            drop(tcp);
+            continue;
+        }
         let acceptor = acceptor.clone();
         let source = source.clone();
+        let handshake = slots.start_handshake();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
+            let tls = match handshake.run(acceptor.accept(tcp), &peer.to_string()).await {
+                Some(Ok(tls)) => tls,
+                Some(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");
                     return;
                 }
-                Err(_) => return,
+                // Timed out or evicted: counted and logged by the bounds.
+                None => return,
             };
+            let io = IdleTimeout::new(tls, handshake.established());
             let service = service_fn(move |req| handle(req, source.clone()));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(bounds.header_timeout)
+                .serve_connection(TokioIo::new(io), service)
                 .await
             {
                 tracing::debug!(%peer, error = %e, "webhook connection ended with an error");

@@ -39,6 +39,10 @@ fn pod_json() -> Value {
 }
 
 async fn start(brokers: Vec<SealBroker>) -> Server {
+    start_with(brokers, webhook::Bounds::default()).await
+}
+
+async fn start_with(brokers: Vec<SealBroker>, bounds: webhook::Bounds) -> Server {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("sealbroker webhook test CA");
@@ -51,6 +55,7 @@ async fn start(brokers: Vec<SealBroker>) -> Server {
         listener,
         Arc::new(tls),
         Arc::new(brokers),
+        bounds,
         async move {
             let _ = stopped.await;
         },
@@ -66,20 +71,7 @@ async fn start(brokers: Vec<SealBroker>) -> Server {
 impl Server {
     /// POSTs `body` to `path` over TLS, verifying the server certificate.
     async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).unwrap();
-        let config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let tls = connector
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
+        let tls = self.tls().await;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .unwrap();
@@ -93,6 +85,24 @@ impl Server {
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// A TLS connection to the webhook, the server certificate verified.
+    async fn tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap()
     }
 }
 
@@ -203,6 +213,47 @@ async fn mutate_injects_sidecar_and_a_second_admission_changes_nothing() {
     // And the injected Pod passes the validating webhook.
     let (_, validated) = server.post("/validate-pods", &pod_review(injected)).await;
     assert_eq!(validated["response"]["allowed"], true, "{validated}");
+}
+
+/// The webhook fails closed, so idle sockets must not stall admission: the
+/// oldest connection still in its handshake gives way to a new one, and a
+/// client that trickles its headers is dropped at the header timeout.
+#[tokio::test]
+async fn an_idle_flood_cannot_stall_admission_and_slow_headers_are_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bounds = webhook::Bounds {
+        max_connections: 8,
+        header_timeout: std::time::Duration::from_secs(1),
+        idle: std::time::Duration::from_secs(60),
+    };
+    let server = start_with(vec![], bounds).await;
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        flood.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let (status, response) = server.post("/mutate-pods", &pod_review(pod_json())).await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["response"]["allowed"], true, "{response}");
+
+    let mut slow = server.tls().await;
+    slow.write_all(b"POST /mutate-pods HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a client that never finished its headers was kept past 10 s"
+    );
+    drop(flood);
 }
 
 #[tokio::test]
