@@ -13,7 +13,7 @@ use sealbroker_proto::sealbroker::v1::*;
 use tonic::transport::Channel;
 
 const OPENBAO_TOKEN: &str = "s.reload-openbao-61c2e9";
-const OPS_TOKEN: &str = "s.reload-ops-0d7f31";
+const OPS_TOKEN: &str = "s.reload-ops-0d7f31Kx4Nw8Bq";
 
 /// The daemon's config, checking its files every `poll` seconds, with
 /// `ops` listed or not, and `extra` appended.

@@ -21,7 +21,7 @@ use sealbroker_server::broker::Broker;
 /// The transit token of OpenBao's seal: key `unseal` only.
 pub const OPENBAO_TOKEN: &str = "s.fuzz-openbao-3f9a6c1d";
 /// An operator's transit token: keys `unseal` and `other`.
-pub const OPS_TOKEN: &str = "hvs.fuzz-ops-b27e0d54";
+pub const OPS_TOKEN: &str = "hvs.fuzz-ops-b27e0d54Xq7Lm3Rv";
 /// The key of `[server.kms_v2]`.
 pub const KMS_KEY: &str = "kube";
 /// The key the fixture KMS plugin instance wraps under.

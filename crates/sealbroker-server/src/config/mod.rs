@@ -263,7 +263,74 @@ impl TransitTokenConfig {
                 ),
             ));
         }
+        let strength = TokenStrength::of(&token);
+        if strength.bits() < MIN_TRANSIT_TOKEN_BITS {
+            // Length and alphabet size only: never the token.
+            return Err(ConfigError::new(
+                &path,
+                format!(
+                    "{} holds a token too weak to guard the transit door: {} characters from an alphabet \
+                     of {} give about {} bits, and at least {MIN_TRANSIT_TOKEN_BITS} are required; make one \
+                     with `openssl rand -hex 16` (32 hex digits) or `head -c 32 /dev/urandom | base64`",
+                    self.token_file.display(),
+                    strength.length,
+                    strength.alphabet,
+                    strength.bits().floor()
+                ),
+            ));
+        }
         Ok(token)
+    }
+}
+
+/// The least estimated strength of a transit token, in bits.
+pub const MIN_TRANSIT_TOKEN_BITS: f64 = 128.0;
+
+/// An estimate of a token's strength: `length x log2(alphabet)`, where the
+/// alphabet is the sum of the character classes the token uses (digits 10,
+/// lower case 26, upper case 26, other printable ASCII 32). A token of hex
+/// digits only, in one case, counts 16: that is what `openssl rand -hex`
+/// gives. It is an upper bound, as if each character were drawn at random:
+/// it refuses short tokens and small alphabets, not patterns such as a
+/// repeated letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenStrength {
+    pub length: usize,
+    pub alphabet: u32,
+}
+
+impl TokenStrength {
+    pub fn of(token: &[u8]) -> TokenStrength {
+        let uses = |class: fn(&u8) -> bool| token.iter().any(class);
+        let classes = [
+            (uses(u8::is_ascii_digit), 10),
+            (uses(u8::is_ascii_lowercase), 26),
+            (uses(u8::is_ascii_uppercase), 26),
+            (uses(|b| b.is_ascii_graphic() && !b.is_ascii_alphanumeric()), 32),
+        ];
+        let mut alphabet: u32 = classes
+            .iter()
+            .filter(|(used, _)| *used)
+            .map(|(_, size)| size)
+            .sum();
+        let hex_in = |letters: std::ops::RangeInclusive<u8>| {
+            token.iter().all(|b| b.is_ascii_digit() || letters.contains(b))
+        };
+        if hex_in(b'a'..=b'f') || hex_in(b'A'..=b'F') {
+            alphabet = alphabet.min(16);
+        }
+        TokenStrength {
+            length: token.len(),
+            alphabet,
+        }
+    }
+
+    /// The estimate in bits (0 for an empty token).
+    pub fn bits(&self) -> f64 {
+        if self.alphabet == 0 {
+            return 0.0;
+        }
+        self.length as f64 * f64::from(self.alphabet).log2()
     }
 }
 

@@ -136,6 +136,9 @@ fn syntax_error_reports_the_line() {
     assert!(err.message.contains("line 1"), "{err}");
 }
 
+/// A token that passes the strength rule: 28 characters of all four classes.
+const TOKEN_ONE: &str = "s.token-one-7Qm2xV9pLr4Kd8Wn";
+
 /// `[server.transit]` tables over MINIMAL, with token files in a temporary directory.
 struct TransitFixture {
     dir: tempfile::TempDir,
@@ -144,8 +147,8 @@ struct TransitFixture {
 impl TransitFixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("token"), "s.token-one\n").unwrap();
-        std::fs::write(dir.path().join("token2"), "s.token-two").unwrap();
+        std::fs::write(dir.path().join("token"), format!("{TOKEN_ONE}\n")).unwrap();
+        std::fs::write(dir.path().join("token2"), "s.token-two-3Hc6Ty1Bz5Nf0Gs").unwrap();
         TransitFixture { dir }
     }
 
@@ -178,7 +181,11 @@ fn transit_config_parses_with_defaults() {
     assert_eq!(transit.tokens[0].identity, "openbao");
     assert_eq!(transit.tokens[0].keys, ["k"]);
     let token = transit.tokens[0].read_token("t").unwrap();
-    assert_eq!(&token[..], b"s.token-one", "the trailing newline is dropped");
+    assert_eq!(
+        &token[..],
+        TOKEN_ONE.as_bytes(),
+        "the trailing newline is dropped"
+    );
 }
 
 #[test]
@@ -312,6 +319,94 @@ fn transit_token_entries_are_checked_field_by_field() {
         let err = error_of(&fixture.config("development", "plaintext = true", &tokens));
         assert_eq!(err.path, path, "{tokens}: {err}");
         assert!(err.message.contains(message), "{tokens}: {err}");
+    }
+}
+
+#[test]
+fn weak_transit_tokens_are_refused_naming_the_field_and_why() {
+    let fixture = TransitFixture::new();
+    for (index, weak) in [
+        "changeme",
+        "0123456789abcdef",
+        "s.alice-token-9f2c",
+        "hvs.fuzz-ops-b27e0d54",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let file = fixture.dir.path().join(format!("weak{index}"));
+        std::fs::write(&file, format!("{weak}\n")).unwrap();
+        // The weak token is the second entry, so the path names its index.
+        let tokens = fixture.one_token()
+            + &format!(
+                "[[server.transit.tokens]]\nidentity = \"weak\"\ntoken_file = \"{}\"\nkeys = [\"k\"]\n",
+                file.display()
+            );
+        let err = error_of(&fixture.config("development", "plaintext = true", &tokens));
+        assert_eq!(err.path, "server.transit.tokens[1].token_file", "{weak}: {err}");
+        assert!(err.message.contains("too weak"), "{weak}: {err}");
+        assert!(err.message.contains("at least 128 are required"), "{weak}: {err}");
+        assert!(err.message.contains(&file.display().to_string()), "{weak}: {err}");
+        assert!(
+            !err.to_string().contains(weak),
+            "the error quotes the token: {err}"
+        );
+    }
+    let err = error_of(&fixture.config(
+        "development",
+        "plaintext = true",
+        &fixture.one_token().replace(
+            &fixture.token("token"),
+            &fixture.dir.path().join("weak0").display().to_string(),
+        ),
+    ));
+    assert!(
+        err.message
+            .contains("8 characters from an alphabet of 26 give about 37 bits"),
+        "{err}"
+    );
+}
+
+#[test]
+fn token_strength_is_length_times_log2_of_the_classes_used() {
+    let bits = |token: &str| TokenStrength::of(token.as_bytes()).bits();
+    let alphabet = |token: &str| TokenStrength::of(token.as_bytes()).alphabet;
+    assert_eq!(alphabet("changeme"), 26);
+    assert_eq!(alphabet("CHANGEME42"), 36);
+    assert_eq!(alphabet("s.AbC1"), 94);
+    assert_eq!(alphabet("0123456789"), 10, "digits alone are not hex");
+    assert_eq!(alphabet("deadbeef01"), 16);
+    assert_eq!(alphabet("DEADBEEF01"), 16);
+    assert_eq!(
+        alphabet("DeadBeef01"),
+        62,
+        "mixed-case hex is not what a hex generator gives"
+    );
+    assert_eq!(bits(""), 0.0);
+
+    // What the rule lets through: OpenBao-style and generator output.
+    for strong in [
+        "s.Xk3pQ9vLm2Rt7Yw4Zb8Nc1Df",       // s. + 24 base62
+        "hvs.CAESIJx7mQ2pLr9vKd4Wn8Tb3Yh6", // hvs. + base62
+        "0123456789abcdef0123456789abcdef", // 32 hex = exactly 128 bits
+        "3q2+7w3q2+7w3q2+7w3q2+7w3q2=",     // base64 of 20 bytes
+        "bench-transit-token-5f2c9e",       // the bench's fixture
+    ] {
+        assert!(
+            bits(strong) >= MIN_TRANSIT_TOKEN_BITS,
+            "{strong}: {}",
+            bits(strong)
+        );
+    }
+    assert_eq!(bits("0123456789abcdef0123456789abcdef"), 128.0);
+    for weak in [
+        "changeme",
+        "0123456789abcdef",                       // 16 hex: 64 bits
+        "0123456789abcdef0123456789abcde",        // 31 hex: 124 bits
+        "12345678901234567890123456789012345678", // 38 digits: 126 bits
+        "s.alice-token-9f2c",
+    ] {
+        assert!(bits(weak) < MIN_TRANSIT_TOKEN_BITS, "{weak}: {}", bits(weak));
     }
 }
 

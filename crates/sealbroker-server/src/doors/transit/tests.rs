@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use super::*;
 use crate::config::{LimitsConfig, Profile};
 
-const TOKEN: &str = "s.alice-token-9f2c";
-const BOTH_KEYS_TOKEN: &str = "s.bob-token-41aa";
+const TOKEN: &str = "s.alice-token-9f2cRw7Kq3Xm8Lp";
+const BOTH_KEYS_TOKEN: &str = "s.bob-token-41aaTz5Nc2Hv6Jd";
 
 /// How a test backend key behaves.
 enum Behaviour {

@@ -1,6 +1,10 @@
 //! The transit door's tokens: who a presented token is, and which keys it
 //! may use.
 //!
+//! A token file is refused unless its token is estimated at 128 bits or more
+//! ([`TransitTokenConfig::read_token`](crate::config::TransitTokenConfig::read_token)),
+//! at start-up and on every reload, so guessing one is hopeless.
+//!
 //! Only SHA-256 digests of the configured tokens stay in memory. A presented
 //! token is hashed and compared against every digest in constant time, so
 //! neither the comparison nor the table's order tells a caller how close a
@@ -95,7 +99,8 @@ fn sha256(bytes: &[u8]) -> Zeroizing<[u8; 32]> {
 }
 
 impl TokenTable {
-    /// Reads every `token_file` of `[[server.transit.tokens]]`.
+    /// Reads every `token_file` of `[[server.transit.tokens]]`, refusing a
+    /// token weaker than the config's rule as the config check does.
     pub fn load(config: &TransitConfig) -> Result<TokenTable, ConfigError> {
         let mut table = TokenTable::default();
         for (index, entry) in config.tokens.iter().enumerate() {
@@ -105,7 +110,8 @@ impl TokenTable {
         Ok(table)
     }
 
-    /// Adds a token; the token bytes themselves are not kept.
+    /// Adds a token; the token bytes themselves are not kept. The strength
+    /// rule is applied where tokens are read from files, not here.
     pub fn insert(&mut self, token: &[u8], identity: &str, keys: impl IntoIterator<Item = String>) {
         self.entries.push(TokenEntry {
             digest: sha256(token),
@@ -157,17 +163,20 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
+    const TOKEN_A: &str = "s.token-a-Vn4Lq8Xr2Kp6Tw9Zc";
+    const TOKEN_B: &str = "s.token-b-Hd3Mj7Qs1Fy5Bg0Rk";
+
     fn table() -> TokenTable {
         let mut table = TokenTable::default();
-        table.insert(b"token-a", "alice", ["k1".to_owned()]);
-        table.insert(b"token-b", "bob", ["k1".to_owned(), "k2".to_owned()]);
+        table.insert(TOKEN_A.as_bytes(), "alice", ["k1".to_owned()]);
+        table.insert(TOKEN_B.as_bytes(), "bob", ["k1".to_owned(), "k2".to_owned()]);
         table
     }
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.insert(*name, HeaderValue::from_static(value));
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
         }
         map
     }
@@ -175,28 +184,37 @@ mod tests {
     #[test]
     fn each_token_maps_to_its_own_identity() {
         let table = table();
-        assert_eq!(table.authenticate(b"token-a").unwrap().identity, "alice");
-        assert_eq!(table.authenticate(b"token-b").unwrap().identity, "bob");
+        assert_eq!(table.authenticate(TOKEN_A.as_bytes()).unwrap().identity, "alice");
+        assert_eq!(table.authenticate(TOKEN_B.as_bytes()).unwrap().identity, "bob");
     }
 
     #[test]
     fn near_misses_and_empty_tokens_are_refused() {
         let table = table();
-        for guess in [&b"token-"[..], b"token-a ", b"TOKEN-A", b"token-c", b""] {
-            assert!(table.authenticate(guess).is_none(), "{guess:?}");
+        let near = [
+            TOKEN_A[..TOKEN_A.len() - 1].to_owned(),
+            format!("{TOKEN_A} "),
+            TOKEN_A.to_uppercase(),
+            TOKEN_A.replace("token-a", "token-c"),
+            String::new(),
+        ];
+        for guess in near {
+            assert!(table.authenticate(guess.as_bytes()).is_none(), "{guess:?}");
         }
     }
 
     #[test]
     fn vault_header_and_bearer_are_both_accepted() {
         let table = table();
-        let vault = table.authenticate_headers(&headers(&[("x-vault-token", "token-a")]));
+        let vault = table.authenticate_headers(&headers(&[("x-vault-token", TOKEN_A)]));
         assert_eq!(vault.unwrap().identity, "alice");
-        let bearer = table.authenticate_headers(&headers(&[("authorization", "bearer token-b")]));
+        let bearer = format!("bearer {TOKEN_B}");
+        let bearer = table.authenticate_headers(&headers(&[("authorization", &bearer)]));
         assert_eq!(bearer.unwrap().identity, "bob");
+        let basic = format!("Basic {TOKEN_A}");
         assert!(
             table
-                .authenticate_headers(&headers(&[("authorization", "Basic token-a")]))
+                .authenticate_headers(&headers(&[("authorization", &basic)]))
                 .is_none()
         );
         assert!(table.authenticate_headers(&headers(&[])).is_none());
@@ -204,11 +222,49 @@ mod tests {
 
     #[test]
     fn scope_refusal_names_operation_key_and_identity() {
-        let grant = table().authenticate(b"token-a").unwrap();
+        let grant = table().authenticate(TOKEN_A.as_bytes()).unwrap();
         assert!(grant.permit("encrypt", "k1").is_ok());
         let refused = grant.permit("decrypt", "k2").unwrap_err().to_string();
         assert!(refused.contains("decrypt"), "{refused}");
         assert!(refused.contains("\"k2\""), "{refused}");
         assert!(refused.contains("token:alice"), "{refused}");
+    }
+
+    fn transit_config(token_files: &[&std::path::Path]) -> TransitConfig {
+        TransitConfig {
+            listen: "127.0.0.1:8200".parse().unwrap(),
+            mount_path: "transit".into(),
+            plaintext: true,
+            tls: None,
+            tokens: token_files
+                .iter()
+                .enumerate()
+                .map(|(index, file)| crate::config::TransitTokenConfig {
+                    identity: format!("caller-{index}"),
+                    token_file: file.to_path_buf(),
+                    keys: vec!["k1".into()],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn loading_refuses_a_weak_token_as_a_reload_would_see_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (strong, weak) = (dir.path().join("strong"), dir.path().join("weak"));
+        std::fs::write(&strong, format!("{TOKEN_A}\n")).unwrap();
+        std::fs::write(&weak, "changeme\n").unwrap();
+        let table = TokenTable::load(&transit_config(&[&strong])).unwrap();
+        assert_eq!(
+            table.authenticate(TOKEN_A.as_bytes()).unwrap().identity,
+            "caller-0"
+        );
+
+        let Err(err) = TokenTable::load(&transit_config(&[&strong, &weak])) else {
+            panic!("a weak token was loaded");
+        };
+        assert_eq!(err.path, "server.transit.tokens[1].token_file", "{err}");
+        assert!(err.message.contains("too weak"), "{err}");
+        assert!(!err.to_string().contains("changeme"), "{err}");
     }
 }
