@@ -22,6 +22,7 @@ use axum::http::{Method, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use libfuzzer_sys::fuzz_target;
+use sealbroker_server::doors::transit::throttle::ThrottleLimits;
 use sealbroker_server_fuzz::{HttpInput, MOUNT_PREFIX, OPENBAO_TOKEN, OPS_TOKEN, fixture, percent_decode};
 use serde_json::{Map, Value, json};
 use tower::ServiceExt;
@@ -127,6 +128,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let fixture = fixture();
+    // Each input starts in a fresh throttle window (the throttle has unit tests).
+    fixture.transit_clock.advance(ThrottleLimits::default().window);
     let reply = fixture.runtime.block_on(call(&fixture.transit, &input));
     let object = check_reply(&input, &reply);
     if !reply.status.is_success() {

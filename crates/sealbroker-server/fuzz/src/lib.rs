@@ -17,6 +17,7 @@ use sealbroker_server::config::Config;
 use sealbroker_server::broker::metrics::Metrics;
 use sealbroker_server::broker::registry::BackendRegistry;
 use sealbroker_server::broker::Broker;
+use sealbroker_server::doors::transit::throttle::{FailureThrottle, ManualClock, ThrottleLimits};
 
 /// The transit token of OpenBao's seal: key `unseal` only.
 pub const OPENBAO_TOKEN: &str = "s.fuzz-openbao-3f9a6c1d";
@@ -147,6 +148,10 @@ pub struct Fixture {
     pub runtime: tokio::runtime::Runtime,
     pub broker: Arc<Broker>,
     pub transit: Router,
+    /// The clock of the transit router's failed-token throttle: a target
+    /// moves it past a window before each input, so inputs without a token
+    /// do not leave every later one answered 429.
+    pub transit_clock: Arc<ManualClock>,
 }
 
 pub fn fixture() -> &'static Fixture {
@@ -188,9 +193,14 @@ impl Fixture {
             .expect("fixture broker")
             .with_metrics(Arc::new(Metrics::new(true)));
         let broker = Arc::new(broker);
-        let transit = sealbroker_server::doors::transit::router(
+        let transit_clock = Arc::new(ManualClock::new());
+        let transit = sealbroker_server::doors::transit::router_with_throttle(
             broker.clone(),
             config.server.transit.as_ref().expect("fixture transit table"),
+            Arc::new(FailureThrottle::new(
+                ThrottleLimits::default(),
+                transit_clock.clone(),
+            )),
         )
         .expect("fixture transit router");
         Fixture {
@@ -200,6 +210,7 @@ impl Fixture {
             runtime,
             broker,
             transit,
+            transit_clock,
         }
     }
 }

@@ -59,6 +59,7 @@ pub struct Metrics {
     reloads: Family<OutcomeLabels, Counter>,
     reload_failed: Gauge<i64, AtomicI64>,
     connection_limits: Family<LimitLabels, Counter>,
+    transit_throttled: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -173,9 +174,17 @@ impl Metrics {
              handshake_timeout, idle",
             connection_limits.clone(),
         );
+        let transit_throttled = Counter::default();
+        registry.register(
+            "transit_throttled_requests",
+            "Transit requests refused with 429, unchecked, because their peer failed too many token \
+             attempts within the window",
+            transit_throttled.clone(),
+        );
         Metrics {
             registry,
             connection_limits,
+            transit_throttled,
             reloads,
             reload_failed,
             primary_version,
@@ -275,6 +284,11 @@ impl Metrics {
             })
             .inc();
         self.reload_failed.set(i64::from(!ok));
+    }
+
+    /// Counts a transit request refused because its peer is throttled.
+    pub fn transit_throttled(&self) {
+        self.transit_throttled.inc();
     }
 
     /// Counts a blob of `key` sealed without member `backend`.

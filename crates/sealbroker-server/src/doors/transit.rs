@@ -7,8 +7,12 @@
 //! else, so an unauthenticated caller learns nothing about keys; then the
 //! token's key scope; then the request. Ciphertexts are our envelope blobs in
 //! Vault's `vault:v<N>:<base64>` wrapping, where N is the key version.
+//!
+//! Before even the token, a peer that failed too many token attempts lately
+//! is answered 429 ([`throttle`]).
 
 mod body;
+pub mod throttle;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -17,7 +21,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, put};
@@ -34,6 +39,7 @@ use crate::doors::status::http_status;
 use crate::net::tls::TlsConnectInfo;
 
 use self::body::{DecryptRequest, EncryptRequest, VaultCiphertext};
+use self::throttle::{FailureThrottle, Peer};
 use self::tokens::{LiveTokens, TokenGrant, TokenTable};
 
 /// ALPN for the transit listener: Go clients (OpenBao) negotiate h2, Python
@@ -48,6 +54,9 @@ pub enum TransitError {
     /// No token, or one that matches no configured token. Deliberately vague.
     #[error("permission denied")]
     Unauthenticated,
+    /// The peer failed too many token attempts; its token was not checked.
+    #[error("too many failed token attempts from this address; retry in {retry_after_secs}s")]
+    Throttled { retry_after_secs: u64 },
     /// The token is valid but not scoped to the key.
     #[error("{0}")]
     OutOfScope(Error),
@@ -69,6 +78,7 @@ impl TransitError {
     pub fn status(&self) -> StatusCode {
         match self {
             TransitError::Unauthenticated => StatusCode::FORBIDDEN,
+            TransitError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             TransitError::OutOfScope(e) | TransitError::Broker(e) => http_status(e.code()),
             TransitError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             TransitError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -82,13 +92,20 @@ impl IntoResponse for TransitError {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
-            TransitError::Broker(_) => {}
+            // The throttle logs once per peer and window itself.
+            TransitError::Broker(_) | TransitError::Throttled { .. } => {}
             TransitError::NoRoute { .. } | TransitError::MethodNotAllowed { .. } => {
                 tracing::debug!(status = status.as_u16(), error = %self, "transit request refused")
             }
             _ => tracing::info!(status = status.as_u16(), error = %self, "transit request refused"),
         }
-        (status, Json(json!({ "errors": [self.to_string()] }))).into_response()
+        let mut response = (status, Json(json!({ "errors": [self.to_string()] }))).into_response();
+        if let TransitError::Throttled { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
     }
 }
 
@@ -96,6 +113,8 @@ impl IntoResponse for TransitError {
 struct TransitApi {
     broker: Arc<Broker>,
     tokens: LiveTokens,
+    /// Failed token attempts per peer; outlives reloads.
+    throttle: Arc<FailureThrottle>,
     body_limit: usize,
     /// Reported as each key version's creation time, which the broker does
     /// not know: the time this listener started.
@@ -133,14 +152,33 @@ pub fn router(broker: Arc<Broker>, config: &TransitConfig) -> Result<Router, Con
 /// Like [`router`], with the handle a reload replaces the tokens through.
 pub fn live_router(broker: Arc<Broker>, config: &TransitConfig) -> Result<(Router, LiveTokens), ConfigError> {
     let tokens = LiveTokens::new(TokenTable::load(config)?);
-    Ok((build_router(broker, tokens.clone(), config.mount()), tokens))
+    let throttle = Arc::new(FailureThrottle::default());
+    let router = build_router(broker, tokens.clone(), throttle, config.mount());
+    Ok((router, tokens))
 }
 
-fn build_router(broker: Arc<Broker>, tokens: LiveTokens, mount: &str) -> Router {
+/// Like [`router`], counting failed token attempts in `throttle` (whose
+/// clock a test or fuzz target may drive).
+pub fn router_with_throttle(
+    broker: Arc<Broker>,
+    config: &TransitConfig,
+    throttle: Arc<FailureThrottle>,
+) -> Result<Router, ConfigError> {
+    let tokens = LiveTokens::new(TokenTable::load(config)?);
+    Ok(build_router(broker, tokens, throttle, config.mount()))
+}
+
+fn build_router(
+    broker: Arc<Broker>,
+    tokens: LiveTokens,
+    throttle: Arc<FailureThrottle>,
+    mount: &str,
+) -> Router {
     let body_limit = body_limit(broker.limits().max_plaintext_bytes);
     let api = Arc::new(TransitApi {
         broker,
         tokens,
+        throttle,
         body_limit,
         started_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -178,7 +216,36 @@ fn build_router(broker: Arc<Broker>, tokens: LiveTokens, mount: &str) -> Router 
 }
 
 async fn authenticate(State(api): State<Arc<TransitApi>>, mut request: Request, next: Next) -> Response {
-    match api.tokens.current().authenticate_headers(request.headers()) {
+    let peer = Peer::of(request.extensions().get::<TlsConnectInfo>());
+    // Before the token: a throttled peer learns nothing about it, right or wrong.
+    let attempt = api.throttle.attempt(&peer, || {
+        api.tokens.current().authenticate_headers(request.headers())
+    });
+    let grant = match attempt {
+        Ok(grant) => grant,
+        Err(throttled) => {
+            if let Some(metrics) = api.broker.metrics() {
+                metrics.transit_throttled();
+            }
+            if throttled.first_in_window {
+                let limits = api.throttle.limits();
+                tracing::warn!(
+                    %peer,
+                    path = request.uri().path(),
+                    max_failures = limits.max_failures,
+                    window_secs = limits.window.as_secs(),
+                    retry_after_secs = throttled.retry_after_secs(),
+                    "transit requests from this peer refused with 429 until its window ends: too many \
+                     failed token attempts (logged once per window)"
+                );
+            }
+            return TransitError::Throttled {
+                retry_after_secs: throttled.retry_after_secs(),
+            }
+            .into_response();
+        }
+    };
+    match grant {
         Some(grant) => {
             let caller = grant.caller();
             let (method, path) = (request.method().clone(), request.uri().path().to_owned());
@@ -188,13 +255,8 @@ async fn authenticate(State(api): State<Arc<TransitApi>>, mut request: Request, 
             response
         }
         None => {
-            let peer = request
-                .extensions()
-                .get::<TlsConnectInfo>()
-                .map(|info| info.remote_addr.to_string())
-                .unwrap_or_default();
             tracing::info!(
-                peer,
+                %peer,
                 path = request.uri().path(),
                 "transit request refused: no token, or not a configured token"
             );

@@ -13,7 +13,9 @@ use sealbroker_core::{
 };
 use serde_json::{Value, json};
 
+use super::throttle::{ManualClock, ThrottleLimits};
 use super::*;
+use crate::broker::metrics::Metrics;
 use crate::config::{LimitsConfig, Profile};
 
 const TOKEN: &str = "s.alice-token-9f2cRw7Kq3Xm8Lp";
@@ -82,6 +84,15 @@ fn aes(byte: u8) -> Behaviour {
 /// Keys `unseal` and `other` work, `down` is unavailable, `slow` never
 /// answers. Alice may use `unseal`, `down` and `slow`; Bob `unseal` and `other`.
 fn app_with(mount: &str, max_plaintext_bytes: usize) -> Router {
+    app_throttled(mount, max_plaintext_bytes, Arc::default(), None)
+}
+
+fn app_throttled(
+    mount: &str,
+    max_plaintext_bytes: usize,
+    throttle: Arc<FailureThrottle>,
+    metrics: Option<Arc<Metrics>>,
+) -> Router {
     let ring = KeyRing::new([
         key("unseal", aes(1)),
         key("other", aes(2)),
@@ -93,7 +104,11 @@ fn app_with(mount: &str, max_plaintext_bytes: usize) -> Router {
         request_timeout_secs: 1,
         ..LimitsConfig::default()
     };
-    let broker = Arc::new(Broker::new(ring, Profile::Hardened, limits));
+    let mut broker = Broker::new(ring, Profile::Hardened, limits);
+    if let Some(metrics) = metrics {
+        broker = broker.with_metrics(metrics);
+    }
+    let broker = Arc::new(broker);
     let mut tokens = TokenTable::default();
     tokens.insert(
         TOKEN.as_bytes(),
@@ -105,7 +120,7 @@ fn app_with(mount: &str, max_plaintext_bytes: usize) -> Router {
         "bob",
         ["unseal", "other"].map(String::from),
     );
-    build_router(broker, tokens::LiveTokens::new(tokens), mount)
+    build_router(broker, tokens::LiveTokens::new(tokens), throttle, mount)
 }
 
 fn app() -> Router {
@@ -114,6 +129,7 @@ fn app() -> Router {
 
 struct Reply {
     status: StatusCode,
+    headers: axum::http::HeaderMap,
     body: Value,
     raw: String,
 }
@@ -130,23 +146,48 @@ impl Reply {
 }
 
 async fn call(app: &Router, method: &str, path: &str, token: Option<&str>, body: impl Into<Body>) -> Reply {
+    call_from(app, None, method, path, token, body).await
+}
+
+/// [`call`] over a connection from `peer`, as the transit listener marks it.
+async fn call_from(
+    app: &Router,
+    peer: Option<&str>,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: impl Into<Body>,
+) -> Reply {
     let mut request = Request::builder().method(method).uri(path);
     if let Some(token) = token {
         request = request.header("X-Vault-Token", token);
     }
-    let request = request
+    let mut request = request
         .header("X-Vault-Request", "true")
         .body(body.into())
         .unwrap();
+    if let Some(peer) = peer {
+        request.extensions_mut().insert(TlsConnectInfo {
+            remote_addr: peer.parse().unwrap(),
+            client_fingerprint: None,
+            client_names: Vec::new(),
+        });
+    }
     let response = tower::Service::call(&mut app.clone(), request).await.unwrap();
     let status = response.status();
+    let headers = response.headers().clone();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .unwrap();
     let raw = String::from_utf8_lossy(&bytes).into_owned();
     let body =
         serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{status} reply is not JSON ({e}): {raw}"));
-    Reply { status, body, raw }
+    Reply {
+        status,
+        headers,
+        body,
+        raw,
+    }
 }
 
 async fn encrypt(app: &Router, token: &str, key: &str, body: Value) -> Reply {
@@ -550,6 +591,193 @@ async fn health_needs_no_token() {
     assert_eq!(reply.body["initialized"], true);
     assert_eq!(reply.body["sealed"], false);
     assert!(reply.body["version"].as_str().unwrap().starts_with("sealbroker "));
+}
+
+const THROTTLE: ThrottleLimits = ThrottleLimits {
+    max_failures: 3,
+    window: Duration::from_secs(60),
+    max_peers: 64,
+};
+
+/// The app with [`THROTTLE`] on a clock the test moves, and its metrics.
+fn throttled_app() -> (Router, Arc<ManualClock>, Arc<Metrics>) {
+    let clock = Arc::new(ManualClock::new());
+    let metrics = Arc::new(Metrics::new(false));
+    let throttle = Arc::new(FailureThrottle::new(THROTTLE, clock.clone()));
+    let app = app_throttled("transit", 1024, throttle, Some(metrics.clone()));
+    (app, clock, metrics)
+}
+
+fn throttled_count(metrics: &Metrics) -> String {
+    metrics
+        .encode()
+        .lines()
+        .find(|line| line.starts_with("sealbroker_transit_throttled_requests_total "))
+        .unwrap_or_else(|| panic!("no throttled counter in\n{}", metrics.encode()))
+        .to_owned()
+}
+
+const ATTACKER: &str = "192.0.2.66:40000";
+const BYSTANDER: &str = "198.51.100.7:40000";
+const WRONG: &str = "s.not-a-configured-token-Kp4Xz9Qm2Lw7";
+
+#[tokio::test]
+async fn a_peer_with_too_many_failed_tokens_gets_429_and_another_peer_does_not() {
+    let (app, clock, metrics) = throttled_app();
+    let lookup = "/v1/auth/token/lookup-self";
+    for attempt in 1..=THROTTLE.max_failures {
+        let reply = call_from(&app, Some(ATTACKER), "GET", lookup, Some(WRONG), "").await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "attempt {attempt}: {}",
+            reply.raw
+        );
+        clock.advance(Duration::from_secs(10));
+    }
+    // 30 s into the window: refused unchecked, even with a valid token, and
+    // from another port of the same address.
+    for token in [Some(WRONG), Some(TOKEN), None] {
+        let reply = call_from(&app, Some("192.0.2.66:50001"), "GET", lookup, token, "").await;
+        assert_eq!(
+            reply.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{token:?}: {}",
+            reply.raw
+        );
+        assert!(
+            reply.error().contains("too many failed token attempts"),
+            "{}",
+            reply.raw
+        );
+        assert_eq!(reply.headers["retry-after"], "30", "{token:?}");
+        assert!(
+            !reply.raw.contains(TOKEN) && !reply.raw.contains(WRONG),
+            "{}",
+            reply.raw
+        );
+    }
+    let sealed = encrypt(&app, TOKEN, "unseal", json!({"plaintext": b64(b"x")})).await;
+    assert_eq!(
+        sealed.status,
+        StatusCode::OK,
+        "requests without a peer are counted apart"
+    );
+    assert_eq!(
+        throttled_count(&metrics),
+        "sealbroker_transit_throttled_requests_total 3"
+    );
+
+    // Another peer is unaffected: its token is checked, and right or wrong it gets the usual answer.
+    let reply = call_from(&app, Some(BYSTANDER), "GET", lookup, Some(TOKEN), "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+    assert_eq!(reply.body["data"]["display_name"], "alice");
+    let reply = call_from(&app, Some(BYSTANDER), "GET", lookup, Some(WRONG), "").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.raw);
+
+    // Health needs no token and is never throttled.
+    let reply = call_from(&app, Some(ATTACKER), "GET", "/v1/sys/health", None, "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+
+    // The window ends 60 s after the first failure: the token is checked again.
+    clock.advance(Duration::from_secs(29));
+    let reply = call_from(&app, Some(ATTACKER), "GET", lookup, Some(TOKEN), "").await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.raw);
+    assert_eq!(reply.headers["retry-after"], "1");
+    clock.advance(Duration::from_secs(1));
+    let reply = call_from(&app, Some(ATTACKER), "GET", lookup, Some(TOKEN), "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+    assert_eq!(
+        throttled_count(&metrics),
+        "sealbroker_transit_throttled_requests_total 4"
+    );
+}
+
+#[tokio::test]
+async fn successes_between_failures_do_not_earn_a_peer_more_guesses() {
+    let (app, _clock, _metrics) = throttled_app();
+    let lookup = "/v1/auth/token/lookup-self";
+    for _ in 1..THROTTLE.max_failures {
+        let reply = call_from(&app, Some(ATTACKER), "GET", lookup, Some(WRONG), "").await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.raw);
+        let reply = call_from(&app, Some(ATTACKER), "GET", lookup, Some(TOKEN), "").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+    }
+    let reply = call_from(&app, Some(ATTACKER), "GET", lookup, Some(WRONG), "").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.raw);
+    let reply = call_from(&app, Some(ATTACKER), "GET", lookup, Some(TOKEN), "").await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.raw);
+}
+
+#[tokio::test]
+async fn a_flood_of_distinct_peers_keeps_the_throttle_table_bounded() {
+    let throttle = Arc::new(FailureThrottle::new(THROTTLE, Arc::new(ManualClock::new())));
+    let app = app_throttled("transit", 1024, throttle.clone(), None);
+    let lookup = "/v1/auth/token/lookup-self";
+    for n in 0..1000u32 {
+        let [_, _, c, d] = n.to_be_bytes();
+        let peer = format!("10.9.{c}.{d}:1234");
+        let reply = call_from(&app, Some(&peer), "GET", lookup, Some(WRONG), "").await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{peer}: {}", reply.raw);
+        assert!(throttle.tracked_peers() <= THROTTLE.max_peers, "after {peer}");
+    }
+    assert_eq!(throttle.tracked_peers(), THROTTLE.max_peers);
+    let reply = call_from(&app, Some(BYSTANDER), "GET", lookup, Some(TOKEN), "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+}
+
+/// Log lines written while `body` runs on this thread, as text.
+struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
+    let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || LogWriter(writer.clone()))
+        .finish();
+    (CapturedLogs(buffer), tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn a_throttled_peer_is_logged_once_per_window_without_tokens() {
+    let (logs, _guard) = capture_logs();
+    let (app, clock, _metrics) = throttled_app();
+    let lookup = "/v1/auth/token/lookup-self";
+    let throttled_lines = || logs.text().matches("refused with 429").count();
+    for window in 1..=2 {
+        for _ in 0..THROTTLE.max_failures {
+            call_from(&app, Some(ATTACKER), "GET", lookup, Some(WRONG), "").await;
+        }
+        for token in [WRONG, TOKEN, WRONG, TOKEN] {
+            let reply = call_from(&app, Some(ATTACKER), "GET", lookup, Some(token), "").await;
+            assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.raw);
+        }
+        assert_eq!(throttled_lines(), window, "{}", logs.text());
+        clock.advance(THROTTLE.window);
+    }
+    let text = logs.text();
+    assert!(text.contains("peer=192.0.2.66 "), "{text}");
+    assert!(!text.contains(WRONG) && !text.contains(TOKEN), "{text}");
 }
 
 #[test]
