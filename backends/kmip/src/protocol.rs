@@ -154,9 +154,7 @@ pub struct ResultReason(pub u32);
 impl ResultReason {
     pub const ITEM_NOT_FOUND: Self = ResultReason(0x01);
     pub const AUTHENTICATION_NOT_SUCCESSFUL: Self = ResultReason(0x03);
-    pub const INVALID_MESSAGE: Self = ResultReason(0x04);
     pub const OPERATION_NOT_SUPPORTED: Self = ResultReason(0x05);
-    pub const CRYPTOGRAPHIC_FAILURE: Self = ResultReason(0x0A);
     pub const PERMISSION_DENIED: Self = ResultReason(0x0C);
     pub const OBJECT_DESTROYED: Self = ResultReason(0x36);
     pub const OBJECT_NOT_FOUND: Self = ResultReason(0x37);
