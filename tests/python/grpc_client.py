@@ -17,31 +17,16 @@ Exits non-zero on the first failed expectation.
 """
 import os
 import sys
-import tempfile
 from concurrent import futures
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_tools import protoc
 
-root = Path(__file__).resolve().parents[2]
-out = tempfile.mkdtemp()
-rc = protoc.main(["protoc", f"-I{root / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}",
-                  str(root / "proto/sealbroker/v1/seal.proto")])
-assert rc == 0, "protoc failed"
-sys.path.insert(0, out)
+from common import check, compile_protos, print_passed
+
+compile_protos("sealbroker/v1/seal.proto")
 from sealbroker.v1 import seal_pb2 as pb, seal_pb2_grpc as rpc  # noqa: E402
-
-passed = 0
-
-
-def check(cond, what):
-    global passed
-    if not cond:
-        print(f"FAILED: {what}", file=sys.stderr)
-        sys.exit(1)
-    passed += 1
 
 
 def code_of(call):
@@ -58,7 +43,7 @@ if sys.argv[1] == "--authority":
     code, details = code_of(lambda: rpc.SealServiceStub(channel).ListKeys(pb.ListKeysRequest(), timeout=10))
     check(code == grpc.StatusCode.INVALID_ARGUMENT, f"authority {authority!r} -> INVALID_ARGUMENT, got {code}")
     check(":authority" in (details or ""), f"the refusal names the :authority, got {details!r}")
-    print(f"{passed} passed, 0 failed")
+    print_passed()
     sys.exit(0)
 
 key, target = sys.argv[1:3]
@@ -116,4 +101,4 @@ def round_trip(i):
 with futures.ThreadPoolExecutor(16) as pool:
     results = list(pool.map(round_trip, range(64)))
 check(all(results), f"64 concurrent round trips, {results.count(False)} failed")
-print(f"{passed} passed, 0 failed")
+print_passed()

@@ -9,20 +9,14 @@ Exits non-zero on the first failed expectation.
 import re
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import grpc
-from grpc_tools import protoc
+
+from common import check, compile_protos, print_passed
 
 kms_socket, sealbroker, admin_socket, key_name = sys.argv[1:5]
 mode = sys.argv[5] if len(sys.argv) > 5 else "full"
-root = Path(__file__).resolve().parents[2]
-out = tempfile.mkdtemp()
-rc = protoc.main(["protoc", f"-I{root / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}",
-                  str(root / "proto/k8s/kms/v2/api.proto")])
-assert rc == 0, "protoc failed"
-sys.path.insert(0, out)
+compile_protos("k8s/kms/v2/api.proto")
 from k8s.kms.v2 import api_pb2 as pb, api_pb2_grpc as rpc  # noqa: E402
 
 # kube-apiserver (Go gRPC) sends ":authority: localhost" on unix sockets: this
@@ -30,16 +24,6 @@ from k8s.kms.v2 import api_pb2 as pb, api_pb2_grpc as rpc  # noqa: E402
 # percent-encoded socket path instead; it is checked at the end.
 channel = grpc.insecure_channel(f"unix://{kms_socket}", options=[("grpc.default_authority", "localhost")])
 stub = rpc.KeyManagementServiceStub(channel)
-passed = 0
-
-
-def check(cond, what):
-    global passed
-    if not cond:
-        print(f"FAILED: {what}", file=sys.stderr)
-        sys.exit(1)
-    passed += 1
-
 
 if mode == "wrap-only":
     seed = bytes(range(32))
@@ -61,7 +45,7 @@ if mode == "wrap-only":
     except grpc.RpcError as e:
         check(e.code() == grpc.StatusCode.PERMISSION_DENIED,
               f"Decrypt with an unknown key id -> PERMISSION_DENIED, got {e.code()}")
-    print(f"{passed} passed, 0 failed")
+    print_passed()
     sys.exit(0)
 
 # kube-apiserver polls Status first.
@@ -121,4 +105,4 @@ dec = plain.Decrypt(pb.DecryptRequest(ciphertext=enc.ciphertext, uid="uid-8", ke
                                       annotations=enc.annotations))
 check(dec.plaintext == seed, "default-options client: Encrypt then Decrypt round-trips")
 
-print(f"{passed} passed, 0 failed")
+print_passed()

@@ -13,29 +13,16 @@ Run by tests/tests/transit.rs against a real daemon. Every check prints
 import argparse
 import base64
 import sys
-import traceback
 
 import hvac
 import hvac.exceptions
 import requests
 
-failures = []
+from common import failures, run_check
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def check(name, fn):
-    """Runs one check; an exception or a false assertion fails it."""
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001 - every failure must be reported
-        failures.append(name)
-        print(f"FAIL - {name}: {type(e).__name__}: {e}")
-        traceback.print_exc(file=sys.stdout)
-    else:
-        print(f"ok - {name}")
 
 
 def expect_error(fn, exception_types, what):
@@ -165,18 +152,18 @@ def main():
                 f"a call with client certificate {cert}",
             )
 
-    check("encrypt/decrypt round trip with associated_data", round_trip)
-    check("wrong associated_data is 400", wrong_aad_is_400)
-    check("wrong token is 403 Forbidden", wrong_token_is_forbidden)
-    check("unknown key is 4xx", unknown_key_is_4xx)
-    check("malformed base64 plaintext is 400 with an errors list", malformed_base64_is_400)
-    check("junk JSON body is 400 with an errors list", junk_json_is_400)
-    check("malformed vault:vN ciphertext is 400", bad_ciphertext_format_is_400)
-    check("lookup-self names the identity, not the token", lookup_self_names_the_identity)
-    check("renew-self answers non-renewable", renew_self_is_not_renewable)
-    check("read_key is Vault-shaped", read_key_is_vault_shaped)
-    check("sys/health needs no token", health_needs_no_token)
-    check("clients without a certificate from our CA are refused", client_without_our_ca_is_refused)
+    run_check("encrypt/decrypt round trip with associated_data", round_trip)
+    run_check("wrong associated_data is 400", wrong_aad_is_400)
+    run_check("wrong token is 403 Forbidden", wrong_token_is_forbidden)
+    run_check("unknown key is 4xx", unknown_key_is_4xx)
+    run_check("malformed base64 plaintext is 400 with an errors list", malformed_base64_is_400)
+    run_check("junk JSON body is 400 with an errors list", junk_json_is_400)
+    run_check("malformed vault:vN ciphertext is 400", bad_ciphertext_format_is_400)
+    run_check("lookup-self names the identity, not the token", lookup_self_names_the_identity)
+    run_check("renew-self answers non-renewable", renew_self_is_not_renewable)
+    run_check("read_key is Vault-shaped", read_key_is_vault_shaped)
+    run_check("sys/health needs no token", health_needs_no_token)
+    run_check("clients without a certificate from our CA are refused", client_without_our_ca_is_refused)
 
     if failures:
         print(f"\n{len(failures)} check(s) failed: {', '.join(failures)}")
