@@ -8,7 +8,7 @@
 //! must be set, which [`crate::validation`] checks.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -97,6 +97,11 @@ pub struct OpenBaoTarget {
     /// OpenBao's own ports, left open by the NetworkPolicy.
     #[serde(default = "default_openbao_ports")]
     pub ports: Vec<i32>,
+    /// The ServiceAccount the OpenBao Pods run under. The injected sidecar
+    /// shares it (a Pod has one identity) and uses it to report, on its own
+    /// Pod, which key versions it can use; the provisioner grants it that.
+    #[serde(default = "default_service_account")]
+    pub service_account_name: String,
 }
 
 /// The seal OpenBao uses.
@@ -251,22 +256,26 @@ pub struct KeySpec {
     pub versions: Option<KeyVersions>,
 }
 
-/// Which versions of a key exist, which one wraps, and which are retired.
-/// Versions above 1 are found on the backend by name (`<keyLabel>-v2` on
-/// PKCS#11, `<keyName>-v2` on KMIP, the same AWS KMS or transit key).
+/// The wanted state of a key's versions: which exist, which one wraps, which
+/// are retired. Versions above 1 are found on the backend by name
+/// (`<keyLabel>-v2` on PKCS#11, `<keyName>-v2` on KMIP, the same AWS KMS or
+/// transit key). The controller drives the pods there step by step and
+/// shows how far it got in `status.keys` (docs/operator.md).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyVersions {
-    /// Versions up to this one exist: every broker probes them and reports
-    /// them (staged), before one is promoted. Default: `primary`.
+    /// Versions up to this one should exist: the controller creates each
+    /// with a key-creation Job, then stages it in every pod's config, where
+    /// each broker probes and reports it. Default: `primary`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest: Option<u32>,
-    /// The version new wraps use. Promote only once every broker pod
-    /// reports it usable. Default: 1.
+    /// The version new wraps should use. The controller renders it only once
+    /// every served pod has reported it usable. Default: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<u32>,
-    /// Blobs under older versions are refused. Raise it only once OpenBao
-    /// has re-wrapped its stored keys and recovery key under `primary`.
+    /// Blobs under older versions are refused. Rendered as declared, but
+    /// never above the rendered primary. Raise it only once OpenBao has
+    /// re-wrapped its stored keys and recovery key under `primary`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_decryption: Option<u32>,
 }
@@ -298,7 +307,7 @@ pub struct NetworkListener {
 pub struct SealBrokerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready` and `SecurityRisk`.
+    /// `Ready`, `SecurityRisk`, `RotationPending` and `RotationBlocked`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The plugin digest the rendered seal stanza expects.
@@ -310,6 +319,78 @@ pub struct SealBrokerStatus {
     /// ConfigMap holding the OpenBao stanza (`seal.hcl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal_config_map: Option<String>,
+    /// SHA-256 (hex) of the `sealbroker.toml` the controller rendered: a
+    /// sidecar's report counts only when made under exactly this config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_sha256: Option<String>,
+    /// Rotation state of each key that declares `versions`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyRotationStatus>,
+}
+
+/// Where one key's rotation stands: what exists, what is rendered, who
+/// vouched for it. The controller's memory between reconciles.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRotationStatus {
+    /// The key (`spec.keys[].name`).
+    pub name: String,
+    /// Versions above 1 a key-creation Job made (or found) on the backend.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created: Vec<u32>,
+    /// `newest_version` as rendered: versions up to it are staged everywhere.
+    pub newest: u32,
+    /// `primary_version` as rendered: the version new wraps use.
+    pub primary: u32,
+    /// `min_decryption_version` as rendered, when any version is retired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_decryption: Option<u32>,
+    /// What happens next for this key, in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub step: String,
+    /// Per staged or primary version: which served Pods reported it usable
+    /// under the rendered config, and which have not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionReports>,
+    /// Key-creation Jobs that failed, per version, for the retry backoff.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keygen_failures: Vec<KeygenFailure>,
+}
+
+/// The served Pods' reports about one version of a key.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionReports {
+    pub version: u32,
+    /// Pods that reported the version usable under the rendered config.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usable: Vec<String>,
+    /// Pods that reported it unusable under the rendered config.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unusable: Vec<String>,
+    /// Pods with no usable report yet, each with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<MissingReport>,
+}
+
+/// A served Pod whose report does not (yet) count.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct MissingReport {
+    pub pod: String,
+    pub reason: String,
+}
+
+/// A key-creation Job that failed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeygenFailure {
+    pub version: u32,
+    /// How many Jobs for this version failed so far.
+    pub attempts: u32,
+    /// When the last one failed; the next waits out a backoff from here.
+    pub last_failure: Time,
+    /// The failed Job's reason and message.
+    pub message: String,
 }
 
 fn default_broker_uid() -> i64 {
@@ -332,6 +413,9 @@ fn default_seal_config_dir() -> String {
 }
 fn default_openbao_ports() -> Vec<i32> {
     vec![8200, 8201]
+}
+fn default_service_account() -> String {
+    "default".into()
 }
 
 impl BackendSpec {

@@ -12,6 +12,9 @@
 //!   shared volumes to OpenBao Pods, and [`validation`] refuses what a
 //!   profile forbids; [`admission`] turns both into AdmissionReview answers,
 //!   which [`webhook`] serves over HTTPS;
+//! - [`rotation`] decides, per key, the next safe step of a rotation: create
+//!   a version with a key-creation Job, stage it, promote it once every
+//!   served pod reported it usable, retire;
 //! - [`kubeapi`] applies the objects with server-side apply and writes status.
 //!
 //! Everything but [`kubeapi`] and [`webhook`] is free of I/O and tested with
@@ -23,6 +26,7 @@ pub mod desired;
 pub mod injection;
 pub mod kubeapi;
 pub mod render;
+pub mod rotation;
 pub mod status;
 pub mod validation;
 pub mod webhook;

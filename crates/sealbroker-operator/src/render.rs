@@ -120,6 +120,18 @@ fn origin(sb: &SealBroker) -> String {
     )
 }
 
+/// SHA-256 (lowercase hex) of a rendered config, as a sidecar computes it
+/// over the file it loaded: its reports count only under this value.
+pub fn config_sha256(config: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(config.as_bytes())
+        .iter()
+        .fold(String::with_capacity(64), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
 /// sealbroker's config (`sealbroker.toml`). Assumes a spec that passed
 /// [`crate::validation::validate`].
 pub fn broker_config(sb: &SealBroker, layout: &Layout) -> String {
@@ -350,6 +362,14 @@ mod tests {
         ] {
             assert!(table.lines().any(|l| l == line), "no {line:?} in\n{table}");
         }
+    }
+
+    #[test]
+    fn config_hash_is_the_sha256_of_the_text() {
+        assert_eq!(
+            config_sha256("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

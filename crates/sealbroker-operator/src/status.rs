@@ -2,8 +2,9 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{Profile, SealBroker, SealBrokerStatus};
+use crate::crd::{KeyRotationStatus, Profile, SealBroker, SealBrokerStatus};
 use crate::desired::Names;
+use crate::rotation::Finding;
 
 /// What one reconcile found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,8 +46,109 @@ fn carry_transition(mut new: Condition, previous: &[Condition]) -> Condition {
     new
 }
 
-/// The status to write after a reconcile with `outcome` at `now`.
+/// Where the rotations stand after a reconcile.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rotation {
+    /// Whether the rotation was evaluated; `false` when the spec was refused
+    /// (then `keys` and `config_sha256` are carried over unchanged, since
+    /// they are the controller's memory of what it rendered).
+    pub evaluated: bool,
+    pub config_sha256: Option<String>,
+    pub keys: Vec<KeyRotationStatus>,
+    pub pending: Vec<Finding>,
+    pub blocked: Vec<Finding>,
+}
+
+impl Rotation {
+    /// The previous status's rotation state, not re-evaluated.
+    pub fn carried(sb: &SealBroker) -> Rotation {
+        let previous = sb.status.as_ref();
+        Rotation {
+            evaluated: false,
+            config_sha256: previous.and_then(|s| s.config_sha256.clone()),
+            keys: previous.map(|s| s.keys.clone()).unwrap_or_default(),
+            pending: Vec::new(),
+            blocked: Vec::new(),
+        }
+    }
+}
+
+fn joined(findings: &[Finding]) -> String {
+    findings
+        .iter()
+        .map(|f| f.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn rotation_conditions(rotation: &Rotation, generation: Option<i64>, now: &Time) -> [Condition; 2] {
+    if !rotation.evaluated {
+        let unknown = |kind: &str| Condition {
+            type_: kind.into(),
+            status: "Unknown".into(),
+            reason: "InvalidSpec".into(),
+            message: "the spec was refused, so no rotation step was taken".into(),
+            observed_generation: generation,
+            last_transition_time: now.clone(),
+        };
+        return [unknown("RotationPending"), unknown("RotationBlocked")];
+    }
+    let pending = match rotation.pending.first() {
+        Some(first) => condition(
+            "RotationPending",
+            true,
+            first.reason,
+            joined(&rotation.pending),
+            generation,
+            now,
+        ),
+        None => condition(
+            "RotationPending",
+            false,
+            "Settled",
+            "every key's rendered versions are the ones its spec wants".into(),
+            generation,
+            now,
+        ),
+    };
+    let blocked = match rotation.blocked.first() {
+        Some(first) => condition(
+            "RotationBlocked",
+            true,
+            first.reason,
+            joined(&rotation.blocked),
+            generation,
+            now,
+        ),
+        None => condition(
+            "RotationBlocked",
+            false,
+            "NotBlocked",
+            "nothing holds a rotation back".into(),
+            generation,
+            now,
+        ),
+    };
+    [pending, blocked]
+}
+
+/// The status to write after a reconcile with `outcome` at `now`, when no
+/// key's rotation was evaluated.
 pub fn status_for(sb: &SealBroker, outcome: &Outcome, now: Time) -> SealBrokerStatus {
+    let rotation = Rotation {
+        evaluated: true,
+        ..Rotation::default()
+    };
+    status_with_rotation(sb, outcome, &rotation, now)
+}
+
+/// The status to write after a reconcile with `outcome` and `rotation` at `now`.
+pub fn status_with_rotation(
+    sb: &SealBroker,
+    outcome: &Outcome,
+    rotation: &Rotation,
+    now: Time,
+) -> SealBrokerStatus {
     let generation = sb.metadata.generation;
     let previous = sb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or(&[]);
     let names = Names::of(sb);
@@ -95,14 +197,19 @@ pub fn status_for(sb: &SealBroker, outcome: &Outcome, now: Time) -> SealBrokerSt
         ),
     };
     let valid = !matches!(outcome, Outcome::InvalidSpec(_));
+    let [pending, blocked] = rotation_conditions(rotation, generation, &now);
     SealBrokerStatus {
         observed_generation: generation,
         conditions: vec![
             carry_transition(ready, previous),
             carry_transition(risk, previous),
+            carry_transition(pending, previous),
+            carry_transition(blocked, previous),
         ],
         plugin_sha256: valid.then(|| sb.spec.plugin_sha256.clone()),
         broker_config_map: valid.then_some(names.broker_config),
         seal_config_map: valid.then_some(names.seal_config),
+        config_sha256: rotation.config_sha256.clone(),
+        keys: rotation.keys.clone(),
     }
 }

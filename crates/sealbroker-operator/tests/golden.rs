@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use sealbroker_operator::crd::{KeyRotationStatus, MissingReport, VersionReports};
 use sealbroker_operator::crd::{Profile, SealBroker, SoftwareBackend};
 use sealbroker_operator::desired::{self, Desired};
 use sealbroker_operator::injection::{self, SIDECAR_NAME};
 use sealbroker_operator::render::{self, Layout};
-use sealbroker_operator::status::{Outcome, status_for};
+use sealbroker_operator::rotation::Finding;
+use sealbroker_operator::status::{Outcome, Rotation, status_for, status_with_rotation};
 use sealbroker_operator::validation;
 
 fn golden_dir() -> PathBuf {
@@ -123,7 +125,50 @@ fn status_matches_golden_for_each_outcome() {
             now.clone(),
         ))
         .unwrap(),
-        serde_json::to_value(status_for(&development, &Outcome::Ready, now)).unwrap(),
+        serde_json::to_value(status_for(&development, &Outcome::Ready, now.clone())).unwrap(),
+        serde_json::to_value(status_with_rotation(
+            &hardened,
+            &Outcome::Ready,
+            &Rotation {
+                evaluated: true,
+                config_sha256: Some("ab".repeat(32)),
+                keys: vec![KeyRotationStatus {
+                    name: "openbao-unseal".into(),
+                    created: vec![2],
+                    newest: 2,
+                    primary: 1,
+                    min_decryption: None,
+                    step: "waiting for every pod to report version 2 usable".into(),
+                    versions: vec![
+                        VersionReports {
+                            version: 1,
+                            usable: vec!["openbao-0".into(), "openbao-1".into()],
+                            ..VersionReports::default()
+                        },
+                        VersionReports {
+                            version: 2,
+                            usable: vec!["openbao-0".into()],
+                            unusable: vec![],
+                            missing: vec![MissingReport {
+                                pod: "openbao-1".into(),
+                                reason: "reported under config 0123456789ab…, not the rendered abababababab…"
+                                    .into(),
+                            }],
+                        },
+                    ],
+                    keygen_failures: vec![],
+                }],
+                pending: vec![Finding {
+                    reason: "AwaitingPodReports",
+                    message: "key openbao-unseal: promoting version 2 waits for openbao-1 (reported under \
+                              config 0123456789ab…, not the rendered abababababab…)"
+                        .into(),
+                }],
+                blocked: vec![],
+            },
+            now,
+        ))
+        .unwrap(),
     ];
     golden(
         &golden_dir().join("status.yaml"),
@@ -156,6 +201,7 @@ fn status_keeps_transition_time_while_a_condition_holds() {
         first.conditions[0].last_transition_time
     );
     assert_eq!(changed.conditions[1], first.conditions[1]);
+    assert_eq!(changed.conditions[2], first.conditions[2]);
 }
 
 #[test]
