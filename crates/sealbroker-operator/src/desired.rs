@@ -4,12 +4,20 @@
 //! - [`controller_objects`]: the ConfigMaps and the NetworkPolicy, applied by
 //!   the long-running controller;
 //! - [`access_grant`]: the broker's ServiceAccount and the Role/RoleBinding
-//!   that reads exactly the named Secrets, applied by the provisioner. The
-//!   controller can read these but never write them (docs/operator.md).
+//!   that reads exactly the named Secrets, plus the served Pods' right to
+//!   report on themselves, applied by the provisioner. The controller can
+//!   read these but never write them (docs/operator.md).
+//!
+//! [`keygen_job`] is the one object the controller creates rather than
+//! applies: a short-lived Job that makes one version of one key with the
+//! broker's own credentials, which the controller never holds.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
@@ -20,6 +28,7 @@ use kube::Resource;
 use serde::Serialize;
 
 use crate::crd::SealBroker;
+use crate::injection::{self, VOL_CONFIG, VOL_STATE};
 use crate::render::{self, Layout, paths};
 
 /// The controller's server-side-apply field manager.
@@ -34,6 +43,8 @@ pub struct Names {
     pub network_policy: String,
     pub service_account: String,
     pub secrets_role: String,
+    /// Role and RoleBinding letting the served Pods report on themselves.
+    pub reports_role: String,
 }
 
 impl Names {
@@ -45,9 +56,31 @@ impl Names {
             network_policy: format!("{name}-sealbroker"),
             service_account: format!("{name}-broker"),
             secrets_role: format!("{name}-broker-secrets"),
+            reports_role: format!("{name}-broker-reports"),
         }
     }
+
+    /// The key-creation Job for `version` of `key`: the same name every
+    /// time, so a reconcile finds the Job an earlier one made. Within the
+    /// 63 characters a Job name may have (its Pods carry it as a label).
+    pub fn keygen_job(sb: &SealBroker, key: &str, version: u32) -> String {
+        let name = sb.metadata.name.as_deref().unwrap_or("sealbroker");
+        let readable = format!("{name}-keygen-{key}-v{version}");
+        if readable.len() <= 63 {
+            return readable;
+        }
+        let digest = render::config_sha256(&format!("{key}\n{version}"));
+        format!("{name}-keygen-{}", &digest[..12])
+    }
 }
+
+/// Label values on key-creation Jobs, which the controller lists them by.
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+pub const KEYGEN_COMPONENT: &str = "keygen";
+pub const KEY_LABEL: &str = "sealbroker.io/key";
+pub const VERSION_LABEL: &str = "sealbroker.io/key-version";
+/// Annotation on a key-creation Job: which attempt for its version it is.
+pub const ATTEMPT_ANNOTATION: &str = "sealbroker.io/keygen-attempt";
 
 /// Labels on every object the operator makes.
 pub fn labels(sb: &SealBroker) -> BTreeMap<String, String> {
@@ -223,11 +256,150 @@ pub fn access_grant(sb: &SealBroker) -> Vec<Desired> {
             ..Subject::default()
         }]),
     };
+    // The served Pods (OpenBao's ServiceAccount, which their sidecar shares)
+    // report on themselves; the pod-report ValidatingAdmissionPolicy keeps
+    // that to the report annotation on the caller's own Pod.
+    let reports_role = Role {
+        metadata: meta(sb, &names.reports_role),
+        rules: Some(reports_rules()),
+    };
+    let reports_binding = RoleBinding {
+        metadata: meta(sb, &names.reports_role),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: names.reports_role.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: sb.spec.openbao.service_account_name.clone(),
+            namespace: sb.metadata.namespace.clone(),
+            ..Subject::default()
+        }]),
+    };
     vec![
         Desired::ServiceAccount(account),
         Desired::Role(role),
         Desired::RoleBinding(binding),
+        Desired::Role(reports_role),
+        Desired::RoleBinding(reports_binding),
     ]
+}
+
+fn reports_rules() -> Vec<PolicyRule> {
+    vec![PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["pods".into()]),
+        verbs: vec!["get".into(), "patch".into()],
+        ..PolicyRule::default()
+    }]
+}
+
+/// Whether an existing reports Role grants exactly `pods: get, patch`.
+pub fn reports_role_matches(existing: &Role) -> bool {
+    existing.rules.clone().unwrap_or_default() == reports_rules()
+}
+
+/// The Job that creates `version` of `key` (its `attempt`-th try): the
+/// sidecar's image running `sealbroker keygen --version`, with the rendered
+/// config and the backend credentials mounted as the sidecar mounts them,
+/// under the broker's ServiceAccount with no API token, and the sidecar's
+/// restricted security context. The controller creates it; only its Pod
+/// sees the credentials.
+pub fn keygen_job(sb: &SealBroker, key: &str, version: u32, attempt: u32) -> Job {
+    let names = Names::of(sb);
+    let name = Names::keygen_job(sb, key, version);
+    let mut labels = labels(sb);
+    labels.insert(COMPONENT_LABEL.into(), KEYGEN_COMPONENT.into());
+    labels.insert(KEY_LABEL.into(), key.into());
+    labels.insert(VERSION_LABEL.into(), version.to_string());
+    let mut metadata = meta(sb, &name);
+    metadata.labels = Some(labels.clone());
+    metadata.annotations = Some(BTreeMap::from([(ATTEMPT_ANNOTATION.into(), attempt.to_string())]));
+    let credentials = injection::credential_volumes(sb);
+    let mut volumes = vec![
+        injection::config_map_volume(VOL_CONFIG, &names.broker_config, paths::CONFIG_FILE),
+        // The broker writes its audit trail and state while it works.
+        injection::empty_dir(VOL_STATE, false),
+    ];
+    volumes.extend(
+        credentials
+            .iter()
+            .map(|(name, _, items)| injection::secret_volume(name, items)),
+    );
+    let mut mounts = vec![
+        injection::mount(VOL_CONFIG, paths::CONFIG_DIR, true),
+        injection::mount(VOL_STATE, paths::STATE_DIR, false),
+    ];
+    mounts.extend(
+        credentials
+            .iter()
+            .map(|(name, path, _)| injection::mount(name, path, true)),
+    );
+    let env = injection::plain_env(sb);
+    let container = Container {
+        name: KEYGEN_COMPONENT.into(),
+        image: Some(sb.spec.image.clone()),
+        command: Some(vec![paths::IMAGE_BINARY.into()]),
+        args: Some(vec![
+            "keygen".into(),
+            "--config".into(),
+            format!("{}/{}", paths::CONFIG_DIR, paths::CONFIG_FILE),
+            "--key".into(),
+            key.into(),
+            "--version".into(),
+            version.to_string(),
+        ]),
+        env: (!env.is_empty()).then_some(env),
+        volume_mounts: Some(mounts),
+        security_context: Some(injection::restricted_context(
+            sb.spec.broker_uid,
+            sb.spec.openbao.gid,
+        )),
+        resources: sb.spec.resources.clone(),
+        ..Container::default()
+    };
+    Job {
+        metadata,
+        spec: Some(JobSpec {
+            // Each Pod retry is the Job controller's; each Job retry, with
+            // its own backoff, the operator's (crate::rotation).
+            backoff_limit: Some(3),
+            // A hung HSM call must not hold the rotation forever.
+            active_deadline_seconds: Some(600),
+            // Long enough for the controller to read the outcome, and for a
+            // person to read a failed Pod's log before the retry replaces it.
+            ttl_seconds_after_finished: Some(86400),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    service_account_name: Some(names.service_account),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(sb.spec.broker_uid),
+                        run_as_group: Some(sb.spec.openbao.gid),
+                        fs_group: Some(sb.spec.openbao.gid),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
 }
 
 /// Whether an existing Role grants exactly what [`access_grant`] would.

@@ -6,7 +6,13 @@
 //! - native sidecar `sealbroker` (an init container with `restartPolicy:
 //!   Always`, so it starts before OpenBao): `sealbroker serve`, with the
 //!   credential volumes mounted into it alone;
-//! - a shared socket volume and the seal stanza, mounted into OpenBao.
+//! - a shared socket volume and the seal stanza, mounted into OpenBao;
+//! - the Pod's own ServiceAccount token, mounted into the sidecar alone, with
+//!   the Pod's name and namespace in its environment: the sidecar reports on
+//!   its own Pod which key versions it can use (`sealbroker.io/key-versions`,
+//!   see [`crate::rotation`]). Containers added by a webhook never get the
+//!   token the ServiceAccount admission plugin mounts, since that plugin runs
+//!   first, so the sidecar gets its own projected one.
 //!
 //! Every injected container runs non-root, with a read-only root filesystem,
 //! all capabilities dropped, seccomp RuntimeDefault and no privilege
@@ -15,9 +21,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, KeyToPath,
-    Pod, ProjectedVolumeSource, SeccompProfile, SecretProjection, SecurityContext, Volume, VolumeMount,
-    VolumeProjection,
+    Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
+    DownwardAPIProjection, DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath,
+    ObjectFieldSelector, Pod, ProjectedVolumeSource, SeccompProfile, SecretProjection, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 
 use crate::crd::{CredentialItem, SealBroker};
@@ -31,12 +38,19 @@ pub const PLUGIN_INIT_NAME: &str = "sealbroker-plugin";
 /// Annotation naming the SealBroker that injected the Pod.
 pub const INJECTED_ANNOTATION: &str = "sealbroker.io/injected-by";
 
-const VOL_CONFIG: &str = "sealbroker-config";
+/// Environment variables that tell the sidecar which Pod it reports on.
+pub const POD_NAME_ENV: &str = "SEALBROKER_POD_NAME";
+pub const POD_NAMESPACE_ENV: &str = "SEALBROKER_POD_NAMESPACE";
+
+pub(crate) const VOL_CONFIG: &str = "sealbroker-config";
 const VOL_SEAL: &str = "sealbroker-seal";
 const VOL_SOCKET: &str = "sealbroker-socket";
 const VOL_PLUGINS: &str = "sealbroker-plugins";
-const VOL_STATE: &str = "sealbroker-state";
+pub(crate) const VOL_STATE: &str = "sealbroker-state";
 const VOL_LISTENER: &str = "sealbroker-listener-tls";
+const VOL_API_TOKEN: &str = "sealbroker-api-token";
+/// Where in-cluster clients look for the token, CA and namespace.
+const API_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Where the init container sees the plugin volume.
 const PLUGIN_STAGING: &str = "/sealbroker-plugins";
 
@@ -91,7 +105,7 @@ pub fn restricted_context(uid: i64, gid: i64) -> SecurityContext {
     }
 }
 
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+pub(crate) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
         mount_path: path.into(),
@@ -100,7 +114,7 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-fn empty_dir(name: &str, memory: bool) -> Volume {
+pub(crate) fn empty_dir(name: &str, memory: bool) -> Volume {
     Volume {
         name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource {
@@ -111,7 +125,7 @@ fn empty_dir(name: &str, memory: bool) -> Volume {
     }
 }
 
-fn config_map_volume(name: &str, config_map: &str, key: &str) -> Volume {
+pub(crate) fn config_map_volume(name: &str, config_map: &str, key: &str) -> Volume {
     Volume {
         name: name.into(),
         config_map: Some(ConfigMapVolumeSource {
@@ -130,7 +144,7 @@ fn config_map_volume(name: &str, config_map: &str, key: &str) -> Volume {
 
 /// A projected volume of Secret keys, one file each. Read-only for all users
 /// of the one container that mounts it: the mount is the boundary.
-fn secret_volume(name: &str, items: &[CredentialItem]) -> Volume {
+pub(crate) fn secret_volume(name: &str, items: &[CredentialItem]) -> Volume {
     let mut by_secret: BTreeMap<&str, Vec<KeyToPath>> = BTreeMap::new();
     for item in items {
         by_secret.entry(&item.secret).or_default().push(KeyToPath {
@@ -160,8 +174,72 @@ fn secret_volume(name: &str, items: &[CredentialItem]) -> Volume {
     }
 }
 
+/// The Pod's own ServiceAccount token, as the kubelet projects it for
+/// in-cluster clients (token, cluster CA, namespace).
+fn api_token_volume() -> Volume {
+    Volume {
+        name: VOL_API_TOKEN.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".into(),
+                        expiration_seconds: Some(3607),
+                        audience: None,
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".into(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".into(),
+                            path: "ca.crt".into(),
+                            mode: None,
+                        }]),
+                        optional: None,
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: Some(vec![DownwardAPIVolumeFile {
+                            path: "namespace".into(),
+                            field_ref: Some(field("metadata.namespace")),
+                            ..DownwardAPIVolumeFile::default()
+                        }]),
+                    }),
+                    ..VolumeProjection::default()
+                },
+            ]),
+            default_mode: Some(0o444),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn field(path: &str) -> ObjectFieldSelector {
+    ObjectFieldSelector {
+        api_version: Some("v1".into()),
+        field_path: path.into(),
+    }
+}
+
+/// The plain environment of `spec.env`.
+pub(crate) fn plain_env(sb: &SealBroker) -> Vec<EnvVar> {
+    sb.spec
+        .env
+        .iter()
+        .map(|e| EnvVar {
+            name: e.name.clone(),
+            value: Some(e.value.clone()),
+            value_from: None,
+        })
+        .collect()
+}
+
 /// The credential volumes of a SealBroker: (volume, mount path, items).
-fn credential_volumes(sb: &SealBroker) -> Vec<(String, String, Vec<CredentialItem>)> {
+pub(crate) fn credential_volumes(sb: &SealBroker) -> Vec<(String, String, Vec<CredentialItem>)> {
     let mut out: Vec<(String, String, Vec<CredentialItem>)> = sb
         .spec
         .backends
@@ -240,6 +318,7 @@ pub fn inject(pod: &Pod, sb: &SealBroker) -> Result<Pod, InjectError> {
         empty_dir(VOL_SOCKET, true),
         empty_dir(VOL_PLUGINS, false),
         empty_dir(VOL_STATE, false),
+        api_token_volume(),
     ];
     volumes.extend(
         credentials
@@ -272,18 +351,23 @@ pub fn inject(pod: &Pod, sb: &SealBroker) -> Result<Pod, InjectError> {
         mount(VOL_CONFIG, paths::CONFIG_DIR, true),
         mount(VOL_SOCKET, paths::SOCKET_DIR, false),
         mount(VOL_STATE, paths::STATE_DIR, false),
+        mount(VOL_API_TOKEN, API_TOKEN_DIR, true),
     ];
     sidecar_mounts.extend(credentials.iter().map(|(name, path, _)| mount(name, path, true)));
-    let env: Vec<EnvVar> = sb
-        .spec
-        .env
-        .iter()
-        .map(|e| EnvVar {
-            name: e.name.clone(),
-            value: Some(e.value.clone()),
-            value_from: None,
-        })
-        .collect();
+    let mut env = plain_env(sb);
+    for (name, path) in [
+        (POD_NAME_ENV, "metadata.name"),
+        (POD_NAMESPACE_ENV, "metadata.namespace"),
+    ] {
+        env.push(EnvVar {
+            name: name.into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(field(path)),
+                ..EnvVarSource::default()
+            }),
+        });
+    }
     let sidecar = Container {
         name: SIDECAR_NAME.into(),
         image: Some(sb.spec.image.clone()),
@@ -294,7 +378,7 @@ pub fn inject(pod: &Pod, sb: &SealBroker) -> Result<Pod, InjectError> {
             format!("{}/{}", paths::CONFIG_DIR, paths::CONFIG_FILE),
         ]),
         restart_policy: Some("Always".into()),
-        env: (!env.is_empty()).then_some(env),
+        env: Some(env),
         ports: sb.spec.network.as_ref().map(|n| {
             vec![ContainerPort {
                 name: Some("sealbroker".into()),

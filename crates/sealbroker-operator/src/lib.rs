@@ -14,7 +14,8 @@
 //!   which [`webhook`] serves over HTTPS;
 //! - [`rotation`] decides, per key, the next safe step of a rotation: create
 //!   a version with a key-creation Job, stage it, promote it once every
-//!   served pod reported it usable, retire;
+//!   served pod reported it usable, retire; [`policy`] is the admission
+//!   policy that keeps those pod reports honest;
 //! - [`kubeapi`] applies the objects with server-side apply and writes status.
 //!
 //! Everything but [`kubeapi`] and [`webhook`] is free of I/O and tested with
@@ -25,6 +26,7 @@ pub mod crd;
 pub mod desired;
 pub mod injection;
 pub mod kubeapi;
+pub mod policy;
 pub mod render;
 pub mod rotation;
 pub mod status;

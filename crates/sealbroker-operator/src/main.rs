@@ -32,6 +32,9 @@ enum Command {
     Provision(ProvisionArgs),
     /// Print the SealBroker CRD (deploy/crd/ is this output).
     Crd,
+    /// Print the ValidatingAdmissionPolicy that fences the sidecars' pod
+    /// reports (deploy/base/operator/pod-report-policy.yaml is this output).
+    Policy,
     /// Print or write the broker config (TOML) and OpenBao seal stanza (HCL),
     /// exactly as the controller renders them into ConfigMaps.
     #[command(
@@ -251,6 +254,10 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Crd => {
             print!("{}", sealbroker_operator::crd_yaml());
+            Ok(())
+        }
+        Command::Policy => {
+            print!("{}", sealbroker_operator::policy::pod_report_policy_yaml());
             Ok(())
         }
         Command::Render(args) => render_cmd(args),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use sealbroker_operator::crd::{KeyRotationStatus, MissingReport, VersionReports};
+use sealbroker_operator::crd::{KeyRotationStatus, KeyVersions, MissingReport, VersionReports};
 use sealbroker_operator::crd::{Profile, SealBroker, SoftwareBackend};
 use sealbroker_operator::desired::{self, Desired};
 use sealbroker_operator::injection::{self, SIDECAR_NAME};
@@ -22,6 +22,10 @@ fn golden_dir() -> PathBuf {
 fn input(name: &str) -> SealBroker {
     let text = std::fs::read_to_string(golden_dir().join(format!("{name}.input.yaml"))).unwrap();
     sealbroker_operator::parse_sealbroker(&text).unwrap()
+}
+
+fn pod_input() -> Pod {
+    pod()
 }
 
 fn pod() -> Pod {
@@ -59,6 +63,125 @@ fn yaml(value: &impl serde::Serialize) -> String {
 fn crd_in_deploy_matches_the_rust_types() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crd/sealbroker.io_sealbrokers.yaml");
     golden(&path, &sealbroker_operator::crd_yaml());
+}
+
+#[test]
+fn pod_report_policy_in_deploy_matches_the_rust_types() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/base/operator/pod-report-policy.yaml");
+    golden(&path, &sealbroker_operator::policy::pod_report_policy_yaml());
+}
+
+fn rotating() -> SealBroker {
+    let mut sb = input("hardened");
+    sb.spec.keys[0].versions = Some(KeyVersions {
+        newest: Some(2),
+        primary: Some(2),
+        min_decryption: None,
+    });
+    sb
+}
+
+#[test]
+fn keygen_job_matches_golden() {
+    let sb = rotating();
+    let job = desired::keygen_job(&sb, "openbao-unseal", 2, 1);
+    golden(&golden_dir().join("hardened.keygen-job.yaml"), &yaml(&job));
+}
+
+#[test]
+fn keygen_job_runs_keygen_with_the_sidecars_config_and_credentials_and_no_api_token() {
+    let sb = rotating();
+    let job = desired::keygen_job(&sb, "openbao-unseal", 2, 3);
+    assert_eq!(
+        job.metadata.name.as_deref(),
+        Some("openbao-keygen-openbao-unseal-v2")
+    );
+    let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("SealBroker", Some(true))
+    );
+    assert_eq!(
+        job.metadata.annotations.as_ref().unwrap()["sealbroker.io/keygen-attempt"],
+        "3"
+    );
+    let spec = job.spec.as_ref().unwrap();
+    assert!(spec.backoff_limit.is_some() && spec.ttl_seconds_after_finished.is_some());
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(pod.service_account_name.as_deref(), Some("openbao-broker"));
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.args.as_deref().unwrap(),
+        [
+            "keygen",
+            "--config",
+            "/etc/sealbroker/sealbroker.toml",
+            "--key",
+            "openbao-unseal",
+            "--version",
+            "2"
+        ]
+    );
+    assert_eq!(container.image.as_deref(), Some(sb.spec.image.as_str()));
+    let sc = container.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    // The same credential volumes and mounts as the sidecar's, and no others.
+    let injected = injection::inject(&pod_input(), &sb).unwrap();
+    let sidecar = injected
+        .spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == SIDECAR_NAME)
+        .unwrap()
+        .clone();
+    let creds = |mounts: &[k8s_openapi::api::core::v1::VolumeMount]| {
+        mounts
+            .iter()
+            .filter(|m| m.name.starts_with("sealbroker-cred") || m.name == "sealbroker-config")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        creds(container.volume_mounts.as_deref().unwrap()),
+        creds(sidecar.volume_mounts.as_deref().unwrap())
+    );
+    let volumes = pod.volumes.as_deref().unwrap();
+    let injected_volumes = injected.spec.as_ref().unwrap().volumes.as_deref().unwrap();
+    for volume in volumes.iter().filter(|v| v.name.starts_with("sealbroker-cred")) {
+        assert!(injected_volumes.contains(volume), "{}", volume.name);
+    }
+    assert!(
+        volumes.iter().all(|v| v.projected.as_ref().is_none_or(|p| p
+            .sources
+            .iter()
+            .flatten()
+            .all(|s| s.service_account_token.is_none()))),
+        "no API token in the Job"
+    );
+}
+
+#[test]
+fn keygen_job_names_are_deterministic_and_fit_in_63_characters() {
+    let mut sb = rotating();
+    sb.metadata.name = Some("a".repeat(40));
+    let long_key = "k".repeat(63);
+    let name = desired::Names::keygen_job(&sb, &long_key, 4_000_000_000);
+    assert!(name.len() <= 63, "{name}");
+    assert_eq!(name, desired::Names::keygen_job(&sb, &long_key, 4_000_000_000));
+    assert_ne!(name, desired::Names::keygen_job(&sb, &long_key, 4_000_000_001));
 }
 
 #[test]
@@ -386,4 +509,59 @@ fn openbao_mount_paths_must_not_collide() {
     sb.spec.openbao.seal_config_dir = sb.spec.openbao.plugin_directory.clone();
     let problems = validation::describe(&validation::validate(&sb));
     assert!(problems.contains("three different paths"), "{problems}");
+}
+
+#[test]
+fn the_sidecar_alone_gets_its_pods_api_token_and_name_to_report_on_it() {
+    let sb = input("hardened");
+    let injected = injection::inject(&pod(), &sb).unwrap();
+    let spec = injected.spec.unwrap();
+    let mounts_token = |c: &k8s_openapi::api::core::v1::Container| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "sealbroker-api-token")
+    };
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == SIDECAR_NAME)
+        .unwrap();
+    assert!(mounts_token(sidecar));
+    let token_mount = sidecar
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "sealbroker-api-token")
+        .unwrap();
+    assert_eq!(
+        token_mount.mount_path,
+        "/var/run/secrets/kubernetes.io/serviceaccount"
+    );
+    assert_eq!(token_mount.read_only, Some(true));
+    let env: Vec<(&str, &str)> = sidecar
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let path = e.value_from.as_ref()?.field_ref.as_ref()?.field_path.as_str();
+            Some((e.name.as_str(), path))
+        })
+        .collect();
+    assert_eq!(
+        env,
+        [
+            (injection::POD_NAME_ENV, "metadata.name"),
+            (injection::POD_NAMESPACE_ENV, "metadata.namespace")
+        ]
+    );
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter(|c| c.name != SIDECAR_NAME)
+    {
+        assert!(!mounts_token(c), "{} must not get the sidecar's token", c.name);
+    }
 }

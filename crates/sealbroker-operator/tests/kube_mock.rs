@@ -255,23 +255,38 @@ async fn provisioner_applies_identity_and_name_scoped_role_as_its_own_manager() 
             format!("{NS}/serviceaccounts/openbao-broker"),
             format!("{rbac}/roles/openbao-broker-secrets"),
             format!("{rbac}/rolebindings/openbao-broker-secrets"),
+            format!("{rbac}/roles/openbao-broker-reports"),
+            format!("{rbac}/rolebindings/openbao-broker-reports"),
         ] {
             let (method, uri, body, send) = next(&mut handle).await;
             assert_apply(&method, &uri, &body, &path, "sealbroker-provisioner", &uid);
-            if body["kind"] == "Role" {
+            if path.ends_with("roles/openbao-broker-secrets") {
                 assert_eq!(
                     body["rules"],
                     json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
                         "resourceNames": ["hsm-pin", "transit-ca", "transit-token"]}])
                 );
             }
-            if body["kind"] == "RoleBinding" {
+            if path.ends_with("rolebindings/openbao-broker-secrets") {
                 assert_eq!(body["subjects"][0]["name"], "openbao-broker");
+            }
+            // The served Pods report on themselves: pods get/patch, no Secrets.
+            if path.ends_with("roles/openbao-broker-reports") {
+                assert_eq!(
+                    body["rules"],
+                    json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}])
+                );
+            }
+            if path.ends_with("rolebindings/openbao-broker-reports") {
+                assert_eq!(
+                    body["subjects"][0]["name"], "default",
+                    "spec.openbao.serviceAccountName"
+                );
             }
             ok(send, &body);
         }
     });
     let applied = kubeapi::provision(&client, "openbao", "openbao").await.unwrap();
     scenario.await.unwrap();
-    assert_eq!(applied.len(), 3);
+    assert_eq!(applied.len(), 5);
 }
