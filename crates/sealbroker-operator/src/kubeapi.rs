@@ -1,23 +1,30 @@
 //! The operator's calls to the Kubernetes API: server-side apply of desired
-//! objects, the controller's reconcile, and the provisioner's one-shot grant.
+//! objects, the controller's reconcile (including each key's rotation step,
+//! decided by [`crate::rotation`]), and the provisioner's one-shot grant.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::crd::SealBroker;
+use crate::crd::{KeyRotationStatus, SealBroker};
 use crate::desired::{self, CONTROLLER_MANAGER, Desired, Names, PROVISIONER_MANAGER};
-use crate::status::{Outcome, status_for};
+use crate::injection::INJECTED_ANNOTATION;
+use crate::render::{self, paths};
+use crate::rotation::{
+    self, Action as RotationAction, JobOutcome, KeyObservation, KeyPlan, KeygenJob, ServedPod,
+};
+use crate::status::{Outcome, Rotation, status_with_rotation};
 use crate::validation::{describe, validate};
 
 /// Why a reconcile or provisioning step failed.
@@ -119,42 +126,291 @@ async fn check_grant(client: &Client, namespace: &str, sb: &SealBroker) -> Resul
             names.secrets_role
         )));
     }
-    Ok(Outcome::Ready)
+    // The served Pods' right to report on themselves (key rotation).
+    let reports_role = Api::<Role>::namespaced(client.clone(), namespace)
+        .get_opt(&names.reports_role)
+        .await?;
+    let reports_binding = Api::<RoleBinding>::namespaced(client.clone(), namespace)
+        .get_opt(&names.reports_role)
+        .await?;
+    let account = &sb.spec.openbao.service_account_name;
+    match (reports_role, reports_binding) {
+        (Some(role), Some(binding)) => {
+            let binds_account = binding
+                .subjects
+                .iter()
+                .flatten()
+                .any(|s| s.kind == "ServiceAccount" && &s.name == account);
+            if desired::reports_role_matches(&role) && binds_account {
+                Ok(Outcome::Ready)
+            } else {
+                Ok(Outcome::AwaitingProvisioner(format!(
+                    "Role and RoleBinding {} do not grant exactly pods get and patch to ServiceAccount \
+                     {account} (spec.openbao.serviceAccountName); {hint}",
+                    names.reports_role
+                )))
+            }
+        }
+        _ => Ok(Outcome::AwaitingProvisioner(format!(
+            "the served Pods' grant to report key versions is missing (Role and RoleBinding {}); {hint}",
+            names.reports_role
+        ))),
+    }
 }
 
-/// One reconcile: render and apply the controller's objects, check the
+/// Whether a Kubernetes API error has this HTTP status.
+fn is_status(error: &kube::Error, code: u16) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == code)
+}
+
+/// The Pods this SealBroker serves, with their reports: selected, injected
+/// by it, and neither finished nor being deleted (a Pod that went away is
+/// not waited for; its replacement reports for itself).
+async fn served_pods(client: &Client, namespace: &str, sb: &SealBroker) -> Result<Vec<ServedPod>, Error> {
+    let name = sb.name_any();
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await?;
+    let mut served: Vec<ServedPod> = pods
+        .items
+        .iter()
+        .filter(|pod| desired::selector_matches(&sb.spec.openbao.selector, pod.labels()))
+        .filter(|pod| pod.annotations().get(INJECTED_ANNOTATION) == Some(&name))
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter(|pod| {
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .map(|pod| ServedPod {
+            name: pod.name_any(),
+            report: rotation::parse_report(pod.metadata.annotations.as_ref()),
+        })
+        .collect();
+    served.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(served)
+}
+
+/// This SealBroker's key-creation Jobs, by key.
+async fn keygen_jobs(
+    client: &Client,
+    namespace: &str,
+    sb: &SealBroker,
+) -> Result<Vec<(String, KeygenJob)>, Error> {
+    let selector = format!(
+        "sealbroker.io/name={},{}={}",
+        sb.name_any(),
+        desired::COMPONENT_LABEL,
+        desired::KEYGEN_COMPONENT
+    );
+    let jobs = Api::<Job>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    Ok(jobs.items.iter().filter_map(keygen_job_state).collect())
+}
+
+/// A listed Job as the rotation sees it; `None` when its labels are not ours.
+fn keygen_job_state(job: &Job) -> Option<(String, KeygenJob)> {
+    let labels = job.labels();
+    let key = labels.get(desired::KEY_LABEL)?.clone();
+    let version = labels.get(desired::VERSION_LABEL)?.parse::<u32>().ok()?;
+    let attempt = job
+        .annotations()
+        .get(desired::ATTEMPT_ANNOTATION)
+        .and_then(|a| a.parse::<u32>().ok())
+        .unwrap_or(1);
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or(&[]);
+    let holds = |kind: &str| conditions.iter().find(|c| c.type_ == kind && c.status == "True");
+    let outcome = if holds("Complete").is_some() {
+        JobOutcome::Succeeded
+    } else if let Some(failed) = holds("Failed") {
+        JobOutcome::Failed {
+            message: format!(
+                "{}: {}",
+                failed.reason.as_deref().unwrap_or("Failed"),
+                failed.message.as_deref().unwrap_or("")
+            ),
+            at: failed.last_transition_time.clone(),
+        }
+    } else {
+        JobOutcome::Running
+    };
+    Some((
+        key,
+        KeygenJob {
+            version,
+            attempt,
+            outcome,
+        },
+    ))
+}
+
+/// Each rotating key's plan, from what the cluster shows now.
+async fn plan_rotations(
+    client: &Client,
+    namespace: &str,
+    sb: &SealBroker,
+    now: &Time,
+) -> Result<(Vec<KeyPlan>, Vec<ServedPod>), Error> {
+    let rotating: Vec<_> = sb.spec.keys.iter().filter(|k| k.versions.is_some()).collect();
+    if rotating.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let pods = served_pods(client, namespace, sb).await?;
+    let jobs = keygen_jobs(client, namespace, sb).await?;
+    let previous: &[KeyRotationStatus] = sb.status.as_ref().map(|s| s.keys.as_slice()).unwrap_or(&[]);
+    // The config the pods should run now: this spec, rendered with what the
+    // last reconcile rendered. Reports count only under it.
+    let current = rotation::with_rendered_versions(sb, previous);
+    let current_sha256 = render::config_sha256(&render::broker_config(&current, &render::Layout::pod()));
+    let plans = rotating
+        .into_iter()
+        .map(|key| {
+            let can_create = sb
+                .spec
+                .backends
+                .iter()
+                .find(|b| b.name == key.backend)
+                .is_some_and(|b| b.software.is_none());
+            rotation::plan_key(&KeyObservation {
+                key: &key.name,
+                declared: key.versions.clone().unwrap_or_default(),
+                previous: previous.iter().find(|p| p.name == key.name),
+                jobs: jobs
+                    .iter()
+                    .filter(|(k, _)| *k == key.name)
+                    .map(|(_, j)| j.clone())
+                    .collect(),
+                pods: &pods,
+                config_sha256: &current_sha256,
+                can_create,
+                now,
+            })
+        })
+        .collect();
+    Ok((plans, pods))
+}
+
+/// Creates and deletes the key-creation Jobs a plan asks for. Creating a Job
+/// that exists finds it: the name is the same every time.
+async fn carry_out(client: &Client, namespace: &str, sb: &SealBroker, plan: &KeyPlan) -> Result<(), Error> {
+    let jobs = Api::<Job>::namespaced(client.clone(), namespace);
+    let key = &plan.status.name;
+    for action in &plan.actions {
+        match *action {
+            RotationAction::CreateJob { version, attempt } => {
+                let job = desired::keygen_job(sb, key, version, attempt);
+                let name = job.metadata.name.clone().unwrap_or_default();
+                match jobs.create(&PostParams::default(), &job).await {
+                    Ok(_) => {
+                        tracing::info!(%namespace, job = %name, %key, version, attempt, "key-creation Job created")
+                    }
+                    Err(e) if is_status(&e, 409) => {
+                        tracing::info!(%namespace, job = %name, %key, version, "key-creation Job exists")
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            RotationAction::DeleteJob { version } => {
+                let name = Names::keygen_job(sb, key, version);
+                match jobs.delete(&name, &DeleteParams::background()).await {
+                    Ok(_) => {
+                        tracing::info!(%namespace, job = %name, %key, version, "failed key-creation Job deleted for its retry")
+                    }
+                    Err(e) if is_status(&e, 404) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One reconcile: decide each key's rotation step, render and apply the
+/// controller's objects, create or delete key-creation Jobs, check the
 /// provisioner's grant, write the status.
 pub async fn reconcile(sb: Arc<SealBroker>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = sb.name_any();
     let namespace = sb.namespace().ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let now = (ctx.now)();
     let problems = validate(&sb);
-    let outcome = if problems.is_empty() {
-        for object in desired::controller_objects(&sb) {
-            apply(&ctx.client, &namespace, &object, CONTROLLER_MANAGER).await?;
+    if !problems.is_empty() {
+        let outcome = Outcome::InvalidSpec(describe(&problems));
+        // What was rendered stays remembered: a fixed spec resumes from it.
+        let status = status_with_rotation(&sb, &outcome, &Rotation::carried(&sb), now);
+        write_status(&ctx.client, &namespace, &name, &status).await?;
+        tracing::info!(%namespace, %name, outcome = "InvalidSpec", "reconciled");
+        return Ok(Action::await_change());
+    }
+
+    let (plans, pods) = plan_rotations(&ctx.client, &namespace, &sb, &now).await?;
+    let mut keys: Vec<KeyRotationStatus> = plans.iter().map(|p| p.status.clone()).collect();
+    let rendered = rotation::with_rendered_versions(&sb, &keys);
+    let objects = desired::controller_objects(&rendered);
+    let config_sha256 = objects.iter().find_map(|o| match o {
+        Desired::ConfigMap(cm) => cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(paths::CONFIG_FILE))
+            .map(|text| render::config_sha256(text)),
+        _ => None,
+    });
+    for object in &objects {
+        apply(&ctx.client, &namespace, object, CONTROLLER_MANAGER).await?;
+    }
+    for plan in &plans {
+        for step in &plan.steps {
+            tracing::info!(%namespace, %name, key = %plan.status.name, %step, "rotation");
         }
-        check_grant(&ctx.client, &namespace, &sb).await?
-    } else {
-        Outcome::InvalidSpec(describe(&problems))
+        carry_out(&ctx.client, &namespace, &sb, plan).await?;
+    }
+    let outcome = check_grant(&ctx.client, &namespace, &sb).await?;
+
+    if let Some(hash) = &config_sha256 {
+        for key in &mut keys {
+            key.versions = rotation::version_reports(key, &pods, hash);
+        }
+    }
+    let rotation = Rotation {
+        evaluated: true,
+        config_sha256,
+        keys,
+        pending: plans.iter().flat_map(|p| p.pending.clone()).collect(),
+        blocked: plans.iter().flat_map(|p| p.blocked.clone()).collect(),
     };
-    let status = status_for(&sb, &outcome, (ctx.now)());
+    let status = status_with_rotation(&sb, &outcome, &rotation, now);
+    write_status(&ctx.client, &namespace, &name, &status).await?;
+    tracing::info!(%namespace, %name, outcome = ?outcome_kind(&outcome), "reconciled");
+    let base = match outcome {
+        Outcome::Ready => Duration::from_secs(300),
+        _ => Duration::from_secs(30),
+    };
+    let recheck = plans.iter().filter_map(|p| p.recheck).min();
+    Ok(Action::requeue(recheck.map_or(base, |r| r.min(base))))
+}
+
+async fn write_status(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    status: &crate::crd::SealBrokerStatus,
+) -> Result<(), Error> {
     let patch = json!({
         "apiVersion": "sealbroker.io/v1alpha1",
         "kind": "SealBroker",
         "status": status,
     });
-    Api::<SealBroker>::namespaced(ctx.client.clone(), &namespace)
+    Api::<SealBroker>::namespaced(client.clone(), namespace)
         .patch_status(
-            &name,
+            name,
             &PatchParams::apply(CONTROLLER_MANAGER).force(),
             &Patch::Apply(&patch),
         )
         .await?;
-    tracing::info!(%namespace, %name, outcome = ?outcome_kind(&outcome), "reconciled");
-    Ok(match outcome {
-        Outcome::Ready => Action::requeue(Duration::from_secs(300)),
-        Outcome::AwaitingProvisioner(_) => Action::requeue(Duration::from_secs(30)),
-        Outcome::InvalidSpec(_) => Action::await_change(),
-    })
+    Ok(())
 }
 
 fn outcome_kind(outcome: &Outcome) -> &'static str {
@@ -184,6 +440,7 @@ pub async fn run_controller(
     Controller::new(Api::<SealBroker>::all(client.clone()), watcher::Config::default())
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
         .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
+        .owns(Api::<Job>::all(client.clone()), owned.clone())
         .owns(Api::<Role>::all(client.clone()), owned.clone())
         .owns(Api::<RoleBinding>::all(client), owned)
         .graceful_shutdown_on(shutdown)

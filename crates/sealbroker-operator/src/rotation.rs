@@ -743,11 +743,14 @@ mod tests {
         findings.iter().map(|f| f.reason).collect()
     }
 
-    /// (case, expected actions, expected steps, rendered (newest, primary, min)).
+    /// Rendered (newest, primary, minDecryption).
+    type Rendered = (u32, u32, Option<u32>);
+
+    /// (case, expected actions, expected steps, rendered).
     #[test]
     fn each_transition_of_the_state_machine() {
         let usable = |name: &str| pod(name, Some(report(&hash('a'), &[(1, "usable"), (2, "usable")])));
-        let table: Vec<(Case, Vec<Action>, Vec<Step>, (u32, u32, Option<u32>))> = vec![
+        let table: Vec<(Case, Vec<Action>, Vec<Step>, Rendered)> = vec![
             (
                 Case {
                     name: "a key first seen is taken as rendered, nothing to do",

@@ -85,6 +85,29 @@ fn assert_apply(method: &Method, uri: &str, body: &Value, path: &str, manager: &
 }
 
 const NS: &str = "/api/v1/namespaces/openbao";
+const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/openbao";
+
+/// The provisioner's Role and RoleBinding for the Pods' reports, as the
+/// apiserver would return them: (path, object).
+fn report_grant(sb: &SealBroker) -> Vec<(String, Value)> {
+    use sealbroker_operator::desired::{Desired, access_grant};
+    let grant = access_grant(sb);
+    let role = grant
+        .iter()
+        .find(|d| matches!(d, Desired::Role(_)) && d.name().ends_with("-reports"))
+        .unwrap();
+    let binding = grant
+        .iter()
+        .find(|d| matches!(d, Desired::RoleBinding(_)) && d.name().ends_with("-reports"))
+        .unwrap();
+    vec![
+        (format!("{RBAC}/roles/openbao-broker-reports"), role.to_value()),
+        (
+            format!("{RBAC}/rolebindings/openbao-broker-reports"),
+            binding.to_value(),
+        ),
+    ]
+}
 
 /// Plays the apiserver through one reconcile; `granted` says whether the
 /// provisioner's objects exist. Returns the status the controller wrote.
@@ -143,6 +166,15 @@ async fn reconcile_scenario(mut handle: Handle, granted: bool) -> Value {
             ok(send, &object)
         } else {
             not_found(send)
+        }
+    }
+    // With the broker's grant in place, the served Pods' report grant is read too.
+    if granted {
+        for (path, object) in report_grant(&sb) {
+            let (method, uri, _, send) = next(&mut handle).await;
+            assert_eq!(method, Method::GET, "{uri}");
+            assert_eq!(uri, path);
+            ok(send, &object);
         }
     }
     // The status, through the status subresource, by server-side apply.
@@ -289,4 +321,387 @@ async fn provisioner_applies_identity_and_name_scoped_role_as_its_own_manager() 
     let applied = kubeapi::provision(&client, "openbao", "openbao").await.unwrap();
     scenario.await.unwrap();
     assert_eq!(applied.len(), 5);
+}
+
+/// A stateful stand-in for the apiserver, enough for a rotation: Pods (with
+/// their reports), Jobs, the ConfigMaps and NetworkPolicy the controller
+/// applies, the provisioner's grant, and the SealBroker's status.
+#[derive(Default)]
+struct FakeApi {
+    pods: Vec<Value>,
+    jobs: std::collections::BTreeMap<String, Value>,
+    config_maps: std::collections::BTreeMap<String, Value>,
+    status: Value,
+    job_creates: Vec<Value>,
+    job_deletes: Vec<String>,
+}
+
+type Shared = Arc<std::sync::Mutex<FakeApi>>;
+
+fn list(kind: &str, api_version: &str, items: Vec<Value>) -> Value {
+    json!({"kind": kind, "apiVersion": api_version, "metadata": {}, "items": items})
+}
+
+fn conflict(send: tower_test::mock::SendResponse<Response<Body>>) {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "already exists", "reason": "AlreadyExists", "code": 409});
+    let response = Response::builder()
+        .status(409)
+        .body(Body::from(serde_json::to_vec(&status).unwrap()))
+        .unwrap();
+    send.send_response(response);
+}
+
+/// Answers every request until the client goes away.
+async fn serve(mut handle: Handle, state: Shared, sb: SealBroker) {
+    let grant: Vec<(String, Value)> = {
+        use sealbroker_operator::desired::{Desired, access_grant};
+        let mut objects: Vec<(String, Value)> = access_grant(&sb)
+            .iter()
+            .map(|d| {
+                let path = match d {
+                    Desired::ServiceAccount(_) => format!("{NS}/serviceaccounts/{}", d.name()),
+                    Desired::Role(_) => format!("{RBAC}/roles/{}", d.name()),
+                    Desired::RoleBinding(_) => format!("{RBAC}/rolebindings/{}", d.name()),
+                    _ => unreachable!(),
+                };
+                (path, d.to_value())
+            })
+            .collect();
+        objects.extend(report_grant(&sb));
+        objects
+    };
+    while let Some((request, send)) = handle.next_request().await {
+        let method = request.method().clone();
+        let uri = request.uri().to_string();
+        let path = uri.split_once('?').map_or(uri.as_str(), |(p, _)| p).to_owned();
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let jobs_path = "/apis/batch/v1/namespaces/openbao/jobs";
+        let mut api = state.lock().unwrap();
+        match (method, path.as_str()) {
+            (Method::GET, p) if p == format!("{NS}/pods") => {
+                ok(send, &list("PodList", "v1", api.pods.clone()));
+            }
+            (Method::GET, p) if p == jobs_path => {
+                assert!(uri.contains("labelSelector="), "Jobs are listed by label: {uri}");
+                ok(
+                    send,
+                    &list("JobList", "batch/v1", api.jobs.values().cloned().collect()),
+                );
+            }
+            (Method::POST, p) if p == jobs_path => {
+                let name = body["metadata"]["name"].as_str().unwrap().to_owned();
+                api.job_creates.push(body.clone());
+                match api.jobs.entry(name) {
+                    std::collections::btree_map::Entry::Occupied(_) => conflict(send),
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        slot.insert(body.clone());
+                        ok(send, &body);
+                    }
+                }
+            }
+            (Method::DELETE, p) if p.starts_with(jobs_path) => {
+                let name = p.rsplit('/').next().unwrap().to_owned();
+                api.job_deletes.push(name.clone());
+                match api.jobs.remove(&name) {
+                    Some(job) => ok(send, &job),
+                    None => not_found(send),
+                }
+            }
+            (Method::PATCH, p) if p.starts_with(&format!("{NS}/configmaps/")) => {
+                let name = p.rsplit('/').next().unwrap().to_owned();
+                api.config_maps.insert(name, body.clone());
+                ok(send, &body);
+            }
+            (Method::PATCH, p) if p.contains("/networkpolicies/") => ok(send, &body),
+            (Method::PATCH, p) if p.ends_with("/sealbrokers/openbao/status") => {
+                api.status = body["status"].clone();
+                let mut answer = serde_json::to_value(&sb).unwrap();
+                answer["status"] = body["status"].clone();
+                ok(send, &answer);
+            }
+            (Method::GET, p) => match grant.iter().find(|(path, _)| path == p) {
+                Some((_, object)) => ok(send, object),
+                None => panic!("unexpected GET {uri}"),
+            },
+            (method, _) => panic!("unexpected {method} {uri}"),
+        }
+    }
+}
+
+fn served_pod(name: &str, report: Option<String>) -> Value {
+    let mut annotations = json!({"sealbroker.io/injected-by": "openbao"});
+    if let Some(report) = report {
+        annotations["sealbroker.io/key-versions"] = json!(report);
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "openbao", "uid": format!("uid-{name}"),
+            "labels": {"app.kubernetes.io/name": "openbao"}, "annotations": annotations},
+        "spec": {"containers": [{"name": "openbao"}]},
+        "status": {"phase": "Running"},
+    })
+}
+
+fn report(config_sha256: &str, v2: &str) -> String {
+    json!({"config": config_sha256, "keys": {"openbao-unseal": {"1": "usable", "2": v2}}}).to_string()
+}
+
+/// Runs one reconcile of `sb` (with the status the fake holds) against the fake.
+async fn reconcile_once(state: &Shared, sb: &SealBroker) -> SealBroker {
+    let mut sb = sb.clone();
+    let status = state.lock().unwrap().status.clone();
+    if !status.is_null() {
+        sb.status = Some(serde_json::from_value(status).unwrap());
+    }
+    let (client, handle) = client();
+    let server = tokio::spawn(serve(handle, state.clone(), sb.clone()));
+    let ctx = Arc::new(Context {
+        client,
+        now: fixed_now,
+    });
+    kubeapi::reconcile(Arc::new(sb.clone()), ctx).await.unwrap();
+    // The client is gone with the context: the fake stops after its last answer.
+    tokio::time::timeout(std::time::Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    sb
+}
+
+fn rendered_config(state: &Shared) -> String {
+    state.lock().unwrap().config_maps["openbao-broker-config"]["data"]["sealbroker.toml"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn unseal_table(config: &str) -> Vec<String> {
+    config
+        .split("[keys.openbao-unseal]\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n[").next())
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("_version"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn sha256_hex(text: &str) -> String {
+    sealbroker_operator::render::config_sha256(text)
+}
+
+fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == kind)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_rotation_from_v1_to_v2_runs_end_to_end_through_the_reconciler() {
+    // The controller rendered v1; the spec now wants v2 created and promoted.
+    let mut sb = sealbroker();
+    sb.spec.keys[0].versions = Some(sealbroker_operator::crd::KeyVersions {
+        newest: Some(2),
+        primary: Some(2),
+        min_decryption: None,
+    });
+    let state: Shared = Arc::default();
+    {
+        let mut api = state.lock().unwrap();
+        api.status = json!({"keys": [{"name": "openbao-unseal", "newest": 1, "primary": 1}]});
+        api.pods = vec![served_pod("openbao-0", None), served_pod("openbao-1", None)];
+        // Not served: another app's Pod, and one selected but never injected.
+        let mut other = served_pod("other-0", None);
+        other["metadata"]["labels"] = json!({"app": "other"});
+        let mut uninjected = served_pod("openbao-9", None);
+        uninjected["metadata"]["annotations"] = json!({});
+        api.pods.extend([other, uninjected]);
+    }
+
+    // 1. The version does not exist: one key-creation Job.
+    reconcile_once(&state, &sb).await;
+    let first_config = rendered_config(&state);
+    assert_eq!(
+        unseal_table(&first_config),
+        ["primary_version = 1", "newest_version = 1"]
+    );
+    {
+        let api = state.lock().unwrap();
+        assert_eq!(api.job_creates.len(), 1);
+        let job = &api.job_creates[0];
+        assert_eq!(job["metadata"]["name"], "openbao-keygen-openbao-unseal-v2");
+        assert_eq!(
+            job["spec"]["template"]["spec"]["containers"][0]["args"],
+            json!([
+                "keygen",
+                "--config",
+                "/etc/sealbroker/sealbroker.toml",
+                "--key",
+                "openbao-unseal",
+                "--version",
+                "2"
+            ])
+        );
+        assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "SealBroker");
+        assert_eq!(condition(&api.status, "RotationPending")["status"], "True");
+        assert_eq!(
+            condition(&api.status, "RotationPending")["reason"],
+            "AwaitingKeygen"
+        );
+        assert_eq!(api.status["configSha256"], sha256_hex(&first_config));
+    }
+
+    // 2. A second reconcile finds the running Job instead of making another.
+    reconcile_once(&state, &sb).await;
+    assert_eq!(state.lock().unwrap().job_creates.len(), 1);
+    assert_eq!(state.lock().unwrap().jobs.len(), 1);
+
+    // 3. The Job succeeds: v2 is recorded as created and staged.
+    state
+        .lock()
+        .unwrap()
+        .jobs
+        .get_mut("openbao-keygen-openbao-unseal-v2")
+        .unwrap()["status"] = json!({"succeeded": 1, "conditions": [
+            {"type": "Complete", "status": "True", "lastTransitionTime": "2026-01-02T03:00:00Z"}]});
+    reconcile_once(&state, &sb).await;
+    let staged_config = rendered_config(&state);
+    assert_eq!(
+        unseal_table(&staged_config),
+        ["primary_version = 1", "newest_version = 2"]
+    );
+    let staged_sha = sha256_hex(&staged_config);
+    {
+        let api = state.lock().unwrap();
+        assert_eq!(api.status["keys"][0]["created"], json!([2]));
+        assert_eq!(api.status["keys"][0]["primary"], 1);
+        assert_eq!(api.status["configSha256"], staged_sha);
+        assert_eq!(api.job_creates.len(), 1);
+    }
+
+    // 4. Every pod reports v2 usable, but under the config before staging:
+    //    that proves nothing about this one.
+    let old_sha = sha256_hex(&first_config);
+    state.lock().unwrap().pods[..2].clone_from_slice(&[
+        served_pod("openbao-0", Some(report(&old_sha, "usable"))),
+        served_pod("openbao-1", Some(report(&old_sha, "usable"))),
+    ]);
+    reconcile_once(&state, &sb).await;
+    assert_eq!(
+        unseal_table(&rendered_config(&state)),
+        ["primary_version = 1", "newest_version = 2"]
+    );
+    {
+        let api = state.lock().unwrap();
+        let pending = condition(&api.status, "RotationPending");
+        assert_eq!(pending["reason"], "AwaitingPodReports");
+        let message = pending["message"].as_str().unwrap();
+        assert!(message.contains("openbao-0 (reported under config"), "{message}");
+        assert!(message.contains("openbao-1 (reported under config"), "{message}");
+        let v2 = &api.status["keys"][0]["versions"][1];
+        assert_eq!(v2["version"], 2);
+        assert_eq!(v2["missing"].as_array().unwrap().len(), 2, "{v2}");
+    }
+
+    // 5. One pod reports under the staged config, the other not yet.
+    state.lock().unwrap().pods[0] = served_pod("openbao-0", Some(report(&staged_sha, "usable")));
+    reconcile_once(&state, &sb).await;
+    assert_eq!(
+        unseal_table(&rendered_config(&state)),
+        ["primary_version = 1", "newest_version = 2"]
+    );
+    {
+        let api = state.lock().unwrap();
+        let v2 = &api.status["keys"][0]["versions"][1];
+        assert_eq!(v2["usable"], json!(["openbao-0"]));
+        assert_eq!(v2["missing"][0]["pod"], "openbao-1");
+        let message = condition(&api.status, "RotationPending")["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            !message.contains("openbao-9") && !message.contains("other-0"),
+            "{message}"
+        );
+    }
+
+    // 6. Every served pod reports v2 usable under the staged config: promoted.
+    state.lock().unwrap().pods[1] = served_pod("openbao-1", Some(report(&staged_sha, "usable")));
+    reconcile_once(&state, &sb).await;
+    let promoted = rendered_config(&state);
+    assert_eq!(
+        unseal_table(&promoted),
+        ["primary_version = 2", "newest_version = 2"]
+    );
+    {
+        let api = state.lock().unwrap();
+        assert_eq!(api.status["keys"][0]["primary"], 2);
+        assert_eq!(api.status["configSha256"], sha256_hex(&promoted));
+        assert_eq!(condition(&api.status, "RotationPending")["status"], "False");
+        assert_eq!(condition(&api.status, "RotationBlocked")["status"], "False");
+        assert_eq!(api.job_creates.len(), 1, "one Job for the whole rotation");
+        assert!(api.job_deletes.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_failed_key_creation_job_is_reported_and_never_promoted_past() {
+    let mut sb = sealbroker();
+    sb.spec.keys[0].versions = Some(sealbroker_operator::crd::KeyVersions {
+        newest: Some(2),
+        primary: Some(2),
+        min_decryption: None,
+    });
+    let state: Shared = Arc::default();
+    {
+        let mut api = state.lock().unwrap();
+        api.status = json!({"keys": [{"name": "openbao-unseal", "newest": 1, "primary": 1}]});
+        api.pods = vec![served_pod("openbao-0", None)];
+        let mut job = serde_json::to_value(sealbroker_operator::desired::keygen_job(
+            &sb,
+            "openbao-unseal",
+            2,
+            1,
+        ))
+        .unwrap();
+        job["status"] = json!({"failed": 4, "conditions": [{"type": "Failed", "status": "True",
+            "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit",
+            "lastTransitionTime": "2026-01-02T03:04:00Z"}]});
+        api.jobs.insert("openbao-keygen-openbao-unseal-v2".into(), job);
+    }
+    reconcile_once(&state, &sb).await;
+    let api = state.lock().unwrap();
+    let blocked = condition(&api.status, "RotationBlocked");
+    assert_eq!(blocked["status"], "True");
+    assert_eq!(blocked["reason"], "KeygenFailed");
+    let message = blocked["message"].as_str().unwrap();
+    assert!(
+        message.contains("BackoffLimitExceeded: Job has reached the specified backoff limit"),
+        "{message}"
+    );
+    // Within its 30 s backoff: the failed Job stays (its Pod's log is readable), none is made.
+    assert!(api.job_creates.is_empty() && api.job_deletes.is_empty());
+    assert_eq!(api.status["keys"][0]["keygenFailures"][0]["attempts"], 1);
+    assert_eq!(api.status["keys"][0]["primary"], 1);
+    assert_eq!(
+        unseal_table(&rendered_config_of(&api)),
+        ["primary_version = 1", "newest_version = 1"]
+    );
+}
+
+fn rendered_config_of(api: &FakeApi) -> String {
+    api.config_maps["openbao-broker-config"]["data"]["sealbroker.toml"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
