@@ -148,6 +148,12 @@ fn structure_rules(spec: &SealBrokerSpec, problems: &mut Vec<Problem>) {
             format!("must name OpenBao's container, not be empty or {SIDECAR_NAME:?}"),
         ));
     }
+    if !is_object_name(&target.service_account_name) {
+        problems.push(problem(
+            "spec.openbao.serviceAccountName",
+            format!("{:?} is not a ServiceAccount name", target.service_account_name),
+        ));
+    }
     if target.uid < 0 || target.gid < 0 {
         problems.push(problem("spec.openbao", "uid and gid must not be negative"));
     }
@@ -492,6 +498,15 @@ mod tests {
             check(Some(0), Some(0), None),
             ["spec.keys[0].versions.newest", "spec.keys[0].versions.primary"]
         );
+    }
+
+    #[test]
+    fn the_pods_service_account_must_be_a_name() {
+        let mut sb = crate::parse_sealbroker(include_str!("../tests/golden/hardened.input.yaml")).unwrap();
+        assert!(validate(&sb).is_empty());
+        sb.spec.openbao.service_account_name = "Open Bao".into();
+        let fields: Vec<String> = validate(&sb).into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["spec.openbao.serviceAccountName"]);
     }
 
     #[test]
