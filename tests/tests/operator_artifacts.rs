@@ -3,7 +3,9 @@
 //! as the controller writes them into ConfigMaps (paths re-rooted under a
 //! temporary directory). The real `sealbroker` serves that config and the real
 //! OpenBao 2.7.2 (raft storage) runs with that stanza: it initialises,
-//! restarts and auto-unseals.
+//! restarts and auto-unseals. The sidecar reports its key versions on its
+//! Pod to an in-repo stand-in for the API server (no emulator exists), in
+//! the form the controller's rotation reads.
 //!
 //! The operator binary is `$SEALBROKER_OPERATOR_BIN`, or
 //! `target/debug/sealbroker-operator` once the crate joins the workspace.
@@ -12,10 +14,15 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sealbroker_e2e::openbao::{BaoConfig, OpenBao, install_plugin};
 use sealbroker_e2e::*;
+use sealbroker_operator::render::config_sha256;
+use sealbroker_operator::rotation::{VersionState, parse_report_text};
+use sealbroker_testkit::https_stub::{HttpsStub, StubRequest, StubResponse};
+use sealbroker_testkit::pki::{Leaf, TestCa};
 
 const PIN: &str = "operator-e2e-pin-7734";
 const SECRET: &str = "operator-kv-secret-value";
@@ -232,7 +239,74 @@ async fn renders_and_unseals(profile: &str, image: &str) {
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
-    let daemon = Daemon::serve(&rendered.config, Some(&token), &dir.path().join("daemon.log")).await;
+    // The sidecar's Pod: its name, its API token and a stand-in API server
+    // (no kube-apiserver emulator exists) that takes its report.
+    let api_dir = dir
+        .path()
+        .join("root/var/run/secrets/kubernetes.io/serviceaccount");
+    fs::create_dir_all(&api_dir).unwrap();
+    let api_ca = TestCa::new("stand-in API server CA");
+    api_ca.write(&api_dir.join("ca.crt"));
+    fs::write(api_dir.join("token"), "operator-artifacts-pod-token-5c1d\n").unwrap();
+    let patches = Arc::new(Mutex::new(Vec::<StubRequest>::new()));
+    let api = HttpsStub::start(api_ca.issue(&Leaf::server(&["localhost"])).server_config(), {
+        let patches = patches.clone();
+        move |request| {
+            patches.lock().unwrap().push(request.clone());
+            StubResponse::json(200, &serde_json::json!({"kind": "Pod"}))
+        }
+    })
+    .await;
+    let api_port = api.port().to_string();
+    let socket = fs::read_to_string(&rendered.config)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("unix_socket = ")
+                .map(|v| PathBuf::from(v.trim_matches('"')))
+        });
+    let daemon = Daemon::start(
+        &["serve", "--config", rendered.config.to_str().unwrap()],
+        &[
+            ("SOFTHSM2_CONF", token.conf.as_path()),
+            ("SEALBROKER_POD_NAME", Path::new("openbao-0")),
+            ("SEALBROKER_POD_NAMESPACE", Path::new("openbao")),
+            ("KUBERNETES_SERVICE_HOST", Path::new("localhost")),
+            ("KUBERNETES_SERVICE_PORT", Path::new(&api_port)),
+        ],
+        &dir.path().join("daemon.log"),
+        socket,
+        None,
+    )
+    .await;
+    // It reports on its Pod under the config the operator rendered, which
+    // is what the controller's rotation counts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let found = patches.lock().unwrap().iter().find_map(|request| {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).ok()?;
+            let text = body["metadata"]["annotations"]["sealbroker.io/key-versions"].as_str()?;
+            (request.path == "/api/v1/namespaces/openbao/pods/openbao-0").then(|| parse_report_text(text))
+        });
+        if let Some(report) = found {
+            break report.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no report reached the stand-in API server:\n{}",
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(report.config, config_sha256(&config_text));
+    assert!(
+        report
+            .keys
+            .values()
+            .any(|versions| versions.get(&1) == Some(&VersionState::Usable)),
+        "{report:?}"
+    );
 
     // What the init container does: the binary into the plugin directory, whose
     // digest must be the one the stanza expects.

@@ -49,8 +49,6 @@ const VOL_PLUGINS: &str = "sealbroker-plugins";
 pub(crate) const VOL_STATE: &str = "sealbroker-state";
 const VOL_LISTENER: &str = "sealbroker-listener-tls";
 const VOL_API_TOKEN: &str = "sealbroker-api-token";
-/// Where in-cluster clients look for the token, CA and namespace.
-const API_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Where the init container sees the plugin volume.
 const PLUGIN_STAGING: &str = "/sealbroker-plugins";
 
@@ -351,7 +349,7 @@ pub fn inject(pod: &Pod, sb: &SealBroker) -> Result<Pod, InjectError> {
         mount(VOL_CONFIG, paths::CONFIG_DIR, true),
         mount(VOL_SOCKET, paths::SOCKET_DIR, false),
         mount(VOL_STATE, paths::STATE_DIR, false),
-        mount(VOL_API_TOKEN, API_TOKEN_DIR, true),
+        mount(VOL_API_TOKEN, paths::API_TOKEN_DIR, true),
     ];
     sidecar_mounts.extend(credentials.iter().map(|(name, path, _)| mount(name, path, true)));
     let mut env = plain_env(sb);

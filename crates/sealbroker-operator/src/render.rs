@@ -29,6 +29,8 @@ pub mod paths {
     pub const STATE_DIR: &str = "/var/lib/sealbroker";
     /// Where the image holds the sealbroker binary.
     pub const IMAGE_BINARY: &str = "/usr/local/bin/sealbroker";
+    /// The sidecar's own API token and the API server's CA (for its report).
+    pub const API_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 }
 
 /// In-pod paths, or the same paths under a root directory.
@@ -169,6 +171,19 @@ pub fn broker_config(sb: &SealBroker, layout: &Layout) -> String {
         let _ = writeln!(out, "file = {}", toml_str(&layout.state("audit.jsonl")));
     }
     let _ = writeln!(out, "stdout = true");
+    // Each sidecar reports the key versions it can use on its own Pod; the
+    // controller promotes a version once every served pod has.
+    let _ = writeln!(out, "\n[report]\nkubernetes_pod = true");
+    let _ = writeln!(
+        out,
+        "token_file = {}",
+        toml_str(&layout.path(&format!("{}/token", paths::API_TOKEN_DIR)))
+    );
+    let _ = writeln!(
+        out,
+        "ca_file = {}",
+        toml_str(&layout.path(&format!("{}/ca.crt", paths::API_TOKEN_DIR)))
+    );
     let _ = writeln!(out, "\n[log]\nformat = \"json\"");
     for backend in &spec.backends {
         out.push('\n');

@@ -35,7 +35,9 @@ pub fn dev_config(data_dir: &std::path::Path, port: u16) -> String {
         .replace("{port}", &port.to_string())
 }
 
-fn load(args: &ServeArgs) -> Result<(Config, Option<PathBuf>), String> {
+/// The config, the dev data directory (with --dev), and the text the
+/// config was parsed from (its SHA-256 is what the broker reports under).
+fn load(args: &ServeArgs) -> Result<(Config, Option<PathBuf>, String), String> {
     if args.dev {
         let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
         std::fs::create_dir_all(&data_dir)
@@ -44,12 +46,16 @@ fn load(args: &ServeArgs) -> Result<(Config, Option<PathBuf>), String> {
         Ok((
             Config::parse(&text).map_err(|e| format!("embedded dev config: {e}"))?,
             Some(data_dir),
+            text,
         ))
     } else {
         let path = args.config.as_ref().ok_or("give --config FILE or --dev")?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
         Ok((
-            Config::load(path).map_err(|e| format!("{}: {e}", path.display()))?,
+            Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?,
             None,
+            text,
         ))
     }
 }
@@ -91,12 +97,13 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     // refuses that one operation, not kill the broker with SIGXFSZ.
     let _file_size_limit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ))
         .map_err(|e| format!("cannot take SIGXFSZ: {e}"))?;
-    let (config, dev_dir) = load(&args)?;
+    let (config, dev_dir, text) = load(&args)?;
     config.require_listener().map_err(|e| e.to_string())?;
     logging::init(config.log.format, &config.log.level);
     let broker = Broker::from_config(&config, &backends::registry())
         .await
         .map_err(|e| e.to_string())?;
+    broker.set_loaded_config(text.as_bytes());
     let broker = Arc::new(broker);
 
     if args.check {

@@ -139,6 +139,22 @@ impl Broker {
         *self.config_error.lock().unwrap_or_else(|p| p.into_inner()) = refused;
     }
 
+    /// Records which config file's bytes this broker now runs on (at
+    /// start-up and after each reload), as the SHA-256 its reports carry.
+    pub fn set_loaded_config(&self, bytes: &[u8]) {
+        let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes));
+        *self.loaded_config.lock().unwrap_or_else(|p| p.into_inner()) = Some(digest);
+    }
+
+    /// The SHA-256 (hex) of the config file this broker runs on, when it
+    /// was read from a file.
+    pub fn loaded_config(&self) -> Option<String> {
+        self.loaded_config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Why the last reload was refused, if it was.
     pub fn config_error(&self) -> Option<String> {
         self.config_error

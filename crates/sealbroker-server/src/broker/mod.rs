@@ -56,6 +56,8 @@ pub struct Broker {
     changing_keys: tokio::sync::Mutex<()>,
     /// Why the last reload was refused, while the config before it serves.
     config_error: Mutex<Option<String>>,
+    /// SHA-256 (hex) of the config file's bytes the broker was built from.
+    loaded_config: Mutex<Option<String>>,
 }
 
 /// What a reload replaces besides the key ring.
@@ -154,6 +156,7 @@ impl Broker {
             probing: Mutex::default(),
             changing_keys: tokio::sync::Mutex::new(()),
             config_error: Mutex::new(None),
+            loaded_config: Mutex::new(None),
         }
     }
 

@@ -30,6 +30,9 @@ pub struct Config {
     /// `[audit]`: the hash-chained audit trail.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// `[report]`: where this replica reports the key versions it can use.
+    #[serde(default)]
+    pub report: ReportConfig,
     /// `[backends.NAME]`: connections to HSMs and KMSes, each with a `type`.
     #[serde(default)]
     pub backends: BTreeMap<String, toml::Table>,
@@ -119,6 +122,52 @@ pub struct AuditConfig {
     /// when it likes (a crash can lose the last lines). Hardened: `line`.
     #[serde(default)]
     pub sync: AuditSync,
+}
+
+/// `[report]`: a replica's report of the key versions it can use, for an
+/// orchestrator that promotes a version only once every replica has it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// Keep the `sealbroker.io/key-versions` annotation on this broker's own
+    /// Pod (named by `SEALBROKER_POD_NAME` and `SEALBROKER_POD_NAMESPACE`),
+    /// through the Kubernetes API with the Pod's service account token.
+    #[serde(default)]
+    pub kubernetes_pod: bool,
+    /// The API server. Default: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    pub api_server: Option<String>,
+    /// The bearer token, read again for every request (projected tokens rotate).
+    #[serde(default = "default_report_token")]
+    pub token_file: PathBuf,
+    /// The CA bundle the API server's certificate chains to.
+    #[serde(default = "default_report_ca")]
+    pub ca_file: PathBuf,
+    /// Seconds between looks at the versions; the annotation is written
+    /// only when the report changed.
+    #[serde(default = "default_report_interval")]
+    pub interval_secs: u64,
+}
+
+fn default_report_token() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}
+fn default_report_ca() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+}
+fn default_report_interval() -> u64 {
+    10
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            kubernetes_pod: false,
+            api_server: None,
+            token_file: default_report_token(),
+            ca_file: default_report_ca(),
+            interval_secs: default_report_interval(),
+        }
+    }
 }
 
 /// `audit.sync`.

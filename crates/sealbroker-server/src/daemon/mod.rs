@@ -3,6 +3,7 @@
 //! ([`reload`]) and a graceful shutdown that lets in-flight operations finish.
 
 mod reload;
+pub mod report;
 
 pub use reload::ReloadSource;
 
@@ -104,6 +105,8 @@ pub async fn serve(
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Refused before anything listens, naming the field.
+    let reporter = report::PodReporter::from_config(&config.report)?;
     // gRPC health follows the same cached deep probe as /readyz.
     {
         let reporter = health_reporter.clone();
@@ -257,6 +260,9 @@ pub async fn serve(
         tokio::spawn(reloader.run(stop_rx.clone()));
     } else {
         drop(live);
+    }
+    if let Some(reporter) = reporter {
+        tokio::spawn(reporter.run(broker.clone(), stop_rx.clone()));
     }
     on_bound(&bound);
 

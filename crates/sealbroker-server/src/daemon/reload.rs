@@ -177,6 +177,7 @@ impl Reloader {
         }
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = config;
         *self.attempted.lock().unwrap_or_else(|p| p.into_inner()) = seen;
+        self.broker.set_loaded_config(&text);
         Ok(restart)
     }
 }
