@@ -17,14 +17,14 @@ use sealbroker_proto::sealbroker::v1::seal_service_server::SealServiceServer;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::doors::grpc::SealGrpc;
 use crate::doors::transit;
-use crate::net::accept::{ConnLimits, OnLimit};
+use crate::net::accept::{AuthorityUnixListener, Conn, ConnLimits, OnLimit, accept_loop};
 use crate::net::authority::{RefuseLayer, UnixAuthority};
 use crate::net::http::{HttpLimits, serve_http};
 use crate::net::listen::{ServeError, bind_unix, listen_tcp};
@@ -139,8 +139,13 @@ pub async fn serve(
     };
 
     if let Some(path) = &server.unix_socket {
-        let listener = bind_unix(path, socket_mode)?;
-        let incoming = UnixListenerStream::new(listener).map(|c| c.map(UnixAuthority::new));
+        let incoming = unix_incoming(
+            bind_unix(path, socket_mode)?,
+            "grpc-unix",
+            conn_limits.clone(),
+            stop_rx.clone(),
+            &mut tasks,
+        );
         let serving = router().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
         tasks.spawn(async move { Ok(serving.await?) });
         bound.unix_socket = Some(path.clone());
@@ -234,13 +239,18 @@ pub async fn serve(
     }
     if let Some(kms) = &server.kms_v2 {
         let mode = crate::config::parse_mode(&kms.socket_mode).unwrap_or(0o600);
-        let listener = bind_unix(&kms.socket, mode)?;
+        let incoming = unix_incoming(
+            bind_unix(&kms.socket, mode)?,
+            "kms-v2",
+            conn_limits.clone(),
+            stop_rx.clone(),
+            &mut tasks,
+        );
         let (kms_health, kms_health_service) = tonic_health::server::health_reporter();
         kms_health
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         let service = crate::doors::kmsv2::KmsV2::new(broker.clone(), kms.key_name.clone()).into_server();
-        let incoming = UnixListenerStream::new(listener).map(|c| c.map(UnixAuthority::new));
         let serving = Server::builder()
             .max_concurrent_streams(Some(max_streams))
             .layer(RefuseLayer)
@@ -308,3 +318,32 @@ pub async fn serve(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// A unix gRPC socket's connections, through the one accept loop (with its
+/// bounds) and the `:authority` rewriter, as tonic's incoming stream.
+fn unix_incoming(
+    listener: tokio::net::UnixListener,
+    what: &'static str,
+    limits: ConnLimits,
+    stop: watch::Receiver<bool>,
+    tasks: &mut JoinSet<Result<(), ServeError>>,
+) -> impl tokio_stream::Stream<Item = Result<UnixConn, std::io::Error>> + use<> {
+    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel::<UnixConn>(64);
+    tasks.spawn(async move {
+        accept_loop(
+            AuthorityUnixListener(listener),
+            None,
+            |_, peer| peer,
+            conn_tx,
+            stop,
+            what,
+            limits,
+        )
+        .await;
+        Ok(())
+    });
+    ReceiverStream::new(conn_rx).map(Ok)
+}
+
+/// A connection on a unix gRPC socket.
+type UnixConn = Conn<UnixAuthority<tokio::net::UnixStream>, tonic::transport::server::UdsConnectInfo>;

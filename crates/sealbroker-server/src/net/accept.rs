@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
+use crate::net::authority::UnixAuthority;
 use crate::net::tls::LiveTls;
 
 /// A bound listener the loop can accept from.
@@ -62,6 +63,22 @@ impl Listener for UnixListener {
             Some(cred) => format!("uid {}", cred.uid()),
             None => "a unix peer".to_owned(),
         }
+    }
+}
+
+/// A unix listener for gRPC: each connection gets the `:authority`
+/// rewriter stock clients need on unix sockets (see `net::authority`).
+pub struct AuthorityUnixListener(pub UnixListener);
+
+impl Listener for AuthorityUnixListener {
+    type Io = UnixAuthority<UnixStream>;
+    type Peer = UdsConnectInfo;
+    async fn next(&self) -> io::Result<(UnixAuthority<UnixStream>, UdsConnectInfo)> {
+        let (stream, info) = self.0.next().await?;
+        Ok((UnixAuthority::new(stream), info))
+    }
+    fn describe(peer: &UdsConnectInfo) -> String {
+        UnixListener::describe(peer)
     }
 }
 
