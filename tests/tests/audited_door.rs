@@ -299,6 +299,52 @@ async fn an_unwritable_audit_log_fails_operations_closed() {
     assert!(err.message().contains("could not be audited"), "{err:?}");
 }
 
+/// stdout is a pipe nobody reads (its reader closed): each audit line fails
+/// to write, the operation is refused, and the broker lives on (it used to
+/// panic mid-chain on a failed `println!`).
+#[tokio::test]
+async fn a_broken_stdout_refuses_the_operation_and_does_not_kill_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sealbroker.toml");
+    fs::write(
+        &config,
+        format!(
+            "profile = \"development\"\n[server]\nunix_socket = \"{}\"\n[audit]\nstdout = true\n\
+             [backends.soft]\ntype = \"software\"\n[keys.dev]\nbackend = \"soft\"\nkey_file = \"{}\"\ngenerate = true\n",
+            dir.path().join("sb.sock").display(),
+            dir.path().join("dev.key").display()
+        ),
+    )
+    .unwrap();
+    // Runs the daemon (exec, same pid) with stdout on a pipe whose reader is closed.
+    let python = peers_python();
+    let broken_stdout = [
+        python.to_str().unwrap(),
+        "-c",
+        "import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); os.execv(sys.argv[1], sys.argv[1:])",
+    ];
+    let daemon = Daemon::serve_under(&broken_stdout, &config, None, &dir.path().join("d.log")).await;
+    let mut c = daemon.unix_client().await;
+    for _ in 0..2 {
+        let refused = c
+            .wrap(WrapRequest {
+                key_name: "dev".into(),
+                plaintext: b"x".to_vec(),
+                aad: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert!(refused.message().contains("could not be audited"), "{refused:?}");
+    }
+    assert!(
+        daemon.logs().contains("audit line not written"),
+        "{}",
+        daemon.logs()
+    );
+    assert!(!daemon.logs().contains("panicked"), "{}", daemon.logs());
+}
+
 /// A file-size limit (`prlimit --fsize`) stands in for a full disk: the
 /// write that crosses it is cut short, then fails (EFBIG), as a write to a
 /// full disk does (ENOSPC).
