@@ -90,7 +90,10 @@ impl Checkpoint {
     }
 
     /// Replaces the file at `path` atomically (a temporary file renamed
-    /// over it); with `sync`, durably.
+    /// over it); with `sync`, its contents reach the disk before the rename.
+    /// The directory is not synced: after a power loss the checkpoint may
+    /// be the one before, which only lags the log (the log was synced
+    /// first), and a lagging checkpoint is caught up at start-up.
     pub fn write(&self, path: &Path, sync: bool) -> io::Result<()> {
         let bytes = serde_json::to_vec(self).map_err(io::Error::other)?;
         let staging = path.with_extension("tmp");
@@ -104,11 +107,16 @@ impl Checkpoint {
         if sync {
             file.sync_data()?;
         }
-        fs::rename(&staging, path)?;
-        if sync && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)?.sync_all()?;
+        fs::rename(&staging, path)
+    }
+
+    /// Makes the checkpoint's directory entry durable: for a new chain,
+    /// whose log must never outlive a checkpoint lost in a crash.
+    pub fn sync_directory(path: &Path) -> io::Result<()> {
+        match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) => File::open(dir)?.sync_all(),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

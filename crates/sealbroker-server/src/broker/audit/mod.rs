@@ -415,6 +415,9 @@ impl AuditLog {
             checkpoint.sealed_key = B64.encode(&sealed.blob);
             checkpoint.sign(&key);
             checkpoint.write(path, sync).map_err(at)?;
+            if fresh && sync {
+                Checkpoint::sync_directory(path).map_err(at)?;
+            }
         }
         let version = primary.or(sealed_version).unwrap_or(0);
         Ok((
