@@ -84,7 +84,15 @@ pub fn decide(
                 if sb.metadata.name.is_none() {
                     sb.metadata.name = Some(req.name.clone());
                 }
-                let problems = validation::validate(&sb);
+                let mut problems = validation::validate(&sb);
+                if req.operation == Operation::Update
+                    && let Some(old) = req.old_object.as_ref()
+                {
+                    match typed::<SealBroker>(old) {
+                        Ok(old) => problems.extend(validation::validate_update(&old, &sb)),
+                        Err(e) => return response.deny(format!("oldObject: {e}")),
+                    }
+                }
                 if !problems.is_empty() {
                     return response.deny(format!("SealBroker refused: {}", describe(&problems)));
                 }
@@ -97,21 +105,23 @@ pub fn decide(
                 Err(e) => return response.deny(e),
             };
             let chosen = selecting(&pod, brokers);
-            let sb = match chosen.as_slice() {
-                [] => return response,
-                [one] => *one,
-                many => {
-                    let names: Vec<String> = many.iter().map(|s| s.name_any()).collect();
-                    return response.deny(format!(
-                        "the Pod is selected by several SealBrokers ({}); exactly one may serve it",
-                        names.join(", ")
-                    ));
-                }
-            };
-            if hook == Hook::MutatePods {
-                mutate(response, &pod, sb)
-            } else {
-                validate_pod(response, &pod, sb)
+            if chosen.len() > 1 {
+                let names: Vec<String> = chosen.iter().map(|s| s.name_any()).collect();
+                return response.deny(format!(
+                    "the Pod is selected by several SealBrokers ({}); exactly one may serve it",
+                    names.join(", ")
+                ));
+            }
+            match hook {
+                Hook::MutatePods => match chosen.first() {
+                    // Injection happens once, at CREATE; an UPDATE (or an
+                    // ephemeral container) is only validated.
+                    Some(sb) if req.operation == Operation::Create && req.sub_resource.is_none() => {
+                        mutate(response, &pod, sb)
+                    }
+                    _ => response,
+                },
+                _ => validate_pod(response, &pod, chosen.first().copied(), brokers),
             }
         }
     }
@@ -147,21 +157,55 @@ fn mutate(response: AdmissionResponse, pod: &Pod, sb: &SealBroker) -> AdmissionR
     }
 }
 
-fn validate_pod(response: AdmissionResponse, pod: &Pod, sb: &SealBroker) -> AdmissionResponse {
-    let leaks = validation::credential_leaks(pod, sb);
-    if leaks.is_empty() {
-        return response;
-    }
-    match sb.spec.profile {
-        Profile::Hardened => response.deny(format!(
-            "Hardened SealBroker {} refuses this Pod: {}",
-            sb.name_any(),
-            describe(&leaks)
-        )),
-        Profile::Development => {
-            let mut response = response;
-            response.warnings = Some(leaks.iter().map(|p| p.to_string()).collect());
-            response
+/// Every Pod of a served namespace, selected or not, created or updated
+/// (ephemeral containers included): no container but a broker's may hold
+/// that broker's credentials; a served Pod shares no process namespace; and
+/// under Hardened every image of a served Pod is pinned by digest.
+fn validate_pod(
+    response: AdmissionResponse,
+    pod: &Pod,
+    serving: Option<&SealBroker>,
+    brokers: &[SealBroker],
+) -> AdmissionResponse {
+    let mut denials = Vec::new();
+    let mut warnings = Vec::new();
+    for sb in brokers {
+        let leaks = validation::credential_leaks(pod, sb);
+        if leaks.is_empty() {
+            continue;
+        }
+        match sb.spec.profile {
+            Profile::Hardened => denials.push(format!(
+                "Hardened SealBroker {} refuses this Pod: {}",
+                sb.name_any(),
+                describe(&leaks)
+            )),
+            Profile::Development => warnings.extend(leaks.iter().map(|p| p.to_string())),
         }
     }
+    let isolation = validation::isolation_problems(pod, brokers);
+    if !isolation.is_empty() {
+        denials.push(format!(
+            "a Pod served by a broker must be isolated: {}",
+            describe(&isolation)
+        ));
+    }
+    if let Some(sb) = serving.filter(|sb| sb.spec.profile == Profile::Hardened) {
+        let unpinned = validation::unpinned_images(pod);
+        if !unpinned.is_empty() {
+            denials.push(format!(
+                "Hardened SealBroker {} refuses this Pod: {}",
+                sb.name_any(),
+                describe(&unpinned)
+            ));
+        }
+    }
+    if !denials.is_empty() {
+        return response.deny(denials.join("; "));
+    }
+    let mut response = response;
+    if !warnings.is_empty() {
+        response.warnings = Some(warnings);
+    }
+    response
 }

@@ -31,7 +31,13 @@ use serde::{Deserialize, Serialize};
 pub struct SealBrokerSpec {
     /// Hardened (the default) refuses software keys and non-digest images;
     /// Development allows them and reports a SecurityRisk condition.
+    /// Immutable: a Development trust path is never promoted in place, and a
+    /// Hardened one is never relaxed; create a new SealBroker instead.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": PROFILE_IMMUTABLE_RULE,
+        "message": PROFILE_IMMUTABLE_MESSAGE,
+    }]))]
     pub profile: Profile,
     /// The sealbroker image for the sidecar and the plugin copy. Hardened
     /// requires a digest (`repo@sha256:...`).
@@ -62,6 +68,13 @@ pub struct SealBrokerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkListener>,
 }
+
+/// The CRD's transition rule on `spec.profile` (the apiserver evaluates it
+/// on every UPDATE; the validating webhook says the same).
+pub const PROFILE_IMMUTABLE_RULE: &str = "self == oldSelf";
+/// What the apiserver answers when [`PROFILE_IMMUTABLE_RULE`] fails.
+pub const PROFILE_IMMUTABLE_MESSAGE: &str = "spec.profile is immutable: moving between Hardened and Development \
+     means creating a new SealBroker (and a new OpenBao), never changing one in place";
 
 /// The security profile, as in sealbroker's own config.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

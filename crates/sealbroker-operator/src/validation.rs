@@ -89,6 +89,25 @@ pub fn validate(sb: &SealBroker) -> Vec<Problem> {
     problems
 }
 
+/// What an UPDATE may not change, beyond what [`validate`] checks of the
+/// new object. The CRD's transition rule says the same
+/// ([`crate::crd::PROFILE_IMMUTABLE_RULE`]), so an apiserver without the
+/// webhook still refuses it.
+pub fn validate_update(old: &SealBroker, new: &SealBroker) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if old.spec.profile != new.spec.profile {
+        problems.push(problem(
+            "spec.profile",
+            format!(
+                "is immutable (was {:?}, now {:?}): moving between Hardened and Development means \
+                 creating a new SealBroker (and a new OpenBao), never changing one in place",
+                old.spec.profile, new.spec.profile
+            ),
+        ));
+    }
+    problems
+}
+
 /// What only the Hardened profile refuses.
 fn hardened_rules(spec: &SealBrokerSpec, problems: &mut Vec<Problem>) {
     if spec.profile != Profile::Hardened {
@@ -385,30 +404,100 @@ fn credential_volumes(pod: &Pod, secrets: &BTreeSet<String>) -> BTreeSet<String>
         .collect()
 }
 
-/// Containers other than the sidecar that would receive the broker's
-/// credentials (volume mounts or environment); empty when the Pod is clean.
+/// Every container of a Pod, with the list it sits in: `containers`,
+/// `initContainers` (the sidecar is one) and `ephemeralContainers` (debug
+/// containers, added later through `pods/ephemeralcontainers`), the last
+/// read into a [`Container`] for the fields that matter here.
+pub fn all_containers(pod: &Pod) -> Vec<(&'static str, Container)> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let mut out: Vec<(&'static str, Container)> = spec
+        .containers
+        .iter()
+        .map(|c| ("containers", c.clone()))
+        .collect();
+    out.extend(
+        spec.init_containers
+            .iter()
+            .flatten()
+            .map(|c| ("initContainers", c.clone())),
+    );
+    out.extend(spec.ephemeral_containers.iter().flatten().map(|e| {
+        (
+            "ephemeralContainers",
+            Container {
+                name: e.name.clone(),
+                image: e.image.clone(),
+                command: e.command.clone(),
+                args: e.args.clone(),
+                env: e.env.clone(),
+                env_from: e.env_from.clone(),
+                volume_mounts: e.volume_mounts.clone(),
+                security_context: e.security_context.clone(),
+                ..Container::default()
+            },
+        )
+    }));
+    out
+}
+
+/// Whether `c` (in `list` of `pod`) is a broker container of `sb`, known by
+/// what it runs rather than by its name (any container may be named
+/// `sealbroker`): the injected sidecar (a native sidecar running `sealbroker
+/// serve` on the rendered config, in a Pod `sb` selects) or a key-creation
+/// Job's container (`sealbroker keygen` on that config, in a Pod labelled
+/// for `sb`); either with `sb`'s image and the broker's restricted security
+/// context. These alone may hold `sb`'s credentials.
+pub fn is_broker_container(pod: &Pod, list: &str, c: &Container, sb: &SealBroker) -> bool {
+    let config = format!(
+        "{}/{}",
+        crate::render::paths::CONFIG_DIR,
+        crate::render::paths::CONFIG_FILE
+    );
+    let same_code = c.image.as_deref() == Some(sb.spec.image.as_str())
+        && c.command.as_deref() == Some(&[crate::render::paths::IMAGE_BINARY.to_string()][..])
+        && c.security_context.as_ref()
+            == Some(&crate::injection::restricted_context(
+                sb.spec.broker_uid,
+                sb.spec.openbao.gid,
+            ));
+    if !same_code {
+        return false;
+    }
+    let args = c.args.as_deref().unwrap_or(&[]);
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let sidecar = list == "initContainers"
+        && c.restart_policy.as_deref() == Some("Always")
+        && args == ["serve", "--config", config.as_str()]
+        && crate::desired::selector_matches(&sb.spec.openbao.selector, &labels);
+    let keygen = list == "containers"
+        && args.len() == 7
+        && args[..3] == ["keygen", "--config", config.as_str()]
+        && args[3] == "--key"
+        && args[5] == "--version"
+        && labels.get("sealbroker.io/name") == sb.metadata.name.as_ref()
+        && labels.get(crate::desired::COMPONENT_LABEL).map(String::as_str)
+            == Some(crate::desired::KEYGEN_COMPONENT);
+    sidecar || keygen
+}
+
+/// Containers other than `sb`'s broker containers that would receive its
+/// credentials (volume mounts or environment), in any container kind;
+/// empty when the Pod is clean.
 pub fn credential_leaks(pod: &Pod, sb: &SealBroker) -> Vec<Problem> {
     let secrets: BTreeSet<String> = sb.spec.secret_names().into_iter().collect();
     if secrets.is_empty() {
         return Vec::new();
     }
     let volumes = credential_volumes(pod, &secrets);
-    let Some(spec) = pod.spec.as_ref() else {
-        return Vec::new();
-    };
     let mut problems = Vec::new();
-    let all = spec.containers.iter().map(|c| ("containers", c)).chain(
-        spec.init_containers
-            .iter()
-            .flatten()
-            .map(|c| ("initContainers", c)),
-    );
-    for (list, container) in all {
-        if list == "initContainers" && container.name == SIDECAR_NAME {
+    for (list, container) in all_containers(pod) {
+        if is_broker_container(pod, list, &container, sb) {
             continue;
         }
         let field = format!("spec.{list}[{}]", container.name);
-        for leak in container_leaks(container, &volumes, &secrets) {
+        for leak in container_leaks(&container, &volumes, &secrets) {
             problems.push(problem(
                 field.clone(),
                 format!(
@@ -420,6 +509,78 @@ pub fn credential_leaks(pod: &Pod, sb: &SealBroker) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// What a Pod that holds or is served by a broker must not do, whatever the
+/// profile: share its process namespace (a neighbour would read the PIN
+/// through `/proc/<pid>/root`), use the node's, or attach a debug container
+/// to a broker container (same effect).
+pub fn isolation_problems(pod: &Pod, brokers: &[SealBroker]) -> Vec<Problem> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let containers = all_containers(pod);
+    let broker_names: BTreeSet<&str> = containers
+        .iter()
+        .filter(|(list, c)| brokers.iter().any(|sb| is_broker_container(pod, list, c, sb)))
+        .map(|(_, c)| c.name.as_str())
+        .collect();
+    let served = !broker_names.is_empty()
+        || brokers
+            .iter()
+            .any(|sb| crate::desired::selector_matches(&sb.spec.openbao.selector, &labels));
+    if !served {
+        return Vec::new();
+    }
+    let mut problems = Vec::new();
+    if spec.share_process_namespace == Some(true) {
+        problems.push(problem(
+            "spec.shareProcessNamespace",
+            "must not be true in a Pod served by a broker: every container could read the broker's \
+             credentials through /proc",
+        ));
+    }
+    if spec.host_pid == Some(true) {
+        problems.push(problem(
+            "spec.hostPID",
+            "must not be true in a Pod served by a broker: the node's processes could read the \
+             broker's credentials through /proc",
+        ));
+    }
+    for e in spec.ephemeral_containers.iter().flatten() {
+        if let Some(target) = e.target_container_name.as_deref()
+            && broker_names.contains(target)
+        {
+            problems.push(problem(
+                format!("spec.ephemeralContainers[{}].targetContainerName", e.name),
+                format!(
+                    "targets the broker container {target:?}: a debug container in its process \
+                     namespace could read its credentials through /proc"
+                ),
+            ));
+        }
+    }
+    problems
+}
+
+/// Under Hardened, every image of a served Pod is pinned by digest: a tag
+/// can be moved to other code, next to the broker and its socket.
+pub fn unpinned_images(pod: &Pod) -> Vec<Problem> {
+    all_containers(pod)
+        .into_iter()
+        .filter(|(_, c)| !c.image.as_deref().is_some_and(is_digest_pinned))
+        .map(|(list, c)| {
+            problem(
+                format!("spec.{list}[{}].image", c.name),
+                format!(
+                    "the Hardened profile requires every image of a served Pod pinned by digest \
+                     (repo@sha256:<64 hex>), got {:?}",
+                    c.image.unwrap_or_default()
+                ),
+            )
+        })
+        .collect()
 }
 
 fn container_leaks(c: &Container, volumes: &BTreeSet<String>, secrets: &BTreeSet<String>) -> Vec<String> {

@@ -35,8 +35,14 @@ fn pod_json() -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/pod.input.yaml");
     let pod: k8s_openapi::api::core::v1::Pod =
         serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    serde_json::to_value(pod).unwrap()
+    let mut pod = serde_json::to_value(pod).unwrap();
+    // Hardened pins every image of a served Pod.
+    pod["spec"]["containers"][0]["image"] = json!(OPENBAO_IMAGE);
+    pod
 }
+
+const OPENBAO_IMAGE: &str =
+    "quay.io/openbao/openbao@sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
 async fn start(brokers: Vec<SealBroker>) -> Server {
     start_with(brokers, webhook::Bounds::default()).await
@@ -356,4 +362,403 @@ async fn garbage_and_unknown_paths_get_clear_answers() {
     assert_eq!(answer["response"]["allowed"], false, "{answer}");
     let (status, _) = server.post("/nowhere", &json!({})).await;
     assert_eq!(status, 404);
+}
+
+/// `review` turned into an UPDATE of `old` (or of the subresource `sub`).
+fn as_update(mut review: Value, old: Value, sub: Option<&str>) -> Value {
+    review["request"]["operation"] = json!("UPDATE");
+    review["request"]["oldObject"] = old;
+    review["request"]["options"] = json!({"apiVersion": "meta.k8s.io/v1", "kind": "UpdateOptions"});
+    if let Some(sub) = sub {
+        review["request"]["subResource"] = json!(sub);
+        review["request"]["requestSubResource"] = json!(sub);
+    }
+    review
+}
+
+#[tokio::test]
+async fn an_update_that_changes_the_profile_is_denied_naming_the_field() {
+    let server = start(Vec::new()).await;
+    let hardened = sealbroker("hardened.input.yaml");
+    let mut relaxed = hardened.clone();
+    relaxed.spec.profile = sealbroker_operator::crd::Profile::Development;
+    let request = as_update(
+        sealbroker_review(&relaxed),
+        serde_json::to_value(&hardened).unwrap(),
+        None,
+    );
+    let (_, answer) = server.post("/validate-sealbrokers", &request).await;
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.profile: is immutable (was Hardened, now Development)"),
+        "{message}"
+    );
+
+    // Development to Hardened is no promotion either.
+    let development = sealbroker("development.input.yaml");
+    let mut promoted = development.clone();
+    promoted.spec.profile = sealbroker_operator::crd::Profile::Hardened;
+    let request = as_update(
+        sealbroker_review(&promoted),
+        serde_json::to_value(&development).unwrap(),
+        None,
+    );
+    let (_, answer) = server.post("/validate-sealbrokers", &request).await;
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(message.contains("spec.profile: is immutable"), "{message}");
+
+    // An UPDATE that keeps the profile passes.
+    let mut rotated = hardened.clone();
+    rotated.spec.seal.aad = Some("cluster-prod-2".into());
+    let request = as_update(
+        sealbroker_review(&rotated),
+        serde_json::to_value(&hardened).unwrap(),
+        None,
+    );
+    let (_, answer) = server.post("/validate-sealbrokers", &request).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+}
+
+/// The Development SealBroker, moved into the namespace the reviews name.
+fn development_in_openbao() -> SealBroker {
+    let mut sb = sealbroker("development.input.yaml");
+    sb.metadata.namespace = Some("openbao".into());
+    sb
+}
+
+/// The Pod as the mutating webhook left it under `sb`.
+fn injected_pod(sb: &SealBroker) -> Value {
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod_json()).unwrap();
+    serde_json::to_value(sealbroker_operator::injection::inject(&pod, sb).unwrap()).unwrap()
+}
+
+fn denial(answer: &Value) -> String {
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    answer["response"]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A debug container, as `kubectl debug` adds it.
+fn debug_container(mounts: Value, target: Option<&str>) -> Value {
+    let mut c = json!({
+        "name": "debugger",
+        "image": "busybox@sha256:1111111111111111111111111111111111111111111111111111111111111111",
+        "command": ["sh"],
+        "stdin": true,
+        "tty": true,
+        "volumeMounts": mounts,
+    });
+    if let Some(target) = target {
+        c["targetContainerName"] = json!(target);
+    }
+    c
+}
+
+#[tokio::test]
+async fn the_webhook_configuration_covers_ephemeral_containers() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/base/operator/webhook.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ValidatingWebhookConfiguration")
+        .unwrap();
+    let pods = named(&config["webhooks"], "pods.validate.sealbroker.io").unwrap();
+    let rule = &pods["rules"][0];
+    assert_eq!(rule["resources"], json!(["pods", "pods/ephemeralcontainers"]));
+    assert_eq!(rule["operations"], json!(["CREATE", "UPDATE"]));
+    assert_eq!(pods["failurePolicy"], "Fail");
+}
+
+#[tokio::test]
+async fn an_ephemeral_container_may_not_mount_the_pin_secret() {
+    let sb = sealbroker("hardened.input.yaml");
+    let server = start(vec![sb.clone()]).await;
+    let old = injected_pod(&sb);
+    // The clean injected Pod passes.
+    let (_, answer) = server.post("/validate-pods", &pod_review(old.clone())).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+
+    let mut debugged = old.clone();
+    debugged["spec"]["ephemeralContainers"] = json!([debug_container(
+        json!([{"name": "sealbroker-cred-hsm", "mountPath": "/pin", "readOnly": true}]),
+        None
+    )]);
+    let request = as_update(
+        pod_review(debugged.clone()),
+        old.clone(),
+        Some("ephemeralcontainers"),
+    );
+    let message = denial(&server.post("/validate-pods", &request).await.1);
+    assert!(
+        message.contains("spec.ephemeralContainers[debugger]: mounts volume \"sealbroker-cred-hsm\""),
+        "{message}"
+    );
+
+    // By environment too.
+    let mut by_env = old.clone();
+    let mut debug = debug_container(json!([]), None);
+    debug["env"] =
+        json!([{"name": "PIN", "valueFrom": {"secretKeyRef": {"name": PIN_SECRET, "key": "pin"}}}]);
+    debug["envFrom"] = json!([{"secretRef": {"name": "transit-token"}}]);
+    by_env["spec"]["ephemeralContainers"] = json!([debug]);
+    let request = as_update(pod_review(by_env), old.clone(), Some("ephemeralcontainers"));
+    let message = denial(&server.post("/validate-pods", &request).await.1);
+    assert!(
+        message.contains("env \"PIN\" reads Secret \"hsm-pin\""),
+        "{message}"
+    );
+    assert!(
+        message.contains("envFrom reads Secret \"transit-token\""),
+        "{message}"
+    );
+
+    // Nor attach to the broker's process namespace, mounting nothing.
+    let mut attached = old.clone();
+    attached["spec"]["ephemeralContainers"] = json!([debug_container(json!([]), Some("sealbroker"))]);
+    let request = as_update(pod_review(attached), old.clone(), Some("ephemeralcontainers"));
+    let message = denial(&server.post("/validate-pods", &request).await.1);
+    assert!(
+        message
+            .contains("spec.ephemeralContainers[debugger].targetContainerName: targets the broker container"),
+        "{message}"
+    );
+
+    // A debug container next to OpenBao, holding nothing, is allowed.
+    let mut harmless = old.clone();
+    harmless["spec"]["ephemeralContainers"] = json!([debug_container(json!([]), Some("openbao"))]);
+    let request = as_update(pod_review(harmless), old, Some("ephemeralcontainers"));
+    let (_, answer) = server.post("/validate-pods", &request).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+}
+
+#[tokio::test]
+async fn a_container_named_sealbroker_with_another_image_is_not_trusted() {
+    let sb = sealbroker("hardened.input.yaml");
+    let server = start(vec![sb.clone()]).await;
+    let injected = injected_pod(&sb);
+    let impostor_image =
+        "ghcr.io/evil/sealbroker@sha256:9999999999999999999999999999999999999999999999999999999999999999";
+    let mut impostor = injected.clone();
+    let sidecar = impostor["spec"]["initContainers"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["name"] == "sealbroker")
+        .unwrap();
+    sidecar["image"] = json!(impostor_image);
+    // At CREATE.
+    let message = denial(
+        &server
+            .post("/validate-pods", &pod_review(impostor.clone()))
+            .await
+            .1,
+    );
+    assert!(
+        message.contains("spec.initContainers[sealbroker]: mounts volume \"sealbroker-cred-hsm\""),
+        "{message}"
+    );
+    // And as an UPDATE of the image of the running Pod.
+    let request = as_update(pod_review(impostor), injected.clone(), None);
+    let message = denial(&server.post("/validate-pods", &request).await.1);
+    assert!(message.contains("spec.initContainers[sealbroker]"), "{message}");
+
+    // The right image with another command or a looser security context is no broker either.
+    for change in ["command", "securityContext"] {
+        let mut other = injected.clone();
+        let sidecar = other["spec"]["initContainers"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|c| c["name"] == "sealbroker")
+            .unwrap();
+        if change == "command" {
+            sidecar["command"] = json!(["/bin/sh", "-c", "cat /etc/sealbroker/secrets/hsm/pin"]);
+        } else {
+            sidecar["securityContext"]["runAsUser"] = json!(100);
+        }
+        let message = denial(&server.post("/validate-pods", &pod_review(other)).await.1);
+        assert!(
+            message.contains("spec.initContainers[sealbroker]"),
+            "{change}: {message}"
+        );
+    }
+
+    // A plain container named sealbroker in an unselected Pod is no broker either.
+    let mut stray = pod_json();
+    stray["metadata"]["labels"] = json!({"app": "web"});
+    stray["spec"]["containers"] = json!([{
+        "name": "sealbroker",
+        "image": sb.spec.image,
+        "command": ["/usr/local/bin/sealbroker"],
+        "env": [{"name": "PIN", "valueFrom": {"secretKeyRef": {"name": PIN_SECRET, "key": "pin"}}}],
+    }]);
+    let message = denial(&server.post("/validate-pods", &pod_review(stray)).await.1);
+    assert!(
+        message.contains("spec.containers[sealbroker]: env \"PIN\""),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn any_pod_of_a_served_namespace_is_checked_and_the_keygen_job_passes() {
+    let sb = sealbroker("hardened.input.yaml");
+    let server = start(vec![sb.clone()]).await;
+    // A Pod no SealBroker selects, mounting the PIN.
+    let mut other = pod_json();
+    other["metadata"]["labels"] = json!({"app": "web"});
+    other["spec"]["volumes"] = json!([{"name": "pin", "secret": {"secretName": PIN_SECRET}}]);
+    other["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "pin", "mountPath": "/pin"}]);
+    let message = denial(&server.post("/validate-pods", &pod_review(other)).await.1);
+    assert!(
+        message.contains("spec.containers[openbao]: mounts volume \"pin\""),
+        "{message}"
+    );
+
+    // The controller's key-creation Job's Pod mounts the credentials and passes.
+    let job = sealbroker_operator::desired::keygen_job(&sb, "openbao-unseal", 2, 1);
+    let template = serde_json::to_value(job.spec.unwrap().template).unwrap();
+    let keygen = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "openbao-keygen-x", "namespace": "openbao", "labels": template["metadata"]["labels"]},
+        "spec": template["spec"]});
+    let (_, answer) = server.post("/validate-pods", &pod_review(keygen.clone())).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    // ... unless a second container rides along with the credentials.
+    let mut riding = keygen;
+    let mut extra = riding["spec"]["containers"][0].clone();
+    extra["name"] = json!("exfiltrate");
+    extra["command"] = json!(["/bin/sh"]);
+    riding["spec"]["containers"].as_array_mut().unwrap().push(extra);
+    let message = denial(&server.post("/validate-pods", &pod_review(riding)).await.1);
+    assert!(message.contains("spec.containers[exfiltrate]"), "{message}");
+}
+
+#[tokio::test]
+async fn a_served_pod_may_not_share_its_process_namespace() {
+    let sb = sealbroker("hardened.input.yaml");
+    let server = start(vec![sb.clone()]).await;
+    let mut shared = injected_pod(&sb);
+    shared["spec"]["shareProcessNamespace"] = json!(true);
+    let message = denial(&server.post("/validate-pods", &pod_review(shared.clone())).await.1);
+    assert!(
+        message.contains("spec.shareProcessNamespace: must not be true"),
+        "{message}"
+    );
+    // Under Development too: the PIN is as readable through /proc.
+    let development = development_in_openbao();
+    let server = start(vec![development.clone()]).await;
+    let mut shared = injected_pod(&development);
+    shared["spec"]["shareProcessNamespace"] = json!(true);
+    let message = denial(&server.post("/validate-pods", &pod_review(shared)).await.1);
+    assert!(message.contains("spec.shareProcessNamespace"), "{message}");
+    // A Pod the broker does not serve may.
+    let mut web = pod_json();
+    web["metadata"]["labels"] = json!({"app": "web"});
+    web["spec"]["shareProcessNamespace"] = json!(true);
+    let (_, answer) = server.post("/validate-pods", &pod_review(web)).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+}
+
+#[tokio::test]
+async fn hardened_requires_every_image_of_a_served_pod_pinned_by_digest() {
+    let sb = sealbroker("hardened.input.yaml");
+    let server = start(vec![sb.clone()]).await;
+    let injected = injected_pod(&sb);
+    let mut tagged = injected.clone();
+    tagged["spec"]["containers"][0]["image"] = json!("quay.io/openbao/openbao:2.7.2");
+    let message = denial(&server.post("/validate-pods", &pod_review(tagged.clone())).await.1);
+    assert!(
+        message.contains("spec.containers[openbao].image: the Hardened profile requires every image"),
+        "{message}"
+    );
+    assert!(message.contains("quay.io/openbao/openbao:2.7.2"), "{message}");
+    // An UPDATE to a tag is refused too, and so is a tagged debug container.
+    let request = as_update(pod_review(tagged), injected.clone(), None);
+    denial(&server.post("/validate-pods", &request).await.1);
+    let mut debugged = injected.clone();
+    let mut debug = debug_container(json!([]), None);
+    debug["image"] = json!("busybox:latest");
+    debugged["spec"]["ephemeralContainers"] = json!([debug]);
+    let request = as_update(pod_review(debugged), injected, Some("ephemeralcontainers"));
+    let message = denial(&server.post("/validate-pods", &request).await.1);
+    assert!(
+        message.contains("spec.ephemeralContainers[debugger].image"),
+        "{message}"
+    );
+
+    // Development allows tags.
+    let development = development_in_openbao();
+    let server = start(vec![development.clone()]).await;
+    let mut tagged = injected_pod(&development);
+    assert!(named(&tagged["spec"]["initContainers"], "sealbroker").is_some());
+    tagged["spec"]["containers"][0]["image"] = json!("quay.io/openbao/openbao:2.7.2");
+    let (_, answer) = server.post("/validate-pods", &pod_review(tagged)).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+}
+
+#[tokio::test]
+async fn several_sealbrokers_in_one_namespace_keep_their_credentials_apart() {
+    let a = sealbroker("hardened.input.yaml");
+    let mut b = a.clone();
+    b.metadata.name = Some("second".into());
+    b.spec.openbao.selector.match_labels =
+        Some([("app.kubernetes.io/name".to_string(), "second".to_string())].into());
+    b.spec.backends.truncate(1);
+    b.spec.keys.truncate(1);
+    b.spec.backends[0].pkcs11.as_mut().unwrap().pin_secret.name = "second-pin".into();
+    let server = start(vec![a.clone(), b.clone()]).await;
+
+    // Each broker's own injected Pod passes.
+    let pod_a = injected_pod(&a);
+    let (_, answer) = server.post("/validate-pods", &pod_review(pod_a.clone())).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let pod_b = {
+        let mut plain: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod_json()).unwrap();
+        plain.metadata.labels = Some([("app.kubernetes.io/name".to_string(), "second".to_string())].into());
+        serde_json::to_value(sealbroker_operator::injection::inject(&plain, &b).unwrap()).unwrap()
+    };
+    let (_, answer) = server.post("/validate-pods", &pod_review(pod_b.clone())).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+
+    // A's sidecar (same image, same uid) may not also hold B's PIN.
+    let mut greedy = pod_a.clone();
+    greedy["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "b-pin", "secret": {"secretName": "second-pin"}}));
+    let sidecar = greedy["spec"]["initContainers"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["name"] == "sealbroker")
+        .unwrap();
+    sidecar["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "b-pin", "mountPath": "/b", "readOnly": true}));
+    let message = denial(&server.post("/validate-pods", &pod_review(greedy)).await.1);
+    assert!(
+        message.contains("Hardened SealBroker second refuses this Pod"),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.initContainers[sealbroker]: mounts volume \"b-pin\""),
+        "{message}"
+    );
+    assert!(!message.contains("SealBroker openbao refuses"), "{message}");
+
+    // A Pod both select is refused outright.
+    let mut both = pod_json();
+    both["metadata"]["labels"] = json!({"app.kubernetes.io/name": "openbao"});
+    let mut b2 = b.clone();
+    b2.spec.openbao.selector = a.spec.openbao.selector.clone();
+    let server = start(vec![a, b2]).await;
+    let message = denial(&server.post("/validate-pods", &pod_review(both)).await.1);
+    assert!(
+        message.contains("selected by several SealBrokers (openbao, second)"),
+        "{message}"
+    );
 }
