@@ -32,9 +32,15 @@ enum Command {
     Provision(ProvisionArgs),
     /// Print the SealBroker CRD (deploy/crd/ is this output).
     Crd,
-    /// Print the ValidatingAdmissionPolicy that fences the sidecars' pod
-    /// reports (deploy/base/operator/pod-report-policy.yaml is this output).
-    Policy,
+    /// Print ValidatingAdmissionPolicies and their bindings:
+    /// `pod-reports` (deploy/base/operator/pod-report-policy.yaml) fences the
+    /// sidecars' pod reports; `tenant-isolation`
+    /// (deploy/base/operator/tenant-policies.yaml) fences the provisioner,
+    /// the controller and the onboarded namespaces' labels.
+    Policy {
+        #[arg(value_enum, default_value = "pod-reports")]
+        set: PolicySet,
+    },
     /// Print or write the broker config (TOML) and OpenBao seal stanza (HCL),
     /// exactly as the controller renders them into ConfigMaps.
     #[command(
@@ -45,6 +51,12 @@ enum Command {
     Manifests(FileArg),
     /// Validate a SealBroker as the admission webhook does.
     Check(FileArg),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PolicySet {
+    PodReports,
+    TenantIsolation,
 }
 
 #[derive(Args)]
@@ -256,8 +268,14 @@ fn main() -> ExitCode {
             print!("{}", sealbroker_operator::crd_yaml());
             Ok(())
         }
-        Command::Policy => {
-            print!("{}", sealbroker_operator::policy::pod_report_policy_yaml());
+        Command::Policy { set } => {
+            print!(
+                "{}",
+                match set {
+                    PolicySet::PodReports => sealbroker_operator::policy::pod_report_policy_yaml(),
+                    PolicySet::TenantIsolation => sealbroker_operator::policy::tenant_policies_yaml(),
+                }
+            );
             Ok(())
         }
         Command::Render(args) => render_cmd(args),

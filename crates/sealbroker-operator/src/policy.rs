@@ -207,3 +207,311 @@ pub fn pod_report_policy_yaml() -> String {
     ];
     format!("{header}{}", crate::desired::yaml_documents(&values))
 }
+
+/// The operator's namespace, as `deploy/base/operator` installs it.
+pub const OPERATOR_NAMESPACE: &str = "sealbroker-system";
+/// The controller's identity (the Deployment's ServiceAccount).
+pub const CONTROLLER_USER: &str = "system:serviceaccount:sealbroker-system:sealbroker-operator";
+/// The provisioner's identity.
+pub const PROVISIONER_USER: &str = "system:serviceaccount:sealbroker-system:sealbroker-provisioner";
+/// People (or automation) allowed to change an onboarded namespace's
+/// tenant and Pod Security labels, besides `system:masters`.
+pub const PLATFORM_ADMIN_GROUP: &str = "sealbroker.io:platform-admins";
+
+/// The three tenant-isolation policies' names.
+pub const PROVISIONER_POLICY: &str = "sealbroker-provisioner-grants";
+pub const CONTROLLER_POLICY: &str = "sealbroker-controller-scope";
+pub const TENANT_LABELS_POLICY: &str = "sealbroker-tenant-labels";
+
+fn rule(group: &str, resources: &[&str], operations: &[&str]) -> NamedRuleWithOperations {
+    NamedRuleWithOperations {
+        api_groups: Some(vec![group.into()]),
+        api_versions: Some(vec!["v1".into()]),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
+        operations: Some(operations.iter().map(|o| o.to_string()).collect()),
+        ..NamedRuleWithOperations::default()
+    }
+}
+
+fn condition(name: &str, expression: String) -> MatchCondition {
+    MatchCondition {
+        name: name.into(),
+        expression,
+    }
+}
+
+fn policy(
+    name: &str,
+    rules: Vec<NamedRuleWithOperations>,
+    conditions: Vec<MatchCondition>,
+    variables: Vec<Variable>,
+    validations: Vec<Validation>,
+) -> ValidatingAdmissionPolicy {
+    ValidatingAdmissionPolicy {
+        metadata: metadata(name),
+        spec: Some(ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".into()),
+            match_constraints: Some(MatchResources {
+                resource_rules: Some(rules),
+                ..MatchResources::default()
+            }),
+            match_conditions: Some(conditions),
+            variables: Some(variables),
+            validations: Some(validations),
+            ..ValidatingAdmissionPolicySpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// `'key' in map && map['key'] == value`, for a label map variable.
+fn label_is(map: &str, key: &str, value: &str) -> String {
+    format!("'{key}' in {map} && {map}['{key}'] == {value}")
+}
+
+/// What the provisioner may write: ServiceAccount `<name>-broker`, Role and
+/// RoleBinding `<name>-broker-secrets` (exactly `get` on named Secrets,
+/// bound to exactly that ServiceAccount) and `<name>-broker-reports`
+/// (`pods: get, patch`, bound to one ServiceAccount of the namespace),
+/// `<name>` being the object's `sealbroker.io/name` label. Its `escalate`
+/// and `bind` cannot reach anything else: no other Role, no ClusterRole
+/// binding, no wildcard, no Secret without a name.
+pub fn provisioner_policy() -> ValidatingAdmissionPolicy {
+    let owner_label = "sealbroker.io/name";
+    policy(
+        PROVISIONER_POLICY,
+        vec![
+            rule(
+                "rbac.authorization.k8s.io",
+                &["roles", "rolebindings"],
+                &["CREATE", "UPDATE"],
+            ),
+            rule("", &["serviceaccounts"], &["CREATE", "UPDATE"]),
+        ],
+        vec![condition(
+            "the-provisioner",
+            format!("request.userInfo.username == '{PROVISIONER_USER}'"),
+        )],
+        vec![
+            variable("labels", or_empty("object.metadata.labels", "{}")),
+            variable(
+                "owner",
+                format!("'{owner_label}' in variables.labels ? variables.labels['{owner_label}'] : ''"),
+            ),
+            variable("kind", "request.resource.resource".into()),
+            variable("secretsName", "variables.owner + '-broker-secrets'".into()),
+            variable("reportsName", "variables.owner + '-broker-reports'".into()),
+            variable("rules", "has(object.rules) ? object.rules : []".into()),
+            variable("subjects", "has(object.subjects) ? object.subjects : []".into()),
+        ],
+        vec![
+            validation(
+                "variables.owner != ''",
+                format!(
+                    "the provisioner writes only objects labelled {owner_label} with their SealBroker's name"
+                ),
+            ),
+            validation(
+                "variables.kind == 'serviceaccounts' ? object.metadata.name == variables.owner + '-broker' \
+                 : (object.metadata.name == variables.secretsName || object.metadata.name == variables.reportsName)",
+                "the provisioner writes only ServiceAccount <name>-broker and Roles and RoleBindings \
+                 <name>-broker-secrets and <name>-broker-reports"
+                    .into(),
+            ),
+            validation(
+                "variables.kind != 'roles' || object.metadata.name != variables.secretsName || \
+                 variables.rules.all(r, has(r.verbs) && r.verbs == ['get'] \
+                 && has(r.apiGroups) && r.apiGroups == [''] \
+                 && has(r.resources) && r.resources == ['secrets'] \
+                 && has(r.resourceNames) && size(r.resourceNames) > 0 \
+                 && !has(r.nonResourceURLs))",
+                "Role <name>-broker-secrets may grant only `get` on Secrets named in resourceNames".into(),
+            ),
+            validation(
+                "variables.kind != 'roles' || object.metadata.name != variables.reportsName || \
+                 (size(variables.rules) == 1 && variables.rules.all(r, has(r.verbs) && r.verbs == ['get', 'patch'] \
+                 && has(r.apiGroups) && r.apiGroups == [''] \
+                 && has(r.resources) && r.resources == ['pods'] \
+                 && !has(r.resourceNames) && !has(r.nonResourceURLs)))",
+                "Role <name>-broker-reports may grant only `get` and `patch` on Pods".into(),
+            ),
+            validation(
+                "variables.kind != 'rolebindings' || (object.roleRef.kind == 'Role' \
+                 && object.roleRef.apiGroup == 'rbac.authorization.k8s.io' \
+                 && object.roleRef.name == object.metadata.name)",
+                "a provisioner RoleBinding binds only the Role of its own name, never a ClusterRole".into(),
+            ),
+            validation(
+                "variables.kind != 'rolebindings' || object.metadata.name != variables.secretsName || \
+                 (size(variables.subjects) == 1 && variables.subjects.all(s, s.kind == 'ServiceAccount' \
+                 && s.name == variables.owner + '-broker' \
+                 && has(s.__namespace__) && s.__namespace__ == request.namespace))",
+                "RoleBinding <name>-broker-secrets binds exactly the broker's ServiceAccount <name>-broker \
+                 of this namespace"
+                    .into(),
+            ),
+            validation(
+                "variables.kind != 'rolebindings' || object.metadata.name != variables.reportsName || \
+                 (size(variables.subjects) == 1 && variables.subjects.all(s, s.kind == 'ServiceAccount' \
+                 && has(s.__namespace__) && s.__namespace__ == request.namespace))",
+                "RoleBinding <name>-broker-reports binds exactly one ServiceAccount of this namespace".into(),
+            ),
+        ],
+    )
+}
+
+/// What the controller may touch: ConfigMaps `<name>-broker-config` and
+/// `<name>-openbao-seal`, NetworkPolicy `<name>-sealbroker` and Jobs
+/// `<name>-keygen-*`, each labelled `app.kubernetes.io/managed-by:
+/// sealbroker-operator` and `sealbroker.io/name: <name>` before and after
+/// (no taking an object over by labelling it). A Job it creates runs
+/// `sealbroker keygen` alone, under `<name>-broker` with no API token: the
+/// power to create Jobs is the power to mount Secrets, and this is its fence.
+pub fn controller_policy() -> ValidatingAdmissionPolicy {
+    let managed = |map: &str| {
+        format!(
+            "{} && 'sealbroker.io/name' in {map} && {map}['sealbroker.io/name'] == variables.owner",
+            label_is(
+                map,
+                "app.kubernetes.io/managed-by",
+                &format!("'{CONTROLLER_MANAGER}'")
+            )
+        )
+    };
+    policy(
+        CONTROLLER_POLICY,
+        vec![
+            rule("", &["configmaps"], &["CREATE", "UPDATE", "DELETE"]),
+            rule(
+                "networking.k8s.io",
+                &["networkpolicies"],
+                &["CREATE", "UPDATE", "DELETE"],
+            ),
+            rule("batch", &["jobs"], &["CREATE", "UPDATE", "DELETE"]),
+        ],
+        vec![condition(
+            "the-controller",
+            format!("request.userInfo.username == '{CONTROLLER_USER}'"),
+        )],
+        vec![
+            variable(
+                "target",
+                "request.operation == 'DELETE' ? oldObject : object".into(),
+            ),
+            variable("labels", or_empty("variables.target.metadata.labels", "{}")),
+            variable(
+                "owner",
+                "'sealbroker.io/name' in variables.labels ? variables.labels['sealbroker.io/name'] : ''"
+                    .into(),
+            ),
+            variable("kind", "request.resource.resource".into()),
+            variable("name", "variables.target.metadata.name".into()),
+        ],
+        vec![
+            validation(
+                &format!("variables.owner != '' && {}", managed("variables.labels")),
+                format!(
+                    "the controller touches only objects labelled app.kubernetes.io/managed-by: \
+                     {CONTROLLER_MANAGER} and sealbroker.io/name"
+                ),
+            ),
+            validation(
+                &format!(
+                    "request.operation != 'UPDATE' || (has(oldObject.metadata.labels) && {})",
+                    managed("oldObject.metadata.labels")
+                ),
+                "the controller may not take an object over by labelling it: it must have been its own"
+                    .into(),
+            ),
+            validation(
+                "variables.kind == 'configmaps' ? (variables.name == variables.owner + '-broker-config' \
+                 || variables.name == variables.owner + '-openbao-seal') \
+                 : variables.kind == 'networkpolicies' ? variables.name == variables.owner + '-sealbroker' \
+                 : variables.name.startsWith(variables.owner + '-keygen-')",
+                "the controller touches only <name>-broker-config, <name>-openbao-seal, <name>-sealbroker \
+                 and <name>-keygen-* of its SealBroker <name>"
+                    .into(),
+            ),
+            validation(
+                "variables.kind != 'jobs' || request.operation == 'DELETE' || \
+                 (object.spec.template.spec.serviceAccountName == variables.owner + '-broker' \
+                 && has(object.spec.template.spec.automountServiceAccountToken) \
+                 && object.spec.template.spec.automountServiceAccountToken == false \
+                 && !has(object.spec.template.spec.initContainers) \
+                 && !has(object.spec.template.spec.ephemeralContainers) \
+                 && size(object.spec.template.spec.containers) == 1 \
+                 && object.spec.template.spec.containers.all(c, has(c.command) \
+                    && c.command == ['/usr/local/bin/sealbroker'] \
+                    && has(c.args) && size(c.args) > 0 && c.args[0] == 'keygen'))",
+                "a controller Job runs `sealbroker keygen` alone, under <name>-broker without an API token"
+                    .into(),
+            ),
+        ],
+    )
+}
+
+/// Onboarding's labels stay: a tenant (anyone but `system:masters` and
+/// [`PLATFORM_ADMIN_GROUP`]) may not remove or change the tenant label or a
+/// Pod Security label of an onboarded namespace, which would take it out of
+/// the webhooks' scope or out of the Restricted profile.
+pub fn tenant_labels_policy() -> ValidatingAdmissionPolicy {
+    let (key, _) = TENANT_LABEL;
+    policy(
+        TENANT_LABELS_POLICY,
+        vec![rule("", &["namespaces"], &["UPDATE"])],
+        vec![
+            condition(
+                "an-onboarded-namespace",
+                format!("has(oldObject.metadata.labels) && '{key}' in oldObject.metadata.labels"),
+            ),
+            condition(
+                "not-a-platform-admin",
+                format!(
+                    "!('system:masters' in request.userInfo.groups) && \
+                     !('{PLATFORM_ADMIN_GROUP}' in request.userInfo.groups)"
+                ),
+            ),
+        ],
+        vec![
+            variable("oldLabels", "oldObject.metadata.labels".into()),
+            variable("newLabels", or_empty("object.metadata.labels", "{}")),
+        ],
+        vec![validation(
+            &format!(
+                "variables.oldLabels.all(k, !(k == '{key}' || k.startsWith('pod-security.kubernetes.io/')) \
+                 || (k in variables.newLabels && variables.newLabels[k] == variables.oldLabels[k]))"
+            ),
+            format!(
+                "only a platform admin may remove or change {key} or a pod-security.kubernetes.io/ label \
+                 of an onboarded namespace"
+            ),
+        )],
+    )
+}
+
+/// A binding for every namespace, denying what fails.
+fn binding(name: &str) -> ValidatingAdmissionPolicyBinding {
+    ValidatingAdmissionPolicyBinding {
+        metadata: metadata(name),
+        spec: Some(ValidatingAdmissionPolicyBindingSpec {
+            policy_name: Some(name.into()),
+            validation_actions: Some(vec!["Deny".into()]),
+            match_resources: None,
+            param_ref: None,
+        }),
+    }
+}
+
+/// The tenant-isolation policies with their bindings, as
+/// `deploy/base/operator/tenant-policies.yaml` holds them.
+pub fn tenant_policies_yaml() -> String {
+    let header = "# Generated by `sealbroker-operator policy tenant-isolation`; do not edit. The crate's\n\
+                  # golden test fails when this file drifts from crates/sealbroker-operator/src/policy.rs.\n";
+    let mut values = Vec::new();
+    for policy in [provisioner_policy(), controller_policy(), tenant_labels_policy()] {
+        let name = policy.metadata.name.clone().unwrap_or_default();
+        values.push(serde_json::to_value(policy).unwrap_or_default());
+        values.push(serde_json::to_value(binding(&name)).unwrap_or_default());
+    }
+    format!("{header}{}", crate::desired::yaml_documents(&values))
+}

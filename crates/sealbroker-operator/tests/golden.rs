@@ -72,6 +72,12 @@ fn pod_report_policy_in_deploy_matches_the_rust_types() {
     golden(&path, &sealbroker_operator::policy::pod_report_policy_yaml());
 }
 
+#[test]
+fn tenant_policies_in_deploy_match_the_rust_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/base/operator/tenant-policies.yaml");
+    golden(&path, &sealbroker_operator::policy::tenant_policies_yaml());
+}
+
 fn rotating() -> SealBroker {
     let mut sb = input("hardened");
     sb.spec.keys[0].versions = Some(KeyVersions {
