@@ -37,6 +37,10 @@ pub const SIDECAR_NAME: &str = "sealbroker";
 pub const PLUGIN_INIT_NAME: &str = "sealbroker-plugin";
 /// Annotation naming the SealBroker that injected the Pod.
 pub const INJECTED_ANNOTATION: &str = "sealbroker.io/injected-by";
+/// The SHA-256 of what the injection added to the Pod (sidecar, init
+/// container, volumes and mounts), so the controller can tell which pods
+/// run a sidecar injected for an older spec.
+pub const INJECTION_ANNOTATION: &str = "sealbroker.io/injection-sha256";
 
 /// Environment variables that tell the sidecar which Pod it reports on.
 pub const POD_NAME_ENV: &str = "SEALBROKER_POD_NAME";
@@ -273,6 +277,18 @@ pub(crate) fn credential_volumes(sb: &SealBroker) -> Vec<(String, String, Vec<Cr
 
 /// The Pod with the sidecar injected (unchanged if it already has one).
 pub fn inject(pod: &Pod, sb: &SealBroker) -> Result<Pod, InjectError> {
+    let mut out = inject_spec(pod, sb)?;
+    if !is_injected(pod) {
+        out.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(INJECTION_ANNOTATION.into(), injection_sha256(sb));
+    }
+    Ok(out)
+}
+
+/// [`inject`] without the injection hash (which is computed from it).
+fn inject_spec(pod: &Pod, sb: &SealBroker) -> Result<Pod, InjectError> {
     if is_injected(pod) {
         return Ok(pod.clone());
     }
@@ -401,6 +417,44 @@ pub fn inject(pod: &Pod, sb: &SealBroker) -> Result<Pod, InjectError> {
     Ok(out)
 }
 
+/// The SHA-256 (hex) of what [`inject`] adds for `sb`: the injected spec of
+/// a Pod holding only the OpenBao container. It changes when the image,
+/// credentials, resources, ports, uid or mounts would.
+pub fn injection_sha256(sb: &SealBroker) -> String {
+    let template = Pod {
+        spec: Some(k8s_openapi::api::core::v1::PodSpec {
+            containers: vec![Container {
+                name: sb.spec.openbao.container_name.clone(),
+                ..Container::default()
+            }],
+            ..Default::default()
+        }),
+        ..Pod::default()
+    };
+    let spec = inject_spec(&template, sb).ok().and_then(|pod| pod.spec);
+    let bytes = serde_json::to_vec(&spec).unwrap_or_default();
+    crate::render::config_sha256(&String::from_utf8_lossy(&bytes))
+}
+
+/// Which of the served `pods` carry a sidecar injected for another spec
+/// than `sb`'s now (or injected before the hash was recorded), by name.
+pub fn out_of_date<'a>(pods: impl IntoIterator<Item = &'a Pod>, sb: &SealBroker) -> Vec<String> {
+    let current = injection_sha256(sb);
+    let mut stale: Vec<String> = pods
+        .into_iter()
+        .filter(|pod| {
+            pod.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(INJECTION_ANNOTATION))
+                != Some(&current)
+        })
+        .filter_map(|pod| pod.metadata.name.clone())
+        .collect();
+    stale.sort();
+    stale
+}
+
 /// The RFC 6902 patch that turns `pod` into its injected form (empty when
 /// nothing changes, e.g. on a second admission of the same Pod).
 pub fn injection_patch(pod: &Pod, sb: &SealBroker) -> Result<json_patch::Patch, InjectError> {
@@ -408,4 +462,50 @@ pub fn injection_patch(pod: &Pod, sb: &SealBroker) -> Result<json_patch::Patch, 
     let before = serde_json::to_value(pod).unwrap_or_default();
     let after = serde_json::to_value(&injected).unwrap_or_default();
     Ok(json_patch::diff(&before, &after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hardened() -> SealBroker {
+        crate::parse_sealbroker(include_str!("../tests/golden/hardened.input.yaml")).unwrap()
+    }
+
+    #[test]
+    fn the_injection_hash_follows_what_is_injected_and_nothing_else() {
+        let sb = hardened();
+        let before = injection_sha256(&sb);
+        assert_eq!(before.len(), 64);
+        assert_eq!(injection_sha256(&sb), before, "the hash is deterministic");
+
+        let mut new_image = sb.clone();
+        new_image.spec.image = format!("{}-next", sb.spec.image);
+        assert_ne!(injection_sha256(&new_image), before, "a new image needs new pods");
+
+        // A key version change reaches sidecars through the ConfigMap
+        // (live reload), not through the Pod: no rollout.
+        let mut new_versions = sb.clone();
+        new_versions.spec.keys[0].versions = Some(Default::default());
+        assert_eq!(injection_sha256(&new_versions), before);
+    }
+
+    #[test]
+    fn pods_injected_for_another_spec_or_before_the_hash_existed_are_out_of_date() {
+        let sb = hardened();
+        let pod = |name: &str, hash: Option<String>| {
+            let mut pod = Pod::default();
+            pod.metadata.name = Some(name.into());
+            if let Some(hash) = hash {
+                pod.metadata.annotations = Some([(INJECTION_ANNOTATION.to_owned(), hash)].into());
+            }
+            pod
+        };
+        let pods = [
+            pod("b", Some(injection_sha256(&sb))),
+            pod("c", Some("0".repeat(64))),
+            pod("a", None),
+        ];
+        assert_eq!(out_of_date(&pods, &sb), ["a", "c"]);
+    }
 }

@@ -166,12 +166,18 @@ fn is_status(error: &kube::Error, code: u16) -> bool {
 /// The Pods this SealBroker serves, with their reports: selected, injected
 /// by it, and neither finished nor being deleted (a Pod that went away is
 /// not waited for; its replacement reports for itself).
-async fn served_pods(client: &Client, namespace: &str, sb: &SealBroker) -> Result<Vec<ServedPod>, Error> {
+/// Also returns the names of those whose sidecar was injected for an older
+/// spec.
+async fn served_pods(
+    client: &Client,
+    namespace: &str,
+    sb: &SealBroker,
+) -> Result<(Vec<ServedPod>, Vec<String>), Error> {
     let name = sb.name_any();
     let pods = Api::<Pod>::namespaced(client.clone(), namespace)
         .list(&ListParams::default())
         .await?;
-    let mut served: Vec<ServedPod> = pods
+    let live: Vec<&Pod> = pods
         .items
         .iter()
         .filter(|pod| desired::selector_matches(&sb.spec.openbao.selector, pod.labels()))
@@ -181,13 +187,17 @@ async fn served_pods(client: &Client, namespace: &str, sb: &SealBroker) -> Resul
             let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
             !matches!(phase, Some("Succeeded" | "Failed"))
         })
+        .collect();
+    let stale = crate::injection::out_of_date(live.iter().copied(), sb);
+    let mut served: Vec<ServedPod> = live
+        .into_iter()
         .map(|pod| ServedPod {
             name: pod.name_any(),
             report: rotation::parse_report(pod.metadata.annotations.as_ref()),
         })
         .collect();
     served.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(served)
+    Ok((served, stale))
 }
 
 /// This SealBroker's key-creation Jobs, by key.
@@ -254,12 +264,12 @@ async fn plan_rotations(
     namespace: &str,
     sb: &SealBroker,
     now: &Time,
-) -> Result<(Vec<KeyPlan>, Vec<ServedPod>), Error> {
+    pods: &[ServedPod],
+) -> Result<Vec<KeyPlan>, Error> {
     let rotating: Vec<_> = sb.spec.keys.iter().filter(|k| k.versions.is_some()).collect();
     if rotating.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok(Vec::new());
     }
-    let pods = served_pods(client, namespace, sb).await?;
     let jobs = keygen_jobs(client, namespace, sb).await?;
     let previous: &[KeyRotationStatus] = sb.status.as_ref().map(|s| s.keys.as_slice()).unwrap_or(&[]);
     // The config the pods should run now: this spec, rendered with what the
@@ -284,14 +294,14 @@ async fn plan_rotations(
                     .filter(|(k, _)| *k == key.name)
                     .map(|(_, j)| j.clone())
                     .collect(),
-                pods: &pods,
+                pods,
                 config_sha256: &current_sha256,
                 can_create,
                 now,
             })
         })
         .collect();
-    Ok((plans, pods))
+    Ok(plans)
 }
 
 /// Creates and deletes the key-creation Jobs a plan asks for. Creating a Job
@@ -346,7 +356,8 @@ pub async fn reconcile(sb: Arc<SealBroker>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::await_change());
     }
 
-    let (plans, pods) = plan_rotations(&ctx.client, &namespace, &sb, &now).await?;
+    let (pods, stale) = served_pods(&ctx.client, &namespace, &sb).await?;
+    let plans = plan_rotations(&ctx.client, &namespace, &sb, &now, &pods).await?;
     let mut keys: Vec<KeyRotationStatus> = plans.iter().map(|p| p.status.clone()).collect();
     let rendered = rotation::with_rendered_versions(&sb, &keys);
     let objects = desired::controller_objects(&rendered);
@@ -380,6 +391,7 @@ pub async fn reconcile(sb: Arc<SealBroker>, ctx: Arc<Context>) -> Result<Action,
         keys,
         pending: plans.iter().flat_map(|p| p.pending.clone()).collect(),
         blocked: plans.iter().flat_map(|p| p.blocked.clone()).collect(),
+        stale_pods: Some(stale),
     };
     let status = status_with_rotation(&sb, &outcome, &rotation, now);
     write_status(&ctx.client, &namespace, &name, &status).await?;

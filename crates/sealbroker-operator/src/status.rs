@@ -57,6 +57,9 @@ pub struct Rotation {
     pub keys: Vec<KeyRotationStatus>,
     pub pending: Vec<Finding>,
     pub blocked: Vec<Finding>,
+    /// Served pods whose sidecar was injected for an older spec; `None`
+    /// when the pods were not looked at.
+    pub stale_pods: Option<Vec<String>>,
 }
 
 impl Rotation {
@@ -69,8 +72,39 @@ impl Rotation {
             keys: previous.map(|s| s.keys.clone()).unwrap_or_default(),
             pending: Vec::new(),
             blocked: Vec::new(),
+            stale_pods: None,
         }
     }
+}
+
+/// `PodsOutOfDate`: whether served pods run a sidecar injected for an older
+/// spec (injection happens at Pod creation; a ConfigMap change reaches
+/// running sidecars by live reload, a change to the injected Pod spec needs
+/// the pods replaced).
+fn rollout_condition(sb: &SealBroker, stale: &[String], generation: Option<i64>, now: &Time) -> Condition {
+    if stale.is_empty() {
+        return condition(
+            "PodsOutOfDate",
+            false,
+            "UpToDate",
+            "every served pod runs the sidecar this spec injects".into(),
+            generation,
+            now,
+        );
+    }
+    let namespace = sb.metadata.namespace.as_deref().unwrap_or("default");
+    condition(
+        "PodsOutOfDate",
+        true,
+        "InjectionChanged",
+        format!(
+            "{} run a sidecar injected for an older spec (image, credentials, resources or ports); \
+             replace them one at a time, e.g. `kubectl -n {namespace} rollout restart statefulset/<openbao>`",
+            stale.join(", ")
+        ),
+        generation,
+        now,
+    )
 }
 
 fn joined(findings: &[Finding]) -> String {
@@ -198,14 +232,21 @@ pub fn status_with_rotation(
     };
     let valid = !matches!(outcome, Outcome::InvalidSpec(_));
     let [pending, blocked] = rotation_conditions(rotation, generation, &now);
+    let mut conditions = vec![
+        carry_transition(ready, previous),
+        carry_transition(risk, previous),
+        carry_transition(pending, previous),
+        carry_transition(blocked, previous),
+    ];
+    if let Some(stale) = &rotation.stale_pods {
+        conditions.push(carry_transition(
+            rollout_condition(sb, stale, generation, &now),
+            previous,
+        ));
+    }
     SealBrokerStatus {
         observed_generation: generation,
-        conditions: vec![
-            carry_transition(ready, previous),
-            carry_transition(risk, previous),
-            carry_transition(pending, previous),
-            carry_transition(blocked, previous),
-        ],
+        conditions,
         plugin_sha256: valid.then(|| sb.spec.plugin_sha256.clone()),
         broker_config_map: valid.then_some(names.broker_config),
         seal_config_map: valid.then_some(names.seal_config),

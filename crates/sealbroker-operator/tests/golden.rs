@@ -261,6 +261,8 @@ fn status_matches_golden_for_each_outcome() {
             &Rotation {
                 evaluated: true,
                 config_sha256: Some("ab".repeat(32)),
+                // openbao-1 was injected before the spec's image changed.
+                stale_pods: Some(vec!["openbao-1".into()]),
                 keys: vec![KeyRotationStatus {
                     name: "openbao-unseal".into(),
                     created: vec![2],

@@ -114,6 +114,19 @@ fn report_grant(sb: &SealBroker) -> Vec<(String, Value)> {
 async fn reconcile_scenario(mut handle: Handle, granted: bool) -> Value {
     let sb = sealbroker();
     let uid = sb.metadata.uid.clone().unwrap();
+    // The served Pods: openbao-0 injected for this spec, openbao-1 for an
+    // older one, and a Pod another SealBroker injected.
+    let (method, uri, _, send) = next(&mut handle).await;
+    assert_eq!(method, Method::GET);
+    assert_eq!(uri.split('?').next(), Some(format!("{NS}/pods").as_str()));
+    let mut current = served_pod("openbao-0", None);
+    current["metadata"]["annotations"]["sealbroker.io/injection-sha256"] =
+        json!(sealbroker_operator::injection::injection_sha256(&sb));
+    let mut stale = served_pod("openbao-1", None);
+    stale["metadata"]["annotations"]["sealbroker.io/injection-sha256"] = json!("0".repeat(64));
+    let mut foreign = served_pod("other-0", None);
+    foreign["metadata"]["annotations"]["sealbroker.io/injected-by"] = json!("other");
+    ok(send, &list("PodList", "v1", vec![current, stale, foreign]));
     // The controller's own objects: two ConfigMaps and the NetworkPolicy.
     for (path, kind) in [
         (format!("{NS}/configmaps/openbao-broker-config"), "ConfigMap"),
@@ -211,6 +224,14 @@ async fn reconcile_applies_owned_objects_then_reports_ready() {
     assert_eq!(status["conditions"][0]["status"], "True", "{status}");
     assert_eq!(status["conditions"][1]["type"], "SecurityRisk");
     assert_eq!(status["conditions"][1]["status"], "False");
+    let rollout = condition(&status, "PodsOutOfDate");
+    assert_eq!(rollout["status"], "True", "{status}");
+    let message = rollout["message"].as_str().unwrap();
+    assert!(message.starts_with("openbao-1 run"), "{message}");
+    assert!(
+        !message.contains("openbao-0") && !message.contains("other-0"),
+        "{message}"
+    );
     assert_eq!(
         status["pluginSha256"],
         "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
