@@ -81,6 +81,11 @@ struct RenderArgs {
 
 #[derive(Args)]
 struct RunArgs {
+    /// What this process runs: the admission webhook, the controller, or
+    /// both. Run the webhook with several replicas (it is stateless and
+    /// fails closed) and the controller as one replica.
+    #[arg(long, value_enum, default_value = "all")]
+    role: Role,
     /// Webhook HTTPS address.
     #[arg(
         long,
@@ -208,15 +213,33 @@ async fn shutdown_signal() {
     }
 }
 
+/// `run --role`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    /// The webhook and the controller in one process.
+    All,
+    /// The admission webhook only.
+    Webhook,
+    /// The controller only.
+    Controller,
+}
+
 async fn run_cmd(args: &RunArgs) -> Result<(), String> {
-    let tls = webhook::tls_config(&args.tls_cert_file, &args.tls_key_file).map_err(|e| e.to_string())?;
+    let serves_webhook = args.role != Role::Controller;
+    let runs_controller = args.role != Role::Webhook;
+    // A webhook's TLS and port are checked before anything runs.
+    let webhook_setup = if serves_webhook {
+        let tls = webhook::tls_config(&args.tls_cert_file, &args.tls_key_file).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind(args.webhook_listen)
+            .await
+            .map_err(|e| format!("webhook listen {}: {e}", args.webhook_listen))?;
+        Some((tls, listener))
+    } else {
+        None
+    };
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
-    let listener = tokio::net::TcpListener::bind(args.webhook_listen)
-        .await
-        .map_err(|e| format!("webhook listen {}: {e}", args.webhook_listen))?;
-    tracing::info!(listen = %args.webhook_listen, "webhook serving");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_webhook = stop_rx.clone();
     let mut stop_controller = stop_rx;
@@ -225,18 +248,30 @@ async fn run_cmd(args: &RunArgs) -> Result<(), String> {
         header_timeout: std::time::Duration::from_secs(args.webhook_header_timeout_secs.max(1)),
         idle: std::time::Duration::from_secs(args.webhook_idle_timeout_secs.max(1)),
     };
-    let webhook = webhook::serve(
-        listener,
-        Arc::new(tls),
-        Arc::new(client.clone()),
-        bounds,
-        async move {
-            let _ = stop_webhook.wait_for(|s| *s).await;
-        },
-    );
-    let controller = kubeapi::run_controller(client, async move {
-        let _ = stop_controller.wait_for(|s| *s).await;
-    });
+    let webhook_client = client.clone();
+    let webhook = async move {
+        if let Some((tls, listener)) = webhook_setup {
+            tracing::info!(listen = %args.webhook_listen, "webhook serving");
+            webhook::serve(
+                listener,
+                Arc::new(tls),
+                Arc::new(webhook_client),
+                bounds,
+                async move {
+                    let _ = stop_webhook.wait_for(|s| *s).await;
+                },
+            )
+            .await;
+        }
+    };
+    let controller = async move {
+        if runs_controller {
+            kubeapi::run_controller(client, async move {
+                let _ = stop_controller.wait_for(|s| *s).await;
+            })
+            .await;
+        }
+    };
     let signal = async move {
         shutdown_signal().await;
         tracing::info!("stopping");
