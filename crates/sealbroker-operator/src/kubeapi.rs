@@ -356,6 +356,32 @@ pub async fn reconcile(sb: Arc<SealBroker>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::await_change());
     }
 
+    match reconcile_in_namespace(&sb, &ctx, &namespace, now.clone()).await {
+        Err(Error::Kube(e)) if is_status(&e, 403) => {
+            let outcome = Outcome::NotOnboarded(format!(
+                "the controller may not act in namespace {namespace} ({e}): it was never onboarded, or its \
+                 RoleBinding to ClusterRole sealbroker-controller-tenant was removed; onboard it as in \
+                 deploy/base/openbao-example/onboarding.yaml, then run \
+                 `sealbroker-operator provision --namespace {namespace} {name}`"
+            ));
+            // What was rendered stays remembered, as for an invalid spec.
+            let status = status_with_rotation(&sb, &outcome, &Rotation::carried(&sb), now);
+            write_status(&ctx.client, &namespace, &name, &status).await?;
+            tracing::warn!(%namespace, %name, outcome = "NotOnboarded", "reconciled");
+            Ok(Action::requeue(Duration::from_secs(60)))
+        }
+        other => other,
+    }
+}
+
+/// The part of a reconcile that acts in the SealBroker's own namespace.
+async fn reconcile_in_namespace(
+    sb: &Arc<SealBroker>,
+    ctx: &Arc<Context>,
+    namespace: &str,
+    now: Time,
+) -> Result<Action, Error> {
+    let (sb, namespace, name) = (sb.clone(), namespace.to_owned(), sb.name_any());
     let (pods, stale) = served_pods(&ctx.client, &namespace, &sb).await?;
     let plans = plan_rotations(&ctx.client, &namespace, &sb, &now, &pods).await?;
     let mut keys: Vec<KeyRotationStatus> = plans.iter().map(|p| p.status.clone()).collect();
@@ -430,6 +456,7 @@ fn outcome_kind(outcome: &Outcome) -> &'static str {
         Outcome::Ready => "Ready",
         Outcome::AwaitingProvisioner(_) => "AwaitingProvisioner",
         Outcome::InvalidSpec(_) => "InvalidSpec",
+        Outcome::NotOnboarded(_) => "NotOnboarded",
     }
 }
 

@@ -16,6 +16,10 @@ pub enum Outcome {
     AwaitingProvisioner(String),
     /// Everything applied and granted.
     Ready,
+    /// The controller may not act in the SealBroker's namespace (the API
+    /// answered 403): the namespace was never onboarded, or its grant was
+    /// removed. The message says how to onboard it.
+    NotOnboarded(String),
 }
 
 fn condition(
@@ -194,6 +198,14 @@ pub fn status_with_rotation(
             "Ready",
             false,
             "AwaitingProvisioner",
+            message.clone(),
+            generation,
+            &now,
+        ),
+        Outcome::NotOnboarded(message) => condition(
+            "Ready",
+            false,
+            "NamespaceNotOnboarded",
             message.clone(),
             generation,
             &now,

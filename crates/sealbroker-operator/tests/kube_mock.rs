@@ -67,6 +67,17 @@ fn not_found(send: tower_test::mock::SendResponse<Response<Body>>) {
     send.send_response(response);
 }
 
+fn forbidden(send: tower_test::mock::SendResponse<Response<Body>>) {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "pods is forbidden: User \"system:serviceaccount:sealbroker-system:sealbroker-operator\" cannot list resource \"pods\" in API group \"\" in the namespace \"openbao\"",
+        "reason": "Forbidden", "code": 403});
+    let response = Response::builder()
+        .status(403)
+        .body(Body::from(serde_json::to_vec(&status).unwrap()))
+        .unwrap();
+    send.send_response(response);
+}
+
 /// Asserts a server-side-apply PATCH of `path` by `manager`, owned by the SealBroker.
 fn assert_apply(method: &Method, uri: &str, body: &Value, path: &str, manager: &str, uid: &str) {
     assert_eq!(method, Method::PATCH, "{uri}");
@@ -253,6 +264,41 @@ async fn reconcile_without_the_grant_waits_for_the_provisioner() {
     let message = status["conditions"][0]["message"].as_str().unwrap();
     assert!(
         message.contains("sealbroker-operator provision --namespace openbao openbao"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_that_was_never_onboarded_gets_a_status_that_says_how() {
+    let (client, mut handle) = client();
+    let scenario = tokio::spawn(async move {
+        // The controller's first act in the namespace is refused.
+        let (method, uri, _, send) = next(&mut handle).await;
+        assert_eq!(method, Method::GET);
+        assert!(uri.starts_with(&format!("{NS}/pods")), "{uri}");
+        forbidden(send);
+        // Then only the status is written, through the cluster-wide grant.
+        let (method, uri, body, send) = next(&mut handle).await;
+        assert_eq!(method, Method::PATCH);
+        assert!(uri.contains("/sealbrokers/openbao/status?"), "{uri}");
+        let mut answer = serde_json::to_value(sealbroker()).unwrap();
+        answer["status"] = body["status"].clone();
+        ok(send, &answer);
+        body["status"].clone()
+    });
+    let ctx = Arc::new(Context {
+        client,
+        now: fixed_now,
+    });
+    kubeapi::reconcile(Arc::new(sealbroker()), ctx).await.unwrap();
+    let status = scenario.await.unwrap();
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "NamespaceNotOnboarded");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("onboarding.yaml")
+            && message.contains("sealbroker-operator provision --namespace openbao openbao"),
         "{message}"
     );
 }
