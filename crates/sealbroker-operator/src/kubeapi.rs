@@ -13,8 +13,9 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::crd::{KeyRotationStatus, SealBroker};
@@ -352,6 +353,7 @@ pub async fn reconcile(sb: Arc<SealBroker>, ctx: Arc<Context>) -> Result<Action,
         // What was rendered stays remembered: a fixed spec resumes from it.
         let status = status_with_rotation(&sb, &outcome, &Rotation::carried(&sb), now);
         write_status(&ctx.client, &namespace, &name, &status).await?;
+        record_events(&ctx.client, &sb, &outcome, &[]).await;
         tracing::info!(%namespace, %name, outcome = "InvalidSpec", "reconciled");
         return Ok(Action::await_change());
     }
@@ -367,6 +369,7 @@ pub async fn reconcile(sb: Arc<SealBroker>, ctx: Arc<Context>) -> Result<Action,
             // What was rendered stays remembered, as for an invalid spec.
             let status = status_with_rotation(&sb, &outcome, &Rotation::carried(&sb), now);
             write_status(&ctx.client, &namespace, &name, &status).await?;
+            record_events(&ctx.client, &sb, &outcome, &[]).await;
             tracing::warn!(%namespace, %name, outcome = "NotOnboarded", "reconciled");
             Ok(Action::requeue(Duration::from_secs(60)))
         }
@@ -421,6 +424,11 @@ async fn reconcile_in_namespace(
     };
     let status = status_with_rotation(&sb, &outcome, &rotation, now);
     write_status(&ctx.client, &namespace, &name, &status).await?;
+    let steps: Vec<String> = plans
+        .iter()
+        .flat_map(|p| p.steps.iter().map(|s| format!("{}: {s}", p.status.name)))
+        .collect();
+    record_events(&ctx.client, &sb, &outcome, &steps).await;
     tracing::info!(%namespace, %name, outcome = ?outcome_kind(&outcome), "reconciled");
     let base = match outcome {
         Outcome::Ready => Duration::from_secs(300),
@@ -428,6 +436,69 @@ async fn reconcile_in_namespace(
     };
     let recheck = plans.iter().filter_map(|p| p.recheck).min();
     Ok(Action::requeue(recheck.map_or(base, |r| r.min(base))))
+}
+
+/// Records this reconcile's decisions as Events on the SealBroker (shown
+/// by `kubectl describe sealbroker`): the outcome when it changed since the
+/// last status, and every rotation step. Best effort: an Event that cannot
+/// be written is logged, never fatal.
+async fn record_events(client: &Client, sb: &SealBroker, outcome: &Outcome, steps: &[String]) {
+    let (type_, reason, note) = match outcome {
+        Outcome::Ready => (
+            EventType::Normal,
+            "Reconciled",
+            "broker config and seal stanza applied; access granted".to_owned(),
+        ),
+        Outcome::InvalidSpec(m) => (EventType::Warning, "InvalidSpec", m.clone()),
+        Outcome::AwaitingProvisioner(m) => (EventType::Warning, "AwaitingProvisioner", m.clone()),
+        Outcome::NotOnboarded(m) => (EventType::Warning, "NamespaceNotOnboarded", m.clone()),
+    };
+    let previous = sb
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.reason.as_str());
+    let mut events = Vec::new();
+    if previous != Some(reason) {
+        events.push(Event {
+            type_,
+            reason: reason.into(),
+            note: Some(clip(&note)),
+            action: "Reconcile".into(),
+            secondary: None,
+        });
+    }
+    events.extend(steps.iter().map(|step| Event {
+        type_: EventType::Normal,
+        reason: "Rotation".into(),
+        note: Some(clip(step)),
+        action: "Rotate".into(),
+        secondary: None,
+    }));
+    if events.is_empty() {
+        return;
+    }
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: CONTROLLER_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let reference = sb.object_ref(&());
+    for event in &events {
+        if let Err(e) = recorder.publish(event, &reference).await {
+            tracing::debug!(reason = %event.reason, error = %e, "event not recorded");
+        }
+    }
+}
+
+/// An Event note is at most 1 kB.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(1000) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 async fn write_status(

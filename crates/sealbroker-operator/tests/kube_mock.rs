@@ -401,6 +401,8 @@ struct FakeApi {
     status: Value,
     job_creates: Vec<Value>,
     job_deletes: Vec<String>,
+    /// Events posted (or patched, for a repeat) on the SealBroker.
+    events: Vec<Value>,
 }
 
 type Shared = Arc<std::sync::Mutex<FakeApi>>;
@@ -486,6 +488,12 @@ async fn serve(mut handle: Handle, state: Shared, sb: SealBroker) {
                 ok(send, &body);
             }
             (Method::PATCH, p) if p.contains("/networkpolicies/") => ok(send, &body),
+            (Method::POST | Method::PATCH, p)
+                if p.starts_with("/apis/events.k8s.io/v1/namespaces/openbao/events") =>
+            {
+                api.events.push(body.clone());
+                ok(send, &body);
+            }
             (Method::PATCH, p) if p.ends_with("/sealbrokers/openbao/status") => {
                 api.status = body["status"].clone();
                 let mut answer = serde_json::to_value(&sb).unwrap();
@@ -718,6 +726,21 @@ async fn a_rotation_from_v1_to_v2_runs_end_to_end_through_the_reconciler() {
         assert_eq!(condition(&api.status, "RotationBlocked")["status"], "False");
         assert_eq!(api.job_creates.len(), 1, "one Job for the whole rotation");
         assert!(api.job_deletes.is_empty());
+        // Every decision is an Event on the SealBroker.
+        let said = |reason: &str, words: &str| {
+            api.events.iter().any(|e| {
+                e["reason"] == reason
+                    && e["regarding"]["name"] == "openbao"
+                    && e["note"].as_str().is_some_and(|n| n.contains(words))
+            })
+        };
+        assert!(said("Reconciled", "applied"), "{:#?}", api.events);
+        assert!(said("Rotation", "openbao-unseal"), "{:#?}", api.events);
+        assert!(
+            api.events.iter().all(|e| e["reason"] != "InvalidSpec"),
+            "{:#?}",
+            api.events
+        );
     }
 }
 
