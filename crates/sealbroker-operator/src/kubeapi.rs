@@ -347,6 +347,14 @@ pub async fn reconcile(sb: Arc<SealBroker>, ctx: Arc<Context>) -> Result<Action,
     let name = sb.name_any();
     let namespace = sb.namespace().ok_or_else(|| Error::NoNamespace(name.clone()))?;
     let now = (ctx.now)();
+    if sb.metadata.deletion_timestamp.is_some() {
+        return guard_deletion(&sb, &ctx, &namespace, now).await;
+    }
+    if !sb.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = sb.finalizers().to_vec();
+        finalizers.push(FINALIZER.into());
+        set_finalizers(&ctx.client, &namespace, &name, finalizers).await?;
+    }
     let problems = validate(&sb);
     if !problems.is_empty() {
         let outcome = Outcome::InvalidSpec(describe(&problems));
@@ -438,6 +446,59 @@ async fn reconcile_in_namespace(
     Ok(Action::requeue(recheck.map_or(base, |r| r.min(base))))
 }
 
+/// Holds a SealBroker's deletion while OpenBao pods still unseal through it:
+/// deleting it would leave them unable to unseal at their next restart.
+pub const FINALIZER: &str = "sealbroker.io/served-pods";
+
+async fn set_finalizers(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
+    Api::<SealBroker>::namespaced(client.clone(), namespace)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A SealBroker being deleted: its finalizer goes once no pod is served,
+/// and until then the status and an Event name the pods that hold it.
+async fn guard_deletion(sb: &SealBroker, ctx: &Context, namespace: &str, now: Time) -> Result<Action, Error> {
+    let name = sb.name_any();
+    if !sb.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let (pods, _) = served_pods(&ctx.client, namespace, sb).await?;
+    if pods.is_empty() {
+        let rest: Vec<String> = sb
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        set_finalizers(&ctx.client, namespace, &name, rest).await?;
+        tracing::info!(%namespace, %name, "no pod is served any more; deletion goes ahead");
+        return Ok(Action::await_change());
+    }
+    let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+    let outcome = Outcome::DeletionBlocked(format!(
+        "deletion waits until no OpenBao pod unseals through this SealBroker: {} still do. Migrate their \
+         seal (or scale them down), then the deletion completes on its own; removing the finalizer {FINALIZER} \
+         by hand leaves them unable to unseal at their next restart",
+        names.join(", ")
+    ));
+    let status = status_with_rotation(sb, &outcome, &Rotation::carried(sb), now);
+    write_status(&ctx.client, namespace, &name, &status).await?;
+    record_events(&ctx.client, sb, &outcome, &[]).await;
+    tracing::warn!(%namespace, %name, pods = %names.join(","), "deletion blocked by served pods");
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
 /// Records this reconcile's decisions as Events on the SealBroker (shown
 /// by `kubectl describe sealbroker`): the outcome when it changed since the
 /// last status, and every rotation step. Best effort: an Event that cannot
@@ -452,6 +513,7 @@ async fn record_events(client: &Client, sb: &SealBroker, outcome: &Outcome, step
         Outcome::InvalidSpec(m) => (EventType::Warning, "InvalidSpec", m.clone()),
         Outcome::AwaitingProvisioner(m) => (EventType::Warning, "AwaitingProvisioner", m.clone()),
         Outcome::NotOnboarded(m) => (EventType::Warning, "NamespaceNotOnboarded", m.clone()),
+        Outcome::DeletionBlocked(m) => (EventType::Warning, "DeletionBlocked", m.clone()),
     };
     let previous = sb
         .status
@@ -528,6 +590,7 @@ fn outcome_kind(outcome: &Outcome) -> &'static str {
         Outcome::AwaitingProvisioner(_) => "AwaitingProvisioner",
         Outcome::InvalidSpec(_) => "InvalidSpec",
         Outcome::NotOnboarded(_) => "NotOnboarded",
+        Outcome::DeletionBlocked(_) => "DeletionBlocked",
     }
 }
 

@@ -20,6 +20,9 @@ pub enum Outcome {
     /// answered 403): the namespace was never onboarded, or its grant was
     /// removed. The message says how to onboard it.
     NotOnboarded(String),
+    /// Being deleted while OpenBao pods still unseal through it: the
+    /// finalizer holds the deletion until they are gone.
+    DeletionBlocked(String),
 }
 
 fn condition(
@@ -206,6 +209,14 @@ pub fn status_with_rotation(
             "Ready",
             false,
             "NamespaceNotOnboarded",
+            message.clone(),
+            generation,
+            &now,
+        ),
+        Outcome::DeletionBlocked(message) => condition(
+            "Ready",
+            false,
+            "DeletionBlocked",
             message.clone(),
             generation,
             &now,

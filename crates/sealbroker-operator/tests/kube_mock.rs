@@ -15,7 +15,15 @@ use serde_json::{Value, json};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
+/// The hardened example, as the controller finds it after its first
+/// reconcile (with its finalizer).
 fn sealbroker() -> SealBroker {
+    let mut sb = fresh_sealbroker();
+    sb.metadata.finalizers = Some(vec![kubeapi::FINALIZER.into()]);
+    sb
+}
+
+fn fresh_sealbroker() -> SealBroker {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/hardened.input.yaml");
     sealbroker_operator::parse_sealbroker(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -304,6 +312,76 @@ async fn a_namespace_that_was_never_onboarded_gets_a_status_that_says_how() {
 }
 
 #[tokio::test]
+async fn the_first_reconcile_adds_the_finalizer_that_guards_deletion() {
+    let (client, mut handle) = client();
+    let scenario = tokio::spawn(async move {
+        let (method, uri, body, send) = next(&mut handle).await;
+        assert_eq!(method, Method::PATCH);
+        assert!(
+            uri.starts_with("/apis/sealbroker.io/v1alpha1/namespaces/openbao/sealbrokers/openbao?"),
+            "{uri}"
+        );
+        assert_eq!(body, json!({"metadata": {"finalizers": [kubeapi::FINALIZER]}}));
+        ok(send, &serde_json::to_value(sealbroker()).unwrap());
+        // The rest of the reconcile is the usual one; stop here.
+    });
+    let ctx = Arc::new(Context {
+        client,
+        now: fixed_now,
+    });
+    // The rest of the reconcile meets a closed API and fails: only the
+    // finalizer patch, first of all, is asserted.
+    let _ = kubeapi::reconcile(Arc::new(fresh_sealbroker()), ctx).await;
+    scenario.await.unwrap();
+}
+
+#[tokio::test]
+async fn deletion_waits_for_the_served_pods_and_then_removes_the_finalizer() {
+    let mut deleting = sealbroker();
+    deleting.metadata.deletion_timestamp = Some(fixed_now());
+    // Two served pods: the deletion is held, and the status says by whom.
+    let state: Shared = Arc::default();
+    state.lock().unwrap().pods = vec![served_pod("openbao-0", None), served_pod("openbao-1", None)];
+    let (client, handle) = client();
+    let server = tokio::spawn(serve(handle, state.clone(), deleting.clone()));
+    let ctx = Arc::new(Context {
+        client,
+        now: fixed_now,
+    });
+    let action = kubeapi::reconcile(Arc::new(deleting.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(30))
+    );
+    {
+        let api = state.lock().unwrap();
+        let ready = condition(&api.status, "Ready");
+        assert_eq!(ready["reason"], "DeletionBlocked", "{}", api.status);
+        let message = ready["message"].as_str().unwrap();
+        assert!(message.contains("openbao-0, openbao-1 still do"), "{message}");
+        assert!(
+            api.finalizer_patches.is_empty(),
+            "the finalizer went while pods were served"
+        );
+        assert!(
+            api.events.iter().any(|e| e["reason"] == "DeletionBlocked"),
+            "{:#?}",
+            api.events
+        );
+    }
+    // The pods are gone: the finalizer goes, and nothing else is written.
+    state.lock().unwrap().pods.clear();
+    kubeapi::reconcile(Arc::new(deleting), ctx).await.unwrap();
+    assert_eq!(
+        state.lock().unwrap().finalizer_patches,
+        [json!({"metadata": {"finalizers": []}})]
+    );
+    drop(server);
+}
+
+#[tokio::test]
 async fn reconcile_of_an_invalid_spec_applies_nothing_and_says_why() {
     let (client, mut handle) = client();
     let mut sb = sealbroker();
@@ -403,6 +481,8 @@ struct FakeApi {
     job_deletes: Vec<String>,
     /// Events posted (or patched, for a repeat) on the SealBroker.
     events: Vec<Value>,
+    /// Merge patches of the SealBroker itself (its finalizers).
+    finalizer_patches: Vec<Value>,
 }
 
 type Shared = Arc<std::sync::Mutex<FakeApi>>;
@@ -493,6 +573,10 @@ async fn serve(mut handle: Handle, state: Shared, sb: SealBroker) {
             {
                 api.events.push(body.clone());
                 ok(send, &body);
+            }
+            (Method::PATCH, p) if p.ends_with("/sealbrokers/openbao") => {
+                api.finalizer_patches.push(body.clone());
+                ok(send, &serde_json::to_value(&sb).unwrap());
             }
             (Method::PATCH, p) if p.ends_with("/sealbrokers/openbao/status") => {
                 api.status = body["status"].clone();
