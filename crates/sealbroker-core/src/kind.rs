@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use crate::backend::Backend;
 use crate::config::{ConfigError, Profile};
 use crate::error::BackendError;
+use crate::stock::{StanzaError, StockSeal, StockStanza};
 
 /// A kind of backend, e.g. `pkcs11`.
 #[async_trait]
@@ -41,6 +42,24 @@ pub trait BackendKind: Send + Sync + 'static {
         path: &str,
         profile: Profile,
     ) -> Result<Arc<dyn OpenedBackend>, ConfigError>;
+
+    /// Whether this kind stands in for OpenBao's stock seal of its name
+    /// (`seal "awskms"` served by `sealbroker kms-plugin awskms`).
+    fn has_stock_seal(&self) -> bool {
+        false
+    }
+
+    /// Reads OpenBao's stock seal stanza for this kind (its keys, defaults
+    /// and environment variables) and returns a seal that writes and reads
+    /// the stock blob format, so OpenBao sees no seal change. Errors are
+    /// worded as the stock wrapper words them.
+    async fn open_stock_stanza(&self, stanza: &StockStanza) -> Result<Arc<dyn StockSeal>, StanzaError> {
+        let _ = stanza;
+        Err(StanzaError::new(format!(
+            "sealbroker's {} backend does not stand in for an OpenBao stock seal",
+            self.name()
+        )))
+    }
 }
 
 /// A configured backend, ready to make its keys.

@@ -16,6 +16,7 @@ pub mod error;
 pub mod keyring;
 pub mod kind;
 pub mod secret;
+pub mod stock;
 
 pub use backend::{Backend, NewVersion, Sealed};
 pub use blob::{Mechanism, WrappedBlob, WrappedDek};
@@ -24,3 +25,4 @@ pub use error::{BackendError, BackendErrorKind, BlobError, Code, Error};
 pub use keyring::{KeyId, KeyInfo, KeyRing, KeyVersion, LogicalKey, Member, Unwrapped, WrapPolicy, Wrapped};
 pub use kind::{BackendKind, KeygenError, OpenedBackend};
 pub use secret::SecretBytes;
+pub use stock::{StanzaError, StockBlob, StockSeal, StockStanza};

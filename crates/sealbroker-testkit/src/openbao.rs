@@ -78,6 +78,8 @@ disable_mlock = true
 /// launch runs it again after a stop.
 #[derive(Clone, Debug)]
 pub struct BaoLaunch {
+    /// The `bao` to run; [`bao_bin`] (2.7.2) unless set.
+    bin: Option<PathBuf>,
     args: Vec<OsString>,
     port: u16,
     home: PathBuf,
@@ -89,6 +91,7 @@ impl BaoLaunch {
     /// `root_token`; `home` is its HOME and working directory.
     pub fn dev(home: &Path, port: u16, root_token: &str) -> BaoLaunch {
         BaoLaunch {
+            bin: None,
             args: vec![
                 "-dev".into(),
                 format!("-dev-root-token-id={root_token}").into(),
@@ -104,6 +107,7 @@ impl BaoLaunch {
     /// plaintext API listens on 127.0.0.1:`port`.
     pub fn config(home: &Path, port: u16, config: &Path) -> BaoLaunch {
         BaoLaunch {
+            bin: None,
             args: Vec::new(),
             port,
             home: home.to_owned(),
@@ -117,6 +121,12 @@ impl BaoLaunch {
         let mut arg = OsString::from("-config=");
         arg.push(config);
         self.args.push(arg);
+        self
+    }
+
+    /// Runs another `bao` build (e.g. OpenBao 2.6.2 for upgrade tests).
+    pub fn binary(mut self, bin: &Path) -> BaoLaunch {
+        self.bin = Some(bin.to_owned());
         self
     }
 
@@ -160,7 +170,7 @@ impl BaoServer {
     /// does not answer within 30 s.
     pub fn start(launch: &BaoLaunch, log: &Path) -> BaoServer {
         let output = fs::File::create(log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
-        let mut command = Command::new(bao_bin());
+        let mut command = Command::new(launch.bin.clone().unwrap_or_else(bao_bin));
         command
             .arg("server")
             .args(&launch.args)

@@ -35,9 +35,12 @@ pub enum Command {
         after_help = "OpenBao starts this with its plugin handshake in the environment. Configure it in OpenBao:\n\n  \
 plugin \"kms\" \"sealbroker\" {\n    command = \"sealbroker\"\n    args = [\"kms-plugin\"]\n    sha256sum = \"<sha256>\"\n  }\n  \
 seal \"sealbroker\" {\n    endpoint = \"unix:///run/sealbroker/sealbroker.sock\"\n    key_name = \"openbao-unseal\"\n  }\n\n\
+To stand in for one of OpenBao's official KMS plugins, name its seal type and keep the stock \
+stanza unchanged (see docs/openbao.md, \"Drop-in for the official plugins\"):\n\n  \
+plugin \"kms\" \"awskms\" {\n    command = \"sealbroker\"\n    args = [\"kms-plugin\", \"awskms\"]\n    sha256sum = \"<sha256>\"\n  }\n\n\
 See docs/openbao.md for the in-process mode (config_file) and every seal option."
     )]
-    KmsPlugin,
+    KmsPlugin(KmsPluginArgs),
     /// Create the key a config's [keys.NAME] table names, on its backend (PKCS#11 token or software key file).
     Keygen(KeygenArgs),
     /// Seal stdin under a key; print the blob (base64) on stdout.
@@ -88,6 +91,14 @@ pub struct ServeArgs {
     /// Check the config (and that every backend is reachable) and exit.
     #[arg(long)]
     pub check: bool,
+}
+
+#[derive(Args)]
+pub struct KmsPluginArgs {
+    /// Stand in for OpenBao's official plugin of this seal type (e.g. awskms),
+    /// reading its stock seal stanza and blobs. Without it: sealbroker's own stanza.
+    #[arg(value_name = "SEAL_TYPE")]
+    pub stock: Option<String>,
 }
 
 #[derive(Args)]

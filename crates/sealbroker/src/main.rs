@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             cli::Command::Serve(args) => serve::run(args).await,
-            cli::Command::KmsPlugin => serve::kms_plugin().await,
+            cli::Command::KmsPlugin(args) => serve::kms_plugin(args.stock).await,
             cli::Command::Keygen(args) => serve::keygen(args).await,
             cli::Command::Wrap(args) => client_cmd::wrap(args).await,
             cli::Command::Unwrap(args) => client_cmd::unwrap(args).await,

@@ -231,9 +231,9 @@ async fn create_version(config: &Config, key: &str, version: u32) -> Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn kms_plugin() -> Result<ExitCode, String> {
+pub async fn kms_plugin(stock: Option<String>) -> Result<ExitCode, String> {
     sealbroker_server::logging::init_plugin();
-    sealbroker_server::doors::plugin::run(backends::registry()).await?;
+    sealbroker_server::doors::plugin::run(backends::registry(), stock).await?;
     Ok(ExitCode::SUCCESS)
 }
 

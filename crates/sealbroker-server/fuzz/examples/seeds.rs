@@ -148,7 +148,7 @@ async fn kms_plugin_seeds() {
     write("kms_plugin", "init", &grpc_input(INIT, &init));
 
     // A real Encrypt of a 32-byte root key, and the Decrypt of its answer.
-    let service = WrapperService::new(registry());
+    let service = WrapperService::new(registry(), None);
     let live = service
         .set_config(tonic::Request::new(local))
         .await

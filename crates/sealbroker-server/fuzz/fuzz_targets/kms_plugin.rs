@@ -31,7 +31,7 @@ use sealbroker_server::doors::plugin::WrapperService;
 use sealbroker_server_fuzz::{PLUGIN_KEY, WRAPPER_PLACEHOLDER, fixture, fixture_dir, registry};
 use tonic::{Code, Request, Status};
 
-static SERVICE: LazyLock<WrapperService> = LazyLock::new(|| WrapperService::new(registry()));
+static SERVICE: LazyLock<WrapperService> = LazyLock::new(|| WrapperService::new(registry(), None));
 /// The id of the live fixture instance; replaced when an input finalizes it.
 static LIVE: Mutex<String> = Mutex::new(String::new());
 

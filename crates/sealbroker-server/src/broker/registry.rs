@@ -42,6 +42,11 @@ impl BackendRegistry {
         self
     }
 
+    /// The kind registered under `name`.
+    pub fn kind(&self, name: &str) -> Option<&'static dyn BackendKind> {
+        self.kinds.get(name).copied()
+    }
+
     pub fn kind_names(&self) -> Vec<&'static str> {
         self.kinds.keys().copied().collect()
     }

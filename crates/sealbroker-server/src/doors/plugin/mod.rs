@@ -21,6 +21,7 @@
 //! but OpenBao can reach this process.
 
 mod handshake;
+mod stock;
 mod wrapper;
 
 use std::io::Write;
@@ -86,8 +87,14 @@ impl plugin::grpc_controller_server::GrpcController for ControllerService {
 /// Runs the plugin until OpenBao shuts it down (GRPCController.Shutdown),
 /// SIGTERM arrives, or OpenBao exits. SIGINT is ignored: Ctrl-C reaches the
 /// whole process group, and OpenBao still needs us to finish its shutdown.
-pub async fn run(registry: BackendRegistry) -> Result<(), String> {
+///
+/// With `stock` (e.g. `awskms`), the plugin stands in for OpenBao's official
+/// plugin of that seal type: see [`stock`].
+pub async fn run(registry: BackendRegistry, stock: Option<String>) -> Result<(), String> {
     let client_cert = handshake_environment()?;
+    let stock = stock
+        .map(|seal_type| stock::stock_kind(&registry, &seal_type))
+        .transpose()?;
     let (server_cert, server_key) = server_identity()?;
     let tls = crate::net::tls::LiveTls::new(tls_config(client_cert, server_cert.clone(), server_key)?);
     let dir = SocketDir::create()?;
@@ -128,7 +135,7 @@ pub async fn run(registry: BackendRegistry) -> Result<(), String> {
     let server = Server::builder()
         .add_service(health_service)
         .add_service(pb::wrapper_server::WrapperServer::new(WrapperService::new(
-            registry,
+            registry, stock,
         )))
         .add_service(metadata::metadata_server::MetadataServer::new(MetadataService))
         .add_service(plugin::grpc_controller_server::GrpcControllerServer::new(

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use sealbroker_core::SecretBytes;
+use sealbroker_core::{BackendKind, SecretBytes, StockStanza};
 use sealbroker_proto::sealbroker::v1 as sb;
 use sealbroker_proto::sealbroker::v1::seal_service_client::SealServiceClient;
 use sealbroker_proto::{pb, wrapping};
@@ -19,6 +19,8 @@ use crate::broker::registry::BackendRegistry;
 use crate::config::{Config, ConfigError};
 use crate::doors::grpc::caller_of;
 use crate::net::client::{self, ClientTls, Target};
+
+use super::stock::{self, StockInstance};
 
 /// Seal stanza keys the plugin understands.
 const STANZA_KEYS: &[&str] = &[
@@ -300,19 +302,30 @@ fn check_plugin_config(config: &Config, key_name: &str) -> Result<(), ConfigErro
     Ok(())
 }
 
+/// What one `SetConfig` made.
+enum Wrapper {
+    /// sealbroker's own stanza: blobs in sealbroker's format, through a broker.
+    Broker(Box<Instance>),
+    /// A stock stanza (`kms-plugin awskms`): blobs in the stock format.
+    Stock(StockInstance),
+}
+
 /// The `pb.Wrapper` service: a map of instances keyed by wrapper id.
 pub struct WrapperService {
     registry: BackendRegistry,
-    instances: Mutex<HashMap<String, Arc<Instance>>>,
+    /// The kind standing in for a stock seal, in drop-in mode.
+    stock: Option<&'static dyn BackendKind>,
+    instances: Mutex<HashMap<String, Arc<Wrapper>>>,
     /// One broker per config file, shared by the instances that name it, so
     /// one audit trail has one writer and one hash chain.
     brokers: tokio::sync::Mutex<HashMap<PathBuf, Arc<Broker>>>,
 }
 
 impl WrapperService {
-    pub fn new(registry: BackendRegistry) -> Self {
+    pub fn new(registry: BackendRegistry, stock: Option<&'static dyn BackendKind>) -> Self {
         WrapperService {
             registry,
+            stock,
             instances: Mutex::new(HashMap::new()),
             brokers: tokio::sync::Mutex::new(HashMap::new()),
         }
@@ -348,7 +361,7 @@ impl WrapperService {
         Ok(broker)
     }
 
-    fn instance(&self, wrapper_id: &str) -> Result<Arc<Instance>, Status> {
+    fn instance(&self, wrapper_id: &str) -> Result<Arc<Wrapper>, Status> {
         self.instances
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -384,14 +397,29 @@ impl pb::wrapper_server::Wrapper for WrapperService {
         request: Request<pb::SetConfigRequest>,
     ) -> Result<Response<pb::SetConfigResponse>, Status> {
         let options = request.into_inner().options.unwrap_or_default();
-        let instance = Instance::from_stanza(&options.with_config_map, self).await?;
-        let metadata = instance.describe();
         let id = wrapper_id()?;
-        tracing::info!(wrapper_id = %id, key = %instance.key_name, seal_type = %instance.seal_type, "seal configured");
+        let (wrapper, metadata) = match self.stock {
+            Some(kind) => {
+                let stanza = StockStanza::new(options.with_config_map);
+                let seal = kind
+                    .open_stock_stanza(&stanza)
+                    .await
+                    .map_err(stock::stanza_status)?;
+                tracing::info!(wrapper_id = %id, seal_type = seal.seal_type(), "stock seal configured");
+                let metadata = seal.metadata();
+                (Wrapper::Stock(seal), metadata)
+            }
+            None => {
+                let instance = Instance::from_stanza(&options.with_config_map, self).await?;
+                tracing::info!(wrapper_id = %id, key = %instance.key_name, seal_type = %instance.seal_type, "seal configured");
+                let metadata = instance.describe();
+                (Wrapper::Broker(Box::new(instance)), metadata)
+            }
+        };
         self.instances
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), Arc::new(instance));
+            .insert(id.clone(), Arc::new(wrapper));
         Ok(Response::new(pb::SetConfigResponse {
             wrapper_id: id,
             wrapper_config: Some(wrapping::WrapperConfig { metadata }),
@@ -399,10 +427,11 @@ impl pb::wrapper_server::Wrapper for WrapperService {
     }
 
     async fn r#type(&self, request: Request<pb::TypeRequest>) -> Result<Response<pb::TypeResponse>, Status> {
-        let instance = self.instance(&request.get_ref().wrapper_id)?;
-        Ok(Response::new(pb::TypeResponse {
-            r#type: instance.seal_type.clone(),
-        }))
+        let r#type = match &*self.instance(&request.get_ref().wrapper_id)? {
+            Wrapper::Broker(instance) => instance.seal_type.clone(),
+            Wrapper::Stock(seal) => seal.seal_type().to_owned(),
+        };
+        Ok(Response::new(pb::TypeResponse { r#type }))
     }
 
     async fn key_id(
@@ -410,10 +439,11 @@ impl pb::wrapper_server::Wrapper for WrapperService {
         request: Request<pb::KeyIdRequest>,
     ) -> Result<Response<pb::KeyIdResponse>, Status> {
         let call = Call::new(Door::KmsPlugin, caller_of(&request));
-        let instance = self.instance(&request.get_ref().wrapper_id)?;
-        Ok(Response::new(pb::KeyIdResponse {
-            key_id: instance.key_id(&call).await?,
-        }))
+        let key_id = match &*self.instance(&request.get_ref().wrapper_id)? {
+            Wrapper::Broker(instance) => instance.key_id(&call).await?,
+            Wrapper::Stock(seal) => seal.key_id(),
+        };
+        Ok(Response::new(pb::KeyIdResponse { key_id }))
     }
 
     async fn encrypt(
@@ -422,8 +452,25 @@ impl pb::wrapper_server::Wrapper for WrapperService {
     ) -> Result<Response<pb::EncryptResponse>, Status> {
         let call = Call::new(Door::KmsPlugin, caller_of(&request));
         let mut req = request.into_inner();
-        let instance = self.instance(&req.wrapper_id)?;
         let plaintext = SecretBytes::new(std::mem::take(&mut req.plaintext));
+        let wrapper = self.instance(&req.wrapper_id)?;
+        let instance = match &*wrapper {
+            Wrapper::Broker(instance) => instance,
+            Wrapper::Stock(seal) => {
+                let aad = req
+                    .options
+                    .as_ref()
+                    .map(|o| o.with_aad.as_slice())
+                    .unwrap_or_default();
+                let blob = seal
+                    .encrypt(plaintext.expose(), aad)
+                    .await
+                    .map_err(stock::backend_status)?;
+                return Ok(Response::new(pb::EncryptResponse {
+                    ciphertext: Some(stock::to_blob_info(blob)),
+                }));
+            }
+        };
         let (blob, key_id) = instance
             .encrypt(&call, plaintext, instance.aad(&req.options))
             .await?;
@@ -446,7 +493,27 @@ impl pb::wrapper_server::Wrapper for WrapperService {
     ) -> Result<Response<pb::DecryptResponse>, Status> {
         let call = Call::new(Door::KmsPlugin, caller_of(&request));
         let req = request.into_inner();
-        let instance = self.instance(&req.wrapper_id)?;
+        let wrapper = self.instance(&req.wrapper_id)?;
+        let instance = match &*wrapper {
+            Wrapper::Broker(instance) => instance,
+            Wrapper::Stock(seal) => {
+                let blob = req
+                    .ciphertext
+                    .ok_or_else(|| Status::unknown("given input for decryption is nil"))?;
+                let aad = req
+                    .options
+                    .as_ref()
+                    .map(|o| o.with_aad.as_slice())
+                    .unwrap_or_default();
+                let plaintext = seal
+                    .decrypt(&stock::from_blob_info(blob), aad)
+                    .await
+                    .map_err(stock::backend_status)?;
+                return Ok(Response::new(pb::DecryptResponse {
+                    plaintext: plaintext.into_unprotected_vec(),
+                }));
+            }
+        };
         let blob = req.ciphertext.map(|c| c.ciphertext).unwrap_or_default();
         if blob.is_empty() {
             return Err(Status::unknown(

@@ -1,0 +1,234 @@
+//! sealbroker as a drop-in for OpenBao's official KMS plugins: OpenBao 2.6.2
+//! seals with its built-in `awskms` seal (against moto), then OpenBao 2.7.2
+//! runs on the same data with `plugin "kms" "awskms"` pointing at
+//! `sealbroker kms-plugin awskms` and the seal stanza untouched.
+
+use std::fs;
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sealbroker_e2e::openbao::{BaoConfig, BaoLaunch, OpenBao, install_plugin};
+use sealbroker_e2e::*;
+
+const REGION: &str = "eu-west-1";
+const ACCESS_KEY: &str = "AKIADROPINTESTKEY001";
+/// moto accepts any credentials; this one must never reach a log.
+const SECRET_KEY: &str = "dropin-aws-secret-DO-NOT-LEAK-5521";
+const SECRET: &str = "kv-secret-written-by-openbao-2.6";
+
+/// OpenBao 2.6.2, whose built-in awskms seal writes the data we must read.
+fn bao_2_6() -> PathBuf {
+    let path = std::env::var_os("SEALBROKER_BAO_2_6")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/sealbroker-peers/venv-openbao-2.6.2/bin/bao")
+        });
+    assert!(
+        path.exists(),
+        "OpenBao 2.6.2 is not installed at {}: run tests/peers/install.sh (it sets SEALBROKER_BAO_2_6)",
+        path.display()
+    );
+    path
+}
+
+/// moto's KMS on a free loopback port; killed on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start(dir: &Path) -> Moto {
+        let moto = peers_python().with_file_name("moto_server");
+        let port = free_port();
+        let log = fs::File::create(dir.join("moto.log")).unwrap();
+        let mut child = Command::new(&moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", moto.display()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "moto_server exited with {status}:\n{}",
+                    fs::read_to_string(dir.join("moto.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { child, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a symmetric key; returns (key id, key ARN).
+    fn create_key(&self) -> (String, String) {
+        let script = "import boto3, sys\n\
+             kms = boto3.client('kms', endpoint_url=sys.argv[1], region_name=sys.argv[2],\n\
+             aws_access_key_id=sys.argv[3], aws_secret_access_key=sys.argv[4])\n\
+             meta = kms.create_key(Description='openbao unseal')['KeyMetadata']\n\
+             print(meta['KeyId'], meta['Arn'])\n";
+        let out = Command::new(peers_python())
+            .args(["-c", script, &self.endpoint(), REGION, ACCESS_KEY, SECRET_KEY])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut words = text.split_whitespace();
+        (words.next().unwrap().to_owned(), words.next().unwrap().to_owned())
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The stock `seal "awskms"` stanza, exactly as an OpenBao 2.6 user has it.
+fn awskms_stanza(moto: &Moto, key_id: &str) -> String {
+    format!(
+        "seal \"awskms\" {{\n  region     = \"{REGION}\"\n  access_key = \"{ACCESS_KEY}\"\n  \
+         secret_key = \"{SECRET_KEY}\"\n  kms_key_id = \"{key_id}\"\n  endpoint   = \"{}\"\n}}\n",
+        moto.endpoint()
+    )
+}
+
+/// Raft storage and a loopback listener in `dir`, plus `rest`; returns the
+/// config path and the API port.
+fn write_hcl(dir: &Path, port: u16, cluster_port: u16, rest: &str) -> PathBuf {
+    let path = dir.join("bao.hcl");
+    let base = BaoConfig::storage_and_listener(dir, port, cluster_port);
+    fs::write(&path, format!("{base}{rest}")).unwrap();
+    path
+}
+
+/// `plugin "kms" "awskms"` pointing at sealbroker in drop-in mode.
+fn awskms_plugin(dir: &Path) -> String {
+    let plugins = dir.join("plugins");
+    let sha = install_plugin(&plugins);
+    format!(
+        "plugin_directory = \"{}\"\nplugin \"kms\" \"awskms\" {{\n  command   = \"sealbroker\"\n  \
+         args      = [\"kms-plugin\", \"awskms\"]\n  sha256sum = \"{sha}\"\n}}\n",
+        plugins.display()
+    )
+}
+
+fn seal_type(bao: &OpenBao) -> serde_json::Value {
+    let status: serde_json::Value =
+        serde_json::from_str(&bao.must(&["status", "-format=json"], None)).unwrap();
+    assert_eq!(status["migration"], false, "{status}");
+    status["type"].clone()
+}
+
+#[test]
+fn openbao_2_6_awskms_data_auto_unseals_on_2_7_through_the_sealbroker_drop_in() {
+    sweep::secret(SECRET_KEY);
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path());
+    let (key_id, _arn) = moto.create_key();
+    let (port, cluster_port) = (free_port(), free_port());
+    let stanza = awskms_stanza(&moto, &key_id);
+
+    // 1. OpenBao 2.6.2, built-in awskms seal: init and write a secret.
+    let config = write_hcl(dir.path(), port, cluster_port, &stanza);
+    let launch = BaoLaunch::config(dir.path(), port, &config).binary(&bao_2_6());
+    let bao = OpenBao::start_launch(&launch, &dir.path().join("bao-2.6-init.log"));
+    let root = bao.init_auto();
+    bao.wait_unsealed(Duration::from_secs(30));
+    bao.wait_active(&root, Duration::from_secs(30));
+    bao.write_secret(&root, SECRET);
+    assert_eq!(seal_type(&bao), "awskms");
+    let logs = bao.logs();
+    assert!(
+        !logs.contains("sealbroker"),
+        "2.6.2 must seal on its own:\n{logs}"
+    );
+    bao.stop();
+
+    // 2. OpenBao 2.7.2, same data, same stanza, the plugin is sealbroker.
+    let config = write_hcl(
+        dir.path(),
+        port,
+        cluster_port,
+        &format!("{}{stanza}", awskms_plugin(dir.path())),
+    );
+    let launch = BaoLaunch::config(dir.path(), port, &config);
+    let bao = OpenBao::start_launch(&launch, &dir.path().join("bao-2.7-dropin.log"));
+    bao.wait_unsealed(Duration::from_secs(30));
+    bao.wait_active(&root, Duration::from_secs(30));
+    assert_eq!(bao.read_secret(&root), SECRET);
+    assert_eq!(seal_type(&bao), "awskms");
+    let logs = bao.logs();
+    assert!(logs.contains("unsealed with stored key"), "{logs}");
+    assert!(
+        logs.contains("kms.sealbroker"),
+        "the sealbroker plugin did not run:\n{logs}"
+    );
+    // The KeyId the plugin reports is the ARN 2.6.2 stored: no re-wrap.
+    assert!(!logs.contains("upgrading stored keys"), "{logs}");
+    assert!(!logs.contains("upgrading recovery key"), "{logs}");
+    assert!(!logs.contains("upgrade seal keys failed"), "{logs}");
+    assert!(
+        !logs.contains(SECRET_KEY),
+        "the AWS secret key reached OpenBao's log"
+    );
+    bao.stop();
+
+    // 3. The other way: blobs the plugin writes open with the stock seal.
+    // OpenBao 2.6.2 also takes KMS plugins, so a fresh cluster initialised
+    // through the drop-in on 2.6.2 then restarts on 2.6.2's built-in seal
+    // (2.7 data cannot go back to 2.6 at all: its storage changed).
+    let fresh = dir.path().join("fresh");
+    fs::create_dir_all(&fresh).unwrap();
+    let (port, cluster_port) = (free_port(), free_port());
+    let config = write_hcl(
+        &fresh,
+        port,
+        cluster_port,
+        &format!("{}{stanza}", awskms_plugin(&fresh)),
+    );
+    let launch = BaoLaunch::config(&fresh, port, &config).binary(&bao_2_6());
+    let bao = OpenBao::start_launch(&launch, &fresh.join("bao-2.6-plugin-init.log"));
+    let fresh_root = bao.init_auto();
+    bao.wait_unsealed(Duration::from_secs(30));
+    bao.wait_active(&fresh_root, Duration::from_secs(30));
+    bao.write_secret(&fresh_root, "kv-secret-written-through-sealbroker");
+    assert_eq!(seal_type(&bao), "awskms");
+    let logs = bao.logs();
+    assert!(
+        logs.contains("kms.sealbroker"),
+        "the sealbroker plugin did not run:\n{logs}"
+    );
+    bao.stop();
+
+    let config = write_hcl(&fresh, port, cluster_port, &stanza);
+    let launch = BaoLaunch::config(&fresh, port, &config).binary(&bao_2_6());
+    let bao = OpenBao::start_launch(&launch, &fresh.join("bao-2.6-builtin.log"));
+    bao.wait_unsealed(Duration::from_secs(30));
+    bao.wait_active(&fresh_root, Duration::from_secs(30));
+    assert_eq!(
+        bao.read_secret(&fresh_root),
+        "kv-secret-written-through-sealbroker"
+    );
+    let logs = bao.logs();
+    assert!(!logs.contains("kms.sealbroker"), "{logs}");
+    // The stored blob names the key ARN the stock seal reports: no re-wrap.
+    assert!(!logs.contains("upgrading stored keys"), "{logs}");
+    assert!(!logs.contains("upgrading recovery key"), "{logs}");
+    assert!(!logs.contains("upgrade seal keys failed"), "{logs}");
+    bao.stop();
+}
