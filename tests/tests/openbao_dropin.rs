@@ -116,13 +116,13 @@ fn write_hcl(dir: &Path, port: u16, cluster_port: u16, rest: &str) -> PathBuf {
     path
 }
 
-/// `plugin "kms" "awskms"` pointing at sealbroker in drop-in mode.
-fn awskms_plugin(dir: &Path) -> String {
+/// `plugin "kms" "<seal_type>"` pointing at sealbroker in drop-in mode.
+fn drop_in_plugin(dir: &Path, seal_type: &str) -> String {
     let plugins = dir.join("plugins");
     let sha = install_plugin(&plugins);
     format!(
-        "plugin_directory = \"{}\"\nplugin \"kms\" \"awskms\" {{\n  command   = \"sealbroker\"\n  \
-         args      = [\"kms-plugin\", \"awskms\"]\n  sha256sum = \"{sha}\"\n}}\n",
+        "plugin_directory = \"{}\"\nplugin \"kms\" \"{seal_type}\" {{\n  command   = \"sealbroker\"\n  \
+         args      = [\"kms-plugin\", \"{seal_type}\"]\n  sha256sum = \"{sha}\"\n}}\n",
         plugins.display()
     )
 }
@@ -164,7 +164,7 @@ fn openbao_2_6_awskms_data_auto_unseals_on_2_7_through_the_sealbroker_drop_in() 
         dir.path(),
         port,
         cluster_port,
-        &format!("{}{stanza}", awskms_plugin(dir.path())),
+        &format!("{}{stanza}", drop_in_plugin(dir.path(), "awskms")),
     );
     let launch = BaoLaunch::config(dir.path(), port, &config);
     let bao = OpenBao::start_launch(&launch, &dir.path().join("bao-2.7-dropin.log"));
@@ -199,7 +199,7 @@ fn openbao_2_6_awskms_data_auto_unseals_on_2_7_through_the_sealbroker_drop_in() 
         &fresh,
         port,
         cluster_port,
-        &format!("{}{stanza}", awskms_plugin(&fresh)),
+        &format!("{}{stanza}", drop_in_plugin(&fresh, "awskms")),
     );
     let launch = BaoLaunch::config(&fresh, port, &config).binary(&bao_2_6());
     let bao = OpenBao::start_launch(&launch, &fresh.join("bao-2.6-plugin-init.log"));
@@ -230,5 +230,55 @@ fn openbao_2_6_awskms_data_auto_unseals_on_2_7_through_the_sealbroker_drop_in() 
     assert!(!logs.contains("upgrading stored keys"), "{logs}");
     assert!(!logs.contains("upgrading recovery key"), "{logs}");
     assert!(!logs.contains("upgrade seal keys failed"), "{logs}");
+    bao.stop();
+}
+
+const PIN: &str = "dropin-hsm-pin-7730";
+
+/// The stock `seal "pkcs11"` stanza on a SoftHSM token.
+fn pkcs11_stanza(token: &SoftHsmToken, key_label: &str, mechanism: &str) -> String {
+    format!(
+        "seal \"pkcs11\" {{\n  lib         = \"{SOFTHSM_MODULE}\"\n  token_label = \"{}\"\n  \
+         pin         = \"{PIN}\"\n  key_label   = \"{key_label}\"\n  mechanism   = \"{mechanism}\"\n}}\n",
+        token.label
+    )
+}
+
+#[test]
+fn openbao_2_7_with_a_stock_pkcs11_stanza_inits_restarts_and_auto_unseals_through_the_drop_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "bao", "unseal-key", PIN);
+    let (port, cluster_port) = (free_port(), free_port());
+    let stanza = pkcs11_stanza(&token, "unseal-key", "CKM_AES_GCM");
+    let config = write_hcl(
+        dir.path(),
+        port,
+        cluster_port,
+        &format!("{}{stanza}", drop_in_plugin(dir.path(), "pkcs11")),
+    );
+    let launch = BaoLaunch::config(dir.path(), port, &config).env("SOFTHSM2_CONF", &token.conf);
+
+    let bao = OpenBao::start_launch(&launch, &dir.path().join("bao-init.log"));
+    let root = bao.init_auto();
+    bao.wait_unsealed(Duration::from_secs(30));
+    bao.wait_active(&root, Duration::from_secs(30));
+    bao.write_secret(&root, SECRET);
+    assert_eq!(seal_type(&bao), "pkcs11");
+    bao.stop();
+
+    let bao = OpenBao::start_launch(&launch, &dir.path().join("bao-restart.log"));
+    bao.wait_unsealed(Duration::from_secs(30));
+    bao.wait_active(&root, Duration::from_secs(30));
+    assert_eq!(bao.read_secret(&root), SECRET);
+    assert_eq!(seal_type(&bao), "pkcs11");
+    let logs = bao.logs();
+    assert!(logs.contains("unsealed with stored key"), "{logs}");
+    assert!(
+        logs.contains("kms.sealbroker"),
+        "the sealbroker plugin did not run:\n{logs}"
+    );
+    assert!(!logs.contains("upgrading stored keys"), "{logs}");
+    assert!(!logs.contains("upgrade seal keys failed"), "{logs}");
+    assert!(!logs.contains(PIN), "the HSM PIN reached OpenBao's log");
     bao.stop();
 }

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sealbroker_core::{Backend, BackendKind, ConfigError, KeygenError, OpenedBackend, Profile, parse_table};
+use sealbroker_core::{
+    Backend, BackendKind, ConfigError, KeygenError, OpenedBackend, Profile, StanzaError, StockSeal,
+    StockStanza, parse_table,
+};
 
 use crate::{BackendConfig, KeyConfig, Pkcs11Key, TokenPool, generate_key};
 
@@ -29,6 +32,15 @@ impl BackendKind for Pkcs11Kind {
         let config: BackendConfig = parse_table(table, path)?;
         let pool = config.pool().map_err(|e| e.under(path))?;
         Ok(Arc::new(Token { config, pool }))
+    }
+
+    fn has_stock_seal(&self) -> bool {
+        true
+    }
+
+    /// OpenBao's stock `seal "pkcs11"` stanza, blobs and key ids.
+    async fn open_stock_stanza(&self, stanza: &StockStanza) -> Result<Arc<dyn StockSeal>, StanzaError> {
+        crate::stock::open(stanza).await
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod kind;
 pub mod pool;
+mod stock;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
