@@ -282,3 +282,108 @@ fn openbao_2_7_with_a_stock_pkcs11_stanza_inits_restarts_and_auto_unseals_throug
     assert!(!logs.contains(PIN), "the HSM PIN reached OpenBao's log");
     bao.stop();
 }
+
+/// Runs `bao server` (2.7.2) on `config`, which must fail at start-up;
+/// returns its output.
+fn start_fails(dir: &Path, config: &Path, env: &[(&str, &Path)]) -> String {
+    let log = dir.join("bao-refused.log");
+    let out = fs::File::create(&log).unwrap();
+    let mut child = Command::new(sealbroker_e2e::openbao::bao_bin())
+        .arg("server")
+        .arg(format!("-config={}", config.display()))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "OpenBao kept running on a bad seal stanza:\n{}",
+                fs::read_to_string(&log).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "OpenBao started on a bad seal stanza:\n{text}");
+    sweep::keep(&log);
+    text
+}
+
+#[test]
+fn stock_stanza_errors_reach_the_operator_in_the_stock_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "bao", "unseal-key", PIN);
+    let plugin = drop_in_plugin(dir.path(), "pkcs11");
+    let env = [("SOFTHSM2_CONF", token.conf.as_path())];
+    let good = pkcs11_stanza(&token, "unseal-key", "CKM_AES_GCM");
+    let cases = [
+        // A missing required key.
+        (
+            good.replace(&format!("  pin         = \"{PIN}\"\n"), ""),
+            "pin is required",
+        ),
+        // A bad mechanism.
+        (
+            pkcs11_stanza(&token, "unseal-key", "AES_CBC"),
+            "unsupported mechanism: AES_CBC",
+        ),
+        (
+            pkcs11_stanza(&token, "unseal-key", "CKM_RSA_PKCS"),
+            "deprecated mechanism: CKM_RSA_PKCS",
+        ),
+    ];
+    for (stanza, expected) in cases {
+        let config = write_hcl(dir.path(), free_port(), free_port(), &format!("{plugin}{stanza}"));
+        let output = start_fails(dir.path(), &config, &env);
+        assert!(
+            output.contains(&format!("Error configuring seal \"pkcs11\": {expected}\n")),
+            "expected {expected:?}:\n{output}"
+        );
+        assert!(!output.contains(PIN), "the PIN reached OpenBao's output");
+    }
+    // The stock awskms seal has no key id: same words as the stock plugin.
+    let config = write_hcl(
+        dir.path(),
+        free_port(),
+        free_port(),
+        &format!(
+            "{}seal \"awskms\" {{\n  region = \"{REGION}\"\n}}\n",
+            drop_in_plugin(dir.path(), "awskms")
+        ),
+    );
+    let output = start_fails(dir.path(), &config, &[]);
+    assert!(
+        output.contains(
+            "Error configuring seal \"awskms\": key id not found in env or config for aws kms wrapper configuration"
+        ),
+        "{output}"
+    );
+    // A seal type the drop-in does not stand in for is refused by name.
+    let config = write_hcl(
+        dir.path(),
+        free_port(),
+        free_port(),
+        &format!(
+            "{}seal \"ocikms\" {{\n  key_id = \"k\"\n}}\n",
+            drop_in_plugin(dir.path(), "ocikms")
+        ),
+    );
+    let output = start_fails(dir.path(), &config, &[]);
+    assert!(
+        output.contains("Error configuring seal \"ocikms\": sealbroker kms-plugin: cannot stand in for OpenBao's \"ocikms\" seal"),
+        "{output}"
+    );
+}

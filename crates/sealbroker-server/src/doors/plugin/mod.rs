@@ -92,9 +92,12 @@ impl plugin::grpc_controller_server::GrpcController for ControllerService {
 /// plugin of that seal type: see [`stock`].
 pub async fn run(registry: BackendRegistry, stock: Option<String>) -> Result<(), String> {
     let client_cert = handshake_environment()?;
-    let stock = stock
-        .map(|seal_type| stock::stock_kind(&registry, &seal_type))
-        .transpose()?;
+    // A seal type we cannot stand in for is reported at SetConfig, where
+    // OpenBao shows the message; an exit before the handshake shows none.
+    let stock = stock.map(|seal_type| stock::stock_kind(&registry, &seal_type));
+    if let Some(Err(refusal)) = &stock {
+        tracing::error!("{refusal}");
+    }
     let (server_cert, server_key) = server_identity()?;
     let tls = crate::net::tls::LiveTls::new(tls_config(client_cert, server_cert.clone(), server_key)?);
     let dir = SocketDir::create()?;

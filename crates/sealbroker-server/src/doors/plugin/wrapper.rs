@@ -313,8 +313,9 @@ enum Wrapper {
 /// The `pb.Wrapper` service: a map of instances keyed by wrapper id.
 pub struct WrapperService {
     registry: BackendRegistry,
-    /// The kind standing in for a stock seal, in drop-in mode.
-    stock: Option<&'static dyn BackendKind>,
+    /// The kind standing in for a stock seal, in drop-in mode (or why
+    /// there is none for the seal type asked for).
+    stock: Option<Result<&'static dyn BackendKind, String>>,
     instances: Mutex<HashMap<String, Arc<Wrapper>>>,
     /// One broker per config file, shared by the instances that name it, so
     /// one audit trail has one writer and one hash chain.
@@ -322,7 +323,7 @@ pub struct WrapperService {
 }
 
 impl WrapperService {
-    pub fn new(registry: BackendRegistry, stock: Option<&'static dyn BackendKind>) -> Self {
+    pub fn new(registry: BackendRegistry, stock: Option<Result<&'static dyn BackendKind, String>>) -> Self {
         WrapperService {
             registry,
             stock,
@@ -398,8 +399,9 @@ impl pb::wrapper_server::Wrapper for WrapperService {
     ) -> Result<Response<pb::SetConfigResponse>, Status> {
         let options = request.into_inner().options.unwrap_or_default();
         let id = wrapper_id()?;
-        let (wrapper, metadata) = match self.stock {
-            Some(kind) => {
+        let (wrapper, metadata) = match &self.stock {
+            Some(Err(refusal)) => return Err(Status::unknown(refusal.clone())),
+            Some(Ok(kind)) => {
                 let stanza = StockStanza::new(options.with_config_map);
                 let seal = kind
                     .open_stock_stanza(&stanza)
