@@ -387,3 +387,89 @@ fn stock_stanza_errors_reach_the_operator_in_the_stock_words() {
         "{output}"
     );
 }
+
+/// `sealbroker_endpoint` forwards a stock `seal "pkcs11"` to a sealbroker
+/// daemon: OpenBao's config and environment hold no PIN, token or module,
+/// the daemon audits every call, and OpenBao still records seal type pkcs11.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_drop_in_keeps_the_hsm_credentials_in_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "bao", "unseal-key", PIN);
+    let socket = dir.path().join("sb.sock");
+    let audit = dir.path().join("audit.jsonl");
+    let daemon_config = dir.path().join("daemon.toml");
+    fs::write(
+        &daemon_config,
+        format!(
+            "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n[audit]\nfile = \"{}\"\nseal_key = \"unseal\"\n\
+             checkpoint_file = \"{}\"\n{}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{}",
+            socket.display(),
+            audit.display(),
+            dir.path().join("audit-checkpoint/audit.checkpoint").display(),
+            token.backend_toml("hsm"),
+            allow_test_callers()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::serve(&daemon_config, Some(&token), &dir.path().join("daemon.log")).await;
+
+    let stanza = format!(
+        "seal \"pkcs11\" {{\n  sealbroker_endpoint = \"unix://{}\"\n  sealbroker_key_name = \"unseal\"\n}}\n",
+        socket.display()
+    );
+    let (port, cluster_port) = (free_port(), free_port());
+    let config = write_hcl(
+        dir.path(),
+        port,
+        cluster_port,
+        &format!("{}{stanza}", drop_in_plugin(dir.path(), "pkcs11")),
+    );
+    // No SOFTHSM2_CONF: OpenBao and its plugin cannot reach the token.
+    let launch = BaoLaunch::config(dir.path(), port, &config);
+    let bao = OpenBao::start_launch(&launch, &dir.path().join("bao-init.log"));
+    let root = bao.init_auto();
+    bao.wait_unsealed(Duration::from_secs(30));
+    bao.wait_active(&root, Duration::from_secs(30));
+    bao.write_secret(&root, SECRET);
+    assert_eq!(seal_type(&bao), "pkcs11");
+    bao.stop();
+
+    let bao = OpenBao::start_launch(&launch, &dir.path().join("bao-restart.log"));
+    bao.wait_unsealed(Duration::from_secs(30));
+    bao.wait_active(&root, Duration::from_secs(30));
+    assert_eq!(bao.read_secret(&root), SECRET);
+    assert_eq!(seal_type(&bao), "pkcs11");
+    assert!(!bao.logs().contains("upgrading stored keys"), "{}", bao.logs());
+    bao.stop();
+
+    // Every seal call went through the daemon, and was audited there.
+    let trail = fs::read_to_string(&audit).unwrap();
+    let operations: Vec<String> = trail
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|v| v["door"] == "grpc")
+        .map(|v| v["operation"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for operation in ["wrap", "unwrap"] {
+        assert!(
+            operations.iter().any(|o| o == operation),
+            "no {operation} in {trail}"
+        );
+    }
+    assert!(!daemon.logs().contains(PIN));
+
+    // A stanza that still carries a secret is refused, naming the key.
+    let config = write_hcl(
+        dir.path(),
+        free_port(),
+        free_port(),
+        &format!(
+            "{}{}",
+            drop_in_plugin(dir.path(), "pkcs11"),
+            stanza.replace("}\n", &format!("  pin = \"{PIN}\"\n}}\n"))
+        ),
+    );
+    let output = start_fails(dir.path(), &config, &[]);
+    assert!(output.contains("remove pin from seal \"pkcs11\""), "{output}");
+    assert!(!output.contains(PIN), "{output}");
+}

@@ -78,6 +78,64 @@ pub fn to_blob_info(blob: StockBlob) -> wrapping::BlobInfo {
 /// One stock wrapper instance.
 pub type StockInstance = Arc<dyn StockSeal>;
 
+/// The extra stanza key that forwards a stock seal to a sealbroker daemon.
+pub const FORWARD_KEY: &str = "sealbroker_endpoint";
+
+/// With [`FORWARD_KEY`], the stanza may only carry these keys, all of them
+/// about reaching the daemon: the daemon holds the backend credentials,
+/// so a PIN or a secret key in OpenBao's config would defeat the point.
+pub const FORWARD_KEYS: &[&str] = &[
+    FORWARD_KEY,
+    "sealbroker_key_name",
+    "sealbroker_tls_ca_file",
+    "sealbroker_tls_cert_file",
+    "sealbroker_tls_key_file",
+    "sealbroker_tls_server_name",
+];
+
+/// Forwarding mode's stanza as sealbroker's own (`endpoint`, `key_name`,
+/// `tls_*`, `seal_type`), or why it is refused.
+pub fn forwarded_stanza(
+    seal_type: &str,
+    config: &std::collections::HashMap<String, String>,
+) -> Result<std::collections::HashMap<String, String>, Status> {
+    let mut stray: Vec<&str> = config
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !FORWARD_KEYS.contains(k))
+        .collect();
+    if !stray.is_empty() {
+        stray.sort();
+        return Err(Status::unknown(format!(
+            "sealbroker: with `{FORWARD_KEY}` the sealbroker daemon holds the {seal_type} credentials and settings; \
+             remove {} from seal \"{seal_type}\" (it may carry only {})",
+            stray.join(", "),
+            FORWARD_KEYS.join(", ")
+        )));
+    }
+    let mut own: std::collections::HashMap<String, String> = config
+        .iter()
+        .map(|(k, v)| (k.trim_start_matches("sealbroker_").to_owned(), v.clone()))
+        .collect();
+    if !own.contains_key("key_name") {
+        return Err(Status::unknown(format!(
+            "sealbroker: with `{FORWARD_KEY}` set `sealbroker_key_name`: the daemon's key to wrap under"
+        )));
+    }
+    own.insert("seal_type".to_owned(), seal_type.to_owned());
+    Ok(own)
+}
+
+/// Whether a blob is in a stock format (an IV or a KMS-wrapped key), which
+/// a forwarding instance cannot open: only the backend can.
+pub fn is_stock_format(blob: &wrapping::BlobInfo) -> bool {
+    !blob.iv.is_empty()
+        || blob
+            .key_info
+            .as_ref()
+            .is_some_and(|k| !k.wrapped_key.is_empty() || k.mechanism != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +160,70 @@ mod tests {
             ..Default::default()
         });
         assert!(!bare.has_key_info);
+    }
+
+    #[test]
+    fn forwarding_keeps_secrets_out_of_the_stanza() {
+        let config = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        let own = forwarded_stanza(
+            "pkcs11",
+            &config(&[
+                (FORWARD_KEY, "unix:///run/sb.sock"),
+                ("sealbroker_key_name", "unseal"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(own["endpoint"], "unix:///run/sb.sock");
+        assert_eq!(own["key_name"], "unseal");
+        assert_eq!(own["seal_type"], "pkcs11");
+        let err = forwarded_stanza(
+            "pkcs11",
+            &config(&[
+                (FORWARD_KEY, "/s.sock"),
+                ("sealbroker_key_name", "u"),
+                ("pin", "DO-NOT-LEAK"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            err.message().contains("remove pin from seal \"pkcs11\""),
+            "{}",
+            err.message()
+        );
+        assert!(!err.message().contains("DO-NOT-LEAK"));
+        let err = forwarded_stanza("awskms", &config(&[(FORWARD_KEY, "/s.sock")])).unwrap_err();
+        assert!(err.message().contains("sealbroker_key_name"), "{}", err.message());
+    }
+
+    #[test]
+    fn stock_blobs_are_told_from_sealbroker_blobs() {
+        let sealbroker = wrapping::BlobInfo {
+            ciphertext: vec![1],
+            iv: vec![],
+            key_info: Some(wrapping::KeyInfo {
+                mechanism: 0,
+                key_id: "k".into(),
+                wrapped_key: vec![],
+            }),
+        };
+        assert!(!is_stock_format(&sealbroker));
+        assert!(is_stock_format(&wrapping::BlobInfo {
+            iv: vec![0; 12],
+            ..sealbroker.clone()
+        }));
+        assert!(is_stock_format(&wrapping::BlobInfo {
+            key_info: Some(wrapping::KeyInfo {
+                mechanism: 1,
+                key_id: "arn".into(),
+                wrapped_key: vec![9],
+            }),
+            ..sealbroker
+        }));
     }
 
     #[test]

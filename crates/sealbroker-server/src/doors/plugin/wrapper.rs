@@ -401,6 +401,13 @@ impl pb::wrapper_server::Wrapper for WrapperService {
         let id = wrapper_id()?;
         let (wrapper, metadata) = match &self.stock {
             Some(Err(refusal)) => return Err(Status::unknown(refusal.clone())),
+            Some(Ok(kind)) if options.with_config_map.contains_key(stock::FORWARD_KEY) => {
+                let own = stock::forwarded_stanza(kind.name(), &options.with_config_map)?;
+                let instance = Instance::from_stanza(&own, self).await?;
+                tracing::info!(wrapper_id = %id, key = %instance.key_name, seal_type = %instance.seal_type, "stock seal forwarded to a sealbroker daemon");
+                let metadata = instance.describe();
+                (Wrapper::Broker(Box::new(instance)), metadata)
+            }
             Some(Ok(kind)) => {
                 let stanza = StockStanza::new(options.with_config_map);
                 let seal = kind
@@ -516,6 +523,16 @@ impl pb::wrapper_server::Wrapper for WrapperService {
                 }));
             }
         };
+        if let Some(info) = &req.ciphertext
+            && stock::is_stock_format(info)
+        {
+            return Err(Status::unknown(format!(
+                "sealbroker: this blob is in a stock seal format (written by OpenBao's own {} seal, or by \
+                 `kms-plugin {}` without sealbroker_endpoint); only that backend can open it, not a sealbroker \
+                 daemon: migrate the seal first (docs/openbao.md)",
+                instance.seal_type, instance.seal_type
+            )));
+        }
         let blob = req.ciphertext.map(|c| c.ciphertext).unwrap_or_default();
         if blob.is_empty() {
             return Err(Status::unknown(
