@@ -36,7 +36,7 @@ pub enum Command {
 plugin \"kms\" \"sealbroker\" {\n    command = \"sealbroker\"\n    args = [\"kms-plugin\"]\n    sha256sum = \"<sha256>\"\n  }\n  \
 seal \"sealbroker\" {\n    endpoint = \"unix:///run/sealbroker/sealbroker.sock\"\n    key_name = \"openbao-unseal\"\n  }\n\n\
 To stand in for one of OpenBao's official KMS plugins, name its seal type and keep the stock \
-stanza unchanged (see docs/openbao.md, \"Drop-in for the official plugins\"):\n\n  \
+stanza unchanged (see docs/openbao.md, \"Drop-in for the official KMS plugins\"):\n\n  \
 plugin \"kms\" \"awskms\" {\n    command = \"sealbroker\"\n    args = [\"kms-plugin\", \"awskms\"]\n    sha256sum = \"<sha256>\"\n  }\n\n\
 See docs/openbao.md for the in-process mode (config_file) and every seal option."
     )]

@@ -64,7 +64,10 @@ struct MetadataService;
 impl metadata::metadata_server::Metadata for MetadataService {
     async fn get(&self, _: Request<metadata::Empty>) -> Result<Response<metadata::MetadataResponse>, Status> {
         Ok(Response::new(metadata::MetadataResponse {
-            sensitive_kms_fields: vec!["tls_key_file".into()],
+            // sealbroker's own stanza, then the stock stanzas the drop-in reads.
+            sensitive_kms_fields: ["tls_key_file", "pin", "access_key", "secret_key", "session_token"]
+                .map(String::from)
+                .to_vec(),
             sensitive_key_fields: vec!["aad".into()],
         }))
     }
