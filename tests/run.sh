@@ -36,7 +36,9 @@ if [ "${CI:-}" = "true" ] || [ -n "${SEALBROKER_FUZZ:-}" ]; then
   seconds=${FUZZ_SECONDS:-15}
   command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
   echo "== fuzz: KMIP TTLV decoder for ${seconds}s" >&2
-  bash backends/kmip/fuzz/run.sh "$seconds" 2>&1 | tail -n 12
+  CARGO_TARGET_DIR="$PWD/target/fuzz" bash crates/sealbroker-ttlv/fuzz/run.sh "$seconds" 2>&1 | tail -n 12
+  echo "== fuzz: KMIP backend response parser for ${seconds}s" >&2
+  CARGO_TARGET_DIR="$PWD/target/fuzz" bash backends/kmip/fuzz/run.sh "$seconds" 2>&1 | tail -n 12
   echo "== fuzz: blob decoder and key ring unwrap, ${seconds}s each" >&2
   CARGO_TARGET_DIR="$PWD/target/fuzz" bash crates/sealbroker-core/fuzz/run.sh "$seconds" 2>&1 | tail -n 30
   echo "== fuzz: transit HTTP, KMS v2, KMS plugin, config parser, ${seconds}s each" >&2

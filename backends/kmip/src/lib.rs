@@ -4,7 +4,8 @@
 //! No permissively licensed async Rust KMIP client with Encrypt and Decrypt
 //! exists, so this crate carries a small one:
 //!
-//! - [`ttlv`]: the wire encoding, bounded and fuzzed (`fuzz/`);
+//! - [`ttlv`]: the wire encoding, from the shared `sealbroker-ttlv` crate
+//!   (bounded, and fuzzed in `crates/sealbroker-ttlv/fuzz`);
 //! - `protocol`: the request and response shapes of the seven operations we
 //!   use (DiscoverVersions, Locate, GetAttributes, Encrypt, Decrypt, and
 //!   Create and Activate for provisioning), as pure functions;
@@ -27,7 +28,7 @@ mod error;
 mod kind;
 pub mod pool;
 mod protocol;
-pub mod ttlv;
+pub use sealbroker_ttlv as ttlv;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -13,124 +13,20 @@ use zeroize::Zeroizing;
 
 use crate::ttlv::{Item, MAX_MESSAGE_LEN, Tag, Value};
 
-/// The tags we use (KMIP 1.4 section 9.1.3.1 and KMIP 2.0 section 11).
-pub(crate) mod tag {
-    use crate::ttlv::Tag;
-
-    pub const ATTRIBUTE: Tag = Tag::new(0x420008);
-    pub const ATTRIBUTE_NAME: Tag = Tag::new(0x42000A);
-    pub const ATTRIBUTE_VALUE: Tag = Tag::new(0x42000B);
-    pub const BATCH_COUNT: Tag = Tag::new(0x42000D);
-    pub const BATCH_ITEM: Tag = Tag::new(0x42000F);
-    pub const BLOCK_CIPHER_MODE: Tag = Tag::new(0x420011);
-    pub const CRYPTOGRAPHIC_ALGORITHM: Tag = Tag::new(0x420028);
-    pub const CRYPTOGRAPHIC_LENGTH: Tag = Tag::new(0x42002A);
-    pub const CRYPTOGRAPHIC_PARAMETERS: Tag = Tag::new(0x42002B);
-    pub const CRYPTOGRAPHIC_USAGE_MASK: Tag = Tag::new(0x42002C);
-    pub const IV_COUNTER_NONCE: Tag = Tag::new(0x42003D);
-    pub const MAXIMUM_RESPONSE_SIZE: Tag = Tag::new(0x420050);
-    pub const NAME: Tag = Tag::new(0x420053);
-    pub const NAME_TYPE: Tag = Tag::new(0x420054);
-    pub const NAME_VALUE: Tag = Tag::new(0x420055);
-    pub const OBJECT_TYPE: Tag = Tag::new(0x420057);
-    pub const OPERATION: Tag = Tag::new(0x42005C);
-    pub const PADDING_METHOD: Tag = Tag::new(0x42005F);
-    pub const PROTOCOL_VERSION: Tag = Tag::new(0x420069);
-    pub const PROTOCOL_VERSION_MAJOR: Tag = Tag::new(0x42006A);
-    pub const PROTOCOL_VERSION_MINOR: Tag = Tag::new(0x42006B);
-    pub const REQUEST_HEADER: Tag = Tag::new(0x420077);
-    pub const REQUEST_MESSAGE: Tag = Tag::new(0x420078);
-    pub const REQUEST_PAYLOAD: Tag = Tag::new(0x420079);
-    pub const RESPONSE_HEADER: Tag = Tag::new(0x42007A);
-    pub const RESPONSE_MESSAGE: Tag = Tag::new(0x42007B);
-    pub const RESPONSE_PAYLOAD: Tag = Tag::new(0x42007C);
-    pub const RESULT_MESSAGE: Tag = Tag::new(0x42007D);
-    pub const RESULT_REASON: Tag = Tag::new(0x42007E);
-    pub const RESULT_STATUS: Tag = Tag::new(0x42007F);
-    pub const STATE: Tag = Tag::new(0x42008D);
-    pub const TEMPLATE_ATTRIBUTE: Tag = Tag::new(0x420091);
-    #[cfg(test)]
-    pub const TIME_STAMP: Tag = Tag::new(0x420092);
-    pub const UNIQUE_IDENTIFIER: Tag = Tag::new(0x420094);
-    pub const DATA: Tag = Tag::new(0x4200C2);
-    pub const IV_LENGTH: Tag = Tag::new(0x4200CD);
-    pub const TAG_LENGTH: Tag = Tag::new(0x4200CE);
-    pub const AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA: Tag = Tag::new(0x4200FE);
-    pub const AUTHENTICATED_ENCRYPTION_TAG: Tag = Tag::new(0x4200FF);
-    pub const ATTRIBUTES: Tag = Tag::new(0x420125);
-    pub const ATTRIBUTE_REFERENCE: Tag = Tag::new(0x42013B);
-}
-
-/// Enumeration values we send or read.
-pub(crate) mod enums {
-    pub const OBJECT_TYPE_SYMMETRIC_KEY: u32 = 0x02;
-    pub const ALGORITHM_AES: u32 = 0x03;
-    pub const MODE_CBC: u32 = 0x01;
-    pub const MODE_GCM: u32 = 0x09;
-    pub const PADDING_PKCS5: u32 = 0x03;
-    pub const NAME_TYPE_UNINTERPRETED_TEXT: u32 = 0x01;
-    pub const RESULT_SUCCESS: u32 = 0x00;
-    pub const RESULT_FAILED: u32 = 0x01;
-    pub const RESULT_PENDING: u32 = 0x02;
-    pub const RESULT_UNDONE: u32 = 0x03;
-    pub const USAGE_ENCRYPT: i32 = 0x04;
-    pub const USAGE_DECRYPT: i32 = 0x08;
-}
-
-/// A KMIP protocol version, as sent in every request header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ProtocolVersion {
-    pub major: i32,
-    pub minor: i32,
-}
-
-impl ProtocolVersion {
-    /// The first version with Encrypt and Decrypt.
-    pub const V1_2: Self = ProtocolVersion { major: 1, minor: 2 };
-    pub const V1_3: Self = ProtocolVersion { major: 1, minor: 3 };
-    /// The first version with Authenticated Encryption Additional Data and Tag (GCM).
-    pub const V1_4: Self = ProtocolVersion { major: 1, minor: 4 };
-    pub const V2_0: Self = ProtocolVersion { major: 2, minor: 0 };
-
-    /// Every version this client speaks, most preferred first.
-    pub const SUPPORTED: [Self; 4] = [Self::V2_0, Self::V1_4, Self::V1_3, Self::V1_2];
-
-    fn attributes_are_tagged(self) -> bool {
-        self.major >= 2
-    }
-
-    /// Whether Encrypt and Decrypt carry AAD and tag (needed for AES-GCM).
-    pub fn has_aead_fields(self) -> bool {
-        self >= Self::V1_4
-    }
-
-    fn item(self) -> Item {
-        Item::structure(
-            tag::PROTOCOL_VERSION,
-            vec![
-                Item::integer(tag::PROTOCOL_VERSION_MAJOR, self.major),
-                Item::integer(tag::PROTOCOL_VERSION_MINOR, self.minor),
-            ],
-        )
-    }
-}
-
-impl fmt::Display for ProtocolVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.major, self.minor)
-    }
-}
+use sealbroker_ttlv::operation as op;
+pub use sealbroker_ttlv::{ProtocolVersion, ResultReason};
+pub(crate) use sealbroker_ttlv::{enums, tag};
 
 /// The operations this client sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Operation {
-    Create = 0x01,
-    Locate = 0x08,
-    GetAttributes = 0x0B,
-    Activate = 0x12,
-    DiscoverVersions = 0x1E,
-    Encrypt = 0x1F,
-    Decrypt = 0x20,
+    Create = op::CREATE as isize,
+    Locate = op::LOCATE as isize,
+    GetAttributes = op::GET_ATTRIBUTES as isize,
+    Activate = op::ACTIVATE as isize,
+    DiscoverVersions = op::DISCOVER_VERSIONS as isize,
+    Encrypt = op::ENCRYPT as isize,
+    Decrypt = op::DECRYPT as isize,
 }
 
 impl Operation {
@@ -144,107 +40,6 @@ impl Operation {
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
-    }
-}
-
-/// A KMIP Result Reason, named when we know it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ResultReason(pub u32);
-
-impl ResultReason {
-    pub const ITEM_NOT_FOUND: Self = ResultReason(0x01);
-    pub const AUTHENTICATION_NOT_SUCCESSFUL: Self = ResultReason(0x03);
-    pub const OPERATION_NOT_SUPPORTED: Self = ResultReason(0x05);
-    pub const PERMISSION_DENIED: Self = ResultReason(0x0C);
-    pub const OBJECT_DESTROYED: Self = ResultReason(0x36);
-    pub const OBJECT_NOT_FOUND: Self = ResultReason(0x37);
-    pub const NOT_AUTHORISED: Self = ResultReason(0x39);
-    pub const SERVER_LIMIT_EXCEEDED: Self = ResultReason(0x3A);
-    pub const WRONG_KEY_LIFECYCLE_STATE: Self = ResultReason(0x43);
-    pub const PROTECTION_STORAGE_UNAVAILABLE: Self = ResultReason(0x44);
-
-    /// The spec's name for the reason, e.g. "Item Not Found".
-    pub fn name(self) -> Option<&'static str> {
-        Some(match self.0 {
-            0x01 => "Item Not Found",
-            0x02 => "Response Too Large",
-            0x03 => "Authentication Not Successful",
-            0x04 => "Invalid Message",
-            0x05 => "Operation Not Supported",
-            0x06 => "Missing Data",
-            0x07 => "Invalid Field",
-            0x08 => "Feature Not Supported",
-            0x09 => "Operation Canceled By Requester",
-            0x0A => "Cryptographic Failure",
-            0x0B => "Illegal Operation",
-            0x0C => "Permission Denied",
-            0x0D => "Object Archived",
-            0x0E => "Index Out of Bounds",
-            0x0F => "Application Namespace Not Supported",
-            0x10 => "Key Format Type Not Supported",
-            0x11 => "Key Compression Type Not Supported",
-            0x12 => "Encoding Option Error",
-            0x13 => "Key Value Not Present",
-            0x14 => "Attestation Required",
-            0x15 => "Attestation Failed",
-            0x16 => "Sensitive",
-            0x17 => "Not Extractable",
-            0x18 => "Object Already Exists",
-            0x19 => "Invalid Ticket",
-            0x1A => "Usage Limit Exceeded",
-            0x1B => "Numeric Range",
-            0x1C => "Invalid Data Type",
-            0x1D => "Read Only Attribute",
-            0x1E => "Multi Valued Attribute",
-            0x1F => "Unsupported Attribute",
-            0x20 => "Attribute Instance Not Found",
-            0x21 => "Attribute Not Found",
-            0x22 => "Attribute Read Only",
-            0x23 => "Attribute Single Valued",
-            0x24 => "Bad Cryptographic Parameters",
-            0x25 => "Bad Password",
-            0x26 => "Codec Error",
-            0x28 => "Illegal Object Type",
-            0x29 => "Incompatible Cryptographic Usage Mask",
-            0x2A => "Internal Server Error",
-            0x2B => "Invalid Asynchronous Correlation Value",
-            0x2C => "Invalid Attribute",
-            0x2D => "Invalid Attribute Value",
-            0x2E => "Invalid Correlation Value",
-            0x2F => "Invalid CSR",
-            0x30 => "Invalid Object Type",
-            0x32 => "Key Wrap Type Not Supported",
-            0x34 => "Missing Initialization Vector",
-            0x35 => "Non Unique Name Attribute",
-            0x36 => "Object Destroyed",
-            0x37 => "Object Not Found",
-            0x39 => "Not Authorised",
-            0x3A => "Server Limit Exceeded",
-            0x3B => "Unknown Enumeration",
-            0x3C => "Unknown Message Extension",
-            0x3D => "Unknown Tag",
-            0x3E => "Unsupported Cryptographic Parameters",
-            0x3F => "Unsupported Protocol Version",
-            0x40 => "Wrapping Object Archived",
-            0x41 => "Wrapping Object Destroyed",
-            0x42 => "Wrapping Object Not Found",
-            0x43 => "Wrong Key Lifecycle State",
-            0x44 => "Protection Storage Unavailable",
-            0x45 => "PKCS#11 Codec Error",
-            0x46 => "PKCS#11 Invalid Function",
-            0x47 => "PKCS#11 Invalid Interface",
-            0x100 => "General Failure",
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for ResultReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.name() {
-            Some(name) => f.write_str(name),
-            None => write!(f, "result reason 0x{:X}", self.0),
-        }
     }
 }
 

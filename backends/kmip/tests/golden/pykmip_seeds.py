@@ -1,6 +1,6 @@
 """Writes KMIP response messages, encoded by PyKMIP, as fuzz seeds.
 
-    ~/.cache/sealbroker-peers/venv/bin/python tests/golden/pykmip_seeds.py fuzz/seeds/ttlv_decode
+    ~/.cache/sealbroker-peers/venv/bin/python tests/golden/pykmip_seeds.py ../../crates/sealbroker-ttlv/fuzz/seeds/ttlv_decode
 """
 import os
 import sys

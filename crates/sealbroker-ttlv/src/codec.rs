@@ -1,4 +1,4 @@
-//! TTLV, the KMIP wire encoding.
+//! The codec: items to bytes and back.
 //!
 //! Every item is a 3-byte tag, a 1-byte type, a 4-byte big-endian length and
 //! a value padded with zeros to a multiple of 8 bytes. A structure's value is

@@ -1,0 +1,25 @@
+//! Enumeration and mask values either side sends or reads.
+
+pub const OBJECT_TYPE_SYMMETRIC_KEY: u32 = 0x02;
+pub const ALGORITHM_AES: u32 = 0x03;
+pub const MODE_CBC: u32 = 0x01;
+pub const MODE_GCM: u32 = 0x09;
+pub const PADDING_PKCS5: u32 = 0x03;
+pub const NAME_TYPE_UNINTERPRETED_TEXT: u32 = 0x01;
+pub const RESULT_SUCCESS: u32 = 0x00;
+pub const RESULT_FAILED: u32 = 0x01;
+pub const RESULT_PENDING: u32 = 0x02;
+pub const RESULT_UNDONE: u32 = 0x03;
+pub const USAGE_ENCRYPT: i32 = 0x04;
+pub const USAGE_DECRYPT: i32 = 0x08;
+/// Key states (KMIP 1.4 section 3.22).
+pub const STATE_PRE_ACTIVE: u32 = 0x01;
+pub const STATE_ACTIVE: u32 = 0x02;
+/// Query Function (KMIP 1.4 section 9.1.3.2.24).
+pub const QUERY_OPERATIONS: u32 = 0x01;
+pub const QUERY_OBJECTS: u32 = 0x02;
+pub const QUERY_SERVER_INFORMATION: u32 = 0x03;
+/// Batch Error Continuation Option.
+pub const BATCH_ERROR_CONTINUE: u32 = 0x01;
+pub const BATCH_ERROR_STOP: u32 = 0x02;
+pub const BATCH_ERROR_UNDO: u32 = 0x03;

@@ -1,0 +1,93 @@
+//! Operation codes (KMIP 1.4 section 9.1.3.2.27, KMIP 2.0 section 11.41).
+
+pub const CREATE: u32 = 0x01;
+pub const CREATE_KEY_PAIR: u32 = 0x02;
+pub const REGISTER: u32 = 0x03;
+pub const REKEY: u32 = 0x04;
+pub const DERIVE_KEY: u32 = 0x05;
+pub const LOCATE: u32 = 0x08;
+pub const CHECK: u32 = 0x09;
+pub const GET: u32 = 0x0A;
+pub const GET_ATTRIBUTES: u32 = 0x0B;
+pub const GET_ATTRIBUTE_LIST: u32 = 0x0C;
+pub const ADD_ATTRIBUTE: u32 = 0x0D;
+pub const MODIFY_ATTRIBUTE: u32 = 0x0E;
+pub const DELETE_ATTRIBUTE: u32 = 0x0F;
+pub const ACTIVATE: u32 = 0x12;
+pub const REVOKE: u32 = 0x13;
+pub const DESTROY: u32 = 0x14;
+pub const ARCHIVE: u32 = 0x15;
+pub const RECOVER: u32 = 0x16;
+pub const QUERY: u32 = 0x18;
+pub const CANCEL: u32 = 0x19;
+pub const POLL: u32 = 0x1A;
+pub const REKEY_KEY_PAIR: u32 = 0x1D;
+pub const DISCOVER_VERSIONS: u32 = 0x1E;
+pub const ENCRYPT: u32 = 0x1F;
+pub const DECRYPT: u32 = 0x20;
+pub const SIGN: u32 = 0x21;
+pub const MAC: u32 = 0x23;
+pub const RNG_RETRIEVE: u32 = 0x25;
+pub const IMPORT: u32 = 0x2A;
+pub const EXPORT: u32 = 0x2B;
+pub const SET_ATTRIBUTE: u32 = 0x31;
+
+/// The spec's name for an operation code, e.g. "Get Attributes".
+pub fn name(code: u32) -> Option<&'static str> {
+    Some(match code {
+        CREATE => "Create",
+        CREATE_KEY_PAIR => "Create Key Pair",
+        REGISTER => "Register",
+        REKEY => "Re-key",
+        DERIVE_KEY => "Derive Key",
+        0x06 => "Certify",
+        0x07 => "Re-certify",
+        LOCATE => "Locate",
+        CHECK => "Check",
+        GET => "Get",
+        GET_ATTRIBUTES => "Get Attributes",
+        GET_ATTRIBUTE_LIST => "Get Attribute List",
+        ADD_ATTRIBUTE => "Add Attribute",
+        MODIFY_ATTRIBUTE => "Modify Attribute",
+        DELETE_ATTRIBUTE => "Delete Attribute",
+        0x10 => "Obtain Lease",
+        0x11 => "Get Usage Allocation",
+        ACTIVATE => "Activate",
+        REVOKE => "Revoke",
+        DESTROY => "Destroy",
+        ARCHIVE => "Archive",
+        RECOVER => "Recover",
+        0x17 => "Validate",
+        QUERY => "Query",
+        CANCEL => "Cancel",
+        POLL => "Poll",
+        0x1B => "Notify",
+        0x1C => "Put",
+        REKEY_KEY_PAIR => "Re-key Key Pair",
+        DISCOVER_VERSIONS => "Discover Versions",
+        ENCRYPT => "Encrypt",
+        DECRYPT => "Decrypt",
+        SIGN => "Sign",
+        0x22 => "Signature Verify",
+        MAC => "MAC",
+        0x24 => "MAC Verify",
+        RNG_RETRIEVE => "RNG Retrieve",
+        0x26 => "RNG Seed",
+        0x27 => "Hash",
+        0x28 => "Create Split Key",
+        0x29 => "Join Split Key",
+        IMPORT => "Import",
+        EXPORT => "Export",
+        0x2C => "Log",
+        0x2D => "Login",
+        0x2E => "Logout",
+        0x2F => "Delegated Login",
+        0x30 => "Adjust Attribute",
+        SET_ATTRIBUTE => "Set Attribute",
+        0x32 => "Set Endpoint Role",
+        0x33 => "PKCS#11",
+        0x34 => "Interop",
+        0x35 => "Re-Provision",
+        _ => return None,
+    })
+}
