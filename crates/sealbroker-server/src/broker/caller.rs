@@ -72,6 +72,8 @@ pub enum Door {
     Transit,
     /// OpenBao's KMS plugin, with the keys in-process (`config_file`).
     KmsPlugin,
+    /// KMIP over mutual TLS (`[server.kmip]`).
+    Kmip,
     /// The broker's own work: health probes and start-up checks.
     Admin,
 }
@@ -83,6 +85,7 @@ impl Door {
             Door::KmsV2 => "kms-v2",
             Door::Transit => "transit",
             Door::KmsPlugin => "kms-plugin",
+            Door::Kmip => "kmip",
             Door::Admin => "admin",
         }
     }
@@ -129,12 +132,16 @@ mod tests {
             Door::KmsV2,
             Door::Transit,
             Door::KmsPlugin,
+            Door::Kmip,
             Door::Admin,
         ]
         .into_iter()
         .map(Door::as_str)
         .collect();
-        assert_eq!(names, ["grpc", "kms-v2", "transit", "kms-plugin", "admin"]);
+        assert_eq!(
+            names,
+            ["grpc", "kms-v2", "transit", "kms-plugin", "kmip", "admin"]
+        );
     }
 
     #[test]

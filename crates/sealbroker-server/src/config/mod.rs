@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub state_dir: Option<PathBuf>,
     /// The Kubernetes KMS v2 front door (see docs/kubernetes-kms.md).
     pub kms_v2: Option<KmsV2Config>,
+    /// The KMIP front door (see docs/kmip-server.md).
+    pub kmip: Option<KmipConfig>,
     /// Prometheus metrics and health endpoints.
     pub metrics: Option<MetricsConfig>,
     /// How often (seconds) `serve --config` compares the config file, the
@@ -206,6 +208,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: default_shutdown_grace(),
             state_dir: None,
             kms_v2: None,
+            kmip: None,
             metrics: None,
             reload_poll_secs: default_reload_poll(),
         }
@@ -242,6 +245,17 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
     /// CA bundle for client certificates. Required: clients must authenticate.
     pub client_ca_file: Option<PathBuf>,
+}
+
+/// `[server.kmip]`: KMIP over mutual TLS, always: the client certificate
+/// is the caller's identity, under every profile.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmipConfig {
+    pub listen: SocketAddr,
+    /// Required, with `client_ca_file`; optional here only so that its
+    /// absence is reported with the field path.
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[server.transit]`: HTTP(S) that speaks Vault's transit API, so a stock
@@ -578,6 +592,25 @@ impl Config {
         if let Some(transit) = &self.server.transit {
             self.check_transit(transit)?;
         }
+        if let Some(kmip) = &self.server.kmip {
+            match &kmip.tls {
+                None => {
+                    return Err(ConfigError::new(
+                        "server.kmip.tls",
+                        "is missing: the KMIP door always uses mutual TLS; set cert_file, key_file and \
+                         client_ca_file",
+                    ));
+                }
+                Some(tls) if tls.client_ca_file.is_none() => {
+                    return Err(ConfigError::new(
+                        "server.kmip.tls.client_ca_file",
+                        "is missing: the KMIP door requires client certificates under every profile, \
+                         because the certificate is the caller's identity; set the CA that signs them",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         if self.limits.max_plaintext_bytes == 0 {
             return Err(ConfigError::new(
                 "limits.max_plaintext_bytes",
@@ -838,11 +871,12 @@ impl Config {
             && server.tcp.is_none()
             && server.transit.is_none()
             && server.kms_v2.is_none()
+            && server.kmip.is_none()
         {
             return Err(ConfigError::new(
                 "server",
-                "no listener: set `unix_socket`, a `[server.tcp]`, `[server.transit]` and/or \
-                 `[server.kms_v2]` table",
+                "no listener: set `unix_socket`, a `[server.tcp]`, `[server.transit]`, \
+                 `[server.kms_v2]` and/or `[server.kmip]` table",
             ));
         }
         Ok(())

@@ -431,3 +431,31 @@ fn a_transit_listener_alone_is_enough_for_a_daemon() {
         .replace("unix_socket = \"/tmp/x.sock\"", "");
     Config::parse(&text).unwrap().require_listener().unwrap();
 }
+
+#[test]
+fn kmip_needs_tls_with_a_client_ca_under_every_profile() {
+    for profile in ["development", "hardened"] {
+        let base = MINIMAL.replace("\"development\"", &format!("\"{profile}\""));
+        let err = error_of(&(base.clone() + "\n[server.kmip]\nlisten = \"127.0.0.1:1\"\n"));
+        assert_eq!(err.path, "server.kmip.tls", "{profile}: {err}");
+        assert!(err.message.contains("mutual TLS"), "{err}");
+        let err = error_of(
+            &(base.clone()
+                + "\n[server.kmip]\nlisten = \"127.0.0.1:1\"\n[server.kmip.tls]\ncert_file = \"c\"\nkey_file = \"k\"\n"),
+        );
+        assert_eq!(err.path, "server.kmip.tls.client_ca_file", "{profile}: {err}");
+    }
+}
+
+#[test]
+fn kmip_fields_are_checked_by_path_and_the_door_is_a_listener() {
+    let table = "\n[server.kmip]\nlisten = \"127.0.0.1:5696\"\n[server.kmip.tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_ca_file = \"ca\"\n";
+    let only_kmip = MINIMAL.replace("unix_socket = \"/tmp/x.sock\"", "") + table;
+    let config = Config::parse(&only_kmip).unwrap();
+    assert_eq!(config.server.kmip.as_ref().unwrap().listen.port(), 5696);
+    config.require_listener().unwrap();
+    let err = error_of(&only_kmip.replace("\"127.0.0.1:5696\"", "\"nowhere\""));
+    assert_eq!(err.path, "server.kmip.listen", "{err}");
+    let err = error_of(&(only_kmip.clone() + "plaintext = true\n"));
+    assert_eq!(err.path, "server.kmip.tls.plaintext", "{err}");
+}

@@ -37,6 +37,8 @@ pub struct Bound {
     pub tcp: Option<std::net::SocketAddr>,
     /// The transit HTTP(S) listener.
     pub transit: Option<SocketAddr>,
+    /// The KMIP listener.
+    pub kmip: Option<SocketAddr>,
     /// The metrics and health listener.
     pub metrics: Option<SocketAddr>,
 }
@@ -135,6 +137,7 @@ pub async fn serve(
         unix_socket: None,
         tcp: None,
         transit: None,
+        kmip: None,
         metrics: None,
     };
 
@@ -221,6 +224,28 @@ pub async fn serve(
                 tracing::warn!(address = %local, mount, security_risk = true, "transit listening on PLAINTEXT HTTP (development profile)")
             }
         }
+    }
+    if let Some(kmip) = &server.kmip {
+        // Config::check made sure both are there.
+        let tls_config = kmip
+            .tls
+            .as_ref()
+            .ok_or_else(|| crate::config::ConfigError::new("server.kmip.tls", "is missing"))?;
+        let acceptor = LiveTls::new(tls::server_config_at(tls_config, "server.kmip.tls", &[])?);
+        live.kmip_tls = Some(acceptor.clone());
+        let (local, conn_rx) = listen_tcp(
+            kmip.listen,
+            Some(acceptor),
+            stop_rx.clone(),
+            &mut tasks,
+            "kmip",
+            conn_limits.clone(),
+        )
+        .await?;
+        let door = Arc::new(crate::doors::kmip::KmipDoor::new(broker.clone()));
+        tasks.spawn(door.serve(conn_rx, stop_rx.clone()));
+        bound.kmip = Some(local);
+        tracing::info!(address = %local, "KMIP listening with mutual TLS");
     }
     if let Some(metrics) = &server.metrics {
         let (local, conn_rx) = listen_tcp(

@@ -37,6 +37,7 @@ pub struct ReloadSource {
 pub(super) struct Live {
     pub tcp_tls: Option<LiveTls>,
     pub transit_tls: Option<LiveTls>,
+    pub kmip_tls: Option<LiveTls>,
     pub transit_tokens: Option<LiveTokens>,
 }
 
@@ -158,6 +159,16 @@ impl Reloader {
             )),
             _ => None,
         };
+        let kmip_tls = match (
+            &self.live.kmip_tls,
+            config.server.kmip.as_ref().and_then(|k| k.tls.as_ref()),
+        ) {
+            (Some(live), Some(t)) => Some((
+                live,
+                tls::server_config_at(t, "server.kmip.tls", &[]).map_err(|e| e.to_string())?,
+            )),
+            _ => None,
+        };
         let tokens = match (&self.live.transit_tokens, &config.server.transit) {
             (Some(live), Some(t)) => Some((live, TokenTable::load(t).map_err(|e| e.to_string())?)),
             _ => None,
@@ -170,6 +181,9 @@ impl Reloader {
             live.replace(server);
         }
         if let Some((live, server)) = transit_tls {
+            live.replace(server);
+        }
+        if let Some((live, server)) = kmip_tls {
             live.replace(server);
         }
         if let Some((live, table)) = tokens {
@@ -191,6 +205,9 @@ fn watched_files(config: &Config) -> Vec<PathBuf> {
         files.extend(t.client_ca_file.clone());
     };
     if let Some(t) = config.server.tcp.as_ref().and_then(|t| t.tls.as_ref()) {
+        tls(t);
+    }
+    if let Some(t) = config.server.kmip.as_ref().and_then(|k| k.tls.as_ref()) {
         tls(t);
     }
     if let Some(transit) = &config.server.transit {
@@ -251,7 +268,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
                 .map(|t| (t.listen, t.mount_path.clone(), t.plaintext, t.tls.is_some())),
         )
     };
-    let checks: [(&str, bool); 10] = [
+    let checks: [(&str, bool); 11] = [
         ("profile", old.profile != new.profile),
         (
             "server.unix_socket",
@@ -266,6 +283,10 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             differs(&listen(old), &listen(new)),
         ),
         ("server.kms_v2", differs(&old.server.kms_v2, &new.server.kms_v2)),
+        (
+            "server.kmip.listen",
+            old.server.kmip.as_ref().map(|k| k.listen) != new.server.kmip.as_ref().map(|k| k.listen),
+        ),
         (
             "server.metrics",
             differs(&old.server.metrics, &new.server.metrics),

@@ -6,6 +6,7 @@
 //! [`Door`]: crate::broker::caller::Door
 
 pub mod grpc;
+pub mod kmip;
 pub mod kmsv2;
 pub mod plugin;
 pub mod status;

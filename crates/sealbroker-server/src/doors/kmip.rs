@@ -1,0 +1,357 @@
+//! The KMIP front door: KMIP 1.2 to 2.0 over mutual TLS, so KMIP clients
+//! (PyKMIP, and in later increments OpenBao's `seal "kmip"`) reach
+//! sealbroker keys. See docs/kmip-server.md.
+//!
+//! A thin adapter like every door: it frames and decodes a request
+//! ([`message`]), names the caller from its client certificate (the same
+//! principals as the gRPC door's), asks the one [`Broker`] which keys that
+//! caller may use, and encodes the answer. It holds no keys and no policy.
+//!
+//! Sealbroker keys appear as Symmetric Key objects whose Unique Identifier
+//! is the key's name: stable across restarts, replicas and rotations. Key
+//! material never leaves: Get and Export are refused with Permission
+//! Denied, and operations that would make, change or destroy keys with
+//! Operation Not Supported. A key the caller may not use answers exactly as
+//! a key that does not exist.
+
+pub mod message;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sealbroker_core::{Error, KeyInfo};
+use sealbroker_ttlv::{DecodeError, HEADER_LEN, Item, ProtocolVersion, ResultReason, enums, operation};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::server::Connected;
+use zeroize::Zeroizing;
+
+use self::message::{
+    BadRequest, KeyAttributes, OnError, Outcome, Refusal, Request, ResponseItem, SUPPORTED, ServerFacts,
+};
+use crate::broker::Broker;
+use crate::broker::caller::{Call, Caller, Door};
+use crate::net::listen::ServeError;
+use crate::net::tls::ServerConn;
+
+/// The operations the door answers with success; Query Operations lists them.
+pub const OPERATIONS: [u32; 5] = [
+    operation::DISCOVER_VERSIONS,
+    operation::QUERY,
+    operation::LOCATE,
+    operation::GET_ATTRIBUTES,
+    operation::GET_ATTRIBUTE_LIST,
+];
+
+/// The KMIP door over one broker.
+pub struct KmipDoor {
+    broker: Arc<Broker>,
+}
+
+impl KmipDoor {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        KmipDoor { broker }
+    }
+
+    /// Serves the connections `listen_tcp` hands over (mutual TLS done)
+    /// until `stop`.
+    pub async fn serve(
+        self: Arc<Self>,
+        mut conns: mpsc::Receiver<ServerConn>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), ServeError> {
+        let mut stopped = stop.clone();
+        loop {
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => return Ok(()),
+                conn = conns.recv() => match conn {
+                    Some(conn) => {
+                        tokio::spawn(self.clone().serve_connection(conn, stop.clone()));
+                    }
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+
+    /// One connection: requests answered in turn until the client closes,
+    /// the idle timeout (the accept loop's) fires, or the daemon stops.
+    async fn serve_connection(self: Arc<Self>, mut conn: ServerConn, mut stop: watch::Receiver<bool>) {
+        let info = conn.connect_info();
+        // The listener requires a client certificate, so this holds; a
+        // connection without one is closed rather than served anonymously.
+        let Some(fingerprint) = info.client_fingerprint.clone() else {
+            tracing::warn!(peer = %info.remote_addr, "KMIP connection without a client certificate; closed");
+            return;
+        };
+        let call = Call::new(
+            Door::Kmip,
+            Caller::Tls {
+                fingerprint,
+                names: info.client_names.clone(),
+            },
+        );
+        loop {
+            let mut header = [0u8; HEADER_LEN];
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                read = conn.read_exact(&mut header) => if read.is_err() { return },
+            }
+            let len = match sealbroker_ttlv::message_len(&header) {
+                Ok(len) => len,
+                Err(e) => {
+                    // The framing is lost: answer once, then close.
+                    let answer = self.refuse_unreadable(&e);
+                    let _ = conn.write_all(&answer).await;
+                    let _ = conn.shutdown().await;
+                    return;
+                }
+            };
+            let mut bytes = Zeroizing::new(vec![0u8; len]);
+            bytes[..HEADER_LEN].copy_from_slice(&header);
+            if conn.read_exact(&mut bytes[HEADER_LEN..]).await.is_err() {
+                return;
+            }
+            let answer = self.answer(&call, &bytes);
+            if conn.write_all(&answer).await.is_err() || conn.flush().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Answers one request message (its bytes, header included) from `call`.
+    /// Never fails: whatever arrives gets a KMIP response.
+    pub fn answer(&self, call: &Call, bytes: &[u8]) -> Zeroizing<Vec<u8>> {
+        let decoded = Item::decode(bytes).map_err(|e| BadRequest {
+            version: None,
+            refusal: Refusal::invalid(format!("the request is not valid TTLV: {e}")),
+        });
+        let (version, items) = match decoded.and_then(|item| message::parse_request(&item)) {
+            Ok(request) => (request.version, self.run(call, &request)),
+            Err(bad) => {
+                tracing::info!(door = "kmip", caller = %call.caller, reason = %bad.refusal.reason, message = %bad.refusal.message, "KMIP request refused");
+                (
+                    bad.version.unwrap_or(ProtocolVersion::V1_2),
+                    vec![ResponseItem {
+                        operation: None,
+                        id: None,
+                        outcome: Outcome::Failed(bad.refusal),
+                    }],
+                )
+            }
+        };
+        encode(version, &items)
+    }
+
+    /// A response to bytes whose framing could not be read.
+    fn refuse_unreadable(&self, error: &DecodeError) -> Zeroizing<Vec<u8>> {
+        encode(
+            ProtocolVersion::V1_2,
+            &[ResponseItem {
+                operation: None,
+                id: None,
+                outcome: Outcome::Failed(Refusal::invalid(format!(
+                    "the request is not valid TTLV: {error}"
+                ))),
+            }],
+        )
+    }
+
+    /// Runs each batch item, honouring the Batch Error Continuation Option.
+    fn run(&self, call: &Call, request: &Request) -> Vec<ResponseItem> {
+        let mut answers: Vec<ResponseItem> = Vec::with_capacity(request.items.len());
+        for item in &request.items {
+            let outcome = match self.operate(call, request.version, item.operation, &item.payload) {
+                Ok(payload) => Outcome::Success(payload),
+                Err(refusal) => {
+                    tracing::info!(
+                        door = "kmip",
+                        caller = %call.caller,
+                        operation = operation::name(item.operation).unwrap_or("unknown"),
+                        reason = %refusal.reason,
+                        message = %refusal.message,
+                        "KMIP operation refused"
+                    );
+                    Outcome::Failed(refusal)
+                }
+            };
+            let failed = matches!(outcome, Outcome::Failed(_));
+            answers.push(ResponseItem {
+                operation: Some(item.operation),
+                id: item.id.clone(),
+                outcome,
+            });
+            if failed && request.on_error != OnError::Continue {
+                if request.on_error == OnError::Undo {
+                    // Nothing the door does changes state, so undoing is
+                    // only saying so.
+                    let done = answers.len() - 1;
+                    for earlier in &mut answers[..done] {
+                        earlier.outcome = Outcome::Undone;
+                    }
+                }
+                break;
+            }
+        }
+        answers
+    }
+
+    fn operate(
+        &self,
+        call: &Call,
+        version: ProtocolVersion,
+        op: u32,
+        payload: &[sealbroker_ttlv::Item],
+    ) -> Result<Vec<sealbroker_ttlv::Item>, Refusal> {
+        if op != operation::DISCOVER_VERSIONS && !SUPPORTED.contains(&version) {
+            return Err(Refusal::invalid(format!(
+                "protocol version {version} is not supported; this server speaks {} (ask with Discover Versions)",
+                SUPPORTED.map(|v| v.to_string()).join(", ")
+            )));
+        }
+        match op {
+            operation::DISCOVER_VERSIONS => message::discover_versions(payload),
+            operation::QUERY => message::query(
+                payload,
+                &ServerFacts {
+                    operations: &OPERATIONS,
+                    vendor: "sealbroker",
+                    server_information: concat!("sealbroker ", env!("CARGO_PKG_VERSION")),
+                },
+            ),
+            operation::LOCATE => {
+                let locate = message::parse_locate(payload)?;
+                let found: Vec<String> = self
+                    .broker
+                    .list_keys(call)
+                    .iter()
+                    .map(attributes_of)
+                    .filter(|key| locate.matches(key))
+                    .map(|key| key.unique_identifier)
+                    .collect();
+                Ok(message::locate_response(version, &locate, &found))
+            }
+            operation::GET_ATTRIBUTES => {
+                let request = message::parse_get_attributes(payload)?;
+                let key = self.key(call, &request.unique_identifier)?;
+                Ok(message::get_attributes_response(
+                    version,
+                    &key,
+                    &request.selectors,
+                ))
+            }
+            operation::GET_ATTRIBUTE_LIST => {
+                let unique_identifier = message::unique_identifier(payload)?;
+                let key = self.key(call, &unique_identifier)?;
+                Ok(message::get_attribute_list_response(version, &key))
+            }
+            other => Err(refusal_of(other)),
+        }
+    }
+
+    /// The key with `unique_identifier`, when the caller may use it. An
+    /// unknown key and a key the caller may not use read the same.
+    fn key(&self, call: &Call, unique_identifier: &str) -> Result<KeyAttributes, Refusal> {
+        match self.broker.get_key(call, unique_identifier) {
+            Ok(info) => Ok(attributes_of(&info)),
+            Err(Error::UnknownKey(_) | Error::PermissionDenied { .. }) => Err(Refusal::new(
+                ResultReason::ITEM_NOT_FOUND,
+                format!("no object with Unique Identifier {unique_identifier:?} that this client may use"),
+            )),
+            Err(e) => Err(Refusal::new(ResultReason::GENERAL_FAILURE, e.to_string())),
+        }
+    }
+}
+
+/// How a sealbroker key looks over KMIP. The algorithm and length describe
+/// the envelope cipher the broker applies for the key (AES-256-GCM data
+/// keys), not the backend key behind it, which KMIP clients never touch.
+fn attributes_of(info: &KeyInfo) -> KeyAttributes {
+    KeyAttributes {
+        unique_identifier: info.name.clone(),
+        name: info.name.clone(),
+        object_type: enums::OBJECT_TYPE_SYMMETRIC_KEY,
+        algorithm: enums::ALGORITHM_AES,
+        length: 256,
+        state: enums::STATE_ACTIVE,
+    }
+}
+
+/// The refusal for an operation the door does not answer.
+fn refusal_of(op: u32) -> Refusal {
+    let name = operation::name(op).unwrap_or("this operation");
+    match op {
+        operation::GET | operation::EXPORT => Refusal::new(
+            ResultReason::PERMISSION_DENIED,
+            format!("{name}: key material never leaves sealbroker"),
+        ),
+        operation::CREATE
+        | operation::CREATE_KEY_PAIR
+        | operation::REGISTER
+        | operation::REKEY
+        | operation::REKEY_KEY_PAIR
+        | operation::DERIVE_KEY
+        | operation::IMPORT => Refusal::new(
+            ResultReason::OPERATION_NOT_SUPPORTED,
+            format!("{name}: sealbroker keys are configured in the broker ([keys.NAME]), not made over KMIP"),
+        ),
+        operation::DESTROY
+        | operation::REVOKE
+        | operation::ACTIVATE
+        | operation::ARCHIVE
+        | operation::RECOVER
+        | operation::ADD_ATTRIBUTE
+        | operation::MODIFY_ATTRIBUTE
+        | operation::DELETE_ATTRIBUTE
+        | operation::SET_ATTRIBUTE => Refusal::new(
+            ResultReason::OPERATION_NOT_SUPPORTED,
+            format!(
+                "{name}: a sealbroker key's lifecycle is managed in the broker (config, `sealbroker keys`), not over KMIP"
+            ),
+        ),
+        _ => match operation::name(op) {
+            Some(name) => Refusal::new(
+                ResultReason::OPERATION_NOT_SUPPORTED,
+                format!("{name} is not supported by sealbroker's KMIP door"),
+            ),
+            None => Refusal::new(
+                ResultReason::OPERATION_NOT_SUPPORTED,
+                format!("operation 0x{op:X} is not a KMIP operation sealbroker knows"),
+            ),
+        },
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Encodes a response; one too large or deep for the codec becomes a
+/// Response Too Large failure instead.
+fn encode(version: ProtocolVersion, items: &[ResponseItem]) -> Zeroizing<Vec<u8>> {
+    match message::response(version, now(), items).encode() {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let refused: Vec<ResponseItem> = items
+                .iter()
+                .map(|item| ResponseItem {
+                    operation: item.operation,
+                    id: item.id.clone(),
+                    outcome: Outcome::Failed(Refusal::new(
+                        ResultReason(0x02), // Response Too Large
+                        format!("the response cannot be encoded: {e}"),
+                    )),
+                })
+                .collect();
+            message::response(version, now(), &refused)
+                .encode()
+                .unwrap_or_default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
