@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the transit HTTP door, the KMS v2 and KMS plugin services, the
+# Fuzzes the transit HTTP door, the KMS v2 and KMS plugin services, the KMIP
+# door's request path, the
 # config parser and the unix-socket :authority rewriter for a bounded time
 # each, for CI. Needs a nightly toolchain and
 # cargo-fuzz (`cargo install cargo-fuzz`). The first build takes several minutes.
@@ -18,7 +19,7 @@ cd "$(dirname "$0")"
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(transit_http kms_v2 kms_plugin config_parse h2_authority)
+[ ${#targets[@]} -gt 0 ] || targets=(transit_http kms_v2 kms_plugin config_parse h2_authority kmip_request)
 for target in "${targets[@]}"; do
   echo "== fuzz $target for ${seconds}s" >&2
   mkdir -p "corpus/$target" "artifacts/$target"

@@ -1,0 +1,46 @@
+//! Throws arbitrary bytes at the KMIP door's request path: TTLV decoding,
+//! request parsing, every operation's payload reader and the response
+//! encoder, over the fixture broker, as a TLS client with no grants.
+//!
+//! It may not panic, and whatever arrives gets a KMIP Response Message that
+//! decodes, whose header counts its batch items, and that never carries a
+//! Response Payload for Get or Export (key material never leaves).
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sealbroker_server::broker::caller::{Call, Caller, Door};
+use sealbroker_server::doors::kmip::KmipDoor;
+use sealbroker_server_fuzz::fixture;
+use sealbroker_ttlv::{Item, Value, operation, tag};
+
+fuzz_target!(|data: &[u8]| {
+    let fixture = fixture();
+    let door = KmipDoor::new(fixture.broker.clone());
+    let call = Call::new(
+        Door::Kmip,
+        Caller::Tls {
+            fingerprint: "00".into(),
+            names: vec!["dns:kmip-fuzz.test".into()],
+        },
+    );
+    let answer = door.answer(&call, data);
+    let response = Item::decode(&answer).expect("the door's answer decodes");
+    assert_eq!(response.tag, tag::RESPONSE_MESSAGE);
+    let fields = response.items().expect("a Response Message is a structure");
+    let header = fields[0].items().expect("a Response Header");
+    let count = header
+        .iter()
+        .find(|i| i.tag == tag::BATCH_COUNT)
+        .map(|i| i.value.clone());
+    let items: Vec<&Item> = fields.iter().filter(|i| i.tag == tag::BATCH_ITEM).collect();
+    assert_eq!(count, Some(Value::Integer(items.len() as i32)));
+    assert!(!items.is_empty(), "every answer has at least one batch item");
+    for item in items {
+        let fields = item.items().expect("a Batch Item is a structure");
+        let op = fields.iter().find(|i| i.tag == tag::OPERATION);
+        let exports = matches!(op.map(|i| &i.value), Some(Value::Enumeration(code)) if *code == operation::GET || *code == operation::EXPORT);
+        let has_payload = fields.iter().any(|i| i.tag == tag::RESPONSE_PAYLOAD);
+        assert!(!(exports && has_payload), "Get or Export answered with a payload");
+    }
+});
