@@ -9,7 +9,7 @@ use sealbroker_core::{
     StockStanza, parse_table,
 };
 
-use crate::{BackendConfig, KeyConfig, Pkcs11Key, TokenPool, generate_key};
+use crate::{BackendConfig, Engine, KeyConfig, Pkcs11Key, generate_key};
 
 /// `type = "pkcs11"`.
 pub static KIND: Pkcs11Kind = Pkcs11Kind;
@@ -22,7 +22,8 @@ impl BackendKind for Pkcs11Kind {
         "pkcs11"
     }
 
-    /// Builds the token pool; nothing touches the module until the first operation.
+    /// Builds the token pool or the helper's supervisor; nothing starts or
+    /// touches the module until the first operation.
     async fn open(
         &self,
         table: &toml::Table,
@@ -30,8 +31,8 @@ impl BackendKind for Pkcs11Kind {
         _profile: Profile,
     ) -> Result<Arc<dyn OpenedBackend>, ConfigError> {
         let config: BackendConfig = parse_table(table, path)?;
-        let pool = config.pool().map_err(|e| e.under(path))?;
-        Ok(Arc::new(Token { config, pool }))
+        let engine = config.engine(path).map_err(|e| e.under(path))?;
+        Ok(Arc::new(Token { config, engine }))
     }
 
     fn has_stock_seal(&self) -> bool {
@@ -47,7 +48,7 @@ impl BackendKind for Pkcs11Kind {
 /// One configured token.
 struct Token {
     config: BackendConfig,
-    pool: TokenPool,
+    engine: Engine,
 }
 
 #[async_trait]
@@ -55,11 +56,13 @@ impl OpenedBackend for Token {
     fn key(&self, settings: &toml::Table, path: &str) -> Result<Arc<dyn Backend>, ConfigError> {
         let key: KeyConfig = parse_table(settings, path)?;
         Ok(Arc::new(
-            Pkcs11Key::new(self.pool.clone(), &key).map_err(|e| e.under(path))?,
+            Pkcs11Key::with_engine(self.engine.clone(), &key).map_err(|e| e.under(path))?,
         ))
     }
 
-    /// A non-extractable, sensitive AES-256 key or RSA-3072 pair.
+    /// A non-extractable, sensitive AES-256 key or RSA-3072 pair, made in
+    /// this process (`sealbroker keygen` is short-lived; a module crash there
+    /// fails only the command).
     async fn create_key(&self, settings: &toml::Table, path: &str) -> Result<String, KeygenError> {
         let key: KeyConfig = parse_table(settings, path)?;
         Ok(generate_key(&self.config, &key).await?)

@@ -5,9 +5,12 @@
 //! `pin`, `key_label`, `key_id`, `mechanism`, `rsa_oaep_hash`) so an existing
 //! stanza can be copied over.
 
+pub mod helper;
 mod kind;
 pub mod pool;
 mod stock;
+pub mod supervisor;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -23,9 +26,11 @@ use ring::rand::{SecureRandom, SystemRandom};
 use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, NewVersion, Sealed, SecretBytes};
 use secrecy::SecretString;
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 pub use kind::{KIND, Pkcs11Kind};
 pub use pool::{Dispatch, OpError, PinSource, TokenPool, TokenSelector};
+pub use supervisor::{HelperClient, HelperCommand, Isolation};
 
 const GCM_IV_LEN: usize = 12;
 const GCM_TAG_BITS: u64 = 128;
@@ -52,8 +57,32 @@ pub struct BackendConfig {
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
     /// Where device calls run: `"pool"` (default) or `"inline"`. See [`Dispatch`].
+    /// In-process isolation only.
     #[serde(default)]
     pub dispatch: Dispatch,
+    /// Where the module runs: `"process"` (default: a supervised helper
+    /// process, so a module crash fails calls, not the broker) or `"in-process"`.
+    pub isolation: Option<Isolation>,
+    /// Environment variables the helper inherits from the broker (names);
+    /// nothing else reaches the module's process.
+    #[serde(default = "default_helper_env")]
+    pub helper_env: Vec<String>,
+    /// Run the helper under this uid (needs the broker to have CAP_SETUID).
+    pub helper_uid: Option<u32>,
+    /// Run the helper under this gid (needs CAP_SETGID).
+    pub helper_gid: Option<u32>,
+    /// Seconds an operation may take in the helper before it counts as hung:
+    /// the helper is killed and restarted, failing the calls in flight.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_helper_env() -> Vec<String> {
+    vec!["SOFTHSM2_CONF".to_owned()]
+}
+
+fn default_timeout_secs() -> u64 {
+    30
 }
 
 /// Mechanism names as OpenBao's pkcs11 seal spells them.
@@ -165,6 +194,67 @@ impl BackendConfig {
     }
 }
 
+impl BackendConfig {
+    /// The isolation this config asks for, after the default.
+    pub fn isolation(&self) -> Isolation {
+        self.isolation.unwrap_or_default()
+    }
+
+    /// Checks the isolation settings and builds the engine every key of
+    /// this backend shares. `backend` names the backend in errors
+    /// (`backends.NAME`).
+    pub fn engine(&self, backend: &str) -> Result<Engine, ConfigError> {
+        let pool = self.pool()?;
+        if self.timeout_secs == 0 {
+            return Err(ConfigError::new("timeout_secs", "must be at least 1"));
+        }
+        for (i, name) in self.helper_env.iter().enumerate() {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                return Err(ConfigError::new(
+                    format!("helper_env[{i}]"),
+                    format!("{name:?} is not an environment variable name"),
+                ));
+            }
+        }
+        match self.isolation() {
+            Isolation::InProcess => {
+                for (field, set) in [
+                    ("helper_uid", self.helper_uid.is_some()),
+                    ("helper_gid", self.helper_gid.is_some()),
+                ] {
+                    if set {
+                        return Err(ConfigError::new(field, "applies only to isolation = \"process\""));
+                    }
+                }
+                Ok(Engine::InProcess(pool))
+            }
+            Isolation::Process => {
+                if self.isolation.is_some() && self.dispatch == Dispatch::Inline {
+                    return Err(ConfigError::new(
+                        "dispatch",
+                        "applies only to isolation = \"in-process\"; the helper process runs each call on its own thread",
+                    ));
+                }
+                let (lib, token, pin) = pool.origin();
+                Ok(Engine::Process(Arc::new(HelperClient::new(
+                    supervisor::HelperSettings {
+                        backend: backend.to_owned(),
+                        command: supervisor::helper_command(),
+                        lib,
+                        token,
+                        pin,
+                        max_sessions: self.max_sessions,
+                        env: self.helper_env.clone(),
+                        uid: self.helper_uid,
+                        gid: self.helper_gid,
+                        timeout: std::time::Duration::from_secs(self.timeout_secs),
+                    },
+                ))))
+            }
+        }
+    }
+}
+
 /// Which object a key config names, validated.
 #[derive(Debug, Clone)]
 struct KeySelector {
@@ -208,6 +298,45 @@ impl KeySelector {
             template.push(Attribute::Id(id.clone()));
         }
         template
+    }
+
+    /// The selector as the helper protocol carries it.
+    fn spec(&self) -> wire::KeySpec {
+        wire::KeySpec {
+            label: self.label.clone(),
+            id: self.id.clone(),
+            mechanism: match self.mechanism {
+                MechanismName::AesGcm => 0,
+                MechanismName::RsaPkcsOaep => 1,
+            },
+            oaep_hash: match self.oaep_hash {
+                OaepHash::Sha1 => 0,
+                OaepHash::Sha224 => 1,
+                OaepHash::Sha256 => 2,
+                OaepHash::Sha384 => 3,
+                OaepHash::Sha512 => 4,
+            },
+        }
+    }
+
+    /// The selector a helper request names (the decoder bounds both codes).
+    fn from_spec(spec: &wire::KeySpec) -> Self {
+        KeySelector {
+            label: spec.label.clone(),
+            id: spec.id.clone(),
+            mechanism: if spec.mechanism == 1 {
+                MechanismName::RsaPkcsOaep
+            } else {
+                MechanismName::AesGcm
+            },
+            oaep_hash: match spec.oaep_hash {
+                0 => OaepHash::Sha1,
+                1 => OaepHash::Sha224,
+                3 => OaepHash::Sha384,
+                4 => OaepHash::Sha512,
+                _ => OaepHash::Sha256,
+            },
+        }
     }
 
     fn describe(&self) -> String {
@@ -338,9 +467,18 @@ impl KeyState {
     }
 }
 
+/// Where a key's device calls run.
+#[derive(Clone)]
+pub enum Engine {
+    /// In the broker's process, on its own session pool.
+    InProcess(TokenPool),
+    /// In the backend's supervised helper process ([`supervisor`]).
+    Process(Arc<supervisor::HelperClient>),
+}
+
 /// A key on a PKCS#11 token.
 pub struct Pkcs11Key {
-    pool: TokenPool,
+    engine: Engine,
     /// Where new versions are created, and how they are named.
     lib: PathBuf,
     token: TokenSelector,
@@ -370,7 +508,7 @@ impl Pkcs11Key {
 
     fn version_key(&self, version: u32) -> Result<NewVersion, BackendError> {
         let config = self.version_config(version);
-        let key = Pkcs11Key::new(self.pool.clone(), &config)
+        let key = Pkcs11Key::with_engine(self.engine.clone(), &config)
             .map_err(|e| BackendError::new(BackendErrorKind::InvalidInput, e.to_string()))?;
         Ok(NewVersion {
             backend: Arc::new(key),
@@ -382,20 +520,38 @@ impl Pkcs11Key {
         })
     }
 
-    /// The pool this key runs on.
-    pub fn pool(&self) -> &TokenPool {
-        &self.pool
+    /// The in-process pool this key runs on; `None` under process isolation.
+    pub fn pool(&self) -> Option<&TokenPool> {
+        match &self.engine {
+            Engine::InProcess(pool) => Some(pool),
+            Engine::Process(_) => None,
+        }
     }
 
-    /// A key on `pool`. Nothing touches the token until the first operation,
-    /// so the broker can start while the HSM is briefly away.
+    /// A key on `pool`, in the broker's process. Nothing touches the token
+    /// until the first operation, so the broker can start while the HSM is
+    /// briefly away.
     pub fn new(pool: TokenPool, config: &KeyConfig) -> Result<Self, ConfigError> {
+        Self::with_engine(Engine::InProcess(pool), config)
+    }
+
+    /// A key served by `engine`; like [`Pkcs11Key::new`], lazy.
+    pub fn with_engine(engine: Engine, config: &KeyConfig) -> Result<Self, ConfigError> {
         let selector = KeySelector::from_config(config)?;
-        let (lib, token_selector, pin) = pool.origin();
-        let token = pool.describe();
+        let (lib, token_selector, pin, token) = match &engine {
+            Engine::InProcess(pool) => {
+                let (lib, token, pin) = pool.origin();
+                (lib, token, pin, pool.describe())
+            }
+            Engine::Process(helper) => {
+                let (lib, token, pin) = helper.origin();
+                let described = format!("{token} in {}", lib.display());
+                (lib, token, pin, described)
+            }
+        };
         let identity = format!("pkcs11:{token}:{}:{:?}", selector.describe(), selector.mechanism);
         Ok(Pkcs11Key {
-            pool,
+            engine,
             lib,
             token: token_selector,
             pin,
@@ -408,6 +564,111 @@ impl Pkcs11Key {
             identity,
             rng: SystemRandom::new(),
         })
+    }
+
+    /// Runs one device call where the engine says.
+    async fn execute(&self, call: Call) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        match &self.engine {
+            Engine::InProcess(pool) => {
+                let decrypting = matches!(call, Call::Decrypt { .. });
+                let key = self.key.clone();
+                pool.run(move |session, generation| key.perform(session, generation, &call))
+                    .await
+                    .map_err(|e| op_error(e, decrypting))
+            }
+            Engine::Process(helper) => helper.call(self.key.selector.spec(), call).await,
+        }
+    }
+}
+
+/// One device call on a key: what the broker asks of the token, in process
+/// or through the helper.
+pub enum Call {
+    /// `iv` is 12 bytes for AES-GCM and empty for RSA-OAEP (so is `aad`).
+    Encrypt {
+        iv: Vec<u8>,
+        aad: Vec<u8>,
+        plaintext: Zeroizing<Vec<u8>>,
+    },
+    Decrypt {
+        iv: Vec<u8>,
+        aad: Vec<u8>,
+        ciphertext: Vec<u8>,
+    },
+}
+
+impl KeyState {
+    /// Runs `call` on `session` with this key's mechanism.
+    fn perform(
+        &self,
+        session: &Session,
+        generation: u64,
+        call: &Call,
+    ) -> Result<Zeroizing<Vec<u8>>, OpError> {
+        let gcm_iv = |iv: &[u8]| -> Result<[u8; GCM_IV_LEN], OpError> {
+            iv.try_into()
+                .map_err(|_| OpError::Backend(BackendError::not_authentic("the data key IV is not 12 bytes")))
+        };
+        let oaep = || {
+            let (hash_alg, mgf) = self.selector.oaep_hash.params();
+            PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty())
+        };
+        match (self.selector.mechanism, call) {
+            (MechanismName::AesGcm, Call::Encrypt { iv, aad, plaintext }) => {
+                let iv = gcm_iv(iv)?;
+                self.with_handle(
+                    session,
+                    generation,
+                    Purpose::Encrypt,
+                    "C_Encrypt(AES_GCM)",
+                    |handle| {
+                        let mut iv = iv;
+                        let params = GcmParams::new(&mut iv, aad, GCM_TAG_BITS.into())?;
+                        session
+                            .encrypt(&CkMechanism::AesGcm(params), handle, plaintext)
+                            .map(Zeroizing::new)
+                    },
+                )
+            }
+            (MechanismName::AesGcm, Call::Decrypt { iv, aad, ciphertext }) => {
+                let iv = gcm_iv(iv)?;
+                self.with_handle(
+                    session,
+                    generation,
+                    Purpose::Decrypt,
+                    "C_Decrypt(AES_GCM)",
+                    |handle| {
+                        let mut iv = iv;
+                        let params = GcmParams::new(&mut iv, aad, GCM_TAG_BITS.into())?;
+                        session
+                            .decrypt(&CkMechanism::AesGcm(params), handle, ciphertext)
+                            .map(Zeroizing::new)
+                    },
+                )
+            }
+            (MechanismName::RsaPkcsOaep, Call::Encrypt { plaintext, .. }) => self.with_handle(
+                session,
+                generation,
+                Purpose::Encrypt,
+                "C_Encrypt(RSA_PKCS_OAEP)",
+                |handle| {
+                    session
+                        .encrypt(&CkMechanism::RsaPkcsOaep(oaep()), handle, plaintext)
+                        .map(Zeroizing::new)
+                },
+            ),
+            (MechanismName::RsaPkcsOaep, Call::Decrypt { ciphertext, .. }) => self.with_handle(
+                session,
+                generation,
+                Purpose::Decrypt,
+                "C_Decrypt(RSA_PKCS_OAEP)",
+                |handle| {
+                    session
+                        .decrypt(&CkMechanism::RsaPkcsOaep(oaep()), handle, ciphertext)
+                        .map(Zeroizing::new)
+                },
+            ),
+        }
     }
 }
 
@@ -478,14 +739,21 @@ impl Backend for Pkcs11Key {
         let config = self.version_config(version);
         let selection = KeySelector::from_config(&config)
             .map_err(|e| BackendError::new(BackendErrorKind::InvalidInput, e.to_string()))?;
-        create_key(
-            self.lib.clone(),
-            self.token.clone(),
-            self.pin.clone(),
-            selection,
-            Existing::Use,
-        )
-        .await?;
+        match &self.engine {
+            Engine::InProcess(_) => {
+                create_key(
+                    self.lib.clone(),
+                    self.token.clone(),
+                    self.pin.clone(),
+                    selection,
+                    Existing::Use,
+                )
+                .await?;
+            }
+            Engine::Process(helper) => {
+                helper.create_key(selection.spec(), true).await?;
+            }
+        }
         Ok(created)
     }
 
@@ -493,63 +761,45 @@ impl Backend for Pkcs11Key {
         self.identity.clone()
     }
 
+    fn helper_restarts(&self) -> u64 {
+        match &self.engine {
+            Engine::InProcess(_) => 0,
+            Engine::Process(helper) => helper.restarts(),
+        }
+    }
+
     async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {
-        let key = self.key.clone();
-        let secret = SecretBytes::copy_from(secret);
-        match key.selector.mechanism {
+        let plaintext = Zeroizing::new(secret.to_vec());
+        match self.key.selector.mechanism {
             MechanismName::AesGcm => {
                 let mut iv = [0u8; GCM_IV_LEN];
                 self.rng
                     .fill(&mut iv)
                     .map_err(|_| BackendError::internal("system RNG failed"))?;
-                let aad = aad.to_vec();
-                let ciphertext = self
-                    .pool
-                    .run(move |session, generation| {
-                        key.with_handle(
-                            session,
-                            generation,
-                            Purpose::Encrypt,
-                            "C_Encrypt(AES_GCM)",
-                            |handle| {
-                                let mut iv = iv;
-                                let params = GcmParams::new(&mut iv, &aad, GCM_TAG_BITS.into())?;
-                                session.encrypt(&CkMechanism::AesGcm(params), handle, secret.expose())
-                            },
-                        )
-                    })
-                    .await
-                    .map_err(|e| op_error(e, false))?;
+                let call = Call::Encrypt {
+                    iv: iv.to_vec(),
+                    aad: aad.to_vec(),
+                    plaintext,
+                };
+                let ciphertext = self.execute(call).await?;
                 Ok(Sealed {
                     mechanism: Mechanism::Aes256Gcm,
                     iv: iv.to_vec(),
-                    ciphertext,
+                    ciphertext: ciphertext.to_vec(),
                     ..Default::default()
                 })
             }
             MechanismName::RsaPkcsOaep => {
-                let hash = key.selector.oaep_hash;
-                let ciphertext = self
-                    .pool
-                    .run(move |session, generation| {
-                        key.with_handle(
-                            session,
-                            generation,
-                            Purpose::Encrypt,
-                            "C_Encrypt(RSA_PKCS_OAEP)",
-                            |handle| {
-                                let (hash_alg, mgf) = hash.params();
-                                let params = PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty());
-                                session.encrypt(&CkMechanism::RsaPkcsOaep(params), handle, secret.expose())
-                            },
-                        )
-                    })
-                    .await
-                    .map_err(|e| op_error(e, false))?;
+                let call = Call::Encrypt {
+                    iv: Vec::new(),
+                    aad: Vec::new(),
+                    plaintext,
+                };
+                let ciphertext = self.execute(call).await?;
                 Ok(Sealed {
                     mechanism: Mechanism::RsaOaep,
-                    ciphertext,
-                    oaep_hash: hash.name().to_owned(),
+                    ciphertext: ciphertext.to_vec(),
+                    oaep_hash: self.key.selector.oaep_hash.name().to_owned(),
                     ..Default::default()
                 })
             }
@@ -557,36 +807,19 @@ impl Backend for Pkcs11Key {
     }
 
     async fn decrypt(&self, sealed: &Sealed, aad: &[u8]) -> Result<SecretBytes, BackendError> {
-        let key = self.key.clone();
-        let ciphertext = sealed.ciphertext.clone();
-        let plaintext = match (key.selector.mechanism, sealed.mechanism) {
+        let call = match (self.key.selector.mechanism, sealed.mechanism) {
             (MechanismName::AesGcm, Mechanism::Aes256Gcm) => {
-                let iv: [u8; GCM_IV_LEN] = sealed
-                    .iv
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| BackendError::not_authentic("the data key IV is not 12 bytes"))?;
-                let aad = aad.to_vec();
-                self.pool
-                    .run(move |session, generation| {
-                        key.with_handle(
-                            session,
-                            generation,
-                            Purpose::Decrypt,
-                            "C_Decrypt(AES_GCM)",
-                            |handle| {
-                                let mut iv = iv;
-                                let params = GcmParams::new(&mut iv, &aad, GCM_TAG_BITS.into())?;
-                                session
-                                    .decrypt(&CkMechanism::AesGcm(params), handle, &ciphertext)
-                                    .map(SecretBytes::new)
-                            },
-                        )
-                    })
-                    .await
+                if sealed.iv.len() != GCM_IV_LEN {
+                    return Err(BackendError::not_authentic("the data key IV is not 12 bytes"));
+                }
+                Call::Decrypt {
+                    iv: sealed.iv.clone(),
+                    aad: aad.to_vec(),
+                    ciphertext: sealed.ciphertext.clone(),
+                }
             }
             (MechanismName::RsaPkcsOaep, Mechanism::RsaOaep) => {
-                let hash = key.selector.oaep_hash;
+                let hash = self.key.selector.oaep_hash;
                 if sealed.oaep_hash != hash.name() {
                     return Err(BackendError::not_authentic(format!(
                         "the data key was sealed with OAEP/{}, this key uses OAEP/{}",
@@ -594,23 +827,11 @@ impl Backend for Pkcs11Key {
                         hash.name()
                     )));
                 }
-                self.pool
-                    .run(move |session, generation| {
-                        key.with_handle(
-                            session,
-                            generation,
-                            Purpose::Decrypt,
-                            "C_Decrypt(RSA_PKCS_OAEP)",
-                            |handle| {
-                                let (hash_alg, mgf) = hash.params();
-                                let params = PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty());
-                                session
-                                    .decrypt(&CkMechanism::RsaPkcsOaep(params), handle, &ciphertext)
-                                    .map(SecretBytes::new)
-                            },
-                        )
-                    })
-                    .await
+                Call::Decrypt {
+                    iv: Vec::new(),
+                    aad: Vec::new(),
+                    ciphertext: sealed.ciphertext.clone(),
+                }
             }
             (configured, found) => {
                 return Err(BackendError::not_authentic(format!(
@@ -618,7 +839,8 @@ impl Backend for Pkcs11Key {
                 )));
             }
         };
-        plaintext.map_err(|e| op_error(e, true))
+        let mut plaintext = self.execute(call).await?;
+        Ok(SecretBytes::new(std::mem::take(&mut *plaintext)))
     }
 }
 
@@ -650,10 +872,23 @@ async fn create_key(
     selector: KeySelector,
     existing: Existing,
 ) -> Result<String, BackendError> {
+    tokio::task::spawn_blocking(move || create_key_blocking(&lib, &token, &pin, &selector, existing))
+        .await
+        .map_err(|e| BackendError::internal(format!("PKCS#11 worker failed: {e}")))?
+}
+
+/// [`create_key`] on the calling thread (the helper's worker threads).
+fn create_key_blocking(
+    lib: &std::path::Path,
+    token: &TokenSelector,
+    pin: &PinSource,
+    selector: &KeySelector,
+    existing: Existing,
+) -> Result<String, BackendError> {
     let label = selector.label.clone().unwrap_or_default().into_bytes();
     let id = selector.id.clone().unwrap_or_default();
-    tokio::task::spawn_blocking(move || -> Result<String, BackendError> {
-        let session = pool::open_rw_logged_in(&lib, &token, &pin)?;
+    {
+        let session = pool::open_rw_logged_in(lib, token, pin)?;
         let device = |what: &'static str| {
             move |e: CkError| BackendError::unavailable(format!("{what}: {}", pool::describe(&e)))
         };
@@ -724,7 +959,5 @@ async fn create_key(
                 ))
             }
         }
-    })
-    .await
-    .map_err(|e| BackendError::internal(format!("PKCS#11 worker failed: {e}")))?
+    }
 }

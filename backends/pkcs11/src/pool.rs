@@ -237,6 +237,16 @@ impl TokenPool {
         format!("{} in {}", self.inner.token, self.inner.lib.display())
     }
 
+    /// Runs `op` on a pooled session on the calling thread, with the same
+    /// reset-and-retry as [`TokenPool::run`] but no concurrency bound: for
+    /// the helper process, whose worker threads are the bound.
+    pub(crate) fn run_on_this_thread<T>(
+        &self,
+        op: &dyn Fn(&Session, u64) -> Result<T, OpError>,
+    ) -> Result<T, OpError> {
+        self.inner.run_blocking(op)
+    }
+
     /// Runs `op` on a pooled session, where [`Dispatch`] says. `op` receives
     /// the session and the pool generation (for handle caches). A session- or
     /// device-level failure resets the pool and retries `op` once.

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use sealbroker_backend_pkcs11::{
-    BackendConfig, Dispatch, KeyConfig, MechanismName, OaepHash, Pkcs11Key, generate_key,
+    BackendConfig, Dispatch, Isolation, KeyConfig, MechanismName, OaepHash, Pkcs11Key, generate_key,
 };
 use sealbroker_core::{Backend, BackendErrorKind};
 use sealbroker_testkit::assert_no_secret;
@@ -60,6 +60,11 @@ fn backend(token: &Token, max_sessions: usize) -> BackendConfig {
         pin_file: Some(token.path.join("pin")),
         max_sessions,
         dispatch: Dispatch::Pool,
+        isolation: Some(Isolation::InProcess),
+        helper_env: vec!["SOFTHSM2_CONF".into()],
+        helper_uid: None,
+        helper_gid: None,
+        timeout_secs: 30,
     }
 }
 
@@ -229,14 +234,14 @@ async fn pool_recovers_when_sessions_are_closed_underneath_it() {
     let key = key(&backend(&token, 4), &aes_key("aes-1"));
     let before = key.encrypt(&[5; 32], b"x").await.unwrap();
 
-    assert_eq!(key.pool().resets(), 0);
+    assert_eq!(key.pool().unwrap().resets(), 0);
 
     close_all_sessions_underneath();
     // Every session and the login are gone; the next calls must heal.
     let opened = key.decrypt(&before, b"x").await.unwrap();
     assert_eq!(opened.expose(), &[5; 32]);
     assert_eq!(
-        key.pool().resets(),
+        key.pool().unwrap().resets(),
         1,
         "the pool should have noticed the lost sessions"
     );
@@ -244,7 +249,7 @@ async fn pool_recovers_when_sessions_are_closed_underneath_it() {
     close_all_sessions_underneath();
     let after = key.encrypt(&[6; 32], b"y").await.unwrap();
     assert_eq!(key.decrypt(&after, b"y").await.unwrap().expose(), &[6; 32]);
-    assert_eq!(key.pool().resets(), 2);
+    assert_eq!(key.pool().unwrap().resets(), 2);
 }
 
 /// The thread a pooled call ran on, and whether it was the caller's.
@@ -302,7 +307,7 @@ async fn dispatch_inline_shares_a_small_pool_and_heals() {
     let before = key.encrypt(&[7; 32], b"x").await.unwrap();
     close_all_sessions_underneath();
     assert_eq!(key.decrypt(&before, b"x").await.unwrap().expose(), &[7; 32]);
-    assert_eq!(key.pool().resets(), 1);
+    assert_eq!(key.pool().unwrap().resets(), 1);
 }
 
 /// Issue 15: two replicas may stage the same version, and a replica that

@@ -89,6 +89,13 @@ pub trait Backend: Send + Sync + 'static {
         0
     }
 
+    /// How many times this backend restarted the isolated process that holds
+    /// its device module (PKCS#11 `isolation = "process"`), since start.
+    /// Exported as a metric.
+    fn helper_restarts(&self) -> u64 {
+        0
+    }
+
     /// A real round trip through the key: proves the device or service and the
     /// key are usable right now.
     async fn health(&self) -> Result<(), BackendError> {

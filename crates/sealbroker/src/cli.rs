@@ -56,6 +56,10 @@ See docs/openbao.md for the in-process mode (config_file) and every seal option.
     /// Work with the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The PKCS#11 helper process (isolation = "process"): started by the
+    /// broker with a socket on stdin, never by hand.
+    #[command(name = "pkcs11-helper", hide = true)]
+    Pkcs11Helper,
 }
 
 #[derive(Args)]

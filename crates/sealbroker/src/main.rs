@@ -11,6 +11,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if let cli::Command::Pkcs11Helper = cli.command {
+        // No async runtime: the helper is threads around one PKCS#11 module.
+        return sealbroker_backend_pkcs11::helper::serve_stdin();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -31,6 +35,7 @@ fn main() -> ExitCode {
             cli::Command::Audit(cli::AuditCommand::Verify { file, config }) => {
                 serve::audit_verify(file.as_deref(), config.as_deref()).await
             }
+            cli::Command::Pkcs11Helper => Ok(sealbroker_backend_pkcs11::helper::serve_stdin()),
         }
     });
     match result {

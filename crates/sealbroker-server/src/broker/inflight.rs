@@ -83,6 +83,10 @@ impl Backend for InFlightLimit {
         self.inner.throttling_retries()
     }
 
+    fn helper_restarts(&self) -> u64 {
+        self.inner.helper_restarts()
+    }
+
     async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {
         let _slot = self.slots.acquire().await?;
         self.inner.encrypt(secret, aad).await

@@ -52,6 +52,7 @@ pub struct Metrics {
     in_flight: Gauge<i64, AtomicI64>,
     security_risk: Gauge<i64, AtomicI64>,
     throttling_retries: Family<BackendNameLabels, Counter>,
+    helper_restarts: Family<BackendNameLabels, Counter>,
     degraded_wraps: Family<BackendLabels, Counter>,
     primary_version: Family<KeyLabels, Gauge<i64, AtomicI64>>,
     min_decryption_version: Family<KeyLabels, Gauge<i64, AtomicI64>>,
@@ -129,6 +130,12 @@ impl Metrics {
             "Calls a backend retried because its service throttled them",
             throttling_retries.clone(),
         );
+        let helper_restarts = Family::<BackendNameLabels, Counter>::default();
+        registry.register(
+            "backend_helper_restarts",
+            "Helper processes a backend started to replace one that died (a PKCS#11 module crash or hang)",
+            helper_restarts.clone(),
+        );
         let degraded_wraps = Family::<BackendLabels, Counter>::default();
         registry.register(
             "degraded_wraps",
@@ -191,6 +198,7 @@ impl Metrics {
             min_decryption_version,
             version_usable,
             throttling_retries,
+            helper_restarts,
             degraded_wraps,
             operations,
             latency,
@@ -313,6 +321,18 @@ impl Metrics {
         }
     }
 
+    /// Brings a backend's helper-restart counter up to `total`, the
+    /// cumulative count the backend itself keeps.
+    pub fn sync_helper_restarts(&self, backend: &str, total: u64) {
+        let counter = self.helper_restarts.get_or_create(&BackendNameLabels {
+            backend: backend.into(),
+        });
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+    }
+
     pub fn security_risk(&self) -> bool {
         self.security_risk.get() == 1
     }
@@ -330,15 +350,17 @@ async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
         Some(metrics) => {
             // Backends count their own retries; read them at scrape time. Keys
             // on one backend share its client, so take the largest count.
-            let mut totals = std::collections::BTreeMap::<String, u64>::new();
+            let mut totals = std::collections::BTreeMap::<String, (u64, u64)>::new();
             for key in broker.key_ring().keys() {
                 for member in key.versions().flat_map(|v| &v.members) {
-                    let total = totals.entry(member.backend_name.clone()).or_default();
-                    *total = (*total).max(member.backend.throttling_retries());
+                    let (retries, restarts) = totals.entry(member.backend_name.clone()).or_default();
+                    *retries = (*retries).max(member.backend.throttling_retries());
+                    *restarts = (*restarts).max(member.backend.helper_restarts());
                 }
             }
-            for (backend, total) in totals {
-                metrics.sync_throttling_retries(&backend, total);
+            for (backend, (retries, restarts)) in totals {
+                metrics.sync_throttling_retries(&backend, retries);
+                metrics.sync_helper_restarts(&backend, restarts);
             }
             metrics.encode()
         }
