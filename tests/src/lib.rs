@@ -95,6 +95,28 @@ pub mod sweep {
 
 pub use sealbroker_testkit::{assert_no_secret, audit_log, audit_toml, free_port};
 
+/// Builds tests/pkcs11-crashy into `dir`: a PKCS#11 module that forwards to
+/// SoftHSM2 and segfaults in C_Encrypt while the file named by
+/// `$SEALBROKER_CRASH_TRIGGER` exists. Returns the module's path.
+pub fn crashy_module(dir: &Path) -> PathBuf {
+    let source = repo_root().join("tests/pkcs11-crashy/crashy_pkcs11.c");
+    let module = dir.join("libcrashy_pkcs11.so");
+    let out = Command::new(std::env::var_os("CC").unwrap_or_else(|| "cc".into()))
+        .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
+        .arg(&module)
+        .arg(&source)
+        .arg("-ldl")
+        .output()
+        .expect("no C compiler (`cc`); Rust needs one as its linker, so install build-essential");
+    assert!(
+        out.status.success(),
+        "compiling {} failed: {}",
+        source.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    module
+}
+
 /// A SoftHSM2 token in its own directory, made by softhsm/make-token.sh.
 pub struct SoftHsmToken {
     pub dir: PathBuf,

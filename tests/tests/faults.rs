@@ -1226,3 +1226,156 @@ fn kms_plugin_exits_when_openbao_is_sigkilled() {
         "KMS plugin(s) {leaked:?} (of {plugins:?}) outlived a SIGKILLed OpenBao by 10 s (killed now)"
     );
 }
+
+// ------------------------------- 6. a PKCS#11 module that crashes on demand
+
+/// A hardened daemon whose key `unseal` is on the crash-on-demand module
+/// (tests/pkcs11-crashy) over `token`, with the given isolation. Returns
+/// the daemon and the trigger file: while it exists, C_Encrypt segfaults.
+async fn crashy_daemon(dir: &Path, token: &SoftHsmToken, isolation: &str) -> (Daemon, PathBuf) {
+    let module = crashy_module(dir);
+    let trigger = dir.join("crash-now");
+    let backend = token
+        .backend_toml("hsm")
+        .replace(SOFTHSM_MODULE, module.to_str().unwrap())
+        + &format!(
+            "isolation = \"{isolation}\"\nhelper_env = [\"SOFTHSM2_CONF\", \"SEALBROKER_CRASH_TRIGGER\"]\n"
+        );
+    let config = dir.join("sealbroker.toml");
+    fs::write(
+        &config,
+        format!(
+            "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n{backend}\n\
+             [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{}\n[audit]\nstdout = true\n",
+            dir.join("sb.sock").display(),
+            allow_test_callers()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(
+        &["serve", "--config", config.to_str().unwrap()],
+        &[
+            ("SOFTHSM2_CONF", &token.conf),
+            ("SEALBROKER_CRASH_TRIGGER", &trigger),
+        ],
+        &dir.join("daemon.log"),
+        Some(dir.join("sb.sock")),
+        None,
+    )
+    .await;
+    (daemon, trigger)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_segfault_under_process_isolation_fails_one_wrap_and_the_broker_heals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let token = SoftHsmToken::create(&dir.join("hsm"), "crashy", "unseal-key", PIN);
+    let (mut daemon, trigger) = crashy_daemon(dir, &token, "process").await;
+    let pid = daemon.pid();
+    let mut client = daemon.unix_client().await;
+    let bound = Duration::from_secs(20);
+
+    let (before, _) = bounded(
+        bound,
+        "Wrap",
+        client.wrap(wrap_request("unseal", b"before", b"a")),
+    )
+    .await;
+    let before = before.expect("Wrap through the helper works");
+
+    fs::write(&trigger, b"").unwrap();
+    let (crashed, _) = bounded(
+        bound,
+        "Wrap",
+        client.wrap(wrap_request("unseal", b"during", b"a")),
+    )
+    .await;
+    let status = crashed.expect_err("C_Encrypt segfaulted in the helper");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("\"hsm\""),
+        "names the backend: {status:?}"
+    );
+    assert!(
+        status.message().contains("SIGSEGV"),
+        "says the module crashed: {status:?}"
+    );
+    assert!(
+        daemon.exit_status().is_none(),
+        "the broker survived:\n{}",
+        daemon.logs()
+    );
+    assert!(alive(pid), "broker pid {pid} still runs");
+
+    fs::remove_file(&trigger).unwrap();
+    let started = Instant::now();
+    let after = loop {
+        let (result, _) = bounded(bound, "Wrap", client.wrap(wrap_request("unseal", b"after", b"a"))).await;
+        match result {
+            Ok(blob) => break blob,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(
+                    started.elapsed() < bound,
+                    "the helper never came back: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    daemon.logged("restarted the PKCS#11 helper", 1).await;
+    for (blob, plaintext) in [(before.blob, &b"before"[..]), (after.blob, &b"after"[..])] {
+        let (opened, _) = bounded(
+            bound,
+            "Unwrap",
+            client.unwrap(unwrap_request("unseal", &blob, b"a")),
+        )
+        .await;
+        assert_eq!(opened.expect("Unwrap after the restart").plaintext, plaintext);
+    }
+    assert!(daemon.exit_status().is_none(), "the broker is still up");
+    assert_eq!(daemon.pid(), pid);
+    assert_no_secret(&daemon.logs(), &[("the PIN", PIN)], "the daemon log");
+    let status = daemon.terminate();
+    assert!(status.success(), "clean exit after the crash: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_segfault_in_process_takes_the_broker_down() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let token = SoftHsmToken::create(&dir.join("hsm"), "crashy", "unseal-key", PIN);
+    let (mut daemon, trigger) = crashy_daemon(dir, &token, "in-process").await;
+    let mut client = daemon.unix_client().await;
+    let bound = Duration::from_secs(20);
+    let (ok, _) = bounded(
+        bound,
+        "Wrap",
+        client.wrap(wrap_request("unseal", b"before", b"a")),
+    )
+    .await;
+    ok.expect("Wrap in process works");
+
+    fs::write(&trigger, b"").unwrap();
+    let (crashed, _) = bounded(
+        bound,
+        "Wrap",
+        client.wrap(wrap_request("unseal", b"during", b"a")),
+    )
+    .await;
+    let status = crashed.expect_err("the broker died mid-call");
+    // The connection broke under the call (tonic says Unknown or Unavailable).
+    assert!(
+        matches!(status.code(), Code::Unknown | Code::Unavailable) && status.message().contains("transport"),
+        "the connection broke: {status:?}"
+    );
+    wait_until("the broker to exit", bound, || daemon.exit_status().is_some());
+    let exit = daemon.exit_status().unwrap();
+    assert_eq!(
+        exit.signal(),
+        Some(11),
+        "the module's SIGSEGV killed the broker: {exit}"
+    );
+}
