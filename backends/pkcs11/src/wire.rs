@@ -774,6 +774,23 @@ mod tests {
     }
 
     #[test]
+    fn every_fuzz_seed_decodes_and_re_encodes_to_its_bytes() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/wire_decode");
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let body = std::fs::read(entry.unwrap().path()).unwrap();
+            let again = match (Request::decode(&body), Response::decode(&body)) {
+                (Ok(request), _) => request.encode(),
+                (_, Ok(response)) => response.encode(),
+                (Err(e), Err(_)) => panic!("a seed does not decode: {e}"),
+            };
+            assert_eq!(&again[..], &body[..]);
+            seeds += 1;
+        }
+        assert_eq!(seeds, 7, "one seed per message shape in {}", dir.display());
+    }
+
+    #[test]
     fn decode_stream_counts_valid_messages_and_survives_garbage() {
         let mut stream = Vec::new();
         write_frame(
