@@ -51,11 +51,14 @@ Output: a Markdown table on stdout; a full run (not --smoke) also writes
 bench/results/<UTC date>.json, .md and .svg (or into --out-dir).
 Exit status: 0, or 1 if any operation or scenario failed (missed targets do not fail).";
 
-/// Where the broker's PKCS#11 calls run (the pkcs11 backend's `dispatch`).
+/// Where the broker's PKCS#11 calls run: in its process with the pkcs11
+/// backend's `dispatch` (`inline`, `pool`), or in the helper process
+/// (`process`: `isolation = "process"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Dispatch {
     Inline,
     Pool,
+    Process,
 }
 
 impl Dispatch {
@@ -63,6 +66,7 @@ impl Dispatch {
         match self {
             Dispatch::Inline => "inline",
             Dispatch::Pool => "pool",
+            Dispatch::Process => "process",
         }
     }
 }
@@ -112,11 +116,12 @@ struct Cli {
     #[arg(long, value_delimiter = ',', default_value = "1,4,16", value_name = "N,..")]
     hsm_threads: Vec<usize>,
 
-    /// PKCS#11 `dispatch` settings to run the HSM comparison with, one broker each.
+    /// PKCS#11 `dispatch` settings to run the HSM comparison with, one broker
+    /// each; `process` is `isolation = "process"` (the helper process).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "inline,pool",
+        default_value = "inline,pool,process",
         value_name = "MODE,.."
     )]
     hsm_dispatch: Vec<Dispatch>,

@@ -119,7 +119,7 @@ lib = "{lib}"
 token_label = "{label}"
 pin_file = "{pin_file}"
 max_sessions = {max_sessions}
-dispatch = "{dispatch}"
+{placement}
 
 [keys.{KEY}]
 backend = "hsm"
@@ -142,6 +142,10 @@ allow = {{ any = ["uid:{uid}"] }}
             key_label = token.key_label,
             rsa_label = token.rsa_label,
             uid = peers::current_uid()?,
+            placement = match dispatch {
+                "process" => "isolation = \"process\"".to_owned(),
+                inline_or_pool => format!("isolation = \"in-process\"\ndispatch = \"{inline_or_pool}\""),
+            },
         );
         let path = dir.join("sealbroker.toml");
         std::fs::write(&path, text)?;
