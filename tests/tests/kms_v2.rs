@@ -385,3 +385,114 @@ async fn three_brokers_serve_three_apiservers_across_a_rotation_with_no_failed_d
         assert!(broker.terminate().success());
     }
 }
+
+/// The KMS v2 door on the crash-on-demand module (tests/pkcs11-crashy) in
+/// a helper process: a tampered ciphertext is refused, and `healthz` says
+/// the backend is down while the module crashes and ok once it is healed,
+/// with the broker up throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_v2_refuses_tampered_ciphertext_and_healthz_follows_a_crashing_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "k8s", "k8s-secrets", "kms-pin-8814");
+    let module = crashy_module(dir.path());
+    let trigger = dir.path().join("crash-now");
+    let kms_socket = dir.path().join("kms.sock");
+    let admin_socket = dir.path().join("sb.sock");
+    let backend = token
+        .backend_toml("hsm")
+        .replace(SOFTHSM_MODULE, module.to_str().unwrap())
+        + "isolation = \"process\"\nhelper_env = [\"SOFTHSM2_CONF\", \"SEALBROKER_CRASH_TRIGGER\"]\n";
+    let text = format!(
+        "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n\
+         [server.kms_v2]\nsocket = \"{}\"\nkey_name = \"k8s\"\n[limits]\nhealth_cache_secs = 1\n{backend}\n\
+         [keys.k8s]\nbackend = \"hsm\"\nkey_label = \"k8s-secrets\"\n{}{}",
+        admin_socket.display(),
+        kms_socket.display(),
+        allow_test_callers(),
+        audit_toml(dir.path(), "k8s"),
+    );
+    let config = dir.path().join("sealbroker.toml");
+    fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start(
+        &["serve", "--config", config.to_str().unwrap()],
+        &[
+            ("SOFTHSM2_CONF", &token.conf),
+            ("SEALBROKER_CRASH_TRIGGER", &trigger),
+        ],
+        &dir.path().join("daemon.log"),
+        Some(admin_socket.clone()),
+        None,
+    )
+    .await;
+    let channel = client::channel(&client::Target::Unix(kms_socket)).await.unwrap();
+    let mut kms = KeyManagementServiceClient::new(channel);
+    let healthz = |kms: &mut KeyManagementServiceClient<Channel>| {
+        let mut kms = kms.clone();
+        async move { kms.status(StatusRequest {}).await.unwrap().into_inner().healthz }
+    };
+    assert_eq!(healthz(&mut kms).await, "ok");
+
+    let sealed = kms
+        .encrypt(EncryptRequest {
+            uid: "tamper".into(),
+            plaintext: b"a DEK seed".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let stored = Stored {
+        writer: 0,
+        uid: "tamper".into(),
+        plaintext: b"a DEK seed".to_vec(),
+        response: sealed.clone(),
+    };
+    decrypt(&mut kms, &stored).await.unwrap();
+    // Flip one bit of the sealed payload itself (not of a wrapped DEK):
+    // the data key still opens, the payload's GCM tag must not.
+    use prost::Message;
+    let mut blob = sealbroker_core::WrappedBlob::decode(sealed.ciphertext.as_slice()).unwrap();
+    assert!(!blob.ciphertext.is_empty() && !blob.deks.is_empty());
+    blob.ciphertext[0] ^= 0x01;
+    let refused = kms
+        .decrypt(DecryptRequest {
+            ciphertext: blob.encode_to_vec(),
+            uid: "tamper".into(),
+            key_id: sealed.key_id.clone(),
+            annotations: sealed.annotations.clone(),
+        })
+        .await
+        .expect_err("a tampered ciphertext must not open");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+
+    fs::write(&trigger, b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let down = loop {
+        let now = healthz(&mut kms).await;
+        if now != "ok" {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "healthz stayed ok while the module crashed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        down.contains("hsm") || down.contains("k8s"),
+        "says what is down: {down}"
+    );
+    assert!(daemon.exit_status().is_none(), "the broker survived the module");
+
+    fs::remove_file(&trigger).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while healthz(&mut kms).await != "ok" {
+        assert!(
+            Instant::now() < deadline,
+            "healthz never came back after the module healed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    decrypt(&mut kms, &stored).await.unwrap();
+    assert!(!daemon.logs().contains("kms-pin-8814"));
+    assert!(daemon.terminate().success());
+}
