@@ -164,6 +164,13 @@ impl Pkcs11Stanza {
             pin_file: None,
             max_sessions: crate::default_max_sessions(),
             dispatch: Dispatch::default(),
+            // The stock plugin loads the module in its own process, and so
+            // does the drop-in (it opens the pool directly).
+            isolation: Some(crate::supervisor::Isolation::InProcess),
+            helper_env: crate::default_helper_env(),
+            helper_uid: None,
+            helper_gid: None,
+            timeout_secs: crate::default_timeout_secs(),
         };
         let key = KeyConfig {
             key_label: (!key_label.is_empty()).then(|| key_label.clone()),
