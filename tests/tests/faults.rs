@@ -450,7 +450,7 @@ async fn softhsm_token_pulled_under_load_fails_unavailable_then_heals_without_re
         .iter()
         .filter(|c| c.end_phase == 0 && c.result.is_ok())
         .count();
-    let mut failed = 0;
+    let (mut failed, mut timed_out) = (0, 0);
     for call in &calls {
         if let Err(status) = &call.result {
             failed += 1;
@@ -458,7 +458,17 @@ async fn softhsm_token_pulled_under_load_fails_unavailable_then_heals_without_re
                 call.start_phase > 0 || call.end_phase > 0,
                 "a call failed before the token was pulled: {status:?}"
             );
-            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            // A pulled token fails a call at once (UNAVAILABLE), or, when the
+            // module blocks on the vanished directory, at the request
+            // timeout (DEADLINE_EXCEEDED, the helper is then replaced). Both
+            // fail closed and name the backend; nothing else may happen.
+            assert!(
+                matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded),
+                "{status:?}"
+            );
+            if status.code() == Code::DeadlineExceeded {
+                timed_out += 1;
+            }
             assert!(
                 status.message().contains("backend \"hsm\"") && status.message().contains("key \"unseal\""),
                 "the error should name the backend and key: {status:?}"
@@ -466,8 +476,8 @@ async fn softhsm_token_pulled_under_load_fails_unavailable_then_heals_without_re
         }
     }
     eprintln!(
-        "{} calls: {ok_before} ok before the pull, {failed} failed (all UNAVAILABLE); healed {healed_after:?} \
-         after the token came back",
+        "{} calls: {ok_before} ok before the pull, {failed} failed ({timed_out} of them at the timeout, the rest \
+         UNAVAILABLE); healed {healed_after:?} after the token came back",
         calls.len()
     );
     assert!(ok_before > 0, "no load ran before the fault");

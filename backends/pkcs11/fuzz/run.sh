@@ -12,5 +12,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-60}
 mkdir -p corpus/wire_decode
-exec cargo +nightly fuzz run wire_decode corpus/wire_decode seeds/wire_decode -- \
+# Inputs that once failed (regressions/) run first, every time.
+exec cargo +nightly fuzz run wire_decode corpus/wire_decode seeds/wire_decode regressions/wire_decode -- \
   -max_total_time="$seconds" -rss_limit_mb=512 -max_len=4096 -print_final_stats=1

@@ -33,6 +33,8 @@ pub enum WireError {
     NotUtf8(&'static str),
     #[error("{0} trailing bytes after the message")]
     Trailing(usize),
+    #[error("a hello carries request id 0, not {0}")]
+    HelloId(u64),
 }
 
 /// Which key on the token an operation uses: the validated `[keys.NAME]`
@@ -362,6 +364,10 @@ impl Request {
         let id = r.u64("request id")?;
         let request = match tag {
             REQ_HELLO => {
+                // The hello is not a numbered call: only id 0 is canonical.
+                if id != 0 {
+                    return Err(WireError::HelloId(id));
+                }
                 let lib = r.string("module path")?;
                 let token = match r.u8("token selector")? {
                     0 => TokenSpec::Label(r.string("token label")?),
@@ -544,6 +550,25 @@ mod tests {
             mechanism: 0,
             oaep_hash: 2,
         }
+    }
+
+    /// Found by the wire_decode fuzz target: a hello with a non-zero
+    /// request id decoded, and re-encoded with id 0 (not canonical).
+    #[test]
+    fn a_hello_with_a_request_id_is_refused() {
+        let mut body = Request::Hello {
+            lib: "/usr/lib/softhsm/libsofthsm2.so".into(),
+            token: TokenSpec::Label("sealbroker".into()),
+            pin: PinSpec::File("/etc/pin".into()),
+            max_sessions: 8,
+        }
+        .encode()
+        .to_vec();
+        body[1..9].copy_from_slice(&0xffff_0000_0000u64.to_be_bytes());
+        assert!(matches!(
+            Request::decode(&body),
+            Err(WireError::HelloId(0xffff_0000_0000))
+        ));
     }
 
     #[test]
