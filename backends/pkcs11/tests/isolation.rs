@@ -4,7 +4,6 @@
 //! Tests start this crate's `sealbroker-pkcs11-helper` binary (the broker
 //! re-executes itself instead), or stand-ins that crash or never answer.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,41 +15,15 @@ use sealbroker_backend_pkcs11::{
 };
 use sealbroker_core::{Backend, BackendErrorKind};
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const PIN: &str = "4711-test-pin";
+mod common;
+
+use common::{MODULE, Token};
+
 const TOKEN: &str = "sb-iso";
 const HELPER: &str = env!("CARGO_BIN_EXE_sealbroker-pkcs11-helper");
 
-struct Token {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
 fn token() -> Token {
-    assert!(
-        Path::new(MODULE).exists(),
-        "SoftHSM2 is not installed; run tests/run.sh, which installs the test peers"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../softhsm/make-token.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(dir.path())
-        .arg(TOKEN)
-        .arg("aes-1")
-        .env("PIN", PIN)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "make-token failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = dir.path().to_owned();
-    // SAFETY: set before any thread reads the environment; the helper gets it
-    // through helper_env, this process never loads the module.
-    unsafe { std::env::set_var("SOFTHSM2_CONF", path.join("softhsm2.conf")) };
-    Token { _dir: dir, path }
+    common::token(TOKEN)
 }
 
 fn config(token: &Token) -> BackendConfig {

@@ -4,8 +4,6 @@
 //! token with `softhsm/make-token.sh` and points SOFTHSM2_CONF at it before
 //! the module is loaded.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use sealbroker_backend_pkcs11::{
@@ -15,40 +13,14 @@ use sealbroker_core::{Backend, BackendErrorKind};
 use sealbroker_testkit::assert_no_secret;
 use secrecy::SecretString;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const PIN: &str = "4711-test-pin";
+mod common;
+
+use common::{MODULE, PIN, Token};
+
 const TOKEN: &str = "sb-test";
 
-struct Token {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
 fn token() -> Token {
-    assert!(
-        Path::new(MODULE).exists(),
-        "SoftHSM2 is not installed; run tests/run.sh, which installs the test peers"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../softhsm/make-token.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(dir.path())
-        .arg(TOKEN)
-        .arg("aes-1")
-        .env("PIN", PIN)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "make-token failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = dir.path().to_owned();
-    // SAFETY: set before any thread loads the module; nextest runs each test
-    // in its own process.
-    unsafe { std::env::set_var("SOFTHSM2_CONF", path.join("softhsm2.conf")) };
-    Token { _dir: dir, path }
+    common::token(TOKEN)
 }
 
 fn backend(token: &Token, max_sessions: usize) -> BackendConfig {

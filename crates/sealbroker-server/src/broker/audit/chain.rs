@@ -58,12 +58,7 @@ impl ChainKey {
         let ChainKey::Keyed { key, .. } = self else {
             return None;
         };
-        let mut ctx = hmac::Context::with_key(key);
-        for part in parts {
-            ctx.update(&(part.len() as u64).to_be_bytes());
-            ctx.update(part);
-        }
-        Some(hex::encode(ctx.sign()))
+        Some(hex::encode(hmac::sign(key, &framed(parts))))
     }
 
     /// Checks `mac` against [`mac`](Self::mac) in constant time.
@@ -74,13 +69,18 @@ impl ChainKey {
         let Ok(tag) = hex::decode(mac) else {
             return false;
         };
-        let mut message = Vec::new();
-        for part in parts {
-            message.extend_from_slice(&(part.len() as u64).to_be_bytes());
-            message.extend_from_slice(part);
-        }
-        hmac::verify(key, &message, &tag).is_ok()
+        hmac::verify(key, &framed(parts), &tag).is_ok()
     }
+}
+
+/// `parts`, each behind its length, so no two lists frame alike.
+fn framed(parts: &[&[u8]]) -> Vec<u8> {
+    let mut message = Vec::new();
+    for part in parts {
+        message.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        message.extend_from_slice(part);
+    }
+    message
 }
 
 /// What reading a chain found.
