@@ -239,11 +239,21 @@ async fn mtls_refuses_clients_without_a_cert_or_with_a_foreign_ca() {
         .await
         .unwrap();
     let logs = daemon.logs();
-    assert!(logs.matches("TLS handshake refused").count() >= 3, "{logs}");
+    let refused = logs.matches("TLS handshake refused").count();
+    assert!(refused >= 3, "{logs}");
     assert!(
         logs.contains("certificate expired"),
         "the expired certificate should be refused as expired:\n{logs}"
     );
+    // Each refused handshake is in the audit trail too, as door grpc.
+    daemon.terminate();
+    let audited = fs::read_to_string(audit_log(dir.path()))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|v| v["door"] == "grpc" && v["operation"] == "connect" && v["outcome"] == "Unauthenticated")
+        .count();
+    assert_eq!(audited, refused);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

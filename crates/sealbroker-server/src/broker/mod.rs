@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 use self::acl::{Acls, Operation};
 use self::audit::{AuditLog, AuditRecord};
-use self::caller::{Call, Caller};
+use self::caller::{Call, Caller, Door};
 use self::keystate::KeyStateStore;
 use self::metrics::Metrics;
 use crate::config::{LimitsConfig, Profile};
@@ -265,6 +265,34 @@ impl Broker {
             );
         }
         result
+    }
+
+    /// Audits a connection `door` refused before it could name a caller (a
+    /// failed TLS handshake from `peer`), so refusals sit in the same chain
+    /// as operations. An unwritable log is only logged: there is no caller
+    /// to fail.
+    pub fn audit_refused_connection(&self, door: Door, peer: &str) {
+        if !self.audit.is_enabled() {
+            return;
+        }
+        let record = AuditRecord {
+            time: self::audit::rfc3339(std::time::SystemTime::now()),
+            request_id: request_id().unwrap_or_else(|_| NO_REQUEST_ID.to_owned()),
+            door: door.as_str().to_owned(),
+            caller: Caller::Anonymous {
+                peer: peer.to_owned(),
+            }
+            .to_string(),
+            operation: "connect".to_owned(),
+            key: String::new(),
+            key_version: 0,
+            outcome: "Unauthenticated".to_owned(),
+            latency_us: 0,
+            prev: String::new(),
+        };
+        if let Err(e) = self.audit.record(record) {
+            tracing::warn!(door = %door, peer, error = %e, "a refused connection could not be audited");
+        }
     }
 
     /// Records rotations in `state` so they survive restarts.

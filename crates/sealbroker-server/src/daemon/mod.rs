@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 
 use crate::broker::Broker;
+use crate::broker::caller::Door;
 use crate::config::Config;
 use crate::doors::grpc::SealGrpc;
 use crate::doors::transit;
@@ -157,7 +158,9 @@ pub async fn serve(
 
     if let Some(tcp) = &server.tcp {
         let acceptor = match &tcp.tls {
-            Some(tls_config) => Some(LiveTls::new(tls::server_config(tls_config)?)),
+            Some(tls_config) => Some(
+                LiveTls::new(tls::server_config(tls_config)?).on_refused(audit_refusals(&broker, Door::Grpc)),
+            ),
             None => None,
         };
         let is_tls = acceptor.is_some();
@@ -188,11 +191,14 @@ pub async fn serve(
         let (app, tokens) = transit::live_router(broker.clone(), transit_config)?;
         live.transit_tokens = Some(tokens);
         let acceptor = match &transit_config.tls {
-            Some(tls_config) => Some(LiveTls::new(tls::server_config_at(
-                tls_config,
-                "server.transit.tls",
-                transit::ALPN,
-            )?)),
+            Some(tls_config) => Some(
+                LiveTls::new(tls::server_config_at(
+                    tls_config,
+                    "server.transit.tls",
+                    transit::ALPN,
+                )?)
+                .on_refused(audit_refusals(&broker, Door::Transit)),
+            ),
             None => None,
         };
         live.transit_tls = acceptor.clone();
@@ -231,7 +237,8 @@ pub async fn serve(
             .tls
             .as_ref()
             .ok_or_else(|| crate::config::ConfigError::new("server.kmip.tls", "is missing"))?;
-        let acceptor = LiveTls::new(tls::server_config_at(tls_config, "server.kmip.tls", &[])?);
+        let acceptor = LiveTls::new(tls::server_config_at(tls_config, "server.kmip.tls", &[])?)
+            .on_refused(audit_refusals(&broker, Door::Kmip));
         live.kmip_tls = Some(acceptor.clone());
         let (local, conn_rx) = listen_tcp(
             kmip.listen,
@@ -342,6 +349,12 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Audits each TLS handshake `door`'s listener refuses.
+fn audit_refusals(broker: &Arc<Broker>, door: Door) -> crate::net::tls::RefusedHandshake {
+    let broker = broker.clone();
+    Arc::new(move |peer: &str| broker.audit_refused_connection(door, peer))
 }
 
 /// A unix gRPC socket's connections, through the one accept loop (with its

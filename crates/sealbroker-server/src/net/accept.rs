@@ -212,12 +212,16 @@ pub async fn accept_loop<L, I>(
             continue;
         };
         let handshake = slots.start_handshake();
+        let refused = tls.as_ref().and_then(LiveTls::refused_hook);
         tokio::spawn(async move {
             let described = L::describe(&peer);
             let io = match handshake.run(acceptor.accept(stream), &described).await {
                 Some(Ok(tls)) => Accepted::Tls(Box::new(tls)),
                 Some(Err(e)) => {
                     tracing::info!(listener = what, peer = described, error = %e, "TLS handshake refused");
+                    if let Some(refused) = refused {
+                        refused(&described);
+                    }
                     return;
                 }
                 // Timed out or evicted: counted by the bounds.

@@ -17,20 +17,41 @@ use crate::net::accept::{Accepted, Conn};
 /// in a renewed certificate, key or client CA, and every connection
 /// accepted from then on gets it. Connections already open keep theirs.
 #[derive(Clone)]
-pub struct LiveTls(Arc<RwLock<tokio_rustls::TlsAcceptor>>);
+pub struct LiveTls {
+    acceptor: Arc<RwLock<tokio_rustls::TlsAcceptor>>,
+    refused: Option<RefusedHandshake>,
+}
+
+/// Told the peer of every handshake refused (a bad or missing client
+/// certificate, say): doors use it to audit refusals.
+pub type RefusedHandshake = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl LiveTls {
     pub fn new(config: rustls::ServerConfig) -> Self {
-        LiveTls(Arc::new(RwLock::new(Arc::new(config).into())))
+        LiveTls {
+            acceptor: Arc::new(RwLock::new(Arc::new(config).into())),
+            refused: None,
+        }
+    }
+
+    /// Calls `hook` with the peer of each refused handshake.
+    pub fn on_refused(mut self, hook: RefusedHandshake) -> Self {
+        self.refused = Some(hook);
+        self
     }
 
     /// The acceptor for the next connection.
     pub fn current(&self) -> tokio_rustls::TlsAcceptor {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.acceptor.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What to tell of a refused handshake, if anything.
+    pub fn refused_hook(&self) -> Option<RefusedHandshake> {
+        self.refused.clone()
     }
 
     pub fn replace(&self, config: rustls::ServerConfig) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config).into();
+        *self.acceptor.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config).into();
     }
 }
 
