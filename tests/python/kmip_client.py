@@ -1,7 +1,13 @@
 """Drives sealbroker's KMIP door with PyKMIP's ProxyKmipClient (mutual TLS,
 a client certificate with the clientAuth usage), for tests/tests/kmip_door.rs.
 
-    kmip_client.py PORT CERT KEY CA VERSION KEY_NAME   # VERSION: 1.2, 1.4 or 2.0
+    kmip_client.py PORT CERT KEY CA VERSION KEY_NAME [MODE]
+      VERSION: 1.2, 1.4 or 2.0
+      MODE: all (the default): discover, query, locate, attributes, refused
+            operations, and an AES-GCM encrypt/decrypt round trip with a
+            tampered ciphertext;
+            encrypt: only an Encrypt under KEY_NAME, reporting a refusal at
+            TLS or by the server.
 
 Prints one JSON object with what the server answered, for the Rust test to
 assert on; exits non-zero only when PyKMIP itself fails unexpectedly.
@@ -30,8 +36,63 @@ def refusal(call):
     return {"reason": None}
 
 
+GCM = {
+    "cryptographic_algorithm": enums.CryptographicAlgorithm.AES,
+    "block_cipher_mode": enums.BlockCipherMode.GCM,
+}
+
+
+def crypt(client, uid, out):
+    """Encrypts with an IV of the client's and without one, decrypts both,
+    and decrypts a tampered ciphertext."""
+    iv = bytes(range(12))
+    sealed, echoed = client.encrypt(b"kmip door plaintext", uid=uid, cryptographic_parameters=GCM,
+                                    iv_counter_nonce=iv)
+    out["encrypt_iv_echoed"] = echoed is not None
+    out["ciphertext_holds_plaintext"] = b"kmip door plaintext" in sealed
+    out["decrypted"] = client.decrypt(sealed, uid=uid, cryptographic_parameters=GCM,
+                                      iv_counter_nonce=iv).decode()
+    sealed2, made_iv = client.encrypt(b"second", uid=uid)
+    out["made_iv_len"] = len(made_iv) if made_iv else 0
+    out["decrypted_made_iv"] = client.decrypt(sealed2, uid=uid, iv_counter_nonce=made_iv).decode()
+    tampered = bytearray(sealed)
+    tampered[len(tampered) // 2] ^= 1
+    out["tampered"] = refusal(lambda: client.decrypt(bytes(tampered), uid=uid,
+                                                     cryptographic_parameters=GCM, iv_counter_nonce=iv))
+    out["wrong_iv"] = refusal(lambda: client.decrypt(sealed, uid=uid, cryptographic_parameters=GCM,
+                                                     iv_counter_nonce=bytes(12)))
+
+
+def encrypt_only(client_args, name):
+    """One Encrypt, reporting where it was refused."""
+    try:
+        client = ProxyKmipClient(**client_args)
+        client.open()
+    except Exception as e:  # a TLS refusal surfaces as one of several types
+        return {"refused_at": "tls", "error": type(e).__name__}
+    try:
+        client.encrypt(b"x", uid=name, cryptographic_parameters=GCM, iv_counter_nonce=bytes(12))
+        return {"refused_at": None}
+    except exceptions.KmipOperationFailure as e:
+        return {"refused_at": "kmip", "reason": e.reason.name, "message": e.message}
+    except Exception as e:
+        # The handshake's failure may only show on the first read.
+        return {"refused_at": "tls", "error": type(e).__name__}
+    finally:
+        try:
+            client.close()
+        except Exception:
+            pass
+
+
 def main(argv):
     port, cert, key, ca, version, name = argv[1:7]
+    mode = argv[7] if len(argv) > 7 else "all"
+    if mode == "encrypt":
+        print(json.dumps(encrypt_only(dict(
+            hostname="127.0.0.1", port=int(port), cert=cert, key=key, ca=ca,
+            config_file="/dev/null", kmip_version=VERSIONS[version]), name)))
+        return
     client = ProxyKmipClient(
         hostname="127.0.0.1",
         port=int(port),
@@ -80,6 +141,7 @@ def main(argv):
             out["get"] = refusal(lambda: client.get(found[0]))
             out["destroy"] = refusal(lambda: client.destroy(found[0]))
             out["create"] = refusal(lambda: client.create(enums.CryptographicAlgorithm.AES, 256, name="new"))
+            crypt(client, found[0], out)
         out["get_attributes_missing"] = refusal(lambda: client.get_attributes("no-such-key", ["Name"]))
     print(json.dumps(out))
 

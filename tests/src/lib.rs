@@ -174,6 +174,9 @@ pub struct Pki {
     /// From the right CA, but expired in 2021.
     pub expired_cert: PathBuf,
     pub expired_key: PathBuf,
+    /// From the right CA, named `dns:stranger.test`: a caller no test grants.
+    pub stranger_cert: PathBuf,
+    pub stranger_key: PathBuf,
 }
 
 impl Pki {
@@ -190,6 +193,9 @@ impl Pki {
         let good = ca.issue(&client).write(dir, "client");
         let rogue = rogue_ca.issue(&client).write(dir, "rogue");
         let expired = ca.issue(&client.clone().expired()).write(dir, "expired");
+        let stranger = ca
+            .issue(&Leaf::client("stranger.test").names(&["stranger.test"]))
+            .write(dir, "stranger");
         Pki {
             ca: ca.write(&dir.join("ca.pem")),
             server_cert: server.cert,
@@ -200,6 +206,8 @@ impl Pki {
             rogue_key: rogue.key,
             expired_cert: expired.cert,
             expired_key: expired.key,
+            stranger_cert: stranger.cert,
+            stranger_key: stranger.key,
         }
     }
 

@@ -2,8 +2,10 @@
 
 pub const OBJECT_TYPE_SYMMETRIC_KEY: u32 = 0x02;
 pub const ALGORITHM_AES: u32 = 0x03;
+pub const ALGORITHM_RSA: u32 = 0x04;
 pub const MODE_CBC: u32 = 0x01;
 pub const MODE_GCM: u32 = 0x09;
+pub const PADDING_NONE: u32 = 0x01;
 pub const PADDING_PKCS5: u32 = 0x03;
 pub const NAME_TYPE_UNINTERPRETED_TEXT: u32 = 0x01;
 pub const RESULT_SUCCESS: u32 = 0x00;

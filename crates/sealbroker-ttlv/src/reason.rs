@@ -8,12 +8,14 @@ pub struct ResultReason(pub u32);
 
 impl ResultReason {
     pub const ITEM_NOT_FOUND: Self = ResultReason(0x01);
+    pub const RESPONSE_TOO_LARGE: Self = ResultReason(0x02);
     pub const AUTHENTICATION_NOT_SUCCESSFUL: Self = ResultReason(0x03);
     pub const INVALID_MESSAGE: Self = ResultReason(0x04);
     pub const OPERATION_NOT_SUPPORTED: Self = ResultReason(0x05);
     pub const MISSING_DATA: Self = ResultReason(0x06);
     pub const INVALID_FIELD: Self = ResultReason(0x07);
     pub const FEATURE_NOT_SUPPORTED: Self = ResultReason(0x08);
+    pub const CRYPTOGRAPHIC_FAILURE: Self = ResultReason(0x0A);
     pub const PERMISSION_DENIED: Self = ResultReason(0x0C);
     pub const NOT_EXTRACTABLE: Self = ResultReason(0x17);
     pub const OBJECT_DESTROYED: Self = ResultReason(0x36);

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
             names: vec!["dns:kmip-fuzz.test".into()],
         },
     );
-    let answer = door.answer(&call, data);
+    let answer = fixture.runtime.block_on(door.answer(&call, data));
     let response = Item::decode(&answer).expect("the door's answer decodes");
     assert_eq!(response.tag, tag::RESPONSE_MESSAGE);
     let fields = response.items().expect("a Response Message is a structure");

@@ -8,18 +8,21 @@
 //! caller may use, and encodes the answer. It holds no keys and no policy.
 //!
 //! Sealbroker keys appear as Symmetric Key objects whose Unique Identifier
-//! is the key's name: stable across restarts, replicas and rotations. Key
-//! material never leaves: Get and Export are refused with Permission
-//! Denied, and operations that would make, change or destroy keys with
-//! Operation Not Supported. A key the caller may not use answers exactly as
-//! a key that does not exist.
+//! is the key's name: stable across restarts, replicas and rotations.
+//! Encrypt and Decrypt are the broker's Wrap and Unwrap, offered as AES-GCM:
+//! the ciphertext is a sealbroker blob bound to the IV and additional data
+//! (see [`message::sealed_aad`]), so it survives rotation and opens on any
+//! replica. Key material never leaves: Get and Export are refused with
+//! Permission Denied, and operations that would make, change or destroy
+//! keys with Operation Not Supported. A key the caller may not see answers
+//! exactly as a key that does not exist.
 
 pub mod message;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sealbroker_core::{Error, KeyInfo};
+use sealbroker_core::{Error, KeyInfo, SecretBytes};
 use sealbroker_ttlv::{DecodeError, HEADER_LEN, Item, ProtocolVersion, ResultReason, enums, operation};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -35,12 +38,14 @@ use crate::net::listen::ServeError;
 use crate::net::tls::ServerConn;
 
 /// The operations the door answers with success; Query Operations lists them.
-pub const OPERATIONS: [u32; 5] = [
+pub const OPERATIONS: [u32; 7] = [
     operation::DISCOVER_VERSIONS,
     operation::QUERY,
     operation::LOCATE,
     operation::GET_ATTRIBUTES,
     operation::GET_ATTRIBUTE_LIST,
+    operation::ENCRYPT,
+    operation::DECRYPT,
 ];
 
 /// The KMIP door over one broker.
@@ -112,7 +117,7 @@ impl KmipDoor {
             if conn.read_exact(&mut bytes[HEADER_LEN..]).await.is_err() {
                 return;
             }
-            let answer = self.answer(&call, &bytes);
+            let answer = self.answer(&call, &bytes).await;
             if conn.write_all(&answer).await.is_err() || conn.flush().await.is_err() {
                 return;
             }
@@ -121,17 +126,22 @@ impl KmipDoor {
 
     /// Answers one request message (its bytes, header included) from `call`.
     /// Never fails: whatever arrives gets a KMIP response.
-    pub fn answer(&self, call: &Call, bytes: &[u8]) -> Zeroizing<Vec<u8>> {
+    pub async fn answer(&self, call: &Call, bytes: &[u8]) -> Zeroizing<Vec<u8>> {
         let decoded = Item::decode(bytes).map_err(|e| BadRequest {
             version: None,
             refusal: Refusal::invalid(format!("the request is not valid TTLV: {e}")),
         });
-        let (version, items) = match decoded.and_then(|item| message::parse_request(&item)) {
-            Ok(request) => (request.version, self.run(call, &request)),
+        let (version, limit, items) = match decoded.and_then(|item| message::parse_request(&item)) {
+            Ok(request) => (
+                request.version,
+                request.max_response_size,
+                self.run(call, &request).await,
+            ),
             Err(bad) => {
                 tracing::info!(door = "kmip", caller = %call.caller, reason = %bad.refusal.reason, message = %bad.refusal.message, "KMIP request refused");
                 (
                     bad.version.unwrap_or(ProtocolVersion::V1_2),
+                    None,
                     vec![ResponseItem {
                         operation: None,
                         id: None,
@@ -140,13 +150,14 @@ impl KmipDoor {
                 )
             }
         };
-        encode(version, &items)
+        encode(version, limit, &items)
     }
 
     /// A response to bytes whose framing could not be read.
     fn refuse_unreadable(&self, error: &DecodeError) -> Zeroizing<Vec<u8>> {
         encode(
             ProtocolVersion::V1_2,
+            None,
             &[ResponseItem {
                 operation: None,
                 id: None,
@@ -158,10 +169,13 @@ impl KmipDoor {
     }
 
     /// Runs each batch item, honouring the Batch Error Continuation Option.
-    fn run(&self, call: &Call, request: &Request) -> Vec<ResponseItem> {
+    async fn run(&self, call: &Call, request: &Request) -> Vec<ResponseItem> {
         let mut answers: Vec<ResponseItem> = Vec::with_capacity(request.items.len());
         for item in &request.items {
-            let outcome = match self.operate(call, request.version, item.operation, &item.payload) {
+            let outcome = match self
+                .operate(call, request.version, item.operation, &item.payload)
+                .await
+            {
                 Ok(payload) => Outcome::Success(payload),
                 Err(refusal) => {
                     tracing::info!(
@@ -183,8 +197,8 @@ impl KmipDoor {
             });
             if failed && request.on_error != OnError::Continue {
                 if request.on_error == OnError::Undo {
-                    // Nothing the door does changes state, so undoing is
-                    // only saying so.
+                    // Nothing the door does changes state (an Encrypt's
+                    // blob is only returned), so undoing is only saying so.
                     let done = answers.len() - 1;
                     for earlier in &mut answers[..done] {
                         earlier.outcome = Outcome::Undone;
@@ -196,7 +210,7 @@ impl KmipDoor {
         answers
     }
 
-    fn operate(
+    async fn operate(
         &self,
         call: &Call,
         version: ProtocolVersion,
@@ -245,6 +259,43 @@ impl KmipDoor {
                 let key = self.key(call, &unique_identifier)?;
                 Ok(message::get_attribute_list_response(version, &key))
             }
+            operation::ENCRYPT => {
+                let request = message::parse_crypt(payload, false)?;
+                let uid = request.unique_identifier.as_str();
+                let made_iv = match request.iv {
+                    Some(_) => None,
+                    None => Some(random_iv()?),
+                };
+                let iv = request.iv.as_deref().or(made_iv.as_deref()).unwrap_or_default();
+                let plaintext = SecretBytes::copy_from(&request.data);
+                let wrapped = self
+                    .broker
+                    .wrap(call, uid, plaintext, &message::sealed_aad(iv, &request.aad))
+                    .await
+                    .map_err(|e| crypt_refusal(uid, "encrypt with", e))?;
+                Ok(message::encrypt_response(
+                    version,
+                    uid,
+                    &wrapped.blob,
+                    made_iv.as_deref(),
+                    request.tag_length,
+                ))
+            }
+            operation::DECRYPT => {
+                let request = message::parse_crypt(payload, true)?;
+                let uid = request.unique_identifier.as_str();
+                let iv = request.iv.as_deref().unwrap_or_default();
+                let blob = message::blob_of(&request);
+                let opened = self
+                    .broker
+                    .unwrap(call, uid, &blob, &message::sealed_aad(iv, &request.aad))
+                    .await
+                    .map_err(|e| crypt_refusal(uid, "decrypt with", e))?;
+                Ok(message::decrypt_response(
+                    uid,
+                    Zeroizing::new(opened.plaintext.into_unprotected_vec()),
+                ))
+            }
             other => Err(refusal_of(other)),
         }
     }
@@ -273,6 +324,7 @@ fn attributes_of(info: &KeyInfo) -> KeyAttributes {
         object_type: enums::OBJECT_TYPE_SYMMETRIC_KEY,
         algorithm: enums::ALGORITHM_AES,
         length: 256,
+        usage: enums::USAGE_ENCRYPT | enums::USAGE_DECRYPT,
         state: enums::STATE_ACTIVE,
     }
 }
@@ -322,6 +374,46 @@ fn refusal_of(op: u32) -> Refusal {
     }
 }
 
+/// A fresh GCM IV for an Encrypt that brought none.
+fn random_iv() -> Result<Vec<u8>, Refusal> {
+    use ring::rand::SecureRandom;
+    let mut iv = vec![0u8; message::GCM_IV_LEN];
+    ring::rand::SystemRandom::new()
+        .fill(&mut iv)
+        .map_err(|_| Refusal::new(ResultReason::GENERAL_FAILURE, "no randomness for an IV"))?;
+    Ok(iv)
+}
+
+/// The refusal for a failed Encrypt or Decrypt. Every way a ciphertext can
+/// fail to open (tampered, cut, another key's, another IV or additional
+/// data) reads the same, so a client learns nothing from which it was.
+fn crypt_refusal(unique_identifier: &str, doing: &str, error: Error) -> Refusal {
+    match error {
+        Error::UnknownKey(_) => Refusal::new(
+            ResultReason::ITEM_NOT_FOUND,
+            format!("no object with Unique Identifier {unique_identifier:?}"),
+        ),
+        Error::PermissionDenied { .. } => Refusal::new(
+            ResultReason::PERMISSION_DENIED,
+            format!("this client may not {doing} {unique_identifier:?}"),
+        ),
+        Error::NotAuthentic
+        | Error::MalformedBlob(_)
+        | Error::WrongKey { .. }
+        | Error::UnknownKeyVersion { .. } => Refusal::new(
+            ResultReason::CRYPTOGRAPHIC_FAILURE,
+            format!("the data, IV, tag or additional data is not authentic under {unique_identifier:?}"),
+        ),
+        Error::VersionRetired { .. } => {
+            Refusal::new(ResultReason::WRONG_KEY_LIFECYCLE_STATE, error.to_string())
+        }
+        Error::PayloadTooLarge { .. } | Error::InvalidArgument { .. } => {
+            Refusal::new(ResultReason::INVALID_FIELD, error.to_string())
+        }
+        other => Refusal::new(ResultReason::GENERAL_FAILURE, other.to_string()),
+    }
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -329,21 +421,29 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Encodes a response; one too large or deep for the codec becomes a
-/// Response Too Large failure instead.
-fn encode(version: ProtocolVersion, items: &[ResponseItem]) -> Zeroizing<Vec<u8>> {
-    match message::response(version, now(), items).encode() {
+/// Encodes a response; one too large or deep for the codec, or larger than
+/// the request's Maximum Response Size, becomes a Response Too Large
+/// failure instead.
+fn encode(version: ProtocolVersion, limit: Option<usize>, items: &[ResponseItem]) -> Zeroizing<Vec<u8>> {
+    let encoded = message::response(version, now(), items)
+        .encode()
+        .map_err(|e| format!("the response cannot be encoded: {e}"))
+        .and_then(|bytes| match limit {
+            Some(limit) if bytes.len() > limit => Err(format!(
+                "the response is {} bytes, more than the Maximum Response Size of {limit}",
+                bytes.len()
+            )),
+            _ => Ok(bytes),
+        });
+    match encoded {
         Ok(bytes) => bytes,
-        Err(e) => {
+        Err(why) => {
             let refused: Vec<ResponseItem> = items
                 .iter()
                 .map(|item| ResponseItem {
                     operation: item.operation,
                     id: item.id.clone(),
-                    outcome: Outcome::Failed(Refusal::new(
-                        ResultReason(0x02), // Response Too Large
-                        format!("the response cannot be encoded: {e}"),
-                    )),
+                    outcome: Outcome::Failed(Refusal::new(ResultReason::RESPONSE_TOO_LARGE, why.clone())),
                 })
                 .collect();
             message::response(version, now(), &refused)

@@ -10,6 +10,7 @@
 //! shape of the request's version.
 
 use sealbroker_ttlv::{Item, ProtocolVersion, ResultReason, Tag, Value, enums, tag};
+use zeroize::Zeroizing;
 
 /// The versions the door speaks, most preferred first.
 pub const SUPPORTED: [ProtocolVersion; 4] = ProtocolVersion::SUPPORTED;
@@ -62,6 +63,9 @@ pub struct BatchItem {
 pub struct Request {
     pub version: ProtocolVersion,
     pub on_error: OnError,
+    /// The header's Maximum Response Size: a larger response is refused
+    /// with Response Too Large.
+    pub max_response_size: Option<usize>,
     pub items: Vec<BatchItem>,
 }
 
@@ -123,6 +127,16 @@ pub fn parse_request(message: &Item) -> Result<Request, BadRequest> {
             ));
         }
     };
+    let max_response_size = match find(header, tag::MAXIMUM_RESPONSE_SIZE).map(|i| &i.value) {
+        None => None,
+        Some(Value::Integer(n)) if *n > 0 => Some(*n as usize),
+        Some(_) => {
+            return Err(bad(
+                Some(version),
+                "Maximum Response Size must be a positive Integer".into(),
+            ));
+        }
+    };
     let mut items = Vec::new();
     for (index, item) in fields.iter().filter(|i| i.tag == tag::BATCH_ITEM).enumerate() {
         let Some(item_fields) = item.items() else {
@@ -178,6 +192,7 @@ pub fn parse_request(message: &Item) -> Result<Request, BadRequest> {
     Ok(Request {
         version,
         on_error,
+        max_response_size,
         items,
     })
 }
@@ -311,6 +326,8 @@ pub struct KeyAttributes {
     pub object_type: u32,
     pub algorithm: u32,
     pub length: i32,
+    /// Cryptographic Usage Mask: what the door lets a client do with it.
+    pub usage: i32,
     pub state: u32,
 }
 
@@ -355,6 +372,11 @@ impl KeyAttributes {
                 name: "Cryptographic Length",
                 tag: tag::CRYPTOGRAPHIC_LENGTH,
                 value: Value::Integer(self.length),
+            },
+            Attribute {
+                name: "Cryptographic Usage Mask",
+                tag: tag::CRYPTOGRAPHIC_USAGE_MASK,
+                value: Value::Integer(self.usage),
             },
             Attribute {
                 name: "State",
@@ -494,6 +516,210 @@ pub fn get_attribute_list_response(version: ProtocolVersion, key: &KeyAttributes
         });
     }
     payload
+}
+
+// ---------------------------------------------------------------------------
+// Encrypt and Decrypt
+
+/// An Encrypt or Decrypt request. Over KMIP every sealbroker key is an
+/// AES-GCM key: the ciphertext a client holds (Data, followed by the
+/// Authenticated Encryption Tag when it asked for one) is a sealbroker
+/// blob, bound to the IV and the additional data it was made with.
+pub struct Crypt {
+    pub unique_identifier: String,
+    /// The plaintext (Encrypt) or the ciphertext (Decrypt).
+    pub data: Zeroizing<Vec<u8>>,
+    pub iv: Option<Vec<u8>>,
+    pub aad: Vec<u8>,
+    /// Decrypt only: the Authenticated Encryption Tag.
+    pub tag: Option<Vec<u8>>,
+    /// The Tag Length the Cryptographic Parameters asked for, in bytes.
+    pub tag_length: Option<usize>,
+}
+
+/// The length of the IV the door makes when an Encrypt brings none: GCM's
+/// 96 bits.
+pub const GCM_IV_LEN: usize = 12;
+
+fn optional_bytes<'a>(payload: &'a [Item], wanted: Tag, what: &str) -> Result<Option<&'a [u8]>, Refusal> {
+    match find(payload, wanted).map(|i| &i.value) {
+        None => Ok(None),
+        Some(Value::ByteString(bytes)) => Ok(Some(bytes.as_slice())),
+        Some(_) => Err(Refusal::invalid(format!("{what} must be a Byte String"))),
+    }
+}
+
+/// Reads Cryptographic Parameters, refusing any that is not AES-GCM: the
+/// door offers that one cipher, so a client asking another learns so
+/// instead of getting a ciphertext it did not expect. Returns the Tag Length.
+fn gcm_parameters(payload: &[Item], unique_identifier: &str) -> Result<Option<usize>, Refusal> {
+    let Some(params) = find(payload, tag::CRYPTOGRAPHIC_PARAMETERS) else {
+        return Ok(None);
+    };
+    let fields = params
+        .items()
+        .ok_or_else(|| Refusal::invalid("Cryptographic Parameters must be a structure"))?;
+    let not_gcm = |what: String| {
+        Refusal::new(
+            ResultReason::INVALID_FIELD,
+            format!(
+                "{what}: key {unique_identifier:?} is an AES-GCM key over KMIP; ask for Cryptographic Algorithm AES and Block Cipher Mode GCM, or leave them out"
+            ),
+        )
+    };
+    match find(fields, tag::CRYPTOGRAPHIC_ALGORITHM).map(|i| &i.value) {
+        None | Some(Value::Enumeration(enums::ALGORITHM_AES)) => {}
+        Some(Value::Enumeration(other)) => {
+            return Err(not_gcm(format!(
+                "Cryptographic Algorithm 0x{other:02X} is not offered"
+            )));
+        }
+        Some(_) => return Err(Refusal::invalid("Cryptographic Algorithm must be an Enumeration")),
+    }
+    match find(fields, tag::BLOCK_CIPHER_MODE).map(|i| &i.value) {
+        None | Some(Value::Enumeration(enums::MODE_GCM)) => {}
+        Some(Value::Enumeration(other)) => {
+            return Err(not_gcm(format!("Block Cipher Mode 0x{other:02X} is not offered")));
+        }
+        Some(_) => return Err(Refusal::invalid("Block Cipher Mode must be an Enumeration")),
+    }
+    match find(fields, tag::PADDING_METHOD).map(|i| &i.value) {
+        None | Some(Value::Enumeration(enums::PADDING_NONE)) => {}
+        Some(Value::Enumeration(other)) => {
+            return Err(not_gcm(format!(
+                "Padding Method 0x{other:02X} does not apply to GCM"
+            )));
+        }
+        Some(_) => return Err(Refusal::invalid("Padding Method must be an Enumeration")),
+    }
+    if find(fields, tag::HASHING_ALGORITHM).is_some() {
+        return Err(not_gcm("Hashing Algorithm does not apply to GCM".into()));
+    }
+    match find(fields, tag::TAG_LENGTH).map(|i| &i.value) {
+        None => Ok(None),
+        Some(Value::Integer(n)) if (12..=16).contains(n) => Ok(Some(*n as usize)),
+        Some(_) => Err(Refusal::new(
+            ResultReason::INVALID_FIELD,
+            "Tag Length must be an Integer from 12 to 16 (bytes)",
+        )),
+    }
+}
+
+/// Reads an Encrypt (`decrypt` false) or Decrypt request payload.
+pub fn parse_crypt(payload: &[Item], decrypt: bool) -> Result<Crypt, Refusal> {
+    let unique_identifier = unique_identifier(payload)?;
+    if [tag::CORRELATION_VALUE, tag::INIT_INDICATOR, tag::FINAL_INDICATOR]
+        .iter()
+        .any(|t| find(payload, *t).is_some())
+    {
+        return Err(Refusal::new(
+            ResultReason::FEATURE_NOT_SUPPORTED,
+            "streaming (Correlation Value, Init Indicator, Final Indicator) is not supported; send the data in one request",
+        ));
+    }
+    let tag_length = gcm_parameters(payload, &unique_identifier)?;
+    let data = match optional_bytes(payload, tag::DATA, "Data")? {
+        Some(data) => Zeroizing::new(data.to_vec()),
+        None => return Err(Refusal::new(ResultReason::MISSING_DATA, "Data is required")),
+    };
+    let iv = optional_bytes(payload, tag::IV_COUNTER_NONCE, "IV/Counter/Nonce")?.map(<[u8]>::to_vec);
+    if decrypt && iv.is_none() {
+        return Err(Refusal::new(
+            ResultReason::MISSING_DATA,
+            "IV/Counter/Nonce is required to decrypt: send the one Encrypt used or returned",
+        ));
+    }
+    if iv.as_ref().is_some_and(Vec::is_empty) {
+        return Err(Refusal::invalid("IV/Counter/Nonce is empty"));
+    }
+    let aad = optional_bytes(
+        payload,
+        tag::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA,
+        "Authenticated Encryption Additional Data",
+    )?
+    .map(<[u8]>::to_vec)
+    .unwrap_or_default();
+    let tag = if decrypt {
+        optional_bytes(
+            payload,
+            tag::AUTHENTICATED_ENCRYPTION_TAG,
+            "Authenticated Encryption Tag",
+        )?
+        .map(<[u8]>::to_vec)
+    } else {
+        None
+    };
+    Ok(Crypt {
+        unique_identifier,
+        data,
+        iv,
+        aad,
+        tag,
+        tag_length,
+    })
+}
+
+/// The additional data the broker seals with: the IV and the client's
+/// additional data, each length-prefixed, so a Decrypt with another IV or
+/// other additional data fails as it would under AES-GCM.
+pub fn sealed_aad(iv: &[u8], aad: &[u8]) -> Vec<u8> {
+    const LABEL: &[u8] = b"sealbroker-kmip-gcm\0";
+    let mut out = Vec::with_capacity(LABEL.len() + 8 + iv.len() + aad.len());
+    out.extend_from_slice(LABEL);
+    out.extend_from_slice(&(iv.len() as u32).to_be_bytes());
+    out.extend_from_slice(iv);
+    out.extend_from_slice(&(aad.len() as u32).to_be_bytes());
+    out.extend_from_slice(aad);
+    out
+}
+
+/// The Encrypt response payload. With a Tag Length asked and KMIP 1.4 or
+/// later, the blob's last `tag_length` bytes travel as the Authenticated
+/// Encryption Tag; otherwise Data is the whole blob. The IV goes back only
+/// when the door made it.
+pub fn encrypt_response(
+    version: ProtocolVersion,
+    unique_identifier: &str,
+    blob: &[u8],
+    made_iv: Option<&[u8]>,
+    tag_length: Option<usize>,
+) -> Vec<Item> {
+    let split = match tag_length {
+        Some(t) if version.has_aead_fields() && blob.len() > t => blob.len() - t,
+        _ => blob.len(),
+    };
+    let mut payload = vec![
+        Item::text(tag::UNIQUE_IDENTIFIER, unique_identifier),
+        Item::bytes(tag::DATA, &blob[..split]),
+    ];
+    if let Some(iv) = made_iv {
+        payload.push(Item::bytes(tag::IV_COUNTER_NONCE, iv));
+    }
+    if split < blob.len() {
+        payload.push(Item::bytes(tag::AUTHENTICATED_ENCRYPTION_TAG, &blob[split..]));
+    }
+    payload
+}
+
+/// The blob a Decrypt names: Data, then the tag when one was sent apart.
+pub fn blob_of(crypt: &Crypt) -> Zeroizing<Vec<u8>> {
+    let mut blob = Zeroizing::new(Vec::with_capacity(
+        crypt.data.len() + crypt.tag.as_ref().map_or(0, Vec::len),
+    ));
+    blob.extend_from_slice(&crypt.data);
+    if let Some(tag) = &crypt.tag {
+        blob.extend_from_slice(tag);
+    }
+    blob
+}
+
+/// The Decrypt response payload; the plaintext is zeroed when the response
+/// is dropped.
+pub fn decrypt_response(unique_identifier: &str, plaintext: Zeroizing<Vec<u8>>) -> Vec<Item> {
+    vec![
+        Item::text(tag::UNIQUE_IDENTIFIER, unique_identifier),
+        Item::new(tag::DATA, Value::ByteString(plaintext)),
+    ]
 }
 
 // ---------------------------------------------------------------------------

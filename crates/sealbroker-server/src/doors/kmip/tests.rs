@@ -13,7 +13,8 @@ use crate::config::Config;
 async fn door() -> KmipDoor {
     let text = "profile = \"development\"\n[server]\nunix_socket = \"/tmp/unused.sock\"\n\
                 [backends.hsm]\ntype = \"kmipdoor\"\n\
-                [keys.unseal]\nbackend = \"hsm\"\nallow = { wrap = [\"dns:openbao.test\"] }\n\
+                [keys.unseal]\nbackend = \"hsm\"\nallow = { wrap = [\"dns:openbao.test\"], unwrap = [\"dns:openbao.test\"] }\n\
+                [keys.sealonly]\nbackend = \"hsm\"\nallow = { wrap = [\"dns:openbao.test\"] }\n\
                 [keys.secret]\nbackend = \"hsm\"\nallow = { wrap = [\"dns:someone.else\"] }\n";
     let registry = BackendRegistry::default().with(MemoryKind::leak("kmipdoor"));
     let broker = Broker::from_config(&Config::parse(text).unwrap(), &registry)
@@ -120,7 +121,7 @@ async fn batch_items_echo_their_ids_and_the_header_counts_them() {
             ),
         ],
     );
-    let (header, items) = batch_items(&door.answer(&openbao(), &bytes));
+    let (header, items) = batch_items(&door.answer(&openbao(), &bytes).await);
     assert_eq!(field(&header, tag::BATCH_COUNT), Some(&Value::Integer(2)));
     assert_eq!(
         ProtocolVersion::from_item(header.iter().find(|i| i.tag == tag::PROTOCOL_VERSION).unwrap()),
@@ -151,7 +152,7 @@ async fn discover_versions_answers_the_shared_versions_in_the_clients_order() {
         ProtocolVersion { major: 1, minor: 1 },
         vec![(operation::DISCOVER_VERSIONS, offered)],
     );
-    let (_, items) = batch_items(&door.answer(&openbao(), &bytes));
+    let (_, items) = batch_items(&door.answer(&openbao(), &bytes).await);
     let versions: Vec<_> = payload(&items[0])
         .iter()
         .map(|v| ProtocolVersion::from_item(v).unwrap())
@@ -162,7 +163,7 @@ async fn discover_versions_answers_the_shared_versions_in_the_clients_order() {
         ProtocolVersion::V1_2,
         vec![(operation::DISCOVER_VERSIONS, vec![])],
     );
-    let (_, items) = batch_items(&door.answer(&openbao(), &bytes));
+    let (_, items) = batch_items(&door.answer(&openbao(), &bytes).await);
     assert_eq!(payload(&items[0]).len(), 4, "all of 2.0, 1.4, 1.3, 1.2");
 }
 
@@ -173,7 +174,7 @@ async fn other_operations_under_an_unsupported_version_are_refused_naming_the_ve
         ProtocolVersion { major: 1, minor: 1 },
         vec![(operation::LOCATE, vec![])],
     );
-    let (_, items) = batch_items(&door.answer(&openbao(), &bytes));
+    let (_, items) = batch_items(&door.answer(&openbao(), &bytes).await);
     let (reason, message) = reason(&items[0]);
     assert_eq!(reason, ResultReason::INVALID_MESSAGE.0);
     assert!(
@@ -196,7 +197,7 @@ async fn query_lists_the_served_operations_and_symmetric_keys() {
             ],
         )],
     );
-    let (_, items) = batch_items(&door.answer(&openbao(), &bytes));
+    let (_, items) = batch_items(&door.answer(&openbao(), &bytes).await);
     let answer = payload(&items[0]);
     let ops: Vec<u32> = answer
         .iter()
@@ -226,7 +227,7 @@ async fn locate_by_name_finds_a_usable_key_and_nothing_else() {
             vec![(operation::LOCATE, vec![name_filter(name)])],
         )
     };
-    let (_, items) = batch_items(&door.answer(&openbao(), &locate("unseal")));
+    let (_, items) = batch_items(&door.answer(&openbao(), &locate("unseal")).await);
     let found = payload(&items[0]);
     assert_eq!(field(&found, tag::LOCATED_ITEMS), Some(&Value::Integer(1)));
     assert_eq!(
@@ -235,7 +236,7 @@ async fn locate_by_name_finds_a_usable_key_and_nothing_else() {
     );
     // A key this caller may not use and a key that does not exist: both empty.
     for name in ["secret", "nonexistent"] {
-        let (_, items) = batch_items(&door.answer(&openbao(), &locate(name)));
+        let (_, items) = batch_items(&door.answer(&openbao(), &locate(name)).await);
         assert_eq!(
             payload(&items[0]),
             vec![Item::integer(tag::LOCATED_ITEMS, 0)],
@@ -270,16 +271,23 @@ async fn locate_reads_kmip_2_0_attributes_and_pages() {
             ),
         ],
     );
-    let (_, items) = batch_items(&door.answer(&openbao(), &bytes));
+    let (_, items) = batch_items(&door.answer(&openbao(), &bytes).await);
     assert_eq!(
         payload(&items[0]),
         vec![
-            Item::integer(tag::LOCATED_ITEMS, 1),
+            Item::integer(tag::LOCATED_ITEMS, 2),
+            Item::text(tag::UNIQUE_IDENTIFIER, "sealonly"),
             Item::text(tag::UNIQUE_IDENTIFIER, "unseal")
         ]
     );
     assert_eq!(payload(&items[1]), vec![Item::integer(tag::LOCATED_ITEMS, 0)]);
-    assert_eq!(payload(&items[2]), vec![Item::integer(tag::LOCATED_ITEMS, 1)]);
+    assert_eq!(
+        payload(&items[2]),
+        vec![
+            Item::integer(tag::LOCATED_ITEMS, 2),
+            Item::text(tag::UNIQUE_IDENTIFIER, "unseal")
+        ]
+    );
 }
 
 #[tokio::test]
@@ -290,7 +298,7 @@ async fn get_attributes_reports_the_key_in_each_versions_shape() {
         ProtocolVersion::V1_2,
         vec![(operation::GET_ATTRIBUTES, vec![uid.clone()])],
     );
-    let (_, items) = batch_items(&door.answer(&openbao(), &bytes));
+    let (_, items) = batch_items(&door.answer(&openbao(), &bytes).await);
     let answer = payload(&items[0]);
     let names: Vec<&str> = answer
         .iter()
@@ -308,6 +316,7 @@ async fn get_attributes_reports_the_key_in_each_versions_shape() {
             "Object Type",
             "Cryptographic Algorithm",
             "Cryptographic Length",
+            "Cryptographic Usage Mask",
             "State"
         ]
     );
@@ -323,7 +332,7 @@ async fn get_attributes_reports_the_key_in_each_versions_shape() {
             ],
         )],
     );
-    let (_, items) = batch_items(&door.answer(&openbao(), &bytes));
+    let (_, items) = batch_items(&door.answer(&openbao(), &bytes).await);
     assert_eq!(
         payload(&items[0]),
         vec![
@@ -342,7 +351,7 @@ async fn get_attributes_reports_the_key_in_each_versions_shape() {
 #[tokio::test]
 async fn get_attributes_of_a_forbidden_key_reads_like_an_unknown_one() {
     let door = door().await;
-    let ask = |uid: &str| {
+    let ask = async |uid: &str| {
         let bytes = request(
             ProtocolVersion::V1_4,
             vec![
@@ -356,11 +365,11 @@ async fn get_attributes_of_a_forbidden_key_reads_like_an_unknown_one() {
                 ),
             ],
         );
-        let (_, items) = batch_items(&door.answer(&openbao(), &bytes));
+        let (_, items) = batch_items(&door.answer(&openbao(), &bytes).await);
         reason(&items[0])
     };
-    let (forbidden, forbidden_message) = ask("secret");
-    let (unknown, unknown_message) = ask("nonexistent");
+    let (forbidden, forbidden_message) = ask("secret").await;
+    let (unknown, unknown_message) = ask("nonexistent").await;
     assert_eq!(forbidden, ResultReason::ITEM_NOT_FOUND.0);
     assert_eq!(unknown, forbidden);
     assert_eq!(
@@ -377,10 +386,10 @@ async fn get_attribute_list_names_1_x_attributes_and_references_2_0_tags() {
         ProtocolVersion::V1_3,
         vec![(operation::GET_ATTRIBUTE_LIST, uid.clone())],
     );
-    let (_, items) = batch_items(&door.answer(&openbao(), &bytes));
+    let (_, items) = batch_items(&door.answer(&openbao(), &bytes).await);
     assert!(payload(&items[0]).contains(&Item::text(tag::ATTRIBUTE_NAME, "Cryptographic Length")));
     let bytes = request(ProtocolVersion::V2_0, vec![(operation::GET_ATTRIBUTE_LIST, uid)]);
-    let (_, items) = batch_items(&door.answer(&openbao(), &bytes));
+    let (_, items) = batch_items(&door.answer(&openbao(), &bytes).await);
     assert!(payload(&items[0]).contains(&Item::enumeration(tag::ATTRIBUTE_REFERENCE, tag::NAME.value())));
 }
 
@@ -395,11 +404,10 @@ async fn key_material_never_leaves_and_keys_are_not_made_or_destroyed_over_kmip(
         (operation::REGISTER, ResultReason::OPERATION_NOT_SUPPORTED),
         (operation::DESTROY, ResultReason::OPERATION_NOT_SUPPORTED),
         (operation::REVOKE, ResultReason::OPERATION_NOT_SUPPORTED),
-        (operation::ENCRYPT, ResultReason::OPERATION_NOT_SUPPORTED),
         (0x7777, ResultReason::OPERATION_NOT_SUPPORTED),
     ] {
         let bytes = request(ProtocolVersion::V1_4, vec![(op, uid())]);
-        let (_, items) = batch_items(&door.answer(&openbao(), &bytes));
+        let (_, items) = batch_items(&door.answer(&openbao(), &bytes).await);
         let (reason, message) = reason(&items[0]);
         assert_eq!(reason, expected.0, "operation 0x{op:X}: {message}");
         assert!(!message.is_empty());
@@ -421,14 +429,18 @@ async fn a_failed_item_stops_the_batch_unless_told_to_continue() {
             (operation::QUERY, vec![]),
         ]
     };
-    let (_, answered) = batch_items(&door.answer(&openbao(), &request(ProtocolVersion::V1_4, items())));
+    let (_, answered) = batch_items(
+        &door
+            .answer(&openbao(), &request(ProtocolVersion::V1_4, items()))
+            .await,
+    );
     assert_eq!(
         answered.len(),
         2,
         "Stop (the default) leaves out what follows the failure"
     );
 
-    let with_option = |option: u32| {
+    let with_option = async |option: u32| {
         let mut message = Item::decode(&request(ProtocolVersion::V1_4, items())).unwrap();
         let Value::Structure(fields) = &mut message.value else {
             panic!()
@@ -437,10 +449,10 @@ async fn a_failed_item_stops_the_batch_unless_told_to_continue() {
             panic!()
         };
         header.push(Item::enumeration(tag::BATCH_ERROR_CONTINUATION_OPTION, option));
-        batch_items(&door.answer(&openbao(), &message.encode().unwrap())).1
+        batch_items(&door.answer(&openbao(), &message.encode().unwrap()).await).1
     };
-    assert_eq!(with_option(enums::BATCH_ERROR_CONTINUE).len(), 3);
-    let undone = with_option(enums::BATCH_ERROR_UNDO);
+    assert_eq!(with_option(enums::BATCH_ERROR_CONTINUE).await.len(), 3);
+    let undone = with_option(enums::BATCH_ERROR_UNDO).await;
     assert_eq!(undone.len(), 2);
     assert_eq!(
         field(&undone[0], tag::RESULT_STATUS),
@@ -474,9 +486,319 @@ async fn malformed_requests_get_an_invalid_message_answer_never_a_panic() {
         ("a response message", not_a_request.to_vec()),
         ("a miscounted batch", miscounted),
     ] {
-        let (_, items) = batch_items(&door.answer(&openbao(), &bytes));
+        let (_, items) = batch_items(&door.answer(&openbao(), &bytes).await);
         let (reason, message) = reason(&items[0]);
         assert_eq!(reason, ResultReason::INVALID_MESSAGE.0, "{what}: {message}");
         assert!(field(&items[0], tag::OPERATION).is_none(), "{what}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Encrypt and Decrypt
+
+fn gcm(tag_length: Option<i32>) -> Item {
+    let mut params = vec![
+        Item::enumeration(tag::CRYPTOGRAPHIC_ALGORITHM, enums::ALGORITHM_AES),
+        Item::enumeration(tag::BLOCK_CIPHER_MODE, enums::MODE_GCM),
+    ];
+    if let Some(t) = tag_length {
+        params.push(Item::integer(tag::TAG_LENGTH, t));
+    }
+    Item::structure(tag::CRYPTOGRAPHIC_PARAMETERS, params)
+}
+
+fn bytes_of(items: &[Item], wanted: Tag) -> Option<Vec<u8>> {
+    match field(items, wanted) {
+        Some(Value::ByteString(b)) => Some(b.to_vec()),
+        None => None,
+        other => panic!("{wanted} is not bytes: {other:?}"),
+    }
+}
+
+/// One Encrypt (or Decrypt) of `data` under `uid`, with the extra fields.
+async fn crypt(
+    door: &KmipDoor,
+    version: ProtocolVersion,
+    op: u32,
+    uid: &str,
+    fields: Vec<Item>,
+) -> Vec<Item> {
+    let mut payload = vec![Item::text(tag::UNIQUE_IDENTIFIER, uid)];
+    payload.extend(fields);
+    let (_, items) = batch_items(
+        &door
+            .answer(&openbao(), &request(version, vec![(op, payload)]))
+            .await,
+    );
+    items.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn encrypt_then_decrypt_round_trips_in_every_version_with_the_tag_apart_when_asked() {
+    let door = door().await;
+    let iv = [7u8; 12];
+    for version in [
+        ProtocolVersion::V1_2,
+        ProtocolVersion::V1_4,
+        ProtocolVersion::V2_0,
+    ] {
+        let sealed = crypt(
+            &door,
+            version,
+            operation::ENCRYPT,
+            "unseal",
+            vec![
+                gcm(Some(16)),
+                Item::bytes(tag::DATA, b"root key"),
+                Item::bytes(tag::IV_COUNTER_NONCE, &iv),
+            ],
+        )
+        .await;
+        let answer = payload(&sealed);
+        let data = bytes_of(&answer, tag::DATA).unwrap();
+        let tag = bytes_of(&answer, tag::AUTHENTICATED_ENCRYPTION_TAG);
+        assert_eq!(
+            bytes_of(&answer, tag::IV_COUNTER_NONCE),
+            None,
+            "{version}: the client's IV is not echoed"
+        );
+        assert!(
+            !data.windows(8).any(|w| w == b"root key"),
+            "{version}: plaintext in the ciphertext"
+        );
+        if version >= ProtocolVersion::V1_4 {
+            assert_eq!(tag.as_ref().map(Vec::len), Some(16), "{version}");
+        } else {
+            assert_eq!(tag, None, "{version}: 1.2 has no tag field, so Data holds it all");
+        }
+        let mut fields = vec![
+            gcm(None),
+            Item::bytes(tag::DATA, &data),
+            Item::bytes(tag::IV_COUNTER_NONCE, &iv),
+        ];
+        if let Some(tag) = &tag {
+            fields.push(Item::bytes(tag::AUTHENTICATED_ENCRYPTION_TAG, tag));
+        }
+        let opened = crypt(&door, version, operation::DECRYPT, "unseal", fields).await;
+        assert_eq!(
+            bytes_of(&payload(&opened), tag::DATA).unwrap(),
+            b"root key",
+            "{version}"
+        );
+
+        // A client that keeps Data and tag together, as OpenBao does before
+        // 1.4, may send them as one.
+        let whole: Vec<u8> = data.iter().chain(tag.iter().flatten()).copied().collect();
+        let opened = crypt(
+            &door,
+            version,
+            operation::DECRYPT,
+            "unseal",
+            vec![
+                Item::bytes(tag::DATA, &whole),
+                Item::bytes(tag::IV_COUNTER_NONCE, &iv),
+            ],
+        )
+        .await;
+        assert_eq!(
+            bytes_of(&payload(&opened), tag::DATA).unwrap(),
+            b"root key",
+            "{version}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_encrypt_without_an_iv_gets_one_and_every_tampering_reads_the_same() {
+    let door = door().await;
+    let aad = Item::bytes(tag::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, b"bao-seal");
+    let sealed = crypt(
+        &door,
+        ProtocolVersion::V1_4,
+        operation::ENCRYPT,
+        "unseal",
+        vec![Item::bytes(tag::DATA, b"keyring"), aad.clone()],
+    )
+    .await;
+    let answer = payload(&sealed);
+    let iv = bytes_of(&answer, tag::IV_COUNTER_NONCE).expect("the door says which IV it made");
+    assert_eq!(iv.len(), 12);
+    let data = bytes_of(&answer, tag::DATA).unwrap();
+
+    let decrypt = |data: Vec<u8>, iv: Vec<u8>, aad: Item, uid: &'static str| {
+        let door = &door;
+        async move {
+            crypt(
+                door,
+                ProtocolVersion::V1_4,
+                operation::DECRYPT,
+                uid,
+                vec![
+                    Item::bytes(tag::DATA, &data),
+                    Item::bytes(tag::IV_COUNTER_NONCE, &iv),
+                    aad,
+                ],
+            )
+            .await
+        }
+    };
+    let opened = decrypt(data.clone(), iv.clone(), aad.clone(), "unseal").await;
+    assert_eq!(bytes_of(&payload(&opened), tag::DATA).unwrap(), b"keyring");
+
+    let mut flipped = data.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 1;
+    let mut other_iv = iv.clone();
+    other_iv[0] ^= 1;
+    let other_aad = Item::bytes(tag::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, b"other");
+    let mut messages = Vec::new();
+    for (what, item) in [
+        (
+            "a flipped byte",
+            decrypt(flipped, iv.clone(), aad.clone(), "unseal").await,
+        ),
+        (
+            "a cut ciphertext",
+            decrypt(data[..data.len() - 1].to_vec(), iv.clone(), aad.clone(), "unseal").await,
+        ),
+        (
+            "another IV",
+            decrypt(data.clone(), other_iv, aad.clone(), "unseal").await,
+        ),
+        (
+            "other additional data",
+            decrypt(data.clone(), iv.clone(), other_aad, "unseal").await,
+        ),
+    ] {
+        let (reason, message) = reason(&item);
+        assert_eq!(reason, ResultReason::CRYPTOGRAPHIC_FAILURE.0, "{what}: {message}");
+        assert!(payload_absent(&item), "{what}");
+        messages.push(message);
+    }
+    messages.dedup();
+    assert_eq!(messages.len(), 1, "every failure reads the same: {messages:?}");
+}
+
+#[tokio::test]
+async fn encrypt_and_decrypt_refuse_what_the_key_does_not_offer_naming_it() {
+    let door = door().await;
+    let data = Item::bytes(tag::DATA, b"x");
+    let rsa = Item::structure(
+        tag::CRYPTOGRAPHIC_PARAMETERS,
+        vec![Item::enumeration(
+            tag::CRYPTOGRAPHIC_ALGORITHM,
+            enums::ALGORITHM_RSA,
+        )],
+    );
+    let cbc = Item::structure(
+        tag::CRYPTOGRAPHIC_PARAMETERS,
+        vec![Item::enumeration(tag::BLOCK_CIPHER_MODE, enums::MODE_CBC)],
+    );
+    for (what, op, uid, fields, expected, says) in [
+        (
+            "RSA",
+            operation::ENCRYPT,
+            "unseal",
+            vec![rsa, data.clone()],
+            ResultReason::INVALID_FIELD,
+            "Cryptographic Algorithm",
+        ),
+        (
+            "CBC",
+            operation::ENCRYPT,
+            "unseal",
+            vec![cbc, data.clone()],
+            ResultReason::INVALID_FIELD,
+            "Block Cipher Mode",
+        ),
+        (
+            "a tag of 4 bytes",
+            operation::ENCRYPT,
+            "unseal",
+            vec![gcm(Some(4)), data.clone()],
+            ResultReason::INVALID_FIELD,
+            "Tag Length",
+        ),
+        (
+            "no data",
+            operation::ENCRYPT,
+            "unseal",
+            vec![],
+            ResultReason::MISSING_DATA,
+            "Data",
+        ),
+        (
+            "no IV to decrypt",
+            operation::DECRYPT,
+            "unseal",
+            vec![data.clone()],
+            ResultReason::MISSING_DATA,
+            "IV",
+        ),
+        (
+            "streaming",
+            operation::ENCRYPT,
+            "unseal",
+            vec![data.clone(), Item::boolean(tag::INIT_INDICATOR, true)],
+            ResultReason::FEATURE_NOT_SUPPORTED,
+            "streaming",
+        ),
+        (
+            "an unknown key",
+            operation::ENCRYPT,
+            "nope",
+            vec![data.clone()],
+            ResultReason::PERMISSION_DENIED,
+            "nope",
+        ),
+        (
+            "another's key",
+            operation::ENCRYPT,
+            "secret",
+            vec![data.clone()],
+            ResultReason::PERMISSION_DENIED,
+            "secret",
+        ),
+        (
+            "a key this client may only seal with",
+            operation::DECRYPT,
+            "sealonly",
+            vec![data.clone(), Item::bytes(tag::IV_COUNTER_NONCE, &[1; 12])],
+            ResultReason::PERMISSION_DENIED,
+            "sealonly",
+        ),
+    ] {
+        let item = crypt(&door, ProtocolVersion::V1_4, op, uid, fields).await;
+        let (reason, message) = reason(&item);
+        assert_eq!(reason, expected.0, "{what}: {message}");
+        assert!(message.contains(says), "{what}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn a_response_over_the_maximum_response_size_is_refused_as_too_large() {
+    let door = door().await;
+    let mut message = Item::decode(&request(
+        ProtocolVersion::V1_4,
+        vec![(
+            operation::ENCRYPT,
+            vec![
+                Item::text(tag::UNIQUE_IDENTIFIER, "unseal"),
+                Item::bytes(tag::DATA, &[0u8; 4096]),
+            ],
+        )],
+    ))
+    .unwrap();
+    let Value::Structure(fields) = &mut message.value else {
+        panic!()
+    };
+    let Value::Structure(header) = &mut fields[0].value else {
+        panic!()
+    };
+    header.push(Item::integer(tag::MAXIMUM_RESPONSE_SIZE, 1024));
+    let (_, items) = batch_items(&door.answer(&openbao(), &message.encode().unwrap()).await);
+    let (reason, message) = reason(&items[0]);
+    assert_eq!(reason, ResultReason::RESPONSE_TOO_LARGE.0, "{message}");
+    assert!(message.contains("Maximum Response Size of 1024"), "{message}");
+    assert!(payload_absent(&items[0]));
 }

@@ -121,6 +121,7 @@ fn a_locate_filter_on_an_attribute_no_key_has_matches_nothing() {
         object_type: enums::OBJECT_TYPE_SYMMETRIC_KEY,
         algorithm: enums::ALGORITHM_AES,
         length: 256,
+        usage: enums::USAGE_ENCRYPT | enums::USAGE_DECRYPT,
         state: enums::STATE_ACTIVE,
     };
     let filter = |name: &str, value: Item| {
