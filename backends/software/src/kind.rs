@@ -5,7 +5,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sealbroker_core::{Backend, BackendKind, ConfigError, KeygenError, OpenedBackend, Profile, parse_table};
 
-use crate::{BackendConfig, KeyConfig, SoftwareKey, generate_key_file};
+use crate::{
+    BackendConfig, KeyConfig, SoftwareKey, SoftwareSigningKey, generate_key_file, generate_pkcs8_file,
+};
 
 /// `type = "software"`.
 pub static KIND: SoftwareKind = SoftwareKind;
@@ -40,15 +42,36 @@ struct KeyFiles;
 impl OpenedBackend for KeyFiles {
     fn key(&self, settings: &toml::Table, path: &str) -> Result<Arc<dyn Backend>, ConfigError> {
         let key: KeyConfig = parse_table(settings, path)?;
-        let key = SoftwareKey::load(&key)
-            .map_err(|e| ConfigError::new(format!("{path}.key_file"), e.to_string()))?;
-        Ok(Arc::new(key))
+        let algorithm = key
+            .signing_algorithm()
+            .map_err(|e| ConfigError::new(format!("{path}.algorithm"), e))?;
+        let file_error = |e: crate::LoadError| ConfigError::new(format!("{path}.key_file"), e.to_string());
+        Ok(match algorithm {
+            Some(algorithm) => Arc::new(
+                SoftwareSigningKey::load(&key.key_file, algorithm, key.generate).map_err(file_error)?,
+            ),
+            None => Arc::new(SoftwareKey::load(&key).map_err(file_error)?),
+        })
     }
 
     async fn create_key(&self, settings: &toml::Table, path: &str) -> Result<String, KeygenError> {
         let key: KeyConfig = parse_table(settings, path)?;
-        generate_key_file(&key.key_file)
-            .map_err(|e| ConfigError::new(format!("{path}.key_file"), e.to_string()))?;
-        Ok(format!("software key file {}", key.key_file.display()))
+        let algorithm = key
+            .signing_algorithm()
+            .map_err(|e| ConfigError::new(format!("{path}.algorithm"), e))?;
+        let file_error = |e: crate::LoadError| ConfigError::new(format!("{path}.key_file"), e.to_string());
+        match algorithm {
+            Some(algorithm) => {
+                generate_pkcs8_file(&key.key_file, algorithm).map_err(file_error)?;
+                Ok(format!(
+                    "software {algorithm} key file {}",
+                    key.key_file.display()
+                ))
+            }
+            None => {
+                generate_key_file(&key.key_file).map_err(file_error)?;
+                Ok(format!("software key file {}", key.key_file.display()))
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! trust. The server refuses it under the Hardened profile.
 
 mod kind;
+mod signing;
 
 use std::fs;
 use std::io::Write;
@@ -17,6 +18,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 pub use kind::{KIND, SoftwareKind};
+pub use signing::{SoftwareSigningKey, generate_pkcs8_file};
 
 const KEY_LEN: usize = 32;
 const IV_LEN: usize = 12;
@@ -30,11 +32,33 @@ pub struct BackendConfig {}
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
-    /// File holding the key as 64 hex characters. Must be mode 0600 or stricter.
+    /// File holding the key as 64 hex characters (an AES-256 key), or as hex
+    /// PKCS#8 (a signing key, with `algorithm`). Must be mode 0600 or stricter.
     pub key_file: PathBuf,
     /// Create the file with a fresh random key when it does not exist.
     #[serde(default)]
     pub generate: bool,
+    /// Makes this an asymmetric signing key: `ecdsa-p256`, `ecdsa-p384` or
+    /// `ed25519`. Without it the key is an AES-256-GCM sealing key.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+}
+
+impl KeyConfig {
+    /// The signing algorithm, checked; `None` for a sealing key.
+    pub fn signing_algorithm(&self) -> Result<Option<sealbroker_core::KeyAlgorithm>, String> {
+        let Some(text) = &self.algorithm else {
+            return Ok(None);
+        };
+        let algorithm = sealbroker_core::KeyAlgorithm::parse(text).ok_or_else(|| {
+            format!(
+                "{text:?} is not an algorithm; use one of {}",
+                sealbroker_core::KeyAlgorithm::names()
+            )
+        })?;
+        signing::check_algorithm(algorithm)?;
+        Ok(Some(algorithm))
+    }
 }
 
 /// Why a software key could not be loaded.
@@ -44,7 +68,7 @@ pub enum LoadError {
     File { path: PathBuf, reason: String },
 }
 
-fn file_error(path: &Path, reason: impl ToString) -> LoadError {
+pub(crate) fn file_error(path: &Path, reason: impl ToString) -> LoadError {
     LoadError::File {
         path: path.to_owned(),
         reason: reason.to_string(),
@@ -109,6 +133,7 @@ impl SoftwareKey {
         let key = SoftwareKey::load(&KeyConfig {
             key_file: file.to_owned(),
             generate: false,
+            algorithm: None,
         })
         .map_err(|e| BackendError::internal(e.to_string()))?;
         Ok(NewVersion {
@@ -119,7 +144,7 @@ impl SoftwareKey {
 }
 
 /// `dev.key.v3` -> `dev.key`: the file name versions derive from.
-fn base_file(path: &Path) -> PathBuf {
+pub(crate) fn base_file(path: &Path) -> PathBuf {
     let text = path.to_string_lossy();
     match text.rsplit_once(".v") {
         Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => PathBuf::from(base),
@@ -228,6 +253,7 @@ mod tests {
         SoftwareKey::load(&KeyConfig {
             key_file: dir.join("k"),
             generate: true,
+            algorithm: None,
         })
         .unwrap()
     }
@@ -276,6 +302,7 @@ mod tests {
         let err = SoftwareKey::load(&KeyConfig {
             key_file: dir.path().join("k"),
             generate: false,
+            algorithm: None,
         })
         .err()
         .unwrap();
@@ -288,6 +315,7 @@ mod tests {
         let err = SoftwareKey::load(&KeyConfig {
             key_file: dir.path().join("nope"),
             generate: false,
+            algorithm: None,
         })
         .err()
         .unwrap();

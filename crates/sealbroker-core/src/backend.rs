@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use crate::blob::Mechanism;
 use crate::error::BackendError;
 use crate::secret::SecretBytes;
+use crate::signing::{KeyAlgorithm, PublicKey, SignInput, SignScheme};
 
 /// A DEK as sealed by a backend key: everything needed to open it again,
 /// none of it secret.
@@ -96,6 +97,44 @@ pub trait Backend: Send + Sync + 'static {
         0
     }
 
+    /// The algorithm of an asymmetric key (a key pair that signs); `None`
+    /// for the symmetric sealing keys most backends hold. Known from the
+    /// settings, without contacting the backend.
+    fn algorithm(&self) -> Option<KeyAlgorithm> {
+        None
+    }
+
+    /// The public half of an asymmetric key.
+    async fn public_key(&self) -> Result<PublicKey, BackendError> {
+        Err(not_asymmetric(self.kind()))
+    }
+
+    /// Signs `input` with `scheme` (already checked to fit the key and the
+    /// input). Backends that cannot sign a digest, or a whole message, say
+    /// so: nothing is ever hashed twice.
+    async fn sign(&self, scheme: SignScheme, input: SignInput<'_>) -> Result<Vec<u8>, BackendError> {
+        let _ = (scheme, input);
+        Err(not_asymmetric(self.kind()))
+    }
+
+    /// Checks a signature. By default against [`Backend::public_key`] with
+    /// ring, which checks whole messages only; backends that can check a
+    /// digest override this.
+    async fn verify(
+        &self,
+        scheme: SignScheme,
+        input: SignInput<'_>,
+        signature: &[u8],
+    ) -> Result<bool, BackendError> {
+        let public = self.public_key().await?;
+        public.verify(scheme, input, signature).map_err(|e| {
+            BackendError::new(
+                crate::error::BackendErrorKind::InvalidInput,
+                format!("the {} backend cannot verify this: {e}", self.kind()),
+            )
+        })
+    }
+
     /// A real round trip through the key: proves the device or service and the
     /// key are usable right now.
     async fn health(&self) -> Result<(), BackendError> {
@@ -110,4 +149,11 @@ pub trait Backend: Send + Sync + 'static {
             ))
         }
     }
+}
+
+fn not_asymmetric(kind: &str) -> BackendError {
+    BackendError::new(
+        crate::error::BackendErrorKind::InvalidInput,
+        format!("this {kind} key is not an asymmetric key: it seals data keys and does not sign"),
+    )
 }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod keyring;
 pub mod kind;
 pub mod secret;
+pub mod signing;
 pub mod stock;
 
 pub use backend::{Backend, NewVersion, Sealed};
@@ -25,4 +26,5 @@ pub use error::{BackendError, BackendErrorKind, BlobError, Code, Error};
 pub use keyring::{KeyId, KeyInfo, KeyRing, KeyVersion, LogicalKey, Member, Unwrapped, WrapPolicy, Wrapped};
 pub use kind::{BackendKind, KeygenError, OpenedBackend};
 pub use secret::SecretBytes;
+pub use signing::{Hash, KeyAlgorithm, PublicKey, SignInput, SignScheme};
 pub use stock::{StanzaError, StockBlob, StockSeal, StockStanza};

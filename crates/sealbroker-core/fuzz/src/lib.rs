@@ -81,6 +81,7 @@ fn fixed_key(name: &str, byte: u8) -> Arc<dyn Backend> {
     let key = SoftwareKey::load(&KeyConfig {
         key_file: path,
         generate: false,
+        algorithm: None,
     })
     .expect("fixture software key");
     Arc::new(key)

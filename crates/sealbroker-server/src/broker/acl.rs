@@ -1,5 +1,5 @@
-//! Per-key authorization: which callers may wrap, unwrap, rewrap or
-//! administer (describe, rotate, retire) each key.
+//! Per-key authorization: which callers may wrap, unwrap, rewrap,
+//! administer (describe, rotate, retire), sign with or verify with each key.
 //!
 //! ```toml
 //! [keys.openbao-unseal]
@@ -30,6 +30,10 @@ pub enum Operation {
     Rewrap,
     /// Describe, rotate, retire versions.
     Admin,
+    /// Asymmetric keys: make a signature.
+    Sign,
+    /// Asymmetric keys: check a signature, read the public key.
+    Verify,
 }
 
 impl Operation {
@@ -39,6 +43,8 @@ impl Operation {
             Operation::Unwrap => "unwrap",
             Operation::Rewrap => "rewrap",
             Operation::Admin => "admin",
+            Operation::Sign => "sign",
+            Operation::Verify => "verify",
         }
     }
 }
@@ -54,6 +60,8 @@ impl KeyAcl {
             Operation::Unwrap => &self.0.unwrap,
             Operation::Rewrap => &self.0.rewrap,
             Operation::Admin => &self.0.admin,
+            Operation::Sign => &self.0.sign,
+            Operation::Verify => &self.0.verify,
         }
     }
 
@@ -70,6 +78,8 @@ impl KeyAcl {
             Operation::Unwrap,
             Operation::Rewrap,
             Operation::Admin,
+            Operation::Sign,
+            Operation::Verify,
         ]
         .into_iter()
         .any(|op| self.allows(caller, op))

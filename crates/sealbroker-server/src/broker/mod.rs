@@ -15,6 +15,7 @@ pub mod keystate;
 pub mod metrics;
 pub mod registry;
 mod rotation;
+pub mod signing;
 
 pub use assemble::key_ring_of;
 pub use health::{BrokerStatus, KeyHealth, VersionReport, VersionRole};
@@ -441,6 +442,7 @@ impl Broker {
                 });
             }
             self.policy().acls.check(&call.caller, Operation::Wrap, key)?;
+            self.refuse_signing_key(key)?;
             if plaintext.len() > self.limits.max_plaintext_bytes {
                 return Err(Error::PayloadTooLarge {
                     size: plaintext.len(),

@@ -157,11 +157,19 @@ fn build_key(
         .versions
         .iter()
         .map(|v| {
-            let members = v
+            let members: Vec<_> = v
                 .members
                 .iter()
                 .map(|m| build_member(&m.backend, &m.settings, &m.path, factories))
                 .collect::<Result<_, _>>()?;
+            // A signature comes from one private key: a ring of several
+            // would sign with whichever answered, under different keys.
+            if members.len() > 1 && members.iter().any(|(_, b)| b.algorithm().is_some()) {
+                return Err(ConfigError::new(
+                    format!("{path}.members"),
+                    "an asymmetric (signing) key version has exactly one member; HA rings are for sealing keys",
+                ));
+            }
             Ok(KeyVersion::with_members(name, v.version, members))
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;

@@ -90,6 +90,10 @@ pub struct Grants {
     pub unwrap: Vec<String>,
     pub rewrap: Vec<String>,
     pub admin: Vec<String>,
+    /// Asymmetric keys: make signatures.
+    pub sign: Vec<String>,
+    /// Asymmetric keys: check signatures and read the public key.
+    pub verify: Vec<String>,
 }
 
 /// Principal prefixes an ACL may name (see `broker::acl`).
@@ -384,12 +388,16 @@ impl Grants {
                 "unwrap" => grants.unwrap.extend(principals),
                 "rewrap" => grants.rewrap.extend(principals),
                 "admin" => grants.admin.extend(principals),
+                "sign" => grants.sign.extend(principals),
+                "verify" => grants.verify.extend(principals),
                 "any" => {
                     for list in [
                         &mut grants.wrap,
                         &mut grants.unwrap,
                         &mut grants.rewrap,
                         &mut grants.admin,
+                        &mut grants.sign,
+                        &mut grants.verify,
                     ] {
                         list.extend(principals.iter().cloned());
                     }
@@ -397,7 +405,9 @@ impl Grants {
                 other => {
                     return Err(ConfigError::new(
                         field_path,
-                        format!("unknown operation {other:?}; use wrap, unwrap, rewrap, admin or any"),
+                        format!(
+                            "unknown operation {other:?}; use wrap, unwrap, rewrap, admin, sign, verify or any"
+                        ),
                     ));
                 }
             }
