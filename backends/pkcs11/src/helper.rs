@@ -81,6 +81,36 @@ impl Helper {
                 aad,
                 ciphertext,
             } => (id, self.perform(&key, Call::Decrypt { iv, aad, ciphertext })),
+            Request::Sign {
+                id,
+                key,
+                scheme,
+                data,
+            } => match crate::signing::scheme_of(scheme) {
+                Some(scheme) => (id, self.perform(&key, Call::Sign { scheme, data })),
+                None => (id, Err(BackendError::internal("unknown signature scheme"))),
+            },
+            Request::Verify {
+                id,
+                key,
+                scheme,
+                data,
+                signature,
+            } => match crate::signing::scheme_of(scheme) {
+                Some(scheme) => (
+                    id,
+                    self.perform(
+                        &key,
+                        Call::Verify {
+                            scheme,
+                            data,
+                            signature,
+                        },
+                    ),
+                ),
+                None => (id, Err(BackendError::internal("unknown signature scheme"))),
+            },
+            Request::PublicKey { id, key } => (id, self.perform(&key, Call::PublicKey)),
             Request::CreateKey {
                 id,
                 key,

@@ -1,4 +1,5 @@
-//! PKCS#11 backend: AES-GCM or RSA-OAEP keys on an HSM token, through a
+//! PKCS#11 backend: AES-GCM or RSA-OAEP sealing keys, and RSA, ECDSA or
+//! Ed25519 signing key pairs ([`signing`]), on an HSM token, through a
 //! pooled, self-healing session layer ([`pool`]).
 //!
 //! Config keys follow OpenBao's `pkcs11` seal (`lib`, `slot`, `token_label`,
@@ -8,6 +9,7 @@
 pub mod helper;
 mod kind;
 pub mod pool;
+pub mod signing;
 mod stock;
 pub mod supervisor;
 pub mod wire;
@@ -23,7 +25,10 @@ use cryptoki::mechanism::{Mechanism as CkMechanism, MechanismType};
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use ring::rand::{SecureRandom, SystemRandom};
-use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, NewVersion, Sealed, SecretBytes};
+use sealbroker_core::{
+    Backend, BackendError, BackendErrorKind, KeyAlgorithm, Mechanism, NewVersion, PublicKey, Sealed,
+    SecretBytes, SignInput, SignScheme,
+};
 use secrecy::SecretString;
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -140,6 +145,11 @@ pub struct KeyConfig {
     pub mechanism: MechanismName,
     #[serde(default)]
     pub rsa_oaep_hash: OaepHash,
+    /// Makes this a signing key pair (External Keys): `rsa-2048`,
+    /// `rsa-3072`, `rsa-4096`, `ecdsa-p256`, `ecdsa-p384` or `ed25519`.
+    /// Without it the key is a sealing key of `mechanism`.
+    #[serde(default)]
+    pub algorithm: Option<String>,
 }
 
 /// Config errors name fields relative to this backend's tables; the broker places them under
@@ -262,6 +272,8 @@ struct KeySelector {
     id: Option<Vec<u8>>,
     mechanism: MechanismName,
     oaep_hash: OaepHash,
+    /// Set for a signing key pair.
+    algorithm: Option<KeyAlgorithm>,
 }
 
 impl KeySelector {
@@ -281,11 +293,33 @@ impl KeySelector {
         if config.key_label.is_none() && id.is_none() {
             return Err(ConfigError::new("key_label", "set `key_label` and/or `key_id`"));
         }
+        let algorithm = match &config.algorithm {
+            None => None,
+            Some(text) => {
+                let algorithm = KeyAlgorithm::parse(text).ok_or_else(|| {
+                    ConfigError::new(
+                        "algorithm",
+                        format!(
+                            "{text:?} is not an algorithm; use one of {}",
+                            KeyAlgorithm::names()
+                        ),
+                    )
+                })?;
+                if config.mechanism != MechanismName::AesGcm {
+                    return Err(ConfigError::new(
+                        "mechanism",
+                        "applies to sealing keys; a signing key (with `algorithm`) signs with its own schemes",
+                    ));
+                }
+                Some(algorithm)
+            }
+        };
         Ok(KeySelector {
             label: config.key_label.clone(),
             id,
             mechanism: config.mechanism,
             oaep_hash: config.rsa_oaep_hash,
+            algorithm,
         })
     }
 
@@ -305,9 +339,16 @@ impl KeySelector {
         wire::KeySpec {
             label: self.label.clone(),
             id: self.id.clone(),
-            mechanism: match self.mechanism {
-                MechanismName::AesGcm => 0,
-                MechanismName::RsaPkcsOaep => 1,
+            mechanism: match (self.algorithm, self.mechanism) {
+                (Some(algorithm), _) => {
+                    wire::SIGNING_MECHANISM
+                        + KeyAlgorithm::ALL
+                            .iter()
+                            .position(|a| *a == algorithm)
+                            .unwrap_or(0) as u8
+                }
+                (None, MechanismName::AesGcm) => 0,
+                (None, MechanismName::RsaPkcsOaep) => 1,
             },
             oaep_hash: match self.oaep_hash {
                 OaepHash::Sha1 => 0,
@@ -336,6 +377,10 @@ impl KeySelector {
                 4 => OaepHash::Sha512,
                 _ => OaepHash::Sha256,
             },
+            algorithm: spec
+                .mechanism
+                .checked_sub(wire::SIGNING_MECHANISM)
+                .and_then(|i| KeyAlgorithm::ALL.get(usize::from(i)).copied()),
         }
     }
 
@@ -350,8 +395,11 @@ impl KeySelector {
         parts.join(", ")
     }
 
-    /// Object classes used to encrypt and to decrypt.
+    /// Object classes used to encrypt (or verify) and to decrypt (or sign).
     fn classes(&self) -> (ObjectClass, ObjectClass) {
+        if self.algorithm.is_some() {
+            return (ObjectClass::PUBLIC_KEY, ObjectClass::PRIVATE_KEY);
+        }
         match self.mechanism {
             MechanismName::AesGcm => (ObjectClass::SECRET_KEY, ObjectClass::SECRET_KEY),
             MechanismName::RsaPkcsOaep => (ObjectClass::PUBLIC_KEY, ObjectClass::PRIVATE_KEY),
@@ -503,6 +551,7 @@ impl Pkcs11Key {
             key_id: None,
             mechanism: selector.mechanism,
             rsa_oaep_hash: selector.oaep_hash,
+            algorithm: selector.algorithm.map(|a| a.as_str().to_owned()),
         }
     }
 
@@ -549,7 +598,10 @@ impl Pkcs11Key {
                 (lib, token, pin, described)
             }
         };
-        let identity = format!("pkcs11:{token}:{}:{:?}", selector.describe(), selector.mechanism);
+        let identity = match selector.algorithm {
+            Some(algorithm) => format!("pkcs11:{token}:{}:{algorithm}", selector.describe()),
+            None => format!("pkcs11:{token}:{}:{:?}", selector.describe(), selector.mechanism),
+        };
         Ok(Pkcs11Key {
             engine,
             lib,
@@ -595,6 +647,19 @@ pub enum Call {
         aad: Vec<u8>,
         ciphertext: Vec<u8>,
     },
+    /// Signing keys: sign `data` (a digest, or for Ed25519 the message).
+    Sign {
+        scheme: SignScheme,
+        data: Zeroizing<Vec<u8>>,
+    },
+    /// Signing keys: check `signature`; answers `[1]` or `[0]`.
+    Verify {
+        scheme: SignScheme,
+        data: Vec<u8>,
+        signature: Vec<u8>,
+    },
+    /// Signing keys: the public key ([`signing::encode_public`]).
+    PublicKey,
 }
 
 impl KeyState {
@@ -613,7 +678,17 @@ impl KeyState {
             let (hash_alg, mgf) = self.selector.oaep_hash.params();
             PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty())
         };
+        if let Some(algorithm) = self.selector.algorithm {
+            return self.perform_signing(session, generation, algorithm, call);
+        }
+        let not_signing = || {
+            Err(OpError::Backend(BackendError::new(
+                BackendErrorKind::InvalidInput,
+                "this PKCS#11 key is a sealing key; it does not sign",
+            )))
+        };
         match (self.selector.mechanism, call) {
+            (_, Call::Sign { .. } | Call::Verify { .. } | Call::PublicKey) => not_signing(),
             (MechanismName::AesGcm, Call::Encrypt { iv, aad, plaintext }) => {
                 let iv = gcm_iv(iv)?;
                 self.with_handle(
@@ -668,6 +743,46 @@ impl KeyState {
                         .map(Zeroizing::new)
                 },
             ),
+        }
+    }
+}
+
+impl KeyState {
+    /// Runs `call` on a signing key pair.
+    fn perform_signing(
+        &self,
+        session: &Session,
+        generation: u64,
+        algorithm: KeyAlgorithm,
+        call: &Call,
+    ) -> Result<Zeroizing<Vec<u8>>, OpError> {
+        match call {
+            Call::Sign { scheme, data } => {
+                let signed = self.with_handle(session, generation, Purpose::Decrypt, "C_Sign", |handle| {
+                    signing::sign(session, handle, algorithm, *scheme, data)
+                })?;
+                signed.map(Zeroizing::new).map_err(OpError::Backend)
+            }
+            Call::Verify {
+                scheme,
+                data,
+                signature,
+            } => {
+                let valid =
+                    self.with_handle(session, generation, Purpose::Encrypt, "C_Verify", |handle| {
+                        signing::verify(session, handle, algorithm, *scheme, data, signature)
+                    })?;
+                Ok(Zeroizing::new(vec![u8::from(valid)]))
+            }
+            Call::PublicKey => {
+                let handle = self.with_handle(session, generation, Purpose::Encrypt, "C_FindObjects", Ok)?;
+                let public = signing::public_key(session, handle, algorithm, &self.selector.describe())?;
+                Ok(Zeroizing::new(signing::encode_public(&public)))
+            }
+            Call::Encrypt { .. } | Call::Decrypt { .. } => Err(OpError::Backend(BackendError::new(
+                BackendErrorKind::InvalidInput,
+                format!("this PKCS#11 key is a {algorithm} signing key; it does not seal"),
+            ))),
         }
     }
 }
@@ -768,7 +883,106 @@ impl Backend for Pkcs11Key {
         }
     }
 
+    fn algorithm(&self) -> Option<KeyAlgorithm> {
+        self.key.selector.algorithm
+    }
+
+    async fn public_key(&self) -> Result<PublicKey, BackendError> {
+        if self.key.selector.algorithm.is_none() {
+            return Err(BackendError::new(
+                BackendErrorKind::InvalidInput,
+                "this PKCS#11 key is a sealing key; it has no public key to give",
+            ));
+        }
+        let encoded = self.execute(Call::PublicKey).await?;
+        signing::decode_public(&encoded)
+    }
+
+    /// Hands the token a digest (hashing a message once, with ring), or for
+    /// Ed25519 the message.
+    async fn sign(&self, scheme: SignScheme, input: SignInput<'_>) -> Result<Vec<u8>, BackendError> {
+        let data = match scheme.hash() {
+            Some(hash) => input.digest(hash),
+            None => match input {
+                SignInput::Message(m) => m.to_vec(),
+                SignInput::Digest(_) => {
+                    return Err(BackendError::new(
+                        BackendErrorKind::InvalidInput,
+                        "Ed25519 signs messages",
+                    ));
+                }
+            },
+        };
+        let signature = self
+            .execute(Call::Sign {
+                scheme,
+                data: Zeroizing::new(data),
+            })
+            .await?;
+        Ok(signature.to_vec())
+    }
+
+    async fn verify(
+        &self,
+        scheme: SignScheme,
+        input: SignInput<'_>,
+        signature: &[u8],
+    ) -> Result<bool, BackendError> {
+        let data = match scheme.hash() {
+            Some(hash) => input.digest(hash),
+            None => match input {
+                SignInput::Message(m) => m.to_vec(),
+                SignInput::Digest(_) => {
+                    return Err(BackendError::new(
+                        BackendErrorKind::InvalidInput,
+                        "Ed25519 signs messages",
+                    ));
+                }
+            },
+        };
+        let verdict = self
+            .execute(Call::Verify {
+                scheme,
+                data,
+                signature: signature.to_vec(),
+            })
+            .await?;
+        Ok(verdict.first() == Some(&1))
+    }
+
+    /// Sealing keys: a seal and open. Signing keys: a signature made and
+    /// checked on the token.
+    async fn health(&self) -> Result<(), BackendError> {
+        let Some(algorithm) = self.key.selector.algorithm else {
+            let probe = b"sealbroker health probe";
+            let sealed = self.encrypt(probe, b"health").await?;
+            let opened = self.decrypt(&sealed, b"health").await?;
+            return if opened.expose() == probe {
+                Ok(())
+            } else {
+                Err(BackendError::internal(
+                    "health probe round trip returned different bytes",
+                ))
+            };
+        };
+        let scheme = algorithm.default_scheme();
+        let probe = SignInput::Message(b"sealbroker health probe");
+        let signature = self.sign(scheme, probe).await?;
+        match self.verify(scheme, probe, &signature).await? {
+            true => Ok(()),
+            false => Err(BackendError::internal(
+                "the token's health probe signature did not verify",
+            )),
+        }
+    }
+
     async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {
+        if let Some(algorithm) = self.key.selector.algorithm {
+            return Err(BackendError::new(
+                BackendErrorKind::InvalidInput,
+                format!("this PKCS#11 key is a {algorithm} signing key; it does not seal"),
+            ));
+        }
         let plaintext = Zeroizing::new(secret.to_vec());
         match self.key.selector.mechanism {
             MechanismName::AesGcm => {
@@ -807,6 +1021,12 @@ impl Backend for Pkcs11Key {
     }
 
     async fn decrypt(&self, sealed: &Sealed, aad: &[u8]) -> Result<SecretBytes, BackendError> {
+        if let Some(algorithm) = self.key.selector.algorithm {
+            return Err(BackendError::new(
+                BackendErrorKind::InvalidInput,
+                format!("this PKCS#11 key is a {algorithm} signing key; it does not seal"),
+            ));
+        }
         let call = match (self.key.selector.mechanism, sealed.mechanism) {
             (MechanismName::AesGcm, Mechanism::Aes256Gcm) => {
                 if sealed.iv.len() != GCM_IV_LEN {
@@ -908,6 +1128,13 @@ fn create_key_blocking(
                     format!("a key with {} already exists on {token}", selector.describe()),
                 )),
             };
+        }
+        if let Some(algorithm) = selector.algorithm {
+            signing::generate(&session, algorithm, label, id).map_err(device("C_GenerateKeyPair"))?;
+            return Ok(format!(
+                "{algorithm} key pair with {} on {token} (private key sensitive, not extractable)",
+                selector.describe()
+            ));
         }
         match selector.mechanism {
             MechanismName::AesGcm => {

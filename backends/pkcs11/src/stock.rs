@@ -177,6 +177,7 @@ impl Pkcs11Stanza {
             key_id: (!key_id.is_empty()).then(|| key_id.clone()),
             mechanism,
             rsa_oaep_hash,
+            algorithm: None,
         };
         Ok(Pkcs11Stanza {
             backend,

@@ -213,6 +213,24 @@ impl HelperClient {
                 aad,
                 ciphertext,
             },
+            Call::Sign { scheme, data } => Request::Sign {
+                id,
+                key,
+                scheme: crate::signing::scheme_code(scheme),
+                data,
+            },
+            Call::Verify {
+                scheme,
+                data,
+                signature,
+            } => Request::Verify {
+                id,
+                key,
+                scheme: crate::signing::scheme_code(scheme),
+                data,
+                signature,
+            },
+            Call::PublicKey => Request::PublicKey { id, key },
         };
         self.round_trip(&connection, id, request).await
     }

@@ -43,7 +43,8 @@ pub enum WireError {
 pub struct KeySpec {
     pub label: Option<String>,
     pub id: Option<Vec<u8>>,
-    /// 0 = AES_GCM, 1 = RSA_PKCS_OAEP.
+    /// 0 = AES_GCM, 1 = RSA_PKCS_OAEP; [`SIGNING_MECHANISM`] + i = a
+    /// signing key pair of `KeyAlgorithm::ALL[i]`.
     pub mechanism: u8,
     /// 0..=4 = sha1, sha224, sha256, sha384, sha512.
     pub oaep_hash: u8,
@@ -91,7 +92,29 @@ pub enum Request {
         key: KeySpec,
         use_existing: bool,
     },
+    /// Sign `data` (a digest, or for Ed25519 the message) with scheme
+    /// `crate::signing::SCHEMES[scheme]`.
+    Sign {
+        id: u64,
+        key: KeySpec,
+        scheme: u8,
+        data: Zeroizing<Vec<u8>>,
+    },
+    Verify {
+        id: u64,
+        key: KeySpec,
+        scheme: u8,
+        data: Vec<u8>,
+        signature: Vec<u8>,
+    },
+    PublicKey {
+        id: u64,
+        key: KeySpec,
+    },
 }
+
+/// The first `KeySpec::mechanism` code of a signing key pair.
+pub const SIGNING_MECHANISM: u8 = 16;
 
 /// Helper to broker.
 pub enum Response {
@@ -118,6 +141,9 @@ const REQ_HELLO: u8 = 1;
 const REQ_ENCRYPT: u8 = 2;
 const REQ_DECRYPT: u8 = 3;
 const REQ_CREATE: u8 = 4;
+const REQ_SIGN: u8 = 5;
+const REQ_VERIFY: u8 = 6;
+const REQ_PUBLIC: u8 = 7;
 const RESP_OK: u8 = 0x81;
 const RESP_ERR: u8 = 0x82;
 
@@ -253,7 +279,8 @@ impl<'a> Reader<'a> {
         let label = self.opt_string("key label")?;
         let id = self.opt_bytes("key id")?;
         let mechanism = self.u8("mechanism")?;
-        if mechanism > 1 {
+        let signing = SIGNING_MECHANISM..SIGNING_MECHANISM + sealbroker_core::KeyAlgorithm::ALL.len() as u8;
+        if mechanism > 1 && !signing.contains(&mechanism) {
             return Err(WireError::UnknownTag {
                 what: "mechanism",
                 value: mechanism,
@@ -272,6 +299,16 @@ impl<'a> Reader<'a> {
             mechanism,
             oaep_hash,
         })
+    }
+    fn scheme(&mut self) -> Result<u8, WireError> {
+        let scheme = self.u8("signature scheme")?;
+        match crate::signing::scheme_of(scheme) {
+            Some(_) => Ok(scheme),
+            None => Err(WireError::UnknownTag {
+                what: "signature scheme",
+                value: scheme,
+            }),
+        }
     }
     fn finish(self) -> Result<(), WireError> {
         match self.0.len() {
@@ -354,6 +391,37 @@ impl Request {
                 w.u8(u8::from(*use_existing));
                 w.0
             }
+            Request::Sign {
+                id,
+                key,
+                scheme,
+                data,
+            } => {
+                let mut w = Writer::new(REQ_SIGN, *id);
+                w.key(key);
+                w.u8(*scheme);
+                w.bytes(data);
+                w.0
+            }
+            Request::Verify {
+                id,
+                key,
+                scheme,
+                data,
+                signature,
+            } => {
+                let mut w = Writer::new(REQ_VERIFY, *id);
+                w.key(key);
+                w.u8(*scheme);
+                w.bytes(data);
+                w.bytes(signature);
+                w.0
+            }
+            Request::PublicKey { id, key } => {
+                let mut w = Writer::new(REQ_PUBLIC, *id);
+                w.key(key);
+                w.0
+            }
         }
     }
 
@@ -416,6 +484,20 @@ impl Request {
                 key: r.key()?,
                 use_existing: r.flag("use_existing")?,
             },
+            REQ_SIGN => Request::Sign {
+                id,
+                key: r.key()?,
+                scheme: r.scheme()?,
+                data: Zeroizing::new(r.bytes("data to sign")?.to_vec()),
+            },
+            REQ_VERIFY => Request::Verify {
+                id,
+                key: r.key()?,
+                scheme: r.scheme()?,
+                data: r.bytes("signed data")?.to_vec(),
+                signature: r.bytes("signature")?.to_vec(),
+            },
+            REQ_PUBLIC => Request::PublicKey { id, key: r.key()? },
             value => {
                 return Err(WireError::UnknownTag {
                     what: "request",
@@ -653,6 +735,61 @@ mod tests {
             }
             _ => panic!("Decrypt did not round-trip"),
         }
+        let signing_key = KeySpec {
+            mechanism: SIGNING_MECHANISM + 3, // ecdsa-p256
+            ..key()
+        };
+        let sign = Request::Sign {
+            id: 7,
+            key: signing_key.clone(),
+            scheme: 6,
+            data: Zeroizing::new(vec![5; 32]),
+        };
+        match Request::decode(&sign.encode()).unwrap() {
+            Request::Sign {
+                id,
+                key,
+                scheme,
+                data,
+            } => {
+                assert_eq!((id, key, scheme), (7, signing_key.clone(), 6));
+                assert_eq!(&data[..], &[5; 32]);
+            }
+            _ => panic!("Sign did not round-trip"),
+        }
+        let verify = Request::Verify {
+            id: 8,
+            key: signing_key.clone(),
+            scheme: 9,
+            data: b"message".to_vec(),
+            signature: vec![1; 64],
+        };
+        match Request::decode(&verify.encode()).unwrap() {
+            Request::Verify {
+                id,
+                scheme,
+                data,
+                signature,
+                ..
+            } => {
+                assert_eq!(
+                    (id, scheme, data, signature),
+                    (8, 9, b"message".to_vec(), vec![1; 64])
+                );
+            }
+            _ => panic!("Verify did not round-trip"),
+        }
+        assert!(matches!(
+            Request::decode(
+                &Request::PublicKey {
+                    id: 9,
+                    key: signing_key
+                }
+                .encode()
+            )
+            .unwrap(),
+            Request::PublicKey { id: 9, .. }
+        ));
         let create = Request::CreateKey {
             id: 3,
             key: key(),
@@ -764,6 +901,33 @@ mod tests {
                 value: 2
             })
         );
+        for unknown in [SIGNING_MECHANISM - 1, SIGNING_MECHANISM + 6] {
+            bad_mech[at] = unknown;
+            assert_eq!(
+                Request::decode(&bad_mech).err(),
+                Some(WireError::UnknownTag {
+                    what: "mechanism",
+                    value: unknown
+                })
+            );
+        }
+        let mut bad_scheme = Request::Sign {
+            id: 1,
+            key: key(),
+            scheme: 0,
+            data: Zeroizing::new(vec![]),
+        }
+        .encode()
+        .to_vec();
+        let at = bad_scheme.len() - 5; // scheme, then the empty data's length
+        bad_scheme[at] = 10;
+        assert_eq!(
+            Request::decode(&bad_scheme).err(),
+            Some(WireError::UnknownTag {
+                what: "signature scheme",
+                value: 10
+            })
+        );
         let mut w = Writer::new(REQ_HELLO, 0);
         w.bytes(&[0xff, 0xfe]);
         assert_eq!(
@@ -812,7 +976,7 @@ mod tests {
             assert_eq!(&again[..], &body[..]);
             seeds += 1;
         }
-        assert_eq!(seeds, 7, "one seed per message shape in {}", dir.display());
+        assert_eq!(seeds, 10, "one seed per message shape in {}", dir.display());
     }
 
     #[test]

@@ -53,6 +53,7 @@ fn aes_key(label: &str) -> KeyConfig {
         key_id: None,
         mechanism: MechanismName::AesGcm,
         rsa_oaep_hash: OaepHash::Sha256,
+        algorithm: None,
     }
 }
 
@@ -134,6 +135,7 @@ async fn rsa_oaep_through_the_helper() {
         key_id: None,
         mechanism: MechanismName::RsaPkcsOaep,
         rsa_oaep_hash: OaepHash::Sha1,
+        algorithm: None,
     };
     sealbroker_backend_pkcs11::generate_key(&config, &rsa)
         .await

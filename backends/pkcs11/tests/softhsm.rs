@@ -46,6 +46,7 @@ fn aes_key(label: &str) -> KeyConfig {
         key_id: None,
         mechanism: MechanismName::AesGcm,
         rsa_oaep_hash: OaepHash::Sha256,
+        algorithm: None,
     }
 }
 
@@ -85,6 +86,7 @@ async fn rsa_oaep_keygen_and_round_trip() {
         key_id: Some("0x0a0b".into()),
         mechanism: MechanismName::RsaPkcsOaep,
         rsa_oaep_hash: OaepHash::Sha1, // SoftHSM 2.6 supports OAEP with SHA-1 only
+        algorithm: None,
     };
     let created = generate_key(&config, &rsa).await.unwrap();
     assert!(created.contains("RSA-3072"), "{created}");
@@ -106,6 +108,7 @@ async fn oaep_hash_the_token_lacks_is_a_clear_error() {
         key_id: None,
         mechanism: MechanismName::RsaPkcsOaep,
         rsa_oaep_hash: OaepHash::Sha1,
+        algorithm: None,
     };
     generate_key(&config, &rsa).await.unwrap();
     rsa.rsa_oaep_hash = OaepHash::Sha256;

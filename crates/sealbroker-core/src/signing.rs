@@ -399,6 +399,43 @@ impl PublicKey {
         ))
     }
 
+    /// A key from the form [`PublicKey::raw`] gives, checked.
+    pub fn from_raw(algorithm: KeyAlgorithm, raw: Vec<u8>) -> Result<Self, SigningError> {
+        let key = match algorithm {
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
+                let (n, e) = yasna::parse_der(&raw, |r| {
+                    r.read_sequence(|r| {
+                        let n = r.next().read_bigint_bytes()?;
+                        let e = r.next().read_bigint_bytes()?;
+                        Ok((n, e))
+                    })
+                })
+                .map_err(|e| SigningError::Encoding(format!("not a DER RSAPublicKey: {e}")))?;
+                if !n.1 || !e.1 {
+                    return Err(SigningError::Encoding(
+                        "a negative RSA modulus or exponent".into(),
+                    ));
+                }
+                Self::rsa(&n.0, &e.0)?
+            }
+            KeyAlgorithm::Ed25519 => Self::ed25519(&raw)?,
+            ec => Self::ec(ec, &raw)?,
+        };
+        if key.algorithm != algorithm {
+            return Err(SigningError::Encoding(format!(
+                "the key is {}, not {algorithm}",
+                key.algorithm
+            )));
+        }
+        Ok(key)
+    }
+
+    /// The key as ring reads it: PKCS#1 `RSAPublicKey` DER, the
+    /// uncompressed EC point, or the 32 Ed25519 bytes.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
     fn spki(algorithm: KeyAlgorithm, oid: &[u64], null_params: bool, raw: Vec<u8>) -> Self {
         let spki_der = yasna::construct_der(|w| {
             w.write_sequence(|w| {

@@ -24,6 +24,10 @@ seeds = {
     "encrypt_aes": head(2, 7) + key + b(bytes(12)) + b(b"aad") + b(bytes(32)),
     "decrypt_rsa": head(3, 8) + b"\x00\x00" + b"\x01\x00" + b(b"") + b(b"") + b(bytes(384)),
     "create_key": head(4, 9) + key + b"\x01",
+    # Signing key pairs: mechanism 16 + the algorithm's index (19 = ecdsa-p256).
+    "sign_ecdsa": head(5, 10) + key[:-2] + b"\x13\x02" + b"\x06" + b(bytes(32)),
+    "verify_ed25519": head(6, 11) + key[:-2] + b"\x15\x02" + b"\x09" + b(b"message") + b(bytes(64)),
+    "public_key": head(7, 12) + key[:-2] + b"\x11\x02",
     "ok": head(0x81, 7) + b(bytes(48)),
     "err": head(0x82, 8) + b"\x01" + b(b"C_Decrypt(AES_GCM): C_Decrypt returned GeneralError"),
 }

@@ -177,6 +177,15 @@ fn an_rsa_key_of_an_odd_size_is_refused() {
     assert!(e.to_string().contains("1024 bits"), "{e}");
     let key = PublicKey::rsa(&[0xc5; 256], &[1, 0, 1]).unwrap();
     assert_eq!(key.algorithm, KeyAlgorithm::Rsa2048);
+    // The raw form reads back to the same key, and to no other algorithm.
+    assert_eq!(
+        PublicKey::from_raw(KeyAlgorithm::Rsa2048, key.raw().to_vec()).unwrap(),
+        key
+    );
+    assert!(PublicKey::from_raw(KeyAlgorithm::Rsa3072, key.raw().to_vec()).is_err());
+    assert!(PublicKey::from_raw(KeyAlgorithm::Rsa2048, vec![0x30, 0x03, 0x02, 0x01]).is_err());
+    assert!(PublicKey::from_raw(KeyAlgorithm::EcdsaP256, vec![4; 65]).is_ok());
+    assert!(PublicKey::from_raw(KeyAlgorithm::EcdsaP256, vec![4; 64]).is_err());
     assert!(
         key.spki_der
             .starts_with(&hex::decode("30820122300d06092a864886f70d0101010500").unwrap())
