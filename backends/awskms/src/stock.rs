@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use aws_sdk_kms::primitives::Blob;
-use sealbroker_core::stock::envelope;
+use sealbroker_core::stock::{envelope, parse_go_bool};
 use sealbroker_core::{
     Backend, BackendError, BackendErrorKind, Mechanism, SecretBytes, StanzaError, StockBlob, StockSeal,
     StockStanza,
@@ -76,9 +76,7 @@ impl AwsStanza {
         }
         let set = |key: &str| stanza.get(key).filter(|v| !v.is_empty());
         if let Some(value) = set("key_not_required") {
-            parse_bool(value).map_err(|_| {
-                StanzaError::new(format!("strconv.ParseBool: parsing {value:?}: invalid syntax"))
-            })?;
+            parse_go_bool(value)?;
         }
         for key in ["web_identity_token_file", "role_arn", "role_session_name"] {
             if set(key).is_some() {
@@ -90,10 +88,11 @@ impl AwsStanza {
             }
         }
         let key_id = stanza
-            .env("AWSKMS_WRAPPER_KEY_ID")
-            .or_else(|| stanza.env("VAULT_AWSKMS_SEAL_KEY_ID"))
+            .setting(
+                &["AWSKMS_WRAPPER_KEY_ID", "VAULT_AWSKMS_SEAL_KEY_ID"],
+                "kms_key_id",
+            )
             .map(|v| v.as_str().to_owned())
-            .or_else(|| set("kms_key_id").map(str::to_owned))
             .ok_or_else(|| {
                 StanzaError::new("key id not found in env or config for aws kms wrapper configuration")
             })?;
@@ -108,9 +107,8 @@ impl AwsStanza {
             ));
         }
         let endpoint = stanza
-            .env("AWS_KMS_ENDPOINT")
-            .map(|v| v.as_str().to_owned())
-            .or_else(|| set("endpoint").map(str::to_owned));
+            .setting(&["AWS_KMS_ENDPOINT"], "endpoint")
+            .map(|v| v.as_str().to_owned());
         Ok(AwsStanza {
             key_id,
             region: set("region").map(str::to_owned),
@@ -145,15 +143,6 @@ impl AwsStanza {
             timeout_ms: crate::default_timeout_ms(),
             retry: Default::default(),
         }
-    }
-}
-
-fn parse_bool(value: &str) -> Result<bool, ()> {
-    // Go's strconv.ParseBool.
-    match value {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(()),
     }
 }
 
@@ -325,14 +314,8 @@ pub(crate) async fn open(stanza: &StockStanza) -> Result<Arc<dyn StockSeal>, Sta
 mod tests {
     use super::*;
 
-    fn stanza(pairs: &[(&str, &str)], env: &'static [(&'static str, &'static str)]) -> StockStanza {
-        StockStanza::with_env(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            move |name| env.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned()),
-        )
+    fn stanza(pairs: &[(&str, &str)], env: &[(&str, &str)]) -> StockStanza {
+        StockStanza::from_pairs(pairs, env)
     }
 
     #[test]

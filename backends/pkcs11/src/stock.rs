@@ -146,13 +146,8 @@ impl Pkcs11Stanza {
             stanza,
             "DISABLE_SOFTWARE_ENCRYPTION",
             &["disable_software_encryption"],
-        ) && !matches!(
-            value.as_str(),
-            "1" | "t" | "T" | "TRUE" | "true" | "True" | "0" | "f" | "F" | "FALSE" | "false" | "False"
         ) {
-            return Err(StanzaError::new(format!(
-                "strconv.ParseBool: parsing {value:?}: invalid syntax"
-            )));
+            sealbroker_core::stock::parse_go_bool(&value)?;
         }
         let slot = slot.map(|s| parse_slot(&s)).transpose()?;
         let backend = BackendConfig {
@@ -310,14 +305,8 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
-    fn stanza(pairs: &[(&str, &str)], env: &'static [(&'static str, &'static str)]) -> StockStanza {
-        StockStanza::with_env(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            move |name| env.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned()),
-        )
+    fn stanza(pairs: &[(&str, &str)], env: &[(&str, &str)]) -> StockStanza {
+        StockStanza::from_pairs(pairs, env)
     }
 
     const FULL: &[(&str, &str)] = &[

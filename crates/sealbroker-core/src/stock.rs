@@ -114,6 +114,33 @@ impl StockStanza {
         self.values.keys().map(String::as_str)
     }
 
+    /// A setting the stock wrappers take from the environment first: the
+    /// first of `envs` that is set and not empty, else the stanza's `key`
+    /// when not empty (the wrappers test `!= ""` both times).
+    pub fn setting(&self, envs: &[&str], key: &str) -> Option<Zeroizing<String>> {
+        envs.iter().find_map(|name| self.env(name)).or_else(|| {
+            self.get(key)
+                .filter(|v| !v.is_empty())
+                .map(|v| Zeroizing::new(v.to_owned()))
+        })
+    }
+
+    /// A stanza made of `pairs`, with the environment `env` and nothing else
+    /// (tests of the stock stanzas).
+    pub fn from_pairs(pairs: &[(&str, &str)], env: &[(&str, &str)]) -> Self {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::with_env(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            move |name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+        )
+    }
+
     /// The keys not in `known`, sorted: the stock wrappers ignore them, so
     /// a stand-in may only warn about them.
     pub fn unknown_keys(&self, known: &[&str]) -> Vec<String> {
@@ -138,6 +165,18 @@ impl StockStanza {
         } else {
             Ok(Zeroizing::new(value.to_owned()))
         }
+    }
+}
+
+/// Go's `strconv.ParseBool`, which the stock wrappers use for flags such as
+/// `key_not_required`, with its error text.
+pub fn parse_go_bool(value: &str) -> Result<bool, StanzaError> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(StanzaError::new(format!(
+            "strconv.ParseBool: parsing {value:?}: invalid syntax"
+        ))),
     }
 }
 
@@ -330,6 +369,36 @@ mod tests {
             open(&a.dek, &a.iv, &a.ciphertext, b"").unwrap().expose(),
             b"payload"
         );
+    }
+
+    #[test]
+    fn go_bools_parse_as_strconv_does() {
+        for yes in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert!(parse_go_bool(yes).unwrap(), "{yes}");
+        }
+        for no in ["0", "f", "F", "FALSE", "false", "False"] {
+            assert!(!parse_go_bool(no).unwrap(), "{no}");
+        }
+        assert_eq!(
+            parse_go_bool("yes").unwrap_err().message,
+            "strconv.ParseBool: parsing \"yes\": invalid syntax"
+        );
+    }
+
+    #[test]
+    fn settings_take_the_first_set_env_var_then_the_stanza() {
+        let stanza = StockStanza::from_pairs(
+            &[("key_ring", "from-stanza"), ("empty", "")],
+            &[("SECOND", "from-second"), ("BLANK", "")],
+        );
+        let get = |envs: &[&str], key: &str| stanza.setting(envs, key).map(|v| v.as_str().to_owned());
+        assert_eq!(
+            get(&["FIRST", "SECOND"], "key_ring").as_deref(),
+            Some("from-second")
+        );
+        assert_eq!(get(&["BLANK"], "key_ring").as_deref(), Some("from-stanza"));
+        assert_eq!(get(&["BLANK"], "empty"), None);
+        assert_eq!(get(&[], "missing"), None);
     }
 
     #[test]
