@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sealbroker_core::{Backend, BackendKind, ConfigError, OpenedBackend, Profile, parse_table};
+use sealbroker_core::{
+    Backend, BackendKind, ConfigError, OpenedBackend, Profile, StanzaError, StockSeal, StockStanza,
+    parse_table,
+};
 
 use crate::{BackendConfig, KeyConfig, KeyVaultClient, KeyVaultKey, connect};
 
@@ -30,6 +33,15 @@ impl BackendKind for KeyVaultKind {
         let config: BackendConfig = parse_table(table, path)?;
         let client = connect(&config).map_err(|e| e.under(path))?;
         Ok(Arc::new(Vault { client }))
+    }
+
+    fn has_stock_seal(&self) -> bool {
+        true
+    }
+
+    /// OpenBao's stock `seal "azurekeyvault"` stanza, blobs and key ids.
+    async fn open_stock_stanza(&self, stanza: &StockStanza) -> Result<Arc<dyn StockSeal>, StanzaError> {
+        crate::stock::open(stanza).await
     }
 }
 

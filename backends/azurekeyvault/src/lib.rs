@@ -81,6 +81,7 @@
 //! ```
 
 mod kind;
+mod stock;
 mod transport;
 
 use std::fmt;
@@ -231,6 +232,12 @@ fn plain_name(text: &str, extra: &[u8], max: usize) -> bool {
 impl BackendConfig {
     /// Checks the fields that can be checked without the network or files.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with(false)
+    }
+
+    /// [`BackendConfig::validate`]; `inline_secret` says the client secret
+    /// is given in code (OpenBao's stock stanza), not in a file.
+    fn validate_with(&self, inline_secret: bool) -> Result<(), ConfigError> {
         https_origin("vault_url", &self.vault_url)?;
         if let Some(host) = &self.authority_host {
             https_origin("authority_host", host)?;
@@ -298,7 +305,7 @@ impl BackendConfig {
                         "is required with credential = \"client_secret\"",
                     ));
                 }
-                if self.client_secret_file.is_none() {
+                if self.client_secret_file.is_none() && !inline_secret {
                     return Err(config_error(
                         "client_secret_file",
                         "is required with credential = \"client_secret\" (the secret is read from a \
@@ -380,23 +387,29 @@ fn read_client_secret(path: &PathBuf) -> Result<Secret, ConfigError> {
 fn credential(
     backend: &BackendConfig,
     options: ClientOptions,
+    inline_secret: Option<Secret>,
 ) -> Result<(Arc<dyn TokenCredential>, String), ConfigError> {
     let sdk_error = |field: &'static str| {
         move |e: azure_core::Error| config_error(field, format!("cannot set up the credential: {e}"))
     };
     match backend.credential {
         CredentialKind::ClientSecret => {
-            let (Some(tenant), Some(client_id), Some(path)) = (
-                &backend.tenant_id,
-                &backend.client_id,
-                &backend.client_secret_file,
-            ) else {
+            let (Some(tenant), Some(client_id)) = (&backend.tenant_id, &backend.client_id) else {
                 return Err(config_error(
                     "credential",
                     "client_secret needs tenant_id, client_id and client_secret_file",
                 ));
             };
-            let secret = read_client_secret(path)?;
+            let (secret, source) = match (inline_secret, &backend.client_secret_file) {
+                (Some(secret), _) => (secret, "the seal stanza or its environment".to_owned()),
+                (None, Some(path)) => (read_client_secret(path)?, path.display().to_string()),
+                (None, None) => {
+                    return Err(config_error(
+                        "credential",
+                        "client_secret needs tenant_id, client_id and client_secret_file",
+                    ));
+                }
+            };
             let credential = ClientSecretCredential::new(
                 tenant,
                 client_id.clone(),
@@ -407,8 +420,7 @@ fn credential(
             )
             .map_err(sdk_error("client_secret_file"))?;
             let principal = format!(
-                "service principal (client id {client_id}, tenant {tenant}) with the client secret from {}",
-                path.display()
+                "service principal (client id {client_id}, tenant {tenant}) with the client secret from {source}"
             );
             Ok((credential, principal))
         }
@@ -470,7 +482,16 @@ fn credential(
 /// Builds the Key Vault client for `backend`. Makes no network call; reads
 /// `ca_file`, `client_secret_file` and the workload identity token file.
 pub fn connect(backend: &BackendConfig) -> Result<KeyVaultClient, ConfigError> {
-    backend.validate()?;
+    connect_with(backend, None)
+}
+
+/// As [`connect`], with the client secret given in code (OpenBao's stock
+/// stanza carries it inline) instead of `client_secret_file`.
+fn connect_with(
+    backend: &BackendConfig,
+    inline_secret: Option<Secret>,
+) -> Result<KeyVaultClient, ConfigError> {
+    backend.validate_with(inline_secret.is_some())?;
     let vault = https_origin("vault_url", &backend.vault_url)?;
     let host = vault.host_str().unwrap_or_default().to_owned();
     let timeout = Duration::from_millis(backend.timeout_ms);
@@ -491,7 +512,7 @@ pub fn connect(backend: &BackendConfig) -> Result<KeyVaultClient, ConfigError> {
         cloud.authority_host = authority.trim_end_matches('/').to_owned();
         credential_options.cloud = Some(Arc::new(CloudConfiguration::from(cloud)));
     }
-    let (credential, principal) = credential(backend, credential_options)?;
+    let (credential, principal) = credential(backend, credential_options, inline_secret)?;
     let vault_url = vault.as_str().trim_end_matches('/').to_owned();
     let keys = KeyClient::new(
         &vault_url,

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sealbroker_core::{Backend, BackendKind, ConfigError, OpenedBackend, Profile, parse_table};
+use sealbroker_core::{
+    Backend, BackendKind, ConfigError, OpenedBackend, Profile, StanzaError, StockSeal, StockStanza,
+    parse_table,
+};
 
 use crate::{BackendConfig, GcpKmsKey, KeyConfig, KmsClient, connect};
 
@@ -34,6 +37,15 @@ impl BackendKind for GcpKmsKind {
         }
         let client = connect(&config).await.map_err(|e| e.under(path))?;
         Ok(Arc::new(Project { client }))
+    }
+
+    fn has_stock_seal(&self) -> bool {
+        true
+    }
+
+    /// OpenBao's stock `seal "gcpckms"` stanza, blobs and key ids.
+    async fn open_stock_stanza(&self, stanza: &StockStanza) -> Result<Arc<dyn StockSeal>, StanzaError> {
+        crate::stock::open(stanza).await
     }
 }
 

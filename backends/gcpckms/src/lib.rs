@@ -69,6 +69,7 @@
 //! ```
 
 mod kind;
+mod stock;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -196,11 +197,20 @@ impl fmt::Debug for KmsClient {
 fn file_credentials(
     path: &PathBuf,
 ) -> Result<(google_cloud_auth::credentials::Credentials, String), ConfigError> {
-    let field = "credentials_file";
-    let text =
-        std::fs::read_to_string(path).map_err(|e| config_error(field, format!("{}: {e}", path.display())))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| config_error(field, format!("{}: not JSON ({e})", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| config_error("credentials_file", format!("{}: {e}", path.display())))?;
+    json_credentials(&text, &path.display().to_string(), "credentials_file")
+}
+
+/// Builds credentials from a credentials JSON document found at `source`
+/// (a file name, or where in a stanza it was given), and names the principal.
+fn json_credentials(
+    text: &str,
+    source: &str,
+    field: &'static str,
+) -> Result<(google_cloud_auth::credentials::Credentials, String), ConfigError> {
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| config_error(field, format!("{source}: not JSON ({e})")))?;
     let kind = json.get("type").and_then(|t| t.as_str()).unwrap_or("").to_owned();
     let text_field = |name: &str| json.get(name).and_then(|v| v.as_str()).unwrap_or("?").to_owned();
     use google_cloud_auth::credentials::{external_account, impersonated, service_account, user_account};
@@ -233,13 +243,13 @@ fn file_credentials(
                 format!(
                     "{}: credential type {other:?} is not supported (service_account, authorized_user, \
                      external_account, impersonated_service_account)",
-                    path.display()
+                    source
                 ),
             ));
         }
     };
-    let credentials = built.map_err(|e| config_error(field, format!("{}: {e}", path.display())))?;
-    Ok((credentials, format!("{principal} from {}", path.display())))
+    let credentials = built.map_err(|e| config_error(field, format!("{source}: {e}")))?;
+    Ok((credentials, format!("{principal} from {source}")))
 }
 
 /// Names the ADC principal without fetching a token: the file that
@@ -267,6 +277,13 @@ fn adc_principal() -> String {
 /// Builds the Cloud KMS client for `backend`. Makes no KMS call; with
 /// `credentials_file` it reads that file.
 pub async fn connect(backend: &BackendConfig) -> Result<KmsClient, ConfigError> {
+    connect_with(backend, None).await
+}
+
+/// As [`connect`], with a credentials JSON document given in code (OpenBao's
+/// stock `credentials_json`): `(json, where it came from)`. A
+/// `credentials_file` in `backend` wins over it.
+async fn connect_with(backend: &BackendConfig, json: Option<(&str, &str)>) -> Result<KmsClient, ConfigError> {
     backend.validate()?;
     let mut builder = KeyManagementService::builder().with_retry_policy(NeverRetry);
     if let Some(endpoint) = &backend.endpoint {
@@ -278,7 +295,14 @@ pub async fn connect(backend: &BackendConfig) -> Result<KmsClient, ConfigError> 
             builder = builder.with_credentials(credentials);
             principal
         }
-        None => adc_principal(),
+        None => match json {
+            Some((text, source)) => {
+                let (credentials, principal) = json_credentials(text, source, "credentials_json")?;
+                builder = builder.with_credentials(credentials);
+                principal
+            }
+            None => adc_principal(),
+        },
     };
     let kms = builder.build().await.map_err(|e| {
         config_error(

@@ -11,6 +11,10 @@
 //! libtest-mimic, which speaks the libtest command line (`--list --format
 //! terse`, `--exact NAME`, filters) so cargo-nextest can list and run them
 //! one per process.
+//!
+//! The OpenBao drop-in end-to-end test (`tests/tests/openbao_dropin.rs`)
+//! includes this file for its stand-in (`start_fake`, `pki` and the
+//! credentials constants are `pub(crate)` for it).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -33,12 +37,12 @@ use sealbroker_testkit::pki::{Leaf, TestCa};
 use sealbroker_testkit::{assert_no_secret, free_port};
 use serde_json::{Value, json};
 
-const KEY: &str = "projects/p/locations/global/keyRings/sealbroker/cryptoKeys/unseal";
+pub(crate) const KEY: &str = "projects/p/locations/global/keyRings/sealbroker/cryptoKeys/unseal";
 const TOKEN: &str = "ya29.sealbroker-test-token";
-const CLIENT_ID: &str = "1234567890-sealbroker.apps.googleusercontent.com";
+pub(crate) const CLIENT_ID: &str = "1234567890-sealbroker.apps.googleusercontent.com";
 /// Must never show up in any error message.
-const REFRESH_TOKEN: &str = "1//sealbroker-refresh-DO-NOT-LEAK";
-const CLIENT_SECRET: &str = "sealbroker-client-secret-DO-NOT-LEAK";
+pub(crate) const REFRESH_TOKEN: &str = "1//sealbroker-refresh-DO-NOT-LEAK";
+pub(crate) const CLIENT_SECRET: &str = "sealbroker-client-secret-DO-NOT-LEAK";
 const DEK: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
 /// What no error may show: every secret the tests hand out carries the
 /// DO-NOT-LEAK marker.
@@ -80,8 +84,8 @@ struct State {
     encrypt_targets: Vec<String>,
 }
 
-struct FakeKms {
-    endpoint: String,
+pub(crate) struct FakeKms {
+    pub(crate) endpoint: String,
     state: Arc<Mutex<State>>,
     tokens: Arc<AtomicUsize>,
     _server: HttpsStub,
@@ -104,7 +108,7 @@ impl FakeKms {
     fn push(&self, canned: Canned) {
         self.state.lock().unwrap().canned.push_back(canned);
     }
-    fn requests(&self) -> usize {
+    pub(crate) fn requests(&self) -> usize {
         self.state.lock().unwrap().requests
     }
 }
@@ -364,7 +368,7 @@ fn handle(
     }
 }
 
-async fn start_fake(tls: Arc<rustls::ServerConfig>) -> FakeKms {
+pub(crate) async fn start_fake(tls: Arc<rustls::ServerConfig>) -> FakeKms {
     let state = Arc::new(Mutex::new(State::default()));
     let tokens = Arc::new(AtomicUsize::new(0));
     let (shared, token_count) = (state.clone(), tokens.clone());
@@ -413,7 +417,7 @@ struct Env {
 }
 
 /// Makes a CA (its PEM in `dir/ca.pem`) and a `localhost` server certificate.
-fn pki(dir: &std::path::Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
+pub(crate) fn pki(dir: &std::path::Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
     let ca = TestCa::new("sealbroker gcp test CA");
     let tls = ca.issue(&Leaf::server(&["localhost"])).server_config();
     (ca.write(&dir.join("ca.pem")), tls)
