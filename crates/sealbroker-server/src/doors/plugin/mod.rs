@@ -21,6 +21,7 @@
 //! but OpenBao can reach this process.
 
 mod handshake;
+mod health;
 mod stock;
 mod wrapper;
 
@@ -65,9 +66,19 @@ impl metadata::metadata_server::Metadata for MetadataService {
     async fn get(&self, _: Request<metadata::Empty>) -> Result<Response<metadata::MetadataResponse>, Status> {
         Ok(Response::new(metadata::MetadataResponse {
             // sealbroker's own stanza, then the stock stanzas the drop-in reads.
-            sensitive_kms_fields: ["tls_key_file", "pin", "access_key", "secret_key", "session_token"]
-                .map(String::from)
-                .to_vec(),
+            sensitive_kms_fields: [
+                "tls_key_file",
+                "pin",
+                "access_key",
+                "secret_key",
+                "session_token",
+                "credentials_json",
+                "client_secret",
+                "cert_bytes",
+                "cert_password",
+            ]
+            .map(String::from)
+            .to_vec(),
             sensitive_key_fields: vec!["aad".into()],
         }))
     }

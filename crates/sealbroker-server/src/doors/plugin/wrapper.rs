@@ -20,6 +20,7 @@ use crate::config::{Config, ConfigError};
 use crate::doors::grpc::caller_of;
 use crate::net::client::{self, ClientTls, Target};
 
+use super::health::{self, HealthCache};
 use super::stock::{self, StockInstance};
 
 /// Seal stanza keys the plugin understands.
@@ -302,6 +303,20 @@ fn check_plugin_config(config: &Config, key_name: &str) -> Result<(), ConfigErro
     Ok(())
 }
 
+/// What one `SetConfig` made, and its health as last seen.
+struct Configured {
+    wrapper: Wrapper,
+    health: HealthCache,
+}
+
+/// The value a probe round-trips when a heartbeat finds the cache stale.
+const PROBE_VALUE: &[u8] = b"sealbroker seal probe";
+
+/// How a failure is kept for heartbeats: the message OpenBao will show.
+fn outcome<T>(result: &Result<T, Status>) -> Result<(), String> {
+    result.as_ref().map(|_| ()).map_err(|s| s.message().to_owned())
+}
+
 /// What one `SetConfig` made.
 enum Wrapper {
     /// sealbroker's own stanza: blobs in sealbroker's format, through a broker.
@@ -316,7 +331,7 @@ pub struct WrapperService {
     /// The kind standing in for a stock seal, in drop-in mode (or why
     /// there is none for the seal type asked for).
     stock: Option<Result<&'static dyn BackendKind, String>>,
-    instances: Mutex<HashMap<String, Arc<Wrapper>>>,
+    instances: Mutex<HashMap<String, Arc<Configured>>>,
     /// One broker per config file, shared by the instances that name it, so
     /// one audit trail has one writer and one hash chain.
     brokers: tokio::sync::Mutex<HashMap<PathBuf, Arc<Broker>>>,
@@ -362,7 +377,7 @@ impl WrapperService {
         Ok(broker)
     }
 
-    fn instance(&self, wrapper_id: &str) -> Result<Arc<Wrapper>, Status> {
+    fn instance(&self, wrapper_id: &str) -> Result<Arc<Configured>, Status> {
         self.instances
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -370,6 +385,119 @@ impl WrapperService {
             .cloned()
             .ok_or_else(|| Status::not_found("instance not found"))
     }
+}
+
+impl WrapperService {
+    /// Answers a health check from `configured`'s cached outcome, or, when
+    /// that is stale, from one real round trip that refreshes it.
+    async fn heartbeat(&self, configured: &Configured, call: &Call) -> Result<(), Status> {
+        let cached = match configured.health.fresh() {
+            Some(cached) => cached,
+            None => {
+                let probed = probe(&configured.wrapper, call).await;
+                configured.health.record(probed.clone());
+                probed
+            }
+        };
+        cached.map_err(|reason| {
+            Status::unavailable(format!(
+                "sealbroker: the seal's last call or probe failed (answering health checks from it): {reason}"
+            ))
+        })
+    }
+}
+
+/// One real encrypt and decrypt of [`PROBE_VALUE`].
+async fn probe(wrapper: &Wrapper, call: &Call) -> Result<(), String> {
+    let sealed = seal_encrypt(wrapper, call, SecretBytes::new(PROBE_VALUE.to_vec()), &None).await;
+    let opened = seal_decrypt(
+        wrapper,
+        call,
+        Some(sealed.map_err(|s| s.message().to_owned())?),
+        &None,
+    )
+    .await
+    .map_err(|s| s.message().to_owned())?;
+    if opened == PROBE_VALUE {
+        Ok(())
+    } else {
+        Err("the seal's probe round trip returned different bytes".into())
+    }
+}
+
+/// Encrypts through the instance: the stock format, or sealbroker's.
+async fn seal_encrypt(
+    wrapper: &Wrapper,
+    call: &Call,
+    plaintext: SecretBytes,
+    options: &Option<wrapping::RpcOptions>,
+) -> Result<wrapping::BlobInfo, Status> {
+    match wrapper {
+        Wrapper::Stock(seal) => {
+            let aad = options
+                .as_ref()
+                .map(|o| o.with_aad.as_slice())
+                .unwrap_or_default();
+            let blob = seal
+                .encrypt(plaintext.expose(), aad)
+                .await
+                .map_err(stock::backend_status)?;
+            Ok(stock::to_blob_info(blob))
+        }
+        Wrapper::Broker(instance) => {
+            let (blob, key_id) = instance.encrypt(call, plaintext, instance.aad(options)).await?;
+            Ok(wrapping::BlobInfo {
+                ciphertext: blob,
+                iv: Vec::new(),
+                key_info: Some(wrapping::KeyInfo {
+                    mechanism: 0,
+                    key_id,
+                    wrapped_key: Vec::new(),
+                }),
+            })
+        }
+    }
+}
+
+/// Decrypts through the instance.
+async fn seal_decrypt(
+    wrapper: &Wrapper,
+    call: &Call,
+    ciphertext: Option<wrapping::BlobInfo>,
+    options: &Option<wrapping::RpcOptions>,
+) -> Result<Vec<u8>, Status> {
+    let instance = match wrapper {
+        Wrapper::Broker(instance) => instance,
+        Wrapper::Stock(seal) => {
+            let blob = ciphertext.ok_or_else(|| Status::unknown("given input for decryption is nil"))?;
+            let aad = options
+                .as_ref()
+                .map(|o| o.with_aad.as_slice())
+                .unwrap_or_default();
+            let plaintext = seal
+                .decrypt(&stock::from_blob_info(blob), aad)
+                .await
+                .map_err(stock::backend_status)?;
+            return Ok(plaintext.into_unprotected_vec());
+        }
+    };
+    if let Some(info) = &ciphertext
+        && stock::is_stock_format(info)
+    {
+        return Err(Status::unknown(format!(
+            "sealbroker: this blob is in a stock seal format (written by OpenBao's own {} seal, or by \
+             `kms-plugin {}` without sealbroker_endpoint); only that backend can open it, not a sealbroker \
+             daemon: migrate the seal first (docs/openbao.md)",
+            instance.seal_type, instance.seal_type
+        )));
+    }
+    let blob = ciphertext.map(|c| c.ciphertext).unwrap_or_default();
+    if blob.is_empty() {
+        return Err(Status::unknown(
+            "sealbroker: the BlobInfo to decrypt has no ciphertext",
+        ));
+    }
+    instance.decrypt(call, blob, instance.aad(options)).await
 }
 
 /// A fresh random instance id; the system RNG failing is an error, never an
@@ -425,10 +553,13 @@ impl pb::wrapper_server::Wrapper for WrapperService {
                 (Wrapper::Broker(Box::new(instance)), metadata)
             }
         };
-        self.instances
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), Arc::new(wrapper));
+        self.instances.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id.clone(),
+            Arc::new(Configured {
+                wrapper,
+                health: HealthCache::default(),
+            }),
+        );
         Ok(Response::new(pb::SetConfigResponse {
             wrapper_id: id,
             wrapper_config: Some(wrapping::WrapperConfig { metadata }),
@@ -436,7 +567,7 @@ impl pb::wrapper_server::Wrapper for WrapperService {
     }
 
     async fn r#type(&self, request: Request<pb::TypeRequest>) -> Result<Response<pb::TypeResponse>, Status> {
-        let r#type = match &*self.instance(&request.get_ref().wrapper_id)? {
+        let r#type = match &self.instance(&request.get_ref().wrapper_id)?.wrapper {
             Wrapper::Broker(instance) => instance.seal_type.clone(),
             Wrapper::Stock(seal) => seal.seal_type().to_owned(),
         };
@@ -448,7 +579,7 @@ impl pb::wrapper_server::Wrapper for WrapperService {
         request: Request<pb::KeyIdRequest>,
     ) -> Result<Response<pb::KeyIdResponse>, Status> {
         let call = Call::new(Door::KmsPlugin, caller_of(&request));
-        let key_id = match &*self.instance(&request.get_ref().wrapper_id)? {
+        let key_id = match &self.instance(&request.get_ref().wrapper_id)?.wrapper {
             Wrapper::Broker(instance) => instance.key_id(&call).await?,
             Wrapper::Stock(seal) => seal.key_id(),
         };
@@ -462,37 +593,26 @@ impl pb::wrapper_server::Wrapper for WrapperService {
         let call = Call::new(Door::KmsPlugin, caller_of(&request));
         let mut req = request.into_inner();
         let plaintext = SecretBytes::new(std::mem::take(&mut req.plaintext));
-        let wrapper = self.instance(&req.wrapper_id)?;
-        let instance = match &*wrapper {
-            Wrapper::Broker(instance) => instance,
-            Wrapper::Stock(seal) => {
-                let aad = req
-                    .options
-                    .as_ref()
-                    .map(|o| o.with_aad.as_slice())
-                    .unwrap_or_default();
-                let blob = seal
-                    .encrypt(plaintext.expose(), aad)
-                    .await
-                    .map_err(stock::backend_status)?;
-                return Ok(Response::new(pb::EncryptResponse {
-                    ciphertext: Some(stock::to_blob_info(blob)),
-                }));
-            }
-        };
-        let (blob, key_id) = instance
-            .encrypt(&call, plaintext, instance.aad(&req.options))
-            .await?;
-        Ok(Response::new(pb::EncryptResponse {
-            ciphertext: Some(wrapping::BlobInfo {
-                ciphertext: blob,
-                iv: Vec::new(),
-                key_info: Some(wrapping::KeyInfo {
-                    mechanism: 0,
-                    key_id,
-                    wrapped_key: Vec::new(),
+        let configured = self.instance(&req.wrapper_id)?;
+        let no_aad = req.options.as_ref().is_none_or(|o| o.with_aad.is_empty());
+        if no_aad && health::is_heartbeat(plaintext.expose()) {
+            self.heartbeat(&configured, &call).await?;
+            return Ok(Response::new(pb::EncryptResponse {
+                ciphertext: Some(wrapping::BlobInfo {
+                    ciphertext: plaintext.into_unprotected_vec(),
+                    iv: Vec::new(),
+                    key_info: Some(wrapping::KeyInfo {
+                        mechanism: health::HEARTBEAT_MECHANISM,
+                        key_id: String::new(),
+                        wrapped_key: Vec::new(),
+                    }),
                 }),
-            }),
+            }));
+        }
+        let sealed = seal_encrypt(&configured.wrapper, &call, plaintext, &req.options).await;
+        configured.health.record(outcome(&sealed));
+        Ok(Response::new(pb::EncryptResponse {
+            ciphertext: Some(sealed?),
         }))
     }
 
@@ -502,45 +622,27 @@ impl pb::wrapper_server::Wrapper for WrapperService {
     ) -> Result<Response<pb::DecryptResponse>, Status> {
         let call = Call::new(Door::KmsPlugin, caller_of(&request));
         let req = request.into_inner();
-        let wrapper = self.instance(&req.wrapper_id)?;
-        let instance = match &*wrapper {
-            Wrapper::Broker(instance) => instance,
-            Wrapper::Stock(seal) => {
-                let blob = req
-                    .ciphertext
-                    .ok_or_else(|| Status::unknown("given input for decryption is nil"))?;
-                let aad = req
-                    .options
-                    .as_ref()
-                    .map(|o| o.with_aad.as_slice())
-                    .unwrap_or_default();
-                let plaintext = seal
-                    .decrypt(&stock::from_blob_info(blob), aad)
-                    .await
-                    .map_err(stock::backend_status)?;
-                return Ok(Response::new(pb::DecryptResponse {
-                    plaintext: plaintext.into_unprotected_vec(),
-                }));
-            }
-        };
+        let configured = self.instance(&req.wrapper_id)?;
         if let Some(info) = &req.ciphertext
-            && stock::is_stock_format(info)
+            && info.key_info.as_ref().map(|k| k.mechanism) == Some(health::HEARTBEAT_MECHANISM)
         {
-            return Err(Status::unknown(format!(
-                "sealbroker: this blob is in a stock seal format (written by OpenBao's own {} seal, or by \
-                 `kms-plugin {}` without sealbroker_endpoint); only that backend can open it, not a sealbroker \
-                 daemon: migrate the seal first (docs/openbao.md)",
-                instance.seal_type, instance.seal_type
-            )));
+            if !health::is_heartbeat(&info.ciphertext) {
+                return Err(Status::unknown(
+                    "sealbroker: a heartbeat blob holds only OpenBao's health check value",
+                ));
+            }
+            self.heartbeat(&configured, &call).await?;
+            return Ok(Response::new(pb::DecryptResponse {
+                plaintext: info.ciphertext.clone(),
+            }));
         }
-        let blob = req.ciphertext.map(|c| c.ciphertext).unwrap_or_default();
-        if blob.is_empty() {
-            return Err(Status::unknown(
-                "sealbroker: the BlobInfo to decrypt has no ciphertext",
-            ));
+        let opened = seal_decrypt(&configured.wrapper, &call, req.ciphertext, &req.options).await;
+        // A blob that does not open says nothing about the backend; one
+        // that opens says it works.
+        if opened.is_ok() {
+            configured.health.record(Ok(()));
         }
-        let plaintext = instance.decrypt(&call, blob, instance.aad(&req.options)).await?;
-        Ok(Response::new(pb::DecryptResponse { plaintext }))
+        Ok(Response::new(pb::DecryptResponse { plaintext: opened? }))
     }
 
     async fn init(&self, request: Request<pb::InitRequest>) -> Result<Response<pb::InitResponse>, Status> {
@@ -561,5 +663,208 @@ impl pb::wrapper_server::Wrapper for WrapperService {
             .ok_or_else(|| Status::not_found("instance not found"))?;
         tracing::info!(wrapper_id = %id, "seal finalized");
         Ok(Response::new(pb::FinalizeResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use pb::wrapper_server::Wrapper as _;
+    use sealbroker_core::{
+        BackendError, ConfigError, OpenedBackend, Profile, StanzaError, StockBlob, StockSeal,
+    };
+
+    use super::*;
+
+    /// A stock seal that counts its backend calls and fails on demand.
+    #[derive(Default)]
+    struct CountingSeal {
+        calls: AtomicUsize,
+        failing: AtomicBool,
+    }
+
+    impl CountingSeal {
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+
+        fn call(&self) -> Result<(), BackendError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.failing.load(Ordering::SeqCst) {
+                Err(BackendError::unavailable("HSM unreachable"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[async_trait]
+    impl StockSeal for CountingSeal {
+        fn seal_type(&self) -> &'static str {
+            "counting"
+        }
+        fn key_id(&self) -> String {
+            "k1".into()
+        }
+        fn metadata(&self) -> HashMap<String, String> {
+            HashMap::new()
+        }
+        async fn encrypt(&self, plaintext: &[u8], _aad: &[u8]) -> Result<StockBlob, BackendError> {
+            self.call()?;
+            Ok(StockBlob {
+                ciphertext: plaintext.iter().rev().copied().collect(),
+                iv: vec![1; 12],
+                key_id: "k1".into(),
+                has_key_info: true,
+                ..Default::default()
+            })
+        }
+        async fn decrypt(&self, blob: &StockBlob, _aad: &[u8]) -> Result<SecretBytes, BackendError> {
+            self.call()?;
+            Ok(SecretBytes::new(blob.ciphertext.iter().rev().copied().collect()))
+        }
+    }
+
+    struct CountingKind(Arc<CountingSeal>);
+
+    #[async_trait]
+    impl BackendKind for CountingKind {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        async fn open(
+            &self,
+            _: &toml::Table,
+            path: &str,
+            _: Profile,
+        ) -> Result<Arc<dyn OpenedBackend>, ConfigError> {
+            Err(ConfigError::new(path, "a test kind: stock stanzas only"))
+        }
+        fn has_stock_seal(&self) -> bool {
+            true
+        }
+        async fn open_stock_stanza(&self, _: &StockStanza) -> Result<Arc<dyn StockSeal>, StanzaError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    async fn configured_service() -> (WrapperService, Arc<CountingSeal>, String) {
+        let seal = Arc::new(CountingSeal::default());
+        let kind: &'static CountingKind = Box::leak(Box::new(CountingKind(seal.clone())));
+        let service = WrapperService::new(BackendRegistry::default(), Some(Ok(kind)));
+        let id = service
+            .set_config(Request::new(pb::SetConfigRequest { options: None }))
+            .await
+            .unwrap()
+            .into_inner()
+            .wrapper_id;
+        (service, seal, id)
+    }
+
+    async fn encrypt(
+        service: &WrapperService,
+        id: &str,
+        plaintext: &[u8],
+    ) -> Result<wrapping::BlobInfo, Status> {
+        service
+            .encrypt(Request::new(pb::EncryptRequest {
+                wrapper_id: id.to_owned(),
+                plaintext: plaintext.to_vec(),
+                options: None,
+            }))
+            .await
+            .map(|r| r.into_inner().ciphertext.unwrap())
+    }
+
+    async fn decrypt(
+        service: &WrapperService,
+        id: &str,
+        blob: wrapping::BlobInfo,
+    ) -> Result<Vec<u8>, Status> {
+        service
+            .decrypt(Request::new(pb::DecryptRequest {
+                wrapper_id: id.to_owned(),
+                ciphertext: Some(blob),
+                options: None,
+            }))
+            .await
+            .map(|r| r.into_inner().plaintext)
+    }
+
+    /// OpenBao's check: encrypt "Heartbeat N", decrypt, compare.
+    async fn health_check(service: &WrapperService, id: &str, n: u32) -> Result<(), Status> {
+        let value = format!("Heartbeat {n}");
+        let blob = encrypt(service, id, value.as_bytes()).await?;
+        let opened = decrypt(service, id, blob).await?;
+        assert_eq!(opened, value.as_bytes());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn health_checks_are_answered_from_the_cached_outcome_with_no_backend_calls() {
+        let (service, seal, id) = configured_service().await;
+        // Unseal: real calls, which the cache remembers.
+        let blob = encrypt(&service, &id, b"root key").await.unwrap();
+        assert_eq!(decrypt(&service, &id, blob).await.unwrap(), b"root key");
+        assert_eq!(seal.calls(), 2);
+        for n in 0..200 {
+            health_check(&service, &id, n % 1000).await.unwrap();
+        }
+        assert_eq!(seal.calls(), 2, "a health check reached the backend");
+
+        // A real call fails: the next checks report it, still without calls.
+        seal.failing.store(true, Ordering::SeqCst);
+        assert!(encrypt(&service, &id, b"root key").await.is_err());
+        let calls = seal.calls();
+        for n in 0..20 {
+            let err = health_check(&service, &id, n).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::Unavailable);
+            assert!(err.message().contains("HSM unreachable"), "{}", err.message());
+        }
+        assert_eq!(seal.calls(), calls);
+    }
+
+    #[tokio::test]
+    async fn a_health_check_with_nothing_cached_probes_once_for_real() {
+        let (service, seal, id) = configured_service().await;
+        health_check(&service, &id, 7).await.unwrap();
+        assert_eq!(seal.calls(), 2, "one probe: encrypt and decrypt");
+        for n in 0..50 {
+            health_check(&service, &id, n).await.unwrap();
+        }
+        assert_eq!(seal.calls(), 2);
+
+        let (service, seal, id) = configured_service().await;
+        seal.failing.store(true, Ordering::SeqCst);
+        let err = health_check(&service, &id, 1).await.unwrap_err();
+        assert!(err.message().contains("HSM unreachable"), "{}", err.message());
+        assert_eq!(seal.calls(), 1, "the probe stopped at the failed encrypt");
+    }
+
+    #[tokio::test]
+    async fn only_the_heartbeat_value_takes_the_cached_path() {
+        let (service, seal, id) = configured_service().await;
+        // Not OpenBao's heartbeat: a real call.
+        let blob = encrypt(&service, &id, b"Heartbeat 1000").await.unwrap();
+        assert_ne!(
+            blob.key_info.as_ref().unwrap().mechanism,
+            health::HEARTBEAT_MECHANISM
+        );
+        assert_eq!(seal.calls(), 1);
+        // A heartbeat blob carrying anything else opens nothing.
+        let forged = wrapping::BlobInfo {
+            ciphertext: b"a root key".to_vec(),
+            iv: Vec::new(),
+            key_info: Some(wrapping::KeyInfo {
+                mechanism: health::HEARTBEAT_MECHANISM,
+                key_id: String::new(),
+                wrapped_key: Vec::new(),
+            }),
+        };
+        let err = decrypt(&service, &id, forged).await.unwrap_err();
+        assert!(err.message().contains("heartbeat"), "{}", err.message());
+        assert_eq!(seal.calls(), 1);
     }
 }
