@@ -1,7 +1,10 @@
 //! sealbroker as a drop-in for OpenBao's official KMS plugins: OpenBao 2.6.2
 //! seals with its built-in `awskms` seal (against moto), then OpenBao 2.7.2
 //! runs on the same data with `plugin "kms" "awskms"` pointing at
-//! `sealbroker kms-plugin awskms` and the seal stanza untouched.
+//! `sealbroker kms-plugin awskms` and the seal stanza untouched. The stock
+//! `gcpckms` and `azurekeyvault` stanzas run through the in-repo stand-ins
+//! for Cloud KMS and Key Vault (there are no emulators), included from the
+//! backends' own tests.
 
 use std::fs;
 use std::net::{Ipv4Addr, TcpStream};
@@ -11,6 +14,15 @@ use std::time::{Duration, Instant};
 
 use sealbroker_e2e::openbao::{BaoConfig, BaoLaunch, OpenBao, install_plugin};
 use sealbroker_e2e::*;
+
+/// The Cloud KMS stand-in (`start_fake`, `pki`, the OAuth client's values).
+#[path = "../../backends/gcpckms/tests/fake_gcp.rs"]
+#[allow(dead_code, unused_imports, clippy::all)]
+mod fake_gcp;
+
+/// The Key Vault stand-in.
+#[path = "../../backends/azurekeyvault/tests/standin/mod.rs"]
+mod azure_standin;
 
 const REGION: &str = "eu-west-1";
 const ACCESS_KEY: &str = "AKIADROPINTESTKEY001";
@@ -472,4 +484,207 @@ async fn forwarding_drop_in_keeps_the_hsm_credentials_in_the_daemon() {
     let output = start_fails(dir.path(), &config, &[]);
     assert!(output.contains("remove pin from seal \"pkcs11\""), "{output}");
     assert!(!output.contains(PIN), "{output}");
+}
+
+/// `authorized_user` credentials whose token endpoint is the GCP stand-in.
+fn gcp_credentials(dir: &Path, fake: &fake_gcp::FakeKms) -> PathBuf {
+    let path = dir.join("gcp-credentials.json");
+    let json = serde_json::json!({
+        "type": "authorized_user",
+        "client_id": fake_gcp::CLIENT_ID,
+        "client_secret": fake_gcp::CLIENT_SECRET,
+        "refresh_token": fake_gcp::REFRESH_TOKEN,
+        "token_uri": format!("{}/token", fake.endpoint),
+    });
+    fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
+/// The stock `seal "gcpckms"` stanza for the stand-in's key
+/// (`projects/p/locations/global/keyRings/sealbroker/cryptoKeys/unseal`).
+fn gcpckms_stanza(credentials: &Path, extra: &str) -> String {
+    format!(
+        "seal \"gcpckms\" {{\n  project     = \"p\"\n  region      = \"global\"\n  key_ring    = \"sealbroker\"\n  \
+         crypto_key  = \"unseal\"\n  credentials = \"{}\"\n{extra}}}\n",
+        credentials.display()
+    )
+}
+
+/// Runs OpenBao 2.7.2 with `plugin "kms" "<seal_type>"` and `stanza`:
+/// init, a secret, restart, auto-unseal, the secret intact, no re-wrap.
+/// Returns the restarted server (still running) and its root token.
+fn init_restart_and_unseal(
+    dir: &Path,
+    seal_type: &str,
+    stanza: &str,
+    env: &[(&str, String)],
+    secrets: &[&str],
+) -> (OpenBao, String) {
+    let (port, cluster_port) = (free_port(), free_port());
+    let config = write_hcl(
+        dir,
+        port,
+        cluster_port,
+        &format!("{}{stanza}", drop_in_plugin(dir, seal_type)),
+    );
+    let launch = env
+        .iter()
+        .fold(BaoLaunch::config(dir, port, &config), |launch, (k, v)| {
+            launch.env(k, v)
+        });
+    let bao = OpenBao::start_launch(&launch, &dir.join("bao-init.log"));
+    let root = bao.init_auto();
+    bao.wait_unsealed(Duration::from_secs(30));
+    bao.wait_active(&root, Duration::from_secs(30));
+    bao.write_secret(&root, SECRET);
+    assert_eq!(seal_type_of(&bao), seal_type);
+    bao.stop();
+
+    let bao = OpenBao::start_launch(&launch, &dir.join("bao-restart.log"));
+    bao.wait_unsealed(Duration::from_secs(30));
+    bao.wait_active(&root, Duration::from_secs(30));
+    assert_eq!(bao.read_secret(&root), SECRET);
+    assert_eq!(seal_type_of(&bao), seal_type);
+    let logs = bao.logs();
+    assert!(logs.contains("unsealed with stored key"), "{logs}");
+    assert!(
+        logs.contains("kms.sealbroker"),
+        "the sealbroker plugin did not run:\n{logs}"
+    );
+    // The KeyId matches the stored blob's key id: nothing is re-wrapped.
+    assert!(!logs.contains("upgrading stored keys"), "{logs}");
+    assert!(!logs.contains("upgrade seal keys failed"), "{logs}");
+    for secret in secrets {
+        assert!(!logs.contains(secret), "a credential reached OpenBao's log");
+    }
+    (bao, root)
+}
+
+fn seal_type_of(bao: &OpenBao) -> String {
+    seal_type(bao).as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openbao_2_7_with_a_stock_gcpckms_stanza_inits_restarts_and_auto_unseals_through_the_stand_in() {
+    sweep::secret(fake_gcp::REFRESH_TOKEN);
+    sweep::secret(fake_gcp::CLIENT_SECRET);
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, tls) = fake_gcp::pki(dir.path());
+    let fake = fake_gcp::start_fake(tls).await;
+    let credentials = gcp_credentials(dir.path(), &fake);
+    let env = [
+        ("SSL_CERT_FILE", ca.display().to_string()),
+        ("SEALBROKER_TEST_GCPCKMS_ENDPOINT", fake.endpoint.clone()),
+    ];
+    let dir = dir.path().to_owned();
+    let stanza = gcpckms_stanza(&credentials, "");
+    let requests_before = fake.requests();
+    let (bao, _root) = tokio::task::spawn_blocking(move || {
+        init_restart_and_unseal(
+            &dir,
+            "gcpckms",
+            &stanza,
+            &env,
+            &[fake_gcp::REFRESH_TOKEN, fake_gcp::CLIENT_SECRET],
+        )
+    })
+    .await
+    .unwrap();
+    bao.stop();
+    // Every seal call went to the stand-in.
+    assert!(fake.requests() > requests_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openbao_2_7_with_a_stock_azurekeyvault_stanza_inits_restarts_and_auto_unseals_through_the_stand_in()
+{
+    sweep::secret(azure_standin::CLIENT_SECRET);
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, tls) = azure_standin::pki(dir.path());
+    let fake = azure_standin::start_fake(tls).await;
+    let port = fake.vault_url.rsplit(':').next().unwrap().to_owned();
+    let stanza = format!(
+        "seal \"azurekeyvault\" {{\n  tenant_id     = \"{}\"\n  client_id     = \"{}\"\n  \
+         client_secret = \"{}\"\n  vault_name    = \"sealbroker\"\n  key_name      = \"{}\"\n  \
+         resource      = \"vault.azure.test:{port}\"\n}}\n",
+        azure_standin::TENANT,
+        azure_standin::CLIENT_ID,
+        azure_standin::CLIENT_SECRET,
+        azure_standin::KEY,
+    );
+    let env = [
+        ("SSL_CERT_FILE", ca.display().to_string()),
+        ("AZURE_AUTHORITY_HOST", fake.authority.clone()),
+        ("SEALBROKER_TEST_AZUREKEYVAULT_ADDRESS", "127.0.0.1".to_owned()),
+    ];
+    let dir = dir.path().to_owned();
+    let (bao, _root) = tokio::task::spawn_blocking(move || {
+        init_restart_and_unseal(
+            &dir,
+            "azurekeyvault",
+            &stanza,
+            &env,
+            &[azure_standin::CLIENT_SECRET],
+        )
+    })
+    .await
+    .unwrap();
+    bao.stop();
+    let log = fake.log();
+    let version = fake.version_id(1);
+    assert!(
+        log.iter()
+            .any(|l| l.contains(&format!("/keys/unseal/{version}/unwrapkey"))),
+        "the blob was unwrapped with the version it names: {log:?}"
+    );
+}
+
+#[test]
+fn gcpckms_and_azurekeyvault_stanza_errors_reach_the_operator_in_the_stock_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let stanza =
+        gcpckms_stanza(Path::new("/nonexistent.json"), "").replace("  crypto_key  = \"unseal\"\n", "");
+    let config = write_hcl(
+        dir.path(),
+        free_port(),
+        free_port(),
+        &format!("{}{stanza}", drop_in_plugin(dir.path(), "gcpckms")),
+    );
+    let output = start_fails(dir.path(), &config, &[]);
+    assert!(
+        output.contains(
+            "Error configuring seal \"gcpckms\": 'crypto_key' not found for GCP CKMS wrapper configuration"
+        ),
+        "{output}"
+    );
+    let config = write_hcl(
+        dir.path(),
+        free_port(),
+        free_port(),
+        &format!(
+            "{}seal \"azurekeyvault\" {{\n  tenant_id = \"t\"\n  key_name = \"k\"\n}}\n",
+            drop_in_plugin(dir.path(), "azurekeyvault")
+        ),
+    );
+    let output = start_fails(dir.path(), &config, &[]);
+    assert!(
+        output.contains("Error configuring seal \"azurekeyvault\": vault name is required"),
+        "{output}"
+    );
+    let config = write_hcl(
+        dir.path(),
+        free_port(),
+        free_port(),
+        &format!(
+            "{}seal \"azurekeyvault\" {{\n  vault_name = \"v\"\n  key_name = \"k\"\n  key_not_required = \"maybe\"\n}}\n",
+            drop_in_plugin(dir.path(), "azurekeyvault")
+        ),
+    );
+    let output = start_fails(dir.path(), &config, &[]);
+    assert!(
+        output.contains(
+            "Error configuring seal \"azurekeyvault\": strconv.ParseBool: parsing \"maybe\": invalid syntax"
+        ),
+        "{output}"
+    );
 }
