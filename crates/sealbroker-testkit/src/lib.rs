@@ -15,6 +15,8 @@
 //! - [`https_stub`]: the scaffolding of an HTTPS stand-in for a cloud API
 //!   (listener, TLS, HTTP/1.1 framing, stop on drop); the stand-in brings
 //!   only its wire protocol, as a handler.
+//! - [`silent`]: a hung service that accepts TCP connections and never
+//!   answers, for the timeout tests.
 //! - [`openbao`]: a real `bao server` (dev or raft), its CLI, and the
 //!   init/unseal steps, killed on drop.
 //! - [`leak`]: the assertion that a log or an error holds no secret, which
@@ -30,6 +32,7 @@ pub mod memory;
 pub mod openbao;
 pub mod pki;
 pub mod port;
+pub mod silent;
 
 pub use audit::{audit_log, audit_toml};
 pub use leak::assert_no_secret;
