@@ -28,7 +28,8 @@
 //! The client's own retry loop is off. `RESOURCE_EXHAUSTED` (HTTP 429) and
 //! transient failures (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL`, 5xx,
 //! connection errors, timeouts) are retried a bounded number of times with
-//! full-jitter exponential backoff that honours `Retry-After`
+//! full-jitter exponential backoff that honours the delay the service asks
+//! for (a `google.rpc.RetryInfo` detail, else `Retry-After`)
 //! ([`RetryConfig`]); then the call fails as [`BackendErrorKind::Throttled`] or
 //! `Unavailable`. `UNAUTHENTICATED`/`PERMISSION_DENIED` and credential failures
 //! are [`BackendErrorKind::PermissionDenied`] and name the principal (service
@@ -80,7 +81,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use google_cloud_gax::error::Error as GaxError;
-use google_cloud_gax::error::rpc::Code;
+use google_cloud_gax::error::rpc::{Code, StatusDetails};
 use google_cloud_gax::options::RequestOptionsBuilder;
 use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_kms_v1::client::KeyManagementService;
@@ -430,12 +431,13 @@ impl GcpKmsKey {
         Fut: std::future::Future<Output = Result<T, GaxError>>,
     {
         let retry = self.client.0.retry;
+        let timeout = self.client.0.timeout;
         let result = retry
             .run(
                 || {
                     let fut = op();
                     async move {
-                        fut.await.map_err(|e| match classify(operation, &e) {
+                        fut.await.map_err(|e| match classify(operation, &e, timeout) {
                             Attempt::Retryable { error, .. }
                                 if !idempotent && error.kind != BackendErrorKind::Throttled =>
                             {
@@ -479,7 +481,8 @@ struct Failure {
     retryable: bool,
 }
 
-fn classify(operation: &str, error: &GaxError) -> Attempt<Failure> {
+/// `timeout` is the attempt bound (`timeout_ms`), named when it ends a call.
+fn classify(operation: &str, error: &GaxError, timeout: Duration) -> Attempt<Failure> {
     let fatal = |kind, message: String| {
         Attempt::Fatal(Failure {
             kind,
@@ -495,11 +498,7 @@ fn classify(operation: &str, error: &GaxError) -> Attempt<Failure> {
         },
         retry_after,
     };
-    let retry_after = error
-        .http_headers()
-        .and_then(|h| h.get("retry-after"))
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
+    let retry_after = retry_delay(error);
     if error.is_authentication() {
         if credentials_error_is_transient(error) {
             // The token endpoint could not be reached: not a refusal.
@@ -523,6 +522,13 @@ fn classify(operation: &str, error: &GaxError) -> Attempt<Failure> {
             }
             Code::Unauthenticated | Code::PermissionDenied => fatal(BackendErrorKind::PermissionDenied, text),
             Code::NotFound => fatal(BackendErrorKind::KeyNotFound, text),
+            // Cloud KMS checks the CRC32C we send with each field: a mismatch
+            // means the request was damaged on the way, not a forged blob.
+            Code::InvalidArgument if status.message.contains("_crc32c did not match") => retryable(
+                BackendErrorKind::Unavailable,
+                format!("the service saw a CRC32C mismatch, so the request was damaged in transit ({text})"),
+                None,
+            ),
             Code::FailedPrecondition => fatal(
                 BackendErrorKind::KeyNotFound,
                 format!(
@@ -552,7 +558,10 @@ fn classify(operation: &str, error: &GaxError) -> Attempt<Failure> {
     if error.is_timeout() {
         return retryable(
             BackendErrorKind::Timeout,
-            "the call timed out (timeout_ms)".into(),
+            format!(
+                "no answer within timeout_ms = {} (the per-attempt bound)",
+                timeout.as_millis()
+            ),
             None,
         );
     }
@@ -564,6 +573,27 @@ fn classify(operation: &str, error: &GaxError) -> Attempt<Failure> {
         );
     }
     fatal(BackendErrorKind::Internal, error_chain(error))
+}
+
+/// How long the service asked us to wait: Cloud KMS says so in a
+/// `google.rpc.RetryInfo` error detail; a `Retry-After` header (from a proxy
+/// in front of it) is honoured when there is none.
+fn retry_delay(error: &GaxError) -> Option<Duration> {
+    let from_details = error.status().and_then(|status| {
+        status.details.iter().find_map(|detail| match detail {
+            StatusDetails::RetryInfo(info) => {
+                info.retry_delay.and_then(|delay| Duration::try_from(delay).ok())
+            }
+            _ => None,
+        })
+    });
+    from_details.or_else(|| {
+        error
+            .http_headers()
+            .and_then(|h| h.get("retry-after"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after)
+    })
 }
 
 /// Whether a credentials failure says that trying again may work (the token

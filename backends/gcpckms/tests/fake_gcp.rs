@@ -4,7 +4,12 @@
 //! `POST /v1/{cryptoKey}:decrypt`, `GET /v1/{cryptoKey}`,
 //! `POST /v1/{cryptoKey}/cryptoKeyVersions`, `GET` of a version, Google's JSON
 //! error body, and an OAuth token endpoint for `authorized_user` credentials.
-//! There is no Cloud KMS emulator.
+//! There is no Cloud KMS emulator. Where the client relies on the service,
+//! the stand-in behaves as Cloud KMS does: enums come back as integers when
+//! the request asks `$alt=json;enum-encoding=int` (as the SDK does) and as
+//! names otherwise; every CRC32C the client sends is checked and a mismatch
+//! is refused `INVALID_ARGUMENT`; throttling says how long to wait in a
+//! `google.rpc.RetryInfo` error detail, not in `Retry-After`.
 //!
 //! Harness-less (see Cargo.toml): `main` trusts the test CA through
 //! `SSL_CERT_FILE` before any thread starts, then hands the tests to
@@ -82,6 +87,11 @@ struct State {
     pending_reads: usize,
     /// The resource every `encrypt` was called on.
     encrypt_targets: Vec<String>,
+    /// KMS requests that asked for integer enums (`$alt=json;enum-encoding=int`).
+    int_enum_requests: usize,
+    /// Data fields sent without their CRC32C (`plaintext` of an encrypt,
+    /// `ciphertext` of a decrypt): the service accepts that, sealbroker must not.
+    unchecksummed: Vec<&'static str>,
 }
 
 pub(crate) struct FakeKms {
@@ -115,6 +125,98 @@ impl FakeKms {
 
 fn error_body(code: u16, status: &str, message: &str) -> Value {
     json!({"error": {"code": code, "message": message, "status": status}})
+}
+
+/// Cloud KMS's quota refusal: HTTP 429 with the delay in a `RetryInfo` detail.
+fn resource_exhausted(retry_delay: &str) -> Canned {
+    let mut body = error_body(
+        429,
+        "RESOURCE_EXHAUSTED",
+        "Quota exceeded for quota metric 'Cryptographic requests'.",
+    );
+    body["error"]["details"] = json!([{
+        "@type": "type.googleapis.com/google.rpc.RetryInfo",
+        "retryDelay": retry_delay,
+    }]);
+    Canned {
+        status: 429,
+        headers: vec![],
+        body,
+    }
+}
+
+/// The refusal Cloud KMS sends when a CRC32C does not match its field.
+fn checksum_mismatch(field: &str) -> (u16, Vec<(&'static str, String)>, Value) {
+    (
+        400,
+        vec![],
+        error_body(
+            400,
+            "INVALID_ARGUMENT",
+            &format!("The checksum in field {field}_crc32c did not match the data in field {field}."),
+        ),
+    )
+}
+
+/// Whether the request's query asks for integer enums, as the SDK's
+/// `$alt=json;enum-encoding=int` does (percent-encoded or not).
+fn asks_int_enums(query: &str) -> bool {
+    query.split('&').any(|pair| {
+        let decoded = pair
+            .replace("%24", "$")
+            .replace("%3B", ";")
+            .replace("%3b", ";")
+            .replace("%3D", "=")
+            .replace("%3d", "=");
+        decoded
+            .strip_prefix("$alt=")
+            .is_some_and(|alt| alt.split(';').any(|p| p == "enum-encoding=int"))
+    })
+}
+
+/// Rewrites the enum fields the stand-in sends (`state`, `protectionLevel`,
+/// `algorithm`, `purpose`, at any depth) from names to Cloud KMS's numbers.
+fn int_enums(value: &mut Value) {
+    const NUMBERS: &[(&str, &str, i64)] = &[
+        ("state", "ENABLED", 1),
+        ("state", "DISABLED", 2),
+        ("state", "DESTROYED", 3),
+        ("state", "DESTROY_SCHEDULED", 4),
+        ("state", "PENDING_GENERATION", 5),
+        ("protectionLevel", "SOFTWARE", 1),
+        ("algorithm", "GOOGLE_SYMMETRIC_ENCRYPTION", 1),
+        ("purpose", "ENCRYPT_DECRYPT", 1),
+    ];
+    match value {
+        Value::Object(map) => {
+            for (field, v) in map.iter_mut() {
+                match v {
+                    Value::String(name) if NUMBERS.iter().any(|(f, _, _)| f == field) => {
+                        let number = NUMBERS
+                            .iter()
+                            .find(|(f, known, _)| f == field && known == name)
+                            .map(|&(_, _, number)| number)
+                            .unwrap_or_else(|| panic!("the stand-in has no number for {field} {name:?}"));
+                        *v = json!(number);
+                    }
+                    _ => int_enums(v),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(int_enums),
+        _ => {}
+    }
+}
+
+/// Whether `field_crc32c` in `body`, when present, is the CRC32C of `data`;
+/// Google's JSON sends int64 as a decimal string.
+fn crc_matches(body: &Value, field: &str, data: &[u8]) -> Option<bool> {
+    let sent = body.get(field)?;
+    let sent = sent
+        .as_str()
+        .and_then(|s| s.parse::<u32>().ok())
+        .or_else(|| sent.as_u64().and_then(|n| u32::try_from(n).ok()));
+    Some(sent == Some(crc32c(data)))
 }
 
 fn version_name(n: usize) -> String {
@@ -254,18 +356,14 @@ fn handle(
         ("POST", "encrypt") => {
             let plaintext = b64(body, "plaintext");
             let aad = b64(body, "additionalAuthenticatedData");
-            let crc_ok = |field: &str, data: &[u8]| {
-                body.get(field)
-                    .and_then(Value::as_str)
-                    .and_then(|s| s.parse::<u32>().ok())
-                    == Some(crc32c(data))
-            };
-            if !crc_ok("plaintextCrc32c", &plaintext) {
-                return (
-                    400,
-                    vec![],
-                    error_body(400, "INVALID_ARGUMENT", "plaintext_crc32c did not match"),
-                );
+            match crc_matches(body, "plaintextCrc32c", &plaintext) {
+                Some(false) => return checksum_mismatch("plaintext"),
+                Some(true) => {}
+                None => state.unchecksummed.push("plaintext"),
+            }
+            let aad_verified = crc_matches(body, "additionalAuthenticatedDataCrc32c", &aad);
+            if aad_verified == Some(false) {
+                return checksum_mismatch("additional_authenticated_data");
             }
             state
                 .encrypt_targets
@@ -304,7 +402,7 @@ fn handle(
                     "ciphertext": B64.encode(&ciphertext),
                     "ciphertextCrc32c": crc32c(&ciphertext).to_string(),
                     "verifiedPlaintextCrc32c": true,
-                    "verifiedAdditionalAuthenticatedDataCrc32c": crc_ok("additionalAuthenticatedDataCrc32c", &aad),
+                    "verifiedAdditionalAuthenticatedDataCrc32c": aad_verified == Some(true),
                     "protectionLevel": "SOFTWARE",
                 }),
             )
@@ -312,6 +410,14 @@ fn handle(
         ("POST", "decrypt") => {
             let ciphertext = b64(body, "ciphertext");
             let aad = b64(body, "additionalAuthenticatedData");
+            match crc_matches(body, "ciphertextCrc32c", &ciphertext) {
+                Some(false) => return checksum_mismatch("ciphertext"),
+                Some(true) => {}
+                None => state.unchecksummed.push("ciphertext"),
+            }
+            if crc_matches(body, "additionalAuthenticatedDataCrc32c", &aad) == Some(false) {
+                return checksum_mismatch("additional_authenticated_data");
+            }
             let invalid = || {
                 (
                     400,
@@ -388,13 +494,21 @@ pub(crate) async fn start_fake(tls: Arc<rustls::ServerConfig>) -> FakeKms {
             }
         } else {
             let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
-            handle(
+            let ints = asks_int_enums(&request.query);
+            if ints {
+                shared.lock().unwrap().int_enum_requests += 1;
+            }
+            let (status, headers, mut reply) = handle(
                 &shared,
                 &request.method,
                 &request.path,
                 request.header("authorization"),
                 &body,
-            )
+            );
+            if ints {
+                int_enums(&mut reply);
+            }
+            (status, headers, reply)
         };
         StubResponse::json(status, &reply).with_headers(headers)
     })
@@ -478,6 +592,18 @@ async fn round_trip_over_tls_records_the_version_and_binds_aad(env: Arc<Env>) {
         1,
         "the token is fetched once and cached"
     );
+    {
+        let state = fake.state.lock().unwrap();
+        assert_eq!(
+            state.int_enum_requests, state.requests,
+            "every call asked for integer enums, and got them"
+        );
+        assert!(
+            state.unchecksummed.is_empty(),
+            "sent without a CRC32C: {:?}",
+            state.unchecksummed
+        );
+    }
 
     let err = key.decrypt(&sealed, b"other").await.err().unwrap();
 
@@ -533,33 +659,25 @@ async fn a_blob_from_another_key_is_refused(env: Arc<Env>) {
     assert_eq!(fake.requests(), before, "refused without a call");
 }
 
-async fn resource_exhausted_is_retried_honouring_retry_after(env: Arc<Env>) {
+async fn resource_exhausted_is_retried_honouring_retry_info(env: Arc<Env>) {
     let fake = start_fake(env.tls.clone()).await;
     let (_, key) = env.key(&fake).await;
     key.encrypt(DEK, b"warm-up").await.unwrap();
-    let quota = || Canned {
-        status: 429,
-        headers: vec![("Retry-After", "1".into())],
-        body: error_body(
-            429,
-            "RESOURCE_EXHAUSTED",
-            "Quota exceeded for quota metric 'Cryptographic requests'.",
-        ),
-    };
-    fake.push(quota());
+    // The service asks for 1 s; the backoff cap (max_backoff_ms = 200) bounds it.
+    fake.push(resource_exhausted("1s"));
     let before = fake.requests();
     let started = Instant::now();
     let sealed = key.encrypt(DEK, b"aad").await.unwrap();
     assert!(
         started.elapsed() >= Duration::from_millis(190),
-        "Retry-After ignored: {:?}",
+        "RetryInfo ignored: {:?}",
         started.elapsed()
     );
     assert_eq!(fake.requests() - before, 2);
     assert_eq!(key.decrypt(&sealed, b"aad").await.unwrap().expose(), DEK);
 
     for _ in 0..3 {
-        fake.push(quota());
+        fake.push(resource_exhausted("1s"));
     }
     let before = fake.requests();
     let err = key.encrypt(DEK, b"aad").await.err().unwrap();
@@ -568,6 +686,135 @@ async fn resource_exhausted_is_retried_honouring_retry_after(env: Arc<Env>) {
     assert!(err.message.contains("gave up after 2 retries"), "{err}");
     assert_eq!(fake.requests() - before, 3, "one attempt and two retries");
     assert_eq!(key.throttling_retries(), 3, "one retry, then two more");
+}
+
+/// The stand-in's own faithfulness: integer enums exactly when asked as the
+/// SDK asks, and RetryInfo (not Retry-After) on throttling.
+async fn the_stand_in_answers_as_cloud_kms_does(_env: Arc<Env>) {
+    assert!(asks_int_enums("%24alt=json%3Benum-encoding%3Dint"));
+    assert!(asks_int_enums("$alt=json;enum-encoding=int"));
+    assert!(!asks_int_enums(""));
+    assert!(!asks_int_enums("%24alt=json"));
+    let mut version = version_json(2, "PENDING_GENERATION");
+    int_enums(&mut version);
+    assert_eq!(
+        (
+            &version["state"],
+            &version["protectionLevel"],
+            &version["algorithm"]
+        ),
+        (&json!(5), &json!(1), &json!(1)),
+        "{version}"
+    );
+    assert_eq!(version["name"], version_name(2), "names stay strings");
+    let quota = resource_exhausted("1s");
+    assert!(quota.headers.is_empty(), "Cloud KMS sends no Retry-After");
+    assert_eq!(
+        quota.body["error"]["details"][0]["@type"],
+        "type.googleapis.com/google.rpc.RetryInfo"
+    );
+}
+
+/// Cloud KMS checks the CRC32C of each field it is sent and refuses a
+/// mismatch; so does the stand-in (driven here through the SDK directly,
+/// since sealbroker always sends the right CRC).
+async fn a_crc32c_mismatch_is_refused_invalid_argument(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let (client, key) = env.key(&fake).await;
+    let sealed = key.encrypt(DEK, b"aad").await.unwrap();
+    let ciphertext = sealed.ciphertext.clone();
+    let wrong = i64::from(crc32c(&ciphertext) ^ 1);
+    let err = client
+        .sdk()
+        .decrypt()
+        .set_name(KEY)
+        .set_ciphertext(ciphertext.clone())
+        .set_ciphertext_crc32c(wrong)
+        .send()
+        .await
+        .expect_err("a ciphertext whose CRC32C does not match is refused");
+    let status = err.status().expect("a service error");
+    assert_eq!(
+        status.code,
+        google_cloud_gax::error::rpc::Code::InvalidArgument,
+        "{err}"
+    );
+    assert!(status.message.contains("ciphertext_crc32c"), "{err}");
+    let err = client
+        .sdk()
+        .encrypt()
+        .set_name(KEY)
+        .set_plaintext(DEK.to_vec())
+        .set_plaintext_crc32c(i64::from(crc32c(DEK) ^ 1))
+        .send()
+        .await
+        .expect_err("a plaintext whose CRC32C does not match is refused");
+    assert!(
+        err.status()
+            .is_some_and(|s| s.message.contains("plaintext_crc32c")),
+        "{err}"
+    );
+    // The same blob with its true CRC32C opens.
+    assert_eq!(key.decrypt(&sealed, b"aad").await.unwrap().expose(), DEK);
+}
+
+/// A CRC32C mismatch reported by the service means the request was damaged
+/// on the way: a Decrypt is tried again, not reported as a forged blob.
+async fn a_checksum_refusal_on_decrypt_is_retried_not_called_tampering(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let (_, key) = env.key(&fake).await;
+    let sealed = key.encrypt(DEK, b"aad").await.unwrap();
+    let (status, headers, body) = checksum_mismatch("ciphertext");
+    fake.push(Canned {
+        status,
+        headers,
+        body,
+    });
+    let before = fake.requests();
+    assert_eq!(key.decrypt(&sealed, b"aad").await.unwrap().expose(), DEK);
+    assert_eq!(fake.requests() - before, 2, "refused once, then tried again");
+}
+
+/// A service that accepts the connection and never answers: each attempt
+/// ends at `timeout_ms`, and the call ends as `Timeout`, naming the setting,
+/// after its bounded retries instead of hanging.
+async fn a_service_that_never_answers_times_out_at_timeout_ms(env: Arc<Env>) {
+    let token_server = start_fake(env.tls.clone()).await;
+    let hung = sealbroker_testkit::silent::SilentListener::bind().await;
+    let mut config = env.config(&token_server);
+    config.endpoint = Some(format!("https://localhost:{}", hung.port()));
+    config.timeout_ms = 400;
+    let client = connect(&config).await.unwrap();
+    let key = GcpKmsKey::new(&client, &key_config(KEY)).unwrap();
+    let sealed = sealbroker_core::Sealed {
+        mechanism: Mechanism::ServiceDefined,
+        iv: Vec::new(),
+        ciphertext: vec![0; 48],
+        oaep_hash: String::new(),
+        metadata: Default::default(),
+    };
+    for operation in ["Encrypt", "Decrypt"] {
+        let started = Instant::now();
+        let err = match operation {
+            "Encrypt" => key.encrypt(DEK, b"aad").await.err().unwrap(),
+            _ => key.decrypt(&sealed, b"aad").await.err().unwrap(),
+        };
+        let took = started.elapsed();
+        eprintln!("{err} after {took:?}");
+        assert_eq!(err.kind, BackendErrorKind::Timeout, "{err}");
+        assert!(
+            err.message.contains(operation) && err.message.contains("timeout_ms = 400"),
+            "{err}"
+        );
+        assert!(err.message.contains("gave up after 2 retries"), "{err}");
+        // Three attempts of 400 ms and two backoffs of at most 200 ms, with slack.
+        assert!(
+            took >= Duration::from_millis(1_200) && took < Duration::from_millis(3 * 400 + 2 * 200 + 1_500),
+            "{operation} ended after {took:?}, not after three attempts of timeout_ms"
+        );
+    }
+    assert!(hung.accepted() >= 1, "the calls reached the hung service");
+    assert_eq!(token_server.requests(), 0, "nothing reached a working KMS");
 }
 
 async fn unauthenticated_and_denied_are_permission_denied_naming_the_principal(env: Arc<Env>) {
@@ -601,14 +848,16 @@ async fn unauthenticated_and_denied_are_permission_denied_naming_the_principal(e
 
 async fn a_refused_token_request_is_permission_denied(env: Arc<Env>) {
     let fake = start_fake(env.tls.clone()).await;
-    let path = env.dir.path().join("bad-creds.json");
+    let path = env.dir.path().join("revoked-creds.json");
+    // A well-formed refresh token that the token endpoint refuses
+    // (`invalid_grant`), as Google refuses a revoked one.
     std::fs::write(
         &path,
         json!({
             "type": "authorized_user",
             "client_id": CLIENT_ID,
             "client_secret": CLIENT_SECRET,
-            "refresh_token": "",
+            "refresh_token": "1//revoked-refresh-DO-NOT-LEAK",
             "token_uri": format!("{}/token", fake.endpoint),
         })
         .to_string(),
@@ -616,19 +865,17 @@ async fn a_refused_token_request_is_permission_denied(env: Arc<Env>) {
     .unwrap();
     let mut config = env.config(&fake);
     config.credentials_file = Some(path);
-    // An empty refresh token may already be refused while building.
-    let client = match connect(&config).await {
-        Ok(client) => client,
-        Err(e) => {
-            assert_eq!(e.path, "credentials_file");
-            assert_no_secret(&e.to_string(), SECRETS, "the config error");
-            return;
-        }
-    };
+    let client = connect(&config).await.unwrap();
     let key = GcpKmsKey::new(&client, &key_config(KEY)).unwrap();
     let err = key.encrypt(DEK, b"aad").await.err().unwrap();
     eprintln!("{err}");
     assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
+    assert!(err.message.contains(CLIENT_ID), "names the principal: {err}");
+    assert!(
+        fake.tokens.load(Ordering::SeqCst) >= 1,
+        "the token endpoint was asked"
+    );
+    assert_eq!(fake.requests(), 0, "no KMS call without a token");
     assert_no_secret(&format!("{err:?}"), SECRETS, "the error's Debug output");
 }
 
@@ -789,7 +1036,11 @@ fn main() -> std::process::ExitCode {
         round_trip_over_tls_records_the_version_and_binds_aad,
         old_blobs_open_after_rotation_until_their_version_is_disabled,
         a_blob_from_another_key_is_refused,
-        resource_exhausted_is_retried_honouring_retry_after,
+        resource_exhausted_is_retried_honouring_retry_info,
+        the_stand_in_answers_as_cloud_kms_does,
+        a_crc32c_mismatch_is_refused_invalid_argument,
+        a_checksum_refusal_on_decrypt_is_retried_not_called_tampering,
+        a_service_that_never_answers_times_out_at_timeout_ms,
         unauthenticated_and_denied_are_permission_denied_naming_the_principal,
         a_refused_token_request_is_permission_denied,
         unknown_key_is_key_not_found,
