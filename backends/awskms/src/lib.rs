@@ -209,6 +209,8 @@ struct ClientInner {
     source: CredentialSource,
     region: String,
     endpoint: String,
+    /// `timeout_ms`: the bound of one attempt, named when it ends a call.
+    timeout: Duration,
     retry: RetryConfig,
     throttling_retries: AtomicU64,
 }
@@ -303,6 +305,7 @@ pub(crate) async fn connect_with(
         source,
         region,
         endpoint,
+        timeout: Duration::from_millis(backend.timeout_ms),
         retry: backend.retry,
         throttling_retries: AtomicU64::new(0),
     })))
@@ -467,11 +470,12 @@ impl AwsKmsKey {
         Fut: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
     {
         let retry = self.client.0.retry;
+        let timeout = self.client.0.timeout;
         let result = retry
             .run(
                 || {
                     let fut = op();
-                    async move { fut.await.map_err(|e| classify(&e)) }
+                    async move { fut.await.map_err(|e| classify(&e, timeout)) }
                 },
                 |failure| {
                     if failure.kind == BackendErrorKind::Throttled {
@@ -507,7 +511,8 @@ struct Failure {
     retryable: bool,
 }
 
-fn classify<E>(error: &SdkError<E, HttpResponse>) -> Attempt<Failure>
+/// `timeout` is the attempt bound (`timeout_ms`), named when it ends a call.
+fn classify<E>(error: &SdkError<E, HttpResponse>, timeout: Duration) -> Attempt<Failure>
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -584,13 +589,23 @@ where
         }
         SdkError::TimeoutError(_) => retryable(
             BackendErrorKind::Timeout,
-            "the call timed out (timeout_ms)".to_owned(),
+            format!(
+                "no answer within timeout_ms = {} (the per-attempt bound)",
+                timeout.as_millis()
+            ),
             None,
         ),
         SdkError::DispatchFailure(dispatch) => {
             let text = error_chain(error);
             if dispatch.is_timeout() {
-                retryable(BackendErrorKind::Timeout, text, None)
+                retryable(
+                    BackendErrorKind::Timeout,
+                    format!(
+                        "no connection within {} ms (timeout_ms, at most 5000 for connecting): {text}",
+                        timeout.as_millis().min(5_000)
+                    ),
+                    None,
+                )
             } else if dispatch.is_io() {
                 retryable(
                     BackendErrorKind::Unavailable,

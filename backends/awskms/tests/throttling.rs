@@ -207,3 +207,29 @@ async fn access_denied_is_permission_denied_naming_the_identity() {
     assert!(err.message.contains("AKIAMOTO…"), "{err}");
     assert_no_secret(&format!("{err:?}"), SECRETS, "the error's Debug output");
 }
+
+/// A service that accepts the connection and never answers: each attempt
+/// ends at `timeout_ms` as `Timeout`, naming the setting, and the call ends
+/// within its bounded retries instead of hanging.
+#[tokio::test]
+async fn a_service_that_never_answers_times_out_at_timeout_ms() {
+    let hung = sealbroker_testkit::silent::SilentListener::bind().await;
+    let creds = credentials();
+    let mut config = backend_config(&format!("http://{}", hung.addr()), &creds);
+    config.timeout_ms = 400;
+    config.retry.max_backoff_ms = 50;
+    let client = sealbroker_backend_awskms::connect(&config).await.unwrap();
+    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    let started = Instant::now();
+    let err = key.encrypt(&[7; 32], b"aad").await.err().unwrap();
+    let took = started.elapsed();
+    eprintln!("{err} after {took:?}");
+    assert_eq!(err.kind, BackendErrorKind::Timeout, "{err}");
+    assert!(err.message.contains("timeout_ms = 400"), "{err}");
+    assert!(hung.accepted() >= 1, "the call reached the hung service");
+    // At most three attempts of 400 ms and two short backoffs, with slack.
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(3 * 450 + 1_500),
+        "ended after {took:?}, not at timeout_ms"
+    );
+}
