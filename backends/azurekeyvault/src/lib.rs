@@ -648,11 +648,14 @@ impl KeyVaultKey {
                     async move {
                         let outcome = match attempt.await {
                             Ok(Ok(value)) => return Ok(value),
-                            Ok(Err(error)) => classify(operation, &error),
+                            Ok(Err(error)) => classify(operation, &error, inner.timeout),
                             Err(_) => Attempt::Retryable {
                                 error: Failure {
                                     kind: BackendErrorKind::Timeout,
-                                    message: "the call timed out (timeout_ms)".into(),
+                                    message: format!(
+                                        "no answer within timeout_ms = {} (the per-attempt bound, token fetch included)",
+                                        inner.timeout.as_millis()
+                                    ),
                                     retryable: true,
                                 },
                                 retry_after: None,
@@ -742,7 +745,10 @@ fn retry_after(headers: &Headers) -> Option<Duration> {
     headers.get_optional_str(&RETRY_AFTER).and_then(parse_retry_after)
 }
 
-fn classify(operation: &str, error: &azure_core::Error) -> Attempt<Failure> {
+/// `timeout` is the attempt bound (`timeout_ms`); connecting is bounded by
+/// it too (at most 5 s), and a connection that ends there is a timeout, not
+/// an unreachable vault: which of the two bounds fires first is a race.
+fn classify(operation: &str, error: &azure_core::Error, timeout: Duration) -> Attempt<Failure> {
     let fatal = |kind, message: String| {
         Attempt::Fatal(Failure {
             kind,
@@ -826,6 +832,15 @@ fn classify(operation: &str, error: &azure_core::Error) -> Attempt<Failure> {
                 error_chain(error)
             ),
         ),
+        ErrorKind::Connection if connect_timed_out(error) => retryable(
+            BackendErrorKind::Timeout,
+            format!(
+                "no connection within {} ms (timeout_ms, at most 5000 for connecting): {}",
+                timeout.min(Duration::from_secs(5)).as_millis(),
+                error_chain(error)
+            ),
+            None,
+        ),
         ErrorKind::Connection => retryable(
             BackendErrorKind::Unavailable,
             format!("cannot reach the vault: {}", error_chain(error)),
@@ -842,6 +857,21 @@ fn classify(operation: &str, error: &azure_core::Error) -> Attempt<Failure> {
         ),
         _ => fatal(BackendErrorKind::Internal, error_chain(error)),
     }
+}
+
+/// Whether the HTTP client gave up connecting (TCP and TLS) at its connect
+/// timeout.
+fn connect_timed_out(error: &azure_core::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_timeout)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The kind of the innermost Azure error under a credential failure.

@@ -422,3 +422,43 @@ async fn a_blob_without_rsa_oaep_256_is_refused_without_a_call() {
     assert_eq!(err.kind, BackendErrorKind::NotAuthentic, "{err}");
     assert_eq!(fake.requests(), before);
 }
+
+/// A vault that accepts the connection and never answers: each attempt ends
+/// at `timeout_ms` as `Timeout`, naming the setting, and the call ends
+/// within its bounded retries instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_that_never_answers_times_out_at_timeout_ms() {
+    let env = env();
+    let fake = start_fake(env.tls.clone()).await;
+    let hung = sealbroker_testkit::silent::SilentListener::bind().await;
+    let config = BackendConfig {
+        vault_url: format!("https://{VAULT_HOST}:{}", hung.port()),
+        timeout_ms: 400,
+        retry: RetryConfig {
+            max_retries: 2,
+            initial_backoff_ms: 10,
+            max_backoff_ms: 50,
+        },
+        ..env.config(&fake)
+    };
+    let key = env.key_with(&config, None);
+    let started = Instant::now();
+    let err = key.encrypt(DEK, b"aad").await.err().unwrap();
+    let took = started.elapsed();
+    eprintln!("{err} after {took:?}");
+    // The attempt bound or the connect bound (both 400 ms here; the TLS
+    // handshake never completes) ends it: a timeout either way.
+    assert_eq!(err.kind, BackendErrorKind::Timeout, "{err}");
+    assert!(
+        err.message.contains("timeout_ms = 400")
+            || err.message.contains("no connection within 400 ms (timeout_ms"),
+        "{err}"
+    );
+    assert!(hung.accepted() >= 1, "the call reached the hung vault");
+    // At most three attempts of 400 ms and two short backoffs, with slack.
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(3 * 450 + 1_500),
+        "ended after {took:?}, not at timeout_ms"
+    );
+    assert_eq!(fake.requests(), 0, "nothing reached the working vault");
+}
