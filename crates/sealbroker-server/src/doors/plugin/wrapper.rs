@@ -667,6 +667,9 @@ impl pb::wrapper_server::Wrapper for WrapperService {
 }
 
 #[cfg(test)]
+mod service_tests;
+
+#[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
