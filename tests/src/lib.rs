@@ -384,6 +384,22 @@ impl Daemon {
         self.child.as_ref().unwrap().id()
     }
 
+    /// The pid of the process that answers on the daemon's unix socket, as
+    /// the kernel reports it (SO_PEERCRED), so a test can check that the
+    /// process it started still serves, not just that its own handle says so.
+    pub async fn serving_pid(&self) -> u32 {
+        let socket = self.socket.as_ref().expect("daemon has no socket");
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", socket.display()));
+        let pid = stream
+            .peer_cred()
+            .unwrap()
+            .pid()
+            .expect("the kernel reports the peer's pid");
+        u32::try_from(pid).unwrap()
+    }
+
     /// Every version the daemon knows, from a deep Status: (version, role,
     /// usable), oldest first.
     pub async fn version_roles(&self) -> Vec<(u32, String, bool)> {
@@ -559,6 +575,39 @@ pub async fn tls_channel(
             }
         }))
         .await
+}
+
+/// Polls `done` every 20 ms for up to `limit`; panics with `what` on expiry.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`wait_until`] for async tests: polls without blocking the runtime's workers.
+pub async fn wait_until_async(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// /proc/PID/stat): with the pid, it names one process, never a later one
+/// that reused the pid.
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: state is field 3.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The Python of the peers venv (hvac, grpcio-tools), made by tests/peers/install.sh.

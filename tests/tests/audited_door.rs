@@ -483,8 +483,13 @@ async fn acls_grant_per_operation_and_per_identity() {
         .await
         .unwrap()
         .into_inner();
-    assert!(
-        status.keys.iter().all(|k| k.key_name == "wrap-only"),
+    assert_eq!(
+        status
+            .keys
+            .iter()
+            .map(|k| k.key_name.as_str())
+            .collect::<Vec<_>>(),
+        ["wrap-only"],
         "{status:?}"
     );
     // The TLS client is known by its certificate's DNS SAN.

@@ -82,28 +82,17 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Polls `done` every 20 ms for up to `limit`; panics with `what` on expiry.
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// [`wait_until`] for async tests: polls without blocking the runtime's workers.
-async fn wait_until_async(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The process answering on `daemon`'s socket, per the kernel (its pid and
+/// start time, so a restarted broker that reused the pid would not pass).
+async fn serving_process(daemon: &Daemon) -> (u32, u64) {
+    let pid = daemon.serving_pid().await;
+    assert_eq!(
+        pid,
+        daemon.pid(),
+        "the socket is served by the process the test started"
+    );
+    let born = process_start_ticks(pid).unwrap_or_else(|| panic!("no /proc entry for pid {pid}"));
+    (pid, born)
 }
 
 /// The directory SoftHSM keeps `token`'s objects in (rename it to pull the token).
@@ -327,7 +316,7 @@ async fn softhsm_token_pulled_under_load_fails_unavailable_then_heals_without_re
     // The default session pool and isolation: no max_sessions = 1.
     let mut pulled = Pullable::new(token_dir(&token), dir.path().join("token-away"));
     let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("daemon.log")).await;
-    let pid = daemon.pid();
+    let (pid, born) = serving_process(&daemon).await;
     let client = daemon.unix_client().await;
 
     // Blobs sealed before the fault.
@@ -502,7 +491,11 @@ async fn softhsm_token_pulled_under_load_fails_unavailable_then_heals_without_re
         let (opened, _) = bounded(bound, "unwrap", c.unwrap(unwrap_request("unseal", &blob, b""))).await;
         assert_eq!(opened.expect("unwrap after healing").plaintext, [i]);
     }
-    assert_eq!(daemon.pid(), pid);
+    assert_eq!(
+        serving_process(&daemon).await,
+        (pid, born),
+        "the process that served before the fault serves after it"
+    );
 }
 
 // ------------------------------------------- 3. a backend that never answers
@@ -1289,7 +1282,7 @@ async fn module_segfault_under_process_isolation_fails_one_wrap_and_the_broker_h
     let dir = tmp.path();
     let token = SoftHsmToken::create(&dir.join("hsm"), "crashy", "unseal-key", PIN);
     let (mut daemon, trigger) = crashy_daemon(dir, &token, "process").await;
-    let pid = daemon.pid();
+    let (pid, born) = serving_process(&daemon).await;
     let mut client = daemon.unix_client().await;
     let bound = Duration::from_secs(20);
 
@@ -1352,7 +1345,11 @@ async fn module_segfault_under_process_isolation_fails_one_wrap_and_the_broker_h
         assert_eq!(opened.expect("Unwrap after the restart").plaintext, plaintext);
     }
     assert!(daemon.exit_status().is_none(), "the broker is still up");
-    assert_eq!(daemon.pid(), pid);
+    assert_eq!(
+        serving_process(&daemon).await,
+        (pid, born),
+        "the process that served before the fault serves after it"
+    );
     assert_no_secret(&daemon.logs(), &[("the PIN", PIN)], "the daemon log");
     let status = daemon.terminate();
     assert!(status.success(), "clean exit after the crash: {status}");

@@ -92,6 +92,7 @@ fn plugin_in_process_on_softhsm_inits_restarts_and_auto_unseals() {
     let audit = dir.path().join("audit.jsonl");
     let lines = audit_lines(&audit);
     let caller = format!("unix:uid={},", current_uid());
+    assert!(!lines.is_empty(), "no audit line for OpenBao's seal calls");
     assert!(
         lines.iter().all(|(door, who, _, outcome)| door == "kms-plugin"
             && who.starts_with(&caller)
@@ -267,14 +268,16 @@ async fn broker_down_at_start_keeps_openbao_sealed_until_it_returns() {
     assert!(daemon.terminate().success());
 
     // The broker is down: OpenBao starts, but stays sealed and says why.
+    // Its unseal attempt fails, naming the broker as unavailable; waits for
+    // that attempt, not for a guessed time.
     let bao = OpenBao::start(&config, &[], "bao-2.log");
-    std::thread::sleep(Duration::from_secs(7));
+    wait_until_async(
+        "OpenBao's unseal attempt to fail with the broker unavailable",
+        Duration::from_secs(30),
+        || bao.logs().contains("sealbroker: Unavailable"),
+    )
+    .await;
     assert_eq!(bao.sealed(), Some(true), "OpenBao unsealed without its broker");
-    let logs = bao.logs();
-    assert!(
-        logs.contains("sealbroker: Unavailable"),
-        "no clear error in OpenBao's log:\n{logs}"
-    );
 
     // The broker returns: OpenBao's retry unseals it, and nothing is lost.
     let _daemon = Daemon::serve(&daemon_config, Some(&token), &dir.path().join("daemon-2.log")).await;
