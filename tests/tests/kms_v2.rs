@@ -496,3 +496,90 @@ async fn kms_v2_refuses_tampered_ciphertext_and_healthz_follows_a_crashing_modul
     assert!(!daemon.logs().contains("kms-pin-8814"));
     assert!(daemon.terminate().success());
 }
+
+/// A KMS v2 call whose backend accepts the connection and never answers
+/// ends at the broker's request timeout with DEADLINE_EXCEEDED naming the
+/// backend and key, instead of holding the apiserver; `healthz` also answers
+/// in that bound and says which backend is not ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_v2_calls_to_a_hung_backend_end_deadline_exceeded_naming_it() {
+    const TIMEOUT_SECS: u64 = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let hung = sealbroker_testkit::silent::SilentListener::bind().await;
+    let kms_socket = dir.path().join("kms.sock");
+    let admin_socket = dir.path().join("sb.sock");
+    let credentials = dir.path().join("aws-credentials");
+    fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = AKIAHUNGTESTEXAMPLE1\naws_secret_access_key = hung-test-secret\n",
+    )
+    .unwrap();
+    // The backend's own bound (a minute) is far above the broker's: the
+    // broker's request timeout must end the call.
+    let text = format!(
+        "profile = \"development\"\n[server]\nunix_socket = \"{}\"\n\
+         [server.kms_v2]\nsocket = \"{}\"\nkey_name = \"k8s\"\n\
+         [limits]\nrequest_timeout_secs = {TIMEOUT_SECS}\nhealth_cache_secs = 1\n\
+         [backends.aws]\ntype = \"awskms\"\nregion = \"eu-west-1\"\nendpoint = \"http://{}\"\n\
+         credentials_file = \"{}\"\ntimeout_ms = 60000\n\
+         [keys.k8s]\nbackend = \"aws\"\nkey_id = \"alias/k8s\"\n{}",
+        admin_socket.display(),
+        kms_socket.display(),
+        hung.addr(),
+        credentials.display(),
+        allow_test_callers(),
+    );
+    let config = dir.path().join("sealbroker.toml");
+    fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(
+        &["serve", "--config", config.to_str().unwrap()],
+        &[("AWS_CONFIG_FILE", &dir.path().join("no-aws-config"))],
+        &dir.path().join("daemon.log"),
+        Some(admin_socket.clone()),
+        None,
+    )
+    .await;
+    let channel = client::channel(&client::Target::Unix(kms_socket)).await.unwrap();
+    let mut kms = KeyManagementServiceClient::new(channel);
+    // Whatever the broker does, the test itself never waits unboundedly.
+    let bound = Duration::from_secs(TIMEOUT_SECS + 8);
+
+    let started = Instant::now();
+    let refused = tokio::time::timeout(
+        bound,
+        kms.encrypt(EncryptRequest {
+            uid: "hung".into(),
+            plaintext: b"a DEK seed".to_vec(),
+        }),
+    )
+    .await
+    .expect("the KMS v2 Encrypt hung past the broker's request timeout")
+    .expect_err("nothing can be sealed by a backend that never answers");
+    let took = started.elapsed();
+    eprintln!("Encrypt refused after {took:?}: {refused:?}");
+    assert_eq!(refused.code(), tonic::Code::DeadlineExceeded, "{refused:?}");
+    assert!(
+        refused.message().contains("backend \"aws\"") && refused.message().contains("key \"k8s\""),
+        "names the backend and key: {refused:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(TIMEOUT_SECS) && took < Duration::from_secs(TIMEOUT_SECS + 3),
+        "ended after {took:?}, not at request_timeout_secs = {TIMEOUT_SECS}"
+    );
+    assert!(hung.accepted() >= 1, "the call reached the hung backend");
+
+    let started = Instant::now();
+    let healthz = tokio::time::timeout(bound, kms.status(StatusRequest {}))
+        .await
+        .expect("the KMS v2 Status hung on the backend")
+        .unwrap()
+        .into_inner()
+        .healthz;
+    eprintln!("healthz after {:?}: {healthz}", started.elapsed());
+    assert_ne!(healthz, "ok");
+    assert!(
+        healthz.contains("aws") || healthz.contains("k8s"),
+        "says what is down: {healthz}"
+    );
+    assert!(daemon.terminate().success());
+}
