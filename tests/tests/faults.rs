@@ -1,6 +1,7 @@
 //! Fault injection (issue #9): the real daemon, real SoftHSM2 tokens and the
 //! real OpenBao 2.7.2, with the broker killed, tokens pulled under load, a
-//! backend that never answers, 10,000 operations under random faults, a
+//! backend that never answers, 10,000 operations under random faults that
+//! end with one ring member removed, a
 //! broker that accepts OpenBao's plugin and never answers, and OpenBao
 //! killed under its plugin.
 //!
@@ -647,6 +648,8 @@ struct Sealed {
     plaintext: Vec<u8>,
     aad: Vec<u8>,
     blob: Vec<u8>,
+    /// Ring members that could not seal the DEK (a degraded wrap).
+    missing: Vec<String>,
 }
 
 /// A failed call: operation, key, code, message, and whether the broker
@@ -785,6 +788,7 @@ async fn ten_thousand_operations_under_random_faults_lose_and_corrupt_nothing() 
                                     plaintext,
                                     aad,
                                     blob: wrapped.blob,
+                                    missing: wrapped.missing_backends,
                                 });
                                 None
                             }
@@ -1026,6 +1030,93 @@ async fn ten_thousand_operations_under_random_faults_lose_and_corrupt_nothing() 
         &problems[..problems.len().min(10)]
     );
     assert_eq!(verified.load(Ordering::SeqCst), sealed.len());
+
+    // Last, one ring member is removed (config reload): member b and its
+    // backend leave the file. Every ring blob whose DEK member a sealed
+    // still opens; one sealed by b alone (a wrap while tok-a was pulled)
+    // now fails closed, NOT_FOUND, naming the key id it was sealed under;
+    // wraps go on, under a alone, whatever happens to tok-b.
+    assert_broker_alive(&mut daemon);
+    let text = fs::read_to_string(&config).unwrap();
+    let backends = tokens.backends_toml();
+    let b_table = &backends[backends.find("[backends.b]").unwrap()..];
+    let ring_of_a = format!(
+        "policy = \"all\"\nmembers = [{{ backend = \"a\", key_label = \"key-a\" }}]\n{}",
+        allow_test_callers()
+    );
+    let reduced = text
+        .replace(b_table, "")
+        .replace(&tokens.members_toml(), &ring_of_a);
+    assert!(
+        !reduced.contains("backends.b") && !reduced.contains("key-b") && reduced.contains(&ring_of_a),
+        "{reduced}"
+    );
+    fs::write(&config, reduced).unwrap();
+    daemon.hangup();
+    daemon.logged("config reloaded", 1).await;
+
+    let ring = sealed.iter().filter(|s| s.key == "ring").count();
+    let sealed_by_b_alone = sealed
+        .iter()
+        .filter(|s| s.key == "ring" && s.missing.iter().any(|m| m == "a"))
+        .count();
+    assert!(
+        ring > sealed_by_b_alone,
+        "no ring blob sealed under member a to check ({ring} ring blobs)"
+    );
+    let mut c = client.clone();
+    let (mut opened, mut closed) = (0, 0);
+    for s in sealed.iter() {
+        let request = unwrap_request(s.key, &s.blob, &s.aad);
+        let result = bounded(bound, "unwrap after the removal", c.unwrap(request))
+            .await
+            .0;
+        if s.key == "ring" && s.missing.iter().any(|m| m == "a") {
+            let status = result.expect_err("a blob only member b sealed cannot open without b");
+            assert_eq!(status.code(), Code::NotFound, "{status:?}");
+            assert!(status.message().contains("does not hold"), "{status:?}");
+            closed += 1;
+        } else {
+            let reply =
+                result.unwrap_or_else(|e| panic!("a {} blob is lost after the removal: {e:?}", s.key));
+            assert_eq!(
+                reply.plaintext, s.plaintext,
+                "a {} blob opened to other bytes",
+                s.key
+            );
+            opened += 1;
+        }
+    }
+    b.pull();
+    for i in 0..50u8 {
+        let (wrapped, _) = bounded(
+            bound,
+            "wrap after the removal",
+            c.wrap(wrap_request("ring", &[i], b"after")),
+        )
+        .await;
+        let wrapped = wrapped.unwrap_or_else(|e| panic!("wrap {i} on the reduced ring: {e:?}"));
+        assert!(
+            wrapped.missing_backends.is_empty(),
+            "tok-b is no member any more, so its pull degrades nothing: {:?}",
+            wrapped.missing_backends
+        );
+        let (reply, _) = bounded(
+            bound,
+            "unwrap after the removal",
+            c.unwrap(unwrap_request("ring", &wrapped.blob, b"after")),
+        )
+        .await;
+        assert_eq!(reply.expect("unwrap on the reduced ring").plaintext, [i]);
+    }
+    b.restore();
+    assert_broker_alive(&mut daemon);
+    eprintln!(
+        "ring member b removed: of {} blobs, {opened} open ({} of them ring blobs, under a alone), {closed} \
+         sealed by b alone fail closed (NOT_FOUND); 50 wraps after the removal (tok-b pulled), none degraded",
+        sealed.len(),
+        ring - sealed_by_b_alone
+    );
 }
 
 // ------------------------------------------- 5. a broker that never answers OpenBao
