@@ -167,3 +167,43 @@ fn cloud_backends_are_selectable_from_the_config_and_refuse_plaintext_under_hard
         "{stderr}"
     );
 }
+
+/// Every cloud backend bounds each call by `timeout_ms`; a bound of zero is
+/// refused at start, naming the field under its backend.
+#[test]
+fn a_zero_cloud_timeout_is_refused_at_start_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let tables = [
+        (
+            "type = \"awskms\"\nregion = \"eu-west-1\"\n",
+            "key_id = \"alias/unseal\"",
+        ),
+        (
+            "type = \"gcpckms\"\n",
+            "key_name = \"projects/p/locations/global/keyRings/r/cryptoKeys/unseal\"",
+        ),
+        (
+            "type = \"azurekeyvault\"\nvault_url = \"https://sealbroker.vault.azure.net\"\ncredential = \"managed_identity\"\n",
+            "key_name = \"unseal\"",
+        ),
+    ];
+    for (table, key) in tables {
+        let config = dir.path().join("zero-timeout.toml");
+        fs::write(
+            &config,
+            format!(
+                "profile = \"development\"\n[server]\nunix_socket = \"{}\"\n[backends.cloud]\n{table}timeout_ms = 0\n\
+                 [keys.unseal]\nbackend = \"cloud\"\n{key}\n",
+                dir.path().join("sb.sock").display()
+            ),
+        )
+        .unwrap();
+        let out = run_cli(&["serve", "--config", config.to_str().unwrap()], b"", &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{table}: {stderr}");
+        assert!(
+            stderr.contains("backends.cloud.timeout_ms") && stderr.contains("must be at least 1"),
+            "{table}: {stderr}"
+        );
+    }
+}
