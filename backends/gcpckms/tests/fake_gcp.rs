@@ -734,11 +734,9 @@ async fn a_crc32c_mismatch_is_refused_invalid_argument(env: Arc<Env>) {
         .await
         .expect_err("a ciphertext whose CRC32C does not match is refused");
     let status = err.status().expect("a service error");
-    assert_eq!(
-        status.code,
-        google_cloud_gax::error::rpc::Code::InvalidArgument,
-        "{err}"
-    );
+    // By name: this file is also included by tests/tests/openbao_dropin.rs,
+    // which does not link google-cloud-gax.
+    assert_eq!(format!("{:?}", status.code), "InvalidArgument", "{err}");
     assert!(status.message.contains("ciphertext_crc32c"), "{err}");
     let err = client
         .sdk()
