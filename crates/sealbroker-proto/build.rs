@@ -17,6 +17,10 @@ fn main() {
             "wrapping.RPCOptions",
             "v2.EncryptRequest",
             "v2.DecryptResponse",
+            "kms.OpenRequest",
+            "kms.GetKeyRequest",
+            "kms.EncryptRequest",
+            "kms.DecryptResponse",
         ])
         .compile_with_config(
             config,
@@ -24,6 +28,7 @@ fn main() {
                 "../../proto/sealbroker/v1/seal.proto",
                 "../../proto/openbao/kms/wrapper.proto",
                 "../../proto/openbao/kms/metadata.proto",
+                "../../proto/openbao/kms/kms.proto",
                 "../../proto/openbao/goplugin/controller.proto",
                 "../../proto/k8s/kms/v2/api.proto",
             ],

@@ -30,6 +30,12 @@ pub mod metadata {
     tonic::include_proto!("metadata");
 }
 
+/// OpenBao KMS plugin: the `KMS` service behind External Keys
+/// (go-kms-wrapping `plugin/pb/kms`).
+pub mod kms {
+    tonic::include_proto!("kms");
+}
+
 /// hashicorp/go-plugin's `GRPCController` (graceful shutdown).
 pub mod plugin {
     tonic::include_proto!("plugin");
@@ -101,6 +107,49 @@ impl fmt::Debug for wrapping::RpcOptions {
             .field("with_aad", &Redacted(self.with_aad.len()))
             .field("with_config_map_keys", &keys)
             .field("with_disallow_env_vars", &self.with_disallow_env_vars)
+            .finish()
+    }
+}
+
+/// Config map values may be PINs or tokens: the keys only.
+fn struct_keys(map: &Option<prost_types::Struct>) -> Vec<&String> {
+    let mut keys: Vec<&String> = map.iter().flat_map(|s| s.fields.keys()).collect();
+    keys.sort();
+    keys
+}
+
+impl fmt::Debug for kms::OpenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenRequest")
+            .field("allow_environment", &self.allow_environment)
+            .field("config_map_keys", &struct_keys(&self.config_map))
+            .finish()
+    }
+}
+
+impl fmt::Debug for kms::GetKeyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetKeyRequest")
+            .field("kms_id", &self.kms_id)
+            .field("config_map_keys", &struct_keys(&self.config_map))
+            .finish()
+    }
+}
+
+impl fmt::Debug for kms::EncryptRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncryptRequest")
+            .field("key_id", &self.key_id)
+            .field("data", &Redacted(self.data.len()))
+            .field("aad", &Redacted(self.aad.len()))
+            .finish()
+    }
+}
+
+impl fmt::Debug for kms::DecryptResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecryptResponse")
+            .field("plaintext", &Redacted(self.plaintext.len()))
             .finish()
     }
 }

@@ -76,6 +76,31 @@ fn key_info(info: KeyInfo) -> pb::KeyInfo {
     }
 }
 
+/// A scheme named in a request; empty means the key's default.
+fn scheme_of(text: &str) -> Result<Option<sealbroker_core::SignScheme>, Status> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    sealbroker_core::SignScheme::parse(text).map(Some).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "scheme: {text:?} is not a signature scheme; use rsa-pkcs1-sha256, rsa-pss-sha256, ecdsa-sha256, ed25519 \
+             (or -sha384/-sha512 variants), or leave it empty for the key's default"
+        ))
+    })
+}
+
+fn sign_input(data: &[u8], prehashed: bool) -> sealbroker_core::SignInput<'_> {
+    if prehashed {
+        sealbroker_core::SignInput::Digest(data)
+    } else {
+        sealbroker_core::SignInput::Message(data)
+    }
+}
+
+fn version_of(version: u32) -> Option<u32> {
+    (version != 0).then_some(version)
+}
+
 #[tonic::async_trait]
 impl pb::seal_service_server::SealService for SealGrpc {
     async fn wrap(&self, request: Request<pb::WrapRequest>) -> Result<Response<pb::WrapResponse>, Status> {
@@ -147,6 +172,71 @@ impl pb::seal_service_server::SealService for SealGrpc {
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(pb::GetKeyResponse {
             key: Some(key_info(info)),
+        }))
+    }
+
+    async fn sign(&self, request: Request<pb::SignRequest>) -> Result<Response<pb::SignResponse>, Status> {
+        let call = Call::new(Door::Grpc, caller_of(&request));
+        let req = request.into_inner();
+        let scheme = scheme_of(&req.scheme)?;
+        let input = sign_input(&req.data, req.prehashed);
+        let signed = self
+            .broker
+            .sign(&call, &req.key_name, version_of(req.key_version), scheme, input)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::SignResponse {
+            signature: signed.signature,
+            key_name: signed.key_name,
+            key_version: signed.key_version,
+            scheme: signed.scheme.name(),
+        }))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let call = Call::new(Door::Grpc, caller_of(&request));
+        let req = request.into_inner();
+        let scheme = scheme_of(&req.scheme)?;
+        let input = sign_input(&req.data, req.prehashed);
+        let verdict = self
+            .broker
+            .verify(
+                &call,
+                &req.key_name,
+                version_of(req.key_version),
+                scheme,
+                input,
+                &req.signature,
+            )
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::VerifyResponse {
+            valid: verdict.valid,
+            key_name: verdict.key_name,
+            key_version: verdict.key_version,
+        }))
+    }
+
+    async fn get_public_key(
+        &self,
+        request: Request<pb::GetPublicKeyRequest>,
+    ) -> Result<Response<pb::GetPublicKeyResponse>, Status> {
+        let call = Call::new(Door::Grpc, caller_of(&request));
+        let req = request.into_inner();
+        let public = self
+            .broker
+            .public_key(&call, &req.key_name, version_of(req.key_version))
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::GetPublicKeyResponse {
+            pem: public.public.pem(),
+            algorithm: public.public.algorithm.as_str().to_owned(),
+            spki_der: public.public.spki_der,
+            key_name: public.key_name,
+            key_version: public.key_version,
         }))
     }
 

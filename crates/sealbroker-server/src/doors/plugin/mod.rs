@@ -22,6 +22,7 @@
 
 mod handshake;
 mod health;
+mod kms;
 mod stock;
 mod wrapper;
 
@@ -47,6 +48,7 @@ use self::handshake::{
 };
 
 pub use handshake::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE, NOT_LAUNCHED_BY_OPENBAO, PinnedClientCert};
+pub use kms::KmsService;
 pub use wrapper::WrapperService;
 
 /// A connection on the plugin socket: TLS, with the peer credentials of the
@@ -149,11 +151,13 @@ pub async fn run(registry: BackendRegistry, stock: Option<String>) -> Result<(),
     ));
     let incoming = ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>);
     let mut stopped = stop_rx.clone();
+    let wrappers = std::sync::Arc::new(WrapperService::new(registry, stock));
     let server = Server::builder()
         .add_service(health_service)
-        .add_service(pb::wrapper_server::WrapperServer::new(WrapperService::new(
-            registry, stock,
-        )))
+        .add_service(pb::wrapper_server::WrapperServer::from_arc(wrappers.clone()))
+        .add_service(sealbroker_proto::kms::kms_server::KmsServer::new(
+            kms::KmsService::new(wrappers),
+        ))
         .add_service(metadata::metadata_server::MetadataServer::new(MetadataService))
         .add_service(plugin::grpc_controller_server::GrpcControllerServer::new(
             ControllerService { stop: stop_tx },

@@ -38,7 +38,7 @@ const STANZA_KEYS: &[&str] = &[
 
 /// Where an instance's wraps go.
 #[derive(Clone)]
-enum Keys {
+pub(super) enum Keys {
     /// A sealbroker daemon over gRPC.
     Remote(SealServiceClient<Channel>),
     /// Backends built in this process.
@@ -53,7 +53,7 @@ struct Instance {
     keys: Keys,
 }
 
-fn stanza_error(message: impl std::fmt::Display) -> Status {
+pub(super) fn stanza_error(message: impl std::fmt::Display) -> Status {
     // OpenBao shows `Unknown` statuses as the bare message, e.g.
     // `Error configuring seal "sealbroker": <message>`.
     Status::unknown(format!("sealbroker: {message}"))
@@ -61,7 +61,7 @@ fn stanza_error(message: impl std::fmt::Display) -> Status {
 
 /// Turns an error from the broker (local) or the daemon (remote) into what
 /// OpenBao shows its operator.
-fn operation_error(status: &Status) -> Status {
+pub(super) fn operation_error(status: &Status) -> Status {
     Status::unknown(format!("sealbroker: {:?}: {}", status.code(), status.message()))
 }
 
@@ -93,21 +93,7 @@ impl Instance {
             )));
         }
         let aad = get("aad").unwrap_or_default().as_bytes().to_vec();
-        let keys = match (get("endpoint"), get("config_file")) {
-            (Some(endpoint), None) => Keys::Remote(remote(endpoint, &get).await?),
-            (None, Some(path)) => Keys::Local(service.local(Path::new(path), &key_name).await?),
-            (Some(_), Some(_)) => {
-                return Err(stanza_error(
-                    "set either seal option `endpoint` or `config_file`, not both",
-                ));
-            }
-            (None, None) => {
-                return Err(stanza_error(
-                    "set seal option `endpoint` (a sealbroker daemon, e.g. \"unix:///run/sealbroker/sealbroker.sock\") \
-                     or `config_file` (a sealbroker config to run backends in-process)",
-                ));
-            }
-        };
+        let keys = service.keys_of(config, Some(&key_name), "seal option").await?;
         Ok(Instance {
             key_name,
             seal_type,
@@ -269,7 +255,7 @@ fn unserved_field(config: &Config) -> Option<&'static str> {
 /// Refuses what the plugin cannot honour, naming the field: a listener, or
 /// an `allow` list for `key_name` whose wrap or unwrap grants name no
 /// principal OpenBao can present over the plugin socket.
-fn check_plugin_config(config: &Config, key_name: &str) -> Result<(), ConfigError> {
+fn check_plugin_config(config: &Config, key_name: Option<&str>) -> Result<(), ConfigError> {
     if let Some(field) = unserved_field(config) {
         return Err(ConfigError::new(
             field,
@@ -283,7 +269,13 @@ fn check_plugin_config(config: &Config, key_name: &str) -> Result<(), ConfigErro
             "the KMS plugin's stdout carries its handshake with OpenBao, not audit lines: use audit.file",
         ));
     }
-    let Some(grants) = config.keys.get(key_name).and_then(|spec| spec.allow.as_ref()) else {
+    let Some((key_name, grants)) = key_name.and_then(|name| {
+        config
+            .keys
+            .get(name)
+            .and_then(|spec| spec.allow.as_ref())
+            .map(|g| (name, g))
+    }) else {
         return Ok(());
     };
     for (operation, principals) in [("wrap", &grants.wrap), ("unwrap", &grants.unwrap)] {
@@ -347,9 +339,33 @@ impl WrapperService {
         }
     }
 
+    /// Where `config` (a seal stanza, or an External Keys config) says keys
+    /// are: `endpoint` or `config_file`. `key_name`, when given, must be in
+    /// the file.
+    /// `noun` names the options in errors ("seal option").
+    pub(super) async fn keys_of(
+        &self,
+        config: &HashMap<String, String>,
+        key_name: Option<&str>,
+        noun: &str,
+    ) -> Result<Keys, Status> {
+        let get = |key: &str| config.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
+        match (get("endpoint"), get("config_file")) {
+            (Some(endpoint), None) => Ok(Keys::Remote(remote(endpoint, &get).await?)),
+            (None, Some(path)) => Ok(Keys::Local(self.local(Path::new(path), key_name).await?)),
+            (Some(_), Some(_)) => Err(stanza_error(format!(
+                "set either {noun} `endpoint` or `config_file`, not both"
+            ))),
+            (None, None) => Err(stanza_error(format!(
+                "set {noun} `endpoint` (a sealbroker daemon, e.g. \"unix:///run/sealbroker/sealbroker.sock\") \
+                 or `config_file` (a sealbroker config to run backends in-process)"
+            ))),
+        }
+    }
+
     /// The broker with in-process backends that the sealbroker config file
     /// at `path` describes, built on first use.
-    async fn local(&self, path: &Path, key_name: &str) -> Result<Arc<Broker>, Status> {
+    async fn local(&self, path: &Path, key_name: Option<&str>) -> Result<Arc<Broker>, Status> {
         let in_file = |e: &dyn std::fmt::Display| stanza_error(format!("{}: {e}", path.display()));
         let config = Config::load(path).map_err(|e| in_file(&e))?;
         check_plugin_config(&config, key_name).map_err(|e| in_file(&e))?;
@@ -366,6 +382,9 @@ impl WrapperService {
                 brokers.insert(canonical, broker.clone());
                 broker
             }
+        };
+        let Some(key_name) = key_name else {
+            return Ok(broker);
         };
         if broker.key_ring().get(key_name).is_err() {
             return Err(stanza_error(format!(

@@ -403,12 +403,12 @@ fn a_config_the_plugin_cannot_honour_is_refused_naming_the_field() {
     ];
     for (text, field) in cases {
         let config = Config::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
-        let error = check_plugin_config(&config, "k").expect_err(field);
+        let error = check_plugin_config(&config, Some("k")).expect_err(field);
         assert!(error.to_string().contains(field), "{error} should name {field}");
     }
     let fine = Config::parse(&format!(
         "{base}[keys.k]\nbackend = \"mem\"\nallow = {{ wrap = [\"uid:1\"], unwrap = [\"gid:2\", \"dns:x\"] }}\n"
     ))
     .unwrap();
-    check_plugin_config(&fine, "k").unwrap();
+    check_plugin_config(&fine, Some("k")).unwrap();
 }
