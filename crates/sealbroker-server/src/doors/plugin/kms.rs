@@ -124,19 +124,33 @@ fn new_id() -> Result<String, Status> {
 }
 
 /// The scheme OpenBao asks for: Go's hash and signer options, read
-/// against the key's algorithm.
+/// against the key's algorithm. Go's hash 0 on a message means "no hash
+/// named": OpenBao 2.7's transit sends its input so, with PSS options and
+/// no hash, for the key to hash. The key's own hash is used then (SHA-256,
+/// or SHA-384 on P-384), the same for Sign and Verify. A digest must name
+/// its hash.
 fn scheme_of(
     algorithm: KeyAlgorithm,
     hash: i32,
+    prehashed: bool,
     opts: Option<&pb::SignerOpts>,
 ) -> Result<SignScheme, Status> {
     let refuse = |why: String| stanza_error(format!("InvalidArgument: {why}"));
     let needs_hash = || {
-        Hash::from_go(hash).ok_or_else(|| {
+        match (hash, prehashed) {
+        (0, false) => algorithm
+            .default_scheme()
+            .hash()
+            .ok_or_else(|| refuse(format!("a {algorithm} key has no hash"))),
+        (0, true) => Err(refuse(format!(
+            "a digest for a {algorithm} key must name its hash (SHA-256, SHA-384 or SHA-512)"
+        ))),
+        (hash, _) => Hash::from_go(hash).ok_or_else(|| {
             refuse(format!(
                 "a {algorithm} signature needs SHA-256, SHA-384 or SHA-512 (Go crypto.Hash {hash} is not offered)"
             ))
-        })
+        }),
+    }
     };
     match (algorithm, opts.and_then(|o| o.r#type.as_ref())) {
         (KeyAlgorithm::Ed25519, None) if hash == 0 => Ok(SignScheme::Ed25519),
@@ -304,7 +318,7 @@ impl Kms for KmsService {
                 key.name
             ))
         })?;
-        let scheme = scheme_of(algorithm, req.hash, req.opts.as_ref())?;
+        let scheme = scheme_of(algorithm, req.hash, req.prehashed, req.opts.as_ref())?;
         let signature = match &key.keys {
             Keys::Local(broker) => {
                 broker
@@ -351,7 +365,7 @@ impl Kms for KmsService {
                 key.name
             ))
         })?;
-        let scheme = scheme_of(algorithm, req.hash, req.opts.as_ref())?;
+        let scheme = scheme_of(algorithm, req.hash, req.prehashed, req.opts.as_ref())?;
         let valid = match &key.keys {
             Keys::Local(broker) => {
                 broker

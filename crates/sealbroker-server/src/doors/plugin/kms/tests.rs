@@ -190,9 +190,9 @@ async fn refusals_reach_openbao_as_unknown_with_the_brokers_code() {
     let e = sign(&f, &ec, &[0; 32], true, SHA256).await.unwrap_err();
     assert_eq!(e.code(), Code::Unknown, "{e:?}");
     assert!(e.message().contains("cannot sign a digest"), "{}", e.message());
-    // ECDSA with no hash.
-    let e = sign(&f, &ec, b"m", false, 0).await.unwrap_err();
-    assert!(e.message().contains("needs SHA-256"), "{}", e.message());
+    // A digest that does not name its hash.
+    let e = sign(&f, &ec, &[0; 32], true, 0).await.unwrap_err();
+    assert!(e.message().contains("must name its hash"), "{}", e.message());
     // The ACL holds: another uid's key opens (the name is not secret to a
     // configured OpenBao) but its first use is refused, and audited.
     let denied = get_key(&f, &[("key", "denied")]).await.err().unwrap();
@@ -266,7 +266,7 @@ fn openbaos_hashes_and_signer_options_map_to_schemes_or_are_refused() {
             context: context.into(),
         })),
     };
-    let ok = |alg, hash, opts: Option<&pb::SignerOpts>| scheme_of(alg, hash, opts).unwrap();
+    let ok = |alg, hash, opts: Option<&pb::SignerOpts>| scheme_of(alg, hash, true, opts).unwrap();
     assert_eq!(
         ok(KeyAlgorithm::Rsa2048, 5, None),
         SignScheme::RsaPkcs1v15(Hash::Sha256)
@@ -289,15 +289,25 @@ fn openbaos_hashes_and_signer_options_map_to_schemes_or_are_refused() {
     );
     assert_eq!(ok(KeyAlgorithm::Ed25519, 0, None), SignScheme::Ed25519);
     assert_eq!(ok(KeyAlgorithm::Ed25519, 0, Some(&ed(""))), SignScheme::Ed25519);
+    // A message with no hash named (OpenBao 2.7 transit): the key's own hash.
+    let pss_auto = pss(0);
+    assert_eq!(
+        scheme_of(KeyAlgorithm::Rsa2048, 0, false, Some(&pss_auto)).unwrap(),
+        SignScheme::RsaPss(Hash::Sha256)
+    );
+    assert_eq!(
+        scheme_of(KeyAlgorithm::EcdsaP384, 0, false, None).unwrap(),
+        SignScheme::Ecdsa(Hash::Sha384)
+    );
     for (alg, hash, opts, says) in [
         (KeyAlgorithm::Rsa2048, 5, Some(pss(20)), "20-byte salt"),
         (KeyAlgorithm::Rsa2048, 3, None, "crypto.Hash 3"),
-        (KeyAlgorithm::EcdsaP256, 0, None, "needs SHA-256"),
+        (KeyAlgorithm::EcdsaP256, 0, None, "must name its hash"),
         (KeyAlgorithm::Ed25519, 7, Some(ed("")), "pure Ed25519"),
         (KeyAlgorithm::Ed25519, 0, Some(ed("ctx")), "no context"),
         (KeyAlgorithm::EcdsaP256, 5, Some(pss(-1)), "no PSS"),
     ] {
-        let e = scheme_of(alg, hash, opts.as_ref()).unwrap_err();
+        let e = scheme_of(alg, hash, true, opts.as_ref()).unwrap_err();
         assert!(e.message().contains(says), "{alg} {hash}: {}", e.message());
     }
 }

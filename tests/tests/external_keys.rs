@@ -1,0 +1,357 @@
+//! OpenBao 2.7.2's External Keys through sealbroker: the KMS plugin in
+//! sidecar mode (`endpoint` to a Hardened daemon on SoftHSM2) serves
+//! `sys/external-keys`, so a PKI root CA and a transit signing key live on
+//! the token and never leave it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use sealbroker_e2e::openbao::{BaoConfig, OpenBao};
+use sealbroker_e2e::*;
+
+const PIN: &str = "external-keys-pin-6617";
+
+/// A Hardened daemon on `socket`: the seal key `unseal`, the CA key
+/// `pki-root` (ECDSA P-256), the transit signer `signer` (RSA-2048), the
+/// sealing key `transit-aes`, and `verify-only` (ECDSA P-256) whose sign
+/// grant goes to another uid.
+fn daemon_config(dir: &Path, token: &SoftHsmToken, socket: &Path) -> PathBuf {
+    let uid = current_uid();
+    let pair = |name: &str, algorithm: &str, allow: &str| {
+        format!(
+            "[keys.{name}]\nbackend = \"hsm\"\nkey_label = \"{name}\"\nalgorithm = \"{algorithm}\"\n{allow}\n"
+        )
+    };
+    let ours = format!("allow = {{ sign = [\"uid:{uid}\"], verify = [\"uid:{uid}\"] }}");
+    let text = format!(
+        "profile = \"hardened\"\n[server]\nunix_socket = \"{socket}\"\n{audit}{backend}\
+         [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{callers}\
+         [keys.transit-aes]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{callers}\
+         {root}{signer}{verify_only}",
+        socket = socket.display(),
+        audit = audit_toml(dir, "unseal"),
+        backend = token.backend_toml("hsm"),
+        callers = allow_test_callers(),
+        root = pair("pki-root", "ecdsa-p256", &ours),
+        signer = pair("signer", "rsa-2048", &ours),
+        verify_only = pair(
+            "verify-only",
+            "ecdsa-p256",
+            &format!("allow = {{ sign = [\"uid:4242\"], verify = [\"uid:{uid}\"] }}")
+        ),
+    );
+    let path = dir.join("daemon.toml");
+    fs::write(&path, text).unwrap();
+    for key in ["pki-root", "signer", "verify-only"] {
+        let out = run_cli(
+            &["keygen", "--config", path.to_str().unwrap(), "--key", key],
+            b"",
+            &[("SOFTHSM2_CONF", token.conf.as_path())],
+        );
+        assert!(
+            out.status.success(),
+            "keygen {key}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    path
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The `Usage` and `Access` lines OpenSC's pkcs11-tool prints for the
+/// private key labelled `label`, read from the token out of process.
+fn private_key_access(token: &SoftHsmToken, label: &str) -> String {
+    let out = Command::new("pkcs11-tool")
+        .args([
+            "--module",
+            SOFTHSM_MODULE,
+            "--token-label",
+            &token.label,
+            "--login",
+            "--pin",
+            PIN,
+        ])
+        .args(["--list-objects", "--type", "privkey"])
+        .env("SOFTHSM2_CONF", &token.conf)
+        .output()
+        .expect("pkcs11-tool (Debian opensc) runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let blocks: Vec<&str> = text
+        .split("Private Key Object")
+        .filter(|block| block.lines().any(|l| l.trim() == format!("label:      {label}")))
+        .collect();
+    assert_eq!(blocks.len(), 1, "not one private key labelled {label}:\n{text}");
+    let line = |prefix: &str| {
+        blocks[0]
+            .lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    format!("{} / {}", line("Usage:"), line("Access:"))
+}
+
+fn openssl(args: &[&str]) -> String {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openbao_pki_and_transit_sign_with_keys_that_never_leave_the_hsm() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "extkeys", "unseal-key", PIN);
+    let socket = dir.path().join("sb.sock");
+    let config = daemon_config(dir.path(), &token, &socket);
+    let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("daemon.log")).await;
+    let bao_dir = dir.path().join("bao");
+    fs::create_dir_all(&bao_dir).unwrap();
+    let endpoint = format!("endpoint=unix://{}", socket.display());
+    let bao = OpenBao::start(
+        &BaoConfig::write(
+            &bao_dir,
+            &format!(
+                "seal \"sealbroker\" {{\n  endpoint = \"unix://{}\"\n  key_name = \"unseal\"\n}}",
+                socket.display()
+            ),
+        ),
+        &[],
+        "bao.log",
+    );
+    let root = bao.init_auto();
+    bao.wait_unsealed(Duration::from_secs(30));
+    let t = Some(root.as_str());
+
+    // The External Keys registry: one config for the daemon, keys by name.
+    bao.must(
+        &[
+            "write",
+            "sys/external-keys/configs/hsm",
+            "plugin=sealbroker",
+            &endpoint,
+        ],
+        t,
+    );
+    for (name, key) in [
+        ("root", "pki-root"),
+        ("signer", "signer"),
+        ("aes", "transit-aes"),
+        ("vo", "verify-only"),
+    ] {
+        let version = if key == "pki-root" {
+            vec!["version=1"]
+        } else {
+            vec![]
+        };
+        let mut args = vec![
+            "write".to_owned(),
+            format!("sys/external-keys/configs/hsm/keys/{name}"),
+            format!("key={key}"),
+        ];
+        args.extend(version.into_iter().map(str::to_owned));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bao.must(&args, t);
+    }
+    for (name, mount) in [
+        ("root", "pki"),
+        ("vo", "pki-refused"),
+        ("signer", "transit"),
+        ("aes", "transit"),
+    ] {
+        bao.must(
+            &[
+                "write",
+                "-f",
+                &format!("sys/external-keys/configs/hsm/keys/{name}/grants/{mount}"),
+            ],
+            t,
+        );
+    }
+
+    // PKI: a root CA whose key is the token's, and a leaf it issues.
+    bao.must(&["secrets", "enable", "pki"], t);
+    bao.must(&["secrets", "tune", "-max-lease-ttl=87600h", "pki"], t);
+    let generated = json(&bao.must(
+        &[
+            "write",
+            "-format=json",
+            "pki/root/generate/kms",
+            "common_name=sealbroker external keys test root",
+            "external_key_ref=hsm:root",
+            "ttl=8760h",
+        ],
+        t,
+    ));
+    let ca_pem = generated["data"]["certificate"].as_str().unwrap().to_owned();
+    bao.must(
+        &[
+            "write",
+            "pki/roles/leaf",
+            "allowed_domains=example.test",
+            "allow_subdomains=true",
+            "max_ttl=72h",
+        ],
+        t,
+    );
+    let issued = json(&bao.must(
+        &[
+            "write",
+            "-format=json",
+            "pki/issue/leaf",
+            "common_name=app.example.test",
+            "ttl=24h",
+        ],
+        t,
+    ));
+    let leaf_pem = issued["data"]["certificate"].as_str().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let leaf = dir.path().join("leaf.pem");
+    fs::write(&ca, &ca_pem).unwrap();
+    fs::write(&leaf, leaf_pem).unwrap();
+    let verified = openssl(&["verify", "-CAfile", ca.to_str().unwrap(), leaf.to_str().unwrap()]);
+    assert_eq!(verified.trim(), format!("{}: OK", leaf.display()));
+    // The CA certificate carries the token's public key, and the private
+    // half stayed sensitive and never extractable.
+    let ca_public = openssl(&["x509", "-in", ca.to_str().unwrap(), "-pubkey", "-noout"]);
+    let mut client = daemon.unix_client().await;
+    let public = client
+        .get_public_key(sealbroker_proto::sealbroker::v1::GetPublicKeyRequest {
+            key_name: "pki-root".into(),
+            key_version: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(public.algorithm, "ecdsa-p256");
+    assert_eq!(ca_public, public.pem);
+    assert_eq!(
+        private_key_access(&token, "pki-root"),
+        "Usage:      sign / Access:     sensitive, always sensitive, never extractable, local"
+    );
+
+    // Transit: an external-key signs and verifies on the token (RSA-2048).
+    bao.must(&["secrets", "enable", "transit"], t);
+    bao.must(
+        &[
+            "write",
+            "transit/keys/ext",
+            "type=external-key",
+            "external_key_ref=hsm:signer",
+        ],
+        t,
+    );
+    let input = base64::engine::general_purpose::STANDARD.encode(b"release manifest v1.2.3");
+    let other = base64::engine::general_purpose::STANDARD.encode(b"release manifest v6.6.6");
+    let signed = json(&bao.must(
+        &[
+            "write",
+            "-format=json",
+            "transit/sign/ext",
+            &format!("input={input}"),
+        ],
+        t,
+    ));
+    let signature = signed["data"]["signature"].as_str().unwrap().to_owned();
+    for (data, expected) in [(&input, true), (&other, false)] {
+        let verified = json(&bao.must(
+            &[
+                "write",
+                "-format=json",
+                "transit/verify/ext",
+                &format!("input={data}"),
+                &format!("signature={signature}"),
+            ],
+            t,
+        ));
+        assert_eq!(verified["data"]["valid"], expected, "{verified}");
+    }
+    // And an external key on a sealing key encrypts and decrypts (Wrap and
+    // Unwrap; the ciphertext is a sealbroker blob).
+    bao.must(
+        &[
+            "write",
+            "transit/keys/ext-aes",
+            "type=external-key",
+            "external_key_ref=hsm:aes",
+        ],
+        t,
+    );
+    let plaintext = base64::engine::general_purpose::STANDARD.encode(b"card 4111 1111 1111 1111");
+    let encrypted = json(&bao.must(
+        &[
+            "write",
+            "-format=json",
+            "transit/encrypt/ext-aes",
+            &format!("plaintext={plaintext}"),
+        ],
+        t,
+    ));
+    let ciphertext = encrypted["data"]["ciphertext"].as_str().unwrap().to_owned();
+    let decrypted = json(&bao.must(
+        &[
+            "write",
+            "-format=json",
+            "transit/decrypt/ext-aes",
+            &format!("ciphertext={ciphertext}"),
+        ],
+        t,
+    ));
+    assert_eq!(decrypted["data"]["plaintext"], plaintext.as_str());
+
+    // Refused: a key whose sign grant is another uid's cannot become a CA.
+    bao.must(&["secrets", "enable", "-path=pki-refused", "pki"], t);
+    let out = bao.cli(
+        &[
+            "write",
+            "pki-refused/root/generate/kms",
+            "common_name=not allowed",
+            "external_key_ref=hsm:vo",
+        ],
+        t,
+    );
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a CA was made with a key we may not sign with: {said}"
+    );
+    assert!(said.contains("PermissionDenied"), "{said}");
+    bao.stop();
+    let logs = daemon.logs();
+    daemon.terminate();
+    assert!(!logs.contains(PIN), "the PIN reached the daemon's log");
+
+    // Every signature was audited; the refusal too.
+    let audit: Vec<serde_json::Value> = fs::read_to_string(audit_log(dir.path()))
+        .unwrap()
+        .lines()
+        .map(json)
+        .collect();
+    let count = |key: &str, operation: &str, outcome: &str| {
+        audit
+            .iter()
+            .filter(|l| l["key"] == key && l["operation"] == operation && l["outcome"] == outcome)
+            .count()
+    };
+    assert!(
+        count("pki-root", "sign", "ok") >= 2,
+        "the root and the leaf: {audit:#?}"
+    );
+    assert!(count("signer", "sign", "ok") >= 1);
+    assert!(count("signer", "verify", "ok") >= 2);
+    assert!(
+        count("verify-only", "sign", "PermissionDenied") >= 1,
+        "{audit:#?}"
+    );
+}
