@@ -12,6 +12,8 @@ fn main() {
         .skip_debug([
             "sealbroker.v1.WrapRequest",
             "sealbroker.v1.UnwrapResponse",
+            "sealbroker.v1.EncryptAsymmetricRequest",
+            "sealbroker.v1.DecryptAsymmetricResponse",
             "pb.EncryptRequest",
             "pb.DecryptResponse",
             "wrapping.RPCOptions",

@@ -17,7 +17,7 @@ const PIN: &str = "external-keys-pin-6617";
 /// A Hardened daemon on `socket`: the seal key `unseal`, the CA key
 /// `pki-root` (ECDSA P-256), the transit signer `signer` (RSA-2048), the
 /// sealing key `transit-aes`, and `verify-only` (ECDSA P-256) whose sign
-/// grant goes to another uid.
+/// grant goes to another uid, and `oaep` (an RSA-2048 encryption pair).
 fn daemon_config(dir: &Path, token: &SoftHsmToken, socket: &Path) -> PathBuf {
     let uid = current_uid();
     let pair = |name: &str, algorithm: &str, allow: &str| {
@@ -30,7 +30,7 @@ fn daemon_config(dir: &Path, token: &SoftHsmToken, socket: &Path) -> PathBuf {
         "profile = \"hardened\"\n[server]\nunix_socket = \"{socket}\"\n{audit}{backend}\
          [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{callers}\
          [keys.transit-aes]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{callers}\
-         {root}{signer}{verify_only}",
+         {root}{signer}{verify_only}{oaep}",
         socket = socket.display(),
         audit = audit_toml(dir, "unseal"),
         backend = token.backend_toml("hsm"),
@@ -42,10 +42,19 @@ fn daemon_config(dir: &Path, token: &SoftHsmToken, socket: &Path) -> PathBuf {
             "ecdsa-p256",
             &format!("allow = {{ sign = [\"uid:4242\"], verify = [\"uid:{uid}\"] }}")
         ),
+        // SoftHSM2 does OAEP with SHA-1 only.
+        oaep = pair(
+            "oaep",
+            "rsa-2048",
+            &format!(
+                "mechanism = \"RSA_PKCS_OAEP\"\nrsa_oaep_hash = \"sha1\"\n\
+                 allow = {{ encrypt = [\"uid:{uid}\"], decrypt = [\"uid:{uid}\"] }}"
+            )
+        ),
     );
     let path = dir.join("daemon.toml");
     fs::write(&path, text).unwrap();
-    for key in ["pki-root", "signer", "verify-only"] {
+    for key in ["pki-root", "signer", "verify-only", "oaep"] {
         let out = run_cli(
             &["keygen", "--config", path.to_str().unwrap(), "--key", key],
             b"",
@@ -149,6 +158,7 @@ async fn openbao_pki_and_transit_sign_with_keys_that_never_leave_the_hsm() {
         ("signer", "signer"),
         ("aes", "transit-aes"),
         ("vo", "verify-only"),
+        ("oaep", "oaep"),
     ] {
         let version = if key == "pki-root" {
             vec!["version=1"]
@@ -169,6 +179,7 @@ async fn openbao_pki_and_transit_sign_with_keys_that_never_leave_the_hsm() {
         ("vo", "pki-refused"),
         ("signer", "transit"),
         ("aes", "transit"),
+        ("oaep", "transit"),
     ] {
         bao.must(
             &[
@@ -310,6 +321,62 @@ async fn openbao_pki_and_transit_sign_with_keys_that_never_leave_the_hsm() {
     ));
     assert_eq!(decrypted["data"]["plaintext"], plaintext.as_str());
 
+    // And on an RSA encryption pair: RSA-OAEP on the token.
+    bao.must(
+        &[
+            "write",
+            "transit/keys/ext-rsa",
+            "type=external-key",
+            "external_key_ref=hsm:oaep",
+        ],
+        t,
+    );
+    let encrypt = |name: &str| {
+        let out = json(&bao.must(
+            &[
+                "write",
+                "-format=json",
+                &format!("transit/encrypt/{name}"),
+                &format!("plaintext={plaintext}"),
+            ],
+            t,
+        ));
+        out["data"]["ciphertext"].as_str().unwrap().to_owned()
+    };
+    let (first, second) = (encrypt("ext-rsa"), encrypt("ext-rsa"));
+    assert_ne!(first, second, "OAEP is randomised");
+    for ciphertext in [&first, &second] {
+        let decrypted = json(&bao.must(
+            &[
+                "write",
+                "-format=json",
+                "transit/decrypt/ext-rsa",
+                &format!("ciphertext={ciphertext}"),
+            ],
+            t,
+        ));
+        assert_eq!(decrypted["data"]["plaintext"], plaintext.as_str());
+    }
+    // A changed ciphertext does not open.
+    let mut raw = base64::engine::general_purpose::STANDARD
+        .decode(first.rsplit(':').next().unwrap())
+        .unwrap();
+    raw[100] ^= 1;
+    let prefix = &first[..first.rfind(':').unwrap() + 1];
+    let tampered = format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::STANDARD.encode(&raw)
+    );
+    let out = bao.cli(
+        &[
+            "write",
+            "transit/decrypt/ext-rsa",
+            &format!("ciphertext={tampered}"),
+        ],
+        t,
+    );
+    assert!(!out.status.success(), "a tampered RSA-OAEP ciphertext opened");
+
     // Refused: a key whose sign grant is another uid's cannot become a CA.
     bao.must(&["secrets", "enable", "-path=pki-refused", "pki"], t);
     let out = bao.cli(
@@ -350,6 +417,9 @@ async fn openbao_pki_and_transit_sign_with_keys_that_never_leave_the_hsm() {
     );
     assert!(count("signer", "sign", "ok") >= 1);
     assert!(count("signer", "verify", "ok") >= 2);
+    assert_eq!(count("oaep", "encrypt", "ok"), 2, "{audit:#?}");
+    assert_eq!(count("oaep", "decrypt", "ok"), 2, "{audit:#?}");
+    assert_eq!(count("oaep", "decrypt", "FailedPrecondition"), 1, "{audit:#?}");
     assert!(
         count("verify-only", "sign", "PermissionDenied") >= 1,
         "{audit:#?}"

@@ -305,11 +305,16 @@ impl KeySelector {
                         ),
                     )
                 })?;
-                if config.mechanism != MechanismName::AesGcm {
-                    return Err(ConfigError::new(
-                        "mechanism",
-                        "applies to sealing keys; a signing key (with `algorithm`) signs with its own schemes",
-                    ));
+                match config.mechanism {
+                    MechanismName::AesGcm => {}
+                    // An RSA key pair for encryption (External Keys' RSA-OAEP).
+                    MechanismName::RsaPkcsOaep if algorithm.rsa_bits().is_some() => {}
+                    MechanismName::RsaPkcsOaep => {
+                        return Err(ConfigError::new(
+                            "mechanism",
+                            format!("RSA_PKCS_OAEP needs an RSA key; algorithm = \"{algorithm}\" signs only"),
+                        ));
+                    }
                 }
                 Some(algorithm)
             }
@@ -339,16 +344,21 @@ impl KeySelector {
         wire::KeySpec {
             label: self.label.clone(),
             id: self.id.clone(),
-            mechanism: match (self.algorithm, self.mechanism) {
-                (Some(algorithm), _) => {
-                    wire::SIGNING_MECHANISM
-                        + KeyAlgorithm::ALL
-                            .iter()
-                            .position(|a| *a == algorithm)
-                            .unwrap_or(0) as u8
+            mechanism: {
+                let index = |algorithm| {
+                    KeyAlgorithm::ALL
+                        .iter()
+                        .position(|a| *a == algorithm)
+                        .unwrap_or(0) as u8
+                };
+                match (self.algorithm, self.mechanism) {
+                    (Some(algorithm), MechanismName::AesGcm) => wire::SIGNING_MECHANISM + index(algorithm),
+                    (Some(algorithm), MechanismName::RsaPkcsOaep) => {
+                        wire::OAEP_PAIR_MECHANISM + index(algorithm)
+                    }
+                    (None, MechanismName::AesGcm) => 0,
+                    (None, MechanismName::RsaPkcsOaep) => 1,
                 }
-                (None, MechanismName::AesGcm) => 0,
-                (None, MechanismName::RsaPkcsOaep) => 1,
             },
             oaep_hash: match self.oaep_hash {
                 OaepHash::Sha1 => 0,
@@ -365,7 +375,7 @@ impl KeySelector {
         KeySelector {
             label: spec.label.clone(),
             id: spec.id.clone(),
-            mechanism: if spec.mechanism == 1 {
+            mechanism: if spec.mechanism == 1 || spec.mechanism >= wire::OAEP_PAIR_MECHANISM {
                 MechanismName::RsaPkcsOaep
             } else {
                 MechanismName::AesGcm
@@ -377,9 +387,9 @@ impl KeySelector {
                 4 => OaepHash::Sha512,
                 _ => OaepHash::Sha256,
             },
-            algorithm: spec
-                .mechanism
-                .checked_sub(wire::SIGNING_MECHANISM)
+            algorithm: [wire::OAEP_PAIR_MECHANISM, wire::SIGNING_MECHANISM]
+                .into_iter()
+                .find_map(|base| spec.mechanism.checked_sub(base))
                 .and_then(|i| KeyAlgorithm::ALL.get(usize::from(i)).copied()),
         }
     }
@@ -678,13 +688,19 @@ impl KeyState {
             let (hash_alg, mgf) = self.selector.oaep_hash.params();
             PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty())
         };
-        if let Some(algorithm) = self.selector.algorithm {
-            return self.perform_signing(session, generation, algorithm, call);
+        match (self.selector.algorithm, self.selector.mechanism) {
+            (Some(algorithm), MechanismName::AesGcm) => {
+                return self.perform_signing(session, generation, algorithm, call);
+            }
+            (Some(algorithm), MechanismName::RsaPkcsOaep) if matches!(call, Call::PublicKey) => {
+                return self.perform_signing(session, generation, algorithm, call);
+            }
+            _ => {}
         }
         let not_signing = || {
             Err(OpError::Backend(BackendError::new(
                 BackendErrorKind::InvalidInput,
-                "this PKCS#11 key is a sealing key; it does not sign",
+                "this PKCS#11 key encrypts (AES_GCM or RSA_PKCS_OAEP); it does not sign",
             )))
         };
         match (self.selector.mechanism, call) {
@@ -950,9 +966,58 @@ impl Backend for Pkcs11Key {
         Ok(verdict.first() == Some(&1))
     }
 
+    async fn encrypt_asymmetric(&self, plaintext: &[u8]) -> Result<Vec<u8>, BackendError> {
+        match (self.key.selector.algorithm, self.key.selector.mechanism) {
+            (Some(_), MechanismName::RsaPkcsOaep) => {
+                let call = Call::Encrypt {
+                    iv: Vec::new(),
+                    aad: Vec::new(),
+                    plaintext: Zeroizing::new(plaintext.to_vec()),
+                };
+                Ok(self.execute(call).await?.to_vec())
+            }
+            _ => Err(BackendError::new(
+                BackendErrorKind::InvalidInput,
+                "this PKCS#11 key is not an RSA encryption key pair (algorithm = \"rsa-N\" with mechanism = \"RSA_PKCS_OAEP\")",
+            )),
+        }
+    }
+
+    async fn decrypt_asymmetric(&self, ciphertext: &[u8]) -> Result<SecretBytes, BackendError> {
+        match (self.key.selector.algorithm, self.key.selector.mechanism) {
+            (Some(_), MechanismName::RsaPkcsOaep) => {
+                let call = Call::Decrypt {
+                    iv: Vec::new(),
+                    aad: Vec::new(),
+                    ciphertext: ciphertext.to_vec(),
+                };
+                let mut plaintext = self.execute(call).await?;
+                Ok(SecretBytes::new(std::mem::take(&mut *plaintext)))
+            }
+            _ => Err(BackendError::new(
+                BackendErrorKind::InvalidInput,
+                "this PKCS#11 key is not an RSA encryption key pair (algorithm = \"rsa-N\" with mechanism = \"RSA_PKCS_OAEP\")",
+            )),
+        }
+    }
+
     /// Sealing keys: a seal and open. Signing keys: a signature made and
-    /// checked on the token.
+    /// checked on the token. RSA encryption pairs: an OAEP round trip.
     async fn health(&self) -> Result<(), BackendError> {
+        if let (Some(_), MechanismName::RsaPkcsOaep) =
+            (self.key.selector.algorithm, self.key.selector.mechanism)
+        {
+            let probe = b"sealbroker health probe";
+            let ciphertext = self.encrypt_asymmetric(probe).await?;
+            let opened = self.decrypt_asymmetric(&ciphertext).await?;
+            return if opened.expose() == probe {
+                Ok(())
+            } else {
+                Err(BackendError::internal(
+                    "the token's OAEP probe returned different bytes",
+                ))
+            };
+        }
         let Some(algorithm) = self.key.selector.algorithm else {
             let probe = b"sealbroker health probe";
             let sealed = self.encrypt(probe, b"health").await?;
@@ -1129,7 +1194,7 @@ fn create_key_blocking(
                 )),
             };
         }
-        if let Some(algorithm) = selector.algorithm {
+        if let (Some(algorithm), MechanismName::AesGcm) = (selector.algorithm, selector.mechanism) {
             signing::generate(&session, algorithm, label, id).map_err(device("C_GenerateKeyPair"))?;
             return Ok(format!(
                 "{algorithm} key pair with {} on {token} (private key sensitive, not extractable)",
@@ -1158,11 +1223,16 @@ fn create_key_blocking(
                 Ok(format!("AES-256 key with {} on {token}", selector.describe()))
             }
             MechanismName::RsaPkcsOaep => {
+                let rsa_bits = selector
+                    .algorithm
+                    .and_then(KeyAlgorithm::rsa_bits)
+                    .unwrap_or(3072);
                 let public = [
                     Attribute::Token(true),
                     Attribute::Encrypt(true),
+                    Attribute::Wrap(false),
                     Attribute::Verify(false),
-                    Attribute::ModulusBits(3072.into()),
+                    Attribute::ModulusBits(u64::from(rsa_bits).into()),
                     Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
                     Attribute::Label(label.clone()),
                     Attribute::Id(id.clone()),
@@ -1173,6 +1243,8 @@ fn create_key_blocking(
                     Attribute::Sensitive(true),
                     Attribute::Extractable(false),
                     Attribute::Decrypt(true),
+                    // C_Decrypt only: no C_UnwrapKey into the token either.
+                    Attribute::Unwrap(false),
                     Attribute::Sign(false),
                     Attribute::Label(label),
                     Attribute::Id(id),
@@ -1181,7 +1253,7 @@ fn create_key_blocking(
                     .generate_key_pair(&CkMechanism::RsaPkcsKeyPairGen, &public, &private)
                     .map_err(device("C_GenerateKeyPair"))?;
                 Ok(format!(
-                    "RSA-3072 key pair with {} on {token}",
+                    "RSA-{rsa_bits} key pair with {} on {token}",
                     selector.describe()
                 ))
             }

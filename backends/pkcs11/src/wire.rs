@@ -115,6 +115,9 @@ pub enum Request {
 
 /// The first `KeySpec::mechanism` code of a signing key pair.
 pub const SIGNING_MECHANISM: u8 = 16;
+/// The first `KeySpec::mechanism` code of an RSA-OAEP encryption key pair
+/// with a known size (External Keys).
+pub const OAEP_PAIR_MECHANISM: u8 = 32;
 
 /// Helper to broker.
 pub enum Response {
@@ -280,7 +283,8 @@ impl<'a> Reader<'a> {
         let id = self.opt_bytes("key id")?;
         let mechanism = self.u8("mechanism")?;
         let signing = SIGNING_MECHANISM..SIGNING_MECHANISM + sealbroker_core::KeyAlgorithm::ALL.len() as u8;
-        if mechanism > 1 && !signing.contains(&mechanism) {
+        let oaep_pairs = OAEP_PAIR_MECHANISM..OAEP_PAIR_MECHANISM + 3; // rsa-2048, rsa-3072, rsa-4096
+        if mechanism > 1 && !signing.contains(&mechanism) && !oaep_pairs.contains(&mechanism) {
             return Err(WireError::UnknownTag {
                 what: "mechanism",
                 value: mechanism,
@@ -735,6 +739,24 @@ mod tests {
             }
             _ => panic!("Decrypt did not round-trip"),
         }
+        // An RSA-OAEP key pair (rsa-2048 .. rsa-4096) travels as 32..=34.
+        for mechanism in OAEP_PAIR_MECHANISM..OAEP_PAIR_MECHANISM + 3 {
+            let pair = KeySpec { mechanism, ..key() };
+            let encrypt = Request::Encrypt {
+                id: 3,
+                key: pair.clone(),
+                iv: vec![],
+                aad: vec![],
+                plaintext: Zeroizing::new(vec![9; 32]),
+            };
+            match Request::decode(&encrypt.encode()).unwrap() {
+                Request::Encrypt { key, plaintext, .. } => {
+                    assert_eq!(key, pair);
+                    assert_eq!(&plaintext[..], &[9; 32]);
+                }
+                _ => panic!("Encrypt on mechanism {mechanism} did not round-trip"),
+            }
+        }
         let signing_key = KeySpec {
             mechanism: SIGNING_MECHANISM + 3, // ecdsa-p256
             ..key()
@@ -901,7 +923,12 @@ mod tests {
                 value: 2
             })
         );
-        for unknown in [SIGNING_MECHANISM - 1, SIGNING_MECHANISM + 6] {
+        for unknown in [
+            SIGNING_MECHANISM - 1,
+            SIGNING_MECHANISM + 6,
+            OAEP_PAIR_MECHANISM - 1,
+            OAEP_PAIR_MECHANISM + 3,
+        ] {
             bad_mech[at] = unknown;
             assert_eq!(
                 Request::decode(&bad_mech).err(),

@@ -187,7 +187,7 @@ async fn key_pairs_sign_and_verify_through_the_helper() {
 }
 
 #[test]
-fn a_sealing_mechanism_with_an_algorithm_is_a_config_error() {
+fn oaep_on_a_non_rsa_algorithm_is_a_config_error() {
     let mut settings = pair("x", KeyAlgorithm::EcdsaP256);
     settings.mechanism = MechanismName::RsaPkcsOaep;
     let token_dir = tempfile::tempdir().unwrap();
@@ -197,7 +197,10 @@ fn a_sealing_mechanism_with_an_algorithm_is_a_config_error() {
         ..backend_without_token()
     };
     let e = Pkcs11Key::new(config.pool().unwrap(), &settings).err().unwrap();
-    assert!(e.to_string().contains("mechanism"), "{e}");
+    assert!(
+        e.to_string().contains("mechanism") && e.to_string().contains("needs an RSA key"),
+        "{e}"
+    );
     settings.mechanism = MechanismName::AesGcm;
     settings.algorithm = Some("dsa-1024".into());
     let e = Pkcs11Key::new(config.pool().unwrap(), &settings).err().unwrap();
@@ -222,4 +225,68 @@ fn backend_without_token() -> BackendConfig {
         helper_gid: None,
         timeout_secs: 30,
     }
+}
+
+/// An RSA key pair for encryption (`algorithm = "rsa-2048"` with
+/// `mechanism = "RSA_PKCS_OAEP"`): OAEP on the token, the public key
+/// readable, and it neither signs nor seals.
+async fn oaep_pair(isolation: Isolation) {
+    let token = common::token(TOKEN);
+    let config = backend(&token, isolation);
+    let label = "oaep-rsa-2048";
+    let settings = KeyConfig {
+        mechanism: MechanismName::RsaPkcsOaep,
+        // SoftHSM2 does OAEP with SHA-1 only.
+        rsa_oaep_hash: OaepHash::Sha1,
+        ..pair(label, KeyAlgorithm::Rsa2048)
+    };
+    let created = generate_key(&config, &settings).await.unwrap();
+    assert!(created.starts_with("RSA-2048 key pair"), "{created}");
+    assert_eq!(
+        private_key_access(&token, label),
+        "Usage:      decrypt / Access:     sensitive, always sensitive, never extractable, local"
+    );
+    let key = Pkcs11Key::with_engine(config.engine("backends.hsm").unwrap(), &settings).unwrap();
+    let public = key.public_key().await.unwrap();
+    assert_eq!(public.algorithm, KeyAlgorithm::Rsa2048);
+
+    let secret = b"a transit data key";
+    let first = key.encrypt_asymmetric(secret).await.unwrap();
+    let second = key.encrypt_asymmetric(secret).await.unwrap();
+    assert_eq!(first.len(), 256, "one RSA-2048 block");
+    assert_ne!(first, second, "OAEP is randomised");
+    for ciphertext in [&first, &second] {
+        let opened = key.decrypt_asymmetric(ciphertext).await.unwrap();
+        assert_eq!(opened.expose(), secret);
+    }
+    let mut bad = first.clone();
+    bad[100] ^= 1;
+    let e = key.decrypt_asymmetric(&bad).await.err().unwrap();
+    assert_eq!(e.kind, BackendErrorKind::NotAuthentic, "{e}");
+    key.health().await.unwrap();
+
+    // Not a signing key, not a sealing key.
+    let e = key
+        .sign(SignScheme::RsaPss(Hash::Sha256), SignInput::Message(b"m"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.kind, BackendErrorKind::InvalidInput, "{e}");
+    // A signing pair is not an encryption key.
+    let signer = pair("sign-for-oaep", KeyAlgorithm::EcdsaP256);
+    generate_key(&config, &signer).await.unwrap();
+    let signer = Pkcs11Key::with_engine(config.engine("backends.hsm").unwrap(), &signer).unwrap();
+    let e = signer.encrypt_asymmetric(secret).await.err().unwrap();
+    assert_eq!(e.kind, BackendErrorKind::InvalidInput, "{e}");
+    assert!(e.message.contains("RSA_PKCS_OAEP"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oaep_key_pair_in_process() {
+    oaep_pair(Isolation::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oaep_key_pair_through_the_helper() {
+    oaep_pair(Isolation::Process).await;
 }

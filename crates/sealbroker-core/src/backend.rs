@@ -135,6 +135,19 @@ pub trait Backend: Send + Sync + 'static {
         })
     }
 
+    /// RSA encryption key pairs (External Keys): encrypts `plaintext` to the
+    /// public key with RSA-OAEP. The ciphertext is the raw OAEP block.
+    async fn encrypt_asymmetric(&self, plaintext: &[u8]) -> Result<Vec<u8>, BackendError> {
+        let _ = plaintext;
+        Err(no_oaep(self.kind()))
+    }
+
+    /// Opens what [`Backend::encrypt_asymmetric`] made, with the private key.
+    async fn decrypt_asymmetric(&self, ciphertext: &[u8]) -> Result<SecretBytes, BackendError> {
+        let _ = ciphertext;
+        Err(no_oaep(self.kind()))
+    }
+
     /// A real round trip through the key: proves the device or service and the
     /// key are usable right now.
     async fn health(&self) -> Result<(), BackendError> {
@@ -149,6 +162,13 @@ pub trait Backend: Send + Sync + 'static {
             ))
         }
     }
+}
+
+fn no_oaep(kind: &str) -> BackendError {
+    BackendError::new(
+        crate::error::BackendErrorKind::InvalidInput,
+        format!("this {kind} key is not an RSA encryption key pair: it does no RSA-OAEP"),
+    )
 }
 
 fn not_asymmetric(kind: &str) -> BackendError {

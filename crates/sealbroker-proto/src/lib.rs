@@ -79,6 +79,26 @@ impl fmt::Debug for sealbroker::v1::UnwrapResponse {
     }
 }
 
+impl fmt::Debug for sealbroker::v1::EncryptAsymmetricRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncryptAsymmetricRequest")
+            .field("key_name", &self.key_name)
+            .field("key_version", &self.key_version)
+            .field("plaintext", &Redacted(self.plaintext.len()))
+            .finish()
+    }
+}
+
+impl fmt::Debug for sealbroker::v1::DecryptAsymmetricResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecryptAsymmetricResponse")
+            .field("plaintext", &Redacted(self.plaintext.len()))
+            .field("key_name", &self.key_name)
+            .field("key_version", &self.key_version)
+            .finish()
+    }
+}
+
 impl fmt::Debug for pb::EncryptRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EncryptRequest")

@@ -34,6 +34,10 @@ pub enum Operation {
     Sign,
     /// Asymmetric keys: check a signature, read the public key.
     Verify,
+    /// RSA encryption key pairs: encrypt to the public key.
+    Encrypt,
+    /// RSA encryption key pairs: decrypt with the private key.
+    Decrypt,
 }
 
 impl Operation {
@@ -45,6 +49,8 @@ impl Operation {
             Operation::Admin => "admin",
             Operation::Sign => "sign",
             Operation::Verify => "verify",
+            Operation::Encrypt => "encrypt",
+            Operation::Decrypt => "decrypt",
         }
     }
 }
@@ -62,6 +68,8 @@ impl KeyAcl {
             Operation::Admin => &self.0.admin,
             Operation::Sign => &self.0.sign,
             Operation::Verify => &self.0.verify,
+            Operation::Encrypt => &self.0.encrypt,
+            Operation::Decrypt => &self.0.decrypt,
         }
     }
 
@@ -80,6 +88,8 @@ impl KeyAcl {
             Operation::Admin,
             Operation::Sign,
             Operation::Verify,
+            Operation::Encrypt,
+            Operation::Decrypt,
         ]
         .into_iter()
         .any(|op| self.allows(caller, op))

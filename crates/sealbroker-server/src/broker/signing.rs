@@ -1,5 +1,6 @@
-//! Signing with asymmetric keys (External Keys): Sign, Verify and the
-//! public key, under the `sign` and `verify` grants, audited like wraps.
+//! Asymmetric keys (External Keys): Sign, Verify and the public key under
+//! the `sign` and `verify` grants, and RSA-OAEP encryption under `encrypt`
+//! and `decrypt`, audited like wraps.
 //!
 //! An asymmetric key's version has one member, whose backend holds the
 //! private key; the broker checks the scheme against the key and the input
@@ -8,7 +9,9 @@
 
 use std::sync::Arc;
 
-use sealbroker_core::{Backend, BackendError, Error, KeyAlgorithm, PublicKey, SignInput, SignScheme};
+use sealbroker_core::{
+    Backend, BackendError, Error, KeyAlgorithm, PublicKey, SecretBytes, SignInput, SignScheme,
+};
 
 use super::acl::Operation;
 use super::caller::Call;
@@ -36,6 +39,20 @@ pub struct PublicKeyOf {
     pub public: PublicKey,
 }
 
+/// An RSA-OAEP ciphertext, and the key version it was made for.
+pub struct Ciphertext {
+    pub key_name: String,
+    pub key_version: u32,
+    pub ciphertext: Vec<u8>,
+}
+
+/// What an RSA-OAEP decryption opened. Holds the plaintext: not `Debug`.
+pub struct Opened {
+    pub key_name: String,
+    pub key_version: u32,
+    pub plaintext: SecretBytes,
+}
+
 macro_rules! done {
     ($t:ty) => {
         impl Done for $t {
@@ -51,6 +68,8 @@ macro_rules! done {
 done!(Signature);
 done!(Verdict);
 done!(PublicKeyOf);
+done!(Ciphertext);
+done!(Opened);
 
 /// The backend of one asymmetric key version.
 struct SigningKey {
@@ -217,8 +236,14 @@ impl Broker {
         version: Option<u32>,
     ) -> Result<PublicKeyOf, Error> {
         let body = async {
+            // Any grant that uses the key pair lets its holder read the
+            // public half; the denial names `verify`, the least of them.
             let acls = &self.policy().acls;
-            if acls.check(&call.caller, Operation::Sign, key).is_err() {
+            let uses = [Operation::Sign, Operation::Encrypt, Operation::Decrypt];
+            if !uses
+                .into_iter()
+                .any(|op| acls.check(&call.caller, op, key).is_ok())
+            {
                 acls.check(&call.caller, Operation::Verify, key)?;
             }
             let signing = self.signing_key(key, version)?;
@@ -243,6 +268,81 @@ impl Broker {
             call,
             key,
             |request_id| tracing::info_span!("public_key", %request_id, door = %call.door, caller = %call.caller, key),
+            body,
+        )
+        .await
+    }
+
+    /// Encrypts `plaintext` to the public key of `key` (an RSA encryption
+    /// key pair) with RSA-OAEP.
+    pub async fn encrypt_asymmetric(
+        &self,
+        call: &Call,
+        key: &str,
+        version: Option<u32>,
+        plaintext: SecretBytes,
+    ) -> Result<Ciphertext, Error> {
+        let body = async {
+            self.policy().acls.check(&call.caller, Operation::Encrypt, key)?;
+            let signing = self.signing_key(key, version)?;
+            let signing_ref = &signing;
+            let ciphertext = self
+                .bounded("encrypt", key, async move {
+                    signing_ref
+                        .backend
+                        .encrypt_asymmetric(plaintext.expose())
+                        .await
+                        .map_err(|e| Self::backend_error(signing_ref, key, e))
+                })
+                .await?;
+            Ok(Ciphertext {
+                key_name: key.to_owned(),
+                key_version: signing.version,
+                ciphertext,
+            })
+        };
+        self.operate(
+            "encrypt",
+            call,
+            key,
+            |request_id| tracing::info_span!("encrypt", %request_id, door = %call.door, caller = %call.caller, key),
+            body,
+        )
+        .await
+    }
+
+    /// Opens an RSA-OAEP `ciphertext` with the private key of `key`.
+    pub async fn decrypt_asymmetric(
+        &self,
+        call: &Call,
+        key: &str,
+        version: Option<u32>,
+        ciphertext: &[u8],
+    ) -> Result<Opened, Error> {
+        let body = async {
+            self.policy().acls.check(&call.caller, Operation::Decrypt, key)?;
+            let signing = self.signing_key(key, version)?;
+            let signing_ref = &signing;
+            let plaintext = self
+                .bounded("decrypt", key, async move {
+                    signing_ref
+                        .backend
+                        .decrypt_asymmetric(ciphertext)
+                        .await
+                        .map_err(|e| Self::backend_error(signing_ref, key, e))
+                })
+                .await?;
+            Ok(Opened {
+                key_name: key.to_owned(),
+                key_version: signing.version,
+                plaintext,
+            })
+        };
+        self.operate(
+            "decrypt",
+            call,
+            key,
+            |request_id| tracing::info_span!("decrypt", %request_id, door = %call.door, caller = %call.caller, key),
             body,
         )
         .await

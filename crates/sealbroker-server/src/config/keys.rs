@@ -94,6 +94,10 @@ pub struct Grants {
     pub sign: Vec<String>,
     /// Asymmetric keys: check signatures and read the public key.
     pub verify: Vec<String>,
+    /// RSA encryption key pairs: encrypt to the public key.
+    pub encrypt: Vec<String>,
+    /// RSA encryption key pairs: decrypt with the private key.
+    pub decrypt: Vec<String>,
 }
 
 /// Principal prefixes an ACL may name (see `broker::acl`).
@@ -390,6 +394,8 @@ impl Grants {
                 "admin" => grants.admin.extend(principals),
                 "sign" => grants.sign.extend(principals),
                 "verify" => grants.verify.extend(principals),
+                "encrypt" => grants.encrypt.extend(principals),
+                "decrypt" => grants.decrypt.extend(principals),
                 "any" => {
                     for list in [
                         &mut grants.wrap,
@@ -398,6 +404,8 @@ impl Grants {
                         &mut grants.admin,
                         &mut grants.sign,
                         &mut grants.verify,
+                        &mut grants.encrypt,
+                        &mut grants.decrypt,
                     ] {
                         list.extend(principals.iter().cloned());
                     }
@@ -406,7 +414,7 @@ impl Grants {
                     return Err(ConfigError::new(
                         field_path,
                         format!(
-                            "unknown operation {other:?}; use wrap, unwrap, rewrap, admin, sign, verify or any"
+                            "unknown operation {other:?}; use wrap, unwrap, rewrap, admin, sign, verify, encrypt, decrypt or any"
                         ),
                     ));
                 }

@@ -240,6 +240,43 @@ impl pb::seal_service_server::SealService for SealGrpc {
         }))
     }
 
+    async fn encrypt_asymmetric(
+        &self,
+        request: Request<pb::EncryptAsymmetricRequest>,
+    ) -> Result<Response<pb::EncryptAsymmetricResponse>, Status> {
+        let call = Call::new(Door::Grpc, caller_of(&request));
+        let mut req = request.into_inner();
+        let plaintext = SecretBytes::new(std::mem::take(&mut req.plaintext));
+        let sealed = self
+            .broker
+            .encrypt_asymmetric(&call, &req.key_name, version_of(req.key_version), plaintext)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::EncryptAsymmetricResponse {
+            ciphertext: sealed.ciphertext,
+            key_name: sealed.key_name,
+            key_version: sealed.key_version,
+        }))
+    }
+
+    async fn decrypt_asymmetric(
+        &self,
+        request: Request<pb::DecryptAsymmetricRequest>,
+    ) -> Result<Response<pb::DecryptAsymmetricResponse>, Status> {
+        let call = Call::new(Door::Grpc, caller_of(&request));
+        let req = request.into_inner();
+        let opened = self
+            .broker
+            .decrypt_asymmetric(&call, &req.key_name, version_of(req.key_version), &req.ciphertext)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::DecryptAsymmetricResponse {
+            plaintext: opened.plaintext.into_unprotected_vec(),
+            key_name: opened.key_name,
+            key_version: opened.key_version,
+        }))
+    }
+
     async fn list_keys(
         &self,
         request: Request<pb::ListKeysRequest>,

@@ -9,8 +9,9 @@
 //!   optional `version` that pins it (a PKI issuer should: a rotation must
 //!   not change the key behind a CA certificate).
 //! - `Sign`, `Verify` and `ExportPublic` are the broker's Sign, Verify and
-//!   public key; `Encrypt` and `Decrypt` on a sealing key are its Wrap and
-//!   Unwrap (the ciphertext is a sealbroker blob).
+//!   public key; `Encrypt` and `Decrypt` are RSA-OAEP on an RSA encryption
+//!   key pair, and on a sealing key its Wrap and Unwrap (the ciphertext is a
+//!   sealbroker blob).
 //!
 //! Errors reach OpenBao as `Unknown` with the broker's code and message
 //! (`NotFound` would read as "plugin instance lost"), and a bad signature
@@ -193,6 +194,17 @@ fn input(data: &[u8], prehashed: bool, scheme: SignScheme) -> SignInput<'_> {
         SignInput::Digest(data)
     } else {
         SignInput::Message(data)
+    }
+}
+
+/// RSA-OAEP binds no additional data: refuse some rather than drop it.
+fn refuse_aad(aad: &[u8]) -> Result<(), Status> {
+    if aad.is_empty() {
+        Ok(())
+    } else {
+        Err(stanza_error(
+            "InvalidArgument: RSA-OAEP binds no additional data; send none (no associated_data or context)",
+        ))
     }
 }
 
@@ -451,13 +463,33 @@ impl Kms for KmsService {
         let call = Call::new(Door::KmsPlugin, caller_of(&request));
         let mut req = request.into_inner();
         let key = self.key(&req.key_id)?;
-        if let Some(algorithm) = key.algorithm {
-            return Err(Status::unimplemented(format!(
-                "sealbroker does not encrypt with the {algorithm} key {:?} yet",
-                key.name
-            )));
-        }
         let plaintext = SecretBytes::new(std::mem::take(&mut req.data));
+        if key.algorithm.is_some() {
+            refuse_aad(&req.aad)?;
+            let ciphertext = match &key.keys {
+                Keys::Local(broker) => {
+                    broker
+                        .encrypt_asymmetric(&call, &key.name, key.version, plaintext)
+                        .await
+                        .map_err(|e| broker_error(&e))?
+                        .ciphertext
+                }
+                Keys::Remote(client) => {
+                    client
+                        .clone()
+                        .encrypt_asymmetric(sb::EncryptAsymmetricRequest {
+                            key_name: key.name.clone(),
+                            key_version: key.version.unwrap_or(0),
+                            plaintext: plaintext.into_unprotected_vec(),
+                        })
+                        .await
+                        .map_err(|s| operation_error(&s))?
+                        .into_inner()
+                        .ciphertext
+                }
+            };
+            return Ok(Response::new(pb::EncryptResponse { ciphertext }));
+        }
         let ciphertext = match &key.keys {
             Keys::Local(broker) => {
                 broker
@@ -490,11 +522,30 @@ impl Kms for KmsService {
         let call = Call::new(Door::KmsPlugin, caller_of(&request));
         let req = request.into_inner();
         let key = self.key(&req.key_id)?;
-        if let Some(algorithm) = key.algorithm {
-            return Err(Status::unimplemented(format!(
-                "sealbroker does not decrypt with the {algorithm} key {:?} yet",
-                key.name
-            )));
+        if key.algorithm.is_some() {
+            refuse_aad(&req.aad)?;
+            let plaintext = match &key.keys {
+                Keys::Local(broker) => broker
+                    .decrypt_asymmetric(&call, &key.name, key.version, &req.data)
+                    .await
+                    .map_err(|e| broker_error(&e))?
+                    .plaintext
+                    .into_unprotected_vec(),
+                Keys::Remote(client) => {
+                    client
+                        .clone()
+                        .decrypt_asymmetric(sb::DecryptAsymmetricRequest {
+                            key_name: key.name.clone(),
+                            key_version: key.version.unwrap_or(0),
+                            ciphertext: req.data,
+                        })
+                        .await
+                        .map_err(|s| operation_error(&s))?
+                        .into_inner()
+                        .plaintext
+                }
+            };
+            return Ok(Response::new(pb::DecryptResponse { plaintext }));
         }
         let plaintext = match &key.keys {
             Keys::Local(broker) => broker

@@ -241,6 +241,35 @@ async fn refusals_reach_openbao_as_unknown_with_the_brokers_code() {
         .into_inner()
         .plaintext;
     assert_eq!(plaintext, b"transit plaintext");
+    // A signing pair does not encrypt; additional data is refused by name
+    // (RSA-OAEP binds none) rather than dropped.
+    let encrypt = |key_id: &str, aad: &[u8]| {
+        f.service.encrypt(from_openbao(pb::EncryptRequest {
+            key_id: key_id.to_owned(),
+            data: b"transit plaintext".to_vec(),
+            aad: aad.to_vec(),
+        }))
+    };
+    let ed = get_key(&f, &[("key", "ed")]).await.unwrap();
+    let e = encrypt(&ed, b"").await.unwrap_err();
+    assert!(
+        e.message().contains("InvalidArgument") && e.message().contains("not an RSA encryption key pair"),
+        "{}",
+        e.message()
+    );
+    // `ec` grants sign and verify only: encrypt is refused before the key.
+    let e = encrypt(&ec, b"").await.unwrap_err();
+    assert!(
+        e.message().contains("PermissionDenied: encrypt"),
+        "{}",
+        e.message()
+    );
+    let e = encrypt(&ed, b"ctx").await.unwrap_err();
+    assert!(
+        e.message().contains("binds no additional data"),
+        "{}",
+        e.message()
+    );
     // A key id this plugin never gave is NotFound (OpenBao's "instance lost").
     let e = sign(&f, "nope", b"m", false, SHA256).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
