@@ -111,6 +111,9 @@ sealbroker keygen --config sealbroker.toml --key unseal\n  \
 sealbroker keygen --config sealbroker.toml --key unseal --version 2\n\n\
 PKCS#11 keys are created non-extractable and sensitive: AES-256 for AES_GCM, an RSA-3072 \
 pair for RSA_PKCS_OAEP. An existing key with the same label/id is never overwritten.\n\n\
+A key with algorithm = \"ecdsa-p256\" (or ecdsa-p384, ed25519, rsa-2048/3072/4096) is a key \
+pair for External Keys: it signs, or with mechanism = \"RSA_PKCS_OAEP\" it decrypts \
+(docs/external-keys.md).\n\n\
 --version N creates version N of the key on its backend, named as every replica derives it \
 (unseal-v2 on PKCS#11, <key_name>-v2 on KMIP, <key_file>.v2; AWS KMS and transit rotate the \
 key), with no running broker: the step a rotation Job runs with the broker's credentials. \
