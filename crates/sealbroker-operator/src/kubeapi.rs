@@ -18,15 +18,16 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::crd::{KeyRotationStatus, SealBroker};
+use crate::crd::{KeyRotationStatus, Profile, SealBroker};
 use crate::desired::{self, CONTROLLER_MANAGER, Desired, Names, PROVISIONER_MANAGER};
 use crate::injection::INJECTED_ANNOTATION;
 use crate::render::{self, paths};
 use crate::rotation::{
     self, Action as RotationAction, JobOutcome, KeyObservation, KeyPlan, KeygenJob, ServedPod,
 };
+use crate::signature::ImageVerifier;
 use crate::status::{Outcome, Rotation, status_with_rotation};
-use crate::validation::{describe, validate};
+use crate::validation::{Problem, describe, validate};
 
 /// Why a reconcile or provisioning step failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,10 @@ pub struct Context {
     pub client: Client,
     /// The clock (fixed in tests).
     pub now: fn() -> Time,
+    /// Verifies a Hardened SealBroker's image signature before anything is
+    /// applied for it (a [`crate::signature::RefuseAll`] when the operator
+    /// has no trusted key).
+    pub images: Arc<dyn ImageVerifier>,
 }
 
 /// The current time.
@@ -355,7 +360,20 @@ pub async fn reconcile(sb: Arc<SealBroker>, ctx: Arc<Context>) -> Result<Action,
         finalizers.push(FINALIZER.into());
         set_finalizers(&ctx.client, &namespace, &name, finalizers).await?;
     }
-    let problems = validate(&sb);
+    let mut problems = validate(&sb);
+    // Hardened runs only an image signed by the trusted key; a spec that is
+    // refused anyway is not worth a registry round trip.
+    if problems.is_empty()
+        && sb.spec.profile == Profile::Hardened
+        && let Err(refusal) = ctx.images.verify(&sb.spec.image).await
+    {
+        problems.push(Problem {
+            field: "spec.image".into(),
+            message: format!(
+                "the Hardened profile runs only images signed by the operator's trusted key: {refusal}"
+            ),
+        });
+    }
     if !problems.is_empty() {
         let outcome = Outcome::InvalidSpec(describe(&problems));
         // What was rendered stays remembered: a fixed spec resumes from it.
@@ -602,6 +620,7 @@ fn error_policy(sb: Arc<SealBroker>, error: &Error, _ctx: Arc<Context>) -> Actio
 /// Runs the controller until `shutdown` completes.
 pub async fn run_controller(
     client: Client,
+    images: Arc<dyn ImageVerifier>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let owned =
@@ -609,6 +628,7 @@ pub async fn run_controller(
     let context = Arc::new(Context {
         client: client.clone(),
         now: system_now,
+        images,
     });
     Controller::new(Api::<SealBroker>::all(client.clone()), watcher::Config::default())
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())

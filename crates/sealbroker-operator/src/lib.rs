@@ -16,9 +16,10 @@
 //!   a version with a key-creation Job, stage it, promote it once every
 //!   served pod reported it usable, retire; [`policy`] is the admission
 //!   policy that keeps those pod reports honest;
-//! - [`kubeapi`] applies the objects with server-side apply and writes status.
+//! - [`kubeapi`] applies the objects with server-side apply and writes status;
+//!   under Hardened only once [`signature`] verified the image's signature.
 //!
-//! Everything but [`kubeapi`] and [`webhook`] is free of I/O and tested with
+//! Everything but [`kubeapi`], [`webhook`] and [`signature`]'s registry client is free of I/O and tested with
 //! golden files; see docs/operator.md for the design and the RBAC split.
 
 pub mod admission;
@@ -29,6 +30,7 @@ pub mod kubeapi;
 pub mod policy;
 pub mod render;
 pub mod rotation;
+pub mod signature;
 pub mod status;
 pub mod validation;
 pub mod webhook;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use sealbroker_operator::crd::SealBroker;
 use sealbroker_operator::render::{self, Layout, paths};
+use sealbroker_operator::signature::{ImageVerifier, RefuseAll, RegistryVerifier, TrustedKey};
 use sealbroker_operator::{desired, kubeapi, validation, webhook};
 
 #[derive(Parser)]
@@ -51,6 +52,53 @@ enum Command {
     Manifests(FileArg),
     /// Validate a SealBroker as the admission webhook does.
     Check(FileArg),
+    /// Verify an image's signature as the controller does under Hardened:
+    /// exits 0 when a signature by the trusted key names the image's
+    /// repository and digest, 1 (saying why) otherwise.
+    #[command(
+        after_help = "Example:\n  sealbroker-operator verify-image --image-trust-key cosign.pub \\\n    registry.example/sealbroker@sha256:<digest>"
+    )]
+    VerifyImage(VerifyImageArgs),
+}
+
+#[derive(Args)]
+struct TrustArgs {
+    /// The ECDSA P-256 public key (PEM) image signatures must verify with
+    /// (images/sign.py keygen, or cosign generate-key-pair). Without it the
+    /// controller refuses every Hardened SealBroker.
+    #[arg(long, value_name = "FILE", env = "SEALBROKER_OPERATOR_IMAGE_TRUST_KEY")]
+    image_trust_key: Option<PathBuf>,
+    /// A registry (host:port) reached over plain HTTP instead of HTTPS; for
+    /// loopback test registries only. Repeatable.
+    #[arg(long, value_name = "HOST:PORT")]
+    plain_http_registry: Vec<String>,
+}
+
+#[derive(Args)]
+struct VerifyImageArgs {
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// The image, pinned by digest: host/repository@sha256:<64 hex>.
+    image: String,
+}
+
+/// The controller's image verifier: the registry client with the trusted
+/// key, or one that refuses everything and says why.
+fn image_verifier(trust: &TrustArgs) -> Arc<dyn ImageVerifier> {
+    let refuse = |why: String| -> Arc<dyn ImageVerifier> { Arc::new(RefuseAll(why)) };
+    let Some(path) = &trust.image_trust_key else {
+        return refuse("the operator was started without --image-trust-key".into());
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => return refuse(format!("--image-trust-key {}: {e}", path.display())),
+    };
+    match TrustedKey::from_pem(&text)
+        .and_then(|key| RegistryVerifier::new(key, trust.plain_http_registry.clone()))
+    {
+        Ok(verifier) => Arc::new(verifier),
+        Err(e) => refuse(format!("--image-trust-key {}: {e}", path.display())),
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -111,6 +159,8 @@ struct RunArgs {
     /// Seconds an established webhook connection may send nothing.
     #[arg(long, default_value_t = 120)]
     webhook_idle_timeout_secs: u64,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 #[derive(Args)]
@@ -264,9 +314,10 @@ async fn run_cmd(args: &RunArgs) -> Result<(), String> {
             .await;
         }
     };
+    let images = image_verifier(&args.trust);
     let controller = async move {
         if runs_controller {
-            kubeapi::run_controller(client, async move {
+            kubeapi::run_controller(client, images, async move {
                 let _ = stop_controller.wait_for(|s| *s).await;
             })
             .await;
@@ -326,6 +377,25 @@ fn main() -> ExitCode {
                 sb.spec.profile
             );
         }),
+        Command::VerifyImage(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("sealbroker-operator: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            return match runtime.block_on(image_verifier(&args.trust).verify(&args.image)) {
+                Ok(()) => {
+                    println!("{} is signed by the trusted key", args.image);
+                    ExitCode::SUCCESS
+                }
+                Err(refusal) => {
+                    eprintln!("sealbroker-operator: refused: {refusal}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Command::Run(_) | Command::Provision(_) => {
             init_tracing();
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

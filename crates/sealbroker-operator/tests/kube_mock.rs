@@ -6,14 +6,26 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use http::{Method, Request, Response};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::client::Body;
 use sealbroker_operator::crd::SealBroker;
 use sealbroker_operator::kubeapi::{self, Context};
+use sealbroker_operator::signature::{ImageVerifier, RefuseAll, SignatureError};
 use serde_json::{Value, json};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// Stands in for the registry check (tests/tests/images.rs runs the real
+/// one against a registry): every image is signed by the trusted key.
+struct SignedByTrustedKey;
+
+impl ImageVerifier for SignedByTrustedKey {
+    fn verify<'a>(&'a self, _image: &'a str) -> BoxFuture<'a, Result<(), SignatureError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
 
 /// The hardened example, as the controller finds it after its first
 /// reconcile (with its finalizer).
@@ -232,6 +244,7 @@ async fn reconcile_applies_owned_objects_then_reports_ready() {
     let ctx = Arc::new(Context {
         client,
         now: fixed_now,
+        images: Arc::new(SignedByTrustedKey),
     });
     kubeapi::reconcile(Arc::new(sealbroker()), ctx).await.unwrap();
     let status = tokio::time::timeout(std::time::Duration::from_secs(5), scenario)
@@ -264,6 +277,7 @@ async fn reconcile_without_the_grant_waits_for_the_provisioner() {
     let ctx = Arc::new(Context {
         client,
         now: fixed_now,
+        images: Arc::new(SignedByTrustedKey),
     });
     kubeapi::reconcile(Arc::new(sealbroker()), ctx).await.unwrap();
     let status = scenario.await.unwrap();
@@ -297,6 +311,7 @@ async fn a_namespace_that_was_never_onboarded_gets_a_status_that_says_how() {
     let ctx = Arc::new(Context {
         client,
         now: fixed_now,
+        images: Arc::new(SignedByTrustedKey),
     });
     kubeapi::reconcile(Arc::new(sealbroker()), ctx).await.unwrap();
     let status = scenario.await.unwrap();
@@ -328,6 +343,7 @@ async fn the_first_reconcile_adds_the_finalizer_that_guards_deletion() {
     let ctx = Arc::new(Context {
         client,
         now: fixed_now,
+        images: Arc::new(SignedByTrustedKey),
     });
     // The rest of the reconcile meets a closed API and fails: only the
     // finalizer patch, first of all, is asserted.
@@ -347,6 +363,7 @@ async fn deletion_waits_for_the_served_pods_and_then_removes_the_finalizer() {
     let ctx = Arc::new(Context {
         client,
         now: fixed_now,
+        images: Arc::new(SignedByTrustedKey),
     });
     let action = kubeapi::reconcile(Arc::new(deleting.clone()), ctx.clone())
         .await
@@ -402,6 +419,7 @@ async fn reconcile_of_an_invalid_spec_applies_nothing_and_says_why() {
     let ctx = Arc::new(Context {
         client,
         now: fixed_now,
+        images: Arc::new(SignedByTrustedKey),
     });
     kubeapi::reconcile(Arc::new(sb), ctx).await.unwrap();
     let status = scenario.await.unwrap();
@@ -412,6 +430,67 @@ async fn reconcile_of_an_invalid_spec_applies_nothing_and_says_why() {
             .unwrap()
             .contains("pinned by digest")
     );
+}
+
+/// What the registry check says of an image pushed without a signature.
+struct Unsigned;
+
+impl ImageVerifier for Unsigned {
+    fn verify<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<(), SignatureError>> {
+        Box::pin(async move {
+            Err(SignatureError::Unsigned {
+                image: image.to_owned(),
+                tag: "sha256-....sig".into(),
+            })
+        })
+    }
+}
+
+/// Plays the apiserver for a refused reconcile: the only request allowed is
+/// the status write. Returns the status written.
+async fn only_the_status_is_written(mut handle: Handle) -> Value {
+    let (method, uri, body, send) = next(&mut handle).await;
+    assert_eq!(method, Method::PATCH);
+    assert!(
+        uri.contains("/sealbrokers/openbao/status?"),
+        "only the status is written: {uri}"
+    );
+    ok(
+        send,
+        &json!({"apiVersion": "sealbroker.io/v1alpha1", "kind": "SealBroker", "metadata": {"name": "openbao"}, "spec": serde_json::to_value(sealbroker().spec).unwrap()}),
+    );
+    body["status"].clone()
+}
+
+#[tokio::test]
+async fn reconcile_of_a_hardened_sealbroker_whose_image_is_unsigned_applies_nothing() {
+    for (images, says) in [
+        (Arc::new(Unsigned) as Arc<dyn ImageVerifier>, "is not signed"),
+        (
+            Arc::new(RefuseAll(
+                "the operator was started without --image-trust-key".into(),
+            )),
+            "without --image-trust-key",
+        ),
+    ] {
+        let (client, handle) = client();
+        let scenario = tokio::spawn(only_the_status_is_written(handle));
+        let ctx = Arc::new(Context {
+            client,
+            now: fixed_now,
+            images,
+        });
+        kubeapi::reconcile(Arc::new(sealbroker()), ctx).await.unwrap();
+        let status = scenario.await.unwrap();
+        assert_eq!(status["conditions"][0]["status"], "False", "{status}");
+        assert_eq!(status["conditions"][0]["reason"], "InvalidSpec", "{status}");
+        let message = status["conditions"][0]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("spec.image: the Hardened profile runs only images signed"),
+            "{message}"
+        );
+        assert!(message.contains(says), "{message}");
+    }
 }
 
 #[tokio::test]
@@ -623,6 +702,7 @@ async fn reconcile_once(state: &Shared, sb: &SealBroker) -> SealBroker {
     let ctx = Arc::new(Context {
         client,
         now: fixed_now,
+        images: Arc::new(SignedByTrustedKey),
     });
     kubeapi::reconcile(Arc::new(sb.clone()), ctx).await.unwrap();
     // The client is gone with the context: the fake stops after its last answer.

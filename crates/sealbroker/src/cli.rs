@@ -56,6 +56,13 @@ See docs/openbao.md for the in-process mode (config_file) and every seal option.
     /// Work with the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Copy this binary to DEST (mode 0755): the operator's init container
+    /// installs the KMS plugin for OpenBao this way, from an image with no `cp`.
+    #[command(name = "install-plugin")]
+    InstallPlugin {
+        /// Where OpenBao's plugin directory wants the binary.
+        dest: PathBuf,
+    },
     /// The PKCS#11 helper process (isolation = "process"): started by the
     /// broker with a socket on stdin, never by hand.
     #[command(name = "pkcs11-helper", hide = true)]

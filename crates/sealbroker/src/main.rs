@@ -9,6 +9,29 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Copies the running binary to `dest` through a temporary file beside it,
+/// so OpenBao never sees a half-written plugin.
+fn install_plugin(dest: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // Without /proc (a bare chroot), the absolute path it was started by.
+    let source = std::env::current_exe().or_else(|e| {
+        std::env::args_os()
+            .next()
+            .map(std::path::PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .ok_or(e)
+    })?;
+    let name = dest
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("names no file"))?;
+    let mut partial = name.to_owned();
+    partial.push(".partial");
+    let partial = dest.with_file_name(partial);
+    std::fs::copy(&source, &partial)?;
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&partial, dest)
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     if let cli::Command::Pkcs11Helper = cli.command {
@@ -36,6 +59,13 @@ fn main() -> ExitCode {
                 serve::audit_verify(file.as_deref(), config.as_deref()).await
             }
             cli::Command::Pkcs11Helper => Ok(sealbroker_backend_pkcs11::helper::serve_stdin()),
+            cli::Command::InstallPlugin { dest } => match install_plugin(&dest) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    eprintln!("sealbroker: install-plugin {}: {e}", dest.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            },
         }
     });
     match result {
