@@ -47,9 +47,9 @@ failed=0
 count=0
 for dir in "$here"/*/; do
   name=$(basename "$dir")
-  # Overlays: the top-level directories with a kustomization, but crd/ and base/.
+  # Overlays: the top-level directories with a kustomization, but crd/, base/ and images/.
   [ -f "$dir/kustomization.yaml" ] || continue
-  case $name in base | crd) continue ;; esac
+  case $name in base | crd | images) continue ;; esac  # images: a component, rendered through hardened
   count=$((count + 1))
   if rendered=$("${render[@]}" "$dir" 2>&1); then
     objects=$(grep -c '^kind:' <<<"$rendered" || true)
