@@ -30,6 +30,7 @@ pub mod kubeapi;
 pub mod policy;
 pub mod render;
 pub mod rotation;
+pub mod seeds;
 pub mod signature;
 pub mod status;
 pub mod validation;

@@ -52,6 +52,20 @@ enum Command {
     Manifests(FileArg),
     /// Validate a SealBroker as the admission webhook does.
     Check(FileArg),
+    /// Print the OpenBaoCluster fragment for the seeds' operator
+    /// (dc-tec/openbao-operator): a `type: kms` entry in spec.plugins and
+    /// spec.unseal of type kms, naming this SealBroker's socket, key and
+    /// plugin digest (docs/operator.md, "Next to an existing OpenBao operator").
+    #[command(
+        name = "openbao-cluster",
+        after_help = "Examples:
+  sealbroker-operator openbao-cluster -f sealbroker.yaml \
+    --plugin-image registry.example/sealbroker-kms-plugin@sha256:<digest>
+  sealbroker-operator openbao-cluster -f sealbroker.yaml      # command: sealbroker, from the init container
+
+With --plugin-image OpenBao downloads the plugin itself (plugin_auto_download); deploy/images.env has the digest. The pods must still carry the labels spec.openbao.selector matches, so the sidecar and its socket are injected."
+    )]
+    OpenbaoCluster(OpenBaoClusterArgs),
     /// Verify an image's signature as the controller does under Hardened:
     /// exits 0 when a signature by the trusted key names the image's
     /// repository and digest, 1 (saying why) otherwise.
@@ -112,6 +126,16 @@ struct FileArg {
     /// SealBroker YAML file ("-" for stdin).
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
+}
+
+#[derive(Args)]
+struct OpenBaoClusterArgs {
+    #[command(flatten)]
+    input: FileArg,
+    /// The KMS plugin image, pinned by digest, for OpenBao to download;
+    /// without it the fragment names `command: sealbroker`.
+    #[arg(long, value_name = "REPOSITORY@sha256:DIGEST")]
+    plugin_image: Option<String>,
 }
 
 #[derive(Args)]
@@ -369,6 +393,13 @@ fn main() -> ExitCode {
             let mut objects = desired::controller_objects(&sb);
             objects.extend(desired::access_grant(&sb));
             print!("{}", desired::to_yaml(&objects));
+        }),
+        Command::OpenbaoCluster(args) => checked(&args.input.file).and_then(|sb| {
+            let source = match &args.plugin_image {
+                Some(image) => sealbroker_operator::seeds::PluginSource::Image(image),
+                None => sealbroker_operator::seeds::PluginSource::Command,
+            };
+            sealbroker_operator::seeds::openbao_cluster_fragment(&sb, source).map(|text| print!("{text}"))
         }),
         Command::Check(args) => checked(&args.file).map(|sb| {
             println!(

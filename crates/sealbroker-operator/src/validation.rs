@@ -54,7 +54,7 @@ fn is_object_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 253 && name.split('.').all(|part| is_label(part, 63))
 }
 
-fn is_sha256_hex(text: &str) -> bool {
+pub fn is_sha256_hex(text: &str) -> bool {
     text.len() == 64
         && text
             .bytes()
