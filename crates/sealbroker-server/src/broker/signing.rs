@@ -146,6 +146,21 @@ impl Broker {
         }
     }
 
+    /// Runs one backend call for `key` under the request timeout, its
+    /// failure named with the key's backend.
+    async fn on_backend<T>(
+        &self,
+        what: &str,
+        key: &str,
+        signing: &SigningKey,
+        call: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, Error> {
+        self.bounded(what, key, async move {
+            call.await.map_err(|e| Self::backend_error(signing, key, e))
+        })
+        .await
+    }
+
     /// Signs `input` with `key` (at `version`, else its primary).
     pub async fn sign(
         &self,
@@ -159,15 +174,8 @@ impl Broker {
             self.policy().acls.check(&call.caller, Operation::Sign, key)?;
             let signing = self.signing_key(key, version)?;
             let scheme = Self::scheme_for(&signing, key, scheme, &input)?;
-            let signing_ref = &signing;
             let signature = self
-                .bounded("sign", key, async move {
-                    signing_ref
-                        .backend
-                        .sign(scheme, input)
-                        .await
-                        .map_err(|e| Self::backend_error(signing_ref, key, e))
-                })
+                .on_backend("sign", key, &signing, signing.backend.sign(scheme, input))
                 .await?;
             Ok(Signature {
                 key_name: key.to_owned(),
@@ -201,15 +209,13 @@ impl Broker {
             self.policy().acls.check(&call.caller, Operation::Verify, key)?;
             let signing = self.signing_key(key, version)?;
             let scheme = Self::scheme_for(&signing, key, scheme, &input)?;
-            let signing_ref = &signing;
             let valid = self
-                .bounded("verify", key, async move {
-                    signing_ref
-                        .backend
-                        .verify(scheme, input, signature)
-                        .await
-                        .map_err(|e| Self::backend_error(signing_ref, key, e))
-                })
+                .on_backend(
+                    "verify",
+                    key,
+                    &signing,
+                    signing.backend.verify(scheme, input, signature),
+                )
                 .await?;
             Ok(Verdict {
                 key_name: key.to_owned(),
@@ -247,15 +253,8 @@ impl Broker {
                 acls.check(&call.caller, Operation::Verify, key)?;
             }
             let signing = self.signing_key(key, version)?;
-            let signing_ref = &signing;
             let public = self
-                .bounded("public key", key, async move {
-                    signing_ref
-                        .backend
-                        .public_key()
-                        .await
-                        .map_err(|e| Self::backend_error(signing_ref, key, e))
-                })
+                .on_backend("public key", key, &signing, signing.backend.public_key())
                 .await?;
             Ok(PublicKeyOf {
                 key_name: key.to_owned(),
@@ -285,15 +284,13 @@ impl Broker {
         let body = async {
             self.policy().acls.check(&call.caller, Operation::Encrypt, key)?;
             let signing = self.signing_key(key, version)?;
-            let signing_ref = &signing;
             let ciphertext = self
-                .bounded("encrypt", key, async move {
-                    signing_ref
-                        .backend
-                        .encrypt_asymmetric(plaintext.expose())
-                        .await
-                        .map_err(|e| Self::backend_error(signing_ref, key, e))
-                })
+                .on_backend(
+                    "encrypt",
+                    key,
+                    &signing,
+                    signing.backend.encrypt_asymmetric(plaintext.expose()),
+                )
                 .await?;
             Ok(Ciphertext {
                 key_name: key.to_owned(),
@@ -322,15 +319,13 @@ impl Broker {
         let body = async {
             self.policy().acls.check(&call.caller, Operation::Decrypt, key)?;
             let signing = self.signing_key(key, version)?;
-            let signing_ref = &signing;
             let plaintext = self
-                .bounded("decrypt", key, async move {
-                    signing_ref
-                        .backend
-                        .decrypt_asymmetric(ciphertext)
-                        .await
-                        .map_err(|e| Self::backend_error(signing_ref, key, e))
-                })
+                .on_backend(
+                    "decrypt",
+                    key,
+                    &signing,
+                    signing.backend.decrypt_asymmetric(ciphertext),
+                )
                 .await?;
             Ok(Opened {
                 key_name: key.to_owned(),
