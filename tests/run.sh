@@ -52,7 +52,7 @@ if [ "${CI:-}" = "true" ] || [ -n "${SEALBROKER_FUZZ:-}" ]; then
   CARGO_TARGET_DIR="$PWD/target/fuzz" bash backends/kmip/fuzz/run.sh "$seconds" 2>&1 | tail -n 12
   echo "== fuzz: PKCS#11 helper protocol for ${seconds}s" >&2
   CARGO_TARGET_DIR="$PWD/target/fuzz" bash backends/pkcs11/fuzz/run.sh "$seconds" 2>&1 | tail -n 12
-  echo "== fuzz: blob decoder and key ring unwrap, ${seconds}s each" >&2
+  echo "== fuzz: blob decoder, key ring unwrap, External Keys decoders, ${seconds}s each" >&2
   CARGO_TARGET_DIR="$PWD/target/fuzz" bash crates/sealbroker-core/fuzz/run.sh "$seconds" 2>&1 | tail -n 30
   echo "== fuzz: transit HTTP, KMS v2, KMS plugin, config parser, KMIP door, ${seconds}s each" >&2
   CARGO_TARGET_DIR="$PWD/target/fuzz" bash crates/sealbroker-server/fuzz/run.sh "$seconds" 2>&1 | tail -n 30

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the blob decoder and the key ring's unwrap for a bounded time each,
+# Fuzzes the blob decoder, the key ring's unwrap and the External Keys
+# decoders (ECDSA DER, raw public keys, EC params) for a bounded time each,
 # for CI. Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
 # The first build takes a few minutes.
 #
@@ -15,7 +16,7 @@ cd "$(dirname "$0")"
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(blob_decode keyring_unwrap)
+[ ${#targets[@]} -gt 0 ] || targets=(blob_decode keyring_unwrap signing_decode)
 for target in "${targets[@]}"; do
   echo "== fuzz $target for ${seconds}s" >&2
   mkdir -p "corpus/$target" "artifacts/$target"

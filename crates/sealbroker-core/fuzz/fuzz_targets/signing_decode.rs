@@ -1,0 +1,47 @@
+//! Throws arbitrary bytes at the External Keys decoders in
+//! `sealbroker_core::signing`: DER ECDSA signatures (from OpenBao's Verify),
+//! raw public keys (from a token or the PKCS#11 helper) and EC parameters.
+//! None may panic. What the ECDSA decoder accepts re-encodes and decodes to
+//! the same `r || s`; a public key it accepts reads back to itself.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sealbroker_core::KeyAlgorithm;
+use sealbroker_core::signing::{
+    PublicKey, algorithm_of_ec_params, ec_params_der, ecdsa_der_from_raw, ecdsa_raw_from_der,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let algorithm = KeyAlgorithm::ALL[usize::from(selector) % KeyAlgorithm::ALL.len()];
+
+    for field_len in [32, 48] {
+        if let Ok(raw) = ecdsa_raw_from_der(rest, field_len) {
+            assert_eq!(raw.len(), 2 * field_len);
+            let der = ecdsa_der_from_raw(&raw, field_len).expect("a decoded signature re-encodes");
+            assert_eq!(
+                ecdsa_raw_from_der(&der, field_len).expect("a re-encoded signature decodes"),
+                raw
+            );
+        }
+        // Any r || s of the right length encodes; the result decodes back.
+        if rest.len() == 2 * field_len {
+            let der = ecdsa_der_from_raw(rest, field_len).expect("r || s of the right length encodes");
+            assert_eq!(ecdsa_raw_from_der(&der, field_len).unwrap(), rest);
+        }
+    }
+
+    if let Some(found) = algorithm_of_ec_params(rest) {
+        assert_eq!(ec_params_der(found).as_deref(), Some(rest), "EC params are one DER OID");
+    }
+
+    if let Ok(key) = PublicKey::from_raw(algorithm, rest.to_vec()) {
+        assert_eq!(key.algorithm, algorithm);
+        let again = PublicKey::from_raw(algorithm, key.raw().to_vec()).expect("raw() reads back");
+        assert!(again == key, "raw() of {algorithm} does not read back to the same key");
+        assert!(key.pem().starts_with("-----BEGIN PUBLIC KEY-----\n"));
+    }
+});
