@@ -9,6 +9,8 @@
 # (images/release-build.sh prints it). OUT_DIR gets:
 #   layout/        the OCI image layout, tagged broker, operator, kms-plugin
 #   digests.env    each image's manifest digest and the plugin binary's SHA-256
+#   sbom/          each image's CycloneDX SBOM (images/sbom.py), named by tag:
+#                  broker.cdx.json, operator.cdx.json, kms-plugin.cdx.json
 #
 # Images (linux/amd64, user 65532:65532, no shell, nothing written to the
 # root filesystem):
@@ -30,6 +32,10 @@ out=$2
 for tool in umoci tar sha256sum dpkg-query; do
   command -v "$tool" >/dev/null || { echo "images: $tool is missing (bash tests/peers/install.sh installs it)" >&2; exit 1; }
 done
+python3 -c 'import cyclonedx' 2>/dev/null || {
+  echo "images: python3 has no cyclonedx-python-lib for the SBOMs (bash tests/peers/install.sh installs it; source its env)" >&2
+  exit 1
+}
 for bin in sealbroker sealbroker-operator; do
   [ -x "$bin_dir/$bin" ] || { echo "images: $bin_dir/$bin is missing: run images/release-build.sh" >&2; exit 1; }
 done
@@ -164,6 +170,20 @@ assert len(tags) == 1, f"tag {sys.argv[2]} found {len(tags)} times"
 print(tags[0]["digest"])
 EOF
 }
+# --- the SBOMs, one per image, naming it by digest ----------------------------
+rm -rf "$out/sbom"
+mkdir -p "$out/sbom"
+sbom() { # TAG TITLE then sbom.py arguments
+  local tag=$1 title=$2
+  shift 2
+  python3 "$here/sbom.py" --out "$out/sbom/$tag.cdx.json" --image "$title" --digest "$(manifest_digest "$tag")" \
+    --created "$created" --revision "$revision" --source "$source_url" "$@"
+}
+sbom broker sealbroker --base "$here/base-packages.txt" --binary /usr/local/bin/sealbroker "$bin_dir/sealbroker" sealbroker
+sbom operator sealbroker-operator --base "$here/base-packages.txt" \
+  --binary /usr/local/bin/sealbroker-operator "$bin_dir/sealbroker-operator" sealbroker-operator
+sbom kms-plugin sealbroker-kms-plugin --binary /sealbroker "$bin_dir/sealbroker" sealbroker
+
 {
   echo "# Written by images/build.sh; deploy/images.env is a copy (images/pin.sh)."
   echo "SEALBROKER_IMAGE_DIGEST=$(manifest_digest broker)"

@@ -4,6 +4,8 @@ the signature as an OCI image layout that skopeo pushes beside the image.
 
     python3 images/sign.py keygen KEY_PREFIX PASSPHRASE_FILE
     python3 images/sign.py sign KEY PASSPHRASE_FILE REFERENCE DIGEST OUT_LAYOUT
+    python3 images/sign.py attach-sbom DIGEST SBOM_FILE OUT_LAYOUT
+    python3 images/sign.py sign-blob KEY PASSPHRASE_FILE FILE SIGNATURE_FILE
 
 `keygen` writes KEY_PREFIX.key (ECDSA P-256, PKCS#8 PEM encrypted with the
 passphrase) and KEY_PREFIX.pub (PEM SPKI, what verifiers are given).
@@ -15,6 +17,18 @@ OCI layout whose tag `sha256-<hex>.sig` holds the payload as its one layer
 and the signature in the layer's `dev.cosignproject.cosign/signature`
 annotation. Pushed to REFERENCE:sha256-<hex>.sig, it is what
 `cosign verify --key KEY.pub` and `sealbroker-operator verify-image` read.
+
+`attach-sbom` writes OUT_LAYOUT tagged `sha256-<hex>.sbom` (the tag cosign's
+`attach sbom` uses) holding SBOM_FILE, the image's CycloneDX SBOM
+(images/build.sh writes them), as its one layer. It prints the tag and the
+attachment's manifest digest; `sign` that digest like an image's, so the
+SBOM is signed too. It refuses an SBOM that names another image digest.
+
+`sign-blob` signs a file, the plugin binary, and writes the signature as
+`cosign sign-blob --key` does: base64 of the DER ECDSA P-256/SHA-256
+signature over the file's bytes. `cosign verify-blob --key KEY.pub`,
+`openssl dgst -sha256 -verify KEY.pub` (after base64 -d) and
+`sealbroker-operator verify-blob` check it.
 
 Why not cosign or skopeo: cosign is not packaged in Debian, and Debian's
 skopeo 1.9 is built with sigstore signing disabled ("Debian-local change").
@@ -33,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 PAYLOAD_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
+SBOM_TYPE = "application/vnd.cyclonedx+json"
 
 
 def read_passphrase(path: str) -> bytes:
@@ -72,15 +87,24 @@ def canonical(value) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
-def sign(key_file: str, passphrase_file: str, reference: str, digest: str, layout: str) -> None:
+def check_digest(digest: str) -> None:
     if not digest.startswith("sha256:") or len(digest) != 71:
         sys.exit(f"sign: {digest!r} is not a sha256:<64 hex> manifest digest")
-    if "@" in reference or reference.rsplit("/", 1)[-1].count(":"):
-        sys.exit(f"sign: {reference!r} must name a repository, without tag or digest")
+
+
+def load_key(key_file: str, passphrase_file: str):
     with open(key_file, "rb") as f:
         key = serialization.load_pem_private_key(f.read(), read_passphrase(passphrase_file))
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         sys.exit(f"sign: {key_file} is not an ECDSA P-256 key")
+    return key
+
+
+def sign(key_file: str, passphrase_file: str, reference: str, digest: str, layout: str) -> None:
+    check_digest(digest)
+    if "@" in reference or reference.rsplit("/", 1)[-1].count(":"):
+        sys.exit(f"sign: {reference!r} must name a repository, without tag or digest")
+    key = load_key(key_file, passphrase_file)
     payload = canonical(
         {
             "critical": {
@@ -93,10 +117,18 @@ def sign(key_file: str, passphrase_file: str, reference: str, digest: str, layou
     )
     signature = base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
 
+    tag = digest.replace(":", "-") + ".sig"
+    write_layout(layout, tag, payload, PAYLOAD_TYPE, {SIGNATURE_ANNOTATION: signature})
+    print(tag)
+
+
+def write_layout(layout: str, tag: str, content: bytes, media_type: str, annotations: dict) -> str:
+    """An OCI layout whose one manifest, tagged `tag`, carries `content` as
+    its one layer (the cosign attachment shape); returns the manifest digest."""
     os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
     with open(os.path.join(layout, "oci-layout"), "w") as f:
         f.write('{"imageLayoutVersion":"1.0.0"}')
-    layer = blob(layout, payload)
+    layer = blob(layout, content)
     config = blob(
         layout,
         canonical(
@@ -108,20 +140,16 @@ def sign(key_file: str, passphrase_file: str, reference: str, digest: str, layou
             }
         ),
     )
+    layer_descriptor = {"mediaType": media_type, **layer}
+    if annotations:
+        layer_descriptor["annotations"] = annotations
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-        "layers": [
-            {
-                "mediaType": PAYLOAD_TYPE,
-                **layer,
-                "annotations": {SIGNATURE_ANNOTATION: signature},
-            }
-        ],
+        "layers": [layer_descriptor],
     }
     manifest_blob = blob(layout, canonical(manifest))
-    tag = digest.replace(":", "-") + ".sig"
     index = {
         "schemaVersion": 2,
         "manifests": [
@@ -134,7 +162,31 @@ def sign(key_file: str, passphrase_file: str, reference: str, digest: str, layou
     }
     with open(os.path.join(layout, "index.json"), "wb") as f:
         f.write(canonical(index))
-    print(tag)
+    return manifest_blob["digest"]
+
+
+def attach_sbom(digest: str, sbom_file: str, layout: str) -> None:
+    check_digest(digest)
+    with open(sbom_file, "rb") as f:
+        sbom = f.read()
+    document = json.loads(sbom)
+    if document.get("bomFormat") != "CycloneDX":
+        sys.exit(f"sign: {sbom_file} is not a CycloneDX document")
+    if document.get("metadata", {}).get("component", {}).get("version") != digest:
+        sys.exit(f"sign: {sbom_file} describes another image, not {digest}")
+    tag = digest.replace(":", "-") + ".sbom"
+    manifest = write_layout(layout, tag, sbom, SBOM_TYPE, {})
+    print(tag, manifest)
+
+
+def sign_blob(key_file: str, passphrase_file: str, file: str, signature_file: str) -> None:
+    key = load_key(key_file, passphrase_file)
+    with open(file, "rb") as f:
+        data = f.read()
+    signature = base64.b64encode(key.sign(data, ec.ECDSA(hashes.SHA256()))).decode()
+    with open(signature_file, "w") as f:
+        f.write(signature + "\n")
+    print(signature_file)
 
 
 def main() -> int:
@@ -142,6 +194,10 @@ def main() -> int:
         keygen(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 7 and sys.argv[1] == "sign":
         sign(*sys.argv[2:])
+    elif len(sys.argv) == 5 and sys.argv[1] == "attach-sbom":
+        attach_sbom(*sys.argv[2:])
+    elif len(sys.argv) == 6 and sys.argv[1] == "sign-blob":
+        sign_blob(*sys.argv[2:])
     else:
         print(__doc__, file=sys.stderr)
         return 2

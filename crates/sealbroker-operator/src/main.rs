@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use sealbroker_operator::crd::SealBroker;
 use sealbroker_operator::render::{self, Layout, paths};
-use sealbroker_operator::signature::{ImageVerifier, RefuseAll, RegistryVerifier, TrustedKey};
+use sealbroker_operator::signature::{ImageVerifier, RefuseAll, RegistryVerifier, TrustedKey, verify_blob};
 use sealbroker_operator::{desired, kubeapi, validation, webhook};
 
 #[derive(Parser)]
@@ -73,6 +73,26 @@ With --plugin-image OpenBao downloads the plugin itself (plugin_auto_download); 
         after_help = "Example:\n  sealbroker-operator verify-image --image-trust-key cosign.pub \\\n    registry.example/sealbroker@sha256:<digest>"
     )]
     VerifyImage(VerifyImageArgs),
+    /// Verify a detached signature over a file, the released plugin binary:
+    /// exits 0 when the signature (base64, as `images/sign.py sign-blob` and
+    /// `cosign sign-blob --key` write it) verifies over the file's bytes with
+    /// the trusted key, 1 (saying why) otherwise.
+    #[command(after_help = "Example (docs/install.md, \"Signing\"):
+  sealbroker-operator verify-blob --key release.pub --signature sealbroker.sig sealbroker
+  sha256sum sealbroker      # then pin this in OpenBao's plugin \"kms\" stanza")]
+    VerifyBlob(VerifyBlobArgs),
+}
+
+#[derive(Args)]
+struct VerifyBlobArgs {
+    /// The ECDSA P-256 public key (PEM) that made the release.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The signature file (base64 DER).
+    #[arg(long, value_name = "FILE")]
+    signature: PathBuf,
+    /// The file it signs.
+    file: PathBuf,
 }
 
 #[derive(Args)]
@@ -423,6 +443,31 @@ fn main() -> ExitCode {
                 }
                 Err(refusal) => {
                     eprintln!("sealbroker-operator: refused: {refusal}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Command::VerifyBlob(args) => {
+            let read = |path: &PathBuf| {
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+            };
+            let verdict = read(&args.key)
+                .and_then(|pem| {
+                    TrustedKey::from_pem(&String::from_utf8_lossy(&pem)).map_err(|e| format!("--key: {e}"))
+                })
+                .and_then(|key| {
+                    let signature = read(&args.signature)?;
+                    let data = read(&args.file)?;
+                    verify_blob(&key, &data, &String::from_utf8_lossy(&signature))
+                        .map_err(|why| format!("{}: {why}", args.file.display()))
+                });
+            return match verdict {
+                Ok(()) => {
+                    println!("{} is signed by the trusted key", args.file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    eprintln!("sealbroker-operator: refused: {why}");
                     ExitCode::from(1)
                 }
             };

@@ -185,6 +185,19 @@ pub fn verify_payload(
     Ok(())
 }
 
+/// Checks a detached signature over a file's bytes, in `cosign sign-blob
+/// --key`'s format (base64 of the DER ECDSA P-256/SHA-256 signature), as
+/// `images/sign.py sign-blob` makes it for the released plugin binary.
+/// Returns why not.
+pub fn verify_blob(key: &TrustedKey, data: &[u8], signature_b64: &str) -> Result<(), String> {
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(signature_b64.trim())
+        .map_err(|e| format!("the signature is not base64 ({e})"))?;
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &key.point)
+        .verify(data, &signature)
+        .map_err(|_| "the signature does not verify with the trusted key over these bytes".to_owned())
+}
+
 /// Decides whether an image may run. The controller asks it for every
 /// Hardened SealBroker before applying anything.
 pub trait ImageVerifier: Send + Sync {
@@ -507,6 +520,27 @@ mod tests {
                 "{refused}"
             );
         }
+    }
+
+    #[test]
+    fn a_detached_signature_verifies_only_over_the_signed_bytes_with_the_trusted_key() {
+        let (pair, key) = key_pair();
+        let binary = b"\x7fELF the plugin binary".to_vec();
+        let signature = sign(&pair, &binary);
+        verify_blob(&key, &binary, &signature).unwrap();
+        verify_blob(&key, &binary, &format!("{signature}\n")).unwrap();
+
+        let mut tampered = binary.clone();
+        tampered[5] ^= 1;
+        let err = verify_blob(&key, &tampered, &signature).unwrap_err();
+        assert!(err.contains("does not verify"), "{err}");
+
+        let (_, other) = key_pair();
+        let err = verify_blob(&other, &binary, &signature).unwrap_err();
+        assert!(err.contains("does not verify"), "{err}");
+
+        let err = verify_blob(&key, &binary, "not base64!").unwrap_err();
+        assert!(err.contains("not base64"), "{err}");
     }
 
     #[test]
