@@ -12,13 +12,17 @@
 #                            binary through panic locations and line tables)
 #                            become /build/sealbroker and /cargo;
 #   CARGO_INCREMENTAL=0      no incremental state;
-#   SOURCE_DATE_EPOCH        the commit's time, for any build script that stamps one.
+#   SOURCE_DATE_EPOCH        the last input commit's time, for any build script that stamps one.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 export CARGO_INCREMENTAL=0
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
+# The time of the last commit that changed an input, as images/build.sh
+# takes it: a commit that only pins digests in deploy/ (or touches docs or
+# tests) changes neither the binaries nor the time, so nothing rebuilds.
+inputs=(Cargo.toml Cargo.lock crates backends proto images)
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct -- "${inputs[@]}" 2>/dev/null || echo 0)}
 export RUSTFLAGS="--remap-path-prefix=$root=/build/sealbroker --remap-path-prefix=$cargo_home=/cargo"
 echo "release-build: cargo build --release --locked -p sealbroker -p sealbroker-operator (RUSTFLAGS=$RUSTFLAGS)" >&2
 cargo build --release --locked -p sealbroker -p sealbroker-operator >&2
