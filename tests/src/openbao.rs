@@ -7,14 +7,59 @@
 use std::fs;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use sealbroker_testkit::openbao::{BaoServer, raft_hcl, raft_node_hcl};
 
 pub use sealbroker_testkit::openbao::{BaoLaunch, bao_bin};
 
 use crate::{free_port, sealbroker_bin};
+
+/// Runs `bao server -config=CONFIG` in `dir` with only PATH, HOME and `env`,
+/// for a start that must end by itself (a refused stanza or plugin): waits
+/// for it to exit, at most 60 s, and returns its exit status and output
+/// (kept in `dir/bao-refused.log` for the secret sweep). Panics, with the
+/// output and `what`, when it is still running after 60 s.
+pub fn bao_server_until_exit(
+    dir: &Path,
+    config: &Path,
+    env: &[(&str, &Path)],
+    what: &str,
+) -> (ExitStatus, String) {
+    let log = dir.join("bao-refused.log");
+    let out = fs::File::create(&log).unwrap();
+    let mut child = Command::new(bao_bin())
+        .arg("server")
+        .arg(format!("-config={}", config.display()))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "bao server kept running on {what}:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    crate::sweep::keep(&log);
+    (status, fs::read_to_string(&log).unwrap_or_default())
+}
 
 /// Copies the sealbroker binary into `plugin_dir`; returns its sha256.
 pub fn install_plugin(plugin_dir: &Path) -> String {

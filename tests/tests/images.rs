@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sealbroker_e2e::openbao::{BaoConfig, OpenBao, bao_bin};
+use sealbroker_e2e::openbao::{BaoConfig, OpenBao, bao_server_until_exit};
 use sealbroker_e2e::*;
 
 const PIN: &str = "images-e2e-pin-6143";
@@ -385,41 +385,6 @@ fn openbao_downloads_the_plugin_image_by_digest_and_auto_unseals_through_it() {
     bao.stop();
 }
 
-/// Runs `bao server` on `config` until it exits (at most 60 s): its exit
-/// status and output.
-fn bao_until_exit(config: &BaoConfig) -> (std::process::ExitStatus, String) {
-    let log = config.dir.join("bao-refused.log");
-    let out = fs::File::create(&log).unwrap();
-    let mut child = Command::new(bao_bin())
-        .arg("server")
-        .arg(format!("-config={}", config.path.display()))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &config.dir)
-        .current_dir(&config.dir)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "bao server kept running on a tampered plugin image:\n{}",
-                fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    (status, fs::read_to_string(&log).unwrap())
-}
-
 #[test]
 fn openbao_refuses_a_plugin_image_whose_layer_was_tampered_with() {
     let images = Images::get();
@@ -439,7 +404,7 @@ fn openbao_refuses_a_plugin_image_whose_layer_was_tampered_with() {
     let image = format!("{}/sealbroker-kms-plugin@{digest}", registry.host());
     let sha = images.digest("SEALBROKER_PLUGIN_SHA256");
     let config = oci_plugin_config(dir.path(), &image, sha, Path::new("/nonexistent.toml"));
-    let (status, logs) = bao_until_exit(&config);
+    let (status, logs) = bao_server_until_exit(&config.dir, &config.path, &[], "a tampered plugin image");
     assert!(!status.success(), "{logs}");
     assert!(
         logs.contains("Error downloading plugins") && logs.contains("kms-sealbroker"),

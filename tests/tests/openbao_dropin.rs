@@ -298,39 +298,9 @@ fn openbao_2_7_with_a_stock_pkcs11_stanza_inits_restarts_and_auto_unseals_throug
 /// Runs `bao server` (2.7.2) on `config`, which must fail at start-up;
 /// returns its output.
 fn start_fails(dir: &Path, config: &Path, env: &[(&str, &Path)]) -> String {
-    let log = dir.join("bao-refused.log");
-    let out = fs::File::create(&log).unwrap();
-    let mut child = Command::new(sealbroker_e2e::openbao::bao_bin())
-        .arg("server")
-        .arg(format!("-config={}", config.display()))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "OpenBao kept running on a bad seal stanza:\n{}",
-                fs::read_to_string(&log).unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let text = fs::read_to_string(&log).unwrap();
+    let (status, text) =
+        sealbroker_e2e::openbao::bao_server_until_exit(dir, config, env, "a bad seal stanza");
     assert!(!status.success(), "OpenBao started on a bad seal stanza:\n{text}");
-    sweep::keep(&log);
     text
 }
 
