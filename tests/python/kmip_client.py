@@ -7,7 +7,12 @@ a client certificate with the clientAuth usage), for tests/tests/kmip_door.rs.
             operations, and an AES-GCM encrypt/decrypt round trip with a
             tampered ciphertext;
             encrypt: only an Encrypt under KEY_NAME, reporting a refusal at
-            TLS or by the server.
+            TLS or by the server;
+            oaep PUBLIC_KEY_DER: KEY_NAME is an RSA encryption key pair with
+            OAEP/SHA-1 (SoftHSM2's only OAEP hash): locate both halves, read
+            their attributes, encrypt to either, decrypt with the private
+            key, decrypt what `cryptography` encrypted to PUBLIC_KEY_DER,
+            and the refusals.
 
 Prints one JSON object with what the server answered, for the Rust test to
 assert on; exits non-zero only when PyKMIP itself fails unexpectedly.
@@ -85,6 +90,69 @@ def encrypt_only(client_args, name):
             pass
 
 
+OAEP = {
+    "cryptographic_algorithm": enums.CryptographicAlgorithm.RSA,
+    "padding_method": enums.PaddingMethod.OAEP,
+    "hashing_algorithm": enums.HashingAlgorithm.SHA_1,
+}
+
+
+def attribute_values(client, uid, names):
+    _, attributes = client.get_attributes(uid, names)
+    values = {}
+    for a in attributes:
+        value = a.attribute_value
+        if a.attribute_name.value == "Name":
+            values["Name"] = value.name_value.value
+        elif hasattr(value, "value") and hasattr(value.value, "name"):
+            values[a.attribute_name.value] = value.value.name
+        else:
+            values[a.attribute_name.value] = value.value
+    return values
+
+
+def oaep(client, name, public_key_der, out):
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    factory = AttributeFactory()
+    located = lambda n: client.locate(attributes=[factory.create_attribute(enums.AttributeType.NAME, n)])
+    out["located_private"] = located(name)
+    out["located_public"] = located(name + "/public")
+    out["located_signer"] = located("signer")
+    # PyKMIP cannot parse a Link attribute value (its attribute factory
+    # raises NotImplementedError), so the links are only listed by name.
+    names = ["Name", "Object Type", "Cryptographic Algorithm", "Cryptographic Length"]
+    out["private_attribute_list"] = sorted(client.get_attribute_list(name))
+    private, public = name, name + "/public"
+    out["private_attributes"] = attribute_values(client, private, names)
+    out["public_attributes"] = attribute_values(client, public, names)
+
+    to_public, _ = client.encrypt(b"to the public key", uid=public, cryptographic_parameters=OAEP)
+    out["ciphertext_len"] = len(to_public)
+    out["decrypted_public"] = client.decrypt(to_public, uid=private, cryptographic_parameters=OAEP).decode()
+    to_private, _ = client.encrypt(b"to the private uid", uid=private)
+    out["decrypted_private"] = client.decrypt(to_private, uid=private).decode()
+    again, _ = client.encrypt(b"to the public key", uid=public, cryptographic_parameters=OAEP)
+    out["randomised"] = again != to_public
+
+    with open(public_key_der, "rb") as f:
+        key = serialization.load_der_public_key(f.read())
+    outside = key.encrypt(b"made by cryptography",
+                          padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None))
+    out["decrypted_outside"] = client.decrypt(outside, uid=private, cryptographic_parameters=OAEP).decode()
+
+    tampered = bytearray(to_public)
+    tampered[len(tampered) // 2] ^= 1
+    out["tampered"] = refusal(lambda: client.decrypt(bytes(tampered), uid=private, cryptographic_parameters=OAEP))
+    out["decrypt_with_public"] = refusal(lambda: client.decrypt(to_public, uid=public))
+    sha256 = dict(OAEP, hashing_algorithm=enums.HashingAlgorithm.SHA_256)
+    out["wrong_hash"] = refusal(lambda: client.encrypt(b"x", uid=public, cryptographic_parameters=sha256))
+    out["gcm_on_pair"] = refusal(lambda: client.encrypt(b"x", uid=public, cryptographic_parameters=GCM))
+    out["get_private"] = refusal(lambda: client.get(private))
+    out["signer_attributes"] = refusal(lambda: client.get_attributes("signer", ["Name"]))
+
+
 def main(argv):
     port, cert, key, ca, version, name = argv[1:7]
     mode = argv[7] if len(argv) > 7 else "all"
@@ -103,6 +171,11 @@ def main(argv):
         kmip_version=VERSIONS[version],
     )
     out = {}
+    if mode == "oaep":
+        with client:
+            oaep(client, name, argv[8], out)
+        print(json.dumps(out))
+        return
     with client:
         discovered = client.proxy.discover_versions()
         out["discover_status"] = discovered.result_status.value.name

@@ -14,6 +14,11 @@ const PIN: &str = "kmip-door-pin-3318";
 /// `dns:openbao.test`) and `hidden` (granted to someone else), served only
 /// through the KMIP door on `port`.
 fn kmip_config(dir: &Path, hsm: &SoftHsmToken, pki: &Pki, port: u16) -> PathBuf {
+    kmip_config_with(dir, hsm, pki, port, "")
+}
+
+/// [`kmip_config`] with more `[keys.NAME]` tables.
+fn kmip_config_with(dir: &Path, hsm: &SoftHsmToken, pki: &Pki, port: u16, more_keys: &str) -> PathBuf {
     let text = format!(
         r#"profile = "hardened"
 [log]
@@ -33,6 +38,7 @@ allow = {{ wrap = ["dns:openbao.test"], unwrap = ["dns:openbao.test"] }}
 backend = "hsm"
 key_label = "unseal-key"
 allow = {{ any = ["dns:someone-else.test"] }}
+{more_keys}
 {audit}"#,
         audit = audit_toml(dir, "unseal"),
         cert = pki.server_cert.display(),
@@ -107,7 +113,7 @@ async fn pykmip_queries_locates_and_reads_attributes_but_never_gets_key_material
         );
         assert_eq!(
             at("object_types"),
-            serde_json::json!(["SYMMETRIC_KEY"]),
+            serde_json::json!(["SYMMETRIC_KEY", "PUBLIC_KEY", "PRIVATE_KEY"]),
             "{version}"
         );
         assert_eq!(at("located"), serde_json::json!(["unseal"]), "{version}: {out}");
@@ -393,4 +399,175 @@ async fn malformed_ttlv_gets_an_invalid_message_answer_or_a_closed_connection() 
     let granted = pykmip(&pki, port, "2.0", "unseal");
     assert_eq!(granted["decrypted"], "kmip door plaintext", "{granted}");
     daemon.terminate();
+}
+
+/// An RSA-2048 encryption key pair on SoftHSM2 behind the door: PyKMIP
+/// finds the Private Key by name and its Public Key as `NAME/public`,
+/// linked both ways; RSA-OAEP encrypts to either and decrypts with the
+/// private key, also what `cryptography` encrypted to the token's public
+/// key outside sealbroker. A signing key pair is not served over KMIP.
+#[tokio::test]
+async fn pykmip_encrypts_and_decrypts_with_an_rsa_oaep_key_pair_on_the_hsm() {
+    let dir = tempfile::tempdir().unwrap();
+    let hsm = SoftHsmToken::create(&dir.path().join("hsm"), "kmipdoor", "unseal-key", PIN);
+    let pki = Pki::create(&dir.path().join("pki"));
+    let port = free_port();
+    // SoftHSM2 does OAEP with SHA-1 only.
+    let config = kmip_config_with(
+        dir.path(),
+        &hsm,
+        &pki,
+        port,
+        r#"[keys.pair]
+backend = "hsm"
+key_label = "pair"
+algorithm = "rsa-2048"
+mechanism = "RSA_PKCS_OAEP"
+rsa_oaep_hash = "sha1"
+allow = { encrypt = ["dns:openbao.test"], decrypt = ["dns:openbao.test"] }
+[keys.signer]
+backend = "hsm"
+key_label = "signer"
+algorithm = "ecdsa-p256"
+allow = { sign = ["dns:openbao.test"], verify = ["dns:openbao.test"] }
+"#,
+    );
+    for key in ["pair", "signer"] {
+        let out = run_cli(
+            &["keygen", "--config", config.to_str().unwrap(), "--key", key],
+            b"",
+            &[("SOFTHSM2_CONF", hsm.conf.as_path())],
+        );
+        assert!(
+            out.status.success(),
+            "keygen {key}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The public key as the token holds it, read by OpenSC, not by us.
+    let public_der = dir.path().join("pair-public.der");
+    let out = Command::new("pkcs11-tool")
+        .args(["--module", SOFTHSM_MODULE, "--token-label", "kmipdoor"])
+        .args([
+            "--read-object",
+            "--type",
+            "pubkey",
+            "--label",
+            "pair",
+            "--output-file",
+        ])
+        .arg(&public_der)
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let daemon = Daemon::serve(&config, Some(&hsm), &dir.path().join("daemon.log")).await;
+
+    for version in ["1.4", "2.0"] {
+        let out = pykmip_as(
+            &pki.client_cert,
+            &pki.client_key,
+            &pki.ca,
+            port,
+            &[version, "pair", "oaep", public_der.to_str().unwrap()],
+        );
+        assert_eq!(
+            out["located_private"],
+            serde_json::json!(["pair"]),
+            "{version}: {out}"
+        );
+        assert_eq!(
+            out["located_public"],
+            serde_json::json!(["pair/public"]),
+            "{version}: {out}"
+        );
+        assert_eq!(out["located_signer"], serde_json::json!([]), "{version}: {out}");
+        assert_eq!(
+            out["private_attributes"],
+            serde_json::json!({
+                "Name": "pair",
+                "Object Type": "PRIVATE_KEY",
+                "Cryptographic Algorithm": "RSA",
+                "Cryptographic Length": 2048,
+            }),
+            "{version}: {out}"
+        );
+        assert_eq!(
+            out["public_attributes"],
+            serde_json::json!({
+                "Name": "pair/public",
+                "Object Type": "PUBLIC_KEY",
+                "Cryptographic Algorithm": "RSA",
+                "Cryptographic Length": 2048,
+            }),
+            "{version}: {out}"
+        );
+        // PyKMIP cannot parse a Link's value; it sees that there is one (the
+        // door's unit tests check its value).
+        assert!(
+            out["private_attribute_list"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!("Link")),
+            "{version}: {out}"
+        );
+        // One RSA-2048 block, randomised, and it opens.
+        assert_eq!(out["ciphertext_len"], 256, "{version}: {out}");
+        assert_eq!(out["randomised"], true, "{version}: {out}");
+        assert_eq!(out["decrypted_public"], "to the public key", "{version}: {out}");
+        assert_eq!(out["decrypted_private"], "to the private uid", "{version}: {out}");
+        assert_eq!(
+            out["decrypted_outside"], "made by cryptography",
+            "{version}: {out}"
+        );
+        assert_eq!(
+            out["tampered"]["reason"], "CRYPTOGRAPHIC_FAILURE",
+            "{version}: {out}"
+        );
+        assert_eq!(
+            out["decrypt_with_public"]["reason"], "ILLEGAL_OPERATION",
+            "{version}: {out}"
+        );
+        assert_eq!(out["wrong_hash"]["reason"], "INVALID_FIELD", "{version}: {out}");
+        assert!(
+            out["wrong_hash"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("OAEP with sha1"),
+            "{out}"
+        );
+        assert_eq!(out["gcm_on_pair"]["reason"], "INVALID_FIELD", "{version}: {out}");
+        assert_eq!(
+            out["get_private"]["reason"], "PERMISSION_DENIED",
+            "{version}: {out}"
+        );
+        assert_eq!(
+            out["signer_attributes"]["reason"], "ITEM_NOT_FOUND",
+            "{version}: {out}"
+        );
+        assert!(
+            out["signer_attributes"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("signing key pair"),
+            "{out}"
+        );
+    }
+    daemon.terminate();
+
+    // Every RSA-OAEP operation is audited as the door's, under its grant.
+    let lines = audit_lines(dir.path());
+    let count = |op: &str, outcome: &str| {
+        lines
+            .iter()
+            .filter(|(door, who, o, res)| {
+                door == "kmip" && who == "tls:dns:openbao.test" && o == op && res == outcome
+            })
+            .count()
+    };
+    // Per version: three encrypts, three decrypts that open, one tampered.
+    assert_eq!(count("encrypt", "ok"), 6, "{lines:#?}");
+    assert_eq!(count("decrypt", "ok"), 6, "{lines:#?}");
+    assert_eq!(count("decrypt", "FailedPrecondition"), 2, "{lines:#?}");
 }

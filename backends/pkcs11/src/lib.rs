@@ -903,6 +903,20 @@ impl Backend for Pkcs11Key {
         self.key.selector.algorithm
     }
 
+    fn oaep_hash(&self) -> Option<sealbroker_core::OaepHash> {
+        let selector = &self.key.selector;
+        match (selector.algorithm, selector.mechanism) {
+            (Some(_), MechanismName::RsaPkcsOaep) => Some(match selector.oaep_hash {
+                OaepHash::Sha1 => sealbroker_core::OaepHash::Sha1,
+                OaepHash::Sha224 => sealbroker_core::OaepHash::Sha224,
+                OaepHash::Sha256 => sealbroker_core::OaepHash::Sha256,
+                OaepHash::Sha384 => sealbroker_core::OaepHash::Sha384,
+                OaepHash::Sha512 => sealbroker_core::OaepHash::Sha512,
+            }),
+            _ => None,
+        }
+    }
+
     async fn public_key(&self) -> Result<PublicKey, BackendError> {
         if self.key.selector.algorithm.is_none() {
             return Err(BackendError::new(

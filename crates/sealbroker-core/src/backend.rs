@@ -104,6 +104,13 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// For an RSA encryption key pair (one that answers
+    /// [`Backend::encrypt_asymmetric`]), the OAEP hash it uses; `None` for
+    /// every other key. Known from the settings.
+    fn oaep_hash(&self) -> Option<crate::signing::OaepHash> {
+        None
+    }
+
     /// The public half of an asymmetric key.
     async fn public_key(&self) -> Result<PublicKey, BackendError> {
         Err(not_asymmetric(self.kind()))

@@ -26,5 +26,5 @@ pub use error::{BackendError, BackendErrorKind, BlobError, Code, Error};
 pub use keyring::{KeyId, KeyInfo, KeyRing, KeyVersion, LogicalKey, Member, Unwrapped, WrapPolicy, Wrapped};
 pub use kind::{BackendKind, KeygenError, OpenedBackend};
 pub use secret::SecretBytes;
-pub use signing::{Hash, KeyAlgorithm, PublicKey, SignInput, SignScheme};
+pub use signing::{Hash, KeyAlgorithm, OaepHash, PublicKey, SignInput, SignScheme};
 pub use stock::{StanzaError, StockBlob, StockSeal, StockStanza};

@@ -94,6 +94,36 @@ impl fmt::Display for KeyAlgorithm {
     }
 }
 
+/// The hash of an RSA-OAEP encryption key pair (and of its MGF1), fixed
+/// per key: what a caller that names one (KMIP's Cryptographic Parameters)
+/// is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OaepHash {
+    Sha1,
+    Sha224,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl OaepHash {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OaepHash::Sha1 => "sha1",
+            OaepHash::Sha224 => "sha224",
+            OaepHash::Sha256 => "sha256",
+            OaepHash::Sha384 => "sha384",
+            OaepHash::Sha512 => "sha512",
+        }
+    }
+}
+
+impl fmt::Display for OaepHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A hash a signature scheme uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Hash {

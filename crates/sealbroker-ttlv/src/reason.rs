@@ -16,6 +16,7 @@ impl ResultReason {
     pub const INVALID_FIELD: Self = ResultReason(0x07);
     pub const FEATURE_NOT_SUPPORTED: Self = ResultReason(0x08);
     pub const CRYPTOGRAPHIC_FAILURE: Self = ResultReason(0x0A);
+    pub const ILLEGAL_OPERATION: Self = ResultReason(0x0B);
     pub const PERMISSION_DENIED: Self = ResultReason(0x0C);
     pub const NOT_EXTRACTABLE: Self = ResultReason(0x17);
     pub const OBJECT_DESTROYED: Self = ResultReason(0x36);

@@ -5,16 +5,41 @@
 //! It may not panic, and whatever arrives gets a KMIP Response Message that
 //! decodes, whose header counts its batch items, and that never carries a
 //! Response Payload for Get or Export (key material never leaves).
+//!
+//! The fixture holds no RSA key pair, so the RSA-OAEP request reader is
+//! also run directly on every structure the bytes decode to: it may not
+//! panic, and what it accepts is the structure's Data.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sealbroker_server::broker::caller::{Call, Caller, Door};
-use sealbroker_server::doors::kmip::KmipDoor;
+use sealbroker_core::OaepHash;
+use sealbroker_server::doors::kmip::{KmipDoor, message};
 use sealbroker_server_fuzz::fixture;
 use sealbroker_ttlv::{Item, Value, operation, tag};
 
+/// Every structure in `item`, depth first.
+fn structures<'a>(item: &'a Item, out: &mut Vec<&'a [Item]>) {
+    if let Some(fields) = item.items() {
+        out.push(fields);
+        for field in fields {
+            structures(field, out);
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
+    if let Ok(request) = Item::decode(data) {
+        let mut found = Vec::new();
+        structures(&request, &mut found);
+        for payload in found {
+            if let Ok(plaintext) = message::parse_rsa_crypt(payload, OaepHash::Sha1, "fuzz") {
+                let data = payload.iter().find(|i| i.tag == tag::DATA).map(|i| &i.value);
+                assert_eq!(data, Some(&Value::ByteString(plaintext.to_vec())));
+            }
+        }
+    }
     let fixture = fixture();
     let door = KmipDoor::new(fixture.broker.clone());
     let call = Call::new(

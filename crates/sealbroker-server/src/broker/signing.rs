@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use sealbroker_core::{
-    Backend, BackendError, Error, KeyAlgorithm, PublicKey, SecretBytes, SignInput, SignScheme,
+    Backend, BackendError, Error, KeyAlgorithm, OaepHash, PublicKey, SecretBytes, SignInput, SignScheme,
 };
 
 use super::acl::Operation;
@@ -71,6 +71,18 @@ done!(PublicKeyOf);
 done!(Ciphertext);
 done!(Opened);
 
+/// What kind of key a name holds, from its primary version, for doors that
+/// present keys by kind (KMIP's object types).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyShape {
+    /// A symmetric sealing key (or a ring of them): wrap and unwrap.
+    Sealing,
+    /// A key pair that signs.
+    Signing(KeyAlgorithm),
+    /// An RSA key pair that encrypts with OAEP under this hash.
+    Encryption(KeyAlgorithm, OaepHash),
+}
+
 /// The backend of one asymmetric key version.
 struct SigningKey {
     version: u32,
@@ -80,6 +92,22 @@ struct SigningKey {
 }
 
 impl Broker {
+    /// The shape of `key`'s primary version. Not an ACL check: doors call
+    /// it for keys the caller may already see ([`Broker::list_keys`],
+    /// [`Broker::get_key`]).
+    pub fn key_shape(&self, key: &str) -> Result<KeyShape, Error> {
+        let ring = self.key_ring();
+        let primary = ring.get(key)?.primary();
+        Ok(match primary.members.as_slice() {
+            [member] => match (member.backend.algorithm(), member.backend.oaep_hash()) {
+                (Some(algorithm), Some(hash)) => KeyShape::Encryption(algorithm, hash),
+                (Some(algorithm), None) => KeyShape::Signing(algorithm),
+                (None, _) => KeyShape::Sealing,
+            },
+            _ => KeyShape::Sealing,
+        })
+    }
+
     /// Version `version` (the primary when `None`) of `key`, which must be
     /// an asymmetric key.
     fn signing_key(&self, key: &str, version: Option<u32>) -> Result<SigningKey, Error> {

@@ -22,7 +22,7 @@ pub mod message;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sealbroker_core::{Error, KeyInfo, SecretBytes};
+use sealbroker_core::{BackendErrorKind, Error, KeyAlgorithm, KeyInfo, OaepHash, SecretBytes};
 use sealbroker_ttlv::{DecodeError, HEADER_LEN, Item, ProtocolVersion, ResultReason, enums, operation};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -34,6 +34,7 @@ use self::message::{
 };
 use crate::broker::Broker;
 use crate::broker::caller::{Call, Caller, Door};
+use crate::broker::signing::KeyShape;
 use crate::net::listen::ServeError;
 use crate::net::tls::ServerConn;
 
@@ -239,7 +240,8 @@ impl KmipDoor {
                     .broker
                     .list_keys(call)
                     .iter()
-                    .map(attributes_of)
+                    .flat_map(|info| self.objects_of(info))
+                    .map(|object| object.attributes())
                     .filter(|key| locate.matches(key))
                     .map(|key| key.unique_identifier)
                     .collect();
@@ -260,56 +262,279 @@ impl KmipDoor {
                 Ok(message::get_attribute_list_response(version, &key))
             }
             operation::ENCRYPT => {
-                let request = message::parse_crypt(payload, false)?;
-                let uid = request.unique_identifier.as_str();
-                let made_iv = match request.iv {
-                    Some(_) => None,
-                    None => Some(random_iv()?),
-                };
-                let iv = request.iv.as_deref().or(made_iv.as_deref()).unwrap_or_default();
-                let plaintext = SecretBytes::copy_from(&request.data);
-                let wrapped = self
-                    .broker
-                    .wrap(call, uid, plaintext, &message::sealed_aad(iv, &request.aad))
-                    .await
-                    .map_err(|e| crypt_refusal(uid, "encrypt with", e))?;
-                Ok(message::encrypt_response(
-                    version,
-                    uid,
-                    &wrapped.blob,
-                    made_iv.as_deref(),
-                    request.tag_length,
-                ))
+                let uid = message::unique_identifier(payload)?;
+                match self.crypt_object(call, &uid)? {
+                    KmipObject::Sealing(_) => self.seal(call, version, payload).await,
+                    KmipObject::PrivateKey { name, hash, .. } | KmipObject::PublicKey { name, hash, .. } => {
+                        let data = self.rsa_data(call, &name, hash, &uid, payload)?;
+                        let sealed = self
+                            .broker
+                            .encrypt_asymmetric(call, &name, None, SecretBytes::copy_from(&data))
+                            .await
+                            .map_err(|e| rsa_refusal(&uid, "encrypt with", e))?;
+                        Ok(message::encrypt_response(
+                            version,
+                            &uid,
+                            &sealed.ciphertext,
+                            None,
+                            None,
+                        ))
+                    }
+                }
             }
             operation::DECRYPT => {
-                let request = message::parse_crypt(payload, true)?;
-                let uid = request.unique_identifier.as_str();
-                let iv = request.iv.as_deref().unwrap_or_default();
-                let blob = message::blob_of(&request);
-                let opened = self
-                    .broker
-                    .unwrap(call, uid, &blob, &message::sealed_aad(iv, &request.aad))
-                    .await
-                    .map_err(|e| crypt_refusal(uid, "decrypt with", e))?;
-                Ok(message::decrypt_response(
-                    uid,
-                    Zeroizing::new(opened.plaintext.into_unprotected_vec()),
-                ))
+                let uid = message::unique_identifier(payload)?;
+                match self.crypt_object(call, &uid)? {
+                    KmipObject::Sealing(_) => self.open(call, payload).await,
+                    KmipObject::PublicKey { name, .. } if self.broker.get_key(call, &name).is_ok() => {
+                        Err(Refusal::new(
+                            ResultReason::ILLEGAL_OPERATION,
+                            format!(
+                                "{uid:?} is a public key, which only encrypts; decrypt with its private key {name:?}"
+                            ),
+                        ))
+                    }
+                    KmipObject::PrivateKey { name, hash, .. } | KmipObject::PublicKey { name, hash, .. } => {
+                        let data = self.rsa_data(call, &name, hash, &uid, payload)?;
+                        let opened = self
+                            .broker
+                            .decrypt_asymmetric(call, &name, None, &data)
+                            .await
+                            .map_err(|e| rsa_refusal(&uid, "decrypt with", e))?;
+                        Ok(message::decrypt_response(
+                            &uid,
+                            Zeroizing::new(opened.plaintext.into_unprotected_vec()),
+                        ))
+                    }
+                }
             }
             other => Err(refusal_of(other)),
         }
     }
 
-    /// The key with `unique_identifier`, when the caller may use it. An
-    /// unknown key and a key the caller may not use read the same.
-    fn key(&self, call: &Call, unique_identifier: &str) -> Result<KeyAttributes, Refusal> {
-        match self.broker.get_key(call, unique_identifier) {
-            Ok(info) => Ok(attributes_of(&info)),
-            Err(Error::UnknownKey(_) | Error::PermissionDenied { .. }) => Err(Refusal::new(
+    /// An AES-GCM Encrypt: the broker's Wrap, bound to the IV and AAD.
+    async fn seal(
+        &self,
+        call: &Call,
+        version: ProtocolVersion,
+        payload: &[sealbroker_ttlv::Item],
+    ) -> Result<Vec<sealbroker_ttlv::Item>, Refusal> {
+        let request = message::parse_crypt(payload, false)?;
+        let uid = request.unique_identifier.as_str();
+        let made_iv = match request.iv {
+            Some(_) => None,
+            None => Some(random_iv()?),
+        };
+        let iv = request.iv.as_deref().or(made_iv.as_deref()).unwrap_or_default();
+        let plaintext = SecretBytes::copy_from(&request.data);
+        let wrapped = self
+            .broker
+            .wrap(call, uid, plaintext, &message::sealed_aad(iv, &request.aad))
+            .await
+            .map_err(|e| crypt_refusal(uid, "encrypt with", e))?;
+        Ok(message::encrypt_response(
+            version,
+            uid,
+            &wrapped.blob,
+            made_iv.as_deref(),
+            request.tag_length,
+        ))
+    }
+
+    /// An AES-GCM Decrypt: the broker's Unwrap.
+    async fn open(
+        &self,
+        call: &Call,
+        payload: &[sealbroker_ttlv::Item],
+    ) -> Result<Vec<sealbroker_ttlv::Item>, Refusal> {
+        let request = message::parse_crypt(payload, true)?;
+        let uid = request.unique_identifier.as_str();
+        let iv = request.iv.as_deref().unwrap_or_default();
+        let blob = message::blob_of(&request);
+        let opened = self
+            .broker
+            .unwrap(call, uid, &blob, &message::sealed_aad(iv, &request.aad))
+            .await
+            .map_err(|e| crypt_refusal(uid, "decrypt with", e))?;
+        Ok(message::decrypt_response(
+            uid,
+            Zeroizing::new(opened.plaintext.into_unprotected_vec()),
+        ))
+    }
+
+    /// The KMIP objects a sealbroker key shows as: a sealing key is one
+    /// Symmetric Key; an RSA encryption key pair a Private Key and its
+    /// Public Key, linked; a signing key pair nothing (the door does not
+    /// sign).
+    fn objects_of(&self, info: &KeyInfo) -> Vec<KmipObject> {
+        match self.broker.key_shape(&info.name) {
+            Ok(KeyShape::Sealing) => vec![KmipObject::Sealing(info.name.clone())],
+            Ok(KeyShape::Encryption(algorithm, hash)) => {
+                let pair = |public| KmipObject::pair(&info.name, algorithm, hash, public);
+                vec![pair(false), pair(true)]
+            }
+            Ok(KeyShape::Signing(_)) | Err(_) => Vec::new(),
+        }
+    }
+
+    /// The object `unique_identifier` names, without an ACL check: a key's
+    /// name, or `NAME/public` for an encryption key pair's public key. A
+    /// key with that exact name wins over a pair's public key. `Err` holds
+    /// the name of a signing key pair it names, which the door does not
+    /// serve, or `None`.
+    fn resolve(&self, unique_identifier: &str) -> Result<KmipObject, Option<String>> {
+        match self.broker.key_shape(unique_identifier) {
+            Ok(KeyShape::Sealing) => Ok(KmipObject::Sealing(unique_identifier.to_owned())),
+            Ok(KeyShape::Encryption(algorithm, hash)) => {
+                Ok(KmipObject::pair(unique_identifier, algorithm, hash, false))
+            }
+            Ok(KeyShape::Signing(_)) => Err(Some(unique_identifier.to_owned())),
+            Err(_) => match unique_identifier
+                .strip_suffix(PUBLIC_SUFFIX)
+                .map(|name| (name, self.broker.key_shape(name)))
+            {
+                Some((name, Ok(KeyShape::Encryption(algorithm, hash)))) => {
+                    Ok(KmipObject::pair(name, algorithm, hash, true))
+                }
+                _ => Err(None),
+            },
+        }
+    }
+
+    /// The refusal for a Unique Identifier that names nothing the door
+    /// serves: a signing key pair the caller may see is named as one;
+    /// anything else reads as `otherwise`, so names cannot be probed.
+    fn unserved(&self, call: &Call, signing: Option<String>, otherwise: Refusal) -> Refusal {
+        match signing {
+            Some(name) if self.broker.get_key(call, &name).is_ok() => signing_pair_refusal(&name),
+            _ => otherwise,
+        }
+    }
+
+    /// The object `unique_identifier` names, when the caller may see it. An
+    /// unknown object and one the caller may not see read the same.
+    fn visible(&self, call: &Call, unique_identifier: &str) -> Result<KmipObject, Refusal> {
+        let not_found = || {
+            Refusal::new(
                 ResultReason::ITEM_NOT_FOUND,
                 format!("no object with Unique Identifier {unique_identifier:?} that this client may use"),
-            )),
+            )
+        };
+        let object = self
+            .resolve(unique_identifier)
+            .map_err(|signing| self.unserved(call, signing, not_found()))?;
+        match self.broker.get_key(call, object.key_name()) {
+            Ok(_) => Ok(object),
+            Err(Error::UnknownKey(_) | Error::PermissionDenied { .. }) => Err(not_found()),
             Err(e) => Err(Refusal::new(ResultReason::GENERAL_FAILURE, e.to_string())),
+        }
+    }
+
+    /// The object an Encrypt or Decrypt names. Anything that is not a key
+    /// pair goes to the broker as a sealing key, so a caller without the
+    /// grant, or naming nothing, is refused (and audited) by the broker's
+    /// own check; only a caller who may see a signing key pair is told
+    /// that it is one.
+    fn crypt_object(&self, call: &Call, unique_identifier: &str) -> Result<KmipObject, Refusal> {
+        match self.resolve(unique_identifier) {
+            Ok(object) => Ok(object),
+            Err(Some(name)) if self.broker.get_key(call, &name).is_ok() => Err(signing_pair_refusal(&name)),
+            Err(_) => Ok(KmipObject::Sealing(unique_identifier.to_owned())),
+        }
+    }
+
+    /// The Data of an RSA-OAEP request, its parameters checked against the
+    /// key, for a caller who may see the key; for any other caller none,
+    /// so the broker's check refuses (and audits) before the request's
+    /// shape is judged.
+    fn rsa_data(
+        &self,
+        call: &Call,
+        name: &str,
+        hash: OaepHash,
+        unique_identifier: &str,
+        payload: &[sealbroker_ttlv::Item],
+    ) -> Result<Zeroizing<Vec<u8>>, Refusal> {
+        if self.broker.get_key(call, name).is_ok() {
+            message::parse_rsa_crypt(payload, hash, unique_identifier)
+        } else {
+            Ok(Zeroizing::new(Vec::new()))
+        }
+    }
+
+    fn key(&self, call: &Call, unique_identifier: &str) -> Result<KeyAttributes, Refusal> {
+        self.visible(call, unique_identifier)
+            .map(|object| object.attributes())
+    }
+}
+
+/// Why a signing key pair is not a KMIP object.
+fn signing_pair_refusal(name: &str) -> Refusal {
+    Refusal::new(
+        ResultReason::ITEM_NOT_FOUND,
+        format!(
+            "{name:?} is a signing key pair; sealbroker's KMIP door serves sealing keys and RSA encryption key pairs (sign through the gRPC door)"
+        ),
+    )
+}
+
+/// The suffix of an encryption key pair's public key's Unique Identifier.
+pub const PUBLIC_SUFFIX: &str = "/public";
+
+/// A KMIP object: what a sealbroker key shows as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum KmipObject {
+    /// A sealing key, as an AES-256 Symmetric Key.
+    Sealing(String),
+    /// An RSA encryption key pair's private key: decrypts (and encrypts).
+    PrivateKey { name: String, bits: u32, hash: OaepHash },
+    /// Its public key, `NAME/public`: encrypts.
+    PublicKey { name: String, bits: u32, hash: OaepHash },
+}
+
+impl KmipObject {
+    fn pair(name: &str, algorithm: KeyAlgorithm, hash: OaepHash, public: bool) -> KmipObject {
+        let name = name.to_owned();
+        let bits = algorithm.rsa_bits().unwrap_or_default();
+        if public {
+            KmipObject::PublicKey { name, bits, hash }
+        } else {
+            KmipObject::PrivateKey { name, bits, hash }
+        }
+    }
+
+    /// The sealbroker key behind it.
+    fn key_name(&self) -> &str {
+        match self {
+            KmipObject::Sealing(name)
+            | KmipObject::PrivateKey { name, .. }
+            | KmipObject::PublicKey { name, .. } => name,
+        }
+    }
+
+    fn attributes(&self) -> KeyAttributes {
+        match self {
+            KmipObject::Sealing(name) => attributes_of_sealing(name),
+            KmipObject::PrivateKey { name, bits, .. } => KeyAttributes {
+                unique_identifier: name.clone(),
+                name: name.clone(),
+                object_type: enums::OBJECT_TYPE_PRIVATE_KEY,
+                algorithm: enums::ALGORITHM_RSA,
+                length: i32::try_from(*bits).unwrap_or(i32::MAX),
+                usage: enums::USAGE_DECRYPT,
+                state: enums::STATE_ACTIVE,
+                link: Some((enums::LINK_PUBLIC_KEY, format!("{name}{PUBLIC_SUFFIX}"))),
+            },
+            KmipObject::PublicKey { name, bits, .. } => KeyAttributes {
+                unique_identifier: format!("{name}{PUBLIC_SUFFIX}"),
+                name: format!("{name}{PUBLIC_SUFFIX}"),
+                object_type: enums::OBJECT_TYPE_PUBLIC_KEY,
+                algorithm: enums::ALGORITHM_RSA,
+                length: i32::try_from(*bits).unwrap_or(i32::MAX),
+                usage: enums::USAGE_ENCRYPT,
+                state: enums::STATE_ACTIVE,
+                link: Some((enums::LINK_PRIVATE_KEY, name.clone())),
+            },
         }
     }
 }
@@ -317,15 +542,16 @@ impl KmipDoor {
 /// How a sealbroker key looks over KMIP. The algorithm and length describe
 /// the envelope cipher the broker applies for the key (AES-256-GCM data
 /// keys), not the backend key behind it, which KMIP clients never touch.
-fn attributes_of(info: &KeyInfo) -> KeyAttributes {
+fn attributes_of_sealing(name: &str) -> KeyAttributes {
     KeyAttributes {
-        unique_identifier: info.name.clone(),
-        name: info.name.clone(),
+        unique_identifier: name.to_owned(),
+        name: name.to_owned(),
         object_type: enums::OBJECT_TYPE_SYMMETRIC_KEY,
         algorithm: enums::ALGORITHM_AES,
         length: 256,
         usage: enums::USAGE_ENCRYPT | enums::USAGE_DECRYPT,
         state: enums::STATE_ACTIVE,
+        link: None,
     }
 }
 
@@ -411,6 +637,36 @@ fn crypt_refusal(unique_identifier: &str, doing: &str, error: Error) -> Refusal 
             Refusal::new(ResultReason::INVALID_FIELD, error.to_string())
         }
         other => Refusal::new(ResultReason::GENERAL_FAILURE, other.to_string()),
+    }
+}
+
+/// The refusal for a failed RSA-OAEP Encrypt or Decrypt. A ciphertext
+/// that does not decrypt is a Cryptographic Failure however it failed; a
+/// plaintext too long for the key is an Invalid Field.
+fn rsa_refusal(unique_identifier: &str, doing: &str, error: Error) -> Refusal {
+    match error {
+        Error::Backend { ref source, .. }
+            if matches!(
+                source.kind,
+                BackendErrorKind::NotAuthentic | BackendErrorKind::InvalidInput
+            ) =>
+        {
+            if doing.starts_with("decrypt") {
+                Refusal::new(
+                    ResultReason::CRYPTOGRAPHIC_FAILURE,
+                    format!("the data does not decrypt under {unique_identifier:?} (RSA-OAEP)"),
+                )
+            } else {
+                Refusal::new(
+                    ResultReason::INVALID_FIELD,
+                    format!(
+                        "{unique_identifier:?} cannot encrypt this Data with RSA-OAEP: {}",
+                        source.message
+                    ),
+                )
+            }
+        }
+        other => crypt_refusal(unique_identifier, doing, other),
     }
 }
 

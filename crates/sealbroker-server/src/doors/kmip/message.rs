@@ -9,6 +9,7 @@
 //! both shapes whatever version they name, and responses are written in the
 //! shape of the request's version.
 
+use sealbroker_core::OaepHash;
 use sealbroker_ttlv::{Item, ProtocolVersion, ResultReason, Tag, Value, enums, tag};
 use zeroize::Zeroizing;
 
@@ -300,10 +301,14 @@ pub fn query(payload: &[Item], facts: &ServerFacts<'_>) -> Result<Vec<Item>, Ref
         );
     }
     if functions.contains(&enums::QUERY_OBJECTS) {
-        answer.push(Item::enumeration(
-            tag::OBJECT_TYPE,
-            enums::OBJECT_TYPE_SYMMETRIC_KEY,
-        ));
+        answer.extend(
+            [
+                enums::OBJECT_TYPE_SYMMETRIC_KEY,
+                enums::OBJECT_TYPE_PUBLIC_KEY,
+                enums::OBJECT_TYPE_PRIVATE_KEY,
+            ]
+            .map(|t| Item::enumeration(tag::OBJECT_TYPE, t)),
+        );
     }
     if functions.contains(&enums::QUERY_SERVER_INFORMATION) {
         answer.push(Item::text(tag::VENDOR_IDENTIFICATION, facts.vendor));
@@ -329,6 +334,8 @@ pub struct KeyAttributes {
     /// Cryptographic Usage Mask: what the door lets a client do with it.
     pub usage: i32,
     pub state: u32,
+    /// The other half of a key pair: (Link Type, its Unique Identifier).
+    pub link: Option<(u32, String)>,
 }
 
 /// One attribute: its 1.x name, its 2.0 tag, and its value.
@@ -347,7 +354,7 @@ fn name_value(name: &str) -> Value {
 
 impl KeyAttributes {
     fn all(&self) -> Vec<Attribute> {
-        vec![
+        let mut all = vec![
             Attribute {
                 name: "Unique Identifier",
                 tag: tag::UNIQUE_IDENTIFIER,
@@ -383,7 +390,18 @@ impl KeyAttributes {
                 tag: tag::STATE,
                 value: Value::Enumeration(self.state),
             },
-        ]
+        ];
+        if let Some((link_type, linked)) = &self.link {
+            all.push(Attribute {
+                name: "Link",
+                tag: tag::LINK,
+                value: Value::Structure(vec![
+                    Item::enumeration(tag::LINK_TYPE, *link_type),
+                    Item::text(tag::LINKED_OBJECT_IDENTIFIER, linked.clone()),
+                ]),
+            });
+        }
+        all
     }
 
     /// Whether this key matches one Locate filter attribute (1.x `Attribute`
@@ -657,6 +675,99 @@ pub fn parse_crypt(payload: &[Item], decrypt: bool) -> Result<Crypt, Refusal> {
         tag,
         tag_length,
     })
+}
+
+/// Reads an Encrypt or Decrypt request for an RSA encryption key pair, whose
+/// OAEP hash is `hash`: the Data, once the Cryptographic Parameters (all
+/// optional) are checked to ask for exactly what the key does: Cryptographic
+/// Algorithm RSA, Padding Method OAEP, Hashing Algorithm and Mask Generator
+/// Hashing Algorithm the key's hash, Mask Generator MGF1. No IV, additional
+/// data, tag or streaming: RSA-OAEP has none of them.
+pub fn parse_rsa_crypt(
+    payload: &[Item],
+    hash: OaepHash,
+    unique_identifier: &str,
+) -> Result<Zeroizing<Vec<u8>>, Refusal> {
+    if [tag::CORRELATION_VALUE, tag::INIT_INDICATOR, tag::FINAL_INDICATOR]
+        .iter()
+        .any(|t| find(payload, *t).is_some())
+    {
+        return Err(Refusal::new(
+            ResultReason::FEATURE_NOT_SUPPORTED,
+            "streaming (Correlation Value, Init Indicator, Final Indicator) is not supported; send the data in one request",
+        ));
+    }
+    let not_oaep = |what: String| {
+        Refusal::new(
+            ResultReason::INVALID_FIELD,
+            format!(
+                "{what}: {unique_identifier:?} is an RSA key pair for OAEP with {hash} (and MGF1 with {hash}); ask for that, or leave the Cryptographic Parameters out"
+            ),
+        )
+    };
+    for (field, what) in [
+        (tag::IV_COUNTER_NONCE, "IV/Counter/Nonce"),
+        (
+            tag::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA,
+            "Authenticated Encryption Additional Data",
+        ),
+        (tag::AUTHENTICATED_ENCRYPTION_TAG, "Authenticated Encryption Tag"),
+    ] {
+        if find(payload, field).is_some() {
+            return Err(not_oaep(format!("{what} does not apply to RSA-OAEP")));
+        }
+    }
+    if let Some(params) = find(payload, tag::CRYPTOGRAPHIC_PARAMETERS) {
+        let fields = params
+            .items()
+            .ok_or_else(|| Refusal::invalid("Cryptographic Parameters must be a structure"))?;
+        let expect = |field: Tag, name: &str, allowed: u32| -> Result<(), Refusal> {
+            match find(fields, field).map(|i| &i.value) {
+                None => Ok(()),
+                Some(Value::Enumeration(v)) if *v == allowed => Ok(()),
+                Some(Value::Enumeration(other)) => {
+                    Err(not_oaep(format!("{name} 0x{other:02X} is not offered")))
+                }
+                Some(_) => Err(Refusal::invalid(format!("{name} must be an Enumeration"))),
+            }
+        };
+        expect(
+            tag::CRYPTOGRAPHIC_ALGORITHM,
+            "Cryptographic Algorithm",
+            enums::ALGORITHM_RSA,
+        )?;
+        expect(tag::PADDING_METHOD, "Padding Method", enums::PADDING_OAEP)?;
+        expect(tag::HASHING_ALGORITHM, "Hashing Algorithm", kmip_hash(hash))?;
+        expect(tag::MASK_GENERATOR, "Mask Generator", enums::MASK_GENERATOR_MGF1)?;
+        expect(
+            tag::MASK_GENERATOR_HASHING_ALGORITHM,
+            "Mask Generator Hashing Algorithm",
+            kmip_hash(hash),
+        )?;
+        for (field, name) in [
+            (tag::BLOCK_CIPHER_MODE, "Block Cipher Mode"),
+            (tag::TAG_LENGTH, "Tag Length"),
+        ] {
+            if find(fields, field).is_some() {
+                return Err(not_oaep(format!("{name} does not apply to RSA-OAEP")));
+            }
+        }
+    }
+    match optional_bytes(payload, tag::DATA, "Data")? {
+        Some(data) => Ok(Zeroizing::new(data.to_vec())),
+        None => Err(Refusal::new(ResultReason::MISSING_DATA, "Data is required")),
+    }
+}
+
+/// KMIP's Hashing Algorithm for an OAEP hash.
+pub fn kmip_hash(hash: OaepHash) -> u32 {
+    match hash {
+        OaepHash::Sha1 => enums::HASH_SHA_1,
+        OaepHash::Sha224 => enums::HASH_SHA_224,
+        OaepHash::Sha256 => enums::HASH_SHA_256,
+        OaepHash::Sha384 => enums::HASH_SHA_384,
+        OaepHash::Sha512 => enums::HASH_SHA_512,
+    }
 }
 
 /// The additional data the broker seals with: the IV and the client's

@@ -123,6 +123,7 @@ fn a_locate_filter_on_an_attribute_no_key_has_matches_nothing() {
         length: 256,
         usage: enums::USAGE_ENCRYPT | enums::USAGE_DECRYPT,
         state: enums::STATE_ACTIVE,
+        link: None,
     };
     let filter = |name: &str, value: Item| {
         parse_locate(&[Item::structure(
@@ -156,4 +157,119 @@ fn get_attributes_needs_a_text_unique_identifier() {
     assert_eq!(err.reason, ResultReason::MISSING_DATA);
     let err = parse_get_attributes(&[Item::integer(tag::UNIQUE_IDENTIFIER, 1)]).unwrap_err();
     assert_eq!(err.reason, ResultReason::INVALID_MESSAGE);
+}
+
+fn rsa_request(params: Vec<Item>, extra: Vec<Item>) -> Vec<Item> {
+    let mut payload = vec![Item::text(tag::UNIQUE_IDENTIFIER, "pair")];
+    if !params.is_empty() {
+        payload.push(Item::structure(tag::CRYPTOGRAPHIC_PARAMETERS, params));
+    }
+    payload.push(Item::bytes(tag::DATA, b"the data"));
+    payload.extend(extra);
+    payload
+}
+
+#[test]
+fn an_rsa_request_may_name_exactly_the_keys_oaep_parameters_or_none() {
+    let all = vec![
+        Item::enumeration(tag::CRYPTOGRAPHIC_ALGORITHM, enums::ALGORITHM_RSA),
+        Item::enumeration(tag::PADDING_METHOD, enums::PADDING_OAEP),
+        Item::enumeration(tag::HASHING_ALGORITHM, enums::HASH_SHA_384),
+        Item::enumeration(tag::MASK_GENERATOR, enums::MASK_GENERATOR_MGF1),
+        Item::enumeration(tag::MASK_GENERATOR_HASHING_ALGORITHM, enums::HASH_SHA_384),
+    ];
+    for params in [all, Vec::new()] {
+        let data = parse_rsa_crypt(&rsa_request(params, Vec::new()), OaepHash::Sha384, "pair").unwrap();
+        assert_eq!(&data[..], b"the data");
+    }
+}
+
+#[test]
+fn an_rsa_request_for_another_padding_hash_or_cipher_is_an_invalid_field_naming_the_keys_own() {
+    let cases = [
+        (
+            tag::CRYPTOGRAPHIC_ALGORITHM,
+            enums::ALGORITHM_AES,
+            "Cryptographic Algorithm 0x03",
+        ),
+        (tag::PADDING_METHOD, enums::PADDING_PKCS5, "Padding Method 0x03"),
+        (
+            tag::HASHING_ALGORITHM,
+            enums::HASH_SHA_1,
+            "Hashing Algorithm 0x04",
+        ),
+        (
+            tag::MASK_GENERATOR_HASHING_ALGORITHM,
+            enums::HASH_SHA_512,
+            "Mask Generator Hashing Algorithm 0x08",
+        ),
+        (tag::MASK_GENERATOR, 2, "Mask Generator 0x02"),
+        (
+            tag::BLOCK_CIPHER_MODE,
+            enums::MODE_GCM,
+            "Block Cipher Mode does not apply",
+        ),
+    ];
+    for (field, value, says) in cases {
+        let payload = rsa_request(vec![Item::enumeration(field, value)], Vec::new());
+        let refusal = parse_rsa_crypt(&payload, OaepHash::Sha256, "pair").unwrap_err();
+        assert_eq!(refusal.reason, ResultReason::INVALID_FIELD, "{says}");
+        assert!(refusal.message.contains(says), "{}", refusal.message);
+        assert!(
+            refusal.message.contains("OAEP with sha256"),
+            "{}",
+            refusal.message
+        );
+    }
+}
+
+#[test]
+fn an_rsa_request_with_an_iv_aad_or_tag_or_without_data_is_refused() {
+    for (field, says) in [
+        (tag::IV_COUNTER_NONCE, "IV/Counter/Nonce"),
+        (tag::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, "Additional Data"),
+        (tag::AUTHENTICATED_ENCRYPTION_TAG, "Authenticated Encryption Tag"),
+    ] {
+        let payload = rsa_request(Vec::new(), vec![Item::bytes(field, &[1; 12])]);
+        let refusal = parse_rsa_crypt(&payload, OaepHash::Sha256, "pair").unwrap_err();
+        assert_eq!(refusal.reason, ResultReason::INVALID_FIELD);
+        assert!(refusal.message.contains(says), "{}", refusal.message);
+    }
+    let payload = vec![Item::text(tag::UNIQUE_IDENTIFIER, "pair")];
+    let refusal = parse_rsa_crypt(&payload, OaepHash::Sha256, "pair").unwrap_err();
+    assert_eq!(refusal.reason, ResultReason::MISSING_DATA);
+    let payload = rsa_request(Vec::new(), vec![Item::bytes(tag::CORRELATION_VALUE, &[1])]);
+    let refusal = parse_rsa_crypt(&payload, OaepHash::Sha256, "pair").unwrap_err();
+    assert_eq!(refusal.reason, ResultReason::FEATURE_NOT_SUPPORTED);
+}
+
+#[test]
+fn a_key_pair_half_reports_its_link_to_the_other_half() {
+    let private = KeyAttributes {
+        unique_identifier: "pair".into(),
+        name: "pair".into(),
+        object_type: enums::OBJECT_TYPE_PRIVATE_KEY,
+        algorithm: enums::ALGORITHM_RSA,
+        length: 3072,
+        usage: enums::USAGE_DECRYPT,
+        state: enums::STATE_ACTIVE,
+        link: Some((enums::LINK_PUBLIC_KEY, "pair/public".into())),
+    };
+    let payload = get_attributes_response(ProtocolVersion::V2_0, &private, &[Selector::Tag(tag::LINK)]);
+    assert_eq!(
+        payload,
+        vec![
+            Item::text(tag::UNIQUE_IDENTIFIER, "pair"),
+            Item::structure(
+                tag::ATTRIBUTES,
+                vec![Item::structure(
+                    tag::LINK,
+                    vec![
+                        Item::enumeration(tag::LINK_TYPE, enums::LINK_PUBLIC_KEY),
+                        Item::text(tag::LINKED_OBJECT_IDENTIFIER, "pair/public"),
+                    ]
+                )]
+            ),
+        ]
+    );
 }
