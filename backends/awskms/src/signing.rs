@@ -24,6 +24,9 @@ use crate::{AwsKmsKey, KeyConfig};
 /// The largest message KMS signs with `MessageType = RAW`.
 pub const MAX_RAW_MESSAGE: usize = 4096;
 
+/// The largest signature KMS `Verify` takes; no longer one is valid.
+pub const MAX_SIGNATURE: usize = 6144;
+
 /// The algorithms an AWS key may declare, for error messages.
 const ALGORITHMS: &str = "rsa-2048, rsa-3072, rsa-4096, ecdsa-p256, ecdsa-p384";
 
@@ -346,7 +349,8 @@ impl AwsKmsKey {
         let algorithm = self.refuse_unless_signing()?;
         let spec = signing_algorithm(algorithm, scheme)?;
         let (message_type, message) = message(scheme, input)?;
-        if signature.is_empty() {
+        // Nothing KMS could call valid: a verdict, without asking it.
+        if signature.is_empty() || signature.len() > MAX_SIGNATURE {
             return Ok(false);
         }
         let kms = &self.client.0.kms;

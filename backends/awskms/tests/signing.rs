@@ -532,12 +532,19 @@ async fn kms_invalid_signature_is_a_verdict_and_wrong_usage_is_invalid_input() {
     assert_eq!(sent[0].body["SigningAlgorithm"], "RSASSA_PSS_SHA_384");
     assert_eq!(sent[0].body["MessageType"], "DIGEST");
     assert_eq!(sent[0].body["Signature"], BASE64.encode([7; 256]));
-    // An empty signature is not valid, and KMS is not asked.
-    assert!(
-        !key.verify(SignScheme::RsaPss(Hash::Sha384), SignInput::Digest(&digest), &[])
+    // An empty signature, or one longer than KMS takes, is not valid, and
+    // KMS is not asked.
+    for signature in [vec![], vec![7; 6145]] {
+        assert!(
+            !key.verify(
+                SignScheme::RsaPss(Hash::Sha384),
+                SignInput::Digest(&digest),
+                &signature
+            )
             .await
             .unwrap()
-    );
+        );
+    }
     assert_eq!(requests.lock().unwrap().len(), 1);
 
     let (endpoint, count) = scripted_kms(vec![kms_error("InvalidKeyUsageException")]).await;
