@@ -1,12 +1,14 @@
 //! OpenBao 2.7.2's External Keys through sealbroker: the KMS plugin in
 //! sidecar mode (`endpoint` to a Hardened daemon on SoftHSM2) serves
 //! `sys/external-keys`, so a PKI root CA and a transit signing key live on
-//! the token and never leave it.
+//! the token and never leave it. And the same calls through the gRPC door
+//! on AWS KMS keys (moto), made by `sealbroker keygen`.
 
 use std::fs;
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use sealbroker_e2e::openbao::{BaoConfig, OpenBao};
@@ -424,4 +426,328 @@ async fn openbao_pki_and_transit_sign_with_keys_that_never_leave_the_hsm() {
         count("verify-only", "sign", "PermissionDenied") >= 1,
         "{audit:#?}"
     );
+}
+
+/// moto's KMS on a free loopback port; killed on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start(dir: &Path) -> Moto {
+        let moto = peers_python().with_file_name("moto_server");
+        let port = free_port();
+        let log = fs::File::create(dir.join("moto.log")).unwrap();
+        let mut child = Command::new(&moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", moto.display()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "moto_server exited with {status}:\n{}",
+                    fs::read_to_string(dir.join("moto.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { child, port }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const AWS_SECRET: &str = "aws-external-keys-secret-4471";
+
+/// A Development daemon (moto speaks plain HTTP) on moto's KMS: the
+/// sealing key `unseal`, the CA key `ca` (ECDSA P-384), the signer `signer`
+/// (RSA-2048) and `oaep` (an RSA-2048 encryption pair), each made by
+/// `sealbroker keygen` under its alias.
+fn aws_daemon_config(dir: &Path, moto: &Moto, socket: &Path) -> PathBuf {
+    let creds = dir.join("aws-credentials");
+    fs::write(
+        &creds,
+        format!("[default]\naws_access_key_id = AKIDEXTERNALKEYS\naws_secret_access_key = {AWS_SECRET}\n"),
+    )
+    .unwrap();
+    let key = |name: &str, rest: &str| {
+        format!("[keys.{name}]\nbackend = \"aws\"\nkey_id = \"alias/{name}\"\n{rest}")
+    };
+    let text = format!(
+        "profile = \"development\"\n[server]\nunix_socket = \"{socket}\"\nstate_dir = \"{state}\"\n{audit}\
+         [backends.aws]\ntype = \"awskms\"\nregion = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:{port}\"\n\
+         credentials_file = \"{creds}\"\n{unseal}{ca}{signer}{oaep}",
+        socket = socket.display(),
+        state = dir.join("state").display(),
+        audit = audit_toml(dir, "unseal"),
+        port = moto.port,
+        creds = creds.display(),
+        unseal = key("unseal", ""),
+        ca = key("ca", "algorithm = \"ecdsa-p384\"\n"),
+        signer = key("signer", "algorithm = \"rsa-2048\"\n"),
+        oaep = key(
+            "oaep",
+            "algorithm = \"rsa-2048\"\nmechanism = \"RSA_PKCS_OAEP\"\n"
+        ),
+    );
+    let path = dir.join("daemon.toml");
+    fs::write(&path, text).unwrap();
+    for (key, shape) in [
+        ("unseal", "SYMMETRIC_DEFAULT/ENCRYPT_DECRYPT"),
+        ("ca", "ECC_NIST_P384/SIGN_VERIFY"),
+        ("signer", "RSA_2048/SIGN_VERIFY"),
+        ("oaep", "RSA_2048/ENCRYPT_DECRYPT"),
+    ] {
+        let out = run_cli(
+            &["keygen", "--config", path.to_str().unwrap(), "--key", key],
+            b"",
+            &[],
+        );
+        let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "keygen {key}: {said}");
+        assert!(
+            said.contains(shape)
+                && said.contains(&format!("alias/{key}"))
+                && said.contains("never extractable"),
+            "keygen {key}: {said}"
+        );
+    }
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_kms_keys_sign_verify_and_decrypt_through_the_grpc_door() {
+    use sealbroker_core::{PublicKey, SignInput, SignScheme};
+    use sealbroker_proto::sealbroker::v1::*;
+    use tonic::Code;
+
+    sweep::secret(AWS_SECRET);
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path());
+    let socket = dir.path().join("sb.sock");
+    let config = aws_daemon_config(dir.path(), &moto, &socket);
+    let daemon = Daemon::serve(&config, None, &dir.path().join("daemon.log")).await;
+    let mut c = daemon.unix_client().await;
+    let message = b"release manifest v1.2.3".to_vec();
+    let public_key = |reply: GetPublicKeyResponse| {
+        let public = PublicKey::from_spki_der(&reply.spki_der).unwrap();
+        assert_eq!(public.algorithm.as_str(), reply.algorithm);
+        assert_eq!(public.pem(), reply.pem);
+        public
+    };
+    let sign = |key: &str, scheme: &str| SignRequest {
+        key_name: key.into(),
+        key_version: 0,
+        data: message.clone(),
+        prehashed: false,
+        scheme: scheme.into(),
+    };
+    let verify = |key: &str, version: u32, scheme: &str, signature: &[u8]| VerifyRequest {
+        key_name: key.into(),
+        key_version: version,
+        data: message.clone(),
+        prehashed: false,
+        scheme: scheme.into(),
+        signature: signature.to_vec(),
+    };
+
+    // Message mode (moto hashes a DIGEST again, so digest mode is checked
+    // on the wire in backends/awskms/tests/signing.rs, not here).
+    for (key, scheme, default) in [
+        ("ca", "", "ecdsa-sha384"),
+        ("signer", "", "rsa-pkcs1-sha256"),
+        ("signer", "rsa-pkcs1-sha512", "rsa-pkcs1-sha512"),
+    ] {
+        let public = public_key(
+            c.get_public_key(GetPublicKeyRequest {
+                key_name: key.into(),
+                key_version: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+        );
+        let signed = c.sign(sign(key, scheme)).await.unwrap().into_inner();
+        assert_eq!((signed.key_version, signed.scheme.as_str()), (1, default));
+        let valid = |reply: VerifyResponse| reply.valid;
+        assert!(valid(
+            c.verify(verify(key, 0, scheme, &signed.signature))
+                .await
+                .unwrap()
+                .into_inner()
+        ));
+        let mut changed = signed.signature.clone();
+        *changed.last_mut().unwrap() ^= 1;
+        assert!(!valid(
+            c.verify(verify(key, 0, scheme, &changed))
+                .await
+                .unwrap()
+                .into_inner()
+        ));
+        // The signature is real: ring checks it with the public key alone.
+        let parsed = SignScheme::parse(default).unwrap();
+        assert_eq!(
+            public.verify(parsed, SignInput::Message(&message), &signed.signature),
+            Ok(true),
+            "{key} {default}"
+        );
+    }
+
+    // Refusals: a scheme the key cannot make, a hash AWS does not pair with
+    // the curve, a key that does not sign.
+    for (key, scheme, code, says) in [
+        (
+            "ca",
+            "rsa-pss-sha256",
+            Code::InvalidArgument,
+            "cannot sign with rsa-pss-sha256",
+        ),
+        (
+            "ca",
+            "ecdsa-sha256",
+            Code::InvalidArgument,
+            "only as ecdsa-sha384",
+        ),
+        ("oaep", "", Code::InvalidArgument, "does not sign"),
+        ("unseal", "", Code::FailedPrecondition, "symmetric sealing key"),
+    ] {
+        let status = c.sign(sign(key, scheme)).await.unwrap_err();
+        assert_eq!(status.code(), code, "{key} {scheme}: {status:?}");
+        assert!(status.message().contains(says), "{key} {scheme}: {status:?}");
+    }
+
+    // RSA-OAEP on the encryption pair; a changed ciphertext does not open.
+    let secret = b"card 4111 1111 1111 1111".to_vec();
+    let encrypt = EncryptAsymmetricRequest {
+        key_name: "oaep".into(),
+        key_version: 0,
+        plaintext: secret.clone(),
+    };
+    let first = c.encrypt_asymmetric(encrypt.clone()).await.unwrap().into_inner();
+    let second = c.encrypt_asymmetric(encrypt).await.unwrap().into_inner();
+    assert_ne!(first.ciphertext, second.ciphertext);
+    let decrypt = |ciphertext: Vec<u8>| DecryptAsymmetricRequest {
+        key_name: "oaep".into(),
+        key_version: 0,
+        ciphertext,
+    };
+    for ciphertext in [&first.ciphertext, &second.ciphertext] {
+        let opened = c
+            .decrypt_asymmetric(decrypt(ciphertext.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(opened.plaintext, secret);
+    }
+    let mut changed = first.ciphertext.clone();
+    *changed.last_mut().unwrap() ^= 1;
+    let status = c.decrypt_asymmetric(decrypt(changed)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+
+    // The sealing key made by keygen seals.
+    let wrapped = c
+        .wrap(WrapRequest {
+            key_name: "unseal".into(),
+            plaintext: b"data key".to_vec(),
+            aad: b"aad".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let opened = c
+        .unwrap(UnwrapRequest {
+            blob: wrapped.blob,
+            aad: b"aad".to_vec(),
+            key_name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(opened.plaintext, b"data key");
+
+    // Rotation: version 2 of the signer is a new key pair under
+    // alias/signer-v2; version 1 still verifies what it signed.
+    let before = c.sign(sign("signer", "")).await.unwrap().into_inner();
+    let rotated = c
+        .rotate_key(RotateKeyRequest {
+            key_name: "signer".into(),
+            stage: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(rotated.primary_version, 2);
+    let after = c.sign(sign("signer", "")).await.unwrap().into_inner();
+    assert_eq!(after.key_version, 2);
+    let public_of = |version: u32| GetPublicKeyRequest {
+        key_name: "signer".into(),
+        key_version: version,
+    };
+    let v1 = public_key(c.get_public_key(public_of(1)).await.unwrap().into_inner());
+    let v2 = public_key(c.get_public_key(public_of(2)).await.unwrap().into_inner());
+    assert_ne!(v1, v2);
+    let scheme = SignScheme::RsaPkcs1v15(sealbroker_core::Hash::Sha256);
+    assert_eq!(
+        v2.verify(scheme, SignInput::Message(&message), &after.signature),
+        Ok(true)
+    );
+    assert_eq!(
+        v1.verify(scheme, SignInput::Message(&message), &after.signature),
+        Ok(false)
+    );
+    assert!(
+        c.verify(verify("signer", 1, "", &before.signature))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
+    );
+    assert!(
+        !c.verify(verify("signer", 1, "", &after.signature))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
+    );
+
+    let logs = daemon.logs();
+    daemon.terminate();
+    assert!(
+        !logs.contains(AWS_SECRET),
+        "the AWS secret key reached the daemon's log"
+    );
+    assert!(
+        !logs.contains("4111 1111"),
+        "a decrypted secret reached the daemon's log"
+    );
+    let audit: Vec<serde_json::Value> = fs::read_to_string(audit_log(dir.path()))
+        .unwrap()
+        .lines()
+        .map(json)
+        .collect();
+    let count = |key: &str, operation: &str, outcome: &str| {
+        audit
+            .iter()
+            .filter(|l| l["key"] == key && l["operation"] == operation && l["outcome"] == outcome)
+            .count()
+    };
+    assert_eq!(count("signer", "sign", "ok"), 4, "{audit:#?}");
+    assert_eq!(count("oaep", "decrypt", "ok"), 2, "{audit:#?}");
+    assert_eq!(count("oaep", "decrypt", "FailedPrecondition"), 1, "{audit:#?}");
 }

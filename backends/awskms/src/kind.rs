@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sealbroker_core::{
-    Backend, BackendKind, ConfigError, OpenedBackend, Profile, StanzaError, StockSeal, StockStanza,
-    parse_table,
+    Backend, BackendKind, ConfigError, KeygenError, OpenedBackend, Profile, StanzaError, StockSeal,
+    StockStanza, parse_table,
 };
 
+use crate::signing::Existing;
 use crate::{AwsKmsKey, BackendConfig, KeyConfig, KmsClient, connect};
 
 /// `type = "awskms"`.
@@ -53,11 +54,22 @@ struct Account {
     client: KmsClient,
 }
 
+#[async_trait]
 impl OpenedBackend for Account {
     fn key(&self, settings: &toml::Table, path: &str) -> Result<Arc<dyn Backend>, ConfigError> {
         let key: KeyConfig = parse_table(settings, path)?;
         Ok(Arc::new(
             AwsKmsKey::new(&self.client, &key).map_err(|e| e.under(path))?,
         ))
+    }
+
+    /// A new KMS key of the spec and usage the settings describe
+    /// (`SYMMETRIC_DEFAULT`, `RSA_*` or `ECC_NIST_*`), named by the alias in
+    /// `key_id`. Refuses when the alias already names a key. KMS keys are
+    /// never extractable.
+    async fn create_key(&self, settings: &toml::Table, path: &str) -> Result<String, KeygenError> {
+        let key: KeyConfig = parse_table(settings, path)?;
+        let key = AwsKmsKey::new(&self.client, &key).map_err(|e| e.under(path))?;
+        Ok(key.create_aliased(Existing::Refuse).await?)
     }
 }

@@ -30,11 +30,22 @@
 //! profile, web identity, ECS/EC2 roles), or, with `credentials_file`, only
 //! from that file (the `profile` section, `default` when unset).
 //!
+//! An `algorithm` makes a key asymmetric (External Keys, [`signing`]): a
+//! signing key pair (`SIGN_VERIFY`: RSA PKCS#1 v1.5 and PSS, ECDSA P-256
+//! and P-384) or, with `mechanism = "RSA_PKCS_OAEP"`, an RSA encryption
+//! pair (`ENCRYPT_DECRYPT`, RSA-OAEP with SHA-256 or SHA-1). KMS signs and
+//! decrypts; the private half never leaves it.
+//!
 //! # IAM permissions
 //!
 //! On the key (key policy or IAM policy): `kms:Encrypt`, `kms:Decrypt` and
 //! `kms:DescribeKey` (used by the health check). To pin the encryption
 //! context, add a condition on `kms:EncryptionContextKeys` = `sealbroker-aad`.
+//! Signing keys need `kms:Sign`, `kms:Verify`, `kms:GetPublicKey` and
+//! `kms:DescribeKey`; RSA encryption pairs `kms:Encrypt`, `kms:Decrypt`,
+//! `kms:GetPublicKey` and `kms:DescribeKey`. `sealbroker keygen` and new
+//! versions of asymmetric keys need `kms:CreateKey`, `kms:CreateAlias` and
+//! `kms:ScheduleKeyDeletion` (for a key made twice in a race).
 //!
 //! # Configuration
 //!
@@ -54,9 +65,17 @@
 //! [keys.openbao-unseal]
 //! backend = "aws"
 //! key_id = "alias/openbao-unseal"         # or a key ARN, alias ARN or key id
+//!
+//! [keys.pki-root]                         # an asymmetric key (External Keys)
+//! backend = "aws"
+//! key_id = "alias/pki-root"
+//! algorithm = "ecdsa-p256"                # rsa-2048/3072/4096, ecdsa-p256/p384
+//! # mechanism = "RSA_PKCS_OAEP"           # an RSA encryption pair instead of a signing one
+//! # rsa_oaep_hash = "sha256"              # or "sha1"
 //! ```
 
 mod kind;
+pub mod signing;
 mod stock;
 
 use std::collections::HashMap;
@@ -78,7 +97,10 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::KeyState;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, NewVersion, Sealed, SecretBytes};
+use sealbroker_core::{
+    Backend, BackendError, BackendErrorKind, KeyAlgorithm, Mechanism, NewVersion, PublicKey, Sealed,
+    SecretBytes, SignInput, SignScheme,
+};
 use serde::Deserialize;
 
 pub use sealbroker_retry::RetryConfig;
@@ -113,13 +135,26 @@ pub struct BackendConfig {
     pub retry: RetryConfig,
 }
 
-/// Per-key settings under `[keys.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
+/// Per-key settings under `[keys.NAME]`. `algorithm`, `mechanism` and
+/// `rsa_oaep_hash` are spelled as the PKCS#11 backend spells them.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
-    /// The KMS key: key ARN, key id, alias ARN or `alias/NAME`. A symmetric
-    /// `ENCRYPT_DECRYPT` key.
+    /// The KMS key: key ARN, key id, alias ARN or `alias/NAME`. Without
+    /// `algorithm`, a symmetric `ENCRYPT_DECRYPT` key that seals data keys.
     pub key_id: String,
+    /// Makes this an asymmetric key (External Keys): `rsa-2048`,
+    /// `rsa-3072`, `rsa-4096`, `ecdsa-p256` or `ecdsa-p384`. A signing key
+    /// pair (`SIGN_VERIFY`) unless `mechanism` says otherwise.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    /// `RSA_PKCS_OAEP`: with an RSA `algorithm`, an encryption key pair
+    /// (`ENCRYPT_DECRYPT`) for RSA-OAEP instead of a signing one.
+    #[serde(default)]
+    pub mechanism: Option<MechanismName>,
+    /// RSA-OAEP's hash (and MGF1's): `sha256` (the default) or `sha1`.
+    #[serde(default)]
+    pub rsa_oaep_hash: Option<String>,
 }
 
 /// Config errors name fields relative to this backend's tables; the broker places them under
@@ -127,6 +162,7 @@ pub struct KeyConfig {
 pub use sealbroker_core::ConfigError;
 
 pub use kind::{AwsKmsKind, KIND};
+pub use signing::{MechanismName, OaepHash, Purpose};
 
 fn config_error(field: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::new(field, reason)
@@ -355,6 +391,7 @@ fn access_key_prefix(id: &str) -> String {
 pub struct AwsKmsKey {
     client: KmsClient,
     key_id: String,
+    purpose: Purpose,
     identity: String,
 }
 
@@ -403,11 +440,47 @@ impl AwsKmsKey {
                 ));
             }
         }
-        Ok(AwsKmsKey {
+        let purpose = Purpose::from_config(key)?;
+        Ok(AwsKmsKey::with_purpose(client, key_id, purpose))
+    }
+
+    /// A key already checked. The identity of an asymmetric key names its
+    /// algorithm (and RSA-OAEP), as the PKCS#11 backend's does.
+    fn with_purpose(client: &KmsClient, key_id: &str, purpose: Purpose) -> AwsKmsKey {
+        let region = client.region();
+        let identity = match purpose {
+            Purpose::Seal => format!("awskms:{region}:{key_id}"),
+            Purpose::Sign(algorithm) => format!("awskms:{region}:{key_id}:{algorithm}"),
+            Purpose::Oaep(algorithm, _) => format!("awskms:{region}:{key_id}:{algorithm}:RSA_PKCS_OAEP"),
+        };
+        AwsKmsKey {
             client: client.clone(),
             key_id: key_id.to_owned(),
-            identity: format!("awskms:{}:{key_id}", client.region()),
-        })
+            purpose,
+            identity,
+        }
+    }
+
+    /// What this key is for: sealing, signing, or RSA-OAEP.
+    pub fn purpose(&self) -> Purpose {
+        self.purpose
+    }
+
+    fn refuse_unless_sealing(&self) -> Result<(), BackendError> {
+        match self.purpose {
+            Purpose::Seal => Ok(()),
+            Purpose::Sign(algorithm) => Err(BackendError::new(
+                BackendErrorKind::InvalidInput,
+                format!("this AWS KMS key is an {algorithm} signing key pair; it does not seal"),
+            )),
+            Purpose::Oaep(algorithm, _) => Err(BackendError::new(
+                BackendErrorKind::InvalidInput,
+                format!(
+                    "this AWS KMS key is an {algorithm} encryption key pair; it does RSA-OAEP (EncryptAsymmetric), \
+                     not sealing"
+                ),
+            )),
+        }
     }
 
     /// Refuses a recorded key ARN this key could not have produced, so a
@@ -580,8 +653,12 @@ where
                 ),
                 "InvalidKeyUsageException" => fatal(
                     BackendErrorKind::InvalidInput,
-                    format!("the key is not a symmetric ENCRYPT_DECRYPT key ({text})"),
+                    format!(
+                        "the KMS key's usage does not allow this call; check the key's `algorithm` and `mechanism` \
+                         against the KMS key's KeySpec and KeyUsage ({text})"
+                    ),
                 ),
+                "ValidationException" => fatal(BackendErrorKind::InvalidInput, text),
                 _ if status == 401 || status == 403 => fatal(BackendErrorKind::PermissionDenied, text),
                 _ if status >= 500 => retryable(BackendErrorKind::Unavailable, text, retry_after),
                 _ => fatal(BackendErrorKind::Internal, text),
@@ -677,7 +754,40 @@ impl Backend for AwsKmsKey {
         self.client.0.throttling_retries.load(Ordering::Relaxed)
     }
 
+    fn algorithm(&self) -> Option<KeyAlgorithm> {
+        self.purpose.algorithm()
+    }
+
+    async fn public_key(&self) -> Result<PublicKey, BackendError> {
+        self.public_key_asymmetric().await
+    }
+
+    /// KMS `Sign`: a digest as `DIGEST`, a message as `RAW` (hashed once
+    /// here into a `DIGEST` when longer than KMS takes).
+    async fn sign(&self, scheme: SignScheme, input: SignInput<'_>) -> Result<Vec<u8>, BackendError> {
+        self.sign_asymmetric(scheme, input).await
+    }
+
+    /// KMS `Verify`, for messages and digests alike.
+    async fn verify(
+        &self,
+        scheme: SignScheme,
+        input: SignInput<'_>,
+        signature: &[u8],
+    ) -> Result<bool, BackendError> {
+        self.verify_asymmetric(scheme, input, signature).await
+    }
+
+    async fn encrypt_asymmetric(&self, plaintext: &[u8]) -> Result<Vec<u8>, BackendError> {
+        self.encrypt_oaep(plaintext).await
+    }
+
+    async fn decrypt_asymmetric(&self, ciphertext: &[u8]) -> Result<SecretBytes, BackendError> {
+        self.decrypt_oaep(ciphertext).await
+    }
+
     async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {
+        self.refuse_unless_sealing()?;
         let context = Self::context(aad);
         let kms = &self.client.0.kms;
         let output = self
@@ -705,6 +815,7 @@ impl Backend for AwsKmsKey {
     }
 
     async fn decrypt(&self, sealed: &Sealed, aad: &[u8]) -> Result<SecretBytes, BackendError> {
+        self.refuse_unless_sealing()?;
         if sealed.mechanism != Mechanism::ServiceDefined {
             return Err(BackendError::not_authentic(
                 "the data key was not sealed by AWS KMS (mechanism is not service-defined)",
@@ -734,26 +845,34 @@ impl Backend for AwsKmsKey {
         Ok(SecretBytes::new(plaintext.into_inner()))
     }
 
-    /// Rotates the key material on demand (`RotateKeyOnDemand`, needing
-    /// `kms:RotateKeyOnDemand` and `kms:DescribeKey`). The key id stays the
-    /// same, and KMS keeps every older backing key, so blobs under earlier
-    /// broker versions still open; new broker versions wrap under the new
-    /// material.
-    /// The same KMS key: AWS keeps every generation of its key material
-    /// and picks the right one from the ciphertext, so every broker version
-    /// after a rotation is served by the key the alias points at.
-    fn derive_version(&self, _version: u32) -> Option<NewVersion> {
+    /// Sealing keys: the same KMS key. AWS keeps every generation of its
+    /// key material and picks the right one from the ciphertext, so every
+    /// broker version after a rotation is served by the key the alias
+    /// points at. Asymmetric keys: the key under `alias/NAME-v<version>`.
+    fn derive_version(&self, version: u32) -> Option<NewVersion> {
+        if self.purpose != Purpose::Seal {
+            return self.asymmetric_version(version).ok();
+        }
         Some(NewVersion {
-            backend: Arc::new(AwsKmsKey {
-                client: self.client.clone(),
-                key_id: self.key_id.clone(),
-                identity: self.identity.clone(),
-            }),
+            backend: Arc::new(AwsKmsKey::with_purpose(&self.client, &self.key_id, self.purpose)),
             settings: Default::default(),
         })
     }
 
+    /// Sealing keys: rotates the key material on demand
+    /// (`RotateKeyOnDemand`, needing `kms:RotateKeyOnDemand` and
+    /// `kms:DescribeKey`). The key id stays the same, and KMS keeps every
+    /// older backing key, so blobs under earlier broker versions still open;
+    /// new broker versions wrap under the new material.
+    ///
+    /// Asymmetric keys (whose material KMS cannot rotate): a new KMS key of
+    /// the same spec and usage under `alias/NAME-v<version>` (needing
+    /// `kms:CreateKey`, `kms:CreateAlias` and `kms:DescribeKey`), or the
+    /// one already there.
     async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
+        if self.purpose != Purpose::Seal {
+            return self.create_asymmetric_version(version).await;
+        }
         let kms = &self.client.0.kms;
         // On-demand rotation takes a key id or ARN, never an alias.
         let described = self
@@ -771,17 +890,15 @@ impl Backend for AwsKmsKey {
         .await?;
         tracing::info!(key = %arn, broker_version = version, "rotated the AWS KMS key material on demand");
         Ok(NewVersion {
-            backend: Arc::new(AwsKmsKey {
-                client: self.client.clone(),
-                key_id: self.key_id.clone(),
-                identity: self.identity.clone(),
-            }),
+            backend: Arc::new(AwsKmsKey::with_purpose(&self.client, &self.key_id, self.purpose)),
             settings: Default::default(),
         })
     }
 
-    /// Describes the key first, so a disabled or misconfigured key is named
-    /// plainly, then makes a real round trip.
+    /// Describes the key first, so a disabled key, or one of another spec
+    /// or usage than the config says, is named plainly; then makes a real
+    /// round trip: a seal and open, a signature made and verified by KMS,
+    /// or an RSA-OAEP encryption and decryption.
     async fn health(&self) -> Result<(), BackendError> {
         let kms = &self.client.0.kms;
         let described = self
@@ -797,18 +914,11 @@ impl Backend for AwsKmsKey {
                     format!("AWS KMS key {} is in state {state}, not Enabled", self.key_id),
                 ));
             }
-            if let Some(usage) = meta.key_usage
-                && usage.as_str() != "ENCRYPT_DECRYPT"
-            {
-                return Err(BackendError::new(
-                    BackendErrorKind::InvalidInput,
-                    format!(
-                        "AWS KMS key {} has usage {}, not ENCRYPT_DECRYPT",
-                        self.key_id,
-                        usage.as_str()
-                    ),
-                ));
-            }
+            self.purpose
+                .check_shape(&self.key_id, meta.key_spec.as_ref(), meta.key_usage.as_ref())?;
+        }
+        if self.purpose != Purpose::Seal {
+            return self.probe_asymmetric().await;
         }
         let probe = b"sealbroker health probe";
         let sealed = self.encrypt(probe, b"health").await?;
@@ -865,7 +975,15 @@ mod tests {
     #[tokio::test]
     async fn key_arn_in_another_region_is_refused() {
         let client = connect(&parse("region = \"eu-west-1\"").unwrap()).await.unwrap();
-        let key = |id: &str| AwsKmsKey::new(&client, &KeyConfig { key_id: id.into() });
+        let key = |id: &str| {
+            AwsKmsKey::new(
+                &client,
+                &KeyConfig {
+                    key_id: id.into(),
+                    ..Default::default()
+                },
+            )
+        };
         let err = key("arn:aws:kms:us-east-1:111122223333:key/abc").unwrap_err();
         assert_eq!(err.path, "key_id");
         assert!(err.message.contains("us-east-1"), "{err}");
@@ -889,7 +1007,16 @@ mod tests {
     #[tokio::test]
     async fn recorded_arn_must_fit_the_configured_key() {
         let client = connect(&parse("region = \"eu-west-1\"").unwrap()).await.unwrap();
-        let key = |id: &str| AwsKmsKey::new(&client, &KeyConfig { key_id: id.into() }).unwrap();
+        let key = |id: &str| {
+            AwsKmsKey::new(
+                &client,
+                &KeyConfig {
+                    key_id: id.into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
         let arn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
         key(arn).check_recorded_arn(arn).unwrap();
         key("1234abcd-12ab-34cd-56ef-1234567890ab")

@@ -181,11 +181,7 @@ impl AwsStockSeal {
         };
         // An ARN from another region is for KMS to refuse, as with the
         // stock wrapper; bind the key without the backend's region check.
-        let key = AwsKmsKey {
-            identity: format!("awskms:{}:{}", client.region(), parsed.key_id),
-            client: client.clone(),
-            key_id: parsed.key_id.clone(),
-        };
+        let key = AwsKmsKey::with_purpose(&client, &parsed.key_id, crate::Purpose::Seal);
         let kms = &client.0.kms;
         let described = key
             .call("DescribeKey", &parsed.key_id, || {

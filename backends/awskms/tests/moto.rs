@@ -25,6 +25,7 @@ fn key(client: &KmsClient, key_id: &str) -> AwsKmsKey {
         client,
         &KeyConfig {
             key_id: key_id.into(),
+            ..Default::default()
         },
     )
     .unwrap()

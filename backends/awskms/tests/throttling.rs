@@ -4,23 +4,14 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
 use sealbroker_backend_awskms::{AwsKmsKey, KeyConfig, METADATA_KEY_ARN};
 use sealbroker_core::{Backend, BackendErrorKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const ARN: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
-
-struct Reply {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: String,
-}
 
 fn throttled(retry_after: Option<&str>) -> Reply {
     Reply {
@@ -43,72 +34,19 @@ fn encrypted() -> Reply {
     }
 }
 
-/// Serves `script` in order (the last reply repeats) and counts requests.
-async fn scripted_kms(script: Vec<Reply>) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let count = Arc::new(AtomicUsize::new(0));
-    let seen = count.clone();
-    let script = Arc::new(script);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            let n = seen.fetch_add(1, Ordering::SeqCst);
-            let script = script.clone();
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                // Read the head, then the body by Content-Length.
-                let (head_end, length) = loop {
-                    let read = stream.read(&mut buf).await.unwrap_or(0);
-                    if read == 0 {
-                        return;
-                    }
-                    request.extend_from_slice(&buf[..read]);
-                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
-                        let length = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        break (end + 4, length);
-                    }
-                };
-                while request.len() < head_end + length {
-                    let read = stream.read(&mut buf).await.unwrap_or(0);
-                    if read == 0 {
-                        return;
-                    }
-                    request.extend_from_slice(&buf[..read]);
-                }
-                let reply = &script[n.min(script.len() - 1)];
-                let mut response = format!(
-                    "HTTP/1.1 {} X\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n",
-                    reply.status,
-                    reply.body.len()
-                );
-                for (name, value) in &reply.headers {
-                    response.push_str(&format!("{name}: {value}\r\n"));
-                }
-                response.push_str("\r\n");
-                response.push_str(&reply.body);
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    (endpoint, count)
-}
-
 #[tokio::test]
 async fn throttling_is_retried_then_succeeds() {
     let (endpoint, count) = scripted_kms(vec![throttled(None), throttled(None), encrypted()]).await;
     let creds = credentials();
     let client = client(&endpoint, &creds).await;
-    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    let key = AwsKmsKey::new(
+        &client,
+        &KeyConfig {
+            key_id: ARN.into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(key.throttling_retries(), 0);
     let sealed = key.encrypt(&[7; 32], b"aad").await.unwrap();
     assert_eq!(sealed.metadata[METADATA_KEY_ARN], ARN);
@@ -123,7 +61,14 @@ async fn retry_after_is_honoured() {
     let mut config = backend_config(&endpoint, &creds);
     config.retry.max_backoff_ms = 5_000;
     let client = sealbroker_backend_awskms::connect(&config).await.unwrap();
-    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    let key = AwsKmsKey::new(
+        &client,
+        &KeyConfig {
+            key_id: ARN.into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let started = Instant::now();
     key.encrypt(&[7; 32], b"aad").await.unwrap();
     assert!(
@@ -139,7 +84,14 @@ async fn persistent_throttling_ends_as_throttled_after_bounded_retries() {
     let (endpoint, count) = scripted_kms(vec![throttled(Some("0"))]).await;
     let creds = credentials();
     let client = client(&endpoint, &creds).await;
-    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    let key = AwsKmsKey::new(
+        &client,
+        &KeyConfig {
+            key_id: ARN.into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let err = key.encrypt(&[7; 32], b"aad").await.err().unwrap();
     assert_eq!(err.kind, BackendErrorKind::Throttled, "{err}");
     assert_eq!(err.kind.code(), sealbroker_core::Code::Unavailable);
@@ -160,13 +112,27 @@ async fn server_errors_are_retried_as_unavailable() {
     let (endpoint, count) = scripted_kms(vec![reply(), encrypted()]).await;
     let creds = credentials();
     let client = client(&endpoint, &creds).await;
-    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    let key = AwsKmsKey::new(
+        &client,
+        &KeyConfig {
+            key_id: ARN.into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     key.encrypt(&[7; 32], b"aad").await.unwrap();
     assert_eq!(count.load(Ordering::SeqCst), 2);
 
     let (endpoint, _) = scripted_kms(vec![reply()]).await;
     let client = common::client(&endpoint, &creds).await;
-    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    let key = AwsKmsKey::new(
+        &client,
+        &KeyConfig {
+            key_id: ARN.into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let err = key.encrypt(&[7; 32], b"aad").await.err().unwrap();
     assert_eq!(err.kind, BackendErrorKind::Unavailable, "{err}");
 }
@@ -182,7 +148,14 @@ async fn disabled_key_on_encrypt_is_a_clear_key_error() {
     .await;
     let creds = credentials();
     let client = client(&endpoint, &creds).await;
-    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    let key = AwsKmsKey::new(
+        &client,
+        &KeyConfig {
+            key_id: ARN.into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let err = key.encrypt(&[7; 32], b"aad").await.err().unwrap();
     assert_eq!(err.kind, BackendErrorKind::KeyNotFound, "{err}");
     assert!(err.message.contains("disabled"), "{err}");
@@ -200,7 +173,14 @@ async fn access_denied_is_permission_denied_naming_the_identity() {
     .await;
     let creds = credentials();
     let client = client(&endpoint, &creds).await;
-    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    let key = AwsKmsKey::new(
+        &client,
+        &KeyConfig {
+            key_id: ARN.into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let err = key.encrypt(&[7; 32], b"aad").await.err().unwrap();
     assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
     assert!(err.message.contains("kms:Encrypt"), "{err}");
@@ -219,7 +199,14 @@ async fn a_service_that_never_answers_times_out_at_timeout_ms() {
     config.timeout_ms = 400;
     config.retry.max_backoff_ms = 50;
     let client = sealbroker_backend_awskms::connect(&config).await.unwrap();
-    let key = AwsKmsKey::new(&client, &KeyConfig { key_id: ARN.into() }).unwrap();
+    let key = AwsKmsKey::new(
+        &client,
+        &KeyConfig {
+            key_id: ARN.into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let started = Instant::now();
     let err = key.encrypt(&[7; 32], b"aad").await.err().unwrap();
     let took = started.elapsed();

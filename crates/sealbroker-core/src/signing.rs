@@ -460,6 +460,77 @@ impl PublicKey {
         Ok(key)
     }
 
+    /// A key from its DER `SubjectPublicKeyInfo`, as a cloud KMS hands it
+    /// out (AWS `GetPublicKey`). Only the exact shape [`PublicKey`] itself
+    /// writes is accepted: RSA with NULL parameters, id-ecPublicKey with a
+    /// named P-256 or P-384 curve and an uncompressed point, or Ed25519 with
+    /// no parameters. So the DER served to callers is the DER read.
+    pub fn from_spki_der(der: &[u8]) -> Result<Self, SigningError> {
+        let bad = |why: String| SigningError::Encoding(format!("not a DER SubjectPublicKeyInfo: {why}"));
+        let (oid, curve, key) = yasna::parse_der(der, |r| {
+            r.read_sequence(|r| {
+                let (oid, curve) = r.next().read_sequence(|r| {
+                    let oid = r.next().read_oid()?;
+                    // NULL (RSA), a curve OID (EC), or nothing (Ed25519).
+                    let curve = r.read_optional(|r| {
+                        r.read_der()
+                            .map(|param| yasna::parse_der(&param, |r| r.read_oid()).ok())
+                    })?;
+                    Ok((oid, curve))
+                })?;
+                let (bytes, bits) = r.next().read_bitvec_bytes()?;
+                Ok((oid, curve, (bytes, bits)))
+            })
+        })
+        .map_err(|e| bad(e.to_string()))?;
+        let (bytes, bits) = key;
+        if bits != bytes.len() * 8 {
+            return Err(bad("the key's BIT STRING has unused bits".into()));
+        }
+        let components = oid.components().as_slice();
+        let key = if components == OID_RSA {
+            let (n, e) = yasna::parse_der(&bytes, |r| {
+                r.read_sequence(|r| {
+                    let n = r.next().read_bigint_bytes()?;
+                    let e = r.next().read_bigint_bytes()?;
+                    Ok((n, e))
+                })
+            })
+            .map_err(|e| bad(format!("the RSA key is not a DER RSAPublicKey: {e}")))?;
+            if !n.1 || !e.1 {
+                return Err(bad("a negative RSA modulus or exponent".into()));
+            }
+            Self::rsa(&n.0, &e.0)?
+        } else if components == OID_EC {
+            let algorithm = curve
+                .flatten()
+                .and_then(|curve| {
+                    [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384]
+                        .into_iter()
+                        .find(|a| ec_curve_oid(*a) == Some(curve.components().as_slice()))
+                })
+                .ok_or_else(|| {
+                    SigningError::Unsupported(
+                        "an EC key on a curve other than P-256 or P-384 (or without a named curve)".into(),
+                    )
+                })?;
+            Self::ec(algorithm, &bytes)?
+        } else if components == OID_ED25519 {
+            Self::ed25519(&bytes)?
+        } else {
+            return Err(SigningError::Unsupported(format!(
+                "a public key of algorithm {oid}; sealbroker signs with RSA, ECDSA P-256/P-384 and Ed25519"
+            )));
+        };
+        if key.spki_der != der {
+            return Err(bad(format!(
+                "its parameters are not the canonical ones for {}",
+                key.algorithm
+            )));
+        }
+        Ok(key)
+    }
+
     /// The key as ring reads it: PKCS#1 `RSAPublicKey` DER, the
     /// uncompressed EC point, or the 32 Ed25519 bytes.
     pub fn raw(&self) -> &[u8] {

@@ -117,15 +117,17 @@ pub struct KmsPluginArgs {
 sealbroker keygen --config sealbroker.toml --key unseal\n  \
 sealbroker keygen --config sealbroker.toml --key unseal --version 2\n\n\
 PKCS#11 keys are created non-extractable and sensitive: AES-256 for AES_GCM, an RSA-3072 \
-pair for RSA_PKCS_OAEP. An existing key with the same label/id is never overwritten.\n\n\
+pair for RSA_PKCS_OAEP. An existing key with the same label/id is never overwritten. AWS KMS \
+keys are made in KMS (never extractable) under the alias in key_id = \"alias/NAME\"; an alias \
+that already names a key is refused.\n\n\
 A key with algorithm = \"ecdsa-p256\" (or ecdsa-p384, ed25519, rsa-2048/3072/4096) is a key \
 pair for External Keys: it signs, or with mechanism = \"RSA_PKCS_OAEP\" it decrypts \
 (docs/external-keys.md).\n\n\
 --version N creates version N of the key on its backend, named as every replica derives it \
-(unseal-v2 on PKCS#11, <key_name>-v2 on KMIP, <key_file>.v2; AWS KMS and transit rotate the \
-key), with no running broker: the step a rotation Job runs with the broker's credentials. \
-Run again, it finds the version instead of making a second one (AWS KMS and transit rotate \
-again). Then set newest_version = N in every replica's config to stage it.")]
+(unseal-v2 on PKCS#11, <key_name>-v2 on KMIP, <key_file>.v2, alias/NAME-v2 for an AWS KMS key \
+pair; AWS KMS sealing keys and transit rotate the key), with no running broker: the step a rotation Job runs with the broker's credentials. \
+Run again, it finds the version instead of making a second one (AWS KMS sealing keys and \
+transit rotate again). Then set newest_version = N in every replica's config to stage it.")]
 pub struct KeygenArgs {
     #[arg(long, short, env = "SEALBROKER_CONFIG")]
     pub config: PathBuf,

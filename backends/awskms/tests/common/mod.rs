@@ -6,11 +6,16 @@
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sealbroker_backend_awskms::{BackendConfig, KmsClient, RetryConfig, connect};
+#[allow(unused_imports)]
 pub use sealbroker_testkit::assert_no_secret;
 use sealbroker_testkit::free_port;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 pub const REGION: &str = "eu-west-1";
 pub const ACCESS_KEY_ID: &str = "AKIAMOTOTESTEXAMPLE1";
@@ -136,4 +141,98 @@ pub fn backend_config(endpoint: &str, creds: &Creds) -> BackendConfig {
 
 pub async fn client(endpoint: &str, creds: &Creds) -> KmsClient {
     connect(&backend_config(endpoint, creds)).await.unwrap()
+}
+
+/// One scripted answer of a KMS stand-in.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+/// Serves `script` in order (the last reply repeats) and counts requests.
+pub async fn scripted_kms(script: Vec<Reply>) -> (String, Arc<AtomicUsize>) {
+    let (endpoint, count, _) = recording_kms(script).await;
+    (endpoint, count)
+}
+
+/// One request a KMS stand-in received: the operation (`Sign` of
+/// `X-Amz-Target: TrentService.Sign`) and the JSON body.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub operation: String,
+    pub body: serde_json::Value,
+}
+
+/// [`scripted_kms`] that also keeps every request it received.
+pub async fn recording_kms(script: Vec<Reply>) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<Request>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let recorded = requests.clone();
+    let script = Arc::new(script);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let script = script.clone();
+            let recorded = recorded.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Read the head, then the body by Content-Length.
+                let (head_end, length) = loop {
+                    let read = stream.read(&mut buf).await.unwrap_or(0);
+                    if read == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..read]);
+                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (end + 4, length);
+                    }
+                };
+                while request.len() < head_end + length {
+                    let read = stream.read(&mut buf).await.unwrap_or(0);
+                    if read == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..read]);
+                }
+                let head = String::from_utf8_lossy(&request[..head_end]).into_owned();
+                let operation = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(name, _)| name.eq_ignore_ascii_case("x-amz-target"))
+                    .and_then(|(_, v)| v.trim().rsplit('.').next())
+                    .unwrap_or_default()
+                    .to_owned();
+                let body = serde_json::from_slice(&request[head_end..]).unwrap_or_default();
+                recorded.lock().unwrap().push(Request { operation, body });
+                let reply = &script[n.min(script.len() - 1)];
+                let mut response = format!(
+                    "HTTP/1.1 {} X\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n",
+                    reply.status,
+                    reply.body.len()
+                );
+                for (name, value) in &reply.headers {
+                    response.push_str(&format!("{name}: {value}\r\n"));
+                }
+                response.push_str("\r\n");
+                response.push_str(&reply.body);
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (endpoint, count, requests)
 }

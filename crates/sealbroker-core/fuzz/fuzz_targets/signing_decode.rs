@@ -1,8 +1,10 @@
 //! Throws arbitrary bytes at the External Keys decoders in
 //! `sealbroker_core::signing`: DER ECDSA signatures (from OpenBao's Verify),
-//! raw public keys (from a token or the PKCS#11 helper) and EC parameters.
+//! raw public keys (from a token or the PKCS#11 helper), DER
+//! SubjectPublicKeyInfo (from AWS KMS `GetPublicKey`) and EC parameters.
 //! None may panic. What the ECDSA decoder accepts re-encodes and decodes to
-//! the same `r || s`; a public key it accepts reads back to itself.
+//! the same `r || s`; a public key it accepts reads back to itself, and an
+//! SPKI it accepts is the very DER the key writes.
 
 #![no_main]
 
@@ -43,5 +45,15 @@ fuzz_target!(|data: &[u8]| {
         let again = PublicKey::from_raw(algorithm, key.raw().to_vec()).expect("raw() reads back");
         assert!(again == key, "raw() of {algorithm} does not read back to the same key");
         assert!(key.pem().starts_with("-----BEGIN PUBLIC KEY-----\n"));
+        let read = PublicKey::from_spki_der(&key.spki_der).expect("a key's own SPKI reads back");
+        assert!(read == key, "the SPKI of {algorithm} does not read back to the same key");
+    }
+
+    for der in [data, rest] {
+        if let Ok(key) = PublicKey::from_spki_der(der) {
+            assert_eq!(key.spki_der, der, "an accepted SPKI is the DER the key writes");
+            let again = PublicKey::from_raw(key.algorithm, key.raw().to_vec()).expect("raw() reads back");
+            assert!(again == key);
+        }
     }
 });

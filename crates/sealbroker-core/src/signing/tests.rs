@@ -191,3 +191,60 @@ fn an_rsa_key_of_an_odd_size_is_refused() {
             .starts_with(&hex::decode("30820122300d06092a864886f70d0101010500").unwrap())
     );
 }
+
+#[test]
+fn an_spki_reads_back_to_the_key_that_wrote_it() {
+    let rng = SystemRandom::new();
+    let mut keys = vec![
+        PublicKey::rsa(&[0xc5; 256], &[1, 0, 1]).unwrap(),
+        PublicKey::rsa(&[0xc5; 512], &[1, 0, 1]).unwrap(),
+        PublicKey::ed25519(&[7; 32]).unwrap(),
+    ];
+    for (algorithm, signing) in [
+        (KeyAlgorithm::EcdsaP256, &ring_sig::ECDSA_P256_SHA256_ASN1_SIGNING),
+        (KeyAlgorithm::EcdsaP384, &ring_sig::ECDSA_P384_SHA384_ASN1_SIGNING),
+    ] {
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(signing, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(signing, pkcs8.as_ref(), &rng).unwrap();
+        keys.push(PublicKey::ec(algorithm, pair.public_key().as_ref()).unwrap());
+    }
+    for key in keys {
+        let read = PublicKey::from_spki_der(&key.spki_der).unwrap();
+        assert!(read == key, "{key:?}");
+    }
+}
+
+#[test]
+fn an_spki_of_another_shape_is_refused() {
+    let p256 = PublicKey::ec(KeyAlgorithm::EcdsaP256, &[4; 65]).unwrap();
+    let spki = |algorithm: &[u64], params: Option<&[u64]>, key: &[u8]| {
+        yasna::construct_der(|w| {
+            w.write_sequence(|w| {
+                w.next().write_sequence(|w| {
+                    w.next().write_oid(&ObjectIdentifier::from_slice(algorithm));
+                    if let Some(params) = params {
+                        w.next().write_oid(&ObjectIdentifier::from_slice(params));
+                    }
+                });
+                w.next().write_bitvec_bytes(key, key.len() * 8);
+            })
+        })
+    };
+    let rsa_key = PublicKey::rsa(&[0xc5; 256], &[1, 0, 1]).unwrap();
+    let mut trailing = p256.spki_der.clone();
+    trailing.push(0);
+    for (what, der) in [
+        ("empty", vec![]),
+        ("trailing bytes", trailing),
+        ("P-521", spki(OID_EC, Some(&[1, 3, 132, 0, 35]), &[4; 133])),
+        ("EC without a named curve", spki(OID_EC, None, &[4; 65])),
+        ("a compressed point", spki(OID_EC, Some(OID_P256), &[2; 33])),
+        ("RSA without NULL parameters", spki(OID_RSA, None, rsa_key.raw())),
+        ("DSA", spki(&[1, 2, 840, 10040, 4, 1], None, &[1; 8])),
+        ("Ed25519 of 31 bytes", spki(OID_ED25519, None, &[7; 31])),
+    ] {
+        assert!(PublicKey::from_spki_der(&der).is_err(), "{what}");
+    }
+    let e = PublicKey::from_spki_der(&spki(OID_EC, Some(&[1, 3, 132, 0, 35]), &[4; 133])).unwrap_err();
+    assert!(e.to_string().contains("P-256 or P-384"), "{e}");
+}
