@@ -758,6 +758,14 @@ impl Backend for AwsKmsKey {
         self.purpose.algorithm()
     }
 
+    fn oaep_hash(&self) -> Option<sealbroker_core::OaepHash> {
+        match self.purpose {
+            Purpose::Oaep(_, OaepHash::Sha1) => Some(sealbroker_core::OaepHash::Sha1),
+            Purpose::Oaep(_, OaepHash::Sha256) => Some(sealbroker_core::OaepHash::Sha256),
+            _ => None,
+        }
+    }
+
     async fn public_key(&self) -> Result<PublicKey, BackendError> {
         self.public_key_asymmetric().await
     }

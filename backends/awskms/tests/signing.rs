@@ -282,6 +282,8 @@ async fn rsa_oaep_pairs_round_trip_and_refuse_a_changed_ciphertext() {
     let key = oaep_pair(&client, &arn);
     key.health().await.unwrap();
     assert_eq!(key.algorithm(), Some(KeyAlgorithm::Rsa2048));
+    // What a door (KMIP's Cryptographic Parameters) checks requests against.
+    assert_eq!(key.oaep_hash(), Some(sealbroker_core::OaepHash::Sha256));
     assert_eq!(key.public_key().await.unwrap().algorithm, KeyAlgorithm::Rsa2048);
 
     let secret = b"card 4111 1111 1111 1111";
