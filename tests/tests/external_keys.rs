@@ -751,3 +751,225 @@ async fn aws_kms_keys_sign_verify_and_decrypt_through_the_grpc_door() {
     assert_eq!(count("oaep", "decrypt", "ok"), 2, "{audit:#?}");
     assert_eq!(count("oaep", "decrypt", "FailedPrecondition"), 1, "{audit:#?}");
 }
+
+/// A Development daemon on a dev OpenBao 2.7.2's transit engine (plain
+/// HTTP): `ca` (ECDSA P-256), `signer` (RSA-2048, PSS), `ed` (Ed25519) and
+/// `oaep` (an RSA-2048 encryption pair), each made by `sealbroker keygen`.
+fn transit_daemon_config(dir: &Path, dev: &sealbroker_e2e::openbao::DevServer, socket: &Path) -> PathBuf {
+    dev.bao
+        .must(&["secrets", "enable", "transit"], Some(&dev.root_token));
+    let token = dir.join("bao-token");
+    fs::write(&token, &dev.root_token).unwrap();
+    fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let key =
+        |name: &str, rest: &str| format!("[keys.{name}]\nbackend = \"bao\"\nkey_name = \"{name}\"\n{rest}");
+    let text = format!(
+        "profile = \"development\"\n[server]\nunix_socket = \"{socket}\"\nstate_dir = \"{state}\"\n{audit}\
+         [backends.bao]\ntype = \"transit\"\naddress = \"{address}\"\ntoken_file = \"{token}\"\n\
+         {unseal}{ca}{signer}{ed}{oaep}",
+        socket = socket.display(),
+        state = dir.join("state").display(),
+        audit = audit_toml(dir, "unseal"),
+        address = dev.bao.addr,
+        token = token.display(),
+        unseal = key("unseal", ""),
+        ca = key("ca", "algorithm = \"ecdsa-p256\"\n"),
+        signer = key("signer", "algorithm = \"rsa-2048\"\n"),
+        ed = key("ed", "algorithm = \"ed25519\"\n"),
+        oaep = key(
+            "oaep",
+            "algorithm = \"rsa-2048\"\nmechanism = \"RSA_PKCS_OAEP\"\n"
+        ),
+    );
+    let path = dir.join("daemon.toml");
+    fs::write(&path, text).unwrap();
+    for key in ["unseal", "ca", "signer", "ed", "oaep"] {
+        let out = run_cli(
+            &["keygen", "--config", path.to_str().unwrap(), "--key", key],
+            b"",
+            &[],
+        );
+        let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "keygen {key}: {said}");
+    }
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openbao_transit_keys_sign_verify_and_decrypt_through_the_grpc_door() {
+    use sealbroker_core::{Hash, PublicKey, SignInput, SignScheme};
+    use sealbroker_proto::sealbroker::v1::*;
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().unwrap();
+    let bao_home = dir.path().join("bao");
+    fs::create_dir_all(&bao_home).unwrap();
+    let dev = sealbroker_e2e::openbao::DevServer::start(&bao_home);
+    let socket = dir.path().join("sb.sock");
+    let config = transit_daemon_config(dir.path(), &dev, &socket);
+    let daemon = Daemon::serve(&config, None, &dir.path().join("daemon.log")).await;
+    let mut c = daemon.unix_client().await;
+    let message = b"release manifest v1.2.3".to_vec();
+    let sign = |key: &str, scheme: &str, data: &[u8], prehashed: bool| SignRequest {
+        key_name: key.into(),
+        key_version: 0,
+        data: data.to_vec(),
+        prehashed,
+        scheme: scheme.into(),
+    };
+    let verify = |key: &str, version: u32, scheme: &str, data: &[u8], prehashed: bool, signature: &[u8]| {
+        VerifyRequest {
+            key_name: key.into(),
+            key_version: version,
+            data: data.to_vec(),
+            prehashed,
+            scheme: scheme.into(),
+            signature: signature.to_vec(),
+        }
+    };
+    let public_of = |key: &str, version: u32| GetPublicKeyRequest {
+        key_name: key.into(),
+        key_version: version,
+    };
+
+    // Messages and digests; ring checks every signature with the public key.
+    let digest256 = Hash::Sha256.digest(&message);
+    for (key, scheme, data, prehashed) in [
+        ("ca", "ecdsa-sha256", &message[..], false),
+        ("ca", "ecdsa-sha256", &digest256[..], true),
+        ("signer", "rsa-pss-sha256", &message[..], false),
+        ("signer", "rsa-pss-sha256", &digest256[..], true),
+        ("signer", "rsa-pkcs1-sha256", &message[..], false),
+        ("ed", "ed25519", &message[..], false),
+    ] {
+        let reply = c.get_public_key(public_of(key, 0)).await.unwrap().into_inner();
+        let public = PublicKey::from_spki_der(&reply.spki_der).unwrap();
+        let signed = c
+            .sign(sign(key, scheme, data, prehashed))
+            .await
+            .unwrap_or_else(|s| panic!("{key} {scheme}: {s:?}"))
+            .into_inner();
+        assert_eq!((signed.key_version, signed.scheme.as_str()), (1, scheme));
+        let valid = c
+            .verify(verify(key, 0, scheme, data, prehashed, &signed.signature))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid;
+        assert!(valid, "{key} {scheme} prehashed={prehashed}");
+        let mut changed = signed.signature.clone();
+        *changed.last_mut().unwrap() ^= 1;
+        let valid = c
+            .verify(verify(key, 0, scheme, data, prehashed, &changed))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid;
+        assert!(!valid, "{key} {scheme}: a changed signature verified");
+        let parsed = SignScheme::parse(scheme).unwrap();
+        assert_eq!(
+            public.verify(parsed, SignInput::Message(&message), &signed.signature),
+            Ok(true),
+            "{key} {scheme} prehashed={prehashed}"
+        );
+    }
+
+    // Ed25519 signs messages only; an encryption pair does not sign.
+    let status = c.sign(sign("ed", "ed25519", &digest256, true)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let status = c.sign(sign("oaep", "", &message, false)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("RSA-OAEP encryption key pair"),
+        "{status:?}"
+    );
+
+    // RSA-OAEP: raw blocks, randomised; a changed one does not open.
+    let secret = b"card 4111 1111 1111 1111".to_vec();
+    let encrypt = EncryptAsymmetricRequest {
+        key_name: "oaep".into(),
+        key_version: 0,
+        plaintext: secret.clone(),
+    };
+    let first = c.encrypt_asymmetric(encrypt.clone()).await.unwrap().into_inner();
+    let second = c.encrypt_asymmetric(encrypt).await.unwrap().into_inner();
+    assert_eq!(first.ciphertext.len(), 256);
+    assert_ne!(first.ciphertext, second.ciphertext);
+    let decrypt = |ciphertext: Vec<u8>| DecryptAsymmetricRequest {
+        key_name: "oaep".into(),
+        key_version: 0,
+        ciphertext,
+    };
+    for ciphertext in [&first.ciphertext, &second.ciphertext] {
+        let opened = c
+            .decrypt_asymmetric(decrypt(ciphertext.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(opened.plaintext, secret);
+    }
+    let mut changed = first.ciphertext.clone();
+    changed[100] ^= 1;
+    let status = c.decrypt_asymmetric(decrypt(changed)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+
+    // Rotation: version 2 pins the upstream's version 2; version 1 still
+    // verifies what it signed, with its own public key.
+    let before = c
+        .sign(sign("ca", "", &message, false))
+        .await
+        .unwrap()
+        .into_inner();
+    let rotated = c
+        .rotate_key(RotateKeyRequest {
+            key_name: "ca".into(),
+            stage: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(rotated.primary_version, 2);
+    let after = c
+        .sign(sign("ca", "", &message, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.key_version, 2);
+    let v1 = PublicKey::from_spki_der(
+        &c.get_public_key(public_of("ca", 1))
+            .await
+            .unwrap()
+            .into_inner()
+            .spki_der,
+    )
+    .unwrap();
+    let v2 = PublicKey::from_spki_der(
+        &c.get_public_key(public_of("ca", 2))
+            .await
+            .unwrap()
+            .into_inner()
+            .spki_der,
+    )
+    .unwrap();
+    assert_ne!(v1, v2);
+    let scheme = SignScheme::Ecdsa(Hash::Sha256);
+    assert_eq!(
+        v2.verify(scheme, SignInput::Message(&message), &after.signature),
+        Ok(true)
+    );
+    assert_eq!(
+        v1.verify(scheme, SignInput::Message(&message), &after.signature),
+        Ok(false)
+    );
+    assert!(
+        c.verify(verify("ca", 1, "", &message, false, &before.signature))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
+    );
+    drop(c);
+    daemon.terminate();
+}

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sealbroker_core::{Backend, BackendKind, ConfigError, OpenedBackend, Profile, parse_table};
+use sealbroker_core::{Backend, BackendKind, ConfigError, KeygenError, OpenedBackend, Profile, parse_table};
 
 use crate::{BackendConfig, KeyConfig, TransitClient, TransitKey};
 
@@ -39,11 +39,24 @@ struct Upstream {
     client: TransitClient,
 }
 
+#[async_trait]
 impl OpenedBackend for Upstream {
     fn key(&self, settings: &toml::Table, path: &str) -> Result<Arc<dyn Backend>, ConfigError> {
         let key: KeyConfig = parse_table(settings, path)?;
         Ok(Arc::new(
             TransitKey::new(self.client.clone(), &key).map_err(|e| e.under(path))?,
         ))
+    }
+
+    /// A new upstream transit key of the type the settings name
+    /// (`aes256-gcm96` for a sealing key, else the key pair's algorithm),
+    /// never exportable and without plaintext backup. Refuses when the
+    /// upstream already has the key. The token needs `update` on
+    /// `<mount>/keys/<key>`.
+    async fn create_key(&self, settings: &toml::Table, path: &str) -> Result<String, KeygenError> {
+        let key: KeyConfig = parse_table(settings, path)?;
+        let key = TransitKey::new(self.client.clone(), &key).map_err(|e| e.under(path))?;
+        key.create_upstream().await?;
+        Ok(key.key_identity())
     }
 }

@@ -34,6 +34,7 @@
 pub mod batch;
 pub mod client;
 mod kind;
+pub mod signing;
 pub mod tls;
 pub mod token;
 
@@ -45,7 +46,10 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use reqwest::{Method, StatusCode};
-use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, NewVersion, Sealed, SecretBytes};
+use sealbroker_core::{
+    Backend, BackendError, BackendErrorKind, KeyAlgorithm, Mechanism, NewVersion, OaepHash, PublicKey,
+    Sealed, SecretBytes, SignInput, SignScheme,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -55,6 +59,7 @@ pub use client::TransitClient;
 
 use batch::Batcher;
 use client::{Call, ClientInner};
+use signing::Purpose;
 
 /// `Sealed.metadata` key holding the upstream key version that sealed the DEK.
 pub const METADATA_KEY_VERSION: &str = "transit_key_version";
@@ -118,11 +123,21 @@ pub struct BackendConfig {
 }
 
 /// Per-key settings under `[keys.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// Name of the upstream transit key.
     pub key_name: String,
+    /// A key pair (External Keys): `rsa-2048`, `rsa-3072`, `rsa-4096`,
+    /// `ecdsa-p256`, `ecdsa-p384` or `ed25519`, the upstream key's type.
+    pub algorithm: Option<String>,
+    /// `RSA_PKCS_OAEP` makes an RSA key pair an encryption pair.
+    pub mechanism: Option<String>,
+    /// `sha256`, the only OAEP hash transit has; for symmetry with PKCS#11.
+    pub rsa_oaep_hash: Option<String>,
+    /// The upstream version a key pair signs or decrypts with; by default
+    /// the broker version's number.
+    pub key_version: Option<u32>,
 }
 
 /// Config errors name fields relative to this backend's tables; the broker places them under
@@ -169,6 +184,12 @@ pub struct UpstreamKey {
     pub supports_encryption: bool,
     #[serde(default)]
     pub supports_decryption: bool,
+    #[serde(default)]
+    pub supports_signing: bool,
+    /// Per version: a creation time (symmetric keys) or the public key and
+    /// its details (key pairs).
+    #[serde(default)]
+    pub keys: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// Key types whose encryption binds `associated_data`.
@@ -182,6 +203,8 @@ const AEAD_TYPES: &[&str] = &[
 /// A key in an upstream transit engine.
 pub struct TransitKey {
     shared: Arc<KeyShared>,
+    /// The upstream version a key pair uses (unused for sealing keys).
+    version: u32,
     /// `None` when `batch_max = 1`: every call is its own request.
     encrypts: Option<Batcher<EncryptItem, Sealed>>,
     decrypts: Option<Batcher<DecryptItem, SecretBytes>>,
@@ -190,6 +213,9 @@ pub struct TransitKey {
 struct KeyShared {
     client: Arc<ClientInner>,
     name: String,
+    purpose: Purpose,
+    /// The settings it was made from, for the versions made after it.
+    config: KeyConfig,
     identity: String,
     encrypt_path: String,
     decrypt_path: String,
@@ -224,6 +250,7 @@ impl TransitKey {
     /// A key on `client`. Nothing is sent upstream until the first operation,
     /// so the broker can start while the upstream is briefly away.
     pub fn new(client: TransitClient, config: &KeyConfig) -> Result<Self, ConfigError> {
+        let purpose = Purpose::from_config(config)?;
         let name = config.key_name.clone();
         if !valid_segment(&name) {
             return Err(ConfigError::new(
@@ -244,10 +271,12 @@ impl TransitKey {
             keys_path: format!("{mount}/keys/{name}"),
             client: inner,
             name,
+            purpose,
+            config: config.clone(),
             identity,
             info: tokio::sync::Mutex::new(None),
         });
-        let (encrypts, decrypts) = if batch.max_items > 1 {
+        let (encrypts, decrypts) = if batch.max_items > 1 && purpose == Purpose::Seal {
             let enc = shared.clone();
             let dec = shared.clone();
             (
@@ -265,6 +294,7 @@ impl TransitKey {
         };
         Ok(TransitKey {
             shared,
+            version: config.key_version.unwrap_or(1),
             encrypts,
             decrypts,
         })
@@ -288,6 +318,36 @@ impl TransitKey {
             .ok()
             .and_then(ciphertext_version)
     }
+}
+
+impl TransitKey {
+    /// Creates the upstream key (`sealbroker keygen`): see
+    /// [`signing::Purpose::transit_type`] for the type.
+    pub async fn create_upstream(&self) -> Result<(), BackendError> {
+        self.shared.create_upstream(self.shared.purpose).await
+    }
+
+    /// The same upstream key with these settings, pinned at `key_version`
+    /// (key pairs) or not.
+    fn sibling(&self, key_version: Option<u32>) -> Result<TransitKey, ConfigError> {
+        TransitKey::new(
+            TransitClient {
+                inner: self.shared.client.clone(),
+            },
+            &KeyConfig {
+                key_version,
+                ..self.shared.config.clone()
+            },
+        )
+    }
+}
+
+/// The settings that rebuild a version pinned at `key_version`.
+fn pinned_settings(key_version: Option<u32>) -> std::collections::BTreeMap<String, String> {
+    key_version
+        .map(|v| ("key_version".to_owned(), v.to_string()))
+        .into_iter()
+        .collect()
 }
 
 /// `N` from `vault:vN:<base64>`; `None` when the string has another shape.
@@ -427,6 +487,31 @@ impl KeyShared {
             ));
         }
         let info: UpstreamKey = reply.data(&self.client, &what, false)?;
+        if self.purpose != Purpose::Seal {
+            let fits = info.key_type == self.purpose.transit_type()
+                && match self.purpose {
+                    Purpose::Sign(_) => info.supports_signing,
+                    _ => info.supports_encryption && info.supports_decryption,
+                };
+            if !fits {
+                return Err(BackendError::new(
+                    BackendErrorKind::InvalidInput,
+                    format!(
+                        "upstream transit key {:?} at {} has type {}; the config says `algorithm = \"{}\"`{}",
+                        self.name,
+                        self.client.address,
+                        info.key_type,
+                        self.purpose.transit_type(),
+                        if matches!(self.purpose, Purpose::Oaep(_)) {
+                            " for RSA-OAEP"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            return Ok(info);
+        }
         if !info.supports_encryption || !AEAD_TYPES.contains(&info.key_type.as_str()) {
             return Err(BackendError::new(
                 BackendErrorKind::InvalidInput,
@@ -703,6 +788,9 @@ impl Backend for TransitKey {
     }
 
     async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {
+        if self.shared.purpose != Purpose::Seal {
+            return Err(self.shared.refuse(self.shared.purpose, "seal data keys"));
+        }
         let info = self.shared.info_for_encrypt().await?;
         if info.derived && aad.is_empty() {
             return Err(BackendError::new(
@@ -724,29 +812,24 @@ impl Backend for TransitKey {
         }
     }
 
-    /// Rotates the upstream transit key (`POST <mount>/keys/<name>/rotate`)
-    /// and serves the new broker version from it. Upstream versions are not
-    /// pinned: every broker version decrypts any upstream version, and the
-    /// broker's own `min_decryption_version` retires old blobs.
-    /// The same upstream key: transit keeps its older versions and each
-    /// ciphertext names its own, so every broker version after a rotation is
-    /// served by the upstream key.
-    fn derive_version(&self, _version: u32) -> Option<NewVersion> {
-        let key = TransitKey::new(
-            TransitClient {
-                inner: self.shared.client.clone(),
-            },
-            &KeyConfig {
-                key_name: self.shared.name.clone(),
-            },
-        )
-        .ok()?;
+    /// A sealing key: the same upstream key, since transit keeps its older
+    /// versions and each ciphertext names its own, so every broker version
+    /// after a rotation is served by the upstream key. A key pair: the
+    /// upstream version with the broker version's number.
+    fn derive_version(&self, version: u32) -> Option<NewVersion> {
+        let pinned = (self.shared.purpose != Purpose::Seal).then_some(version);
+        let key = self.sibling(pinned).ok()?;
         Some(NewVersion {
             backend: Arc::new(key),
-            settings: Default::default(),
+            settings: pinned_settings(pinned),
         })
     }
 
+    /// Rotates the upstream transit key (`POST <mount>/keys/<name>/rotate`)
+    /// and serves the new broker version from it. A sealing key's upstream
+    /// versions are not pinned: every broker version decrypts any upstream
+    /// version, and the broker's own `min_decryption_version` retires old
+    /// blobs. A key pair's new broker version pins the new upstream version.
     async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
         let before = self.shared.refresh_info().await?;
         let what = self.shared.what("rotate");
@@ -776,22 +859,119 @@ impl Backend for TransitKey {
             to = after.latest_version,
             "rotated the upstream transit key"
         );
-        let key = TransitKey::new(
-            TransitClient {
-                inner: self.shared.client.clone(),
-            },
-            &KeyConfig {
-                key_name: self.shared.name.clone(),
-            },
-        )
-        .map_err(|e| BackendError::internal(e.to_string()))?;
+        let pinned = (self.shared.purpose != Purpose::Seal).then_some(after.latest_version);
+        let key = self
+            .sibling(pinned)
+            .map_err(|e| BackendError::internal(e.to_string()))?;
         Ok(NewVersion {
             backend: Arc::new(key),
-            settings: Default::default(),
+            settings: pinned_settings(pinned),
         })
     }
 
+    fn algorithm(&self) -> Option<KeyAlgorithm> {
+        self.shared.purpose.algorithm()
+    }
+
+    fn oaep_hash(&self) -> Option<OaepHash> {
+        matches!(self.shared.purpose, Purpose::Oaep(_)).then_some(signing::TRANSIT_OAEP_HASH)
+    }
+
+    async fn public_key(&self) -> Result<PublicKey, BackendError> {
+        match self.shared.purpose.algorithm() {
+            Some(algorithm) => self.shared.public_key_upstream(self.version, algorithm).await,
+            None => Err(self.shared.refuse(Purpose::Seal, "have a public key")),
+        }
+    }
+
+    /// `POST <mount>/sign/<key>` at the pinned version: a digest with
+    /// `prehashed`, a message for the upstream to hash once.
+    async fn sign(&self, scheme: SignScheme, input: SignInput<'_>) -> Result<Vec<u8>, BackendError> {
+        match self.shared.purpose {
+            Purpose::Sign(_) => self.shared.sign_upstream(self.version, scheme, input).await,
+            other => Err(self.shared.refuse(other, "sign")),
+        }
+    }
+
+    /// `POST <mount>/verify/<key>`, for messages and digests alike.
+    async fn verify(
+        &self,
+        scheme: SignScheme,
+        input: SignInput<'_>,
+        signature: &[u8],
+    ) -> Result<bool, BackendError> {
+        match self.shared.purpose {
+            Purpose::Sign(_) => {
+                self.shared
+                    .verify_upstream(self.version, scheme, input, signature)
+                    .await
+            }
+            other => Err(self.shared.refuse(other, "verify signatures")),
+        }
+    }
+
+    async fn encrypt_asymmetric(&self, plaintext: &[u8]) -> Result<Vec<u8>, BackendError> {
+        match self.shared.purpose {
+            Purpose::Oaep(_) => self.shared.oaep_encrypt(self.version, plaintext).await,
+            other => Err(self.shared.refuse(other, "do RSA-OAEP")),
+        }
+    }
+
+    async fn decrypt_asymmetric(&self, ciphertext: &[u8]) -> Result<SecretBytes, BackendError> {
+        match self.shared.purpose {
+            Purpose::Oaep(_) => self.shared.oaep_decrypt(self.version, ciphertext).await,
+            other => Err(self.shared.refuse(other, "do RSA-OAEP")),
+        }
+    }
+
+    /// A sealing key: a seal and open of the probe. A key pair: the
+    /// upstream key's type checked against the config, then a signature
+    /// made and checked, or an RSA-OAEP round trip, at the pinned version.
+    async fn health(&self) -> Result<(), BackendError> {
+        let probe = b"sealbroker health probe";
+        match self.shared.purpose {
+            Purpose::Seal => {
+                let sealed = self.encrypt(probe, b"health").await?;
+                let opened = self.decrypt(&sealed, b"health").await?;
+                if opened.expose() != probe {
+                    return Err(BackendError::internal(
+                        "health probe round trip returned different bytes",
+                    ));
+                }
+            }
+            Purpose::Sign(algorithm) => {
+                self.shared.refresh_info().await?;
+                let scheme = algorithm.default_scheme();
+                let input = SignInput::Message(probe);
+                let signature = self.shared.sign_upstream(self.version, scheme, input).await?;
+                if !self
+                    .shared
+                    .verify_upstream(self.version, scheme, input, &signature)
+                    .await?
+                {
+                    return Err(BackendError::internal(
+                        "health probe: the upstream does not verify its own signature",
+                    ));
+                }
+            }
+            Purpose::Oaep(_) => {
+                self.shared.refresh_info().await?;
+                let block = self.shared.oaep_encrypt(self.version, probe).await?;
+                let opened = self.shared.oaep_decrypt(self.version, &block).await?;
+                if opened.expose() != probe {
+                    return Err(BackendError::internal(
+                        "health probe RSA-OAEP round trip returned different bytes",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn decrypt(&self, sealed: &Sealed, aad: &[u8]) -> Result<SecretBytes, BackendError> {
+        if self.shared.purpose != Purpose::Seal {
+            return Err(self.shared.refuse(self.shared.purpose, "open data keys"));
+        }
         if sealed.mechanism != Mechanism::ServiceDefined {
             return Err(BackendError::not_authentic(format!(
                 "the data key was sealed with {:?}, not by a transit backend",

@@ -135,9 +135,15 @@ fn key_names_that_would_escape_the_mount_are_refused() {
     .client()
     .unwrap();
     for bad in ["", "../sys/seal", "a/b", "k?x=1"] {
-        let e = TransitKey::new(client.clone(), &KeyConfig { key_name: bad.into() })
-            .err()
-            .unwrap();
+        let e = TransitKey::new(
+            client.clone(),
+            &KeyConfig {
+                key_name: bad.into(),
+                ..Default::default()
+            },
+        )
+        .err()
+        .unwrap();
         assert_eq!(e.path, "key_name", "{bad:?}");
     }
 }
@@ -152,9 +158,15 @@ fn key_identity_names_address_namespace_mount_and_key_only() {
             file.display()
         ))
         .unwrap();
-        TransitKey::new(config.client().unwrap(), &KeyConfig { key_name: key.into() })
-            .unwrap()
-            .key_identity()
+        TransitKey::new(
+            config.client().unwrap(),
+            &KeyConfig {
+                key_name: key.into(),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .key_identity()
     };
     let base = identity("", "k");
     assert_eq!(base, "transit:https://bao.example:8200:transit/keys/k");
@@ -181,7 +193,14 @@ async fn constructing_contacts_nothing_and_an_absent_upstream_is_unavailable() {
     ))
     .unwrap();
     let client = config.client().unwrap();
-    let key = TransitKey::new(client.clone(), &KeyConfig { key_name: "k".into() }).unwrap();
+    let key = TransitKey::new(
+        client.clone(),
+        &KeyConfig {
+            key_name: "k".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(!client.uses_tls());
 
     let err = key.encrypt(b"dek", b"aad").await.err().unwrap();
@@ -217,7 +236,14 @@ async fn an_upstream_that_never_answers_times_out_naming_the_address() {
         file.display()
     ))
     .unwrap();
-    let key = TransitKey::new(config.client().unwrap(), &KeyConfig { key_name: "k".into() }).unwrap();
+    let key = TransitKey::new(
+        config.client().unwrap(),
+        &KeyConfig {
+            key_name: "k".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let started = Instant::now();
     let err = key.encrypt(b"dek", b"aad").await.err().unwrap();
     assert_eq!(err.kind, BackendErrorKind::Timeout, "{err}");

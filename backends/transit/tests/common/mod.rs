@@ -212,6 +212,7 @@ pub fn transit_key(config: &BackendConfig, key: &str) -> (TransitClient, Arc<Tra
         client.clone(),
         &KeyConfig {
             key_name: key.to_owned(),
+            ..Default::default()
         },
     )
     .unwrap();
