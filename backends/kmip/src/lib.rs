@@ -133,6 +133,9 @@ pub struct KeyConfig {
     pub key_name: Option<String>,
     #[serde(default)]
     pub encrypt_alg: EncryptAlg,
+    /// Read only to refuse it plainly: this backend holds no key pairs.
+    #[serde(default)]
+    pub algorithm: Option<String>,
 }
 
 /// Config errors name fields relative to this backend's tables; the broker places them under
@@ -150,6 +153,15 @@ enum KeySelector {
 
 impl KeySelector {
     fn from_config(config: &KeyConfig) -> Result<Self, ConfigError> {
+        if let Some(algorithm) = &config.algorithm {
+            return Err(ConfigError::new(
+                "algorithm",
+                format!(
+                    "{algorithm:?}: the kmip backend serves AES sealing keys only, not key pairs; \
+                     External Keys are served by the pkcs11, awskms and transit backends (docs/external-keys.md)"
+                ),
+            ));
+        }
         let non_empty = |field: &'static str, value: &str| {
             if value.is_empty() {
                 Err(ConfigError::new(field, "is empty"))
@@ -420,6 +432,7 @@ impl Backend for KmipKey {
             kms_key_id: None,
             key_name: Some(name.clone()),
             encrypt_alg: self.alg,
+            algorithm: None,
         };
         let key = KmipKey::new(self.pool.clone(), &config).ok()?;
         Some(NewVersion {
@@ -707,11 +720,21 @@ mod tests {
     }
 
     #[test]
+    fn a_key_pair_is_refused_naming_the_backends_that_serve_them() {
+        let config: KeyConfig = toml::from_str("key_name = \"ca\"\nalgorithm = \"rsa-2048\"").unwrap();
+        let err = KeySelector::from_config(&config).unwrap_err();
+        assert_eq!(err.path, "algorithm");
+        assert!(err.message.contains("AES sealing keys only"), "{err}");
+        assert!(err.message.contains("pkcs11, awskms and transit"), "{err}");
+    }
+
+    #[test]
     fn key_config_needs_exactly_one_selector() {
         let config = |id: Option<&str>, name: Option<&str>| KeyConfig {
             kms_key_id: id.map(Into::into),
             key_name: name.map(Into::into),
             encrypt_alg: EncryptAlg::AesGcm,
+            algorithm: None,
         };
         assert_eq!(
             KeySelector::from_config(&config(Some("1"), None)).unwrap(),

@@ -237,6 +237,7 @@ fn key_by_id(pool: &KmipPool, id: &str) -> KmipKey {
             kms_key_id: Some(id.into()),
             key_name: None,
             encrypt_alg: EncryptAlg::AesCbcPad,
+            algorithm: None,
         },
     )
     .unwrap()
@@ -272,6 +273,7 @@ async fn create_key_then_locate_it_by_name() {
             kms_key_id: None,
             key_name: Some("seal-key".into()),
             encrypt_alg: EncryptAlg::AesCbcPad,
+            algorithm: None,
         },
     )
     .unwrap();
@@ -372,6 +374,7 @@ async fn create_version_makes_a_new_named_key_and_old_blobs_still_open() {
                 kms_key_id: None,
                 key_name: Some("unseal".into()),
                 encrypt_alg: EncryptAlg::AesCbcPad,
+                algorithm: None,
             },
         )
         .unwrap(),
@@ -481,6 +484,7 @@ async fn wrong_kms_key_id_is_key_not_found() {
             kms_key_id: None,
             key_name: Some("never-created".into()),
             encrypt_alg: EncryptAlg::AesCbcPad,
+            algorithm: None,
         },
     )
     .unwrap();
