@@ -5,6 +5,7 @@
 //! The binary is `$SEALBROKER_BIN`, or `target/debug/sealbroker` (built by
 //! `cargo build --workspace` in tests/run.sh before the tests run).
 
+pub mod moto;
 pub mod openbao;
 
 use std::fs;

@@ -5,10 +5,9 @@
 //! on AWS KMS keys (moto), made by `sealbroker keygen`.
 
 use std::fs;
-use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use base64::Engine;
 use sealbroker_e2e::openbao::{BaoConfig, OpenBao};
@@ -428,48 +427,7 @@ async fn openbao_pki_and_transit_sign_with_keys_that_never_leave_the_hsm() {
     );
 }
 
-/// moto's KMS on a free loopback port; killed on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start(dir: &Path) -> Moto {
-        let moto = peers_python().with_file_name("moto_server");
-        let port = free_port();
-        let log = fs::File::create(dir.join("moto.log")).unwrap();
-        let mut child = Command::new(&moto)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", moto.display()));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "moto_server exited with {status}:\n{}",
-                    fs::read_to_string(dir.join("moto.log")).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not listen within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Moto { child, port }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use sealbroker_e2e::moto::Moto;
 
 const AWS_SECRET: &str = "aws-external-keys-secret-4471";
 

@@ -7,10 +7,9 @@
 //! backends' own tests.
 
 use std::fs;
-use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use sealbroker_e2e::openbao::{BaoConfig, BaoLaunch, OpenBao, install_plugin};
 use sealbroker_e2e::*;
@@ -46,67 +45,24 @@ fn bao_2_6() -> PathBuf {
     path
 }
 
-/// moto's KMS on a free loopback port; killed on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-}
+use sealbroker_e2e::moto::Moto;
 
-impl Moto {
-    fn start(dir: &Path) -> Moto {
-        let moto = peers_python().with_file_name("moto_server");
-        let port = free_port();
-        let log = fs::File::create(dir.join("moto.log")).unwrap();
-        let mut child = Command::new(&moto)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", moto.display()));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "moto_server exited with {status}:\n{}",
-                    fs::read_to_string(dir.join("moto.log")).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not listen within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Moto { child, port }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Creates a symmetric key; returns (key id, key ARN).
-    fn create_key(&self) -> (String, String) {
+/// Creates a symmetric key on moto; returns (key id, key ARN).
+fn create_key(moto: &Moto) -> (String, String) {
+    {
         let script = "import boto3, sys\n\
              kms = boto3.client('kms', endpoint_url=sys.argv[1], region_name=sys.argv[2],\n\
              aws_access_key_id=sys.argv[3], aws_secret_access_key=sys.argv[4])\n\
              meta = kms.create_key(Description='openbao unseal')['KeyMetadata']\n\
              print(meta['KeyId'], meta['Arn'])\n";
         let out = Command::new(peers_python())
-            .args(["-c", script, &self.endpoint(), REGION, ACCESS_KEY, SECRET_KEY])
+            .args(["-c", script, &moto.endpoint(), REGION, ACCESS_KEY, SECRET_KEY])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8(out.stdout).unwrap();
         let mut words = text.split_whitespace();
         (words.next().unwrap().to_owned(), words.next().unwrap().to_owned())
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -151,7 +107,7 @@ fn openbao_2_6_awskms_data_auto_unseals_on_2_7_through_the_sealbroker_drop_in() 
     sweep::secret(SECRET_KEY);
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path());
-    let (key_id, _arn) = moto.create_key();
+    let (key_id, _arn) = create_key(&moto);
     let (port, cluster_port) = (free_port(), free_port());
     let stanza = awskms_stanza(&moto, &key_id);
 

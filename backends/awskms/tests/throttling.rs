@@ -8,10 +8,22 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sealbroker_backend_awskms::{AwsKmsKey, KeyConfig, METADATA_KEY_ARN};
+use sealbroker_backend_awskms::{AwsKmsKey, KeyConfig, KmsClient, METADATA_KEY_ARN};
 use sealbroker_core::{Backend, BackendErrorKind};
 
 const ARN: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+/// The sealing key `ARN` on `client`.
+fn arn_key(client: &KmsClient) -> AwsKmsKey {
+    AwsKmsKey::new(
+        client,
+        &KeyConfig {
+            key_id: ARN.into(),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
 
 fn throttled(retry_after: Option<&str>) -> Reply {
     Reply {
@@ -39,14 +51,7 @@ async fn throttling_is_retried_then_succeeds() {
     let (endpoint, count) = scripted_kms(vec![throttled(None), throttled(None), encrypted()]).await;
     let creds = credentials();
     let client = client(&endpoint, &creds).await;
-    let key = AwsKmsKey::new(
-        &client,
-        &KeyConfig {
-            key_id: ARN.into(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let key = arn_key(&client);
     assert_eq!(key.throttling_retries(), 0);
     let sealed = key.encrypt(&[7; 32], b"aad").await.unwrap();
     assert_eq!(sealed.metadata[METADATA_KEY_ARN], ARN);
@@ -61,14 +66,7 @@ async fn retry_after_is_honoured() {
     let mut config = backend_config(&endpoint, &creds);
     config.retry.max_backoff_ms = 5_000;
     let client = sealbroker_backend_awskms::connect(&config).await.unwrap();
-    let key = AwsKmsKey::new(
-        &client,
-        &KeyConfig {
-            key_id: ARN.into(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let key = arn_key(&client);
     let started = Instant::now();
     key.encrypt(&[7; 32], b"aad").await.unwrap();
     assert!(
@@ -84,14 +82,7 @@ async fn persistent_throttling_ends_as_throttled_after_bounded_retries() {
     let (endpoint, count) = scripted_kms(vec![throttled(Some("0"))]).await;
     let creds = credentials();
     let client = client(&endpoint, &creds).await;
-    let key = AwsKmsKey::new(
-        &client,
-        &KeyConfig {
-            key_id: ARN.into(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let key = arn_key(&client);
     let err = key.encrypt(&[7; 32], b"aad").await.err().unwrap();
     assert_eq!(err.kind, BackendErrorKind::Throttled, "{err}");
     assert_eq!(err.kind.code(), sealbroker_core::Code::Unavailable);
@@ -112,27 +103,13 @@ async fn server_errors_are_retried_as_unavailable() {
     let (endpoint, count) = scripted_kms(vec![reply(), encrypted()]).await;
     let creds = credentials();
     let client = client(&endpoint, &creds).await;
-    let key = AwsKmsKey::new(
-        &client,
-        &KeyConfig {
-            key_id: ARN.into(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let key = arn_key(&client);
     key.encrypt(&[7; 32], b"aad").await.unwrap();
     assert_eq!(count.load(Ordering::SeqCst), 2);
 
     let (endpoint, _) = scripted_kms(vec![reply()]).await;
     let client = common::client(&endpoint, &creds).await;
-    let key = AwsKmsKey::new(
-        &client,
-        &KeyConfig {
-            key_id: ARN.into(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let key = arn_key(&client);
     let err = key.encrypt(&[7; 32], b"aad").await.err().unwrap();
     assert_eq!(err.kind, BackendErrorKind::Unavailable, "{err}");
 }
@@ -148,14 +125,7 @@ async fn disabled_key_on_encrypt_is_a_clear_key_error() {
     .await;
     let creds = credentials();
     let client = client(&endpoint, &creds).await;
-    let key = AwsKmsKey::new(
-        &client,
-        &KeyConfig {
-            key_id: ARN.into(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let key = arn_key(&client);
     let err = key.encrypt(&[7; 32], b"aad").await.err().unwrap();
     assert_eq!(err.kind, BackendErrorKind::KeyNotFound, "{err}");
     assert!(err.message.contains("disabled"), "{err}");
@@ -173,14 +143,7 @@ async fn access_denied_is_permission_denied_naming_the_identity() {
     .await;
     let creds = credentials();
     let client = client(&endpoint, &creds).await;
-    let key = AwsKmsKey::new(
-        &client,
-        &KeyConfig {
-            key_id: ARN.into(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let key = arn_key(&client);
     let err = key.encrypt(&[7; 32], b"aad").await.err().unwrap();
     assert_eq!(err.kind, BackendErrorKind::PermissionDenied, "{err}");
     assert!(err.message.contains("kms:Encrypt"), "{err}");
@@ -199,14 +162,7 @@ async fn a_service_that_never_answers_times_out_at_timeout_ms() {
     config.timeout_ms = 400;
     config.retry.max_backoff_ms = 50;
     let client = sealbroker_backend_awskms::connect(&config).await.unwrap();
-    let key = AwsKmsKey::new(
-        &client,
-        &KeyConfig {
-            key_id: ARN.into(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let key = arn_key(&client);
     let started = Instant::now();
     let err = key.encrypt(&[7; 32], b"aad").await.err().unwrap();
     let took = started.elapsed();
