@@ -2,7 +2,10 @@
 //! sidecar mode (`endpoint` to a Hardened daemon on SoftHSM2) serves
 //! `sys/external-keys`, so a PKI root CA and a transit signing key live on
 //! the token and never leave it. And the same calls through the gRPC door
-//! on AWS KMS keys (moto), made by `sealbroker keygen`.
+//! on AWS KMS keys (moto), on OpenBao transit keys (a dev OpenBao 2.7.2)
+//! and on Google Cloud KMS keys (the in-repo stand-in,
+//! `backends/gcpckms/tests/fake_gcp.rs`: there is no Cloud KMS emulator),
+//! made by `sealbroker keygen`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,6 +15,11 @@ use std::time::Duration;
 use base64::Engine;
 use sealbroker_e2e::openbao::{BaoConfig, OpenBao};
 use sealbroker_e2e::*;
+
+/// The Cloud KMS stand-in (`start_fake`, `pki`, the OAuth client's values).
+#[path = "../../backends/gcpckms/tests/fake_gcp.rs"]
+#[allow(dead_code, unused_imports, clippy::all)]
+mod fake_gcp;
 
 const PIN: &str = "external-keys-pin-6617";
 
@@ -930,4 +938,339 @@ async fn openbao_transit_keys_sign_verify_and_decrypt_through_the_grpc_door() {
     );
     drop(c);
     daemon.terminate();
+}
+
+/// A Development daemon on the Cloud KMS stand-in (over TLS, trusting the
+/// stand-in's CA through `SSL_CERT_FILE`): the sealing key `unseal`, and the
+/// key pairs `ca` (ECDSA P-384), `signer` (RSA-2048), `ed` (Ed25519) and
+/// `oaep` (an RSA-2048 encryption pair) made by `sealbroker keygen`, and
+/// `pss` (RSA-2048 PSS) made in the stand-in as gcloud would.
+fn gcp_daemon_config(dir: &Path, fake: &fake_gcp::FakeKms, ca: &Path, socket: &Path) -> PathBuf {
+    let credentials = dir.join("gcp-credentials.json");
+    let json = serde_json::json!({
+        "type": "authorized_user",
+        "client_id": fake_gcp::CLIENT_ID,
+        "client_secret": fake_gcp::CLIENT_SECRET,
+        "refresh_token": fake_gcp::REFRESH_TOKEN,
+        "token_uri": format!("{}/token", fake.endpoint),
+    });
+    fs::write(&credentials, json.to_string()).unwrap();
+    let ring = fake_gcp::KEY.rsplit_once('/').unwrap().0;
+    fake.add_asymmetric("pss", "RSA_SIGN_PSS_2048_SHA256");
+    let key = |name: &str, rest: &str| {
+        let id = if name == "unseal" { "unseal" } else { name };
+        format!("[keys.{name}]\nbackend = \"gcp\"\nkey_name = \"{ring}/{id}\"\n{rest}")
+    };
+    let pair = |algorithm: &str| format!("key_version = \"1\"\nalgorithm = \"{algorithm}\"\n");
+    let text = format!(
+        "profile = \"development\"\n[server]\nunix_socket = \"{socket}\"\nstate_dir = \"{state}\"\n{audit}\
+         [backends.gcp]\ntype = \"gcpckms\"\nendpoint = \"{endpoint}\"\ncredentials_file = \"{credentials}\"\n\
+         {unseal}{ca}{signer}{ed}{pss}{oaep}",
+        socket = socket.display(),
+        state = dir.join("state").display(),
+        audit = audit_toml(dir, "unseal"),
+        endpoint = fake.endpoint,
+        credentials = credentials.display(),
+        unseal = key("unseal", ""),
+        ca = key("ca", &pair("ecdsa-p384")),
+        signer = key("signer", &pair("rsa-2048")),
+        ed = key("ed", &pair("ed25519")),
+        pss = key("pss", &pair("rsa-2048")),
+        oaep = key(
+            "oaep",
+            &format!("{}mechanism = \"RSA_PKCS_OAEP\"\n", pair("rsa-2048"))
+        ),
+    );
+    let path = dir.join("daemon.toml");
+    fs::write(&path, text).unwrap();
+    for (key, algorithm) in [
+        ("ca", "EC_SIGN_P384_SHA384"),
+        ("signer", "RSA_SIGN_PKCS1_2048_SHA256"),
+        ("ed", "EC_SIGN_ED25519"),
+        ("oaep", "RSA_DECRYPT_OAEP_2048_SHA256"),
+    ] {
+        let out = run_cli(
+            &["keygen", "--config", path.to_str().unwrap(), "--key", key],
+            b"",
+            &[("SSL_CERT_FILE", ca)],
+        );
+        let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "keygen {key}: {said}");
+        assert!(
+            said.contains(algorithm) && said.contains("HSM") && said.contains("never exportable"),
+            "keygen {key}: {said}"
+        );
+    }
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_kms_keys_sign_verify_and_decrypt_through_the_grpc_door_on_the_stand_in() {
+    use sealbroker_core::{Hash, PublicKey, SignInput, SignScheme};
+    use sealbroker_proto::sealbroker::v1::*;
+    use tonic::Code;
+
+    sweep::secret(fake_gcp::REFRESH_TOKEN);
+    sweep::secret(fake_gcp::CLIENT_SECRET);
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, tls) = fake_gcp::pki(dir.path());
+    let fake = fake_gcp::start_fake(tls).await;
+    let socket = dir.path().join("sb.sock");
+    let config = {
+        let (dir, ca, socket) = (dir.path().to_owned(), ca.clone(), socket.clone());
+        // keygen runs the CLI, which blocks; the stand-in serves meanwhile.
+        let fake = &fake;
+        tokio::task::block_in_place(|| gcp_daemon_config(&dir, fake, &ca, &socket))
+    };
+    let daemon = Daemon::start(
+        &["serve", "--config", config.to_str().unwrap()],
+        &[("SSL_CERT_FILE", ca.as_path())],
+        &dir.path().join("daemon.log"),
+        Some(socket.clone()),
+        None,
+    )
+    .await;
+    let mut c = daemon.unix_client().await;
+    let message = b"release manifest v1.2.3".to_vec();
+    let public_key = |reply: GetPublicKeyResponse| {
+        let public = PublicKey::from_spki_der(&reply.spki_der).unwrap();
+        assert_eq!(public.algorithm.as_str(), reply.algorithm);
+        assert_eq!(public.pem(), reply.pem);
+        public
+    };
+    let sign = |key: &str, scheme: &str, data: &[u8], prehashed: bool| SignRequest {
+        key_name: key.into(),
+        key_version: 0,
+        data: data.to_vec(),
+        prehashed,
+        scheme: scheme.into(),
+    };
+    let verify = |key: &str, version: u32, scheme: &str, signature: &[u8]| VerifyRequest {
+        key_name: key.into(),
+        key_version: version,
+        data: message.clone(),
+        prehashed: false,
+        scheme: scheme.into(),
+        signature: signature.to_vec(),
+    };
+
+    for (key, scheme, default) in [
+        ("ca", "", "ecdsa-sha384"),
+        ("signer", "", "rsa-pkcs1-sha256"),
+        ("ed", "", "ed25519"),
+        ("pss", "rsa-pss-sha256", "rsa-pss-sha256"),
+    ] {
+        let public = public_key(
+            c.get_public_key(GetPublicKeyRequest {
+                key_name: key.into(),
+                key_version: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+        );
+        let parsed = SignScheme::parse(default).unwrap();
+        let mut signatures = vec![
+            c.sign(sign(key, scheme, &message, false))
+                .await
+                .unwrap()
+                .into_inner(),
+        ];
+        // Digest mode: the caller's digest is signed as is.
+        if let Some(hash) = parsed.hash() {
+            let digest = hash.digest(&message);
+            signatures.push(
+                c.sign(sign(key, scheme, &digest, true))
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            );
+        }
+        for signed in signatures {
+            assert_eq!((signed.key_version, signed.scheme.as_str()), (1, default));
+            let valid = |reply: VerifyResponse| reply.valid;
+            assert!(valid(
+                c.verify(verify(key, 0, scheme, &signed.signature))
+                    .await
+                    .unwrap()
+                    .into_inner()
+            ));
+            let mut changed = signed.signature.clone();
+            *changed.last_mut().unwrap() ^= 1;
+            assert!(!valid(
+                c.verify(verify(key, 0, scheme, &changed))
+                    .await
+                    .unwrap()
+                    .into_inner()
+            ));
+            // The signature is real: ring checks it with the public key alone.
+            assert_eq!(
+                public.verify(parsed, SignInput::Message(&message), &signed.signature),
+                Ok(true),
+                "{key} {default}"
+            );
+        }
+    }
+
+    // Refusals: a scheme other than the version's own, a digest for
+    // Ed25519, a digest to verify (Cloud KMS has no Verify), a key that
+    // does not sign.
+    let digest = Hash::Sha256.digest(&message);
+    for (request, says) in [
+        (sign("pss", "", &message, false), "only as rsa-pss-sha256"),
+        (
+            sign("signer", "rsa-pss-sha256", &message, false),
+            "only as rsa-pkcs1-sha256",
+        ),
+        (sign("ed", "", &digest, true), "Ed25519 signs the message itself"),
+        (sign("oaep", "", &message, false), "does not sign"),
+    ] {
+        let status = c.sign(request.clone()).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{}: {status:?}",
+            request.key_name
+        );
+        assert!(
+            status.message().contains(says),
+            "{}: {status:?}",
+            request.key_name
+        );
+    }
+    let status = c
+        .verify(VerifyRequest {
+            data: digest.clone(),
+            prehashed: true,
+            ..verify("signer", 0, "", &[1; 256])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("whole message"), "{status:?}");
+
+    // RSA-OAEP on the encryption pair; a changed ciphertext does not open.
+    let secret = b"card 4111 1111 1111 1111".to_vec();
+    let encrypt = EncryptAsymmetricRequest {
+        key_name: "oaep".into(),
+        key_version: 0,
+        plaintext: secret.clone(),
+    };
+    let first = c.encrypt_asymmetric(encrypt.clone()).await.unwrap().into_inner();
+    let second = c.encrypt_asymmetric(encrypt).await.unwrap().into_inner();
+    assert_ne!(first.ciphertext, second.ciphertext);
+    assert_eq!(first.ciphertext.len(), 256);
+    let decrypt = |ciphertext: Vec<u8>| DecryptAsymmetricRequest {
+        key_name: "oaep".into(),
+        key_version: 0,
+        ciphertext,
+    };
+    for ciphertext in [&first.ciphertext, &second.ciphertext] {
+        let opened = c
+            .decrypt_asymmetric(decrypt(ciphertext.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(opened.plaintext, secret);
+    }
+    let mut changed = first.ciphertext.clone();
+    *changed.last_mut().unwrap() ^= 1;
+    let status = c.decrypt_asymmetric(decrypt(changed)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+
+    // The symmetric key seals as before.
+    let wrapped = c
+        .wrap(WrapRequest {
+            key_name: "unseal".into(),
+            plaintext: b"data key".to_vec(),
+            aad: b"aad".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let opened = c
+        .unwrap(UnwrapRequest {
+            blob: wrapped.blob,
+            aad: b"aad".to_vec(),
+            key_name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(opened.plaintext, b"data key");
+
+    // Rotation: version 2 of the signer is a new Cloud KMS version of the
+    // same algorithm; version 1 still verifies what it signed.
+    let before = c
+        .sign(sign("signer", "", &message, false))
+        .await
+        .unwrap()
+        .into_inner();
+    let rotated = c
+        .rotate_key(RotateKeyRequest {
+            key_name: "signer".into(),
+            stage: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(rotated.primary_version, 2);
+    let after = c
+        .sign(sign("signer", "", &message, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.key_version, 2);
+    let public_of = |version: u32| GetPublicKeyRequest {
+        key_name: "signer".into(),
+        key_version: version,
+    };
+    let v1 = public_key(c.get_public_key(public_of(1)).await.unwrap().into_inner());
+    let v2 = public_key(c.get_public_key(public_of(2)).await.unwrap().into_inner());
+    assert_ne!(v1, v2);
+    let scheme = SignScheme::RsaPkcs1v15(Hash::Sha256);
+    assert_eq!(
+        v2.verify(scheme, SignInput::Message(&message), &after.signature),
+        Ok(true)
+    );
+    assert_eq!(
+        v1.verify(scheme, SignInput::Message(&message), &after.signature),
+        Ok(false)
+    );
+    assert!(
+        c.verify(verify("signer", 1, "", &before.signature))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
+    );
+    assert!(
+        !c.verify(verify("signer", 1, "", &after.signature))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
+    );
+
+    let logs = daemon.logs();
+    daemon.terminate();
+    for secret in [fake_gcp::REFRESH_TOKEN, fake_gcp::CLIENT_SECRET, "4111 1111"] {
+        assert!(!logs.contains(secret), "{secret:?} reached the daemon's log");
+    }
+    let audit: Vec<serde_json::Value> = fs::read_to_string(audit_log(dir.path()))
+        .unwrap()
+        .lines()
+        .map(json)
+        .collect();
+    let count = |key: &str, operation: &str, outcome: &str| {
+        audit
+            .iter()
+            .filter(|l| l["key"] == key && l["operation"] == operation && l["outcome"] == outcome)
+            .count()
+    };
+    assert_eq!(count("signer", "sign", "ok"), 4, "{audit:#?}");
+    assert_eq!(count("oaep", "decrypt", "ok"), 2, "{audit:#?}");
+    assert_eq!(count("oaep", "decrypt", "FailedPrecondition"), 1, "{audit:#?}");
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sealbroker_core::{
-    Backend, BackendKind, ConfigError, OpenedBackend, Profile, StanzaError, StockSeal, StockStanza,
-    parse_table,
+    Backend, BackendKind, ConfigError, KeygenError, OpenedBackend, Profile, StanzaError, StockSeal,
+    StockStanza, parse_table,
 };
 
 use crate::{BackendConfig, GcpKmsKey, KeyConfig, KmsClient, connect};
@@ -53,11 +53,25 @@ struct Project {
     client: KmsClient,
 }
 
+#[async_trait]
 impl OpenedBackend for Project {
     fn key(&self, settings: &toml::Table, path: &str) -> Result<Arc<dyn Backend>, ConfigError> {
         let key: KeyConfig = parse_table(settings, path)?;
         Ok(Arc::new(
             GcpKmsKey::new(&self.client, &key).map_err(|e| e.under(path))?,
         ))
+    }
+
+    /// An asymmetric key (`algorithm` set): a new `CryptoKey` of purpose
+    /// `ASYMMETRIC_SIGN` or `ASYMMETRIC_DECRYPT`, at HSM protection, whose
+    /// first version (`key_version = "1"`) Cloud KMS generates; never
+    /// exportable. Symmetric keys are made with Google's own tools.
+    async fn create_key(&self, settings: &toml::Table, path: &str) -> Result<String, KeygenError> {
+        let key: KeyConfig = parse_table(settings, path)?;
+        if key.algorithm.is_none() {
+            return Err(KeygenError::Unsupported);
+        }
+        let key = GcpKmsKey::new(&self.client, &key).map_err(|e| e.under(path))?;
+        Ok(key.create_crypto_key().await?)
     }
 }

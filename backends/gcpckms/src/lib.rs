@@ -40,6 +40,14 @@
 //! or, with `credentials_file`, only from that JSON file (`service_account`,
 //! `authorized_user`, `external_account` or `impersonated_service_account`).
 //!
+//! An `algorithm` makes a key asymmetric (External Keys, [`signing`]): an
+//! `ASYMMETRIC_SIGN` key pair (RSA PKCS#1 v1.5 and PSS, ECDSA P-256 and
+//! P-384, Ed25519) or, with `mechanism = "RSA_PKCS_OAEP"`, an
+//! `ASYMMETRIC_DECRYPT` RSA pair (RSA-OAEP with SHA-256, SHA-1 or, on
+//! 4096-bit keys, SHA-512). Such a key always names its `key_version`:
+//! asymmetric keys have no primary. Cloud KMS signs and decrypts; signatures
+//! are verified and OAEP encryption done here with the version's public key.
+//!
 //! # IAM permissions
 //!
 //! On the key: `cloudkms.cryptoKeyVersions.useToEncrypt`,
@@ -49,6 +57,13 @@
 //! `key_version` is also read with `cloudkms.cryptoKeyVersions.get`.
 //! `sealbroker keys rotate` needs `cloudkms.cryptoKeyVersions.create` (role
 //! `roles/cloudkms.admin`, or a custom role with that permission and `.get`).
+//! Signing key pairs need `cloudkms.cryptoKeyVersions.useToSign` and
+//! `cloudkms.cryptoKeyVersions.viewPublicKey` (roles
+//! `roles/cloudkms.signerVerifier`); RSA encryption pairs
+//! `cloudkms.cryptoKeyVersions.useToDecrypt` and `.viewPublicKey` (role
+//! `roles/cloudkms.cryptoKeyDecrypter` plus `roles/cloudkms.publicKeyViewer`);
+//! both `cloudkms.cryptoKeys.get` and `cloudkms.cryptoKeyVersions.get` for
+//! the health check. `sealbroker keygen` needs `cloudkms.cryptoKeys.create`.
 //!
 //! # Configuration
 //!
@@ -67,15 +82,24 @@
 //! backend = "gcp"
 //! key_name = "projects/my-project/locations/europe-west1/keyRings/sealbroker/cryptoKeys/openbao-unseal"
 //! # key_version = "3"                              # encrypt with this CryptoKeyVersion, not the primary
+//!
+//! [keys.pki-root]                                   # an asymmetric key (External Keys)
+//! backend = "gcp"
+//! key_name = "projects/my-project/locations/europe-west1/keyRings/sealbroker/cryptoKeys/pki-root"
+//! key_version = "1"                                 # required: asymmetric keys have no primary
+//! algorithm = "ecdsa-p256"                          # rsa-2048/3072/4096, ecdsa-p256/p384, ed25519
+//! # mechanism = "RSA_PKCS_OAEP"                    # an RSA encryption pair instead of a signing one
+//! # rsa_oaep_hash = "sha256"                       # or "sha1", or "sha512" (rsa-4096)
 //! ```
 
 mod kind;
+pub mod signing;
 mod stock;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -86,9 +110,11 @@ use google_cloud_gax::options::RequestOptionsBuilder;
 use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_kms_v1::client::KeyManagementService;
 use google_cloud_kms_v1::model::CryptoKeyVersion;
-use google_cloud_kms_v1::model::crypto_key::CryptoKeyPurpose;
 use google_cloud_kms_v1::model::crypto_key_version::CryptoKeyVersionState;
-use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, NewVersion, Sealed, SecretBytes};
+use sealbroker_core::{
+    Backend, BackendError, BackendErrorKind, KeyAlgorithm, Mechanism, NewVersion, PublicKey, Sealed,
+    SecretBytes, SignInput, SignScheme,
+};
 use serde::Deserialize;
 
 pub use sealbroker_retry::RetryConfig;
@@ -120,8 +146,9 @@ pub struct BackendConfig {
     pub retry: RetryConfig,
 }
 
-/// Per-key settings under `[keys.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
+/// Per-key settings under `[keys.NAME]`. `algorithm`, `mechanism` and
+/// `rsa_oaep_hash` are spelled as the PKCS#11 backend spells them.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// `projects/P/locations/L/keyRings/R/cryptoKeys/K`: a symmetric
@@ -129,9 +156,23 @@ pub struct KeyConfig {
     /// `key_version` is set.
     pub key_name: String,
     /// A `CryptoKeyVersion` id (the number after `cryptoKeyVersions/`) to
-    /// encrypt with instead of the primary. `keys rotate` sets it.
+    /// encrypt with instead of the primary. `keys rotate` sets it. Required
+    /// for asymmetric keys, which have no primary.
     #[serde(default)]
     pub key_version: Option<String>,
+    /// Makes this an asymmetric key (External Keys): `rsa-2048`,
+    /// `rsa-3072`, `rsa-4096`, `ecdsa-p256`, `ecdsa-p384` or `ed25519`. An
+    /// `ASYMMETRIC_SIGN` key pair unless `mechanism` says otherwise.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    /// `RSA_PKCS_OAEP`: with an RSA `algorithm`, an `ASYMMETRIC_DECRYPT`
+    /// pair for RSA-OAEP instead of a signing one.
+    #[serde(default)]
+    pub mechanism: Option<MechanismName>,
+    /// RSA-OAEP's hash (and MGF1's): `sha256` (the default), `sha1`, or
+    /// `sha512` on rsa-4096.
+    #[serde(default)]
+    pub rsa_oaep_hash: Option<String>,
 }
 
 /// Config errors name fields relative to this backend's tables; the broker places them under
@@ -139,6 +180,7 @@ pub struct KeyConfig {
 pub use sealbroker_core::ConfigError;
 
 pub use kind::{GcpKmsKind, KIND};
+pub use signing::{MechanismName, Purpose};
 
 fn config_error(field: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::new(field, reason)
@@ -343,6 +385,9 @@ pub struct GcpKmsKey {
     key_name: String,
     /// `<key_name>/cryptoKeyVersions/<id>` when pinned.
     version: Option<String>,
+    purpose: Purpose,
+    /// An asymmetric version's public key and algorithm, once read.
+    version_key: Mutex<Option<Arc<signing::VersionKey>>>,
 }
 
 impl fmt::Debug for GcpKmsKey {
@@ -350,6 +395,7 @@ impl fmt::Debug for GcpKmsKey {
         f.debug_struct("GcpKmsKey")
             .field("key_name", &self.key_name)
             .field("version", &self.version)
+            .field("purpose", &self.purpose)
             .finish()
     }
 }
@@ -396,11 +442,58 @@ impl GcpKmsKey {
                 ));
             }
         };
-        Ok(GcpKmsKey {
+        let purpose = Purpose::from_config(key)?;
+        Ok(GcpKmsKey::with_purpose(client, &key.key_name, version, purpose))
+    }
+
+    fn with_purpose(client: &KmsClient, key_name: &str, version: Option<String>, purpose: Purpose) -> Self {
+        GcpKmsKey {
             client: client.clone(),
-            key_name: key.key_name.clone(),
+            key_name: key_name.to_owned(),
             version,
+            purpose,
+            version_key: Mutex::new(None),
+        }
+    }
+
+    async fn get_version(&self, name: &str) -> Result<CryptoKeyVersion, BackendError> {
+        let kms = &self.client.0.kms;
+        self.call("GetCryptoKeyVersion", || {
+            kms.get_crypto_key_version()
+                .set_name(name)
+                .with_attempt_timeout(self.client.0.timeout)
+                .send()
         })
+        .await
+    }
+
+    /// Polls a version until it leaves `PENDING_GENERATION` (HSM and
+    /// asymmetric keys take a moment); it must then be ENABLED.
+    async fn wait_enabled(&self, mut version: CryptoKeyVersion) -> Result<CryptoKeyVersion, BackendError> {
+        let started = std::time::Instant::now();
+        let mut wait = Duration::from_millis(200);
+        while version.state == CryptoKeyVersionState::PendingGeneration {
+            if started.elapsed() > GENERATION_WAIT {
+                return Err(BackendError::unavailable(format!(
+                    "Cloud KMS version {} is still PENDING_GENERATION after {}s",
+                    version.name,
+                    GENERATION_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+            version = self.get_version(&version.name).await?;
+        }
+        if version.state != CryptoKeyVersionState::Enabled {
+            return Err(BackendError::new(
+                BackendErrorKind::KeyNotFound,
+                format!(
+                    "Cloud KMS version {} is {:?}, not ENABLED",
+                    version.name, version.state
+                ),
+            ));
+        }
+        Ok(version)
     }
 
     /// The resource `Encrypt` is called on: the pinned version, else the key.
@@ -537,7 +630,7 @@ fn classify(operation: &str, error: &GaxError, timeout: Duration) -> Attempt<Fai
             ),
             // Cloud KMS says INVALID_ARGUMENT when a ciphertext does not open
             // (wrong AAD, altered, or under another key).
-            Code::InvalidArgument if operation == "Decrypt" => fatal(
+            Code::InvalidArgument if operation == "Decrypt" || operation == "AsymmetricDecrypt" => fatal(
                 BackendErrorKind::NotAuthentic,
                 format!("the wrapped data key does not open under this key and AAD ({text})"),
             ),
@@ -640,7 +733,7 @@ pub fn crc32c(data: &[u8]) -> u32 {
     !crc
 }
 
-fn corrupted(what: &str) -> BackendError {
+pub(crate) fn corrupted(what: &str) -> BackendError {
     BackendError::new(
         BackendErrorKind::Unavailable,
         format!("Cloud KMS answer failed its CRC32C check ({what}); the data was corrupted in transit"),
@@ -661,6 +754,51 @@ impl Backend for GcpKmsKey {
         self.client.0.throttling_retries.load(Ordering::Relaxed)
     }
 
+    fn algorithm(&self) -> Option<KeyAlgorithm> {
+        self.purpose.algorithm()
+    }
+
+    fn oaep_hash(&self) -> Option<sealbroker_core::OaepHash> {
+        match self.purpose {
+            Purpose::Oaep(_, hash) => Some(hash),
+            _ => None,
+        }
+    }
+
+    /// `GetPublicKey` of the pinned version (read once).
+    async fn public_key(&self) -> Result<PublicKey, BackendError> {
+        Ok(self.version_key().await?.public.clone())
+    }
+
+    /// `AsymmetricSign` with the version's one scheme: a digest (the
+    /// caller's, or the message hashed once here) for RSA and ECDSA, the
+    /// message for Ed25519.
+    async fn sign(&self, scheme: SignScheme, input: SignInput<'_>) -> Result<Vec<u8>, BackendError> {
+        self.sign_asymmetric(scheme, input).await
+    }
+
+    /// Checked here with the version's public key (Cloud KMS has no
+    /// Verify); whole messages only.
+    async fn verify(
+        &self,
+        scheme: SignScheme,
+        input: SignInput<'_>,
+        signature: &[u8],
+    ) -> Result<bool, BackendError> {
+        self.verify_asymmetric(scheme, input, signature).await
+    }
+
+    /// RSA-OAEP to the version's public key, here (Cloud KMS has no
+    /// asymmetric Encrypt).
+    async fn encrypt_asymmetric(&self, plaintext: &[u8]) -> Result<Vec<u8>, BackendError> {
+        self.encrypt_oaep(plaintext).await
+    }
+
+    /// `AsymmetricDecrypt`.
+    async fn decrypt_asymmetric(&self, ciphertext: &[u8]) -> Result<SecretBytes, BackendError> {
+        self.decrypt_oaep(ciphertext).await
+    }
+
     /// Creates a new `CryptoKeyVersion` of the same `CryptoKey` and pins the
     /// new broker version to it. Cloud KMS numbers versions itself, so the
     /// broker's `version` is not part of the name. The key's primary in Cloud
@@ -669,7 +807,7 @@ impl Backend for GcpKmsKey {
         let kms = &self.client.0.kms;
         // Not retried after a timeout or 5xx: that could leave a second,
         // unused version behind.
-        let mut created = self
+        let created = self
             .call_with("CreateCryptoKeyVersion", false, || {
                 kms.create_crypto_key_version()
                     .set_parent(&self.key_name)
@@ -689,48 +827,16 @@ impl Backend for GcpKmsKey {
                     created.name, self.key_name
                 ))
             })?;
-        let started = std::time::Instant::now();
-        let mut wait = Duration::from_millis(200);
-        while created.state == CryptoKeyVersionState::PendingGeneration {
-            if started.elapsed() > GENERATION_WAIT {
-                return Err(BackendError::unavailable(format!(
-                    "Cloud KMS version {} is still PENDING_GENERATION after {}s",
-                    created.name,
-                    GENERATION_WAIT.as_secs()
-                )));
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
-            let name = created.name.clone();
-            created = self
-                .call("GetCryptoKeyVersion", || {
-                    kms.get_crypto_key_version()
-                        .set_name(&name)
-                        .with_attempt_timeout(self.client.0.timeout)
-                        .send()
-                })
-                .await?;
-        }
-        if created.state != CryptoKeyVersionState::Enabled {
-            return Err(BackendError::new(
-                BackendErrorKind::KeyNotFound,
-                format!(
-                    "Cloud KMS created version {} but it is {:?}, not ENABLED",
-                    created.name, created.state
-                ),
-            ));
-        }
+        let created = self.wait_enabled(created).await?;
         tracing::info!(
             key = %self.key_name,
             cloud_version = %created.name,
             version,
             "created a Cloud KMS key version"
         );
-        let key = GcpKmsKey {
-            client: self.client.clone(),
-            key_name: self.key_name.clone(),
-            version: Some(created.name),
-        };
+        // An asymmetric version takes the key's version template, so it is
+        // of the same purpose and algorithm.
+        let key = GcpKmsKey::with_purpose(&self.client, &self.key_name, Some(created.name), self.purpose);
         Ok(NewVersion {
             backend: Arc::new(key),
             settings: [("key_version".to_owned(), id)].into(),
@@ -738,6 +844,7 @@ impl Backend for GcpKmsKey {
     }
 
     async fn encrypt(&self, secret: &[u8], aad: &[u8]) -> Result<Sealed, BackendError> {
+        self.refuse_unless_sealing()?;
         let kms = &self.client.0.kms;
         let plaintext = Bytes::copy_from_slice(secret);
         let aad_bytes = Bytes::copy_from_slice(aad);
@@ -787,6 +894,7 @@ impl Backend for GcpKmsKey {
     }
 
     async fn decrypt(&self, sealed: &Sealed, aad: &[u8]) -> Result<SecretBytes, BackendError> {
+        self.refuse_unless_sealing()?;
         if sealed.mechanism != Mechanism::ServiceDefined {
             return Err(BackendError::not_authentic(
                 "the data key was not sealed by Cloud KMS (mechanism is not service-defined)",
@@ -843,12 +951,14 @@ impl Backend for GcpKmsKey {
                     .send()
             })
             .await?;
-        if key.purpose != CryptoKeyPurpose::EncryptDecrypt {
+        if key.purpose != self.purpose.key_purpose() {
             return Err(BackendError::new(
                 BackendErrorKind::InvalidInput,
                 format!(
-                    "Cloud KMS key {} has purpose {:?}, not ENCRYPT_DECRYPT",
-                    self.key_name, key.purpose
+                    "Cloud KMS key {} has purpose {:?}, not {:?}",
+                    self.key_name,
+                    key.purpose,
+                    self.purpose.key_purpose()
                 ),
             ));
         }
@@ -886,6 +996,10 @@ impl Backend for GcpKmsKey {
                     format!("Cloud KMS key {} has no primary version", self.key_name),
                 ));
             }
+        }
+        // A key pair is probed by signing or by OAEP, never by sealing.
+        if self.purpose != Purpose::Seal {
+            return self.probe_asymmetric().await;
         }
         let probe = b"sealbroker health probe";
         let sealed = self.encrypt(probe, b"health").await?;

@@ -204,7 +204,7 @@ impl GcpStockSeal {
         } else {
             let key_config = KeyConfig {
                 key_name: parsed.parent_name(),
-                key_version: None,
+                ..Default::default()
             };
             Some(GcpKmsKey::new(&client, &key_config).map_err(|e| StanzaError::new(e.to_string()))?)
         };

@@ -4,6 +4,12 @@
 //! `POST /v1/{cryptoKey}:decrypt`, `GET /v1/{cryptoKey}`,
 //! `POST /v1/{cryptoKey}/cryptoKeyVersions`, `GET` of a version, Google's JSON
 //! error body, and an OAuth token endpoint for `authorized_user` credentials.
+//! For asymmetric keys (External Keys): `POST /v1/{keyRing}/cryptoKeys`
+//! (`cryptoKeys.create`), `GET /v1/{version}/publicKey` (PEM and its CRC32C),
+//! `POST /v1/{version}:asymmetricSign` (a `digest` for RSA and ECDSA, `data`
+//! for Ed25519) and `POST /v1/{version}:asymmetricDecrypt` (RSA-OAEP), with
+//! real key pairs made by aws-lc-rs (ring cannot sign a digest it did not
+//! compute) and real signatures and decryptions.
 //! There is no Cloud KMS emulator. Where the client relies on the service,
 //! the stand-in behaves as Cloud KMS does: enums come back as integers when
 //! the request asks `$alt=json;enum-encoding=int` (as the SDK does) and as
@@ -21,7 +27,7 @@
 //! includes this file for its stand-in (`start_fake`, `pki` and the
 //! credentials constants are `pub(crate)` for it).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -29,6 +35,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::{
+    KeySize, OAEP_SHA1_MGF1SHA1, OAEP_SHA256_MGF1SHA256, OAEP_SHA512_MGF1SHA512, OaepPrivateDecryptingKey,
+    PrivateDecryptingKey,
+};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair,
+    KeyPair as _, RSA_PKCS1_SHA256, RSA_PKCS1_SHA512, RSA_PSS_SHA256, RSA_PSS_SHA512, RsaKeyPair,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
@@ -36,7 +51,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 use sealbroker_backend_gcpckms::{
     BackendConfig, GcpKmsKey, KeyConfig, KmsClient, METADATA_KEY_VERSION, RetryConfig, connect, crc32c,
 };
-use sealbroker_core::{Backend, BackendErrorKind, Mechanism};
+use sealbroker_core::{
+    Backend, BackendErrorKind, BackendKind, Hash, KeyAlgorithm, KeygenError, Mechanism, OaepHash, Profile,
+    PublicKey, SignInput, SignScheme,
+};
 use sealbroker_testkit::https_stub::{HttpsStub, StubResponse};
 use sealbroker_testkit::pki::{Leaf, TestCa};
 use sealbroker_testkit::{assert_no_secret, free_port};
@@ -92,6 +110,87 @@ struct State {
     /// Data fields sent without their CRC32C (`plaintext` of an encrypt,
     /// `ciphertext` of a decrypt): the service accepts that, sealbroker must not.
     unchecksummed: Vec<&'static str>,
+    /// Asymmetric keys by CryptoKey name.
+    asym: BTreeMap<String, AsymKey>,
+}
+
+/// An asymmetric CryptoKey: its purpose, version template and versions.
+struct AsymKey {
+    purpose: String,
+    algorithm: String,
+    protection: String,
+    /// 1-based, as Cloud KMS numbers them.
+    versions: Vec<AsymVersion>,
+}
+
+struct AsymVersion {
+    state: &'static str,
+    pair: Pair,
+}
+
+/// A version's private key, made by the stand-in.
+enum Pair {
+    RsaSign(RsaKeyPair),
+    RsaDecrypt(PrivateDecryptingKey),
+    Ecdsa(EcdsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+}
+
+impl Pair {
+    /// A fresh key pair for a Cloud KMS version algorithm, `None` for one
+    /// the stand-in does not make.
+    fn generate(algorithm: &str) -> Option<Pair> {
+        let size = || {
+            Some(
+                match algorithm
+                    .split('_')
+                    .find(|p| p.len() == 4 && p.bytes().all(|b| b.is_ascii_digit()))?
+                {
+                    "2048" => KeySize::Rsa2048,
+                    "3072" => KeySize::Rsa3072,
+                    "4096" => KeySize::Rsa4096,
+                    _ => return None,
+                },
+            )
+        };
+        Some(match algorithm {
+            "EC_SIGN_P256_SHA256" => {
+                Pair::Ecdsa(EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).ok()?)
+            }
+            "EC_SIGN_P384_SHA384" => {
+                Pair::Ecdsa(EcdsaKeyPair::generate(&ECDSA_P384_SHA384_ASN1_SIGNING).ok()?)
+            }
+            "EC_SIGN_ED25519" => Pair::Ed25519(Ed25519KeyPair::generate().ok()?),
+            a if a.starts_with("RSA_SIGN_PSS_") || a.starts_with("RSA_SIGN_PKCS1_") => {
+                Pair::RsaSign(RsaKeyPair::generate(size()?).ok()?)
+            }
+            a if a.starts_with("RSA_DECRYPT_OAEP_") => {
+                Pair::RsaDecrypt(PrivateDecryptingKey::generate(size()?).ok()?)
+            }
+            _ => return None,
+        })
+    }
+
+    /// The public key as a DER SubjectPublicKeyInfo.
+    fn spki(&self) -> Vec<u8> {
+        match self {
+            Pair::RsaSign(pair) => pair.public_key().as_der().unwrap().as_ref().to_vec(),
+            Pair::RsaDecrypt(key) => key.public_key().as_der().unwrap().as_ref().to_vec(),
+            Pair::Ecdsa(pair) => pair.public_key().as_der().unwrap().as_ref().to_vec(),
+            Pair::Ed25519(pair) => pair.public_key().as_der().unwrap().as_ref().to_vec(),
+        }
+    }
+}
+
+/// PEM of a DER SubjectPublicKeyInfo, 64 columns, as Cloud KMS writes it.
+fn pem(der: &[u8]) -> String {
+    let body = B64.encode(der);
+    let mut out = String::from("-----BEGIN PUBLIC KEY-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out + "-----END PUBLIC KEY-----\n"
 }
 
 pub(crate) struct FakeKms {
@@ -120,6 +219,41 @@ impl FakeKms {
     }
     pub(crate) fn requests(&self) -> usize {
         self.state.lock().unwrap().requests
+    }
+    /// Makes an asymmetric CryptoKey `id` in the key ring of [`KEY`], as
+    /// gcloud would, with version 1 ENABLED; returns its name.
+    pub(crate) fn add_asymmetric(&self, id: &str, algorithm: &str) -> String {
+        let purpose = if algorithm.starts_with("RSA_DECRYPT_") {
+            "ASYMMETRIC_DECRYPT"
+        } else {
+            "ASYMMETRIC_SIGN"
+        };
+        let name = format!("{}/{id}", KEY.rsplit_once('/').unwrap().0);
+        let pair =
+            Pair::generate(algorithm).unwrap_or_else(|| panic!("the stand-in cannot make {algorithm}"));
+        self.state.lock().unwrap().asym.insert(
+            name.clone(),
+            AsymKey {
+                purpose: purpose.into(),
+                algorithm: algorithm.into(),
+                protection: "HSM".into(),
+                versions: vec![AsymVersion {
+                    state: "ENABLED",
+                    pair,
+                }],
+            },
+        );
+        name
+    }
+    /// Sets the state of version `version` of asymmetric key `name`.
+    pub(crate) fn set_asymmetric_state(&self, name: &str, version: usize, state: &'static str) {
+        self.state.lock().unwrap().asym.get_mut(name).unwrap().versions[version - 1].state = state;
+    }
+    /// The purpose, algorithm and protection level of asymmetric key `name`.
+    pub(crate) fn asymmetric_template(&self, name: &str) -> Option<(String, String, String)> {
+        let state = self.state.lock().unwrap();
+        let key = state.asym.get(name)?;
+        Some((key.purpose.clone(), key.algorithm.clone(), key.protection.clone()))
     }
 }
 
@@ -174,19 +308,58 @@ fn asks_int_enums(query: &str) -> bool {
     })
 }
 
+const NUMBERS: &[(&str, &str, i64)] = &[
+    ("state", "ENABLED", 1),
+    ("state", "DISABLED", 2),
+    ("state", "DESTROYED", 3),
+    ("state", "DESTROY_SCHEDULED", 4),
+    ("state", "PENDING_GENERATION", 5),
+    ("protectionLevel", "SOFTWARE", 1),
+    ("protectionLevel", "HSM", 2),
+    ("algorithm", "GOOGLE_SYMMETRIC_ENCRYPTION", 1),
+    ("purpose", "ENCRYPT_DECRYPT", 1),
+    ("purpose", "ASYMMETRIC_SIGN", 5),
+    ("purpose", "ASYMMETRIC_DECRYPT", 6),
+    ("publicKeyFormat", "PEM", 1),
+    ("algorithm", "RSA_SIGN_PSS_2048_SHA256", 2),
+    ("algorithm", "RSA_SIGN_PSS_3072_SHA256", 3),
+    ("algorithm", "RSA_SIGN_PSS_4096_SHA256", 4),
+    ("algorithm", "RSA_SIGN_PSS_4096_SHA512", 15),
+    ("algorithm", "RSA_SIGN_PKCS1_2048_SHA256", 5),
+    ("algorithm", "RSA_SIGN_PKCS1_3072_SHA256", 6),
+    ("algorithm", "RSA_SIGN_PKCS1_4096_SHA256", 7),
+    ("algorithm", "RSA_SIGN_PKCS1_4096_SHA512", 16),
+    ("algorithm", "RSA_DECRYPT_OAEP_2048_SHA256", 8),
+    ("algorithm", "RSA_DECRYPT_OAEP_3072_SHA256", 9),
+    ("algorithm", "RSA_DECRYPT_OAEP_4096_SHA256", 10),
+    ("algorithm", "RSA_DECRYPT_OAEP_4096_SHA512", 17),
+    ("algorithm", "RSA_DECRYPT_OAEP_2048_SHA1", 37),
+    ("algorithm", "RSA_DECRYPT_OAEP_3072_SHA1", 38),
+    ("algorithm", "RSA_DECRYPT_OAEP_4096_SHA1", 39),
+    ("algorithm", "EC_SIGN_P256_SHA256", 12),
+    ("algorithm", "EC_SIGN_P384_SHA384", 13),
+    ("algorithm", "EC_SIGN_ED25519", 40),
+    ("algorithm", "EC_SIGN_SECP256K1_SHA256", 31),
+];
+
+/// An enum field of a request, by name: the SDK sends numbers
+/// (`enum-encoding=int`), other clients names.
+fn enum_name(value: Option<&Value>, field: &str) -> String {
+    match value {
+        Some(Value::String(name)) => name.clone(),
+        Some(Value::Number(n)) => NUMBERS
+            .iter()
+            .find(|(f, _, number)| *f == field && Some(*number) == n.as_i64())
+            .map(|(_, name, _)| (*name).to_owned())
+            .unwrap_or_else(|| format!("unknown {field} {n}")),
+        _ => String::new(),
+    }
+}
+
 /// Rewrites the enum fields the stand-in sends (`state`, `protectionLevel`,
-/// `algorithm`, `purpose`, at any depth) from names to Cloud KMS's numbers.
+/// `algorithm`, `purpose`, `publicKeyFormat`, at any depth) from names to
+/// Cloud KMS's numbers.
 fn int_enums(value: &mut Value) {
-    const NUMBERS: &[(&str, &str, i64)] = &[
-        ("state", "ENABLED", 1),
-        ("state", "DISABLED", 2),
-        ("state", "DESTROYED", 3),
-        ("state", "DESTROY_SCHEDULED", 4),
-        ("state", "PENDING_GENERATION", 5),
-        ("protectionLevel", "SOFTWARE", 1),
-        ("algorithm", "GOOGLE_SYMMETRIC_ENCRYPTION", 1),
-        ("purpose", "ENCRYPT_DECRYPT", 1),
-    ];
     match value {
         Value::Object(map) => {
             for (field, v) in map.iter_mut() {
@@ -235,7 +408,18 @@ fn version_json(n: usize, state: &str) -> Value {
 fn key_config(name: &str) -> KeyConfig {
     KeyConfig {
         key_name: name.into(),
-        key_version: None,
+        ..Default::default()
+    }
+}
+
+/// The settings of version 1 of an asymmetric key.
+fn pair_config(name: &str, algorithm: &str, oaep_hash: Option<&str>) -> KeyConfig {
+    KeyConfig {
+        key_name: name.into(),
+        key_version: Some("1".into()),
+        algorithm: Some(algorithm.into()),
+        mechanism: oaep_hash.map(|_| sealbroker_backend_gcpckms::MechanismName::RsaPkcsOaep),
+        rsa_oaep_hash: oaep_hash.map(str::to_owned),
     }
 }
 
@@ -244,13 +428,16 @@ fn b64(v: &Value, field: &str) -> Vec<u8> {
         .unwrap()
 }
 
+type Reply = (u16, Vec<(&'static str, String)>, Value);
+
 fn handle(
     state: &Mutex<State>,
     method: &str,
     path: &str,
+    query: &str,
     auth: Option<&str>,
     body: &Value,
-) -> (u16, Vec<(&'static str, String)>, Value) {
+) -> Reply {
     let mut state = state.lock().unwrap();
     state.requests += 1;
     if let Some(canned) = state.canned.pop_front() {
@@ -288,6 +475,12 @@ fn handle(
         Some((key, tail)) => (key, Some(tail.trim_start_matches('/'))),
         None => (name, None),
     };
+    if method == "POST" && sub.is_none() && verb.is_empty() && name.ends_with("/cryptoKeys") {
+        return create_crypto_key(&mut state, name.trim_end_matches("/cryptoKeys"), query, body);
+    }
+    if state.asym.contains_key(name) {
+        return handle_asymmetric(&mut state, method, name, sub, verb, body);
+    }
     if name != KEY {
         return (
             404,
@@ -474,6 +667,312 @@ fn handle(
     }
 }
 
+fn not_found(what: &str) -> Reply {
+    (404, vec![], error_body(404, "NOT_FOUND", what))
+}
+
+fn bad_request(status: &str, message: &str) -> Reply {
+    (400, vec![], error_body(400, status, message))
+}
+
+/// `cryptoKeys.create` (`POST /v1/{keyRing}/cryptoKeys?cryptoKeyId=ID`) of
+/// an asymmetric key: version 1 is made PENDING_GENERATION, as Cloud KMS
+/// makes it, and is ENABLED at the next read.
+fn create_crypto_key(state: &mut State, ring: &str, query: &str, body: &Value) -> Reply {
+    let Some(id) = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("cryptoKeyId="))
+        .filter(|id| !id.is_empty())
+    else {
+        return bad_request("INVALID_ARGUMENT", "crypto_key_id is required");
+    };
+    let name = format!("{ring}/cryptoKeys/{id}");
+    if name == KEY || state.asym.contains_key(&name) {
+        return (
+            409,
+            vec![],
+            error_body(
+                409,
+                "ALREADY_EXISTS",
+                &format!("CryptoKey {name} already exists."),
+            ),
+        );
+    }
+    let purpose = enum_name(body.get("purpose"), "purpose");
+    let template = body.get("versionTemplate").cloned().unwrap_or(Value::Null);
+    let algorithm = enum_name(template.get("algorithm"), "algorithm");
+    let protection = match enum_name(template.get("protectionLevel"), "protectionLevel") {
+        level if level.is_empty() => "SOFTWARE".to_owned(),
+        level => level,
+    };
+    let fits = match purpose.as_str() {
+        "ASYMMETRIC_SIGN" => algorithm.starts_with("RSA_SIGN_") || algorithm.starts_with("EC_SIGN_"),
+        "ASYMMETRIC_DECRYPT" => algorithm.starts_with("RSA_DECRYPT_"),
+        _ => false,
+    };
+    if !fits {
+        return bad_request(
+            "INVALID_ARGUMENT",
+            &format!("Algorithm {algorithm} is not compatible with purpose {purpose}."),
+        );
+    }
+    let Some(pair) = Pair::generate(&algorithm) else {
+        return bad_request(
+            "INVALID_ARGUMENT",
+            &format!("the stand-in cannot make {algorithm}"),
+        );
+    };
+    state.asym.insert(
+        name.clone(),
+        AsymKey {
+            purpose: purpose.clone(),
+            algorithm: algorithm.clone(),
+            protection: protection.clone(),
+            versions: vec![AsymVersion {
+                state: "PENDING_GENERATION",
+                pair,
+            }],
+        },
+    );
+    (
+        200,
+        vec![],
+        json!({
+            "name": name,
+            "purpose": purpose,
+            "versionTemplate": {"algorithm": algorithm, "protectionLevel": protection},
+        }),
+    )
+}
+
+fn asym_version_json(name: &str, key: &AsymKey, n: usize) -> Value {
+    json!({
+        "name": format!("{name}/cryptoKeyVersions/{n}"),
+        "state": key.versions[n - 1].state,
+        "algorithm": key.algorithm,
+        "protectionLevel": key.protection,
+    })
+}
+
+/// The digest field and length an RSA or ECDSA algorithm signs.
+fn digest_of(algorithm: &str) -> Option<(&'static str, &'static aws_lc_rs::digest::Algorithm)> {
+    if algorithm == "EC_SIGN_ED25519" {
+        None
+    } else if algorithm.ends_with("SHA512") {
+        Some(("sha512", &aws_lc_rs::digest::SHA512))
+    } else if algorithm.ends_with("SHA384") {
+        Some(("sha384", &aws_lc_rs::digest::SHA384))
+    } else {
+        Some(("sha256", &aws_lc_rs::digest::SHA256))
+    }
+}
+
+fn handle_asymmetric(
+    state: &mut State,
+    method: &str,
+    name: &str,
+    sub: Option<&str>,
+    verb: &str,
+    body: &Value,
+) -> Reply {
+    let key = state.asym.get_mut(name).unwrap();
+    let Some(sub) = sub else {
+        return match (method, verb) {
+            ("GET", "") => (
+                200,
+                vec![],
+                json!({
+                    "name": name,
+                    "purpose": key.purpose,
+                    "versionTemplate": {"algorithm": key.algorithm, "protectionLevel": key.protection},
+                }),
+            ),
+            _ => not_found("no such method"),
+        };
+    };
+    if method == "POST" && sub.is_empty() && verb.is_empty() {
+        let Some(pair) = Pair::generate(&key.algorithm) else {
+            return bad_request("INVALID_ARGUMENT", "the stand-in cannot make this algorithm");
+        };
+        key.versions.push(AsymVersion {
+            state: "PENDING_GENERATION",
+            pair,
+        });
+        let n = key.versions.len();
+        return (200, vec![], asym_version_json(name, key, n));
+    }
+    let (id, tail) = sub.split_once('/').unwrap_or((sub, ""));
+    let Some(n) = id
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=key.versions.len()).contains(n))
+    else {
+        return not_found(&format!(
+            "CryptoKeyVersion {name}/cryptoKeyVersions/{id} not found."
+        ));
+    };
+    let version_name = format!("{name}/cryptoKeyVersions/{n}");
+    if method == "GET" && tail.is_empty() && verb.is_empty() {
+        // Generation finishes by the next read.
+        let reply = asym_version_json(name, key, n);
+        if key.versions[n - 1].state == "PENDING_GENERATION" {
+            key.versions[n - 1].state = "ENABLED";
+        }
+        return (200, vec![], reply);
+    }
+    let version = &key.versions[n - 1];
+    if version.state != "ENABLED" {
+        return bad_request(
+            "FAILED_PRECONDITION",
+            &format!(
+                "{version_name} is not enabled, current state is: {}.",
+                version.state
+            ),
+        );
+    }
+    match (method, tail, verb) {
+        ("GET", "publicKey", "") => {
+            let pem = pem(&version.pair.spki());
+            (
+                200,
+                vec![],
+                json!({
+                    "pem": pem,
+                    "algorithm": key.algorithm,
+                    "pemCrc32c": crc32c(pem.as_bytes()).to_string(),
+                    "name": version_name,
+                    "protectionLevel": key.protection,
+                    "publicKeyFormat": "PEM",
+                }),
+            )
+        }
+        ("POST", "", "asymmetricSign") => {
+            if key.purpose != "ASYMMETRIC_SIGN" {
+                return bad_request(
+                    "FAILED_PRECONDITION",
+                    &format!("{version_name} has purpose {}, not ASYMMETRIC_SIGN.", key.purpose),
+                );
+            }
+            let digest_sent = body.get("digest").and_then(Value::as_object);
+            let data_sent = body.get("data").is_some();
+            let signature = match (digest_of(&key.algorithm), digest_sent, &version.pair) {
+                (None, None, Pair::Ed25519(pair)) if data_sent => {
+                    let data = b64(body, "data");
+                    if crc_matches(body, "dataCrc32c", &data) == Some(false) {
+                        return checksum_mismatch("data");
+                    }
+                    pair.sign(&data).as_ref().to_vec()
+                }
+                (Some((field, algorithm)), Some(digest), pair) if !data_sent => {
+                    let Some(bytes) = digest
+                        .get(field)
+                        .and_then(Value::as_str)
+                        .and_then(|t| B64.decode(t).ok())
+                    else {
+                        return bad_request(
+                            "INVALID_ARGUMENT",
+                            &format!("Algorithm {} requires digest.{field}.", key.algorithm),
+                        );
+                    };
+                    if crc_matches(body, "digestCrc32c", &bytes) == Some(false) {
+                        return checksum_mismatch("digest");
+                    }
+                    let Ok(imported) = aws_lc_rs::digest::Digest::import_less_safe(&bytes, algorithm) else {
+                        return bad_request(
+                            "INVALID_ARGUMENT",
+                            &format!("The {field} digest must be {} bytes.", algorithm.output_len()),
+                        );
+                    };
+                    match pair {
+                        Pair::Ecdsa(pair) => pair.sign_digest(&imported).unwrap().as_ref().to_vec(),
+                        Pair::RsaSign(pair) => {
+                            let encoding = match key.algorithm.as_str() {
+                                a if a.starts_with("RSA_SIGN_PSS_") && a.ends_with("SHA512") => {
+                                    &RSA_PSS_SHA512
+                                }
+                                a if a.starts_with("RSA_SIGN_PSS_") => &RSA_PSS_SHA256,
+                                a if a.ends_with("SHA512") => &RSA_PKCS1_SHA512,
+                                _ => &RSA_PKCS1_SHA256,
+                            };
+                            let mut signature = vec![0u8; pair.public_modulus_len()];
+                            pair.sign_digest(encoding, &imported, &mut signature).unwrap();
+                            signature
+                        }
+                        _ => unreachable!("a signing algorithm with a digest is RSA or ECDSA"),
+                    }
+                }
+                (None, ..) => {
+                    return bad_request(
+                        "INVALID_ARGUMENT",
+                        &format!(
+                            "Algorithm {} signs data, not a digest; set data only.",
+                            key.algorithm
+                        ),
+                    );
+                }
+                (Some(_), ..) => {
+                    return bad_request(
+                        "INVALID_ARGUMENT",
+                        &format!("Algorithm {} signs a digest; set digest only.", key.algorithm),
+                    );
+                }
+            };
+            (
+                200,
+                vec![],
+                json!({
+                    "signature": B64.encode(&signature),
+                    "signatureCrc32c": crc32c(&signature).to_string(),
+                    "verifiedDigestCrc32c": body.get("digestCrc32c").is_some(),
+                    "verifiedDataCrc32c": body.get("dataCrc32c").is_some(),
+                    "name": version_name,
+                    "protectionLevel": key.protection,
+                }),
+            )
+        }
+        ("POST", "", "asymmetricDecrypt") => {
+            let Pair::RsaDecrypt(private) = &version.pair else {
+                return bad_request(
+                    "FAILED_PRECONDITION",
+                    &format!(
+                        "{version_name} has purpose {}, not ASYMMETRIC_DECRYPT.",
+                        key.purpose
+                    ),
+                );
+            };
+            let ciphertext = b64(body, "ciphertext");
+            if crc_matches(body, "ciphertextCrc32c", &ciphertext) == Some(false) {
+                return checksum_mismatch("ciphertext");
+            }
+            let algorithm = match key.algorithm.as_str() {
+                a if a.ends_with("SHA1") => &OAEP_SHA1_MGF1SHA1,
+                a if a.ends_with("SHA512") => &OAEP_SHA512_MGF1SHA512,
+                _ => &OAEP_SHA256_MGF1SHA256,
+            };
+            let opener = OaepPrivateDecryptingKey::new(private.clone()).unwrap();
+            let mut out = vec![0u8; opener.min_output_size()];
+            let Ok(plaintext) = opener.decrypt(algorithm, &ciphertext, &mut out, None) else {
+                return bad_request(
+                    "INVALID_ARGUMENT",
+                    "Decryption failed: verify that 'name' refers to the correct CryptoKeyVersion.",
+                );
+            };
+            let plaintext = plaintext.to_vec();
+            (
+                200,
+                vec![],
+                json!({
+                    "plaintext": B64.encode(&plaintext),
+                    "plaintextCrc32c": crc32c(&plaintext).to_string(),
+                    "verifiedCiphertextCrc32c": body.get("ciphertextCrc32c").is_some(),
+                    "protectionLevel": key.protection,
+                }),
+            )
+        }
+        _ => not_found("no such method"),
+    }
+}
+
 pub(crate) async fn start_fake(tls: Arc<rustls::ServerConfig>) -> FakeKms {
     let state = Arc::new(Mutex::new(State::default()));
     let tokens = Arc::new(AtomicUsize::new(0));
@@ -502,6 +1001,7 @@ pub(crate) async fn start_fake(tls: Arc<rustls::ServerConfig>) -> FakeKms {
                 &shared,
                 &request.method,
                 &request.path,
+                &request.query,
                 request.header("authorization"),
                 &body,
             );
@@ -960,6 +1460,7 @@ async fn create_version_makes_a_cloud_version_and_pins_the_new_key_to_it(env: Ar
         &KeyConfig {
             key_name: KEY.into(),
             key_version: Some(created.settings["key_version"].clone()),
+            ..Default::default()
         },
     )
     .unwrap();
@@ -995,6 +1496,7 @@ async fn a_key_version_must_be_a_number(env: Arc<Env>) {
             &KeyConfig {
                 key_name: KEY.into(),
                 key_version: Some(bad.into()),
+                ..Default::default()
             },
         )
         .err()
@@ -1006,10 +1508,347 @@ async fn a_key_version_must_be_a_number(env: Arc<Env>) {
         &KeyConfig {
             key_name: KEY.into(),
             key_version: Some(String::new()),
+            ..Default::default()
         },
     )
     .unwrap();
     assert_eq!(empty.key_identity(), format!("gcpckms:{KEY}"));
+}
+
+// ---------------------------------------------------- asymmetric keys
+
+/// Checks `signature` over `message` with ring and the public key alone.
+fn ring_verifies(public: &PublicKey, scheme: SignScheme, message: &[u8], signature: &[u8]) -> bool {
+    use ring::signature as sig;
+    let algorithm: &dyn sig::VerificationAlgorithm = match (scheme, public.algorithm) {
+        (SignScheme::RsaPkcs1v15(Hash::Sha256), _) => &sig::RSA_PKCS1_2048_8192_SHA256,
+        (SignScheme::RsaPss(Hash::Sha256), _) => &sig::RSA_PSS_2048_8192_SHA256,
+        (SignScheme::Ecdsa(Hash::Sha256), KeyAlgorithm::EcdsaP256) => &sig::ECDSA_P256_SHA256_ASN1,
+        (SignScheme::Ecdsa(Hash::Sha384), KeyAlgorithm::EcdsaP384) => &sig::ECDSA_P384_SHA384_ASN1,
+        (SignScheme::Ed25519, _) => &sig::ED25519,
+        other => panic!("no ring algorithm for {other:?}"),
+    };
+    sig::UnparsedPublicKey::new(algorithm, public.raw())
+        .verify(message, signature)
+        .is_ok()
+}
+
+async fn key_pairs_sign_what_ring_verifies_with_the_public_key_alone(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let client = connect(&env.config(&fake)).await.unwrap();
+    let message = b"tbsCertificate of a PKI root";
+    for (id, gcp, algorithm, scheme) in [
+        (
+            "p256",
+            "EC_SIGN_P256_SHA256",
+            "ecdsa-p256",
+            SignScheme::Ecdsa(Hash::Sha256),
+        ),
+        (
+            "p384",
+            "EC_SIGN_P384_SHA384",
+            "ecdsa-p384",
+            SignScheme::Ecdsa(Hash::Sha384),
+        ),
+        (
+            "pkcs1",
+            "RSA_SIGN_PKCS1_2048_SHA256",
+            "rsa-2048",
+            SignScheme::RsaPkcs1v15(Hash::Sha256),
+        ),
+        (
+            "pss",
+            "RSA_SIGN_PSS_2048_SHA256",
+            "rsa-2048",
+            SignScheme::RsaPss(Hash::Sha256),
+        ),
+        ("ed", "EC_SIGN_ED25519", "ed25519", SignScheme::Ed25519),
+    ] {
+        let name = fake.add_asymmetric(id, gcp);
+        let key = GcpKmsKey::new(&client, &pair_config(&name, algorithm, None)).unwrap();
+        assert_eq!(key.algorithm(), KeyAlgorithm::parse(algorithm));
+        assert_eq!(key.oaep_hash(), None);
+        key.health().await.unwrap();
+        let public = key.public_key().await.unwrap();
+        assert_eq!(public.algorithm.as_str(), algorithm);
+        assert_eq!(PublicKey::from_spki_der(&public.spki_der).unwrap(), public);
+
+        let signature = key.sign(scheme, SignInput::Message(message)).await.unwrap();
+        assert!(ring_verifies(&public, scheme, message, &signature), "{gcp}");
+        assert!(
+            key.verify(scheme, SignInput::Message(message), &signature)
+                .await
+                .unwrap()
+        );
+        let mut tampered = signature.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(!ring_verifies(&public, scheme, message, &tampered), "{gcp}");
+        assert!(
+            !key.verify(scheme, SignInput::Message(message), &tampered)
+                .await
+                .unwrap(),
+            "{gcp}"
+        );
+        assert!(
+            !key.verify(scheme, SignInput::Message(b"another message"), &signature)
+                .await
+                .unwrap()
+        );
+
+        // A caller's digest is signed as is, never hashed again: the
+        // signature verifies over the message the digest is of.
+        if let Some(hash) = scheme.hash() {
+            let digest = hash.digest(message);
+            let signature = key.sign(scheme, SignInput::Digest(&digest)).await.unwrap();
+            assert!(
+                ring_verifies(&public, scheme, message, &signature),
+                "{gcp} digest"
+            );
+        }
+    }
+    let state = fake.state.lock().unwrap();
+    assert_eq!(
+        state.int_enum_requests, state.requests,
+        "every call asked for integer enums"
+    );
+}
+
+async fn a_scheme_or_input_the_version_cannot_take_is_refused_before_a_call(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let client = connect(&env.config(&fake)).await.unwrap();
+    let pss = fake.add_asymmetric("pss", "RSA_SIGN_PSS_2048_SHA256");
+    let key = GcpKmsKey::new(&client, &pair_config(&pss, "rsa-2048", None)).unwrap();
+    key.public_key().await.unwrap();
+    let before = fake.requests();
+    let err = key
+        .sign(SignScheme::RsaPkcs1v15(Hash::Sha256), SignInput::Message(b"m"))
+        .await
+        .unwrap_err();
+    eprintln!("{err}");
+    assert_eq!(err.kind, BackendErrorKind::InvalidInput, "{err}");
+    assert!(err.message.contains("RSA_SIGN_PSS_2048_SHA256"), "{err}");
+    assert!(err.message.contains("only as rsa-pss-sha256"), "{err}");
+    let err = key
+        .sign(SignScheme::RsaPss(Hash::Sha256), SignInput::Digest(&[0; 20]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, BackendErrorKind::InvalidInput, "{err}");
+    let err = key
+        .verify(
+            SignScheme::RsaPss(Hash::Sha256),
+            SignInput::Digest(&Hash::Sha256.digest(b"m")),
+            &[1; 256],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("whole message"), "{err}");
+    assert_eq!(fake.requests(), before, "refused without a call");
+
+    let ed = fake.add_asymmetric("ed", "EC_SIGN_ED25519");
+    let key = GcpKmsKey::new(&client, &pair_config(&ed, "ed25519", None)).unwrap();
+    let err = key
+        .sign(SignScheme::Ed25519, SignInput::Digest(&[0; 32]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, BackendErrorKind::InvalidInput, "{err}");
+    assert!(err.message.contains("Ed25519 signs the message itself"), "{err}");
+    // A signing pair neither seals nor does OAEP.
+    assert_eq!(
+        key.encrypt(DEK, b"").await.unwrap_err().kind,
+        BackendErrorKind::InvalidInput
+    );
+    assert_eq!(
+        key.encrypt_asymmetric(DEK).await.unwrap_err().kind,
+        BackendErrorKind::InvalidInput
+    );
+
+    // The config says P-384 but the version is P-256: named, never used.
+    let p256 = fake.add_asymmetric("p256", "EC_SIGN_P256_SHA256");
+    let key = GcpKmsKey::new(&client, &pair_config(&p256, "ecdsa-p384", None)).unwrap();
+    let err = key.public_key().await.unwrap_err();
+    eprintln!("{err}");
+    assert_eq!(err.kind, BackendErrorKind::InvalidInput, "{err}");
+    assert!(err.message.contains("EC_SIGN_P256_SHA256"), "{err}");
+    assert!(err.message.contains("ecdsa-p384"), "{err}");
+    let err = key.health().await.unwrap_err();
+    assert!(err.message.contains("EC_SIGN_P256_SHA256"), "{err}");
+
+    // A disabled version is named by health.
+    let key = GcpKmsKey::new(&client, &pair_config(&p256, "ecdsa-p256", None)).unwrap();
+    key.health().await.unwrap();
+    fake.set_asymmetric_state(&p256, 1, "DISABLED");
+    let err = key.health().await.unwrap_err();
+    assert_eq!(err.kind, BackendErrorKind::KeyNotFound, "{err}");
+}
+
+async fn an_oaep_pair_decrypts_what_is_encrypted_to_its_public_key(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let client = connect(&env.config(&fake)).await.unwrap();
+    for (id, gcp, hash) in [
+        ("oaep256", "RSA_DECRYPT_OAEP_2048_SHA256", OaepHash::Sha256),
+        ("oaep1", "RSA_DECRYPT_OAEP_3072_SHA1", OaepHash::Sha1),
+    ] {
+        let name = fake.add_asymmetric(id, gcp);
+        let algorithm = if gcp.contains("3072") {
+            "rsa-3072"
+        } else {
+            "rsa-2048"
+        };
+        let key = GcpKmsKey::new(&client, &pair_config(&name, algorithm, Some(hash.as_str()))).unwrap();
+        assert_eq!(key.oaep_hash(), Some(hash));
+        key.health().await.unwrap();
+        let ciphertext = key.encrypt_asymmetric(DEK).await.unwrap();
+        let bits = key.algorithm().unwrap().rsa_bits().unwrap() as usize;
+        assert_eq!(ciphertext.len(), bits / 8, "the raw OAEP block");
+        assert_ne!(
+            key.encrypt_asymmetric(DEK).await.unwrap(),
+            ciphertext,
+            "OAEP is randomised"
+        );
+        assert_eq!(key.decrypt_asymmetric(&ciphertext).await.unwrap().expose(), DEK);
+
+        let mut tampered = ciphertext.clone();
+        tampered[10] ^= 1;
+        let err = key.decrypt_asymmetric(&tampered).await.err().unwrap();
+        eprintln!("{err}");
+        assert_eq!(err.kind, BackendErrorKind::NotAuthentic, "{err}");
+        assert_no_secret(
+            &err.to_string(),
+            &[("the plaintext", std::str::from_utf8(DEK).unwrap())],
+            "a decrypt error",
+        );
+
+        let err = key.encrypt_asymmetric(&[7; 400]).await.unwrap_err();
+        assert_eq!(err.kind, BackendErrorKind::InvalidInput, "{err}");
+        assert!(err.message.contains("at most"), "{err}");
+        let err = key
+            .sign(SignScheme::RsaPss(Hash::Sha256), SignInput::Message(b"m"))
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("does not sign"), "{err}");
+    }
+    // The config's hash must be the version's.
+    let name = fake.add_asymmetric("oaep-other", "RSA_DECRYPT_OAEP_2048_SHA256");
+    let key = GcpKmsKey::new(&client, &pair_config(&name, "rsa-2048", Some("sha1"))).unwrap();
+    let err = key.encrypt_asymmetric(DEK).await.unwrap_err();
+    assert!(err.message.contains("RSA_DECRYPT_OAEP_2048_SHA256"), "{err}");
+    assert!(err.message.contains("rsa_oaep_hash = \"sha1\""), "{err}");
+}
+
+/// `keygen` through the backend kind, as `sealbroker keygen` drives it.
+async fn keygen_makes_an_hsm_key_pair_and_rotation_a_new_version_of_it(env: Arc<Env>) {
+    let fake = start_fake(env.tls.clone()).await;
+    let backend: toml::Table = toml::from_str(&format!(
+        "endpoint = {:?}\ncredentials_file = {:?}",
+        fake.endpoint,
+        env.credentials(&fake).display().to_string()
+    ))
+    .unwrap();
+    let opened = sealbroker_backend_gcpckms::KIND
+        .open(&backend, "backends.gcp", Profile::Hardened)
+        .await
+        .unwrap();
+    let name = format!("{}/pki-root", KEY.rsplit_once('/').unwrap().0);
+    let settings =
+        |extra: &str| -> toml::Table { toml::from_str(&format!("key_name = {name:?}\n{extra}")).unwrap() };
+    let made = opened
+        .create_key(
+            &settings("key_version = \"1\"\nalgorithm = \"ecdsa-p256\""),
+            "keys.pki-root",
+        )
+        .await
+        .unwrap();
+    assert!(
+        made.contains("EC_SIGN_P256_SHA256") && made.contains("HSM"),
+        "{made}"
+    );
+    assert_eq!(
+        fake.asymmetric_template(&name),
+        Some((
+            "ASYMMETRIC_SIGN".into(),
+            "EC_SIGN_P256_SHA256".into(),
+            "HSM".into()
+        ))
+    );
+    let key = opened
+        .key(
+            &settings("key_version = \"1\"\nalgorithm = \"ecdsa-p256\""),
+            "keys.pki-root",
+        )
+        .unwrap();
+    key.health().await.unwrap();
+
+    let again = opened
+        .create_key(
+            &settings("key_version = \"1\"\nalgorithm = \"ecdsa-p256\""),
+            "keys.pki-root",
+        )
+        .await
+        .unwrap_err();
+    assert!(again.to_string().contains("already exists"), "{again}");
+    let err = opened
+        .create_key(
+            &settings("key_version = \"2\"\nalgorithm = \"ecdsa-p256\""),
+            "keys.other",
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("key_version = \"1\""), "{err}");
+    assert!(matches!(
+        opened.create_key(&settings(""), "keys.sym").await,
+        Err(KeygenError::Unsupported)
+    ));
+    let oaep = format!("{}/wrap", KEY.rsplit_once('/').unwrap().0);
+    opened
+        .create_key(
+            &toml::from_str(&format!(
+                "key_name = {oaep:?}\nkey_version = \"1\"\nalgorithm = \"rsa-3072\"\nmechanism = \"RSA_PKCS_OAEP\"\nrsa_oaep_hash = \"sha1\""
+            ))
+            .unwrap(),
+            "keys.wrap",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.asymmetric_template(&oaep).unwrap().1,
+        "RSA_DECRYPT_OAEP_3072_SHA1"
+    );
+
+    // A new broker version is a new Cloud KMS version of the same algorithm.
+    let first = key.public_key().await.unwrap();
+    let created = key.create_version(2).await.unwrap();
+    assert_eq!(created.settings["key_version"], "2");
+    let second = created.backend.public_key().await.unwrap();
+    assert_eq!(second.algorithm, KeyAlgorithm::EcdsaP256);
+    assert_ne!(second, first, "a new key pair");
+    let scheme = SignScheme::Ecdsa(Hash::Sha256);
+    let signature = created
+        .backend
+        .sign(scheme, SignInput::Message(b"m"))
+        .await
+        .unwrap();
+    assert!(ring_verifies(&second, scheme, b"m", &signature));
+    assert!(!ring_verifies(&first, scheme, b"m", &signature));
+    assert_eq!(
+        created.backend.key_identity(),
+        format!("gcpckms:{name}/cryptoKeyVersions/2")
+    );
+
+    // Settings that do not fit are refused with their full path.
+    let err = opened
+        .key(&settings("algorithm = \"ecdsa-p256\""), "keys.pki-root")
+        .err()
+        .unwrap();
+    assert_eq!(err.path, "keys.pki-root.key_version", "{err}");
+    let err = opened
+        .key(
+            &settings("key_version = \"1\"\nalgorithm = \"ed25519\"\nmechanism = \"RSA_PKCS_OAEP\""),
+            "keys.pki-root",
+        )
+        .err()
+        .unwrap();
+    assert_eq!(err.path, "keys.pki-root.mechanism", "{err}");
 }
 
 // ---------------------------------------------------------------- runner
@@ -1047,6 +1886,10 @@ fn main() -> std::process::ExitCode {
         create_version_makes_a_cloud_version_and_pins_the_new_key_to_it,
         create_version_is_permission_denied_without_the_create_permission,
         a_key_version_must_be_a_number,
+        key_pairs_sign_what_ring_verifies_with_the_public_key_alone,
+        a_scheme_or_input_the_version_cannot_take_is_refused_before_a_call,
+        an_oaep_pair_decrypts_what_is_encrypted_to_its_public_key,
+        keygen_makes_an_hsm_key_pair_and_rotation_a_new_version_of_it,
     ];
     let trials = all
         .into_iter()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes the blob decoder, the key ring's unwrap and the External Keys
-# decoders (ECDSA DER, raw public keys, SPKI DER, EC params) for a bounded time each,
+# decoders (ECDSA DER, raw public keys, SPKI DER and PEM, EC params) for a bounded time each,
 # for CI. Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
 # The first build takes a few minutes.
 #

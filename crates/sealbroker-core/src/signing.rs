@@ -531,6 +531,31 @@ impl PublicKey {
         Ok(key)
     }
 
+    /// A key from PEM (`-----BEGIN PUBLIC KEY-----`, a base64 DER
+    /// `SubjectPublicKeyInfo`), as Cloud KMS `GetPublicKey` hands it out.
+    /// One block, nothing around it but line breaks; the DER inside is read
+    /// as strictly as [`PublicKey::from_spki_der`] reads it.
+    pub fn from_spki_pem(text: &str) -> Result<Self, SigningError> {
+        use base64::Engine;
+        const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+        const END: &str = "-----END PUBLIC KEY-----";
+        let bad = |why: &str| SigningError::Encoding(format!("not a PEM public key: {why}"));
+        let body = text
+            .trim_end_matches(['\n', '\r'])
+            .strip_prefix(BEGIN)
+            .ok_or_else(|| bad("it does not begin with -----BEGIN PUBLIC KEY-----"))?
+            .strip_suffix(END)
+            .ok_or_else(|| bad("it does not end with -----END PUBLIC KEY-----"))?;
+        let base64: String = body.split(['\n', '\r']).collect();
+        if base64.len() > 16 * 1024 {
+            return Err(bad("it is longer than any key sealbroker reads"));
+        }
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(base64.as_bytes())
+            .map_err(|e| bad(&format!("the body is not base64 ({e})")))?;
+        Self::from_spki_der(&der)
+    }
+
     /// The key as ring reads it: PKCS#1 `RSAPublicKey` DER, the
     /// uncompressed EC point, or the 32 Ed25519 bytes.
     pub fn raw(&self) -> &[u8] {

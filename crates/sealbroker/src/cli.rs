@@ -120,7 +120,10 @@ PKCS#11 keys are created non-extractable and sensitive: AES-256 for AES_GCM, an 
 pair for RSA_PKCS_OAEP. An existing key with the same label/id is never overwritten. AWS KMS \
 keys are made in KMS (never extractable) under the alias in key_id = \"alias/NAME\"; an alias \
 that already names a key is refused. Transit keys are made upstream (aes256-gcm96, or the key \
-pair's algorithm; never exportable); an existing upstream key is refused.\n\n\
+pair's algorithm; never exportable); an existing upstream key is refused. Cloud KMS key pairs are \
+made as a new CryptoKey at HSM protection (never exportable) whose first version is \
+key_version = \"1\"; an existing CryptoKey is refused, and symmetric Cloud KMS keys are made \
+with Google's tools.\n\n\
 A key with algorithm = \"ecdsa-p256\" (or ecdsa-p384, ed25519, rsa-2048/3072/4096) is a key \
 pair for External Keys: it signs, or with mechanism = \"RSA_PKCS_OAEP\" it decrypts \
 (docs/external-keys.md).\n\n\

@@ -1,7 +1,8 @@
 //! Throws arbitrary bytes at the External Keys decoders in
 //! `sealbroker_core::signing`: DER ECDSA signatures (from OpenBao's Verify),
 //! raw public keys (from a token or the PKCS#11 helper), DER
-//! SubjectPublicKeyInfo (from AWS KMS `GetPublicKey`) and EC parameters.
+//! SubjectPublicKeyInfo (from AWS KMS `GetPublicKey`), PEM public keys (from
+//! Cloud KMS `GetPublicKey`) and EC parameters.
 //! None may panic. What the ECDSA decoder accepts re-encodes and decodes to
 //! the same `r || s`; a public key it accepts reads back to itself, and an
 //! SPKI it accepts is the very DER the key writes.
@@ -47,6 +48,17 @@ fuzz_target!(|data: &[u8]| {
         assert!(key.pem().starts_with("-----BEGIN PUBLIC KEY-----\n"));
         let read = PublicKey::from_spki_der(&key.spki_der).expect("a key's own SPKI reads back");
         assert!(read == key, "the SPKI of {algorithm} does not read back to the same key");
+        let read = PublicKey::from_spki_pem(&key.pem()).expect("a key's own PEM reads back");
+        assert!(read == key, "the PEM of {algorithm} does not read back to the same key");
+    }
+
+    for bytes in [data, rest] {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            if let Ok(key) = PublicKey::from_spki_pem(text) {
+                let again = PublicKey::from_spki_pem(&key.pem()).expect("an accepted PEM's key writes PEM that reads back");
+                assert!(again == key);
+            }
+        }
     }
 
     for der in [data, rest] {

@@ -215,6 +215,36 @@ fn an_spki_reads_back_to_the_key_that_wrote_it() {
 }
 
 #[test]
+fn a_pem_public_key_reads_back_to_the_key_that_wrote_it() {
+    for key in [
+        PublicKey::rsa(&[0xc5; 384], &[1, 0, 1]).unwrap(),
+        PublicKey::ed25519(&[7; 32]).unwrap(),
+    ] {
+        assert!(PublicKey::from_spki_pem(&key.pem()).unwrap() == key, "{key:?}");
+        // Cloud KMS ends its PEM with one newline; none, or CRLF lines, read the same.
+        let crlf = key.pem().replace('\n', "\r\n");
+        assert!(PublicKey::from_spki_pem(&crlf).unwrap() == key);
+        assert!(PublicKey::from_spki_pem(key.pem().trim_end()).unwrap() == key);
+    }
+}
+
+#[test]
+fn a_pem_that_is_not_one_public_key_block_is_refused() {
+    let pem = PublicKey::ed25519(&[7; 32]).unwrap().pem();
+    for (what, text) in [
+        ("empty", String::new()),
+        ("a private key", pem.replace("PUBLIC", "PRIVATE")),
+        ("text before", format!("junk\n{pem}")),
+        ("text after", format!("{pem}junk\n")),
+        ("two blocks", format!("{pem}{pem}")),
+        ("not base64", pem.replacen("MC", "M*", 1)),
+        ("no end", pem.replace("-----END PUBLIC KEY-----\n", "")),
+    ] {
+        assert!(PublicKey::from_spki_pem(&text).is_err(), "{what}");
+    }
+}
+
+#[test]
 fn an_spki_of_another_shape_is_refused() {
     let p256 = PublicKey::ec(KeyAlgorithm::EcdsaP256, &[4; 65]).unwrap();
     let spki = |algorithm: &[u64], params: Option<&[u64]>, key: &[u8]| {
