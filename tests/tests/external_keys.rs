@@ -2,9 +2,10 @@
 //! sidecar mode (`endpoint` to a Hardened daemon on SoftHSM2) serves
 //! `sys/external-keys`, so a PKI root CA and a transit signing key live on
 //! the token and never leave it. And the same calls through the gRPC door
-//! on AWS KMS keys (moto), on OpenBao transit keys (a dev OpenBao 2.7.2)
-//! and on Google Cloud KMS keys (the in-repo stand-in,
-//! `backends/gcpckms/tests/fake_gcp.rs`: there is no Cloud KMS emulator),
+//! on AWS KMS keys (moto), on OpenBao transit keys (a dev OpenBao 2.7.2),
+//! on Google Cloud KMS keys and on Azure Key Vault keys (the in-repo
+//! stand-ins, `backends/gcpckms/tests/fake_gcp.rs` and
+//! `backends/azurekeyvault/tests/standin/`: there is no emulator of either),
 //! made by `sealbroker keygen`.
 
 use std::fs;
@@ -20,6 +21,10 @@ use sealbroker_e2e::*;
 #[path = "../../backends/gcpckms/tests/fake_gcp.rs"]
 #[allow(dead_code, unused_imports, clippy::all)]
 mod fake_gcp;
+
+/// The Key Vault stand-in.
+#[path = "../../backends/azurekeyvault/tests/standin/mod.rs"]
+mod azure_standin;
 
 const PIN: &str = "external-keys-pin-6617";
 
@@ -1271,6 +1276,305 @@ async fn gcp_kms_keys_sign_verify_and_decrypt_through_the_grpc_door_on_the_stand
             .count()
     };
     assert_eq!(count("signer", "sign", "ok"), 4, "{audit:#?}");
+    assert_eq!(count("oaep", "decrypt", "ok"), 2, "{audit:#?}");
+    assert_eq!(count("oaep", "decrypt", "FailedPrecondition"), 1, "{audit:#?}");
+}
+
+/// A Development daemon on the Key Vault stand-in (reached at 127.0.0.1,
+/// trusting its CA through `ca_file`): the sealing key `unseal`, and the key
+/// pairs `ca` (ECDSA P-256), `signer` (RSA-2048) and `oaep` (an RSA-2048
+/// encryption pair) made by `sealbroker keygen`.
+fn azure_daemon_config(dir: &Path, fake: &azure_standin::FakeVault, ca: &Path, socket: &Path) -> PathBuf {
+    let secret = dir.join("azure-client-secret");
+    fs::write(&secret, azure_standin::CLIENT_SECRET).unwrap();
+    let key =
+        |name: &str, rest: &str| format!("[keys.{name}]\nbackend = \"azure\"\nkey_name = \"{name}\"\n{rest}");
+    let text = format!(
+        "profile = \"development\"\n[server]\nunix_socket = \"{socket}\"\nstate_dir = \"{state}\"\n{audit}\
+         [backends.azure]\ntype = \"azurekeyvault\"\nvault_url = \"{vault}\"\nvault_address = \"127.0.0.1\"\n\
+         ca_file = \"{ca}\"\ncredential = \"client_secret\"\ntenant_id = \"{tenant}\"\nclient_id = \"{client}\"\n\
+         client_secret_file = \"{secret}\"\nauthority_host = \"{authority}\"\n{unseal}{pki}{signer}{oaep}",
+        socket = socket.display(),
+        state = dir.join("state").display(),
+        audit = audit_toml(dir, "unseal"),
+        vault = fake.vault_url,
+        ca = ca.display(),
+        tenant = azure_standin::TENANT,
+        client = azure_standin::CLIENT_ID,
+        secret = secret.display(),
+        authority = fake.authority,
+        unseal = key("unseal", ""),
+        pki = key("ca", "algorithm = \"ecdsa-p256\"\n"),
+        signer = key("signer", "algorithm = \"rsa-2048\"\n"),
+        oaep = key(
+            "oaep",
+            "algorithm = \"rsa-2048\"\nmechanism = \"RSA_PKCS_OAEP\"\n"
+        ),
+    );
+    let path = dir.join("daemon.toml");
+    fs::write(&path, &text).unwrap();
+    // keygen names the version Key Vault made; the config then pins it.
+    let mut pinned = text.clone();
+    for (key, kty) in [("ca", "EC-HSM"), ("signer", "RSA-HSM"), ("oaep", "RSA-HSM")] {
+        let out = run_cli(
+            &["keygen", "--config", path.to_str().unwrap(), "--key", key],
+            b"",
+            &[],
+        );
+        let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "keygen {key}: {said}");
+        assert!(
+            said.contains(kty) && said.contains("never exportable"),
+            "keygen {key}: {said}"
+        );
+        let version = said
+            .split("set key_version = \"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("keygen {key} names no version: {said}"));
+        assert_eq!(version, fake.pair_version(key, 1));
+        let table = format!("[keys.{key}]\n");
+        pinned = pinned.replace(&table, &format!("{table}key_version = \"{version}\"\n"));
+    }
+    fs::write(&path, pinned).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_key_vault_keys_sign_verify_and_decrypt_through_the_grpc_door_on_the_stand_in() {
+    use sealbroker_core::{Hash, PublicKey, SignInput, SignScheme};
+    use sealbroker_proto::sealbroker::v1::*;
+    use tonic::Code;
+
+    sweep::secret(azure_standin::CLIENT_SECRET);
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, tls) = azure_standin::pki(dir.path());
+    let fake = azure_standin::start_fake(tls).await;
+    let socket = dir.path().join("sb.sock");
+    let config = {
+        let (dir, ca, socket) = (dir.path().to_owned(), ca.clone(), socket.clone());
+        let fake = &fake;
+        // keygen runs the CLI, which blocks; the stand-in serves meanwhile.
+        tokio::task::block_in_place(|| azure_daemon_config(&dir, fake, &ca, &socket))
+    };
+    let daemon = Daemon::serve(&config, None, &dir.path().join("daemon.log")).await;
+    let mut c = daemon.unix_client().await;
+    let message = b"release manifest v1.2.3".to_vec();
+    let public_key = |reply: GetPublicKeyResponse| {
+        let public = PublicKey::from_spki_der(&reply.spki_der).unwrap();
+        assert_eq!(public.algorithm.as_str(), reply.algorithm);
+        assert_eq!(public.pem(), reply.pem);
+        public
+    };
+    let sign = |key: &str, scheme: &str, data: &[u8], prehashed: bool| SignRequest {
+        key_name: key.into(),
+        key_version: 0,
+        data: data.to_vec(),
+        prehashed,
+        scheme: scheme.into(),
+    };
+    let verify = |key: &str, version: u32, scheme: &str, data: &[u8], prehashed: bool, signature: &[u8]| {
+        VerifyRequest {
+            key_name: key.into(),
+            key_version: version,
+            data: data.to_vec(),
+            prehashed,
+            scheme: scheme.into(),
+            signature: signature.to_vec(),
+        }
+    };
+
+    for (key, scheme, default) in [
+        ("ca", "", "ecdsa-sha256"),
+        ("signer", "", "rsa-pkcs1-sha256"),
+        ("signer", "rsa-pss-sha384", "rsa-pss-sha384"),
+    ] {
+        let public = public_key(
+            c.get_public_key(GetPublicKeyRequest {
+                key_name: key.into(),
+                key_version: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+        );
+        let parsed = SignScheme::parse(default).unwrap();
+        let digest = parsed.hash().unwrap().digest(&message);
+        for (data, prehashed) in [(&message, false), (&digest, true)] {
+            let signed = c
+                .sign(sign(key, scheme, data, prehashed))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!((signed.key_version, signed.scheme.as_str()), (1, default));
+            let valid = |reply: VerifyResponse| reply.valid;
+            assert!(valid(
+                c.verify(verify(key, 0, scheme, data, prehashed, &signed.signature))
+                    .await
+                    .unwrap()
+                    .into_inner()
+            ));
+            let mut changed = signed.signature.clone();
+            *changed.last_mut().unwrap() ^= 1;
+            assert!(!valid(
+                c.verify(verify(key, 0, scheme, data, prehashed, &changed))
+                    .await
+                    .unwrap()
+                    .into_inner()
+            ));
+            // The signature is real: ring checks it with the public key alone.
+            assert_eq!(
+                public.verify(parsed, SignInput::Message(&message), &signed.signature),
+                Ok(true),
+                "{key} {default} prehashed={prehashed}"
+            );
+        }
+    }
+
+    for (request, says) in [
+        (
+            sign("ca", "ecdsa-sha384", &message, false),
+            "only as ecdsa-sha256",
+        ),
+        (
+            sign("ca", "rsa-pss-sha256", &message, false),
+            "cannot sign with rsa-pss-sha256",
+        ),
+        (sign("oaep", "", &message, false), "does not sign"),
+    ] {
+        let status = c.sign(request.clone()).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{}: {status:?}",
+            request.key_name
+        );
+        assert!(
+            status.message().contains(says),
+            "{}: {status:?}",
+            request.key_name
+        );
+    }
+
+    let secret = b"card 4111 1111 1111 1111".to_vec();
+    let encrypt = EncryptAsymmetricRequest {
+        key_name: "oaep".into(),
+        key_version: 0,
+        plaintext: secret.clone(),
+    };
+    let first = c.encrypt_asymmetric(encrypt.clone()).await.unwrap().into_inner();
+    let second = c.encrypt_asymmetric(encrypt).await.unwrap().into_inner();
+    assert_ne!(first.ciphertext, second.ciphertext);
+    let decrypt = |ciphertext: Vec<u8>| DecryptAsymmetricRequest {
+        key_name: "oaep".into(),
+        key_version: 0,
+        ciphertext,
+    };
+    for ciphertext in [&first.ciphertext, &second.ciphertext] {
+        let opened = c
+            .decrypt_asymmetric(decrypt(ciphertext.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(opened.plaintext, secret);
+    }
+    let mut changed = first.ciphertext.clone();
+    *changed.last_mut().unwrap() ^= 1;
+    let status = c.decrypt_asymmetric(decrypt(changed)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+
+    let wrapped = c
+        .wrap(WrapRequest {
+            key_name: "unseal".into(),
+            plaintext: b"data key".to_vec(),
+            aad: b"aad".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let opened = c
+        .unwrap(UnwrapRequest {
+            blob: wrapped.blob,
+            aad: b"aad".to_vec(),
+            key_name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(opened.plaintext, b"data key");
+
+    // Rotation: version 2 of the signer is a new version (a new pair) in
+    // Key Vault; version 1 still verifies what it signed.
+    let before = c
+        .sign(sign("signer", "", &message, false))
+        .await
+        .unwrap()
+        .into_inner();
+    let rotated = c
+        .rotate_key(RotateKeyRequest {
+            key_name: "signer".into(),
+            stage: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(rotated.primary_version, 2);
+    let after = c
+        .sign(sign("signer", "", &message, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.key_version, 2);
+    let public_of = |version: u32| GetPublicKeyRequest {
+        key_name: "signer".into(),
+        key_version: version,
+    };
+    let v1 = public_key(c.get_public_key(public_of(1)).await.unwrap().into_inner());
+    let v2 = public_key(c.get_public_key(public_of(2)).await.unwrap().into_inner());
+    assert_ne!(v1, v2);
+    let scheme = SignScheme::RsaPkcs1v15(Hash::Sha256);
+    assert_eq!(
+        v2.verify(scheme, SignInput::Message(&message), &after.signature),
+        Ok(true)
+    );
+    assert_eq!(
+        v1.verify(scheme, SignInput::Message(&message), &after.signature),
+        Ok(false)
+    );
+    assert!(
+        c.verify(verify("signer", 1, "", &message, false, &before.signature))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
+    );
+    assert!(
+        !c.verify(verify("signer", 1, "", &message, false, &after.signature))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
+    );
+
+    let logs = daemon.logs();
+    daemon.terminate();
+    for secret in [azure_standin::CLIENT_SECRET, "4111 1111"] {
+        assert!(!logs.contains(secret), "{secret:?} reached the daemon's log");
+    }
+    let audit: Vec<serde_json::Value> = fs::read_to_string(audit_log(dir.path()))
+        .unwrap()
+        .lines()
+        .map(json)
+        .collect();
+    let count = |key: &str, operation: &str, outcome: &str| {
+        audit
+            .iter()
+            .filter(|l| l["key"] == key && l["operation"] == operation && l["outcome"] == outcome)
+            .count()
+    };
+    assert_eq!(count("signer", "sign", "ok"), 6, "{audit:#?}");
     assert_eq!(count("oaep", "decrypt", "ok"), 2, "{audit:#?}");
     assert_eq!(count("oaep", "decrypt", "FailedPrecondition"), 1, "{audit:#?}");
 }

@@ -43,6 +43,12 @@
 //! roots plus `ca_file` if set. The request buffers the SDK builds around the
 //! DEK are not zeroized; the broker's own copies are.
 //!
+//! An `algorithm` makes a key asymmetric (External Keys, [`signing`]): an
+//! RSA or EC P-256/P-384 key pair that signs (RS256-512, PS256-512, ES256,
+//! ES384; Key Vault signs digests, so a message is hashed once here) or, with
+//! `mechanism = "RSA_PKCS_OAEP"`, an RSA pair that encrypts with RSA-OAEP-256
+//! or RSA-OAEP (SHA-1). The vault signs, verifies, encrypts and decrypts.
+//!
 //! # Permissions
 //!
 //! On the key (Key Vault access policy or Azure RBAC): `keys/wrapKey`,
@@ -50,7 +56,10 @@
 //! role "Key Vault Crypto Service Encryption User" grants exactly these.
 //! `sealbroker keys rotate` also needs `keys/rotate` (role "Key Vault Crypto
 //! Officer"). On Managed HSM, the local RBAC role "Managed HSM Crypto User"
-//! (plus "Managed HSM Crypto Officer" for rotation).
+//! (plus "Managed HSM Crypto Officer" for rotation). Signing key pairs need
+//! `keys/sign`, `keys/verify` and `keys/get`; RSA encryption pairs
+//! `keys/encrypt`, `keys/decrypt` and `keys/get` (role "Key Vault Crypto
+//! User"). `sealbroker keygen` needs `keys/create` and `keys/get`.
 //!
 //! # Configuration
 //!
@@ -78,9 +87,18 @@
 //! backend = "azure"
 //! key_name = "openbao-unseal"          # an RSA (or RSA-HSM) key with wrapKey and unwrapKey
 //! # key_version = "…"                  # pin a version; `keys rotate` sets it
+//!
+//! [keys.pki-root]                      # an asymmetric key (External Keys)
+//! backend = "azure"
+//! key_name = "pki-root"
+//! key_version = "…"                    # required for a key pair; `sealbroker keygen` prints it
+//! algorithm = "ecdsa-p256"             # rsa-2048/3072/4096, ecdsa-p256/p384
+//! # mechanism = "RSA_PKCS_OAEP"       # an RSA encryption pair instead of a signing one
+//! # rsa_oaep_hash = "sha256"          # RSA-OAEP-256, or "sha1" (RSA-OAEP)
 //! ```
 
 mod kind;
+pub mod signing;
 mod stock;
 mod transport;
 
@@ -107,7 +125,10 @@ use azure_security_keyvault_keys::models::{
     EncryptionAlgorithm, KeyClientGetKeyOptions, KeyClientWrapKeyOptions, KeyOperationParameters, KeyType,
 };
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions, ResourceExt};
-use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, NewVersion, Sealed, SecretBytes};
+use sealbroker_core::{
+    Backend, BackendError, BackendErrorKind, KeyAlgorithm, Mechanism, NewVersion, PublicKey, Sealed,
+    SecretBytes, SignInput, SignScheme,
+};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -181,15 +202,28 @@ pub struct BackendConfig {
     pub retry: RetryConfig,
 }
 
-/// Per-key settings under `[keys.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
+/// Per-key settings under `[keys.NAME]`. `algorithm`, `mechanism` and
+/// `rsa_oaep_hash` are spelled as the PKCS#11 backend spells them.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
-    /// The key's name in the vault: an RSA or RSA-HSM key allowing wrapKey and unwrapKey.
+    /// The key's name in the vault: an RSA or RSA-HSM key allowing wrapKey and unwrapKey,
+    /// or with `algorithm` a key pair.
     pub key_name: String,
-    /// A key version to wrap with instead of the current one. `keys rotate` sets it.
+    /// A key version to use instead of the current one. `keys rotate` sets it.
     #[serde(default)]
     pub key_version: Option<String>,
+    /// Makes this an asymmetric key (External Keys): `rsa-2048`,
+    /// `rsa-3072`, `rsa-4096`, `ecdsa-p256` or `ecdsa-p384`. A signing key
+    /// pair unless `mechanism` says otherwise.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    /// `RSA_PKCS_OAEP`: with an RSA `algorithm`, an encryption key pair.
+    #[serde(default)]
+    pub mechanism: Option<MechanismName>,
+    /// RSA-OAEP's hash: `sha256` (RSA-OAEP-256, the default) or `sha1` (RSA-OAEP).
+    #[serde(default)]
+    pub rsa_oaep_hash: Option<String>,
 }
 
 /// Config errors name fields relative to this backend's tables; the broker places them under
@@ -197,6 +231,7 @@ pub struct KeyConfig {
 pub use sealbroker_core::ConfigError;
 
 pub use kind::{KIND, KeyVaultKind};
+pub use signing::{MechanismName, Purpose};
 
 fn config_error(field: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::new(field, reason)
@@ -551,6 +586,7 @@ pub struct KeyVaultKey {
     client: KeyVaultClient,
     name: String,
     version: Option<String>,
+    purpose: Purpose,
 }
 
 impl fmt::Debug for KeyVaultKey {
@@ -559,6 +595,7 @@ impl fmt::Debug for KeyVaultKey {
             .field("vault_url", &self.client.0.vault_url)
             .field("name", &self.name)
             .field("version", &self.version)
+            .field("purpose", &self.purpose)
             .finish()
     }
 }
@@ -609,10 +646,33 @@ impl KeyVaultKey {
                 ));
             }
         };
+        let built = Self::for_keygen(client, key, version)?;
+        if built.purpose != Purpose::Seal && built.version.is_none() {
+            // Unpinned, the key would follow Key Vault's current version:
+            // a rotation (by the broker or a rotation policy) would change
+            // the public key of every broker version at once.
+            return Err(config_error(
+                "key_version",
+                "a Key Vault key pair must name its version (`sealbroker keygen` prints it; or see \
+                 `az keyvault key show`), so that each broker version keeps its own public key",
+            ));
+        }
+        Ok(built)
+    }
+
+    /// [`KeyVaultKey::new`] without requiring a key pair's version:
+    /// `keygen` makes the key, and Key Vault names the version.
+    pub(crate) fn for_keygen(
+        client: &KeyVaultClient,
+        key: &KeyConfig,
+        version: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let purpose = Purpose::from_config(key)?;
         Ok(KeyVaultKey {
             client: client.clone(),
             name: key.key_name.clone(),
             version,
+            purpose,
         })
     }
 
@@ -798,7 +858,7 @@ fn classify(operation: &str, error: &azure_core::Error, timeout: Duration) -> At
                 ),
                 401 | 403 => fatal(BackendErrorKind::PermissionDenied, text),
                 404 => fatal(BackendErrorKind::KeyNotFound, text),
-                400 if operation == "unwrapKey" => fatal(
+                400 if operation == "unwrapKey" || operation == "decrypt" => fatal(
                     BackendErrorKind::NotAuthentic,
                     format!("the wrapped data key does not open under this key version ({text})"),
                 ),
@@ -938,8 +998,49 @@ impl Backend for KeyVaultKey {
         self.client.0.throttling_retries.load(Ordering::Relaxed)
     }
 
+    fn algorithm(&self) -> Option<KeyAlgorithm> {
+        self.purpose.algorithm()
+    }
+
+    fn oaep_hash(&self) -> Option<sealbroker_core::OaepHash> {
+        match self.purpose {
+            Purpose::Oaep(_, hash) => Some(hash),
+            _ => None,
+        }
+    }
+
+    /// The key's JWK (`GET`), read into core's public key.
+    async fn public_key(&self) -> Result<PublicKey, BackendError> {
+        self.public_key_asymmetric().await
+    }
+
+    /// Key Vault `sign`: a digest (the caller's, or the message hashed once
+    /// here); ECDSA comes back as `r || s` and is returned as DER.
+    async fn sign(&self, scheme: SignScheme, input: SignInput<'_>) -> Result<Vec<u8>, BackendError> {
+        self.sign_asymmetric(scheme, input).await
+    }
+
+    /// Key Vault `verify`, for messages and digests alike.
+    async fn verify(
+        &self,
+        scheme: SignScheme,
+        input: SignInput<'_>,
+        signature: &[u8],
+    ) -> Result<bool, BackendError> {
+        self.verify_asymmetric(scheme, input, signature).await
+    }
+
+    async fn encrypt_asymmetric(&self, plaintext: &[u8]) -> Result<Vec<u8>, BackendError> {
+        self.encrypt_oaep(plaintext).await
+    }
+
+    async fn decrypt_asymmetric(&self, ciphertext: &[u8]) -> Result<SecretBytes, BackendError> {
+        self.decrypt_oaep(ciphertext).await
+    }
+
     /// `aad` is not sent: RSA-OAEP binds none (see the crate docs).
     async fn encrypt(&self, secret: &[u8], _aad: &[u8]) -> Result<Sealed, BackendError> {
+        self.refuse_unless_sealing()?;
         let keys = &self.client.0.keys;
         let target = self.describe(self.version.as_deref());
         let result = self
@@ -968,6 +1069,7 @@ impl Backend for KeyVaultKey {
     }
 
     async fn decrypt(&self, sealed: &Sealed, _aad: &[u8]) -> Result<SecretBytes, BackendError> {
+        self.refuse_unless_sealing()?;
         if sealed.mechanism != Mechanism::RsaOaep || sealed.oaep_hash != OAEP_HASH {
             return Err(BackendError::not_authentic(
                 "the data key was not wrapped by Key Vault with RSA-OAEP-256",
@@ -1033,10 +1135,12 @@ impl Backend for KeyVaultKey {
             version,
             "rotated a Key Vault key"
         );
+        // Key Vault rotates a key pair to a new pair of the same type.
         let key = KeyVaultKey {
             client: self.client.clone(),
             name: self.name.clone(),
             version: Some(cloud_version.clone()),
+            purpose: self.purpose,
         };
         Ok(NewVersion {
             backend: Arc::new(key),
@@ -1080,8 +1184,22 @@ impl Backend for KeyVaultKey {
         let Some(material) = &key.key else {
             return unusable(BackendErrorKind::Internal, "the service returned no key".into());
         };
+        if self.purpose != Purpose::Seal {
+            let public = signing::public_key_of(material)?;
+            if Some(public.algorithm) != self.purpose.algorithm() {
+                return unusable(
+                    BackendErrorKind::InvalidInput,
+                    format!(
+                        "the key is {}, but the config says algorithm = \"{}\"",
+                        public.algorithm,
+                        self.purpose.algorithm().map(|a| a.as_str()).unwrap_or("")
+                    ),
+                );
+            }
+        }
         match &material.kty {
-            Some(KeyType::Rsa | KeyType::RsaHsm) => {}
+            Some(KeyType::Rsa | KeyType::RsaHsm) if self.purpose == Purpose::Seal => {}
+            _ if self.purpose != Purpose::Seal => {}
             other => {
                 let kty = other
                     .as_ref()
@@ -1094,14 +1212,18 @@ impl Backend for KeyVaultKey {
             }
         }
         if let Some(ops) = &material.key_ops {
-            for needed in ["wrapKey", "unwrapKey"] {
-                if !ops.iter().any(|op| op == needed) {
+            for needed in self.purpose.key_ops().map(|op| op.to_string()) {
+                if !ops.contains(&needed) {
                     return unusable(
                         BackendErrorKind::InvalidInput,
                         format!("the key does not permit {needed} (key_ops {ops:?})"),
                     );
                 }
             }
+        }
+        // A key pair is probed by signing or by OAEP, never by sealing.
+        if self.purpose != Purpose::Seal {
+            return self.probe_asymmetric().await;
         }
         let probe = [0x5a_u8; 32];
         let sealed = self.encrypt(&probe, b"health").await?;
@@ -1211,6 +1333,7 @@ mod tests {
                 &KeyConfig {
                     key_name: name.into(),
                     key_version: version.map(str::to_owned),
+                    ..Default::default()
                 },
             )
         };

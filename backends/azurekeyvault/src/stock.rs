@@ -333,6 +333,7 @@ impl AzureStockSeal {
             let config = KeyConfig {
                 key_name: parsed.key_name.clone(),
                 key_version: None,
+                ..Default::default()
             };
             Some(KeyVaultKey::new(&client, &config).map_err(|e| StanzaError::new(e.to_string()))?)
         };

@@ -79,6 +79,7 @@ impl Env {
             &KeyConfig {
                 key_name: KEY.into(),
                 key_version: version.map(str::to_owned),
+                ..Default::default()
             },
         )
         .unwrap()
@@ -361,6 +362,7 @@ async fn an_unknown_key_is_key_not_found_naming_it() {
         &KeyConfig {
             key_name: "missing".into(),
             key_version: None,
+            ..Default::default()
         },
     )
     .unwrap();

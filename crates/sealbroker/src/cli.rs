@@ -123,7 +123,8 @@ that already names a key is refused. Transit keys are made upstream (aes256-gcm9
 pair's algorithm; never exportable); an existing upstream key is refused. Cloud KMS key pairs are \
 made as a new CryptoKey at HSM protection (never exportable) whose first version is \
 key_version = \"1\"; an existing CryptoKey is refused, and symmetric Cloud KMS keys are made \
-with Google's tools.\n\n\
+with Google's tools. Key Vault key pairs are made as RSA-HSM or EC-HSM keys with \
+exportable = false; keygen prints the version to set as key_version.\n\n\
 A key with algorithm = \"ecdsa-p256\" (or ecdsa-p384, ed25519, rsa-2048/3072/4096) is a key \
 pair for External Keys: it signs, or with mechanism = \"RSA_PKCS_OAEP\" it decrypts \
 (docs/external-keys.md).\n\n\
