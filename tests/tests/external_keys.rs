@@ -1578,3 +1578,133 @@ async fn azure_key_vault_keys_sign_verify_and_decrypt_through_the_grpc_door_on_t
     assert_eq!(count("oaep", "decrypt", "ok"), 2, "{audit:#?}");
     assert_eq!(count("oaep", "decrypt", "FailedPrecondition"), 1, "{audit:#?}");
 }
+
+/// Native gRPC Sign, Verify and GetPublicKey on `key` with `scheme`, on
+/// `message` or (`prehashed`) its digest under the scheme's hash: the
+/// signature verifies through the door and, with the public key alone,
+/// under ring; a changed one verifies under neither.
+async fn grpc_sign_round_trip(
+    c: &mut sealbroker_proto::sealbroker::v1::seal_service_client::SealServiceClient<
+        tonic::transport::Channel,
+    >,
+    key: &str,
+    scheme: &str,
+    message: &[u8],
+    prehashed: bool,
+) {
+    use sealbroker_core::{PublicKey, SignInput, SignScheme};
+    use sealbroker_proto::sealbroker::v1::*;
+
+    let parsed = SignScheme::parse(scheme).unwrap();
+    let data = if prehashed {
+        parsed.hash().unwrap().digest(message)
+    } else {
+        message.to_vec()
+    };
+
+    let public = c
+        .get_public_key(GetPublicKeyRequest {
+            key_name: key.into(),
+            key_version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let public = PublicKey::from_spki_der(&public.spki_der).unwrap();
+    let signed = c
+        .sign(SignRequest {
+            key_name: key.into(),
+            key_version: 0,
+            data: data.clone(),
+            prehashed,
+            scheme: scheme.into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{key} {scheme}: {s:?}"))
+        .into_inner();
+    assert_eq!(signed.scheme, scheme, "{key}");
+    let verify = |signature: &[u8]| VerifyRequest {
+        key_name: key.into(),
+        key_version: 0,
+        data: data.clone(),
+        prehashed,
+        scheme: scheme.into(),
+        signature: signature.to_vec(),
+    };
+    assert!(
+        c.verify(verify(&signed.signature))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid,
+        "{key} {scheme}"
+    );
+    let mut changed = signed.signature.clone();
+    let middle = changed.len() / 2;
+    changed[middle] ^= 1;
+    assert!(
+        !c.verify(verify(&changed)).await.unwrap().into_inner().valid,
+        "{key} {scheme}"
+    );
+    // ring checks whole messages: a digest's signature is over the message.
+    let input = SignInput::Message(message);
+    assert_eq!(
+        public.verify(parsed, input, &signed.signature),
+        Ok(true),
+        "{key} {scheme}"
+    );
+    assert_eq!(
+        public.verify(parsed, input, &changed),
+        Ok(false),
+        "{key} {scheme}"
+    );
+}
+
+/// The native gRPC door's Sign and Verify on the PKCS#11 backend (SoftHSM2,
+/// a Hardened daemon; messages and digests) and on the software backend (a
+/// Development daemon; messages only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pkcs11_and_software_keys_sign_and_verify_through_the_grpc_door() {
+    let message = b"a tbsCertificate, say".to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    let token = SoftHsmToken::create(&dir.path().join("hsm"), "extkeys", "unseal-key", PIN);
+    let socket = dir.path().join("sb.sock");
+    let config = daemon_config(dir.path(), &token, &socket);
+    let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("daemon.log")).await;
+    let mut c = daemon.unix_client().await;
+    for (key, scheme, prehashed) in [
+        ("pki-root", "ecdsa-sha256", false),
+        ("pki-root", "ecdsa-sha256", true),
+        ("signer", "rsa-pss-sha256", false),
+        ("signer", "rsa-pkcs1-sha384", true),
+    ] {
+        grpc_sign_round_trip(&mut c, key, scheme, &message, prehashed).await;
+    }
+    drop(c);
+    daemon.terminate();
+
+    let dev = tempfile::tempdir().unwrap();
+    let socket = dev.path().join("sb.sock");
+    let key_file = |name: &str| dev.path().join(format!("{name}.pk8"));
+    let text = format!(
+        "profile = \"development\"\n[server]\nunix_socket = \"{socket}\"\nstate_dir = \"{state}\"\n{audit}\
+         [backends.soft]\ntype = \"software\"\n\
+         [keys.unseal]\nbackend = \"soft\"\nkey_file = \"{unseal}\"\ngenerate = true\n\
+         [keys.p384]\nbackend = \"soft\"\nkey_file = \"{p384}\"\ngenerate = true\nalgorithm = \"ecdsa-p384\"\n\
+         [keys.ed]\nbackend = \"soft\"\nkey_file = \"{ed}\"\ngenerate = true\nalgorithm = \"ed25519\"\n",
+        socket = socket.display(),
+        state = dev.path().join("state").display(),
+        audit = audit_toml(dev.path(), "unseal"),
+        unseal = dev.path().join("unseal.key").display(),
+        p384 = key_file("p384").display(),
+        ed = key_file("ed").display(),
+    );
+    let config = dev.path().join("daemon.toml");
+    fs::write(&config, text).unwrap();
+    let daemon = Daemon::serve(&config, None, &dev.path().join("daemon.log")).await;
+    let mut c = daemon.unix_client().await;
+    grpc_sign_round_trip(&mut c, "p384", "ecdsa-sha384", &message, false).await;
+    grpc_sign_round_trip(&mut c, "ed", "ed25519", &message, false).await;
+    drop(c);
+    daemon.terminate();
+}
