@@ -602,32 +602,7 @@ async fn aws_kms_keys_sign_verify_and_decrypt_through_the_grpc_door() {
     }
 
     // RSA-OAEP on the encryption pair; a changed ciphertext does not open.
-    let secret = b"card 4111 1111 1111 1111".to_vec();
-    let encrypt = EncryptAsymmetricRequest {
-        key_name: "oaep".into(),
-        key_version: 0,
-        plaintext: secret.clone(),
-    };
-    let first = c.encrypt_asymmetric(encrypt.clone()).await.unwrap().into_inner();
-    let second = c.encrypt_asymmetric(encrypt).await.unwrap().into_inner();
-    assert_ne!(first.ciphertext, second.ciphertext);
-    let decrypt = |ciphertext: Vec<u8>| DecryptAsymmetricRequest {
-        key_name: "oaep".into(),
-        key_version: 0,
-        ciphertext,
-    };
-    for ciphertext in [&first.ciphertext, &second.ciphertext] {
-        let opened = c
-            .decrypt_asymmetric(decrypt(ciphertext.clone()))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(opened.plaintext, secret);
-    }
-    let mut changed = first.ciphertext.clone();
-    *changed.last_mut().unwrap() ^= 1;
-    let status = c.decrypt_asymmetric(decrypt(changed)).await.unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    grpc_oaep_round_trip(&mut c, "oaep", None).await;
 
     // The sealing key made by keygen seals.
     let wrapped = c
@@ -856,33 +831,7 @@ async fn openbao_transit_keys_sign_verify_and_decrypt_through_the_grpc_door() {
     );
 
     // RSA-OAEP: raw blocks, randomised; a changed one does not open.
-    let secret = b"card 4111 1111 1111 1111".to_vec();
-    let encrypt = EncryptAsymmetricRequest {
-        key_name: "oaep".into(),
-        key_version: 0,
-        plaintext: secret.clone(),
-    };
-    let first = c.encrypt_asymmetric(encrypt.clone()).await.unwrap().into_inner();
-    let second = c.encrypt_asymmetric(encrypt).await.unwrap().into_inner();
-    assert_eq!(first.ciphertext.len(), 256);
-    assert_ne!(first.ciphertext, second.ciphertext);
-    let decrypt = |ciphertext: Vec<u8>| DecryptAsymmetricRequest {
-        key_name: "oaep".into(),
-        key_version: 0,
-        ciphertext,
-    };
-    for ciphertext in [&first.ciphertext, &second.ciphertext] {
-        let opened = c
-            .decrypt_asymmetric(decrypt(ciphertext.clone()))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(opened.plaintext, secret);
-    }
-    let mut changed = first.ciphertext.clone();
-    changed[100] ^= 1;
-    let status = c.decrypt_asymmetric(decrypt(changed)).await.unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    grpc_oaep_round_trip(&mut c, "oaep", Some(256)).await;
 
     // Rotation: version 2 pins the upstream's version 2; version 1 still
     // verifies what it signed, with its own public key.
@@ -1155,33 +1104,7 @@ async fn gcp_kms_keys_sign_verify_and_decrypt_through_the_grpc_door_on_the_stand
     assert!(status.message().contains("whole message"), "{status:?}");
 
     // RSA-OAEP on the encryption pair; a changed ciphertext does not open.
-    let secret = b"card 4111 1111 1111 1111".to_vec();
-    let encrypt = EncryptAsymmetricRequest {
-        key_name: "oaep".into(),
-        key_version: 0,
-        plaintext: secret.clone(),
-    };
-    let first = c.encrypt_asymmetric(encrypt.clone()).await.unwrap().into_inner();
-    let second = c.encrypt_asymmetric(encrypt).await.unwrap().into_inner();
-    assert_ne!(first.ciphertext, second.ciphertext);
-    assert_eq!(first.ciphertext.len(), 256);
-    let decrypt = |ciphertext: Vec<u8>| DecryptAsymmetricRequest {
-        key_name: "oaep".into(),
-        key_version: 0,
-        ciphertext,
-    };
-    for ciphertext in [&first.ciphertext, &second.ciphertext] {
-        let opened = c
-            .decrypt_asymmetric(decrypt(ciphertext.clone()))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(opened.plaintext, secret);
-    }
-    let mut changed = first.ciphertext.clone();
-    *changed.last_mut().unwrap() ^= 1;
-    let status = c.decrypt_asymmetric(decrypt(changed)).await.unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    grpc_oaep_round_trip(&mut c, "oaep", Some(256)).await;
 
     // The symmetric key seals as before.
     let wrapped = c
@@ -1456,32 +1379,7 @@ async fn azure_key_vault_keys_sign_verify_and_decrypt_through_the_grpc_door_on_t
         );
     }
 
-    let secret = b"card 4111 1111 1111 1111".to_vec();
-    let encrypt = EncryptAsymmetricRequest {
-        key_name: "oaep".into(),
-        key_version: 0,
-        plaintext: secret.clone(),
-    };
-    let first = c.encrypt_asymmetric(encrypt.clone()).await.unwrap().into_inner();
-    let second = c.encrypt_asymmetric(encrypt).await.unwrap().into_inner();
-    assert_ne!(first.ciphertext, second.ciphertext);
-    let decrypt = |ciphertext: Vec<u8>| DecryptAsymmetricRequest {
-        key_name: "oaep".into(),
-        key_version: 0,
-        ciphertext,
-    };
-    for ciphertext in [&first.ciphertext, &second.ciphertext] {
-        let opened = c
-            .decrypt_asymmetric(decrypt(ciphertext.clone()))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(opened.plaintext, secret);
-    }
-    let mut changed = first.ciphertext.clone();
-    *changed.last_mut().unwrap() ^= 1;
-    let status = c.decrypt_asymmetric(decrypt(changed)).await.unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    grpc_oaep_round_trip(&mut c, "oaep", None).await;
 
     let wrapped = c
         .wrap(WrapRequest {
@@ -1707,4 +1605,57 @@ async fn pkcs11_and_software_keys_sign_and_verify_through_the_grpc_door() {
     grpc_sign_round_trip(&mut c, "ed", "ed25519", &message, false).await;
     drop(c);
     daemon.terminate();
+}
+
+/// RSA-OAEP through the gRPC door on the encryption pair `key`: two
+/// encryptions of one secret differ (and are `block_len` bytes, when
+/// given), both open to the secret, and a changed one does not open
+/// (`FAILED_PRECONDITION`).
+async fn grpc_oaep_round_trip(
+    c: &mut sealbroker_proto::sealbroker::v1::seal_service_client::SealServiceClient<
+        tonic::transport::Channel,
+    >,
+    key: &str,
+    block_len: Option<usize>,
+) {
+    use sealbroker_proto::sealbroker::v1::*;
+
+    let secret = b"card 4111 1111 1111 1111".to_vec();
+    let encrypt = EncryptAsymmetricRequest {
+        key_name: key.into(),
+        key_version: 0,
+        plaintext: secret.clone(),
+    };
+    let first = c.encrypt_asymmetric(encrypt.clone()).await.unwrap().into_inner();
+    let second = c.encrypt_asymmetric(encrypt).await.unwrap().into_inner();
+    assert_ne!(first.ciphertext, second.ciphertext, "{key}: OAEP is randomised");
+    assert!(
+        !first.ciphertext.windows(secret.len()).any(|w| w == secret),
+        "{key}: the ciphertext holds the secret"
+    );
+    if let Some(len) = block_len {
+        assert_eq!(first.ciphertext.len(), len, "{key}");
+    }
+    let decrypt = |ciphertext: Vec<u8>| DecryptAsymmetricRequest {
+        key_name: key.into(),
+        key_version: 0,
+        ciphertext,
+    };
+    for ciphertext in [&first.ciphertext, &second.ciphertext] {
+        let opened = c
+            .decrypt_asymmetric(decrypt(ciphertext.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(opened.plaintext, secret, "{key}");
+    }
+    let mut changed = first.ciphertext.clone();
+    let middle = changed.len() / 2;
+    changed[middle] ^= 1;
+    let status = c.decrypt_asymmetric(decrypt(changed)).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        tonic::Code::FailedPrecondition,
+        "{key}: {status:?}"
+    );
 }
