@@ -605,72 +605,17 @@ async fn aws_kms_keys_sign_verify_and_decrypt_through_the_grpc_door() {
     grpc_oaep_round_trip(&mut c, "oaep", None).await;
 
     // The sealing key made by keygen seals.
-    let wrapped = c
-        .wrap(WrapRequest {
-            key_name: "unseal".into(),
-            plaintext: b"data key".to_vec(),
-            aad: b"aad".to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let opened = c
-        .unwrap(UnwrapRequest {
-            blob: wrapped.blob,
-            aad: b"aad".to_vec(),
-            key_name: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(opened.plaintext, b"data key");
+    grpc_wrap_round_trip(&mut c, "unseal").await;
 
     // Rotation: version 2 of the signer is a new key pair under
     // alias/signer-v2; version 1 still verifies what it signed.
-    let before = c.sign(sign("signer", "")).await.unwrap().into_inner();
-    let rotated = c
-        .rotate_key(RotateKeyRequest {
-            key_name: "signer".into(),
-            stage: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .key
-        .unwrap();
-    assert_eq!(rotated.primary_version, 2);
-    let after = c.sign(sign("signer", "")).await.unwrap().into_inner();
-    assert_eq!(after.key_version, 2);
-    let public_of = |version: u32| GetPublicKeyRequest {
-        key_name: "signer".into(),
-        key_version: version,
-    };
-    let v1 = public_key(c.get_public_key(public_of(1)).await.unwrap().into_inner());
-    let v2 = public_key(c.get_public_key(public_of(2)).await.unwrap().into_inner());
-    assert_ne!(v1, v2);
-    let scheme = SignScheme::RsaPkcs1v15(sealbroker_core::Hash::Sha256);
-    assert_eq!(
-        v2.verify(scheme, SignInput::Message(&message), &after.signature),
-        Ok(true)
-    );
-    assert_eq!(
-        v1.verify(scheme, SignInput::Message(&message), &after.signature),
-        Ok(false)
-    );
-    assert!(
-        c.verify(verify("signer", 1, "", &before.signature))
-            .await
-            .unwrap()
-            .into_inner()
-            .valid
-    );
-    assert!(
-        !c.verify(verify("signer", 1, "", &after.signature))
-            .await
-            .unwrap()
-            .into_inner()
-            .valid
-    );
+    grpc_rotation_keeps_version_1(
+        &mut c,
+        "signer",
+        SignScheme::RsaPkcs1v15(sealbroker_core::Hash::Sha256),
+        &message,
+    )
+    .await;
 
     let logs = daemon.logs();
     daemon.terminate();
@@ -835,61 +780,7 @@ async fn openbao_transit_keys_sign_verify_and_decrypt_through_the_grpc_door() {
 
     // Rotation: version 2 pins the upstream's version 2; version 1 still
     // verifies what it signed, with its own public key.
-    let before = c
-        .sign(sign("ca", "", &message, false))
-        .await
-        .unwrap()
-        .into_inner();
-    let rotated = c
-        .rotate_key(RotateKeyRequest {
-            key_name: "ca".into(),
-            stage: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .key
-        .unwrap();
-    assert_eq!(rotated.primary_version, 2);
-    let after = c
-        .sign(sign("ca", "", &message, false))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(after.key_version, 2);
-    let v1 = PublicKey::from_spki_der(
-        &c.get_public_key(public_of("ca", 1))
-            .await
-            .unwrap()
-            .into_inner()
-            .spki_der,
-    )
-    .unwrap();
-    let v2 = PublicKey::from_spki_der(
-        &c.get_public_key(public_of("ca", 2))
-            .await
-            .unwrap()
-            .into_inner()
-            .spki_der,
-    )
-    .unwrap();
-    assert_ne!(v1, v2);
-    let scheme = SignScheme::Ecdsa(Hash::Sha256);
-    assert_eq!(
-        v2.verify(scheme, SignInput::Message(&message), &after.signature),
-        Ok(true)
-    );
-    assert_eq!(
-        v1.verify(scheme, SignInput::Message(&message), &after.signature),
-        Ok(false)
-    );
-    assert!(
-        c.verify(verify("ca", 1, "", &message, false, &before.signature))
-            .await
-            .unwrap()
-            .into_inner()
-            .valid
-    );
+    grpc_rotation_keeps_version_1(&mut c, "ca", SignScheme::Ecdsa(Hash::Sha256), &message).await;
     drop(c);
     daemon.terminate();
 }
@@ -1107,80 +998,17 @@ async fn gcp_kms_keys_sign_verify_and_decrypt_through_the_grpc_door_on_the_stand
     grpc_oaep_round_trip(&mut c, "oaep", Some(256)).await;
 
     // The symmetric key seals as before.
-    let wrapped = c
-        .wrap(WrapRequest {
-            key_name: "unseal".into(),
-            plaintext: b"data key".to_vec(),
-            aad: b"aad".to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let opened = c
-        .unwrap(UnwrapRequest {
-            blob: wrapped.blob,
-            aad: b"aad".to_vec(),
-            key_name: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(opened.plaintext, b"data key");
+    grpc_wrap_round_trip(&mut c, "unseal").await;
 
     // Rotation: version 2 of the signer is a new Cloud KMS version of the
     // same algorithm; version 1 still verifies what it signed.
-    let before = c
-        .sign(sign("signer", "", &message, false))
-        .await
-        .unwrap()
-        .into_inner();
-    let rotated = c
-        .rotate_key(RotateKeyRequest {
-            key_name: "signer".into(),
-            stage: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .key
-        .unwrap();
-    assert_eq!(rotated.primary_version, 2);
-    let after = c
-        .sign(sign("signer", "", &message, false))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(after.key_version, 2);
-    let public_of = |version: u32| GetPublicKeyRequest {
-        key_name: "signer".into(),
-        key_version: version,
-    };
-    let v1 = public_key(c.get_public_key(public_of(1)).await.unwrap().into_inner());
-    let v2 = public_key(c.get_public_key(public_of(2)).await.unwrap().into_inner());
-    assert_ne!(v1, v2);
-    let scheme = SignScheme::RsaPkcs1v15(Hash::Sha256);
-    assert_eq!(
-        v2.verify(scheme, SignInput::Message(&message), &after.signature),
-        Ok(true)
-    );
-    assert_eq!(
-        v1.verify(scheme, SignInput::Message(&message), &after.signature),
-        Ok(false)
-    );
-    assert!(
-        c.verify(verify("signer", 1, "", &before.signature))
-            .await
-            .unwrap()
-            .into_inner()
-            .valid
-    );
-    assert!(
-        !c.verify(verify("signer", 1, "", &after.signature))
-            .await
-            .unwrap()
-            .into_inner()
-            .valid
-    );
+    grpc_rotation_keeps_version_1(
+        &mut c,
+        "signer",
+        SignScheme::RsaPkcs1v15(sealbroker_core::Hash::Sha256),
+        &message,
+    )
+    .await;
 
     let logs = daemon.logs();
     daemon.terminate();
@@ -1265,7 +1093,7 @@ fn azure_daemon_config(dir: &Path, fake: &azure_standin::FakeVault, ca: &Path, s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_key_vault_keys_sign_verify_and_decrypt_through_the_grpc_door_on_the_stand_in() {
-    use sealbroker_core::{Hash, PublicKey, SignInput, SignScheme};
+    use sealbroker_core::{PublicKey, SignInput, SignScheme};
     use sealbroker_proto::sealbroker::v1::*;
     use tonic::Code;
 
@@ -1381,80 +1209,17 @@ async fn azure_key_vault_keys_sign_verify_and_decrypt_through_the_grpc_door_on_t
 
     grpc_oaep_round_trip(&mut c, "oaep", None).await;
 
-    let wrapped = c
-        .wrap(WrapRequest {
-            key_name: "unseal".into(),
-            plaintext: b"data key".to_vec(),
-            aad: b"aad".to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let opened = c
-        .unwrap(UnwrapRequest {
-            blob: wrapped.blob,
-            aad: b"aad".to_vec(),
-            key_name: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(opened.plaintext, b"data key");
+    grpc_wrap_round_trip(&mut c, "unseal").await;
 
     // Rotation: version 2 of the signer is a new version (a new pair) in
     // Key Vault; version 1 still verifies what it signed.
-    let before = c
-        .sign(sign("signer", "", &message, false))
-        .await
-        .unwrap()
-        .into_inner();
-    let rotated = c
-        .rotate_key(RotateKeyRequest {
-            key_name: "signer".into(),
-            stage: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .key
-        .unwrap();
-    assert_eq!(rotated.primary_version, 2);
-    let after = c
-        .sign(sign("signer", "", &message, false))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(after.key_version, 2);
-    let public_of = |version: u32| GetPublicKeyRequest {
-        key_name: "signer".into(),
-        key_version: version,
-    };
-    let v1 = public_key(c.get_public_key(public_of(1)).await.unwrap().into_inner());
-    let v2 = public_key(c.get_public_key(public_of(2)).await.unwrap().into_inner());
-    assert_ne!(v1, v2);
-    let scheme = SignScheme::RsaPkcs1v15(Hash::Sha256);
-    assert_eq!(
-        v2.verify(scheme, SignInput::Message(&message), &after.signature),
-        Ok(true)
-    );
-    assert_eq!(
-        v1.verify(scheme, SignInput::Message(&message), &after.signature),
-        Ok(false)
-    );
-    assert!(
-        c.verify(verify("signer", 1, "", &message, false, &before.signature))
-            .await
-            .unwrap()
-            .into_inner()
-            .valid
-    );
-    assert!(
-        !c.verify(verify("signer", 1, "", &message, false, &after.signature))
-            .await
-            .unwrap()
-            .into_inner()
-            .valid
-    );
+    grpc_rotation_keeps_version_1(
+        &mut c,
+        "signer",
+        SignScheme::RsaPkcs1v15(sealbroker_core::Hash::Sha256),
+        &message,
+    )
+    .await;
 
     let logs = daemon.logs();
     daemon.terminate();
@@ -1658,4 +1423,118 @@ async fn grpc_oaep_round_trip(
         tonic::Code::FailedPrecondition,
         "{key}: {status:?}"
     );
+}
+
+/// Wrap and Unwrap of a data key through the gRPC door on the sealing key
+/// `key`.
+async fn grpc_wrap_round_trip(
+    c: &mut sealbroker_proto::sealbroker::v1::seal_service_client::SealServiceClient<
+        tonic::transport::Channel,
+    >,
+    key: &str,
+) {
+    use sealbroker_proto::sealbroker::v1::*;
+
+    let wrapped = c
+        .wrap(WrapRequest {
+            key_name: key.into(),
+            plaintext: b"data key".to_vec(),
+            aad: b"aad".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let opened = c
+        .unwrap(UnwrapRequest {
+            blob: wrapped.blob,
+            aad: b"aad".to_vec(),
+            key_name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(opened.plaintext, b"data key", "{key}");
+}
+
+/// Rotation through the gRPC door of the key pair `key`, whose default
+/// scheme is `scheme`: version 2 is a new key pair that signs from then on;
+/// version 1's public key does not verify it, and version 1 still verifies
+/// what it signed before.
+async fn grpc_rotation_keeps_version_1(
+    c: &mut sealbroker_proto::sealbroker::v1::seal_service_client::SealServiceClient<
+        tonic::transport::Channel,
+    >,
+    key: &str,
+    scheme: sealbroker_core::SignScheme,
+    message: &[u8],
+) {
+    use sealbroker_core::{PublicKey, SignInput};
+    use sealbroker_proto::sealbroker::v1::*;
+
+    let sign = || SignRequest {
+        key_name: key.into(),
+        key_version: 0,
+        data: message.to_vec(),
+        prehashed: false,
+        scheme: String::new(),
+    };
+    let before = c.sign(sign()).await.unwrap().into_inner();
+    let rotated = c
+        .rotate_key(RotateKeyRequest {
+            key_name: key.into(),
+            stage: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(rotated.primary_version, 2, "{key}");
+    let after = c.sign(sign()).await.unwrap().into_inner();
+    assert_eq!(after.key_version, 2, "{key}");
+    let mut public_of = async |version: u32| {
+        let reply = c
+            .get_public_key(GetPublicKeyRequest {
+                key_name: key.into(),
+                key_version: version,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        PublicKey::from_spki_der(&reply.spki_der).unwrap()
+    };
+    let v1 = public_of(1).await;
+    let v2 = public_of(2).await;
+    assert_ne!(v1, v2, "{key}: version 2 is a new key pair");
+    let input = SignInput::Message(message);
+    assert_eq!(v2.verify(scheme, input, &after.signature), Ok(true), "{key}");
+    assert_eq!(v1.verify(scheme, input, &after.signature), Ok(false), "{key}");
+    let valid = c
+        .verify(VerifyRequest {
+            key_name: key.into(),
+            key_version: 1,
+            data: message.to_vec(),
+            prehashed: false,
+            scheme: String::new(),
+            signature: before.signature,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .valid;
+    assert!(valid, "{key}: version 1 no longer verifies what it signed");
+    let valid = c
+        .verify(VerifyRequest {
+            key_name: key.into(),
+            key_version: 1,
+            data: message.to_vec(),
+            prehashed: false,
+            scheme: String::new(),
+            signature: after.signature,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .valid;
+    assert!(!valid, "{key}: version 1 verifies what version 2 signed");
 }
