@@ -1426,7 +1426,8 @@ async fn grpc_oaep_round_trip(
 }
 
 /// Wrap and Unwrap of a data key through the gRPC door on the sealing key
-/// `key`.
+/// `key`. The plaintext is distinctive: the secret sweep looks for it in
+/// every log, where "data key" is ordinary text.
 async fn grpc_wrap_round_trip(
     c: &mut sealbroker_proto::sealbroker::v1::seal_service_client::SealServiceClient<
         tonic::transport::Channel,
@@ -1438,7 +1439,7 @@ async fn grpc_wrap_round_trip(
     let wrapped = c
         .wrap(WrapRequest {
             key_name: key.into(),
-            plaintext: b"data key".to_vec(),
+            plaintext: b"grpc-wrap-dek-5310".to_vec(),
             aad: b"aad".to_vec(),
         })
         .await
@@ -1453,7 +1454,7 @@ async fn grpc_wrap_round_trip(
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(opened.plaintext, b"data key", "{key}");
+    assert_eq!(opened.plaintext, b"grpc-wrap-dek-5310", "{key}");
 }
 
 /// Rotation through the gRPC door of the key pair `key`, whose default
