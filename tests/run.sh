@@ -14,6 +14,16 @@ bash tests/peers/install.sh "$peers_env"
 # shellcheck disable=SC1090
 source "$peers_env"
 
+if [ "${CI:-}" = "true" ]; then
+  # A clean clone builds once, so incremental state (about 2.4 GB) is never
+  # reused, and line tables for every dependency only swell the ~400 test and
+  # tool binaries. CI machines' disks are not always roomy: one run died with
+  # "No space left on device" while linking the tests.
+  export CARGO_INCREMENTAL=0
+  export CARGO_PROFILE_DEV_DEBUG=false
+  echo "disk: $(df -h . | awk 'NR==2 {print $4 " free of " $2}')" >&2
+fi
+
 echo "== build" >&2
 # --all-targets builds the test binaries too, so nextest below compiles nothing.
 cargo build --workspace --all-targets --locked
@@ -38,6 +48,8 @@ if [ "${CI:-}" = "true" ] || [ -n "${SEALBROKER_IMAGES:-}" ]; then
   images_started=$(date +%s)
   bash images/check.sh target/images
   export SEALBROKER_IMAGES_DIR="$PWD/target/images/a"
+  # The release binaries are in the images now; nothing else reads them.
+  if [ "${CI:-}" = "true" ]; then rm -rf target/release; fi
   echo "timing: images $(( $(date +%s) - images_started ))s" >&2
 fi
 
@@ -56,9 +68,13 @@ if [ "${CI:-}" = "true" ] || [ -n "${SEALBROKER_FUZZ:-}" ]; then
   CARGO_TARGET_DIR="$PWD/target/fuzz" bash crates/sealbroker-core/fuzz/run.sh "$seconds" 2>&1 | tail -n 30
   echo "== fuzz: transit HTTP, KMS v2, KMS plugin, config parser, KMIP door, ${seconds}s each" >&2
   CARGO_TARGET_DIR="$PWD/target/fuzz" bash crates/sealbroker-server/fuzz/run.sh "$seconds" 2>&1 | tail -n 30
+  if [ "${CI:-}" = "true" ]; then rm -rf target/fuzz; fi
 fi
 
 echo "timing: peers+build $((built - started))s, until tests $(( $(date +%s) - started ))s" >&2
+if [ "${CI:-}" = "true" ]; then
+  echo "disk: target $(du -sh target | cut -f1), $(df -h . | awk 'NR==2 {print $4}') free" >&2
+fi
 echo "== test" >&2
 # Every log and audit trail the e2e tests produce is kept here and swept for
 # the secrets they used (tests/sweep-secrets.sh).
