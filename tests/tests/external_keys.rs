@@ -3,7 +3,8 @@
 //! `sys/external-keys`, so a PKI root CA and a transit signing key live on
 //! the token and never leave it. And the same calls through the gRPC door
 //! on AWS KMS keys (moto), on OpenBao transit keys (a dev OpenBao 2.7.2),
-//! on Google Cloud KMS keys and on Azure Key Vault keys (the in-repo
+//! on KMIP keys (a PyKMIP server), on Google Cloud KMS keys and on Azure
+//! Key Vault keys (the in-repo
 //! stand-ins, `backends/gcpckms/tests/fake_gcp.rs` and
 //! `backends/azurekeyvault/tests/standin/`: there is no emulator of either),
 //! made by `sealbroker keygen`.
@@ -781,6 +782,107 @@ async fn openbao_transit_keys_sign_verify_and_decrypt_through_the_grpc_door() {
     // Rotation: version 2 pins the upstream's version 2; version 1 still
     // verifies what it signed, with its own public key.
     grpc_rotation_keeps_version_1(&mut c, "ca", SignScheme::Ecdsa(Hash::Sha256), &message).await;
+    drop(c);
+    daemon.terminate();
+}
+
+/// The KMIP backend's RSA key pairs through the gRPC door, on a real
+/// PyKMIP server over mutual TLS: `sealbroker keygen` makes an AES sealing
+/// key and an RSA-3072 signing pair (CreateKeyPair, both halves activated);
+/// the pair signs whole messages with PKCS#1 v1.5 on the server, and its
+/// public key (KMIP Get) verifies them under ring; PSS and digests are
+/// refused with InvalidArgument, since a KMIP server picks its own PSS salt
+/// and PyKMIP signs messages only; rotation makes a second pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kmip_key_pairs_sign_and_verify_through_the_grpc_door_on_pykmip() {
+    use sealbroker_core::{Hash, SignScheme};
+    use sealbroker_proto::sealbroker::v1::*;
+    use sealbroker_testkit::pki::{Leaf, TestCa};
+    use sealbroker_testkit::pykmip::{PyKmip, ServerFiles};
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("kmip e2e CA");
+    let ca_pem = ca.write(&dir.path().join("ca.pem"));
+    let server = ca
+        .issue(&Leaf::server(&["127.0.0.1"]).common_name("pykmip e2e server"))
+        .write(dir.path(), "server");
+    let client = ca
+        .issue(&Leaf::client("sealbroker-e2e"))
+        .write(dir.path(), "client");
+    let state = dir.path().join("pykmip");
+    let tls = ServerFiles {
+        cert: server.cert,
+        key: server.key,
+        client_ca: ca_pem.clone(),
+    };
+    let pykmip = PyKmip::start(&tls, &state, free_port());
+
+    let socket = dir.path().join("sb.sock");
+    let text = format!(
+        "profile = \"development\"\n[server]\nunix_socket = \"{socket}\"\nstate_dir = \"{state}\"\n{audit}\
+         [backends.kmip]\ntype = \"kmip\"\nendpoint = \"{endpoint}\"\nclient_cert = \"{cert}\"\n\
+         client_key = \"{key}\"\nca_cert = \"{ca}\"\n\
+         [keys.unseal]\nbackend = \"kmip\"\nkey_name = \"unseal\"\nencrypt_alg = \"AES_CBC_PAD\"\n\
+         [keys.signer]\nbackend = \"kmip\"\nkey_name = \"signer\"\nalgorithm = \"rsa-3072\"\n",
+        socket = socket.display(),
+        state = dir.path().join("state").display(),
+        audit = audit_toml(dir.path(), "unseal"),
+        endpoint = pykmip.endpoint(),
+        cert = client.cert.display(),
+        key = client.key.display(),
+        ca = ca_pem.display(),
+    );
+    let config = dir.path().join("daemon.toml");
+    fs::write(&config, text).unwrap();
+    for key in ["unseal", "signer"] {
+        let out = run_cli(
+            &["keygen", "--config", config.to_str().unwrap(), "--key", key],
+            b"",
+            &[],
+        );
+        let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "keygen {key}: {said}\n{}", pykmip.logs());
+    }
+
+    let daemon = Daemon::serve(&config, None, &dir.path().join("daemon.log")).await;
+    let mut c = daemon.unix_client().await;
+    grpc_wrap_round_trip(&mut c, "unseal").await;
+    let message = b"a tbsCertificate, signed over KMIP";
+    for scheme in ["rsa-pkcs1-sha256", "rsa-pkcs1-sha512"] {
+        grpc_sign_round_trip(&mut c, "signer", scheme, message, false).await;
+    }
+    let public = c
+        .get_public_key(GetPublicKeyRequest {
+            key_name: "signer".into(),
+            key_version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(public.algorithm, "rsa-3072");
+
+    let sign = |scheme: &str, data: Vec<u8>, prehashed: bool| SignRequest {
+        key_name: "signer".into(),
+        key_version: 0,
+        data,
+        prehashed,
+        scheme: scheme.into(),
+    };
+    let status = c
+        .sign(sign("rsa-pss-sha256", message.to_vec(), false))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("PSS salt length"), "{status:?}");
+    let status = c
+        .sign(sign("rsa-pkcs1-sha256", Hash::Sha256.digest(message), true))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("not a digest"), "{status:?}");
+
+    grpc_rotation_keeps_version_1(&mut c, "signer", SignScheme::RsaPkcs1v15(Hash::Sha256), message).await;
     drop(c);
     daemon.terminate();
 }

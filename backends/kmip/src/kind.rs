@@ -1,12 +1,13 @@
 //! The `kmip` backend kind: `[backends.NAME]` is one KMIP server, each key
-//! an AES-256 object on it, by Unique Identifier or Name.
+//! an AES-256 object on it, by Unique Identifier or Name, or (with
+//! `algorithm`) an RSA key pair.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use sealbroker_core::{Backend, BackendKind, ConfigError, KeygenError, OpenedBackend, Profile, parse_table};
 
-use crate::{BackendConfig, KeyConfig, KmipKey, KmipPool, create_key_on};
+use crate::{BackendConfig, KeyConfig, KmipPool, key_on, keygen_on};
 
 /// `type = "kmip"`.
 pub static KIND: KmipKind = KmipKind;
@@ -40,21 +41,16 @@ struct Server {
 impl OpenedBackend for Server {
     fn key(&self, settings: &toml::Table, path: &str) -> Result<Arc<dyn Backend>, ConfigError> {
         let key: KeyConfig = parse_table(settings, path)?;
-        Ok(Arc::new(
-            KmipKey::new(self.pool.clone(), &key).map_err(|e| e.under(path))?,
-        ))
+        key_on(self.pool.clone(), &key).map_err(|e| e.under(path))
     }
 
-    /// An activated AES-256 key, created by Name.
+    /// An activated AES-256 key, or an activated RSA key pair (the public
+    /// key named `<key_name>/public`), created by Name.
     async fn create_key(&self, settings: &toml::Table, path: &str) -> Result<String, KeygenError> {
         let key: KeyConfig = parse_table(settings, path)?;
-        let name = key.key_name.ok_or_else(|| {
-            ConfigError::new(
-                format!("{path}.key_name"),
-                "keygen creates a KMIP key by Name; set key_name (not kms_key_id)",
-            )
-        })?;
-        let id = create_key_on(&self.pool, &name).await?;
-        Ok(format!("AES-256 KMIP key {name:?} (unique identifier {id})"))
+        keygen_on(&self.pool, &key).await.map_err(|e| match e {
+            KeygenError::Config(e) => KeygenError::Config(e.under(path)),
+            other => other,
+        })
     }
 }

@@ -26,6 +26,7 @@
 
 mod error;
 mod kind;
+mod pair;
 pub mod pool;
 mod protocol;
 pub use sealbroker_ttlv as ttlv;
@@ -36,7 +37,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ring::rand::{SecureRandom, SystemRandom};
-use sealbroker_core::{Backend, BackendError, BackendErrorKind, Mechanism, NewVersion, Sealed, SecretBytes};
+use sealbroker_core::{
+    Backend, BackendError, BackendErrorKind, KeygenError, Mechanism, NewVersion, Sealed, SecretBytes,
+};
 use serde::Deserialize;
 
 use crate::error::CallError;
@@ -44,6 +47,7 @@ use crate::protocol::{
     CBC_IV_LEN, Cipher, GCM_IV_LEN, GCM_TAG_LEN, KeyAttributes, KeyState, Operation, ResultReason,
 };
 
+pub use crate::pair::KmipKeyPair;
 pub use crate::pool::KmipPool;
 pub use crate::protocol::ProtocolVersion;
 
@@ -124,7 +128,7 @@ impl EncryptAlg {
 }
 
 /// Per-key settings under `[keys.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// The key's KMIP Unique Identifier.
@@ -133,9 +137,22 @@ pub struct KeyConfig {
     pub key_name: Option<String>,
     #[serde(default)]
     pub encrypt_alg: EncryptAlg,
-    /// Read only to refuse it plainly: this backend holds no key pairs.
+    /// A key pair (External Keys): `rsa-2048`, `rsa-3072` or `rsa-4096`.
+    /// `key_name` (or `kms_key_id`) then names the Private Key.
     #[serde(default)]
     pub algorithm: Option<String>,
+    /// Read only to refuse it plainly: KMIP key pairs sign only (no RSA-OAEP).
+    #[serde(default)]
+    pub mechanism: Option<String>,
+    /// Read only to refuse it plainly, as `mechanism`.
+    #[serde(default)]
+    pub rsa_oaep_hash: Option<String>,
+    /// A key pair's Public Key by Unique Identifier; needed with `kms_key_id`.
+    #[serde(default)]
+    pub public_key_id: Option<String>,
+    /// A key pair's Public Key by Name; `<key_name>/public` by default.
+    #[serde(default)]
+    pub public_key_name: Option<String>,
 }
 
 /// Config errors name fields relative to this backend's tables; the broker places them under
@@ -153,15 +170,6 @@ enum KeySelector {
 
 impl KeySelector {
     fn from_config(config: &KeyConfig) -> Result<Self, ConfigError> {
-        if let Some(algorithm) = &config.algorithm {
-            return Err(ConfigError::new(
-                "algorithm",
-                format!(
-                    "{algorithm:?}: the kmip backend serves AES sealing keys only, not key pairs; \
-                     External Keys are served by the pkcs11, awskms and transit backends (docs/external-keys.md)"
-                ),
-            ));
-        }
         let non_empty = |field: &'static str, value: &str| {
             if value.is_empty() {
                 Err(ConfigError::new(field, "is empty"))
@@ -432,7 +440,7 @@ impl Backend for KmipKey {
             kms_key_id: None,
             key_name: Some(name.clone()),
             encrypt_alg: self.alg,
-            algorithm: None,
+            ..Default::default()
         };
         let key = KmipKey::new(self.pool.clone(), &config).ok()?;
         Some(NewVersion {
@@ -614,6 +622,47 @@ impl Backend for KmipKey {
     }
 }
 
+/// The backend key `config` describes on `pool`: an AES-256 key, or (with
+/// `algorithm`) an RSA key pair. Contacts nothing.
+pub fn key_on(pool: KmipPool, config: &KeyConfig) -> Result<Arc<dyn Backend>, ConfigError> {
+    match pair::algorithm_from_config(config)? {
+        None => Ok(Arc::new(KmipKey::new(pool, config)?)),
+        Some(algorithm) => {
+            let private = KeySelector::from_config(config)?;
+            Ok(Arc::new(KmipKeyPair::new(pool, config, private, algorithm)?))
+        }
+    }
+}
+
+/// `sealbroker keygen`: creates and activates what `config` describes, by
+/// its `key_name`: an AES-256 key, or an RSA key pair whose public key is
+/// `<key_name>/public`. Says what it made. Refuses a name already taken.
+pub async fn keygen_on(pool: &KmipPool, config: &KeyConfig) -> Result<String, KeygenError> {
+    let algorithm = pair::algorithm_from_config(config)?;
+    let name = config.key_name.clone().ok_or_else(|| {
+        ConfigError::new(
+            "key_name",
+            "keygen creates a KMIP key by Name; set key_name (not kms_key_id)",
+        )
+    })?;
+    let Some(algorithm) = algorithm else {
+        let id = create_key_on(pool, &name).await?;
+        return Ok(format!("AES-256 KMIP key {name:?} (unique identifier {id})"));
+    };
+    if config.public_key_id.is_some() || config.public_key_name.is_some() {
+        return Err(ConfigError::new(
+            "public_key_name",
+            "keygen names the public key `<key_name>/public` itself; leave public_key_id and public_key_name out",
+        )
+        .into());
+    }
+    let (private_id, public_id) = pair::create_pair_on(pool, &name, algorithm, false).await?;
+    Ok(format!(
+        "{algorithm} KMIP key pair {name:?} (private key {private_id}, public key {:?} {public_id})",
+        pair::public_name(&name)
+    ))
+}
+
 /// Creates an AES-256 key named `name` for Encrypt and Decrypt on the
 /// server, activates it, and returns its Unique Identifier. For development
 /// and tests; production keys come from the KMS's own tooling. Refuses when
@@ -679,8 +728,14 @@ pub mod fuzzing {
             Operation::Activate,
             Operation::Encrypt,
             Operation::Decrypt,
+            Operation::CreateKeyPair,
+            Operation::Get,
+            Operation::Sign,
         ] {
-            if let Ok(payload) = protocol::parse_response(message.clone(), operation) {
+            if let Ok(mut payload) = protocol::parse_response(message.clone(), operation) {
+                let _ = protocol::parse_create_key_pair(&payload);
+                let _ = protocol::parse_get_public_key(&payload);
+                let _ = protocol::parse_sign(&mut payload);
                 let _ = protocol::parse_discover_versions(&payload, &ProtocolVersion::SUPPORTED);
                 let _ = protocol::parse_locate(&payload);
                 let _ = protocol::parse_get_attributes(&payload);
@@ -720,21 +775,12 @@ mod tests {
     }
 
     #[test]
-    fn a_key_pair_is_refused_naming_the_backends_that_serve_them() {
-        let config: KeyConfig = toml::from_str("key_name = \"ca\"\nalgorithm = \"rsa-2048\"").unwrap();
-        let err = KeySelector::from_config(&config).unwrap_err();
-        assert_eq!(err.path, "algorithm");
-        assert!(err.message.contains("AES sealing keys only"), "{err}");
-        assert!(err.message.contains("pkcs11, awskms and transit"), "{err}");
-    }
-
-    #[test]
     fn key_config_needs_exactly_one_selector() {
         let config = |id: Option<&str>, name: Option<&str>| KeyConfig {
             kms_key_id: id.map(Into::into),
             key_name: name.map(Into::into),
             encrypt_alg: EncryptAlg::AesGcm,
-            algorithm: None,
+            ..Default::default()
         };
         assert_eq!(
             KeySelector::from_config(&config(Some("1"), None)).unwrap(),

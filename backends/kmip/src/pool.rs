@@ -32,7 +32,9 @@ use tokio_rustls::client::TlsStream;
 use zeroize::Zeroizing;
 
 use crate::error::CallError;
-use crate::protocol::{self, Cipher, Encrypted, KeyAttributes, Operation, ProtocolVersion, ResultReason};
+use crate::protocol::{
+    self, Cipher, Encrypted, KeyAttributes, Operation, ProtocolVersion, PublicKeyBlock, ResultReason,
+};
 use crate::ttlv::{self, HEADER_LEN, Item};
 use crate::{BackendConfig, ConfigError};
 
@@ -276,6 +278,45 @@ impl KmipPool {
             })
             .await?;
         Ok(protocol::parse_get_attributes(&payload)?)
+    }
+
+    /// CreateKeyPair of an RSA pair; returns the private and the public
+    /// key's Unique Identifiers.
+    pub(crate) async fn create_rsa_key_pair(
+        &self,
+        bits: i32,
+        private: (&str, i32),
+        public: (&str, i32),
+    ) -> Result<(String, String), CallError> {
+        let payload = self
+            .call(Operation::CreateKeyPair, &|version| {
+                Ok(protocol::create_rsa_key_pair(version, bits, private, public))
+            })
+            .await?;
+        Ok(protocol::parse_create_key_pair(&payload)?)
+    }
+
+    /// Get of a public key: its format and material.
+    pub(crate) async fn get_public_key(&self, unique_id: &str) -> Result<PublicKeyBlock, CallError> {
+        let payload = self
+            .call(Operation::Get, &|_| Ok(protocol::by_unique_identifier(unique_id)))
+            .await?;
+        Ok(protocol::parse_get_public_key(&payload)?)
+    }
+
+    /// Sign with RSA PKCS#1 v1.5; the server hashes `message` with `hash`.
+    pub(crate) async fn sign_pkcs1(
+        &self,
+        unique_id: &str,
+        hash: u32,
+        message: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
+        let mut payload = self
+            .call(Operation::Sign, &|_| {
+                Ok(protocol::sign_pkcs1(unique_id, hash, message))
+            })
+            .await?;
+        Ok(protocol::parse_sign(&mut payload)?)
     }
 
     fn aead_check(&self, cipher: Cipher, version: ProtocolVersion) -> Result<(), BackendError> {

@@ -27,13 +27,16 @@ pub(crate) enum Operation {
     DiscoverVersions = op::DISCOVER_VERSIONS as isize,
     Encrypt = op::ENCRYPT as isize,
     Decrypt = op::DECRYPT as isize,
+    CreateKeyPair = op::CREATE_KEY_PAIR as isize,
+    Get = op::GET as isize,
+    Sign = op::SIGN as isize,
 }
 
 impl Operation {
     /// Whether sending the request twice is harmless, so a request that met a
     /// dead pooled connection may be sent again on a fresh one.
     pub fn is_idempotent(self) -> bool {
-        !matches!(self, Operation::Create)
+        !matches!(self, Operation::Create | Operation::CreateKeyPair)
     }
 }
 
@@ -572,6 +575,157 @@ pub(crate) fn parse_decrypt(mut payload: Vec<Item>) -> Result<Zeroizing<Vec<u8>>
     }
 }
 
+/// CreateKeyPair: an RSA key pair of `bits`, the private half named
+/// `private_name` with usage `private_usage`, the public half likewise.
+pub(crate) fn create_rsa_key_pair(
+    version: ProtocolVersion,
+    bits: i32,
+    (private_name, private_usage): (&str, i32),
+    (public_name, public_usage): (&str, i32),
+) -> Vec<Item> {
+    if version.attributes_are_tagged() {
+        let half = |t: Tag, name: &str, usage: i32| {
+            Item::structure(
+                t,
+                vec![
+                    Item::integer(tag::CRYPTOGRAPHIC_USAGE_MASK, usage),
+                    name_value(name),
+                ],
+            )
+        };
+        vec![
+            Item::structure(
+                tag::COMMON_ATTRIBUTES,
+                vec![
+                    Item::enumeration(tag::CRYPTOGRAPHIC_ALGORITHM, enums::ALGORITHM_RSA),
+                    Item::integer(tag::CRYPTOGRAPHIC_LENGTH, bits),
+                ],
+            ),
+            half(tag::PRIVATE_KEY_ATTRIBUTES, private_name, private_usage),
+            half(tag::PUBLIC_KEY_ATTRIBUTES, public_name, public_usage),
+        ]
+    } else {
+        let half = |t: Tag, name: &str, usage: i32| {
+            Item::structure(
+                t,
+                vec![
+                    attribute("Cryptographic Usage Mask", Value::Integer(usage)),
+                    name_attribute(version, name),
+                ],
+            )
+        };
+        vec![
+            Item::structure(
+                tag::COMMON_TEMPLATE_ATTRIBUTE,
+                vec![
+                    attribute(
+                        "Cryptographic Algorithm",
+                        Value::Enumeration(enums::ALGORITHM_RSA),
+                    ),
+                    attribute("Cryptographic Length", Value::Integer(bits)),
+                ],
+            ),
+            half(tag::PRIVATE_KEY_TEMPLATE_ATTRIBUTE, private_name, private_usage),
+            half(tag::PUBLIC_KEY_TEMPLATE_ATTRIBUTE, public_name, public_usage),
+        ]
+    }
+}
+
+/// The Unique Identifiers of the private and the public key a
+/// CreateKeyPair made.
+pub(crate) fn parse_create_key_pair(payload: &[Item]) -> Result<(String, String), ResponseError> {
+    let id = |t: Tag, what: &str| match text_of(payload, t, what)? {
+        Some(id) if !id.is_empty() => Ok(id.to_owned()),
+        Some(_) => malformed(format!("the {what} is empty")),
+        None => malformed(format!("the CreateKeyPair response has no {what}")),
+    };
+    Ok((
+        id(
+            tag::PRIVATE_KEY_UNIQUE_IDENTIFIER,
+            "Private Key Unique Identifier",
+        )?,
+        id(tag::PUBLIC_KEY_UNIQUE_IDENTIFIER, "Public Key Unique Identifier")?,
+    ))
+}
+
+/// The key material of a public key, as Get returned it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PublicKeyBlock {
+    /// Key Format Type: PKCS#1 (an `RSAPublicKey`), X.509 (a
+    /// `SubjectPublicKeyInfo`), or another the caller refuses.
+    pub format: u32,
+    pub material: Vec<u8>,
+}
+
+/// Reads a Get answer that must be a Public Key: its Key Block's format and
+/// its Key Material bytes (a Key Value that is a structure holding a Byte
+/// String Key Material; transparent formats and wrapped keys are refused).
+pub(crate) fn parse_get_public_key(payload: &[Item]) -> Result<PublicKeyBlock, ResponseError> {
+    match enumeration_of(payload, tag::OBJECT_TYPE, "Object Type")? {
+        Some(enums::OBJECT_TYPE_PUBLIC_KEY) => {}
+        Some(other) => return malformed(format!("Get returned Object Type {other}, not a Public Key")),
+        None => return malformed("the Get response has no Object Type"),
+    }
+    let object = structure_of(payload, tag::PUBLIC_KEY, "Public Key")?;
+    let block = structure_of(object, tag::KEY_BLOCK, "Key Block")?;
+    let Some(format) = enumeration_of(block, tag::KEY_FORMAT_TYPE, "Key Format Type")? else {
+        return malformed("the Key Block has no Key Format Type");
+    };
+    let value = match find(block, tag::KEY_VALUE).map(|item| &item.value) {
+        Some(Value::Structure(fields)) => fields,
+        Some(Value::ByteString(_)) => {
+            return malformed(
+                "the public key came wrapped (Key Value is a Byte String); ask for it unwrapped",
+            );
+        }
+        Some(other) => return malformed(format!("Key Value is a {:?}", other.item_type())),
+        None => return malformed("the Key Block has no Key Value"),
+    };
+    match find(value, tag::KEY_MATERIAL).map(|item| &item.value) {
+        Some(Value::ByteString(material)) => Ok(PublicKeyBlock {
+            format,
+            material: material.to_vec(),
+        }),
+        Some(Value::Structure(_)) => malformed(format!(
+            "the Key Material is a structure (transparent Key Format Type {format}); \
+             sealbroker reads PKCS#1 or X.509 public keys"
+        )),
+        Some(other) => malformed(format!("Key Material is a {:?}", other.item_type())),
+        None => malformed("the Key Value has no Key Material"),
+    }
+}
+
+/// RSA Cryptographic Parameters: `padding` over `hash` (a Hashing
+/// Algorithm value).
+fn rsa_parameters(padding: u32, hash: u32) -> Item {
+    Item::structure(
+        tag::CRYPTOGRAPHIC_PARAMETERS,
+        vec![
+            Item::enumeration(tag::PADDING_METHOD, padding),
+            Item::enumeration(tag::HASHING_ALGORITHM, hash),
+            Item::enumeration(tag::CRYPTOGRAPHIC_ALGORITHM, enums::ALGORITHM_RSA),
+        ],
+    )
+}
+
+/// Sign: an RSA PKCS#1 v1.5 signature over `message`, hashed by the server with `hash`.
+pub(crate) fn sign_pkcs1(unique_id: &str, hash: u32, message: &[u8]) -> Vec<Item> {
+    vec![
+        Item::text(tag::UNIQUE_IDENTIFIER, unique_id),
+        rsa_parameters(enums::PADDING_PKCS1_V1_5, hash),
+        Item::bytes(tag::DATA, message),
+    ]
+}
+
+/// The Signature Data of a Sign answer.
+pub(crate) fn parse_sign(payload: &mut [Item]) -> Result<Vec<u8>, ResponseError> {
+    match bytes_of(payload, tag::SIGNATURE_DATA, "Signature Data")? {
+        Some(signature) if !signature.is_empty() => Ok(signature.to_vec()),
+        Some(_) => malformed("the Signature Data is empty"),
+        None => malformed("the Sign response has no Signature Data"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -716,6 +870,36 @@ mod tests {
                     by_unique_identifier("1"),
                 ),
                 "42007801000000804200770100000048420069010000002042006A0200000004000000010000000042006B020000000400000002000000004200500200000004001000000000000042000D0200000004000000010000000042000F010000002842005C05000000040000001200000000420079010000001042009407000000013100000000000000",
+            ),
+            (
+                "create_key_pair_payload_1_2",
+                payload(create_rsa_key_pair(
+                    ProtocolVersion::V1_2,
+                    2048,
+                    ("k", enums::USAGE_SIGN),
+                    ("k/public", enums::USAGE_VERIFY),
+                )),
+                "420079010000017842001F0100000070420008010000003042000A070000001743727970746F6772617068696320416C676F726974686D0042000B05000000040000000400000000420008010000003042000A070000001443727970746F67726170686963204C656E6774680000000042000B020000000400000800000000004200650100000078420008010000003042000A070000001843727970746F67726170686963205573616765204D61736B42000B02000000040000000100000000420008010000003842000A07000000044E616D650000000042000B010000002042005507000000016B000000000000004200540500000004000000010000000042006E0100000078420008010000003042000A070000001843727970746F67726170686963205573616765204D61736B42000B02000000040000000200000000420008010000003842000A07000000044E616D650000000042000B010000002042005507000000086B2F7075626C696342005405000000040000000100000000",
+            ),
+            (
+                "create_key_pair_payload_2_0",
+                payload(create_rsa_key_pair(
+                    ProtocolVersion::V2_0,
+                    2048,
+                    ("k", enums::USAGE_SIGN),
+                    ("k/public", enums::USAGE_VERIFY),
+                )),
+                "42007901000000A842012601000000204200280500000004000000040000000042002A02000000040000080000000000420127010000003842002C02000000040000000100000000420053010000002042005507000000016B0000000000000042005405000000040000000100000000420128010000003842002C02000000040000000200000000420053010000002042005507000000086B2F7075626C696342005405000000040000000100000000",
+            ),
+            (
+                "sign_payload_1_2",
+                payload(sign_pkcs1("7", enums::HASH_SHA_256, b"msg")),
+                "42007901000000584200940700000001370000000000000042002B010000003042005F0500000004000000080000000042003805000000040000000600000000420028050000000400000004000000004200C208000000036D73670000000000",
+            ),
+            (
+                "get_payload_1_2",
+                payload(by_unique_identifier("7")),
+                "420079010000001042009407000000013700000000000000",
             ),
         ];
         for (name, item, golden) in cases {
@@ -1031,7 +1215,102 @@ mod tests {
     }
 
     #[test]
-    fn only_create_is_not_retried() {
+    fn create_key_pair_response_names_both_halves() {
+        let ids = parse_create_key_pair(&[
+            Item::text(tag::PRIVATE_KEY_UNIQUE_IDENTIFIER, "1"),
+            Item::text(tag::PUBLIC_KEY_UNIQUE_IDENTIFIER, "2"),
+        ])
+        .unwrap();
+        assert_eq!(ids, ("1".to_owned(), "2".to_owned()));
+        let only_private = parse_create_key_pair(&[Item::text(tag::PRIVATE_KEY_UNIQUE_IDENTIFIER, "1")]);
+        assert_eq!(
+            only_private,
+            Err(ResponseError::Malformed(
+                "the CreateKeyPair response has no Public Key Unique Identifier".into()
+            ))
+        );
+    }
+
+    fn public_key_payload(object_type: u32, key_value: Item) -> Vec<Item> {
+        vec![
+            Item::enumeration(tag::OBJECT_TYPE, object_type),
+            Item::text(tag::UNIQUE_IDENTIFIER, "2"),
+            Item::structure(
+                tag::PUBLIC_KEY,
+                vec![Item::structure(
+                    tag::KEY_BLOCK,
+                    vec![
+                        Item::enumeration(tag::KEY_FORMAT_TYPE, enums::KEY_FORMAT_PKCS_1),
+                        key_value,
+                    ],
+                )],
+            ),
+        ]
+    }
+
+    #[test]
+    fn get_response_gives_the_public_key_material_and_refuses_other_shapes() {
+        let material =
+            |bytes: &[u8]| Item::structure(tag::KEY_VALUE, vec![Item::bytes(tag::KEY_MATERIAL, bytes)]);
+        assert_eq!(
+            parse_get_public_key(&public_key_payload(
+                enums::OBJECT_TYPE_PUBLIC_KEY,
+                material(b"der")
+            )),
+            Ok(PublicKeyBlock {
+                format: enums::KEY_FORMAT_PKCS_1,
+                material: b"der".to_vec()
+            })
+        );
+        let refused = |payload: Vec<Item>, says: &str| match parse_get_public_key(&payload) {
+            Err(ResponseError::Malformed(what)) => assert!(what.contains(says), "{what}"),
+            other => panic!("{says}: {other:?}"),
+        };
+        refused(
+            public_key_payload(enums::OBJECT_TYPE_PRIVATE_KEY, material(b"der")),
+            "not a Public Key",
+        );
+        refused(
+            public_key_payload(
+                enums::OBJECT_TYPE_PUBLIC_KEY,
+                Item::bytes(tag::KEY_VALUE, b"wrapped"),
+            ),
+            "came wrapped",
+        );
+        refused(
+            public_key_payload(
+                enums::OBJECT_TYPE_PUBLIC_KEY,
+                Item::structure(tag::KEY_VALUE, vec![Item::structure(tag::KEY_MATERIAL, vec![])]),
+            ),
+            "transparent",
+        );
+        refused(
+            public_key_payload(
+                enums::OBJECT_TYPE_PUBLIC_KEY,
+                Item::structure(tag::KEY_VALUE, vec![]),
+            ),
+            "no Key Material",
+        );
+    }
+
+    #[test]
+    fn sign_response_gives_the_signature() {
+        let mut payload = vec![
+            Item::text(tag::UNIQUE_IDENTIFIER, "1"),
+            Item::bytes(tag::SIGNATURE_DATA, &[7; 256]),
+        ];
+        assert_eq!(parse_sign(&mut payload), Ok(vec![7; 256]));
+        let mut empty = vec![Item::bytes(tag::SIGNATURE_DATA, &[])];
+        assert_eq!(
+            parse_sign(&mut empty),
+            Err(ResponseError::Malformed("the Signature Data is empty".into()))
+        );
+    }
+
+    #[test]
+    fn only_creates_are_not_retried() {
+        assert!(!Operation::CreateKeyPair.is_idempotent());
+        assert!(Operation::Sign.is_idempotent() && Operation::Get.is_idempotent());
         assert!(!Operation::Create.is_idempotent());
         assert!(Operation::Encrypt.is_idempotent());
         assert!(Operation::Decrypt.is_idempotent());

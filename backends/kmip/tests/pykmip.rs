@@ -3,8 +3,9 @@
 //! Each test makes its own PKI with rcgen (a CA, a server certificate for
 //! 127.0.0.1 and localhost, client certificates with and without the
 //! clientAuth usage, and a client certificate from another CA), starts
-//! `pykmip-server` on a free port of 127.0.0.1 with its database in a temp
-//! dir, and stops it with SIGINT when done. PyKMIP comes from the peers venv
+//! `pykmip-server` (`sealbroker_testkit::pykmip`) on a free port of
+//! 127.0.0.1 with its database in a temp dir, and stops it with SIGINT
+//! when done. PyKMIP comes from the peers venv
 //! (`$SEALBROKER_PEERS_VENV`, else `~/.cache/sealbroker-peers/venv`); see
 //! `tests/install-pykmip.sh`. A missing PyKMIP fails the tests; it never
 //! skips them.
@@ -12,180 +13,26 @@
 //! AES-GCM is exercised in the unit tests (requests checked byte for byte
 //! against PyKMIP's own encoder); against the server only AES-CBC-PAD runs.
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 mod common;
 
 use common::Pki;
 use sealbroker_backend_kmip::{
     BackendConfig, EncryptAlg, KeyConfig, KmipKey, KmipPool, METADATA_UNIQUE_ID, ProtocolVersion, create_key,
+    key_on, keygen_on,
 };
 use sealbroker_core::{
-    Backend, BackendErrorKind, Error, KeyRing, KeyVersion, LogicalKey, Mechanism, WrappedBlob,
+    Backend, BackendErrorKind, Error, Hash, KeyAlgorithm, KeyRing, KeyVersion, LogicalKey, Mechanism,
+    SignInput, SignScheme, WrappedBlob,
 };
 use sealbroker_testkit::free_port;
+use sealbroker_testkit::pykmip::{PyKmip, peers_venv_bin};
 
 // ---------------------------------------------------------------------------
 // The PyKMIP server
-
-fn peers_venv_bin(name: &str) -> PathBuf {
-    let home_venv =
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sealbroker-peers/venv");
-    let candidates = std::env::var_os("SEALBROKER_PEERS_VENV")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([home_venv]);
-    let mut tried = Vec::new();
-    for venv in candidates {
-        let path = venv.join("bin").join(name);
-        if path.exists() {
-            return path;
-        }
-        tried.push(path.display().to_string());
-    }
-    panic!(
-        "PyKMIP is not installed (looked for {}); run backends/kmip/tests/install-pykmip.sh",
-        tried.join(" and ")
-    );
-}
-
-/// A running `pykmip-server`, stopped with SIGINT when dropped.
-struct PyKmip {
-    child: Option<Child>,
-    port: u16,
-    state: PathBuf,
-}
-
-/// How long a SIGINT may take before the server is killed. PyKMIP joins each
-/// open client session for up to 10 s on the way down.
-const STOP_GRACE: Duration = Duration::from_secs(25);
-
-impl PyKmip {
-    /// Starts a server whose config, database and logs live in `state`;
-    /// starting again with the same `state` and port reopens the same keys.
-    fn start(pki: &Pki, state: &Path, port: u16) -> Self {
-        let server = peers_venv_bin("pykmip-server");
-        std::fs::create_dir_all(state.join("policies")).unwrap();
-        let conf = state.join("server.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[server]\n\
-                 hostname=127.0.0.1\n\
-                 port={port}\n\
-                 certificate_path={}\n\
-                 key_path={}\n\
-                 ca_path={}\n\
-                 auth_suite=TLS1.2\n\
-                 policy_path={}\n\
-                 enable_tls_client_auth=True\n\
-                 logging_level=DEBUG\n\
-                 database_path={}\n",
-                pki.path("server.pem").display(),
-                pki.path("server.key").display(),
-                pki.path("ca.pem").display(),
-                state.join("policies").display(),
-                state.join("pykmip.db").display(),
-            ),
-        )
-        .unwrap();
-        let output = std::fs::File::create(state.join("stdout.log")).unwrap();
-        let child = Command::new(&server)
-            .arg("-f")
-            .arg(&conf)
-            .arg("-l")
-            .arg(state.join("server.log"))
-            .stdin(Stdio::null())
-            .stdout(output.try_clone().unwrap())
-            .stderr(output)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", server.display()));
-        let mut pykmip = PyKmip {
-            child: Some(child),
-            port,
-            state: state.to_owned(),
-        };
-        pykmip.wait_until_listening();
-        pykmip
-    }
-
-    fn wait_until_listening(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "pykmip-server exited ({status}) before listening:\n{}",
-                    self.logs()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pykmip-server did not listen within 30 s:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn logs(&self) -> String {
-        let read = |file: &str| std::fs::read_to_string(self.state.join(file)).unwrap_or_default();
-        let tail = |text: String| {
-            text.lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        format!(
-            "--- stdout ---\n{}\n--- server.log ---\n{}",
-            tail(read("stdout.log")),
-            tail(read("server.log"))
-        )
-    }
-
-    /// SIGINT, then SIGKILL if the server outlives `STOP_GRACE`. Returns how
-    /// long the server took to exit.
-    fn stop(&mut self) -> Duration {
-        let Some(mut child) = self.child.take() else {
-            return Duration::ZERO;
-        };
-        let started = Instant::now();
-        let _ = Command::new("kill")
-            .arg("-INT")
-            .arg(child.id().to_string())
-            .status();
-        while started.elapsed() < STOP_GRACE {
-            if child.try_wait().ok().flatten().is_some() {
-                return started.elapsed();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("pykmip-server ignored SIGINT for {STOP_GRACE:?}; killing it");
-        let _ = child.kill();
-        let _ = child.wait();
-        started.elapsed()
-    }
-}
-
-impl Drop for PyKmip {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A PKI, a state dir and a running server on a fresh port.
 struct Fixture {
@@ -198,7 +45,7 @@ impl Fixture {
     fn start() -> Self {
         let pki = Pki::new();
         let state = tempfile::tempdir().unwrap();
-        let server = PyKmip::start(&pki, state.path(), free_port());
+        let server = PyKmip::start(&pki.files(), state.path(), free_port());
         Fixture { pki, state, server }
     }
 
@@ -237,7 +84,7 @@ fn key_by_id(pool: &KmipPool, id: &str) -> KmipKey {
             kms_key_id: Some(id.into()),
             key_name: None,
             encrypt_alg: EncryptAlg::AesCbcPad,
-            algorithm: None,
+            ..Default::default()
         },
     )
     .unwrap()
@@ -273,7 +120,7 @@ async fn create_key_then_locate_it_by_name() {
             kms_key_id: None,
             key_name: Some("seal-key".into()),
             encrypt_alg: EncryptAlg::AesCbcPad,
-            algorithm: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -374,7 +221,7 @@ async fn create_version_makes_a_new_named_key_and_old_blobs_still_open() {
                 kms_key_id: None,
                 key_name: Some("unseal".into()),
                 encrypt_alg: EncryptAlg::AesCbcPad,
-                algorithm: None,
+                ..Default::default()
             },
         )
         .unwrap(),
@@ -484,7 +331,7 @@ async fn wrong_kms_key_id_is_key_not_found() {
             kms_key_id: None,
             key_name: Some("never-created".into()),
             encrypt_alg: EncryptAlg::AesCbcPad,
-            algorithm: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -553,7 +400,7 @@ async fn killed_server_is_unavailable_then_recovers_when_restarted() {
     let err = key.decrypt(&sealed, b"").await.err().unwrap();
     assert_eq!(err.kind, BackendErrorKind::Unavailable, "{err}");
 
-    fx.server = PyKmip::start(&fx.pki, fx.state.path(), fx.server.port);
+    fx.server = PyKmip::start(&fx.pki.files(), fx.state.path(), fx.server.port);
     // Same database: what was sealed before the outage opens after it.
     assert_eq!(key.decrypt(&sealed, b"").await.unwrap().expose(), DEK);
     key.encrypt(&DEK, b"").await.unwrap();
@@ -648,4 +495,138 @@ async fn nothing_listening_is_unavailable_and_backs_off() {
     let err = key.encrypt(&DEK, b"").await.unwrap_err();
     assert_eq!(err.kind, BackendErrorKind::Unavailable, "{err}");
     assert!(err.message.contains("next connection attempt in"), "{err}");
+}
+
+/// RSA key pairs (External Keys) on PyKMIP, in KMIP 1.2, 1.4 and 2.0:
+/// keygen makes and activates both halves; Sign (PKCS#1 v1.5) verifies
+/// under ring with the public key that Get returned, and a changed
+/// signature does not; what KMIP cannot do faithfully (PSS, digests) is
+/// refused, as are RSA-OAEP (PyKMIP has no asymmetric Encrypt) and sealing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_key_pairs_sign_and_decrypt_on_the_server_in_every_version() {
+    let fx = Fixture::start();
+    let pool = fx.backend("client").pool().unwrap();
+    let message = b"tbsCertificate of a leaf".as_slice();
+    let secret = b"kmip-pair-secret-7715".as_slice();
+    let pair = |name: &str| KeyConfig {
+        key_name: Some(name.into()),
+        algorithm: Some("rsa-2048".into()),
+        ..Default::default()
+    };
+    for version in [
+        ProtocolVersion::V1_2,
+        ProtocolVersion::V1_4,
+        ProtocolVersion::V2_0,
+    ] {
+        pool.set_max_protocol_version(version);
+        let signer_config = pair(&format!("signer-{version}"));
+        let said = keygen_on(&pool, &signer_config).await.unwrap();
+        assert!(said.contains("rsa-2048 KMIP key pair"), "{said}");
+        assert!(said.contains(&format!("\"signer-{version}/public\"")), "{said}");
+        let signer = key_on(pool.clone(), &signer_config).unwrap();
+        assert_eq!(signer.algorithm(), Some(KeyAlgorithm::Rsa2048));
+        assert_eq!(signer.oaep_hash(), None);
+        let public = signer.public_key().await.unwrap();
+        assert_eq!(public.algorithm, KeyAlgorithm::Rsa2048, "{version}");
+        for hash in [Hash::Sha256, Hash::Sha384] {
+            let scheme = SignScheme::RsaPkcs1v15(hash);
+            let input = SignInput::Message(message);
+            let signature = signer.sign(scheme, input).await.unwrap();
+            assert_eq!(signature.len(), 256, "{version}");
+            assert_eq!(
+                public.verify(scheme, input, &signature),
+                Ok(true),
+                "{version} {hash:?}"
+            );
+            assert!(
+                signer.verify(scheme, input, &signature).await.unwrap(),
+                "{version}"
+            );
+            let other = SignInput::Message(b"another tbsCertificate");
+            assert_eq!(public.verify(scheme, other, &signature), Ok(false), "{version}");
+            let mut changed = signature.clone();
+            changed[100] ^= 1;
+            assert_eq!(public.verify(scheme, input, &changed), Ok(false), "{version}");
+        }
+        signer.health().await.unwrap();
+
+        let refused = |e: sealbroker_core::BackendError, says: &str| {
+            assert_eq!(e.kind, BackendErrorKind::InvalidInput, "{e}");
+            assert!(e.message.contains(says), "{e}");
+        };
+        let digest = Hash::Sha256.digest(message);
+        refused(
+            signer
+                .sign(SignScheme::RsaPss(Hash::Sha256), SignInput::Message(message))
+                .await
+                .unwrap_err(),
+            "picks the PSS salt length",
+        );
+        refused(
+            signer
+                .sign(SignScheme::RsaPkcs1v15(Hash::Sha256), SignInput::Digest(&digest))
+                .await
+                .unwrap_err(),
+            "send the message, not a digest",
+        );
+        refused(
+            signer.encrypt_asymmetric(secret).await.unwrap_err(),
+            "does no RSA-OAEP",
+        );
+        refused(
+            signer.encrypt(secret, b"").await.unwrap_err(),
+            "does not seal data keys",
+        );
+
+        assert_eq!(pool.protocol_version(), Some(version));
+    }
+
+    // keygen refuses a name already taken, whole or half.
+    let again = keygen_on(&pool, &pair("signer-2.0")).await.unwrap_err();
+    assert!(again.to_string().contains("already has objects named"), "{again}");
+    let oaep = KeyConfig {
+        mechanism: Some("RSA_PKCS_OAEP".into()),
+        ..pair("oaep")
+    };
+    let Err(e) = key_on(pool.clone(), &oaep) else {
+        panic!("an RSA-OAEP KMIP key pair was accepted");
+    };
+    assert_eq!(e.path, "mechanism", "{e}");
+    assert!(e.message.contains("no asymmetric Encrypt or Decrypt"), "{e}");
+}
+
+/// Rotation of a KMIP key pair: version 2 is a new pair (`NAME-v2` and
+/// `NAME-v2/public`) made by create_version, found again by derive_version
+/// alone (another replica), and it signs what version 1's public key does
+/// not verify. create_version again reuses the pair instead of making a
+/// third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_pair_rotates_to_a_new_pair_every_replica_finds() {
+    let fx = Fixture::start();
+    let pool = fx.backend("client").pool().unwrap();
+    let config = KeyConfig {
+        key_name: Some("ca".into()),
+        algorithm: Some("rsa-2048".into()),
+        ..Default::default()
+    };
+    keygen_on(&pool, &config).await.unwrap();
+    let v1 = key_on(pool.clone(), &config).unwrap();
+    let v2 = v1.create_version(2).await.unwrap();
+    assert_eq!(v2.settings["key_name"], "ca-v2");
+    let again = v1.create_version(2).await.unwrap();
+    assert_eq!(again.settings, v2.settings);
+    assert_eq!(pool.locate("ca-v2").await.unwrap().len(), 1, "one pair, not two");
+    assert_eq!(pool.locate("ca-v2/public").await.unwrap().len(), 1);
+
+    let elsewhere = v1.derive_version(2).unwrap();
+    let scheme = SignScheme::RsaPkcs1v15(Hash::Sha256);
+    let input = SignInput::Message(b"a CRL");
+    let signature = elsewhere.backend.sign(scheme, input).await.unwrap();
+    let (public1, public2) = (
+        v1.public_key().await.unwrap(),
+        v2.backend.public_key().await.unwrap(),
+    );
+    assert_ne!(public1, public2);
+    assert_eq!(public2.verify(scheme, input, &signature), Ok(true));
+    assert_eq!(public1.verify(scheme, input, &signature), Ok(false));
 }

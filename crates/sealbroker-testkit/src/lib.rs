@@ -19,6 +19,7 @@
 //!   answers, for the timeout tests.
 //! - [`openbao`]: a real `bao server` (dev or raft), its CLI, and the
 //!   init/unseal steps, killed on drop.
+//! - [`pykmip`]: a real PyKMIP server over mutual TLS, stopped with SIGINT.
 //! - [`leak`]: the assertion that a log or an error holds no secret, which
 //!   names the secret that leaked without printing it.
 //! - [`memory`]: a backend key in memory (real AES-256-GCM) and a backend
@@ -32,6 +33,7 @@ pub mod memory;
 pub mod openbao;
 pub mod pki;
 pub mod port;
+pub mod pykmip;
 pub mod silent;
 
 pub use audit::{audit_log, audit_toml};

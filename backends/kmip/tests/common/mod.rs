@@ -47,6 +47,15 @@ impl Pki {
         self.server.server_config()
     }
 
+    /// The `server` certificate's files, and `ca.pem` for clients.
+    pub fn files(&self) -> sealbroker_testkit::pykmip::ServerFiles {
+        sealbroker_testkit::pykmip::ServerFiles {
+            cert: self.path("server.pem"),
+            key: self.path("server.key"),
+            client_ca: self.path("ca.pem"),
+        }
+    }
+
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
     }

@@ -55,3 +55,21 @@ print("get_attributes_payload_1_2", hx(payloads.GetAttributesRequestPayload(uniq
 print("get_attributes_payload_2_0", hx(payloads.GetAttributesRequestPayload(unique_identifier="7", attribute_names=names), V.KMIP_2_0))
 print("discover_versions_request", request(payloads.DiscoverVersionsRequestPayload(protocol_versions=[contents.ProtocolVersion(2,0), contents.ProtocolVersion(1,4), contents.ProtocolVersion(1,3), contents.ProtocolVersion(1,2)]), enums.Operation.DISCOVER_VERSIONS, (1,2), V.KMIP_1_2))
 print("activate_request_1_2", request(payloads.ActivateRequestPayload(unique_identifier=attrs.UniqueIdentifier("1")), enums.Operation.ACTIVATE, (1,2), V.KMIP_1_2))
+
+def create_key_pair_payload():
+    usage = lambda mask: af.create_attribute(enums.AttributeType.CRYPTOGRAPHIC_USAGE_MASK, [mask])
+    return payloads.CreateKeyPairRequestPayload(
+        common_template_attribute=objects.CommonTemplateAttribute(attributes=[
+            af.create_attribute(enums.AttributeType.CRYPTOGRAPHIC_ALGORITHM, enums.CryptographicAlgorithm.RSA),
+            af.create_attribute(enums.AttributeType.CRYPTOGRAPHIC_LENGTH, 2048)]),
+        private_key_template_attribute=objects.PrivateKeyTemplateAttribute(attributes=[
+            usage(enums.CryptographicUsageMask.SIGN), af.create_attribute(enums.AttributeType.NAME, "k")]),
+        public_key_template_attribute=objects.PublicKeyTemplateAttribute(attributes=[
+            usage(enums.CryptographicUsageMask.VERIFY), af.create_attribute(enums.AttributeType.NAME, "k/public")]))
+print("create_key_pair_payload_1_2", hx(create_key_pair_payload(), V.KMIP_1_2))
+print("create_key_pair_payload_2_0", hx(create_key_pair_payload(), V.KMIP_2_0))
+pkcs1 = attrs.CryptographicParameters(padding_method=enums.PaddingMethod.PKCS1v15,
+    hashing_algorithm=enums.HashingAlgorithm.SHA_256, cryptographic_algorithm=enums.CryptographicAlgorithm.RSA)
+print("sign_payload_1_2", hx(payloads.SignRequestPayload(unique_identifier="7",
+    cryptographic_parameters=pkcs1, data=b"msg"), V.KMIP_1_2))
+print("get_payload_1_2", hx(payloads.GetRequestPayload(unique_identifier="7"), V.KMIP_1_2))
