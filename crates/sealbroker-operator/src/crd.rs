@@ -107,9 +107,14 @@ pub struct OpenBaoTarget {
     /// pass `-config=<dir>/seal.hcl` to `bao server`.
     #[serde(default = "default_seal_config_dir")]
     pub seal_config_dir: String,
-    /// OpenBao's own ports, left open by the NetworkPolicy.
+    /// OpenBao's own ports, left open by the NetworkPolicy (but for
+    /// `clusterPort`), and open between the served Pods.
     #[serde(default = "default_openbao_ports")]
     pub ports: Vec<i32>,
+    /// OpenBao's cluster port (raft and request forwarding): the
+    /// NetworkPolicy admits only the served OpenBao Pods to it.
+    #[serde(default = "default_cluster_port")]
+    pub cluster_port: i32,
     /// The ServiceAccount the OpenBao Pods run under. The injected sidecar
     /// shares it (a Pod has one identity) and uses it to report, on its own
     /// Pod, which key versions it can use; the provisioner grants it that.
@@ -426,6 +431,9 @@ fn default_seal_config_dir() -> String {
 }
 fn default_openbao_ports() -> Vec<i32> {
     vec![8200, 8201]
+}
+fn default_cluster_port() -> i32 {
+    8201
 }
 fn default_service_account() -> String {
     "default".into()

@@ -19,7 +19,8 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -41,6 +42,8 @@ pub struct Names {
     pub broker_config: String,
     pub seal_config: String,
     pub network_policy: String,
+    /// The key-creation Jobs' NetworkPolicy.
+    pub keygen_network_policy: String,
     pub service_account: String,
     pub secrets_role: String,
     /// Role and RoleBinding letting the served Pods report on themselves.
@@ -54,6 +57,7 @@ impl Names {
             broker_config: format!("{name}-broker-config"),
             seal_config: format!("{name}-openbao-seal"),
             network_policy: format!("{name}-sealbroker"),
+            keygen_network_policy: format!("{name}-sealbroker-keygen"),
             service_account: format!("{name}-broker"),
             secrets_role: format!("{name}-broker-secrets"),
             reports_role: format!("{name}-broker-reports"),
@@ -149,7 +153,8 @@ impl Desired {
     }
 }
 
-/// What the controller applies: broker config, seal stanza, NetworkPolicy.
+/// What the controller applies: broker config, seal stanza, and the
+/// NetworkPolicies of the served Pods and of the key-creation Jobs.
 pub fn controller_objects(sb: &SealBroker) -> Vec<Desired> {
     let names = Names::of(sb);
     let layout = Layout::pod();
@@ -173,6 +178,7 @@ pub fn controller_objects(sb: &SealBroker) -> Vec<Desired> {
         Desired::ConfigMap(broker),
         Desired::ConfigMap(seal),
         Desired::NetworkPolicy(network_policy(sb, &names)),
+        Desired::NetworkPolicy(keygen_network_policy(sb, &names)),
     ]
 }
 
@@ -184,34 +190,209 @@ fn tcp_port(port: i32) -> NetworkPolicyPort {
     }
 }
 
-/// Default-deny ingress for the served pods: OpenBao's own ports stay open
-/// (that exposure is OpenBao's business), and the broker's TCP port, when it
-/// listens on one, admits only the served OpenBao pods.
+/// A UDP port.
+fn udp_port(port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        protocol: Some("UDP".into()),
+        ..tcp_port(port)
+    }
+}
+
+fn peers(selector: &LabelSelector) -> Option<Vec<NetworkPolicyPeer>> {
+    Some(vec![NetworkPolicyPeer {
+        pod_selector: Some(selector.clone()),
+        ..NetworkPolicyPeer::default()
+    }])
+}
+
+/// Name lookups: the cluster DNS (kube-dns in kube-system), UDP and TCP 53.
+fn dns_egress() -> NetworkPolicyEgressRule {
+    NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".into(),
+                    "kube-system".into(),
+                )])),
+                ..LabelSelector::default()
+            }),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([("k8s-app".into(), "kube-dns".into())])),
+                ..LabelSelector::default()
+            }),
+            ..NetworkPolicyPeer::default()
+        }]),
+        ports: Some(vec![udp_port(53), tcp_port(53)]),
+    }
+}
+
+/// Where a backend's endpoint is: its host and port, from the spec.
+pub fn backend_endpoints(sb: &SealBroker) -> Vec<(String, String, i32)> {
+    let mut out = Vec::new();
+    for backend in &sb.spec.backends {
+        if let Some(kmip) = &backend.kmip {
+            let (host, port) = host_port(&kmip.endpoint, 5696);
+            out.push((backend.name.clone(), host, port));
+        }
+        if let Some(transit) = &backend.transit {
+            let (host, port) = url_host_port(&transit.address);
+            out.push((backend.name.clone(), host, port));
+        }
+        if let Some(aws) = &backend.awskms {
+            match &aws.endpoint {
+                Some(endpoint) => {
+                    let (host, port) = url_host_port(endpoint);
+                    out.push((backend.name.clone(), host, port));
+                }
+                None => {
+                    let region = aws.region.as_deref().unwrap_or("<region>");
+                    out.push((backend.name.clone(), format!("kms.{region}.amazonaws.com"), 443));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `host:port` (a bracketed IPv6 host too), with `default` when no port.
+fn host_port(text: &str, default: i32) -> (String, i32) {
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') || host.starts_with('[') => match port.parse() {
+            Ok(port) => (host, port),
+            Err(_) => (text, default),
+        },
+        _ => (text, default),
+    };
+    (
+        host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        port,
+    )
+}
+
+/// A URL's host and port (the scheme's port when none is given).
+fn url_host_port(url: &str) -> (String, i32) {
+    let (default, rest) = match url.split_once("://") {
+        Some(("http", rest)) => (80, rest),
+        Some((_, rest)) => (443, rest),
+        None => (443, url),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    host_port(authority, default)
+}
+
+/// Egress to each backend's endpoint: its port, and its address when the
+/// spec gives an IP. NetworkPolicy cannot name a host, so a hostname's port
+/// is open to every address (docs/operator.md, Honest limits).
+fn backend_egress(sb: &SealBroker) -> Vec<NetworkPolicyEgressRule> {
+    backend_endpoints(sb)
+        .into_iter()
+        .map(|(_, host, port)| {
+            let to = host.parse::<std::net::IpAddr>().ok().map(|ip| {
+                let cidr = match ip {
+                    std::net::IpAddr::V4(_) => format!("{ip}/32"),
+                    std::net::IpAddr::V6(_) => format!("{ip}/128"),
+                };
+                vec![NetworkPolicyPeer {
+                    ip_block: Some(IPBlock { cidr, except: None }),
+                    ..NetworkPolicyPeer::default()
+                }]
+            });
+            NetworkPolicyEgressRule {
+                to,
+                ports: Some(vec![tcp_port(port)]),
+            }
+        })
+        .collect()
+}
+
+/// The ports the API server may answer on (its Service's 443, and the
+/// 6443 its endpoints usually listen on once the Service is resolved).
+pub const API_SERVER_PORTS: [i32; 2] = [443, 6443];
+
+/// Default-deny ingress and egress for the served pods. In: OpenBao's own
+/// ports (that exposure is OpenBao's business) but its cluster port, which
+/// admits only the served pods, as does the broker's TCP port when it
+/// listens on one. Out: the served pods among themselves on OpenBao's
+/// ports, the cluster DNS, the API server (the sidecar reports on its Pod),
+/// and each backend's endpoint.
 fn network_policy(sb: &SealBroker, names: &Names) -> NetworkPolicy {
     let spec = &sb.spec;
+    let selector = &spec.openbao.selector;
+    let cluster = spec.openbao.cluster_port;
     let mut ingress = Vec::new();
-    if !spec.openbao.ports.is_empty() {
+    let open: Vec<_> = spec
+        .openbao
+        .ports
+        .iter()
+        .copied()
+        .filter(|p| *p != cluster)
+        .map(tcp_port)
+        .collect();
+    if !open.is_empty() {
         ingress.push(NetworkPolicyIngressRule {
             from: None,
-            ports: Some(spec.openbao.ports.iter().copied().map(tcp_port).collect()),
+            ports: Some(open),
         });
     }
+    ingress.push(NetworkPolicyIngressRule {
+        from: peers(selector),
+        ports: Some(vec![tcp_port(cluster)]),
+    });
     if let Some(net) = &spec.network {
         ingress.push(NetworkPolicyIngressRule {
-            from: Some(vec![NetworkPolicyPeer {
-                pod_selector: Some(spec.openbao.selector.clone()),
-                ..NetworkPolicyPeer::default()
-            }]),
+            from: peers(selector),
             ports: Some(vec![tcp_port(net.port)]),
         });
     }
+    let mut peer_ports: Vec<i32> = spec.openbao.ports.clone();
+    peer_ports.push(cluster);
+    peer_ports.sort_unstable();
+    peer_ports.dedup();
+    let mut egress = vec![
+        NetworkPolicyEgressRule {
+            to: peers(selector),
+            ports: Some(peer_ports.into_iter().map(tcp_port).collect()),
+        },
+        dns_egress(),
+        NetworkPolicyEgressRule {
+            to: None,
+            ports: Some(API_SERVER_PORTS.into_iter().map(tcp_port).collect()),
+        },
+    ];
+    egress.extend(backend_egress(sb));
     NetworkPolicy {
         metadata: meta(sb, &names.network_policy),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(spec.openbao.selector.clone()),
-            policy_types: Some(vec!["Ingress".into()]),
+            pod_selector: Some(selector.clone()),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
             ingress: Some(ingress),
-            egress: None,
+            egress: Some(egress),
+        }),
+    }
+}
+
+/// The key-creation Jobs' Pods: no ingress; out, the cluster DNS and the
+/// backends' endpoints only.
+fn keygen_network_policy(sb: &SealBroker, names: &Names) -> NetworkPolicy {
+    let mut egress = vec![dns_egress()];
+    egress.extend(backend_egress(sb));
+    NetworkPolicy {
+        metadata: meta(sb, &names.keygen_network_policy),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([
+                    (
+                        "sealbroker.io/name".into(),
+                        sb.metadata.name.clone().unwrap_or_default(),
+                    ),
+                    (COMPONENT_LABEL.into(), KEYGEN_COMPONENT.into()),
+                ])),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(Vec::new()),
+            egress: Some(egress),
         }),
     }
 }
@@ -450,4 +631,131 @@ pub fn yaml_documents(values: &[serde_json::Value]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_give_host_and_port_with_the_scheme_default() {
+        assert_eq!(host_port("kms.example:5696", 5696), ("kms.example".into(), 5696));
+        assert_eq!(host_port("kms.example", 5696), ("kms.example".into(), 5696));
+        assert_eq!(host_port("10.0.0.7:15696", 5696), ("10.0.0.7".into(), 15696));
+        assert_eq!(host_port("[fd00::7]:5696", 1), ("fd00::7".into(), 5696));
+        assert_eq!(host_port("fd00::7", 5696), ("fd00::7".into(), 5696));
+        assert_eq!(
+            url_host_port("https://bao.example:8200/v1"),
+            ("bao.example".into(), 8200)
+        );
+        assert_eq!(url_host_port("https://bao.example"), ("bao.example".into(), 443));
+        assert_eq!(url_host_port("http://10.1.2.3"), ("10.1.2.3".into(), 80));
+        assert_eq!(
+            url_host_port("https://user@[fd00::1]:9443/x"),
+            ("fd00::1".into(), 9443)
+        );
+    }
+
+    fn sealbroker(backends: serde_json::Value) -> SealBroker {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "sealbroker.io/v1alpha1",
+            "kind": "SealBroker",
+            "metadata": {"name": "sb", "namespace": "t", "uid": "u"},
+            "spec": {
+                "profile": "Development",
+                "image": "sealbroker:dev",
+                "pluginSha256": "00",
+                "openbao": {"selector": {"matchLabels": {"app": "bao"}}, "ports": [8200, 8201, 9000]},
+                "seal": {"key": "k"},
+                "backends": backends,
+                "keys": [{"name": "k", "backend": "b0"}]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn egress_of(policy: &NetworkPolicy) -> Vec<(Option<String>, Vec<i32>)> {
+        policy
+            .spec
+            .as_ref()
+            .unwrap()
+            .egress
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|rule| {
+                let cidr = rule
+                    .to
+                    .and_then(|to| to.into_iter().find_map(|peer| peer.ip_block.map(|b| b.cidr)));
+                let ports = rule
+                    .ports
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| match p.port {
+                        Some(IntOrString::Int(n)) => n,
+                        other => panic!("{other:?}"),
+                    })
+                    .collect();
+                (cidr, ports)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn backends_are_reached_on_their_port_and_at_their_address_when_it_is_an_ip() {
+        let sb = sealbroker(serde_json::json!([
+            {"name": "b0", "kmip": {"endpoint": "10.0.0.7:5696", "tlsSecret": "kmip-tls"}},
+            {"name": "b1", "transit": {"address": "https://bao.example:8210", "tokenSecret": {"name": "t"}}},
+            {"name": "b2", "awskms": {"region": "eu-west-1"}},
+            {"name": "b3", "software": {}}
+        ]));
+        let names = Names::of(&sb);
+        let served = egress_of(&network_policy(&sb, &names));
+        assert_eq!(
+            served,
+            vec![
+                (None, vec![8200, 8201, 9000]),
+                (None, vec![53, 53]),
+                (None, vec![443, 6443]),
+                (Some("10.0.0.7/32".into()), vec![5696]),
+                (None, vec![8210]),
+                (None, vec![443]),
+            ]
+        );
+        // Key-creation Jobs reach only DNS and the backends.
+        let keygen = egress_of(&keygen_network_policy(&sb, &names));
+        assert_eq!(keygen[0], (None, vec![53, 53]));
+        assert_eq!(keygen[1..], served[3..]);
+        assert_eq!(
+            backend_endpoints(&sb)[2],
+            ("b2".into(), "kms.eu-west-1.amazonaws.com".into(), 443)
+        );
+    }
+
+    #[test]
+    fn the_cluster_port_admits_only_the_served_pods_and_the_rest_stay_open() {
+        let sb = sealbroker(serde_json::json!([{"name": "b0", "software": {}}]));
+        let policy = network_policy(&sb, &Names::of(&sb));
+        let spec = policy.spec.unwrap();
+        assert_eq!(spec.policy_types, Some(vec!["Ingress".into(), "Egress".into()]));
+        let ingress = spec.ingress.unwrap();
+        assert_eq!(ingress.len(), 2);
+        assert_eq!(ingress[0].from, None);
+        assert_eq!(
+            ingress[0]
+                .ports
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|p| p.port.clone())
+                .collect::<Vec<_>>(),
+            vec![Some(IntOrString::Int(8200)), Some(IntOrString::Int(9000))]
+        );
+        let from = ingress[1].from.as_ref().unwrap();
+        assert_eq!(from[0].pod_selector, Some(sb.spec.openbao.selector.clone()));
+        assert_eq!(
+            ingress[1].ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(8201))
+        );
+    }
 }

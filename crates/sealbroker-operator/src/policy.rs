@@ -361,7 +361,8 @@ pub fn provisioner_policy() -> ValidatingAdmissionPolicy {
 }
 
 /// What the controller may touch: ConfigMaps `<name>-broker-config` and
-/// `<name>-openbao-seal`, NetworkPolicy `<name>-sealbroker` and Jobs
+/// `<name>-openbao-seal`, NetworkPolicies `<name>-sealbroker` and
+/// `<name>-sealbroker-keygen`, and Jobs
 /// `<name>-keygen-*`, each labelled `app.kubernetes.io/managed-by:
 /// sealbroker-operator` and `sealbroker.io/name: <name>` before and after
 /// (no taking an object over by labelling it). A Job it creates runs
@@ -426,10 +427,11 @@ pub fn controller_policy() -> ValidatingAdmissionPolicy {
             validation(
                 "variables.kind == 'configmaps' ? (variables.name == variables.owner + '-broker-config' \
                  || variables.name == variables.owner + '-openbao-seal') \
-                 : variables.kind == 'networkpolicies' ? variables.name == variables.owner + '-sealbroker' \
+                 : variables.kind == 'networkpolicies' ? (variables.name == variables.owner + '-sealbroker' \
+                   || variables.name == variables.owner + '-sealbroker-keygen') \
                  : variables.name.startsWith(variables.owner + '-keygen-')",
-                "the controller touches only <name>-broker-config, <name>-openbao-seal, <name>-sealbroker \
-                 and <name>-keygen-* of its SealBroker <name>"
+                "the controller touches only <name>-broker-config, <name>-openbao-seal, <name>-sealbroker, \
+                 <name>-sealbroker-keygen and <name>-keygen-* of its SealBroker <name>"
                     .into(),
             ),
             validation(

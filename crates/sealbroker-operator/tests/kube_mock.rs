@@ -158,12 +158,17 @@ async fn reconcile_scenario(mut handle: Handle, granted: bool) -> Value {
     let mut foreign = served_pod("other-0", None);
     foreign["metadata"]["annotations"]["sealbroker.io/injected-by"] = json!("other");
     ok(send, &list("PodList", "v1", vec![current, stale, foreign]));
-    // The controller's own objects: two ConfigMaps and the NetworkPolicy.
+    // The controller's own objects: two ConfigMaps and the NetworkPolicies
+    // of the served Pods and of the key-creation Jobs.
     for (path, kind) in [
         (format!("{NS}/configmaps/openbao-broker-config"), "ConfigMap"),
         (format!("{NS}/configmaps/openbao-openbao-seal"), "ConfigMap"),
         (
             "/apis/networking.k8s.io/v1/namespaces/openbao/networkpolicies/openbao-sealbroker".into(),
+            "NetworkPolicy",
+        ),
+        (
+            "/apis/networking.k8s.io/v1/namespaces/openbao/networkpolicies/openbao-sealbroker-keygen".into(),
             "NetworkPolicy",
         ),
     ] {

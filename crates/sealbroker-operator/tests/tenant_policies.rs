@@ -412,6 +412,16 @@ fn controller_labels_do_not_reach_objects_of_other_names() {
         controller("CREATE", ("", "configmaps"), object, Value::Null),
         "touches only <name>-broker-config",
     );
+    // The two NetworkPolicies are named exactly; a third of its own is not.
+    let (mut policy, group, resource) = controller_objects()
+        .into_iter()
+        .find(|(v, _, _)| v["kind"] == "NetworkPolicy")
+        .unwrap();
+    policy["metadata"]["name"] = json!("openbao-sealbroker-allow-all");
+    denied(
+        controller("CREATE", (group, resource), policy, Value::Null),
+        "touches only <name>-broker-config",
+    );
 }
 
 #[test]
