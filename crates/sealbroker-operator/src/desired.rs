@@ -476,6 +476,34 @@ fn reports_rules() -> Vec<PolicyRule> {
     }]
 }
 
+/// Whether a RoleBinding the provisioner made binds exactly what
+/// [`access_grant`] binds under that name: the same Role, and the same
+/// subjects (one ServiceAccount of the namespace), nothing more.
+pub fn binding_matches(existing: &RoleBinding, sb: &SealBroker) -> bool {
+    let name = existing.metadata.name.as_deref();
+    let want = access_grant(sb).into_iter().find_map(|d| match d {
+        Desired::RoleBinding(b) if b.metadata.name.as_deref() == name => Some(b),
+        _ => None,
+    });
+    let Some(want) = want else {
+        return false;
+    };
+    let subjects = |b: &RoleBinding| {
+        b.subjects
+            .iter()
+            .flatten()
+            .map(|s| {
+                (
+                    s.kind.clone(),
+                    s.name.clone(),
+                    s.namespace.clone().or_else(|| b.metadata.namespace.clone()),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    existing.role_ref == want.role_ref && subjects(existing) == subjects(&want)
+}
+
 /// Whether an existing reports Role grants exactly `pods: get, patch`.
 pub fn reports_role_matches(existing: &Role) -> bool {
     existing.rules.clone().unwrap_or_default() == reports_rules()

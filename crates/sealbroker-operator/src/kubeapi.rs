@@ -132,6 +132,17 @@ async fn check_grant(client: &Client, namespace: &str, sb: &SealBroker) -> Resul
             names.secrets_role
         )));
     }
+    if let Some(binding) = binding
+        && !desired::binding_matches(&binding, sb)
+    {
+        return Ok(Outcome::AwaitingProvisioner(format!(
+            "RoleBinding {} does not bind Role {} to exactly ServiceAccount {} (it binds {}); {hint}",
+            names.secrets_role,
+            names.secrets_role,
+            names.service_account,
+            describe_subjects(&binding)
+        )));
+    }
     // The served Pods' right to report on themselves (key rotation).
     let reports_role = Api::<Role>::namespaced(client.clone(), namespace)
         .get_opt(&names.reports_role)
@@ -142,12 +153,7 @@ async fn check_grant(client: &Client, namespace: &str, sb: &SealBroker) -> Resul
     let account = &sb.spec.openbao.service_account_name;
     match (reports_role, reports_binding) {
         (Some(role), Some(binding)) => {
-            let binds_account = binding
-                .subjects
-                .iter()
-                .flatten()
-                .any(|s| s.kind == "ServiceAccount" && &s.name == account);
-            if desired::reports_role_matches(&role) && binds_account {
+            if desired::reports_role_matches(&role) && desired::binding_matches(&binding, sb) {
                 Ok(Outcome::Ready)
             } else {
                 Ok(Outcome::AwaitingProvisioner(format!(
@@ -161,6 +167,24 @@ async fn check_grant(client: &Client, namespace: &str, sb: &SealBroker) -> Resul
             "the served Pods' grant to report key versions is missing (Role and RoleBinding {}); {hint}",
             names.reports_role
         ))),
+    }
+}
+
+/// A RoleBinding's subjects, for a status message.
+fn describe_subjects(binding: &RoleBinding) -> String {
+    let subjects: Vec<String> = binding
+        .subjects
+        .iter()
+        .flatten()
+        .map(|s| match &s.namespace {
+            Some(ns) => format!("{} {ns}/{}", s.kind, s.name),
+            None => format!("{} {}", s.kind, s.name),
+        })
+        .collect();
+    if subjects.is_empty() {
+        "no subject".into()
+    } else {
+        subjects.join(", ")
     }
 }
 
@@ -387,10 +411,10 @@ pub async fn reconcile(sb: Arc<SealBroker>, ctx: Arc<Context>) -> Result<Action,
     match reconcile_in_namespace(&sb, &ctx, &namespace, now.clone()).await {
         Err(Error::Kube(e)) if is_status(&e, 403) => {
             let outcome = Outcome::NotOnboarded(format!(
-                "the controller may not act in namespace {namespace} ({e}): it was never onboarded, or its \
-                 RoleBinding to ClusterRole sealbroker-controller-tenant was removed; onboard it as in \
-                 deploy/base/openbao-example/onboarding.yaml, then run \
-                 `sealbroker-operator provision --namespace {namespace} {name}`"
+                "the controller may not act in namespace {namespace} ({e}): it was never onboarded for \
+                 SealBroker {name}, or its onboarding was removed; a platform admin applies \
+                 `sealbroker-operator onboard --namespace {namespace} {name}` (naming every SealBroker the \
+                 namespace holds), then runs `sealbroker-operator provision --namespace {namespace} {name}`"
             ));
             // What was rendered stays remembered, as for an invalid spec.
             let status = status_with_rotation(&sb, &outcome, &Rotation::carried(&sb), now);

@@ -16,6 +16,9 @@
 //!   a version with a key-creation Job, stage it, promote it once every
 //!   served pod reported it usable, retire; [`policy`] is the admission
 //!   policy that keeps those pod reports honest;
+//! - [`onboarding`] is what a platform admin applies once per tenant
+//!   namespace: its labels, a default-deny NetworkPolicy, and the
+//!   controller's and provisioner's Roles scoped to the named SealBrokers;
 //! - [`kubeapi`] applies the objects with server-side apply and writes status;
 //!   under Hardened only once [`signature`] verified the image's signature.
 //!
@@ -27,6 +30,7 @@ pub mod crd;
 pub mod desired;
 pub mod injection;
 pub mod kubeapi;
+pub mod onboarding;
 pub mod policy;
 pub mod render;
 pub mod rotation;

@@ -31,6 +31,16 @@ enum Command {
     /// Grant a SealBroker's broker its ServiceAccount and read access to exactly
     /// the Secrets it names (one-shot, run by a platform admin or a Job).
     Provision(ProvisionArgs),
+    /// Print what a platform admin applies once per tenant namespace: its
+    /// tenant and Pod Security labels, a default-deny NetworkPolicy, and the
+    /// controller's and provisioner's Roles scoped by resourceNames to the
+    /// SealBrokers named (docs/operator.md, "Onboarding").
+    #[command(after_help = "Examples:
+  sealbroker-operator onboard --namespace openbao openbao | kubectl apply -f -
+  sealbroker-operator onboard -n payments vault-a vault-b --pod-security-version v1.32
+
+Adding a SealBroker to an onboarded namespace is onboarding it again with every name.")]
+    Onboard(OnboardArgs),
     /// Print the SealBroker CRD (deploy/crd/ is this output).
     Crd,
     /// Print ValidatingAdmissionPolicies and their bindings:
@@ -133,6 +143,19 @@ fn image_verifier(trust: &TrustArgs) -> Arc<dyn ImageVerifier> {
         Ok(verifier) => Arc::new(verifier),
         Err(e) => refuse(format!("--image-trust-key {}: {e}", path.display())),
     }
+}
+
+#[derive(Args)]
+struct OnboardArgs {
+    /// The tenant namespace.
+    #[arg(long, short = 'n')]
+    namespace: String,
+    /// The SealBrokers the namespace will hold (at least one).
+    #[arg(required = true)]
+    sealbrokers: Vec<String>,
+    /// The Kubernetes version Pod Security's `restricted` level is pinned to.
+    #[arg(long, default_value = sealbroker_operator::onboarding::POD_SECURITY_VERSION)]
+    pod_security_version: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -398,6 +421,13 @@ fn main() -> ExitCode {
             print!("{}", sealbroker_operator::crd_yaml());
             Ok(())
         }
+        Command::Onboard(args) => sealbroker_operator::onboarding::onboarding_yaml(
+            &args.namespace,
+            &args.sealbrokers,
+            &args.pod_security_version,
+        )
+        .map(|yaml| print!("{yaml}"))
+        .map_err(|e| e.to_string()),
         Command::Policy { set } => {
             print!(
                 "{}",

@@ -73,6 +73,19 @@ fn pod_report_policy_in_deploy_matches_the_rust_types() {
 }
 
 #[test]
+fn onboarding_in_deploy_is_what_onboard_prints() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/base/openbao-example/onboarding.yaml");
+    let yaml = sealbroker_operator::onboarding::onboarding_yaml(
+        "openbao",
+        &["openbao".to_owned()],
+        sealbroker_operator::onboarding::POD_SECURITY_VERSION,
+    )
+    .unwrap();
+    golden(&path, &yaml);
+}
+
+#[test]
 fn tenant_policies_in_deploy_match_the_rust_types() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/base/operator/tenant-policies.yaml");
     golden(&path, &sealbroker_operator::policy::tenant_policies_yaml());

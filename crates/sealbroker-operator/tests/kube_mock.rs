@@ -140,9 +140,23 @@ fn report_grant(sb: &SealBroker) -> Vec<(String, Value)> {
     ]
 }
 
+/// How the provisioner's grant looks to the controller in a scenario.
+#[derive(Clone, Copy, PartialEq)]
+enum Grant {
+    Made,
+    Missing,
+    /// Its RoleBinding also binds another subject.
+    BindingWidened,
+}
+
 /// Plays the apiserver through one reconcile; `granted` says whether the
 /// provisioner's objects exist. Returns the status the controller wrote.
-async fn reconcile_scenario(mut handle: Handle, granted: bool) -> Value {
+async fn reconcile_scenario(handle: Handle, granted: bool) -> Value {
+    reconcile_with_grant(handle, if granted { Grant::Made } else { Grant::Missing }).await
+}
+
+async fn reconcile_with_grant(mut handle: Handle, grant_state: Grant) -> Value {
+    let granted = grant_state != Grant::Missing;
     let sb = sealbroker();
     let uid = sb.metadata.uid.clone().unwrap();
     // The served Pods: openbao-0 injected for this spec, openbao-1 for an
@@ -202,9 +216,21 @@ async fn reconcile_scenario(mut handle: Handle, granted: bool) -> Value {
         (
             "/apis/rbac.authorization.k8s.io/v1/namespaces/openbao/rolebindings/openbao-broker-secrets"
                 .into(),
-            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                "metadata": {"name": "openbao-broker-secrets", "namespace": "openbao"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "openbao-broker-secrets"}}),
+            {
+                let mut binding =
+                    serde_json::to_value(match &sealbroker_operator::desired::access_grant(&sb)[2] {
+                        sealbroker_operator::desired::Desired::RoleBinding(b) => b.clone(),
+                        _ => unreachable!(),
+                    })
+                    .unwrap();
+                if grant_state == Grant::BindingWidened {
+                    binding["subjects"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(json!({"kind": "ServiceAccount", "name": "default", "namespace": "openbao"}));
+                }
+                binding
+            },
         ),
     ];
     for (path, object) in grant {
@@ -218,7 +244,7 @@ async fn reconcile_scenario(mut handle: Handle, granted: bool) -> Value {
         }
     }
     // With the broker's grant in place, the served Pods' report grant is read too.
-    if granted {
+    if grant_state == Grant::Made {
         for (path, object) in report_grant(&sb) {
             let (method, uri, _, send) = next(&mut handle).await;
             assert_eq!(method, Method::GET, "{uri}");
@@ -295,6 +321,32 @@ async fn reconcile_without_the_grant_waits_for_the_provisioner() {
     );
 }
 
+/// The drift check reads the RoleBinding's subjects: one more ServiceAccount
+/// bound to the Secrets Role is not the grant the provisioner makes.
+#[tokio::test]
+async fn a_widened_secrets_binding_is_drift_and_is_named() {
+    let (client, handle) = client();
+    let scenario = tokio::spawn(reconcile_with_grant(handle, Grant::BindingWidened));
+    let ctx = Arc::new(Context {
+        client,
+        now: fixed_now,
+        images: Arc::new(SignedByTrustedKey),
+    });
+    kubeapi::reconcile(Arc::new(sealbroker()), ctx).await.unwrap();
+    let status = scenario.await.unwrap();
+    assert_eq!(
+        status["conditions"][0]["reason"], "AwaitingProvisioner",
+        "{status}"
+    );
+    let message = status["conditions"][0]["message"].as_str().unwrap();
+    assert!(
+        message
+            .contains("does not bind Role openbao-broker-secrets to exactly ServiceAccount openbao-broker")
+            && message.contains("ServiceAccount openbao/default"),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn a_namespace_that_was_never_onboarded_gets_a_status_that_says_how() {
     let (client, mut handle) = client();
@@ -325,7 +377,7 @@ async fn a_namespace_that_was_never_onboarded_gets_a_status_that_says_how() {
     assert_eq!(ready["reason"], "NamespaceNotOnboarded");
     let message = ready["message"].as_str().unwrap();
     assert!(
-        message.contains("onboarding.yaml")
+        message.contains("sealbroker-operator onboard --namespace openbao openbao")
             && message.contains("sealbroker-operator provision --namespace openbao openbao"),
         "{message}"
     );
