@@ -30,6 +30,7 @@ pub mod crd;
 pub mod desired;
 pub mod injection;
 pub mod kubeapi;
+pub mod leader;
 pub mod onboarding;
 pub mod policy;
 pub mod render;

@@ -198,9 +198,18 @@ struct RenderArgs {
 struct RunArgs {
     /// What this process runs: the admission webhook, the controller, or
     /// both. Run the webhook with several replicas (it is stateless and
-    /// fails closed) and the controller as one replica.
+    /// fails closed); controller replicas elect one leader on a Lease, and
+    /// only it reconciles.
     #[arg(long, value_enum, default_value = "all")]
     role: Role,
+    /// This replica's name in the leader election (the Pod's name, from
+    /// the downward API).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// The namespace of the controller's Lease `sealbroker-operator` (the
+    /// operator's own, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "sealbroker-system")]
+    lease_namespace: String,
     /// Webhook HTTPS address.
     #[arg(
         long,
@@ -382,21 +391,49 @@ async fn run_cmd(args: &RunArgs) -> Result<(), String> {
         }
     };
     let images = image_verifier(&args.trust);
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|s| !s.is_empty())
+        .ok_or("name this replica for the leader election: --identity or POD_NAME (or HOSTNAME)")?;
+    let election = sealbroker_operator::leader::Election::new(identity, args.lease_namespace.clone());
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = async move {
-        if runs_controller {
-            kubeapi::run_controller(client, images, async move {
-                let _ = stop_controller.wait_for(|s| *s).await;
-            })
-            .await;
+        if !runs_controller {
+            return Ok(());
         }
+        let leases = kube::Api::namespaced(client.clone(), &election.namespace);
+        let mut stop_work = stop_controller.clone();
+        let work = kubeapi::run_controller(client, images, async move {
+            let _ = stop_work.wait_for(|s| *s).await;
+        });
+        let stop = async move {
+            let _ = stop_controller.wait_for(|s| *s).await;
+        };
+        let led = sealbroker_operator::leader::lead(
+            leases,
+            election,
+            k8s_openapi::jiff::Timestamp::now,
+            work,
+            stop,
+        )
+        .await;
+        led.map_err(|lost| {
+            // Stop the webhook too: the process exits and restarts as a candidate.
+            let _ = lost_tx.send(());
+            format!("stopping the controller: {}", lost.0)
+        })
     };
     let signal = async move {
-        shutdown_signal().await;
-        tracing::info!("stopping");
+        tokio::select! {
+            () = shutdown_signal() => tracing::info!("stopping"),
+            Ok(()) = lost_rx => {}
+        }
         let _ = stop_tx.send(true);
     };
-    tokio::join!(webhook, controller, signal);
-    Ok(())
+    let (_, controller, _) = tokio::join!(webhook, controller, signal);
+    controller
 }
 
 async fn provision_cmd(args: &ProvisionArgs) -> Result<(), String> {

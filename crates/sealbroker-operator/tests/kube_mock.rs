@@ -1016,3 +1016,160 @@ fn rendered_config_of(api: &FakeApi) -> String {
         .unwrap()
         .to_owned()
 }
+
+// ---------------------------------------------------------------------------
+// Leader election on the controller's Lease.
+
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/sealbroker-system/leases";
+
+fn lease_json(holder: &str, renewed: &str, transitions: i32) -> Value {
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "sealbroker-operator", "namespace": "sealbroker-system", "resourceVersion": "41"},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+            "acquireTime": "2026-01-02T03:00:00.000000Z", "renewTime": renewed, "leaseTransitions": transitions}})
+}
+
+/// 409 Conflict: the Lease changed since it was read.
+fn modified(send: tower_test::mock::SendResponse<Response<Body>>) {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "Operation cannot be fulfilled on leases.coordination.k8s.io \"sealbroker-operator\": the object has been modified",
+        "reason": "Conflict", "code": 409});
+    send.send_response(
+        Response::builder()
+            .status(409)
+            .body(Body::from(serde_json::to_vec(&status).unwrap()))
+            .unwrap(),
+    );
+}
+
+fn election(identity: &str) -> sealbroker_operator::leader::Election {
+    sealbroker_operator::leader::Election::new(identity, "sealbroker-system")
+}
+
+fn at(text: &str) -> k8s_openapi::jiff::Timestamp {
+    text.parse().unwrap()
+}
+
+/// No Lease yet: the replica creates it, naming itself.
+#[tokio::test]
+async fn an_absent_lease_is_created_with_this_replica_as_holder() {
+    let (client, mut handle) = client();
+    let api = kube::Api::namespaced(client, "sealbroker-system");
+    let round = tokio::spawn(async move {
+        sealbroker_operator::leader::try_acquire(&api, &election("controller-a"), at("2026-01-02T03:04:05Z"))
+            .await
+    });
+    let (method, uri, _, send) = next(&mut handle).await;
+    assert_eq!(
+        (method, uri.as_str()),
+        (Method::GET, format!("{LEASES}/sealbroker-operator").as_str())
+    );
+    not_found(send);
+    let (method, uri, body, send) = next(&mut handle).await;
+    assert_eq!(method, Method::POST);
+    assert_eq!(uri.split('?').next(), Some(LEASES));
+    assert_eq!(body["spec"]["holderIdentity"], "controller-a");
+    assert_eq!(body["spec"]["leaseTransitions"], 0);
+    assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+    ok(send, &body);
+    assert!(round.await.unwrap().unwrap());
+}
+
+/// Another replica's fresh Lease is left alone: nothing is written.
+#[tokio::test]
+async fn a_fresh_lease_of_another_replica_is_not_written() {
+    let (client, mut handle) = client();
+    let api = kube::Api::namespaced(client, "sealbroker-system");
+    let round = tokio::spawn(async move {
+        sealbroker_operator::leader::try_acquire(&api, &election("controller-a"), at("2026-01-02T03:04:05Z"))
+            .await
+    });
+    let (method, _, _, send) = next(&mut handle).await;
+    assert_eq!(method, Method::GET);
+    ok(
+        send,
+        &lease_json("controller-b", "2026-01-02T03:04:00.000000Z", 2),
+    );
+    assert!(!round.await.unwrap().unwrap());
+    // The round ended (its client is gone) without another request.
+    assert!(handle.next_request().await.is_none(), "a write followed");
+}
+
+/// An expired Lease is taken with the resourceVersion read; when another
+/// replica took it first (409), this one is not the leader.
+#[tokio::test]
+async fn an_expired_lease_is_taken_with_the_version_read_and_a_lost_race_is_not_leading() {
+    let (client, mut handle) = client();
+    let api = kube::Api::namespaced(client, "sealbroker-system");
+    let round = tokio::spawn(async move {
+        sealbroker_operator::leader::try_acquire(&api, &election("controller-a"), at("2026-01-02T03:04:05Z"))
+            .await
+    });
+    let (_, _, _, send) = next(&mut handle).await;
+    ok(
+        send,
+        &lease_json("controller-b", "2026-01-02T03:03:00.000000Z", 2),
+    );
+    let (method, uri, body, send) = next(&mut handle).await;
+    assert_eq!(method, Method::PUT);
+    assert_eq!(
+        uri.split('?').next(),
+        Some(format!("{LEASES}/sealbroker-operator").as_str())
+    );
+    assert_eq!(body["metadata"]["resourceVersion"], "41");
+    assert_eq!(body["spec"]["holderIdentity"], "controller-a");
+    assert_eq!(body["spec"]["leaseTransitions"], 3);
+    modified(send);
+    assert!(!round.await.unwrap().unwrap());
+}
+
+/// `lead` runs the work only once the Lease is held, and stops it (with an
+/// error, so the process restarts) when a renewal finds another holder.
+#[tokio::test(start_paused = true)]
+async fn the_work_runs_only_while_the_lease_is_held() {
+    let (client, mut handle) = client();
+    let api = kube::Api::namespaced(client, "sealbroker-system");
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let work = async move {
+        let _ = started_tx.send(());
+        std::future::pending::<()>().await;
+    };
+    let leading = tokio::spawn(sealbroker_operator::leader::lead(
+        api,
+        election("controller-a"),
+        || at("2026-01-02T03:04:05Z"),
+        work,
+        std::future::pending::<()>(),
+    ));
+    // Round 1: another replica holds it; the work has not started.
+    let (_, _, _, send) = next(&mut handle).await;
+    ok(
+        send,
+        &lease_json("controller-b", "2026-01-02T03:04:00.000000Z", 2),
+    );
+    // Round 2 (after renew_every): it expired, and this replica takes it.
+    let (_, _, _, send) = next(&mut handle).await;
+    assert!(
+        started_rx.try_recv().is_err(),
+        "the work ran before the Lease was held"
+    );
+    ok(
+        send,
+        &lease_json("controller-b", "2026-01-02T03:03:00.000000Z", 2),
+    );
+    let (method, _, body, send) = next(&mut handle).await;
+    assert_eq!(method, Method::PUT);
+    ok(send, &body);
+    // The work starts; at the next renewal another replica holds the Lease.
+    let (_, _, _, send) = next(&mut handle).await;
+    assert!(
+        started_rx.try_recv().is_ok(),
+        "the work did not start once the Lease was held"
+    );
+    ok(
+        send,
+        &lease_json("controller-c", "2026-01-02T03:04:04.000000Z", 4),
+    );
+    let lost = leading.await.unwrap().unwrap_err();
+    assert!(lost.0.contains("another replica holds"), "{lost:?}");
+}

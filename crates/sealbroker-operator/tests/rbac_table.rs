@@ -110,7 +110,11 @@ fn rows_of(
         .map(|o| {
             let key = (
                 o["kind"].as_str().unwrap().to_owned(),
-                o["metadata"]["name"].as_str().unwrap().to_owned(),
+                format!(
+                    "{}/{}",
+                    o["metadata"]["namespace"].as_str().unwrap_or(""),
+                    o["metadata"]["name"].as_str().unwrap()
+                ),
             );
             (key, o)
         })
@@ -123,11 +127,22 @@ fn rows_of(
     {
         let scope = if binding["kind"] == "ClusterRoleBinding" {
             "cluster"
+        } else if binding["metadata"]["namespace"] == "sealbroker-system" {
+            "operator namespace"
         } else {
             "tenant"
         };
         let role_kind = binding["roleRef"]["kind"].as_str().unwrap().to_owned();
-        let role_name = binding["roleRef"]["name"].as_str().unwrap().to_owned();
+        // A ClusterRole has no namespace; a Role is the binding's namespace's.
+        let role_name = format!(
+            "{}/{}",
+            if role_kind == "Role" {
+                binding["metadata"]["namespace"].as_str().unwrap_or("")
+            } else {
+                ""
+            },
+            binding["roleRef"]["name"].as_str().unwrap()
+        );
         let role = roles
             .get(&(role_kind.clone(), role_name.clone()))
             .unwrap_or_else(|| panic!("{binding} binds {role_kind} {role_name}, which nothing defines"));
