@@ -74,6 +74,7 @@ spec:
       matchLabels:
         app.kubernetes.io/name: openbao
     uid: {uid}
+    tlsSecret: openbao-tls
   seal:
     key: openbao-unseal
     aad: e2e-cluster

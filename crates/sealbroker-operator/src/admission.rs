@@ -134,6 +134,16 @@ fn with_risk_warning(mut response: AdmissionResponse, sb: &SealBroker) -> Admiss
              production trust path",
             sb.name_any()
         )]);
+    } else {
+        let roots = validation::in_cluster_roots(sb);
+        if !roots.is_empty() {
+            response.warnings = Some(vec![format!(
+                "Hardened SealBroker {} keeps its unseal root inside the cluster ({}): it is reported as a \
+                 SecurityRisk (InClusterTrustRoot)",
+                sb.name_any(),
+                roots.join("; ")
+            )]);
+        }
     }
     response
 }
@@ -160,7 +170,8 @@ fn mutate(response: AdmissionResponse, pod: &Pod, sb: &SealBroker) -> AdmissionR
 /// Every Pod of a served namespace, selected or not, created or updated
 /// (ephemeral containers included): no container but a broker's may hold
 /// that broker's credentials; a served Pod shares no process namespace; and
-/// under Hardened every image of a served Pod is pinned by digest.
+/// under Hardened every image of a served Pod is pinned by digest and
+/// OpenBao mounts its TLS from the external Secret the SealBroker names.
 fn validate_pod(
     response: AdmissionResponse,
     pod: &Pod,
@@ -191,7 +202,8 @@ fn validate_pod(
         ));
     }
     if let Some(sb) = serving.filter(|sb| sb.spec.profile == Profile::Hardened) {
-        let unpinned = validation::unpinned_images(pod);
+        let mut unpinned = validation::unpinned_images(pod);
+        unpinned.extend(validation::openbao_tls_problems(pod, sb));
         if !unpinned.is_empty() {
             denials.push(format!(
                 "Hardened SealBroker {} refuses this Pod: {}",

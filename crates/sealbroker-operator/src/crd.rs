@@ -115,6 +115,12 @@ pub struct OpenBaoTarget {
     /// NetworkPolicy admits only the served OpenBao Pods to it.
     #[serde(default = "default_cluster_port")]
     pub cluster_port: i32,
+    /// The Secret holding OpenBao's listener certificate and key, made
+    /// outside the operator (your PKI, cert-manager). Required under
+    /// Hardened: the webhook refuses a served Pod whose OpenBao container
+    /// does not mount it, so OpenBao's TLS never comes from inside the Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret: Option<String>,
     /// The ServiceAccount the OpenBao Pods run under. The injected sidecar
     /// shares it (a Pod has one identity) and uses it to report, on its own
     /// Pod, which key versions it can use; the provisioner grants it that.

@@ -244,14 +244,32 @@ pub fn status_with_rotation(
             generation,
             &now,
         ),
-        Profile::Hardened => condition(
-            "SecurityRisk",
-            false,
-            "HardenedProfile",
-            "the Hardened profile refuses software keys and unpinned images".into(),
-            generation,
-            &now,
-        ),
+        Profile::Hardened => {
+            let roots = crate::validation::in_cluster_roots(sb);
+            if roots.is_empty() {
+                condition(
+                    "SecurityRisk",
+                    false,
+                    "HardenedProfile",
+                    "the Hardened profile refuses software keys and unpinned images".into(),
+                    generation,
+                    &now,
+                )
+            } else {
+                condition(
+                    "SecurityRisk",
+                    true,
+                    "InClusterTrustRoot",
+                    format!(
+                        "the Hardened profile keeps the unseal root outside the cluster, but {}; use an HSM, a \
+                         cloud KMS, or a KMIP or transit service that runs elsewhere",
+                        roots.join("; ")
+                    ),
+                    generation,
+                    &now,
+                )
+            }
+        }
     };
     let valid = !matches!(outcome, Outcome::InvalidSpec(_));
     let [pending, blocked] = rotation_conditions(rotation, generation, &now);

@@ -126,6 +126,14 @@ fn hardened_rules(spec: &SealBrokerSpec, problems: &mut Vec<Problem>) {
             ));
         }
     }
+    if spec.openbao.tls_secret.as_deref().is_none_or(str::is_empty) {
+        problems.push(problem(
+            "spec.openbao.tlsSecret",
+            "the Hardened profile requires OpenBao's listener TLS from an external Secret: name the Secret \
+             (kubernetes.io/tls, made by your PKI or cert-manager) that OpenBao's container mounts; \
+             OpenBao without TLS, or with a certificate made inside the Pod, is not a Hardened posture",
+        ));
+    }
     if !is_digest_pinned(&spec.image) {
         problems.push(problem(
             "spec.image",
@@ -564,6 +572,104 @@ pub fn isolation_problems(pod: &Pod, brokers: &[SealBroker]) -> Vec<Problem> {
     problems
 }
 
+/// Whether `host` names something inside the cluster: `localhost`, a bare
+/// Service name (resolved through the Pod's search domains), `*.svc` or
+/// `*.cluster.local`. Not judged: IP addresses (a Pod or Service IP looks
+/// like any other) and `name.namespace` (it looks like `example.com`).
+fn in_cluster_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
+        return false;
+    }
+    !host.contains('.') || host.ends_with(".svc") || host.ends_with(".cluster.local")
+}
+
+/// The backends whose root of trust lives inside the cluster: a SoftHSM
+/// token (its key file is on the sidecar's volume) or a KMIP, transit or
+/// KMS endpoint that is a cluster Service. Each says which and why.
+pub fn in_cluster_roots(sb: &SealBroker) -> Vec<String> {
+    let mut found = Vec::new();
+    for backend in &sb.spec.backends {
+        if let Some(p) = &backend.pkcs11
+            && p.lib.to_ascii_lowercase().contains("softhsm")
+        {
+            found.push(format!(
+                "backend {:?} loads SoftHSM ({}), whose token is a file in the sidecar's volume",
+                backend.name, p.lib
+            ));
+        }
+        for (_, host, _) in crate::desired::backend_endpoints(sb)
+            .into_iter()
+            .filter(|(name, _, _)| name == &backend.name)
+        {
+            if in_cluster_host(&host) {
+                found.push(format!(
+                    "backend {:?} reaches {host}, a Service of this cluster",
+                    backend.name
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// Under Hardened, OpenBao's container in a served Pod mounts its TLS from
+/// the external Secret `spec.openbao.tlsSecret` (a `secret` volume, or a
+/// `projected` one with that Secret among its sources).
+pub fn openbao_tls_problems(pod: &Pod, sb: &SealBroker) -> Vec<Problem> {
+    let Some(secret) = sb.spec.openbao.tls_secret.as_deref() else {
+        return vec![problem(
+            "spec.openbao.tlsSecret",
+            "is not set; a Hardened SealBroker names OpenBao's TLS Secret",
+        )];
+    };
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let wanted = &sb.spec.openbao.container_name;
+    let Some(openbao) = spec.containers.iter().find(|c| &c.name == wanted) else {
+        return vec![problem(
+            "spec.containers",
+            format!(
+                "has no container named {wanted:?} (spec.openbao.containerName of SealBroker {})",
+                kube::ResourceExt::name_any(sb)
+            ),
+        )];
+    };
+    let tls_volumes: BTreeSet<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| {
+            v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret)
+                || v.projected.as_ref().is_some_and(|p| {
+                    p.sources
+                        .iter()
+                        .flatten()
+                        .any(|s| s.secret.as_ref().map(|s| s.name.as_str()) == Some(secret))
+                })
+        })
+        .map(|v| v.name.as_str())
+        .collect();
+    let mounted = openbao
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| tls_volumes.contains(m.name.as_str()));
+    if mounted {
+        Vec::new()
+    } else {
+        vec![problem(
+            format!("spec.containers[{wanted}].volumeMounts"),
+            format!(
+                "mount OpenBao's TLS from Secret {secret:?} (spec.openbao.tlsSecret): the Hardened profile \
+                 takes OpenBao's listener certificate from an external Secret, and this container mounts \
+                 no volume of it"
+            ),
+        )]
+    }
+}
+
 /// Under Hardened, every image of a served Pod is pinned by digest: a tag
 /// can be moved to other code, next to the broker and its socket.
 pub fn unpinned_images(pod: &Pod) -> Vec<Problem> {
@@ -611,6 +717,33 @@ fn container_leaks(c: &Container, volumes: &BTreeSet<String>, secrets: &BTreeSet
         }
     }
     leaks
+}
+
+#[cfg(test)]
+mod in_cluster_tests {
+    use super::in_cluster_host;
+
+    #[test]
+    fn cluster_service_names_are_in_cluster_and_outside_names_are_not() {
+        for host in [
+            "openbao",
+            "localhost",
+            "bao.vault.svc",
+            "bao.vault.svc.cluster.local",
+            "kms.corp.cluster.local.",
+        ] {
+            assert!(in_cluster_host(host), "{host}");
+        }
+        for host in [
+            "kms.eu-west-1.amazonaws.com",
+            "bao.example.com",
+            "10.0.0.7",
+            "fd00::7",
+            "bao.vault",
+        ] {
+            assert!(!in_cluster_host(host), "{host}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -354,13 +354,50 @@ fn development_reports_security_risk_and_hardened_does_not() {
     let dev = status_for(&input("development"), &Outcome::Ready, now.clone());
     let risk = dev.conditions.iter().find(|c| c.type_ == "SecurityRisk").unwrap();
     assert_eq!(risk.status, "True");
-    let hard = status_for(&input("hardened"), &Outcome::Ready, now);
+    // The golden Hardened input loads SoftHSM and reaches a transit
+    // upstream by an outside name: SoftHSM is an in-cluster root.
+    let soft = status_for(&input("hardened"), &Outcome::Ready, now.clone());
+    let risk = soft
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "SecurityRisk")
+        .unwrap();
+    assert_eq!(
+        (risk.status.as_str(), risk.reason.as_str()),
+        ("True", "InClusterTrustRoot")
+    );
+    assert!(
+        risk.message.contains("backend \"hsm\" loads SoftHSM"),
+        "{}",
+        risk.message
+    );
+    assert!(!risk.message.contains("upstream"), "{}", risk.message);
+    // A vendor's module is not flagged.
+    let mut vendor = input("hardened");
+    vendor.spec.backends[0].pkcs11.as_mut().unwrap().lib = "/opt/luna/libCryptoki2_64.so".into();
+    let hard = status_for(&vendor, &Outcome::Ready, now.clone());
     let risk = hard
         .conditions
         .iter()
         .find(|c| c.type_ == "SecurityRisk")
         .unwrap();
     assert_eq!(risk.status, "False");
+    // A transit upstream that is a Service of this cluster is.
+    let mut local = vendor.clone();
+    local.spec.backends[1].transit.as_mut().unwrap().address = "https://openbao-shared.vault.svc:8200".into();
+    let flagged = status_for(&local, &Outcome::Ready, now);
+    let risk = flagged
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "SecurityRisk")
+        .unwrap();
+    assert_eq!(risk.status, "True");
+    assert!(
+        risk.message
+            .contains("backend \"upstream\" reaches openbao-shared.vault.svc"),
+        "{}",
+        risk.message
+    );
     assert_eq!(
         hard.plugin_sha256.as_deref(),
         Some(input("hardened").spec.plugin_sha256.as_str())
@@ -374,6 +411,10 @@ fn hardened_refuses_software_backend_and_tag_images_and_says_why() {
     let problems = validation::describe(&validation::validate(&sb));
     assert!(problems.contains("refuses the software backend"), "{problems}");
     assert!(problems.contains("pinned by digest"), "{problems}");
+    assert!(
+        problems.contains("spec.openbao.tlsSecret: the Hardened profile requires OpenBao's listener TLS from an external Secret"),
+        "{problems}"
+    );
 }
 
 #[test]

@@ -285,8 +285,10 @@ async fn reconcile_applies_owned_objects_then_reports_ready() {
     assert_eq!(status["observedGeneration"], 3);
     assert_eq!(status["conditions"][0]["type"], "Ready");
     assert_eq!(status["conditions"][0]["status"], "True", "{status}");
+    // The golden Hardened SealBroker loads SoftHSM: an in-cluster root.
     assert_eq!(status["conditions"][1]["type"], "SecurityRisk");
-    assert_eq!(status["conditions"][1]["status"], "False");
+    assert_eq!(status["conditions"][1]["status"], "True");
+    assert_eq!(status["conditions"][1]["reason"], "InClusterTrustRoot");
     let rollout = condition(&status, "PodsOutOfDate");
     assert_eq!(rollout["status"], "True", "{status}");
     let message = rollout["message"].as_str().unwrap();

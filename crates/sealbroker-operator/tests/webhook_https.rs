@@ -334,12 +334,76 @@ async fn hardened_sealbroker_with_software_key_or_tag_image_is_denied_with_the_r
     assert!(message.contains("spec.image"), "{message}");
     assert!(message.contains("pinned by digest"), "{message}");
 
+    // Allowed, but SoftHSM keeps the root in the cluster: a warning says so.
     let hardened = sealbroker("hardened.input.yaml");
     let (_, answer) = server
         .post("/validate-sealbrokers", &sealbroker_review(&hardened))
         .await;
     assert_eq!(answer["response"]["allowed"], true, "{answer}");
-    assert!(answer["response"]["warnings"].is_null());
+    let warning = answer["response"]["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("keeps its unseal root inside the cluster") && warning.contains("loads SoftHSM"),
+        "{warning}"
+    );
+    // A vendor's module: no warning.
+    let mut vendor = hardened.clone();
+    vendor.spec.backends[0].pkcs11.as_mut().unwrap().lib = "/opt/vendor/libpkcs11.so".into();
+    let (_, answer) = server
+        .post("/validate-sealbrokers", &sealbroker_review(&vendor))
+        .await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    assert!(answer["response"]["warnings"].is_null(), "{answer}");
+    // Without OpenBao's TLS Secret it is refused, naming the field.
+    let mut no_tls = vendor;
+    no_tls.spec.openbao.tls_secret = None;
+    let (_, answer) = server
+        .post("/validate-sealbrokers", &sealbroker_review(&no_tls))
+        .await;
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(message.contains("spec.openbao.tlsSecret"), "{message}");
+}
+
+/// Under Hardened, OpenBao's container mounts its TLS from the Secret the
+/// SealBroker names: without that mount, or with another Secret, the Pod
+/// is refused naming the container and the Secret.
+#[tokio::test]
+async fn hardened_requires_openbao_to_mount_its_tls_from_the_named_secret() {
+    let sb = sealbroker("hardened.input.yaml");
+    let server = start(vec![sb.clone()]).await;
+    let mut pod = injected_pod(&sb);
+    let (_, answer) = server.post("/validate-pods", &pod_review(pod.clone())).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let tls_volume = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|v| v["name"] == "tls")
+        .unwrap();
+    for change in ["unmounted", "another secret"] {
+        let mut bad = pod.clone();
+        match change {
+            "unmounted" => {
+                let mounts = bad["spec"]["containers"][0]["volumeMounts"]
+                    .as_array_mut()
+                    .unwrap();
+                mounts.retain(|m| m["name"] != "tls");
+            }
+            _ => bad["spec"]["volumes"][tls_volume]["secret"]["secretName"] = json!("self-signed-in-pod"),
+        }
+        let message = denial(&server.post("/validate-pods", &pod_review(bad)).await.1);
+        assert!(
+            message.contains(
+                "spec.containers[openbao].volumeMounts: mount OpenBao's TLS from Secret \"openbao-tls\""
+            ),
+            "{change}: {message}"
+        );
+    }
+    // A projected volume holding the Secret counts too.
+    pod["spec"]["volumes"][tls_volume] =
+        json!({"name": "tls", "projected": {"sources": [{"secret": {"name": "openbao-tls"}}]}});
+    let (_, answer) = server.post("/validate-pods", &pod_review(pod)).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
 }
 
 #[tokio::test]
