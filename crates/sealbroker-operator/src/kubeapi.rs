@@ -481,7 +481,7 @@ async fn reconcile_in_namespace(
     record_events(&ctx.client, &sb, &outcome, &steps).await;
     tracing::info!(%namespace, %name, outcome = ?outcome_kind(&outcome), "reconciled");
     let base = match outcome {
-        Outcome::Ready => Duration::from_secs(300),
+        Outcome::Ready => READY_RECHECK,
         _ => Duration::from_secs(30),
     };
     let recheck = plans.iter().filter_map(|p| p.recheck).min();
@@ -642,24 +642,27 @@ fn error_policy(sb: Arc<SealBroker>, error: &Error, _ctx: Arc<Context>) -> Actio
 }
 
 /// Runs the controller until `shutdown` completes.
+/// How soon a Ready SealBroker is reconciled again: the bound on drift
+/// repair and on noticing a finished key-creation Job, since the controller
+/// watches nothing but SealBrokers.
+pub const READY_RECHECK: Duration = Duration::from_secs(60);
+
 pub async fn run_controller(
     client: Client,
     images: Arc<dyn ImageVerifier>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let owned =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={CONTROLLER_MANAGER}"));
     let context = Arc::new(Context {
         client: client.clone(),
         now: system_now,
         images,
     });
+    // Only SealBrokers are watched. Watching what it owns would need
+    // cluster-wide list/watch of ConfigMaps, NetworkPolicies, Jobs, Roles and
+    // RoleBindings (RBAC cannot narrow a list by label), so instead every
+    // reconcile requeues itself: drift is repaired and Jobs are followed
+    // within READY_RECHECK, reading only named objects in onboarded namespaces.
     Controller::new(Api::<SealBroker>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
-        .owns(Api::<Job>::all(client.clone()), owned.clone())
-        .owns(Api::<Role>::all(client.clone()), owned.clone())
-        .owns(Api::<RoleBinding>::all(client), owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
