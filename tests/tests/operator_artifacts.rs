@@ -5,18 +5,22 @@
 //! OpenBao 2.7.2 (raft storage) runs with that stanza: it initialises,
 //! restarts and auto-unseals. The sidecar reports its key versions on its
 //! Pod to an in-repo stand-in for the API server (no emulator exists), in
-//! the form the controller's rotation reads.
+//! the form the controller's rotation reads. Under Hardened, OpenBao
+//! initialises itself from the rendered `initialize` block (no root token is
+//! ever returned) and an admin logs in with a JWT that block trusts.
 //!
 //! The operator binary is `$SEALBROKER_OPERATOR_BIN`, or
 //! `target/debug/sealbroker-operator` once the crate joins the workspace.
 
 use std::fs;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use sealbroker_e2e::openbao::{BaoConfig, OpenBao, install_plugin};
 use sealbroker_e2e::*;
 use sealbroker_operator::render::config_sha256;
@@ -54,7 +58,92 @@ fn sha256_of(path: &Path) -> String {
 }
 
 /// A SealBroker manifest for one backend, admitting this test's uid as OpenBao.
+/// A platform admin's JWT signer (ES256), whose public key the Hardened
+/// SealBroker's self-init makes OpenBao's `jwt` auth method trust.
+struct AdminSigner {
+    key: ring::signature::EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
+}
+
+impl AdminSigner {
+    fn new() -> Self {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+        AdminSigner { key, rng }
+    }
+
+    fn public_pem(&self) -> String {
+        use ring::signature::KeyPair;
+        sealbroker_core::PublicKey::ec(
+            sealbroker_core::KeyAlgorithm::EcdsaP256,
+            self.key.public_key().as_ref(),
+        )
+        .unwrap()
+        .pem()
+    }
+
+    /// A JWT for `subject`, audience `openbao`, valid for five minutes.
+    fn jwt(&self, subject: &str) -> String {
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = serde_json::json!({"sub": subject, "aud": "openbao", "iat": now, "nbf": now - 5, "exp": now + 300});
+        let input = format!(
+            "{}.{}",
+            b64(r#"{"alg":"ES256","typ":"JWT"}"#.as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let signature = self.key.sign(&self.rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", b64(signature.as_ref()))
+    }
+}
+
+/// `spec.openbao.selfInit` for a Hardened SealBroker: an admin policy, the
+/// `jwt` auth method trusting `pem`, and role `admin` for subject
+/// `platform-admin`.
+fn self_init_yaml(pem: &str) -> String {
+    format!(
+        "    selfInit:
+      requests:
+        - name: admin-policy
+          operation: update
+          path: sys/policies/acl/admin
+          data:
+            policy: 'path \"*\" {{ capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\", \"sudo\"] }}'
+        - name: enable-jwt
+          operation: update
+          path: sys/auth/jwt
+          data: {{ type: jwt }}
+        - name: jwt-config
+          operation: update
+          path: auth/jwt/config
+          data: {{ jwt_validation_pubkeys: [{pem}] }}
+        - name: admin-role
+          operation: update
+          path: auth/jwt/role/admin
+          data:
+            role_type: jwt
+            user_claim: sub
+            bound_subject: platform-admin
+            bound_audiences: [openbao]
+            token_policies: [admin]
+            token_ttl: 15m
+",
+        pem = serde_json::to_string(pem).unwrap()
+    )
+}
+
 fn sealbroker_yaml(profile: &str, image: &str, backend: &str, key: &str) -> String {
+    sealbroker_yaml_with(profile, image, backend, key, "")
+}
+
+/// As [`sealbroker_yaml`], with `openbao_extra` (indented YAML) added under
+/// `spec.openbao`.
+fn sealbroker_yaml_with(profile: &str, image: &str, backend: &str, key: &str, openbao_extra: &str) -> String {
     let uid = current_uid();
     // The broker's own uid only matters in the Pod; it must differ from OpenBao's.
     let broker_uid = if uid == 65532 { 65533 } else { 65532 };
@@ -75,7 +164,7 @@ spec:
         app.kubernetes.io/name: openbao
     uid: {uid}
     tlsSecret: openbao-tls
-  seal:
+{openbao_extra}  seal:
     key: openbao-unseal
     aad: e2e-cluster
   backends:
@@ -211,9 +300,16 @@ fn bao_config(dir: &Path, rendered: &Rendered) -> BaoConfig {
 async fn renders_and_unseals(profile: &str, image: &str) {
     let dir = tempfile::tempdir().unwrap();
     let token = SoftHsmToken::create(&dir.path().join("hsm"), "bao", "unseal-key", PIN);
+    let hardened = profile.eq_ignore_ascii_case("hardened");
+    let admin = AdminSigner::new();
+    let self_init = if hardened {
+        self_init_yaml(&admin.public_pem())
+    } else {
+        String::new()
+    };
     let rendered = render(
         dir.path(),
-        &sealbroker_yaml(profile, image, PKCS11_BACKEND, PKCS11_KEY),
+        &sealbroker_yaml_with(profile, image, PKCS11_BACKEND, PKCS11_KEY, &self_init),
     );
     let config_text = fs::read_to_string(&rendered.config).unwrap();
     assert!(
@@ -318,8 +414,52 @@ async fn renders_and_unseals(profile: &str, image: &str) {
     // OpenBao gets no SoftHSM config, PIN or token: only the stanza and socket.
     let config = bao_config(dir.path(), &rendered);
     let bao = OpenBao::start(&config, &[], "bao-1.log");
-    let root = bao.init_auto();
-    bao.wait_unsealed(Duration::from_secs(30));
+    // Hardened: OpenBao initialises itself from the rendered `initialize`
+    // block and no root token ever leaves it; an admin logs in with a JWT.
+    // Development: `operator init`, which returns a root token.
+    let login = |bao: &OpenBao| {
+        let jwt = admin.jwt("platform-admin");
+        let token = bao.must(
+            &[
+                "write",
+                "-field=token",
+                "auth/jwt/login",
+                "role=admin",
+                &format!("jwt={jwt}"),
+            ],
+            None,
+        );
+        token.trim().to_owned()
+    };
+    let root = if hardened {
+        bao.wait_unsealed(Duration::from_secs(60));
+        let again = bao.cli(&["operator", "init", "-format=json"], None);
+        assert!(
+            !again.status.success(),
+            "operator init ran on a self-initialised OpenBao"
+        );
+        assert!(
+            String::from_utf8_lossy(&again.stderr).contains("already initialized"),
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        // Another subject is refused: the role binds platform-admin only.
+        let stranger = bao.cli(
+            &[
+                "write",
+                "auth/jwt/login",
+                "role=admin",
+                &format!("jwt={}", admin.jwt("someone-else")),
+            ],
+            None,
+        );
+        assert!(!stranger.status.success(), "a JWT for another subject logged in");
+        login(&bao)
+    } else {
+        let root = bao.init_auto();
+        bao.wait_unsealed(Duration::from_secs(30));
+        root
+    };
     bao.write_secret(&root, SECRET);
     let status: serde_json::Value =
         serde_json::from_str(&bao.must(&["status", "-format=json"], None)).unwrap();
@@ -329,7 +469,8 @@ async fn renders_and_unseals(profile: &str, image: &str) {
     let bao = OpenBao::start(&config, &[], "bao-2.log");
     let took = bao.wait_unsealed(Duration::from_secs(30));
     eprintln!("MEASURED operator-rendered {profile} (SoftHSM) unseal after restart: {took:?}");
-    assert_eq!(bao.read_secret(&root), SECRET);
+    let token = if hardened { login(&bao) } else { root };
+    assert_eq!(bao.read_secret(&token), SECRET);
     assert!(bao.logs().contains("unsealed with stored key"), "{}", bao.logs());
     assert!(!bao.logs().contains(PIN), "the HSM PIN reached OpenBao's log");
     bao.stop();

@@ -121,11 +121,56 @@ pub struct OpenBaoTarget {
     /// does not mount it, so OpenBao's TLS never comes from inside the Pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret: Option<String>,
+    /// OpenBao's self-initialisation: the requests OpenBao runs once, on its
+    /// first start, before it revokes the root token it used, so no root
+    /// token is ever returned or stored. Rendered into the seal stanza's
+    /// file as an `initialize` block. Required under Hardened, with a
+    /// request that enables an auth method (`sys/auth/...`): without one,
+    /// nobody could log in. Its data is stored in the SealBroker: never put
+    /// a secret in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_init: Option<SelfInit>,
     /// The ServiceAccount the OpenBao Pods run under. The injected sidecar
     /// shares it (a Pod has one identity) and uses it to report, on its own
     /// Pod, which key versions it can use; the provisioner grants it that.
     #[serde(default = "default_service_account")]
     pub service_account_name: String,
+}
+
+/// OpenBao's `initialize` stanza
+/// (<https://openbao.org/docs/configuration/self-init>).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SelfInit {
+    /// Run in this order; a failed one stops initialisation unless it may fail.
+    pub requests: Vec<SelfInitRequest>,
+}
+
+/// One API request of OpenBao's self-initialisation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SelfInitRequest {
+    /// Unique among the requests: letters, digits, `_` and `-`.
+    pub name: String,
+    /// `create`, `read`, `update`, `delete`, `list` or `patch`.
+    pub operation: String,
+    /// The API path, without `/v1/`: `sys/auth/jwt`, `auth/jwt/role/admin`.
+    pub path: String,
+    /// The request body (an object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub data: Option<serde_json::Value>,
+    /// Whether initialisation goes on when this request fails.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_failure: bool,
+}
+
+/// An object of any shape (`x-kubernetes-preserve-unknown-fields`).
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// The seal OpenBao uses.

@@ -339,7 +339,58 @@ pub fn seal_stanza(sb: &SealBroker, layout: &Layout) -> String {
         let _ = writeln!(out, "  aad      = {}", hcl_str(aad));
     }
     let _ = writeln!(out, "}}");
+    if let Some(init) = &spec.openbao.self_init {
+        let _ = writeln!(
+            out,
+            "\n# spec.openbao.selfInit: OpenBao runs these once, on its first start, then revokes the\n\
+             # root token it used; none is ever returned or stored."
+        );
+        let _ = writeln!(out, "initialize \"sealbroker\" {{");
+        for request in &init.requests {
+            let _ = writeln!(out, "  request {} {{", hcl_str(&request.name));
+            let _ = writeln!(out, "    operation = {}", hcl_str(&request.operation));
+            let _ = writeln!(
+                out,
+                "    path      = {}",
+                hcl_str(request.path.trim_start_matches('/'))
+            );
+            if let Some(data) = &request.data {
+                let _ = writeln!(out, "    data      = {}", hcl_value(data, 2));
+            }
+            if request.allow_failure {
+                let _ = writeln!(out, "    allow_failure = true");
+            }
+            let _ = writeln!(out, "  }}");
+        }
+        let _ = writeln!(out, "}}");
+    }
     out
+}
+
+/// A JSON value as an HCL expression (objects with quoted keys), indented
+/// for nesting level `level`. Nulls render as `""`; validation refuses them.
+fn hcl_value(value: &serde_json::Value, level: usize) -> String {
+    use serde_json::Value;
+    let pad = "  ".repeat(level + 1);
+    let close = "  ".repeat(level);
+    match value {
+        Value::Null => "\"\"".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => hcl_str(s),
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(|v| hcl_value(v, level + 1)).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::Object(map) if map.is_empty() => "{}".into(),
+        Value::Object(map) => {
+            let fields: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{pad}{} = {}", hcl_str(k), hcl_value(v, level + 1)))
+                .collect();
+            format!("{{\n{}\n{close}}}", fields.join("\n"))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -349,6 +400,21 @@ mod tests {
     #[test]
     fn toml_strings_escape_quotes_backslashes_and_controls() {
         assert_eq!(toml_str("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
+    }
+
+    #[test]
+    fn json_renders_as_hcl_with_quoted_keys_and_escaped_strings() {
+        let value = serde_json::json!({
+            "type": "jwt",
+            "n": 3,
+            "on": true,
+            "list": ["a\"b", "${x}"],
+            "nested": {"k-1": {}}
+        });
+        assert_eq!(
+            hcl_value(&value, 2),
+            "{\n      \"list\" = [\"a\\\"b\", \"$${x}\"]\n      \"n\" = 3\n      \"nested\" = {\n        \"k-1\" = {}\n      }\n      \"on\" = true\n      \"type\" = \"jwt\"\n    }"
+        );
     }
 
     #[test]

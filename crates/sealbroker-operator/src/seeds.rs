@@ -9,6 +9,9 @@
 //! `version`, `binaryName`, a 64-hex `sha256sum` and `image` or `command`;
 //! `unseal.kms.pluginName` must name a `type: kms` plugin, and every
 //! `unseal.kms.config` key must be an HCL identifier with a string value.
+//! The SealBroker's `spec.openbao.selfInit` becomes `spec.selfInit`
+//! (`SelfInitConfig`: `enabled`, and requests of `name`, `operation`,
+//! `path`, `data`, `allowFailure`).
 
 use serde_json::{Value, json};
 
@@ -67,7 +70,7 @@ pub fn openbao_cluster_fragment(sb: &SealBroker, source: PluginSource<'_>) -> Re
     if let Some(aad) = &spec.seal.aad {
         config.insert("aad".into(), json!(aad));
     }
-    let fragment = json!({
+    let mut fragment = json!({
         "apiVersion": "openbao.org/v1alpha1",
         "kind": "OpenBaoCluster",
         "metadata": {
@@ -81,6 +84,25 @@ pub fn openbao_cluster_fragment(sb: &SealBroker, source: PluginSource<'_>) -> Re
             },
         },
     });
+    // That operator renders OpenBao's config itself, so the SealBroker's
+    // self-init goes to its spec.selfInit (same request fields).
+    if let Some(init) = &spec.openbao.self_init {
+        let requests: Vec<Value> = init
+            .requests
+            .iter()
+            .map(|r| {
+                let mut request = json!({"name": r.name, "operation": r.operation, "path": r.path});
+                if let Some(data) = &r.data {
+                    request["data"] = data.clone();
+                }
+                if r.allow_failure {
+                    request["allowFailure"] = json!(true);
+                }
+                request
+            })
+            .collect();
+        fragment["spec"]["selfInit"] = json!({"enabled": true, "requests": requests});
+    }
     let yaml = serde_saphyr::to_string(&fragment).map_err(|e| format!("cannot write YAML: {e}"))?;
     Ok(format!(
         "# For dc-tec/openbao-operator, from SealBroker {}/{}: merge into your OpenBaoCluster.\n\
@@ -105,6 +127,32 @@ mod tests {
 
     fn parse(text: &str) -> Value {
         serde_saphyr::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn self_init_becomes_the_seed_operators_self_init() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/hardened/sealbroker.yaml"
+        ))
+        .unwrap();
+        let mut sb: SealBroker = serde_saphyr::from_str(&text).unwrap();
+        sb.spec.plugin_sha256 = "ab".repeat(32);
+        let fragment = parse(&openbao_cluster_fragment(&sb, PluginSource::Command).unwrap());
+        let init = &fragment["spec"]["selfInit"];
+        assert_eq!(init["enabled"], true);
+        let requests = init["requests"].as_array().unwrap();
+        let want = &sb.spec.openbao.self_init.as_ref().unwrap().requests;
+        assert_eq!(requests.len(), want.len());
+        for (got, want) in requests.iter().zip(want) {
+            assert_eq!(got["name"], want.name.as_str());
+            assert_eq!(got["operation"], want.operation.as_str());
+            assert_eq!(got["path"], want.path.as_str());
+            assert_eq!(got.get("data"), want.data.as_ref());
+        }
+        // Without selfInit (Development here), none is rendered.
+        let dev = parse(&openbao_cluster_fragment(&sealbroker(), PluginSource::Command).unwrap());
+        assert!(dev["spec"].get("selfInit").is_none());
     }
 
     /// What the seeds' operator requires of the two objects, checked field

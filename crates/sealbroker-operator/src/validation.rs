@@ -126,6 +126,26 @@ fn hardened_rules(spec: &SealBrokerSpec, problems: &mut Vec<Problem>) {
             ));
         }
     }
+    match &spec.openbao.self_init {
+        None => problems.push(problem(
+            "spec.openbao.selfInit",
+            "the Hardened profile requires OpenBao to initialise itself, so no root token is ever returned \
+             or stored: list the requests that set up how admins log in (at least one sys/auth/... request)",
+        )),
+        Some(init)
+            if !init
+                .requests
+                .iter()
+                .any(|r| r.path.trim_start_matches('/').starts_with("sys/auth/")) =>
+        {
+            problems.push(problem(
+                "spec.openbao.selfInit.requests",
+                "enable an auth method (a request on sys/auth/<path>): OpenBao revokes the root token after \
+                 self-initialisation, and without an auth method nobody could log in again",
+            ))
+        }
+        Some(_) => {}
+    }
     if spec.openbao.tls_secret.as_deref().is_none_or(str::is_empty) {
         problems.push(problem(
             "spec.openbao.tlsSecret",
@@ -146,7 +166,88 @@ fn hardened_rules(spec: &SealBrokerSpec, problems: &mut Vec<Problem>) {
     }
 }
 
+/// The self-init requests' shape: names unique and HCL-safe, a known
+/// operation, a path, and data that is an object of strings, numbers,
+/// booleans, lists and objects (no nulls).
+fn self_init_rules(spec: &SealBrokerSpec, problems: &mut Vec<Problem>) {
+    let Some(init) = &spec.openbao.self_init else {
+        return;
+    };
+    if init.requests.is_empty() {
+        problems.push(problem(
+            "spec.openbao.selfInit.requests",
+            "is empty; list at least one request, or leave selfInit out",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, r) in init.requests.iter().enumerate() {
+        let at = format!("spec.openbao.selfInit.requests[{i}]");
+        let name_ok = r
+            .name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && r.name.len() <= 64
+            && r.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !name_ok {
+            problems.push(problem(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is not a request name (a letter or _, then letters, digits, _ or -)",
+                    r.name
+                ),
+            ));
+        } else if !seen.insert(r.name.as_str()) {
+            problems.push(problem(
+                format!("{at}.name"),
+                format!("{:?} is used twice", r.name),
+            ));
+        }
+        if !["create", "read", "update", "delete", "list", "patch"].contains(&r.operation.as_str()) {
+            problems.push(problem(
+                format!("{at}.operation"),
+                format!(
+                    "{:?}: use create, read, update, delete, list or patch",
+                    r.operation
+                ),
+            ));
+        }
+        if r.path.trim_matches('/').is_empty() || r.path.contains(char::is_whitespace) {
+            problems.push(problem(
+                format!("{at}.path"),
+                format!("{:?} is not an API path", r.path),
+            ));
+        }
+        if let Some(data) = &r.data {
+            if !data.is_object() {
+                problems.push(problem(format!("{at}.data"), "must be an object"));
+            } else if let Some(where_) = null_in(data, "data") {
+                problems.push(problem(
+                    format!("{at}.{where_}"),
+                    "is null; HCL has no null, so leave the field out",
+                ));
+            }
+        }
+    }
+}
+
+/// The path of the first null in `value`, if any.
+fn null_in(value: &serde_json::Value, path: &str) -> Option<String> {
+    match value {
+        serde_json::Value::Null => Some(path.to_owned()),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| null_in(v, &format!("{path}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| null_in(v, &format!("{path}.{k}"))),
+        _ => None,
+    }
+}
+
 fn structure_rules(spec: &SealBrokerSpec, problems: &mut Vec<Problem>) {
+    self_init_rules(spec, problems);
     if spec.image.trim().is_empty() {
         problems.push(problem("spec.image", "is empty"));
     }

@@ -627,3 +627,47 @@ fn the_sidecar_alone_gets_its_pods_api_token_and_name_to_report_on_it() {
         assert!(!mounts_token(c), "{} must not get the sidecar's token", c.name);
     }
 }
+
+#[test]
+fn hardened_requires_self_init_with_an_auth_method_and_checks_each_request() {
+    let mut sb = input("hardened");
+    assert!(validation::validate(&sb).is_empty());
+    let init = sb.spec.openbao.self_init.take().unwrap();
+    let problems = validation::describe(&validation::validate(&sb));
+    assert!(
+        problems
+            .contains("spec.openbao.selfInit: the Hardened profile requires OpenBao to initialise itself"),
+        "{problems}"
+    );
+    // Requests that set up no auth method would lock everyone out.
+    let mut no_auth = init.clone();
+    no_auth.requests.retain(|r| !r.path.starts_with("sys/auth/"));
+    sb.spec.openbao.self_init = Some(no_auth);
+    let problems = validation::describe(&validation::validate(&sb));
+    assert!(
+        problems.contains("spec.openbao.selfInit.requests: enable an auth method"),
+        "{problems}"
+    );
+    // Each request's shape, named by its index.
+    let mut bad = init.clone();
+    bad.requests[0].name = "1st".into();
+    bad.requests[1].operation = "post".into();
+    bad.requests[2].path = "auth/ kubernetes".into();
+    bad.requests[3].data = Some(serde_json::json!({"token_ttl": null}));
+    bad.requests.push(bad.requests[1].clone());
+    sb.spec.openbao.self_init = Some(bad);
+    let problems = validation::describe(&validation::validate(&sb));
+    for expected in [
+        "spec.openbao.selfInit.requests[0].name: \"1st\" is not a request name",
+        "spec.openbao.selfInit.requests[1].operation: \"post\"",
+        "spec.openbao.selfInit.requests[2].path",
+        "spec.openbao.selfInit.requests[3].data.token_ttl: is null",
+        "spec.openbao.selfInit.requests[4].name: \"enable-kubernetes-auth\" is used twice",
+    ] {
+        assert!(problems.contains(expected), "{expected}\n{problems}");
+    }
+    // Development may leave it out.
+    let dev = input("development");
+    assert!(dev.spec.openbao.self_init.is_none());
+    assert!(validation::validate(&dev).is_empty());
+}

@@ -12,3 +12,39 @@ seal "sealbroker" {
   key_name = "openbao-unseal"
   aad      = "cluster-prod-1"
 }
+
+# spec.openbao.selfInit: OpenBao runs these once, on its first start, then revokes the
+# root token it used; none is ever returned or stored.
+initialize "sealbroker" {
+  request "admin-policy" {
+    operation = "update"
+    path      = "sys/policies/acl/admin"
+    data      = {
+      "policy" = "path \"*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\", \"sudo\"] }"
+    }
+  }
+  request "enable-kubernetes-auth" {
+    operation = "update"
+    path      = "sys/auth/kubernetes"
+    data      = {
+      "type" = "kubernetes"
+    }
+  }
+  request "kubernetes-auth-config" {
+    operation = "update"
+    path      = "auth/kubernetes/config"
+    data      = {
+      "kubernetes_host" = "https://kubernetes.default.svc"
+    }
+  }
+  request "platform-admins" {
+    operation = "update"
+    path      = "auth/kubernetes/role/platform-admin"
+    data      = {
+      "bound_service_account_names" = ["platform-admin"]
+      "bound_service_account_namespaces" = ["platform"]
+      "token_policies" = ["admin"]
+      "token_ttl" = "15m"
+    }
+  }
+}
