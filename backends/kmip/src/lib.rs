@@ -192,6 +192,51 @@ impl KeySelector {
     }
 }
 
+impl KeySelector {
+    /// The Unique Identifier this selects: the id, or the one object Locate
+    /// finds by the name. `which` follows the name in errors (" (the
+    /// private key)"); `remedy` says how to select by id instead.
+    async fn unique_id(&self, pool: &KmipPool, which: &str, remedy: &str) -> Result<String, BackendError> {
+        let name = match self {
+            KeySelector::Id(id) => return Ok(id.clone()),
+            KeySelector::Name(name) => name,
+        };
+        match pool.locate(name).await?.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(BackendError::new(
+                BackendErrorKind::KeyNotFound,
+                format!(
+                    "KMIP server {} has no object named {name:?}{which}",
+                    pool.endpoint()
+                ),
+            )),
+            many => Err(BackendError::new(
+                BackendErrorKind::InvalidInput,
+                format!(
+                    "{} objects on KMIP server {} are named {name:?}{which} (ids {}); {remedy}",
+                    many.len(),
+                    pool.endpoint(),
+                    many.join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// The name of version `version` of what this selects: `<name>-v<N>`
+    /// (the name without any `-v<N>` it already ends in), or
+    /// `sealbroker-<id>-v<N>` for a key selected by id.
+    fn version_name(&self, version: u32) -> String {
+        let base = match self {
+            KeySelector::Name(name) => match name.rsplit_once("-v") {
+                Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base.to_owned(),
+                _ => name.clone(),
+            },
+            KeySelector::Id(id) => format!("sealbroker-{id}"),
+        };
+        format!("{base}-v{version}")
+    }
+}
+
 impl std::fmt::Display for KeySelector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -291,14 +336,7 @@ impl KmipKey {
 
     /// The name of this key's version `version`: see `derive_version`.
     fn version_name(&self, version: u32) -> String {
-        let base = match &self.selector {
-            KeySelector::Name(name) => match name.rsplit_once("-v") {
-                Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base.to_owned(),
-                _ => name.clone(),
-            },
-            KeySelector::Id(id) => format!("sealbroker-{id}"),
-        };
-        format!("{base}-v{version}")
+        self.selector.version_name(version)
     }
 
     fn describe(&self, unique_id: Option<&str>) -> String {
@@ -323,35 +361,7 @@ impl KmipKey {
         if let Some(unique_id) = self.cached() {
             return Ok(unique_id);
         }
-        let unique_id = match &self.selector {
-            KeySelector::Id(id) => id.clone(),
-            KeySelector::Name(name) => {
-                let found = self.pool.locate(name).await?;
-                match found.as_slice() {
-                    [one] => one.clone(),
-                    [] => {
-                        return Err(BackendError::new(
-                            BackendErrorKind::KeyNotFound,
-                            format!(
-                                "KMIP server {} has no object named {name:?}",
-                                self.pool.endpoint()
-                            ),
-                        ));
-                    }
-                    many => {
-                        return Err(BackendError::new(
-                            BackendErrorKind::InvalidInput,
-                            format!(
-                                "{} objects on KMIP server {} are named {name:?} (ids {}); set kms_key_id",
-                                many.len(),
-                                self.pool.endpoint(),
-                                many.join(", ")
-                            ),
-                        ));
-                    }
-                }
-            }
-        };
+        let unique_id = self.selector.unique_id(&self.pool, "", "set kms_key_id").await?;
         let attributes = self.pool.get_attributes(&unique_id).await.map_err(|e| {
             e.into_backend(
                 Operation::GetAttributes,

@@ -188,28 +188,13 @@ impl KmipKeyPair {
         half: &str,
     ) -> Result<String, BackendError> {
         let endpoint = self.pool.endpoint();
-        let unique_id = match selector {
-            KeySelector::Id(id) => id.clone(),
-            KeySelector::Name(name) => match self.pool.locate(name).await?.as_slice() {
-                [one] => one.clone(),
-                [] => {
-                    return Err(BackendError::new(
-                        BackendErrorKind::KeyNotFound,
-                        format!("KMIP server {endpoint} has no object named {name:?} (the {half} key)"),
-                    ));
-                }
-                many => {
-                    return Err(BackendError::new(
-                        BackendErrorKind::InvalidInput,
-                        format!(
-                            "{} objects on KMIP server {endpoint} are named {name:?} (ids {}); select the {half} key by id",
-                            many.len(),
-                            many.join(", ")
-                        ),
-                    ));
-                }
-            },
-        };
+        let unique_id = selector
+            .unique_id(
+                &self.pool,
+                &format!(" (the {half} key)"),
+                &format!("select the {half} key by id"),
+            )
+            .await?;
         let what = format!("{half} key {selector} (id {unique_id:?})");
         let attributes = self
             .pool
@@ -291,7 +276,7 @@ impl Backend for KmipKeyPair {
     /// The pair named `<name>-v<version>` (and `<name>-v<version>/public`),
     /// as for AES keys.
     fn derive_version(&self, version: u32) -> Option<NewVersion> {
-        let name = version_name(&self.private, version);
+        let name = self.private.version_name(version);
         let config = KeyConfig {
             kms_key_id: None,
             key_name: Some(name.clone()),
@@ -321,7 +306,7 @@ impl Backend for KmipKeyPair {
     /// it, or the one already there (another replica, or a retried job,
     /// made it).
     async fn create_version(&self, version: u32) -> Result<NewVersion, BackendError> {
-        let name = version_name(&self.private, version);
+        let name = self.private.version_name(version);
         create_pair_on(&self.pool, &name, self.algorithm, true).await?;
         self.derive_version(version)
             .ok_or_else(|| BackendError::internal(format!("cannot select the KMIP key pair {name:?}")))
@@ -422,18 +407,6 @@ impl Backend for KmipKeyPair {
         }
         Ok(())
     }
-}
-
-/// `<base>-v<version>` as AES keys name their versions.
-fn version_name(private: &KeySelector, version: u32) -> String {
-    let base = match private {
-        KeySelector::Name(name) => match name.rsplit_once("-v") {
-            Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base.to_owned(),
-            _ => name.clone(),
-        },
-        KeySelector::Id(id) => format!("sealbroker-{id}"),
-    };
-    format!("{base}-v{version}")
 }
 
 /// Creates an RSA key pair named `name` (and `name/public`) and activates
@@ -543,9 +516,9 @@ mod tests {
     #[test]
     fn versions_are_named_like_aes_keys() {
         let name = |s: &str| KeySelector::Name(s.into());
-        assert_eq!(version_name(&name("ca"), 2), "ca-v2");
-        assert_eq!(version_name(&name("ca-v2"), 3), "ca-v3");
-        assert_eq!(version_name(&KeySelector::Id("7".into()), 2), "sealbroker-7-v2");
+        assert_eq!(name("ca").version_name(2), "ca-v2");
+        assert_eq!(name("ca-v2").version_name(3), "ca-v3");
+        assert_eq!(KeySelector::Id("7".into()).version_name(2), "sealbroker-7-v2");
         assert_eq!(public_name("ca-v2"), "ca-v2/public");
     }
 }

@@ -1052,15 +1052,22 @@ fn at(text: &str) -> k8s_openapi::jiff::Timestamp {
     text.parse().unwrap()
 }
 
-/// No Lease yet: the replica creates it, naming itself.
-#[tokio::test]
-async fn an_absent_lease_is_created_with_this_replica_as_holder() {
-    let (client, mut handle) = client();
+/// One `try_acquire` round of replica `controller-a` at 03:04:05, against
+/// the mock API the test then plays.
+fn acquire_round() -> (tokio::task::JoinHandle<Result<bool, kube::Error>>, Handle) {
+    let (client, handle) = client();
     let api = kube::Api::namespaced(client, "sealbroker-system");
     let round = tokio::spawn(async move {
         sealbroker_operator::leader::try_acquire(&api, &election("controller-a"), at("2026-01-02T03:04:05Z"))
             .await
     });
+    (round, handle)
+}
+
+/// No Lease yet: the replica creates it, naming itself.
+#[tokio::test]
+async fn an_absent_lease_is_created_with_this_replica_as_holder() {
+    let (round, mut handle) = acquire_round();
     let (method, uri, _, send) = next(&mut handle).await;
     assert_eq!(
         (method, uri.as_str()),
@@ -1080,12 +1087,7 @@ async fn an_absent_lease_is_created_with_this_replica_as_holder() {
 /// Another replica's fresh Lease is left alone: nothing is written.
 #[tokio::test]
 async fn a_fresh_lease_of_another_replica_is_not_written() {
-    let (client, mut handle) = client();
-    let api = kube::Api::namespaced(client, "sealbroker-system");
-    let round = tokio::spawn(async move {
-        sealbroker_operator::leader::try_acquire(&api, &election("controller-a"), at("2026-01-02T03:04:05Z"))
-            .await
-    });
+    let (round, mut handle) = acquire_round();
     let (method, _, _, send) = next(&mut handle).await;
     assert_eq!(method, Method::GET);
     ok(
@@ -1101,12 +1103,7 @@ async fn a_fresh_lease_of_another_replica_is_not_written() {
 /// replica took it first (409), this one is not the leader.
 #[tokio::test]
 async fn an_expired_lease_is_taken_with_the_version_read_and_a_lost_race_is_not_leading() {
-    let (client, mut handle) = client();
-    let api = kube::Api::namespaced(client, "sealbroker-system");
-    let round = tokio::spawn(async move {
-        sealbroker_operator::leader::try_acquire(&api, &election("controller-a"), at("2026-01-02T03:04:05Z"))
-            .await
-    });
+    let (round, mut handle) = acquire_round();
     let (_, _, _, send) = next(&mut handle).await;
     ok(
         send,
