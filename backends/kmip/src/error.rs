@@ -46,6 +46,22 @@ impl CallError {
         }
     }
 
+    /// Whether the failure hints that the key itself changed (gone,
+    /// destroyed, refused, in another state), so a cached lookup of it
+    /// should be dropped and done again.
+    pub fn says_key_changed(&self) -> bool {
+        matches!(
+            self.reason(),
+            Some(
+                ResultReason::ITEM_NOT_FOUND
+                    | ResultReason::OBJECT_NOT_FOUND
+                    | ResultReason::OBJECT_DESTROYED
+                    | ResultReason::PERMISSION_DENIED
+                    | ResultReason::WRONG_KEY_LIFECYCLE_STATE
+            )
+        )
+    }
+
     /// Names what failed. `subject` describes the key ("key id \"7\"").
     pub fn into_backend(self, operation: Operation, subject: &str, endpoint: &str) -> BackendError {
         match self {

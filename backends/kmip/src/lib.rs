@@ -43,9 +43,7 @@ use sealbroker_core::{
 use serde::Deserialize;
 
 use crate::error::CallError;
-use crate::protocol::{
-    CBC_IV_LEN, Cipher, GCM_IV_LEN, GCM_TAG_LEN, KeyAttributes, KeyState, Operation, ResultReason,
-};
+use crate::protocol::{CBC_IV_LEN, Cipher, GCM_IV_LEN, GCM_TAG_LEN, KeyAttributes, KeyState, Operation};
 
 pub use crate::pair::KmipKeyPair;
 pub use crate::pool::KmipPool;
@@ -395,16 +393,7 @@ impl KmipKey {
         unique_id: &str,
         purpose: Purpose,
     ) -> BackendError {
-        let key_changed = matches!(
-            error.reason(),
-            Some(
-                ResultReason::ITEM_NOT_FOUND
-                    | ResultReason::OBJECT_NOT_FOUND
-                    | ResultReason::OBJECT_DESTROYED
-                    | ResultReason::PERMISSION_DENIED
-                    | ResultReason::WRONG_KEY_LIFECYCLE_STATE
-            )
-        );
+        let key_changed = error.says_key_changed();
         let error = error.into_backend(operation, &self.describe(Some(unique_id)), self.pool.endpoint());
         if key_changed {
             self.set_cached(None);
@@ -707,18 +696,25 @@ async fn create_key_on(pool: &KmipPool, name: &str) -> Result<String, BackendErr
         .create_aes256(name)
         .await
         .map_err(|e| e.into_backend(Operation::Create, &subject, &endpoint))?;
-    let subject = format!("key {unique_id:?}");
-    let attributes = pool
-        .get_attributes(&unique_id)
-        .await
-        .map_err(|e| e.into_backend(Operation::GetAttributes, &subject, &endpoint))?;
-    if attributes.state == Some(KeyState::PreActive) {
-        pool.activate(&unique_id)
-            .await
-            .map_err(|e| e.into_backend(Operation::Activate, &subject, &endpoint))?;
-    }
+    activate_if_pre_active(pool, &unique_id).await?;
     tracing::info!(%endpoint, name, %unique_id, "created an AES-256 key on the KMIP server");
     Ok(unique_id)
+}
+
+/// Activates an object just created, when the server made it Pre-Active.
+async fn activate_if_pre_active(pool: &KmipPool, unique_id: &str) -> Result<(), BackendError> {
+    let endpoint = pool.endpoint();
+    let subject = format!("key {unique_id:?}");
+    let attributes = pool
+        .get_attributes(unique_id)
+        .await
+        .map_err(|e| e.into_backend(Operation::GetAttributes, &subject, endpoint))?;
+    if attributes.state == Some(KeyState::PreActive) {
+        pool.activate(unique_id)
+            .await
+            .map_err(|e| e.into_backend(Operation::Activate, &subject, endpoint))?;
+    }
+    Ok(())
 }
 
 /// Entry points for the fuzz target (`fuzz/`); not a stable API.

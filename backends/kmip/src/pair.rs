@@ -163,15 +163,7 @@ impl KmipKeyPair {
 
     fn fail(&self, operation: Operation) -> impl FnOnce(CallError) -> BackendError + '_ {
         move |e| {
-            if matches!(
-                e.reason(),
-                Some(
-                    crate::protocol::ResultReason::ITEM_NOT_FOUND
-                        | crate::protocol::ResultReason::OBJECT_NOT_FOUND
-                        | crate::protocol::ResultReason::WRONG_KEY_LIFECYCLE_STATE
-                        | crate::protocol::ResultReason::PERMISSION_DENIED
-                )
-            ) {
+            if e.says_key_changed() {
                 // Look the pair up again next time: it may have been replaced.
                 *self.ids.lock().unwrap_or_else(|p| p.into_inner()) = None;
             }
@@ -278,9 +270,7 @@ impl Backend for KmipKeyPair {
     fn derive_version(&self, version: u32) -> Option<NewVersion> {
         let name = self.private.version_name(version);
         let config = KeyConfig {
-            kms_key_id: None,
             key_name: Some(name.clone()),
-            encrypt_alg: Default::default(),
             algorithm: Some(self.algorithm.as_str().to_owned()),
             ..Default::default()
         };
@@ -453,16 +443,7 @@ pub(crate) async fn create_pair_on(
         .await
         .map_err(|e| e.into_backend(Operation::CreateKeyPair, &subject, &endpoint))?;
     for unique_id in [&private_id, &public_id] {
-        let subject = format!("key {unique_id:?}");
-        let attributes = pool
-            .get_attributes(unique_id)
-            .await
-            .map_err(|e| e.into_backend(Operation::GetAttributes, &subject, &endpoint))?;
-        if attributes.state == Some(KeyState::PreActive) {
-            pool.activate(unique_id)
-                .await
-                .map_err(|e| e.into_backend(Operation::Activate, &subject, &endpoint))?;
-        }
+        crate::activate_if_pre_active(pool, unique_id).await?;
     }
     tracing::info!(%endpoint, name, %private_id, %public_id, %algorithm, "created an RSA key pair on the KMIP server");
     Ok((private_id, public_id))
