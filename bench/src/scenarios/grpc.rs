@@ -13,6 +13,11 @@
 //! callers that do nothing: the floor. It is what the machine charges for
 //! waking an idle caller thread, which on a shared VM can dwarf the RPC.
 //!
+//! Every row also runs the same callers against the no-op floor server (a
+//! bare tonic server with the same service, crate::floor) in alternate
+//! rounds: the closed loop compares RPC/s (target: the broker keeps 0.8× of
+//! it at 1 caller), the open loop p50 (target: at most 1.2× the floor's).
+//!
 //! Every row also reads the broker's own latency histogram
 //! (`sealbroker_operation_duration_seconds`, from request decoded to answer
 //! ready) before and after, so the time spent inside the broker is told
@@ -22,11 +27,15 @@ use serde::Serialize;
 
 use super::{Ctx, GrpcOp, loadavg};
 use crate::load::{AsyncCaller, Limit, Samples, Summary, run_async, run_paced};
-use crate::peers::Error;
+use crate::peers::{Error, FloorServer};
 
 /// Goals for one RPC.
 pub const TARGET_P50_US: f64 = 100.0;
 pub const TARGET_P99_US: f64 = 1000.0;
+/// Goals against the no-op tonic server: closed loop at 1 caller, RPC/s at
+/// least this share; open loop, p50 at most this multiple.
+pub const TARGET_NOOP_RPS_SHARE: f64 = 0.8;
+pub const TARGET_NOOP_P50_MULTIPLE: f64 = 1.2;
 
 /// How the load was offered.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -50,6 +59,13 @@ pub struct GrpcRow {
     /// Open loop: the same pacer and callers that do nothing, in alternate rounds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub floor: Option<Summary>,
+    /// The same callers against the no-op tonic server, in alternate rounds.
+    pub noop: Summary,
+    /// Closed loop: broker RPC/s over the no-op server's; open loop: broker
+    /// p50 over the no-op server's.
+    pub vs_noop: f64,
+    /// Whether `vs_noop` meets its target (judged rows only).
+    pub vs_noop_met: bool,
     pub target_p50_us: f64,
     pub target_p99_us: f64,
     /// The broker's own view of the same calls.
@@ -63,15 +79,32 @@ pub struct GrpcRow {
 }
 
 impl GrpcRow {
-    fn new(load: Load, in_flight: usize, offered_rps: Option<f64>, total: Samples, before: f64) -> Self {
-        let rpc = total.summary();
+    fn new(
+        load: Load,
+        in_flight: usize,
+        offered_rps: Option<f64>,
+        (total, noop): (Samples, Samples),
+        before: f64,
+    ) -> Self {
+        let (rpc, noop) = (total.summary(), noop.summary());
+        let vs_noop = match load {
+            Load::Closed if noop.ops_per_sec > 0.0 => rpc.ops_per_sec / noop.ops_per_sec,
+            Load::Open if noop.p50_us > 0.0 => rpc.p50_us / noop.p50_us,
+            _ => 0.0,
+        };
+        let vs_noop_met = match load {
+            Load::Closed => vs_noop >= TARGET_NOOP_RPS_SHARE,
+            Load::Open => vs_noop > 0.0 && vs_noop <= TARGET_NOOP_P50_MULTIPLE,
+        };
         let judged = load == Load::Open || in_flight == 1;
         eprintln!(
-            "grpc     {:<6} n={in_flight:<3} {:>9.0} RPC/s  p50 {:>7.1} us  p99 {:>7.1} us{}",
+            "grpc     {:<6} n={in_flight:<3} {:>9.0} RPC/s  p50 {:>7.1} us  p99 {:>7.1} us  no-op {:>9.0} RPC/s  p50 {:>7.1} us{}",
             format!("{load:?}").to_lowercase(),
             rpc.ops_per_sec,
             rpc.p50_us,
             rpc.p99_us,
+            noop.ops_per_sec,
+            noop.p50_us,
             if rpc.late > 0 {
                 format!("  ({} late)", rpc.late)
             } else {
@@ -87,6 +120,9 @@ impl GrpcRow {
             judged,
             met: rpc.p50_us < TARGET_P50_US && rpc.p99_us < TARGET_P99_US,
             rpc,
+            noop,
+            vs_noop,
+            vs_noop_met,
             target_p50_us: TARGET_P50_US,
             target_p99_us: TARGET_P99_US,
             loadavg_before: before,
@@ -202,54 +238,78 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<GrpcRow>, Error> {
     )?;
     let http = crate::scenarios::transit::http_client()?;
     let broker = ctx.start_broker(&dir, &config, &[]).await?;
+    let floor = FloorServer::start(&dir.join("floor")).await?;
     let mut rows = Vec::new();
     for &in_flight in &ctx.grpc_concurrency {
-        let mut callers = ctx.grpc_callers(&broker, in_flight, GrpcOp::Alternate).await?;
+        let mut callers = ctx.grpc_callers(&broker.socket, in_flight, GrpcOp::Alternate).await?;
+        let mut noop = ctx.grpc_callers(&floor.socket, in_flight, GrpcOp::Alternate).await?;
         let before = loadavg();
         if !ctx.plan.warmup.is_zero() {
             callers = run_async(callers, Limit::Time(ctx.plan.warmup)).await.0;
+            noop = run_async(noop, Limit::Time(ctx.plan.warmup)).await.0;
         }
         let histogram_before = histogram(&http, metrics_port).await?;
-        let mut total = Samples::default();
-        for _ in 0..ctx.plan.rounds {
-            let (back, samples) = run_async(callers, ctx.plan.per_round).await;
-            callers = back;
-            total.merge(samples);
+        let (mut total, mut noop_total) = (Samples::default(), Samples::default());
+        for round in 0..ctx.plan.rounds {
+            // A B, B A, ...: neither side always runs first.
+            for broker_turn in [round % 2 == 0, round % 2 != 0] {
+                if broker_turn {
+                    let (back, samples) = run_async(callers, ctx.plan.per_round).await;
+                    callers = back;
+                    total.merge(samples);
+                } else {
+                    let (back, samples) = run_async(noop, ctx.plan.per_round).await;
+                    noop = back;
+                    noop_total.merge(samples);
+                }
+            }
         }
-        let mut row = GrpcRow::new(Load::Closed, in_flight, None, total, before);
+        let mut row = GrpcRow::new(Load::Closed, in_flight, None, (total, noop_total), before);
         row.in_broker = in_broker(&histogram_before, &histogram(&http, metrics_port).await?);
         rows.push(row);
     }
     if let Some(rate) = ctx.grpc_rate {
         for &in_flight in &ctx.grpc_concurrency {
-            let mut callers = ctx.grpc_callers(&broker, in_flight, GrpcOp::Alternate).await?;
+            let mut callers = ctx.grpc_callers(&broker.socket, in_flight, GrpcOp::Alternate).await?;
+            let mut noop = ctx.grpc_callers(&floor.socket, in_flight, GrpcOp::Alternate).await?;
             let mut idle: Vec<_> = (0..in_flight).map(|_| Nothing).collect();
             let before = loadavg();
             if !ctx.plan.warmup.is_zero() {
                 callers = run_paced(callers, Limit::Time(ctx.plan.warmup), rate).await.0;
+                noop = run_paced(noop, Limit::Time(ctx.plan.warmup), rate).await.0;
             }
             let histogram_before = histogram(&http, metrics_port).await?;
-            let (mut total, mut floor) = (Samples::default(), Samples::default());
-            for _ in 0..ctx.plan.rounds {
+            let (mut total, mut noop_total, mut floor_total) =
+                (Samples::default(), Samples::default(), Samples::default());
+            for round in 0..ctx.plan.rounds {
                 let (back, samples) = run_paced(idle, ctx.plan.per_round, rate).await;
                 idle = back;
-                floor.merge(samples);
-                let (back, samples) = run_paced(callers, ctx.plan.per_round, rate).await;
-                callers = back;
-                total.merge(samples);
+                floor_total.merge(samples);
+                for broker_turn in [round % 2 == 0, round % 2 != 0] {
+                    if broker_turn {
+                        let (back, samples) = run_paced(callers, ctx.plan.per_round, rate).await;
+                        callers = back;
+                        total.merge(samples);
+                    } else {
+                        let (back, samples) = run_paced(noop, ctx.plan.per_round, rate).await;
+                        noop = back;
+                        noop_total.merge(samples);
+                    }
+                }
             }
-            let floor = floor.summary();
+            let floor_summary = floor_total.summary();
             eprintln!(
                 "grpc     floor  n={in_flight:<3} {:>9.0} RPC/s  p50 {:>7.1} us  p99 {:>7.1} us",
-                floor.ops_per_sec, floor.p50_us, floor.p99_us
+                floor_summary.ops_per_sec, floor_summary.p50_us, floor_summary.p99_us
             );
-            let mut row = GrpcRow::new(Load::Open, in_flight, Some(rate), total, before);
-            row.floor = Some(floor);
+            let mut row = GrpcRow::new(Load::Open, in_flight, Some(rate), (total, noop_total), before);
+            row.floor = Some(floor_summary);
             row.in_broker = in_broker(&histogram_before, &histogram(&http, metrics_port).await?);
             rows.push(row);
         }
     }
     drop(broker);
+    drop(floor);
     Ok(rows)
 }
 

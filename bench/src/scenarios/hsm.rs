@@ -4,10 +4,18 @@
 //! one session per thread. The ratio is the share of the raw HSM throughput
 //! the broker keeps.
 //!
-//! Two mechanisms: AES-GCM, which SoftHSM does in microseconds (so the
-//! comparison is mostly the broker's IPC against a function call), and
+//! Two peers: the direct loop (the ceiling no out-of-process door reaches),
+//! and the same loop through p11-kit's remoting (`p11-kit server` plus
+//! `p11-kit-client.so` over a unix socket), the out-of-process PKCS#11 door
+//! a user would pick instead of the broker.
+//!
+//! Mechanisms: AES-GCM, which SoftHSM does in microseconds (so the
+//! comparison is mostly the broker's IPC against a function call),
 //! RSA-OAEP-3072, whose private-key decrypt takes a millisecond or two, as
-//! an HSM call typically does.
+//! an HSM call typically does, and signing (External Keys): one Sign of a
+//! SHA-256 digest with RSA-2048 PKCS#1 v1.5 or ECDSA P-256 (the broker's
+//! Sign with `prehashed`; `C_Sign` with CKM_RSA_PKCS over the DigestInfo,
+//! or CKM_ECDSA over the digest, which is what the broker sends the token).
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::aead::GcmParams;
@@ -17,12 +25,29 @@ use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 
-use super::{ComparisonRow, Ctx, GrpcOp, KEY, PAYLOAD, RSA_KEY, loadavg};
+use super::{ComparisonRow, Ctx, DIGEST, GrpcOp, KEY, PAYLOAD, RSA_KEY, SIGN_EC_KEY, SIGN_RSA_KEY, loadavg};
 use crate::load::{AsyncSide, BlockingCaller, BlockingSide, compare};
-use crate::peers::{Error, SoftHsmToken};
+use crate::peers::{Error, P11KitServer, SoftHsmToken};
 
 /// Goal: the broker keeps at least this share of the direct loop's ops/s.
 pub const TARGET_RATIO: f64 = 0.9;
+/// Goal: the broker is at least as fast as p11-kit's remoting.
+pub const TARGET_RATIO_P11KIT: f64 = 1.0;
+
+/// The SHA-256 DigestInfo prefix (RFC 8017, 9.2): what CKM_RSA_PKCS signs
+/// in front of the digest.
+const SHA256_DIGEST_INFO: [u8; 19] = [
+    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20,
+];
+
+/// What the broker is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HsmPeer {
+    /// The token's module loaded into the bench process.
+    Direct,
+    /// `p11-kit server` and `p11-kit-client.so`: PKCS#11 over a unix socket.
+    P11Kit,
+}
 
 /// The AAD of the direct loop; about as long as the broker's (key name and version).
 const DIRECT_AAD: &[u8] = b"sealbroker-bench/bench/v1";
@@ -34,13 +59,19 @@ pub enum HsmMechanism {
     AesGcm,
     /// RSA-OAEP (SHA-1, all SoftHSM 2.6 supports) on a 3072-bit pair.
     RsaOaep,
+    /// One RSA-2048 PKCS#1 v1.5 signature of a SHA-256 digest.
+    SignRsa2048,
+    /// One ECDSA P-256 signature of a SHA-256 digest.
+    SignP256,
 }
 
 impl HsmMechanism {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             HsmMechanism::AesGcm => "AES-GCM",
             HsmMechanism::RsaOaep => "RSA-OAEP-3072",
+            HsmMechanism::SignRsa2048 => "Sign RSA-2048",
+            HsmMechanism::SignP256 => "Sign P-256",
         }
     }
 
@@ -48,6 +79,16 @@ impl HsmMechanism {
         match self {
             HsmMechanism::AesGcm => KEY,
             HsmMechanism::RsaOaep => RSA_KEY,
+            HsmMechanism::SignRsa2048 => SIGN_RSA_KEY,
+            HsmMechanism::SignP256 => SIGN_EC_KEY,
+        }
+    }
+
+    fn grpc_op(self) -> GrpcOp {
+        match self {
+            HsmMechanism::AesGcm | HsmMechanism::RsaOaep => GrpcOp::WrapThenUnwrap,
+            HsmMechanism::SignRsa2048 => GrpcOp::Sign("rsa-pkcs1-sha256"),
+            HsmMechanism::SignP256 => GrpcOp::Sign("ecdsa-sha256"),
         }
     }
 }
@@ -60,12 +101,15 @@ struct DirectToken {
     key: ObjectHandle,
     rsa_public: ObjectHandle,
     rsa_private: ObjectHandle,
+    sign_rsa: ObjectHandle,
+    sign_ec: ObjectHandle,
     _anchor: Session,
 }
 
 impl DirectToken {
-    fn open(token: &SoftHsmToken) -> Result<DirectToken, Error> {
-        let ctx = Pkcs11::new(&token.module)?;
+    /// Opens `token` through `module`: SoftHSM itself, or p11-kit's client.
+    fn open(token: &SoftHsmToken, module: &std::path::Path) -> Result<DirectToken, Error> {
+        let ctx = Pkcs11::new(module)?;
         ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
         let slot = ctx
             .get_slots_with_token()?
@@ -74,7 +118,7 @@ impl DirectToken {
                 ctx.get_token_info(*slot)
                     .is_ok_and(|info| info.label().trim_end() == token.label)
             })
-            .ok_or_else(|| format!("no SoftHSM token labelled {:?} in this process", token.label))?;
+            .ok_or_else(|| format!("no token labelled {:?} through {}", token.label, module.display()))?;
         let anchor = ctx.open_ro_session(slot)?;
         anchor.login(UserType::User, Some(&AuthPin::from(token.pin.as_str())))?;
         let find = |class: ObjectClass, label: &str| -> Result<ObjectHandle, Error> {
@@ -90,12 +134,16 @@ impl DirectToken {
         let key = find(ObjectClass::SECRET_KEY, &token.key_label)?;
         let rsa_public = find(ObjectClass::PUBLIC_KEY, &token.rsa_label)?;
         let rsa_private = find(ObjectClass::PRIVATE_KEY, &token.rsa_label)?;
+        let sign_rsa = find(ObjectClass::PRIVATE_KEY, &token.sign_rsa_label)?;
+        let sign_ec = find(ObjectClass::PRIVATE_KEY, &token.sign_ec_label)?;
         Ok(DirectToken {
             ctx,
             slot,
             key,
             rsa_public,
             rsa_private,
+            sign_rsa,
+            sign_ec,
             _anchor: anchor,
         })
     }
@@ -109,6 +157,8 @@ impl DirectToken {
                     key: self.key,
                     rsa_public: self.rsa_public,
                     rsa_private: self.rsa_private,
+                    sign_rsa: self.sign_rsa,
+                    sign_ec: self.sign_ec,
                     thread: i as u32,
                     counter: 0,
                 })
@@ -124,6 +174,8 @@ struct DirectCaller {
     key: ObjectHandle,
     rsa_public: ObjectHandle,
     rsa_private: ObjectHandle,
+    sign_rsa: ObjectHandle,
+    sign_ec: ObjectHandle,
     thread: u32,
     counter: u64,
 }
@@ -165,8 +217,25 @@ impl DirectCaller {
 
 impl BlockingCaller for DirectCaller {
     fn call(&mut self) -> Result<(), String> {
-        if self.mechanism == HsmMechanism::RsaOaep {
-            return self.rsa_round_trip();
+        match self.mechanism {
+            HsmMechanism::AesGcm => {}
+            HsmMechanism::RsaOaep => return self.rsa_round_trip(),
+            HsmMechanism::SignRsa2048 => {
+                let mut info = SHA256_DIGEST_INFO.to_vec();
+                info.extend_from_slice(&DIGEST);
+                let signature = self
+                    .session
+                    .sign(&Mechanism::RsaPkcs, self.sign_rsa, &info)
+                    .map_err(|e| format!("C_Sign(RSA_PKCS): {e}"))?;
+                return check_signature_len(&signature, 256);
+            }
+            HsmMechanism::SignP256 => {
+                let signature = self
+                    .session
+                    .sign(&Mechanism::Ecdsa, self.sign_ec, &DIGEST)
+                    .map_err(|e| format!("C_Sign(ECDSA): {e}"))?;
+                return check_signature_len(&signature, 64);
+            }
         }
         let iv = self.next_iv();
         let mut enc_iv = iv;
@@ -188,7 +257,16 @@ impl BlockingCaller for DirectCaller {
     }
 }
 
-pub async fn run(ctx: &Ctx) -> Result<Vec<ComparisonRow>, Error> {
+/// A raw signature is exactly as long as the key says (RSA modulus; ECDSA r||s).
+fn check_signature_len(signature: &[u8], len: usize) -> Result<(), String> {
+    if signature.len() != len {
+        return Err(format!("C_Sign returned {} bytes, not {len}", signature.len()));
+    }
+    Ok(())
+}
+
+/// The rows, and the comparisons a peer cannot make (with why).
+pub async fn run(ctx: &Ctx) -> Result<(Vec<ComparisonRow>, Vec<String>), Error> {
     let token = SoftHsmToken::create_or_reuse(&ctx.make_token_script, &ctx.softhsm_module, &ctx.hsm_dir)?;
     // Open the token here first, then start the broker: SoftHSM2 reads its
     // file store at C_Initialize and C_Login, and a concurrent first access
@@ -198,7 +276,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<ComparisonRow>, Error> {
         attempt += 1;
         let opened = tokio::task::spawn_blocking({
             let token = token.clone();
-            move || DirectToken::open(&token).map_err(|e| e.to_string())
+            move || DirectToken::open(&token, &token.module).map_err(|e| e.to_string())
         })
         .await?;
         match opened {
@@ -210,9 +288,50 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<ComparisonRow>, Error> {
             Err(e) => return Err(e.into()),
         }
     };
+    // p11-kit's server in its own process, and this process's view of the
+    // token through its client module.
+    let p11kit = if ctx.hsm_peers.contains(&HsmPeer::P11Kit) {
+        let server = P11KitServer::start(
+            &ctx.p11kit_bin,
+            &token,
+            &ctx.p11kit_socket,
+            &ctx.dir.join("p11-kit-server.log"),
+        )
+        .await?;
+        let client = tokio::task::spawn_blocking({
+            let token = token.clone();
+            let module = ctx.p11kit_client.clone();
+            move || DirectToken::open(&token, &module).map_err(|e| e.to_string())
+        })
+        .await??;
+        // The client first, so it finalizes while its server still answers.
+        Some((client, server))
+    } else {
+        None
+    };
+    // A mechanism the peer's door cannot carry is a note, not errors: p11-kit
+    // 0.24's RPC forwards no CK_GCM_PARAMS and answers CKR_MECHANISM_INVALID.
+    let mut notes = Vec::new();
+    let mut unsupported = Vec::new();
+    if let Some((client, _)) = &p11kit {
+        for &mechanism in &ctx.hsm_mechanisms {
+            let mut probe = client.callers(1, mechanism)?;
+            let outcome = tokio::task::spawn_blocking(move || probe[0].call()).await?;
+            if let Err(e) = outcome
+                && e.contains("invalid mechanism")
+            {
+                notes.push(format!(
+                    "p11-kit remoting cannot carry {} ({}): {e}",
+                    mechanism.name(),
+                    ctx.p11kit_client.display()
+                ));
+                unsupported.push(mechanism);
+            }
+        }
+    }
     let max_threads = ctx.hsm_threads.iter().copied().max().unwrap_or(1);
     let mut rows = Vec::new();
-    // One broker per `dispatch` setting, each compared with the same direct loop.
+    // One broker per `dispatch` setting, each compared with the same peers.
     for &dispatch in &ctx.hsm_dispatch {
         let dir = ctx.dir.join(format!("hsm-broker-{dispatch}"));
         // Enough pooled sessions that the pool never queues a caller the direct loop would not.
@@ -221,27 +340,41 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<ComparisonRow>, Error> {
             .start_broker(&dir, &config, &[("SOFTHSM2_CONF", &token.conf)])
             .await?;
         for &mechanism in &ctx.hsm_mechanisms {
-            let name = format!("sealbroker gRPC ({}, dispatch = {dispatch})", mechanism.name());
-            let direct_name = format!("direct cryptoki ({})", mechanism.name());
+            let name = format!("sealbroker gRPC ({}, {dispatch})", mechanism.name());
             for &threads in &ctx.hsm_threads {
-                let callers = ctx.grpc_callers(&broker, threads, GrpcOp::WrapThenUnwrap).await?;
-                let key = mechanism.broker_key();
-                let mut a = AsyncSide(callers.into_iter().map(|c| c.with_key(key)).collect());
-                let mut b = BlockingSide(direct.callers(threads, mechanism)?);
-                let before = loadavg();
-                let compared = compare(&mut a, &mut b, ctx.plan).await;
-                let row = ComparisonRow::new(threads, (&name, &direct_name), compared, TARGET_RATIO, before);
-                eprintln!(
-                    "hsm      {:<13} {dispatch:<6} t={threads:<3} sealbroker {:>8.0} ops/s  direct {:>8.0} ops/s  ratio {:.2}x",
-                    mechanism.name(),
-                    row.a.ops_per_sec,
-                    row.b.ops_per_sec,
-                    row.ratio
-                );
-                rows.push(row);
+                for &peer in &ctx.hsm_peers {
+                    let (peer_token, peer_name, target) = match (peer, &p11kit) {
+                        (HsmPeer::Direct, _) => (&direct, "direct cryptoki", TARGET_RATIO),
+                        (HsmPeer::P11Kit, Some((client, _))) if !unsupported.contains(&mechanism) => {
+                            (client, "p11-kit remoting", TARGET_RATIO_P11KIT)
+                        }
+                        (HsmPeer::P11Kit, _) => continue,
+                    };
+                    let peer_name = format!("{peer_name} ({})", mechanism.name());
+                    let callers = ctx.grpc_callers(&broker.socket, threads, mechanism.grpc_op()).await?;
+                    let key = mechanism.broker_key();
+                    let mut a = AsyncSide(callers.into_iter().map(|c| c.with_key(key)).collect());
+                    let mut b = BlockingSide(peer_token.callers(threads, mechanism)?);
+                    let before = loadavg();
+                    let compared = compare(&mut a, &mut b, ctx.plan).await;
+                    let row = ComparisonRow::new(threads, (&name, &peer_name), compared, target, before);
+                    eprintln!(
+                        "hsm      {:<13} {dispatch:<7} t={threads:<3} sealbroker {:>8.0} ops/s  {:<16} {:>8.0} ops/s  ratio {:.2}x",
+                        mechanism.name(),
+                        row.a.ops_per_sec,
+                        match peer {
+                            HsmPeer::Direct => "direct",
+                            HsmPeer::P11Kit => "p11-kit",
+                        },
+                        row.b.ops_per_sec,
+                        row.ratio
+                    );
+                    rows.push(row);
+                }
             }
         }
         drop(broker);
     }
-    Ok(rows)
+    drop(p11kit);
+    Ok((rows, notes))
 }

@@ -5,12 +5,13 @@ pub mod grpc;
 pub mod hsm;
 pub mod startup;
 pub mod transit;
+pub mod unseal;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sealbroker_proto::sealbroker::v1::seal_service_client::SealServiceClient;
-use sealbroker_proto::sealbroker::v1::{UnwrapRequest, WrapRequest};
+use sealbroker_proto::sealbroker::v1::{SignRequest, UnwrapRequest, WrapRequest};
 use serde::Serialize;
 use tonic::transport::Channel;
 
@@ -25,6 +26,13 @@ pub const AAD: &[u8] = b"sealbroker-bench";
 pub const KEY: &str = "bench";
 /// The RSA-OAEP key of the HSM config.
 pub const RSA_KEY: &str = "bench-rsa";
+/// The signing keys of the HSM config: RSA-2048 and ECDSA P-256.
+pub const SIGN_RSA_KEY: &str = "bench-sign-rsa";
+pub const SIGN_EC_KEY: &str = "bench-sign-ec";
+/// What the signing scenarios sign: a SHA-256 digest (of "sealbroker-bench").
+pub const DIGEST: [u8; 32] = [
+    0x70, 0xa2, 0x0d, 0x65, 0x7e, 0xfb, 0xd8, 0xe1, 0x25, 0x09, 0xb4, 0x90, 0xf7, 0xb7, 0x83, 0x5c, 0xec, 0x18, 0xdb, 0xc0, 0x00, 0xe3, 0x5e, 0x2d, 0x8a, 0x22, 0xf2, 0xf4, 0x84, 0x80, 0x17, 0x7e,
+];
 
 /// Settings shared by every scenario.
 pub struct Ctx {
@@ -47,7 +55,15 @@ pub struct Ctx {
     pub hsm_dispatch: Vec<&'static str>,
     /// The token mechanisms the HSM comparison runs.
     pub hsm_mechanisms: Vec<hsm::HsmMechanism>,
+    /// What the broker is compared with in the HSM comparison.
+    pub hsm_peers: Vec<hsm::HsmPeer>,
+    /// `p11-kit`, its client module, and the socket its server listens on.
+    pub p11kit_bin: PathBuf,
+    pub p11kit_client: PathBuf,
+    pub p11kit_socket: PathBuf,
     pub startup_runs: usize,
+    /// Timed OpenBao restarts per seal lane in the unseal scenario.
+    pub unseal_runs: usize,
     pub idle: Duration,
     pub audit: bool,
 }
@@ -133,6 +149,18 @@ key_label = "{rsa_label}"
 mechanism = "RSA_PKCS_OAEP"
 rsa_oaep_hash = "sha1"
 allow = {{ any = ["uid:{uid}"] }}
+
+[keys.{SIGN_RSA_KEY}]
+backend = "hsm"
+key_label = "{sign_rsa_label}"
+algorithm = "rsa-2048"
+allow = {{ sign = ["uid:{uid}"] }}
+
+[keys.{SIGN_EC_KEY}]
+backend = "hsm"
+key_label = "{sign_ec_label}"
+algorithm = "ecdsa-p256"
+allow = {{ sign = ["uid:{uid}"] }}
 "#,
             socket = dir.join("sb.sock").display(),
             audit = self.audit_toml(dir, Some(KEY)),
@@ -141,6 +169,8 @@ allow = {{ any = ["uid:{uid}"] }}
             pin_file = token.dir.join("pin").display(),
             key_label = token.key_label,
             rsa_label = token.rsa_label,
+            sign_rsa_label = token.sign_rsa_label,
+            sign_ec_label = token.sign_ec_label,
             uid = peers::current_uid()?,
             placement = match dispatch {
                 "process" => "isolation = \"process\"".to_owned(),
@@ -171,16 +201,17 @@ allow = {{ any = ["uid:{uid}"] }}
         .await
     }
 
-    /// `n` gRPC callers spread over `grpc_connections` channels to `broker`.
+    /// `n` gRPC callers spread over `grpc_connections` channels to the
+    /// server on `socket` (the broker's, or the no-op floor's).
     pub async fn grpc_callers(
         &self,
-        broker: &peers::Broker,
+        socket: &Path,
         n: usize,
         mode: GrpcOp,
     ) -> Result<Vec<GrpcCaller>, Error> {
         let mut channels = Vec::new();
         for _ in 0..self.grpc_connections.clamp(1, n.max(1)) {
-            channels.push(peers::unix_channel(&broker.socket).await?);
+            channels.push(peers::unix_channel(socket).await?);
         }
         Ok((0..n)
             .map(|i| GrpcCaller {
@@ -200,6 +231,8 @@ pub enum GrpcOp {
     WrapThenUnwrap,
     /// Wrap and Unwrap in turn (one operation = one RPC).
     Alternate,
+    /// Sign [`DIGEST`] (prehashed) with this scheme (one operation = one RPC).
+    Sign(&'static str),
 }
 
 /// A caller on the native gRPC API.
@@ -253,6 +286,24 @@ impl GrpcCaller {
 impl AsyncCaller for GrpcCaller {
     async fn call(&mut self) -> Result<(), String> {
         match self.mode {
+            GrpcOp::Sign(scheme) => {
+                let request = SignRequest {
+                    key_name: self.key.into(),
+                    key_version: 0,
+                    data: DIGEST.to_vec(),
+                    prehashed: true,
+                    scheme: scheme.into(),
+                };
+                let answer = self
+                    .client
+                    .sign(request)
+                    .await
+                    .map_err(|s| format!("Sign: {s}"))?;
+                if answer.get_ref().signature.is_empty() {
+                    return Err("Sign answered an empty signature".into());
+                }
+                Ok(())
+            }
             GrpcOp::WrapThenUnwrap => {
                 let blob = self.wrap().await?;
                 self.unwrap(blob).await

@@ -2,6 +2,10 @@
 //! transit-compatible door (software key) against the real OpenBao transit
 //! engine (`bao server -dev`). Both are plain HTTP/1.1 on loopback, driven by
 //! the same reqwest client settings (keep-alive, one connection per caller).
+//!
+//! Then the same door against its floor: a bare hyper HTTP/1.1 server that
+//! reads each request and answers a fixed 200 (crate::floor), driven by the
+//! same callers. Its ratio is the share of plain HTTP the door keeps.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -9,10 +13,14 @@ use serde_json::Value;
 
 use super::{ComparisonRow, Ctx, KEY, PAYLOAD, loadavg};
 use crate::load::{AsyncCaller, AsyncSide, compare};
-use crate::peers::{self, BaoDev, Error};
+use crate::peers::{self, BaoDev, Error, FloorServer};
 
-/// Goal: the broker serves at least this many times OpenBao's ops/s.
+/// Goal: the broker serves at least this many times OpenBao's ops/s; at
+/// 16 callers, [`TARGET_RATIO_16`].
 pub const TARGET_RATIO: f64 = 3.0;
+pub const TARGET_RATIO_16: f64 = 5.0;
+/// Goal: the door keeps at least this share of the bare-hyper floor's ops/s.
+pub const TARGET_RATIO_FLOOR: f64 = 0.8;
 
 /// The HTTP client both sides use.
 pub fn http_client() -> Result<reqwest::Client, Error> {
@@ -104,6 +112,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<ComparisonRow>, Error> {
     let bao_dir = dir.join("bao");
     std::fs::create_dir_all(&bao_dir)?;
     let bao = BaoDev::start(bao_bin, &bao_dir, KEY, &http_client()?).await?;
+    let floor = FloorServer::start(&dir.join("floor")).await?;
     let broker_url = format!("http://127.0.0.1:{port}");
 
     let mut rows = Vec::new();
@@ -116,26 +125,29 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<ComparisonRow>, Error> {
                     .collect(),
             ))
         };
-        let (mut a, mut b) = (
-            side(&broker_url, broker_token)?,
-            side(&bao.addr, &bao.root_token)?,
-        );
-        let before = loadavg();
-        let compared = compare(&mut a, &mut b, ctx.plan).await;
-        let row = ComparisonRow::new(
-            concurrency,
-            ("sealbroker transit", "OpenBao transit"),
-            compared,
-            TARGET_RATIO,
-            before,
-        );
-        eprintln!(
-            "transit  c={concurrency:<3} sealbroker {:>9.0} ops/s  bao {:>9.0} ops/s  ratio {:.2}x",
-            row.a.ops_per_sec, row.b.ops_per_sec, row.ratio
-        );
-        rows.push(row);
+        let peers = [
+            ("OpenBao transit", bao.addr.as_str(), bao.root_token.as_str()),
+            ("bare hyper, 200 OK (floor)", floor.http.as_str(), "floor"),
+        ];
+        for (peer, base, token) in peers {
+            let (mut a, mut b) = (side(&broker_url, broker_token)?, side(base, token)?);
+            let target = match (base == floor.http, concurrency) {
+                (true, _) => TARGET_RATIO_FLOOR,
+                (false, 16) => TARGET_RATIO_16,
+                (false, _) => TARGET_RATIO,
+            };
+            let before = loadavg();
+            let compared = compare(&mut a, &mut b, ctx.plan).await;
+            let row = ComparisonRow::new(concurrency, ("sealbroker transit", peer), compared, target, before);
+            eprintln!(
+                "transit  c={concurrency:<3} sealbroker {:>9.0} ops/s  {peer} {:>9.0} ops/s  ratio {:.2}x",
+                row.a.ops_per_sec, row.b.ops_per_sec, row.ratio
+            );
+            rows.push(row);
+        }
     }
     drop(broker);
     drop(bao);
+    drop(floor);
     Ok(rows)
 }
