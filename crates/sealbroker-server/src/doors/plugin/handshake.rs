@@ -121,8 +121,15 @@ pub(super) fn tls_config(
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
 ) -> Result<rustls::ServerConfig, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    // ring runs the handshake (key exchange, our P-256 signature, the
+    // record cipher); aws-lc-rs only verifies OpenBao's P-521 signature, in
+    // PinnedClientCert. aws-lc seeds its random generator with CPU jitter
+    // entropy on first use, which cost about 25 ms of CPU at every plugin
+    // start, on OpenBao's unseal path (docs/performance.md, run C).
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.signature_verification_algorithms =
+        rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(Arc::new(PinnedClientCert::new(client_cert)))
