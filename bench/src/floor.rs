@@ -83,12 +83,17 @@ pub async fn serve(socket: &Path, http_port: u16) -> Result<(), Error> {
 struct Floor;
 
 fn unimplemented<T>() -> Result<tonic::Response<T>, Status> {
-    Err(Status::unimplemented("the floor server answers Wrap and Unwrap only"))
+    Err(Status::unimplemented(
+        "the floor server answers Wrap and Unwrap only",
+    ))
 }
 
 #[async_trait]
 impl SealService for Floor {
-    async fn wrap(&self, request: tonic::Request<pb::WrapRequest>) -> Result<tonic::Response<pb::WrapResponse>, Status> {
+    async fn wrap(
+        &self,
+        request: tonic::Request<pb::WrapRequest>,
+    ) -> Result<tonic::Response<pb::WrapResponse>, Status> {
         let request = request.into_inner();
         Ok(tonic::Response::new(pb::WrapResponse {
             blob: request.plaintext,
@@ -109,11 +114,17 @@ impl SealService for Floor {
         }))
     }
 
-    async fn rewrap(&self, _: tonic::Request<pb::RewrapRequest>) -> Result<tonic::Response<pb::RewrapResponse>, Status> {
+    async fn rewrap(
+        &self,
+        _: tonic::Request<pb::RewrapRequest>,
+    ) -> Result<tonic::Response<pb::RewrapResponse>, Status> {
         unimplemented()
     }
 
-    async fn get_key(&self, _: tonic::Request<pb::GetKeyRequest>) -> Result<tonic::Response<pb::GetKeyResponse>, Status> {
+    async fn get_key(
+        &self,
+        _: tonic::Request<pb::GetKeyRequest>,
+    ) -> Result<tonic::Response<pb::GetKeyResponse>, Status> {
         unimplemented()
     }
 
@@ -124,7 +135,10 @@ impl SealService for Floor {
         unimplemented()
     }
 
-    async fn status(&self, _: tonic::Request<pb::StatusRequest>) -> Result<tonic::Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _: tonic::Request<pb::StatusRequest>,
+    ) -> Result<tonic::Response<pb::StatusResponse>, Status> {
         unimplemented()
     }
 
@@ -142,11 +156,17 @@ impl SealService for Floor {
         unimplemented()
     }
 
-    async fn sign(&self, _: tonic::Request<pb::SignRequest>) -> Result<tonic::Response<pb::SignResponse>, Status> {
+    async fn sign(
+        &self,
+        _: tonic::Request<pb::SignRequest>,
+    ) -> Result<tonic::Response<pb::SignResponse>, Status> {
         unimplemented()
     }
 
-    async fn verify(&self, _: tonic::Request<pb::VerifyRequest>) -> Result<tonic::Response<pb::VerifyResponse>, Status> {
+    async fn verify(
+        &self,
+        _: tonic::Request<pb::VerifyRequest>,
+    ) -> Result<tonic::Response<pb::VerifyResponse>, Status> {
         unimplemented()
     }
 

@@ -101,7 +101,11 @@ struct Cli {
     smoke: bool,
 
     /// Scenarios to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "transit,hsm,grpc,startup,unseal")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "transit,hsm,grpc,startup,unseal"
+    )]
     scenarios: Vec<Scenario>,
 
     /// The sealbroker daemon to measure [default: $CARGO_TARGET_DIR/release/sealbroker,
@@ -147,7 +151,12 @@ struct Cli {
     /// What the broker is compared with in the HSM comparison: `direct`
     /// (the module in the bench process) and `p11-kit` (`p11-kit server` +
     /// `p11-kit-client.so`, PKCS#11 over a unix socket).
-    #[arg(long, value_delimiter = ',', default_value = "p11-kit,direct", value_name = "PEER,..")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "p11-kit,direct",
+        value_name = "PEER,.."
+    )]
     hsm_peers: Vec<scenarios::hsm::HsmPeer>,
 
     /// p11-kit's command (Debian `p11-kit`), for `--hsm-peers p11-kit`.

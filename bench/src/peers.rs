@@ -222,12 +222,21 @@ impl FloorServer {
             .arg(&socket)
             .arg("--floor-http-port")
             .arg(port.to_string());
-        let mut process = Supervised::spawn("floor server", command, &dir.join("floor.log"), Duration::from_secs(5))?;
+        let mut process = Supervised::spawn(
+            "floor server",
+            command,
+            &dir.join("floor.log"),
+            Duration::from_secs(5),
+        )?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while !(health_serving(&socket).await && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()) {
             process.check_alive()?;
             if Instant::now() > deadline {
-                return Err(format!("the floor server did not serve within 20 s:\n{}", process.log_tail()).into());
+                return Err(format!(
+                    "the floor server did not serve within 20 s:\n{}",
+                    process.log_tail()
+                )
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -253,7 +262,12 @@ impl P11KitServer {
         temp.join("p11-kit.sock")
     }
 
-    pub async fn start(bin: &Path, token: &SoftHsmToken, socket: &Path, log: &Path) -> Result<P11KitServer, Error> {
+    pub async fn start(
+        bin: &Path,
+        token: &SoftHsmToken,
+        socket: &Path,
+        log: &Path,
+    ) -> Result<P11KitServer, Error> {
         let _ = fs::remove_file(socket);
         let mut command = Command::new(bin);
         command
@@ -269,7 +283,11 @@ impl P11KitServer {
         while std::os::unix::net::UnixStream::connect(socket).is_err() {
             process.check_alive()?;
             if Instant::now() > deadline {
-                return Err(format!("p11-kit server did not listen within 20 s:\n{}", process.log_tail()).into());
+                return Err(format!(
+                    "p11-kit server did not listen within 20 s:\n{}",
+                    process.log_tail()
+                )
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -101,7 +101,11 @@ impl Report {
             .chain(&self.hsm)
             .map(ComparisonRow::errors)
             .sum::<u64>()
-            + self.grpc.iter().map(|r| r.rpc.errors + r.noop.errors).sum::<u64>()
+            + self
+                .grpc
+                .iter()
+                .map(|r| r.rpc.errors + r.noop.errors)
+                .sum::<u64>()
             + self.failures.len() as u64
     }
 
@@ -207,9 +211,11 @@ impl Report {
                     row.noop.ops_per_sec,
                     row.noop.p50_us,
                     match (row.load, row.judged) {
-                        (Load::Closed, true) => format!("**{:.2}×** RPC/s, {}", row.vs_noop, verdict(row.vs_noop_met)),
+                        (Load::Closed, true) =>
+                            format!("**{:.2}×** RPC/s, {}", row.vs_noop, verdict(row.vs_noop_met)),
                         (Load::Closed, false) => format!("{:.2}× RPC/s", row.vs_noop),
-                        (Load::Open, _) => format!("**{:.2}×** p50, {}", row.vs_noop, verdict(row.vs_noop_met)),
+                        (Load::Open, _) =>
+                            format!("**{:.2}×** p50, {}", row.vs_noop, verdict(row.vs_noop_met)),
                     },
                     row.floor
                         .as_ref()

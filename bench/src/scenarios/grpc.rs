@@ -241,8 +241,12 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<GrpcRow>, Error> {
     let floor = FloorServer::start(&dir.join("floor")).await?;
     let mut rows = Vec::new();
     for &in_flight in &ctx.grpc_concurrency {
-        let mut callers = ctx.grpc_callers(&broker.socket, in_flight, GrpcOp::Alternate).await?;
-        let mut noop = ctx.grpc_callers(&floor.socket, in_flight, GrpcOp::Alternate).await?;
+        let mut callers = ctx
+            .grpc_callers(&broker.socket, in_flight, GrpcOp::Alternate)
+            .await?;
+        let mut noop = ctx
+            .grpc_callers(&floor.socket, in_flight, GrpcOp::Alternate)
+            .await?;
         let before = loadavg();
         if !ctx.plan.warmup.is_zero() {
             callers = run_async(callers, Limit::Time(ctx.plan.warmup)).await.0;
@@ -270,8 +274,12 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<GrpcRow>, Error> {
     }
     if let Some(rate) = ctx.grpc_rate {
         for &in_flight in &ctx.grpc_concurrency {
-            let mut callers = ctx.grpc_callers(&broker.socket, in_flight, GrpcOp::Alternate).await?;
-            let mut noop = ctx.grpc_callers(&floor.socket, in_flight, GrpcOp::Alternate).await?;
+            let mut callers = ctx
+                .grpc_callers(&broker.socket, in_flight, GrpcOp::Alternate)
+                .await?;
+            let mut noop = ctx
+                .grpc_callers(&floor.socket, in_flight, GrpcOp::Alternate)
+                .await?;
             let mut idle: Vec<_> = (0..in_flight).map(|_| Nothing).collect();
             let before = loadavg();
             if !ctx.plan.warmup.is_zero() {

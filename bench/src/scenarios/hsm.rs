@@ -37,7 +37,8 @@ pub const TARGET_RATIO_P11KIT: f64 = 1.0;
 /// The SHA-256 DigestInfo prefix (RFC 8017, 9.2): what CKM_RSA_PKCS signs
 /// in front of the digest.
 const SHA256_DIGEST_INFO: [u8; 19] = [
-    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20,
+    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00,
+    0x04, 0x20,
 ];
 
 /// What the broker is compared with.
@@ -351,7 +352,9 @@ pub async fn run(ctx: &Ctx) -> Result<(Vec<ComparisonRow>, Vec<String>), Error> 
                         (HsmPeer::P11Kit, _) => continue,
                     };
                     let peer_name = format!("{peer_name} ({})", mechanism.name());
-                    let callers = ctx.grpc_callers(&broker.socket, threads, mechanism.grpc_op()).await?;
+                    let callers = ctx
+                        .grpc_callers(&broker.socket, threads, mechanism.grpc_op())
+                        .await?;
                     let key = mechanism.broker_key();
                     let mut a = AsyncSide(callers.into_iter().map(|c| c.with_key(key)).collect());
                     let mut b = BlockingSide(peer_token.callers(threads, mechanism)?);

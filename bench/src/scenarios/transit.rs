@@ -138,7 +138,13 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<ComparisonRow>, Error> {
             };
             let before = loadavg();
             let compared = compare(&mut a, &mut b, ctx.plan).await;
-            let row = ComparisonRow::new(concurrency, ("sealbroker transit", peer), compared, target, before);
+            let row = ComparisonRow::new(
+                concurrency,
+                ("sealbroker transit", peer),
+                compared,
+                target,
+                before,
+            );
             eprintln!(
                 "transit  c={concurrency:<3} sealbroker {:>9.0} ops/s  {peer} {:>9.0} ops/s  ratio {:.2}x",
                 row.a.ops_per_sec, row.b.ops_per_sec, row.ratio

@@ -124,8 +124,16 @@ cluster_addr  = "http://127.0.0.1:{cluster_port}"
                 process.check_alive()?;
             }
             if Instant::now() > deadline {
-                let tail = self.process.as_ref().map(Supervised::log_tail).unwrap_or_default();
-                return Err(format!("OpenBao ({}) did not reach sealed = {want:?} in 60 s:\n{tail}", self.name).into());
+                let tail = self
+                    .process
+                    .as_ref()
+                    .map(Supervised::log_tail)
+                    .unwrap_or_default();
+                return Err(format!(
+                    "OpenBao ({}) did not reach sealed = {want:?} in 60 s:\n{tail}",
+                    self.name
+                )
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
