@@ -229,6 +229,14 @@ fn in_broker(before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<InBroker> {
     })
 }
 
+/// One round of `callers`: closed loop, or paced at `rate`.
+async fn round<C: AsyncCaller>(callers: Vec<C>, limit: Limit, rate: Option<f64>) -> (Vec<C>, Samples) {
+    match rate {
+        Some(rate) => run_paced(callers, limit, rate).await,
+        None => run_async(callers, limit).await,
+    }
+}
+
 pub async fn run(ctx: &Ctx) -> Result<Vec<GrpcRow>, Error> {
     let dir = ctx.dir.join("grpc");
     let metrics_port = crate::peers::free_port()?;
@@ -239,82 +247,61 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<GrpcRow>, Error> {
     let http = crate::scenarios::transit::http_client()?;
     let broker = ctx.start_broker(&dir, &config, &[]).await?;
     let floor = FloorServer::start(&dir.join("floor")).await?;
+    // Closed loop at each level, then open loop at the rate.
+    let loads = ctx.grpc_concurrency.iter().map(|&n| (n, None)).chain(
+        ctx.grpc_rate
+            .into_iter()
+            .flat_map(|rate| ctx.grpc_concurrency.iter().map(move |&n| (n, Some(rate)))),
+    );
     let mut rows = Vec::new();
-    for &in_flight in &ctx.grpc_concurrency {
+    for (in_flight, rate) in loads.collect::<Vec<_>>() {
         let mut callers = ctx
             .grpc_callers(&broker.socket, in_flight, GrpcOp::Alternate)
             .await?;
         let mut noop = ctx
             .grpc_callers(&floor.socket, in_flight, GrpcOp::Alternate)
             .await?;
+        let mut idle: Vec<_> = (0..in_flight).map(|_| Nothing).collect();
         let before = loadavg();
         if !ctx.plan.warmup.is_zero() {
-            callers = run_async(callers, Limit::Time(ctx.plan.warmup)).await.0;
-            noop = run_async(noop, Limit::Time(ctx.plan.warmup)).await.0;
+            callers = round(callers, Limit::Time(ctx.plan.warmup), rate).await.0;
+            noop = round(noop, Limit::Time(ctx.plan.warmup), rate).await.0;
         }
         let histogram_before = histogram(&http, metrics_port).await?;
-        let (mut total, mut noop_total) = (Samples::default(), Samples::default());
-        for round in 0..ctx.plan.rounds {
-            // A B, B A, ...: neither side always runs first.
-            for broker_turn in [round % 2 == 0, round % 2 != 0] {
+        let (mut total, mut noop_total, mut floor_total) =
+            (Samples::default(), Samples::default(), Samples::default());
+        for turn in 0..ctx.plan.rounds {
+            // Open loop: the pacer's floor (callers that do nothing) first.
+            if rate.is_some() {
+                let (back, samples) = round(idle, ctx.plan.per_round, rate).await;
+                idle = back;
+                floor_total.merge(samples);
+            }
+            // A B, B A, ...: neither the broker nor the no-op server always runs first.
+            for broker_turn in [turn % 2 == 0, turn % 2 != 0] {
                 if broker_turn {
-                    let (back, samples) = run_async(callers, ctx.plan.per_round).await;
+                    let (back, samples) = round(callers, ctx.plan.per_round, rate).await;
                     callers = back;
                     total.merge(samples);
                 } else {
-                    let (back, samples) = run_async(noop, ctx.plan.per_round).await;
+                    let (back, samples) = round(noop, ctx.plan.per_round, rate).await;
                     noop = back;
                     noop_total.merge(samples);
                 }
             }
         }
-        let mut row = GrpcRow::new(Load::Closed, in_flight, None, (total, noop_total), before);
-        row.in_broker = in_broker(&histogram_before, &histogram(&http, metrics_port).await?);
-        rows.push(row);
-    }
-    if let Some(rate) = ctx.grpc_rate {
-        for &in_flight in &ctx.grpc_concurrency {
-            let mut callers = ctx
-                .grpc_callers(&broker.socket, in_flight, GrpcOp::Alternate)
-                .await?;
-            let mut noop = ctx
-                .grpc_callers(&floor.socket, in_flight, GrpcOp::Alternate)
-                .await?;
-            let mut idle: Vec<_> = (0..in_flight).map(|_| Nothing).collect();
-            let before = loadavg();
-            if !ctx.plan.warmup.is_zero() {
-                callers = run_paced(callers, Limit::Time(ctx.plan.warmup), rate).await.0;
-                noop = run_paced(noop, Limit::Time(ctx.plan.warmup), rate).await.0;
-            }
-            let histogram_before = histogram(&http, metrics_port).await?;
-            let (mut total, mut noop_total, mut floor_total) =
-                (Samples::default(), Samples::default(), Samples::default());
-            for round in 0..ctx.plan.rounds {
-                let (back, samples) = run_paced(idle, ctx.plan.per_round, rate).await;
-                idle = back;
-                floor_total.merge(samples);
-                for broker_turn in [round % 2 == 0, round % 2 != 0] {
-                    if broker_turn {
-                        let (back, samples) = run_paced(callers, ctx.plan.per_round, rate).await;
-                        callers = back;
-                        total.merge(samples);
-                    } else {
-                        let (back, samples) = run_paced(noop, ctx.plan.per_round, rate).await;
-                        noop = back;
-                        noop_total.merge(samples);
-                    }
-                }
-            }
+        let load = if rate.is_some() { Load::Open } else { Load::Closed };
+        let mut row = GrpcRow::new(load, in_flight, rate, (total, noop_total), before);
+        if rate.is_some() {
             let floor_summary = floor_total.summary();
             eprintln!(
                 "grpc     floor  n={in_flight:<3} {:>9.0} RPC/s  p50 {:>7.1} us  p99 {:>7.1} us",
                 floor_summary.ops_per_sec, floor_summary.p50_us, floor_summary.p99_us
             );
-            let mut row = GrpcRow::new(Load::Open, in_flight, Some(rate), (total, noop_total), before);
             row.floor = Some(floor_summary);
-            row.in_broker = in_broker(&histogram_before, &histogram(&http, metrics_port).await?);
-            rows.push(row);
         }
+        row.in_broker = in_broker(&histogram_before, &histogram(&http, metrics_port).await?);
+        rows.push(row);
     }
     drop(broker);
     drop(floor);
