@@ -76,6 +76,32 @@ impl Supervised {
         Ok(())
     }
 
+    /// Polls `ready` every `every` until it holds. An error if the process
+    /// exits first, or after `limit`: "{what} within N s" and its log's tail.
+    pub async fn wait_until<F, Fut>(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        every: Duration,
+        mut ready: F,
+    ) -> Result<(), Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + limit;
+        loop {
+            if ready().await {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                return Err(format!("{what} within {} s:\n{}", limit.as_secs(), self.log_tail()).into());
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
     pub fn log_tail(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -162,21 +188,19 @@ impl Broker {
         }
         let started = Instant::now();
         let mut process = Supervised::spawn("sealbroker", command, log, Duration::from_secs(20))?;
-        let deadline = started + Duration::from_secs(20);
-        loop {
-            if health_serving(socket).await {
-                return Ok(Broker {
-                    process,
-                    socket: socket.to_owned(),
-                    ready_after: started.elapsed(),
-                });
-            }
-            process.check_alive()?;
-            if Instant::now() > deadline {
-                return Err(format!("sealbroker did not serve within 20 s:\n{}", process.log_tail()).into());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        process
+            .wait_until(
+                "sealbroker did not serve",
+                Duration::from_secs(20),
+                Duration::from_millis(1),
+                || health_serving(socket),
+            )
+            .await?;
+        Ok(Broker {
+            process,
+            socket: socket.to_owned(),
+            ready_after: started.elapsed(),
+        })
     }
 
     pub async fn client(&self) -> Result<SealServiceClient<Channel>, Error> {
@@ -228,18 +252,16 @@ impl FloorServer {
             &dir.join("floor.log"),
             Duration::from_secs(5),
         )?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !(health_serving(&socket).await && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()) {
-            process.check_alive()?;
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "the floor server did not serve within 20 s:\n{}",
-                    process.log_tail()
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        process
+            .wait_until(
+                "the floor server did not serve",
+                Duration::from_secs(20),
+                Duration::from_millis(5),
+                || async {
+                    health_serving(&socket).await && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                },
+            )
+            .await?;
         Ok(FloorServer {
             _process: process,
             socket,
@@ -279,18 +301,14 @@ impl P11KitServer {
             .env("SOFTHSM2_CONF", &token.conf);
         let mut process = Supervised::spawn("p11-kit server", command, log, Duration::from_secs(5))
             .map_err(|e| format!("{e} (apt-get install p11-kit p11-kit-modules, or pass --p11-kit-bin)"))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
-            process.check_alive()?;
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "p11-kit server did not listen within 20 s:\n{}",
-                    process.log_tail()
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        process
+            .wait_until(
+                "p11-kit server did not listen",
+                Duration::from_secs(20),
+                Duration::from_millis(5),
+                || async { std::os::unix::net::UnixStream::connect(socket).is_ok() },
+            )
+            .await?;
         Ok(P11KitServer { _process: process })
     }
 }
@@ -343,20 +361,15 @@ impl BaoDev {
             .current_dir(dir);
         let mut process = Supervised::spawn("bao", command, &dir.join("bao.log"), Duration::from_secs(20))?;
         let addr = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let health = http.get(format!("{addr}/v1/sys/health")).send().await;
-            if matches!(&health, Ok(r) if r.status().is_success()) {
-                break;
-            }
-            process.check_alive()?;
-            if Instant::now() > deadline {
-                return Err(
-                    format!("bao server -dev did not unseal in 30 s:\n{}", process.log_tail()).into(),
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let health = format!("{addr}/v1/sys/health");
+        process
+            .wait_until(
+                "bao server -dev did not unseal",
+                Duration::from_secs(30),
+                Duration::from_millis(50),
+                || async { matches!(http.get(&health).send().await, Ok(r) if r.status().is_success()) },
+            )
+            .await?;
         let bao = BaoDev {
             _process: process,
             addr,

@@ -50,6 +50,23 @@ pub enum HsmPeer {
     P11Kit,
 }
 
+impl HsmPeer {
+    fn name(self) -> &'static str {
+        match self {
+            HsmPeer::Direct => "direct cryptoki",
+            HsmPeer::P11Kit => "p11-kit remoting",
+        }
+    }
+
+    /// The least share of this peer's ops/s the broker should keep.
+    fn target(self) -> f64 {
+        match self {
+            HsmPeer::Direct => TARGET_RATIO,
+            HsmPeer::P11Kit => TARGET_RATIO_P11KIT,
+        }
+    }
+}
+
 /// The AAD of the direct loop; about as long as the broker's (key name and version).
 const DIRECT_AAD: &[u8] = b"sealbroker-bench/bench/v1";
 
@@ -344,14 +361,12 @@ pub async fn run(ctx: &Ctx) -> Result<(Vec<ComparisonRow>, Vec<String>), Error> 
             let name = format!("sealbroker gRPC ({}, {dispatch})", mechanism.name());
             for &threads in &ctx.hsm_threads {
                 for &peer in &ctx.hsm_peers {
-                    let (peer_token, peer_name, target) = match (peer, &p11kit) {
-                        (HsmPeer::Direct, _) => (&direct, "direct cryptoki", TARGET_RATIO),
-                        (HsmPeer::P11Kit, Some((client, _))) if !unsupported.contains(&mechanism) => {
-                            (client, "p11-kit remoting", TARGET_RATIO_P11KIT)
-                        }
+                    let peer_token = match (peer, &p11kit) {
+                        (HsmPeer::Direct, _) => &direct,
+                        (HsmPeer::P11Kit, Some((client, _))) if !unsupported.contains(&mechanism) => client,
                         (HsmPeer::P11Kit, _) => continue,
                     };
-                    let peer_name = format!("{peer_name} ({})", mechanism.name());
+                    let peer_name = format!("{} ({})", peer.name(), mechanism.name());
                     let callers = ctx
                         .grpc_callers(&broker.socket, threads, mechanism.grpc_op())
                         .await?;
@@ -360,15 +375,13 @@ pub async fn run(ctx: &Ctx) -> Result<(Vec<ComparisonRow>, Vec<String>), Error> 
                     let mut b = BlockingSide(peer_token.callers(threads, mechanism)?);
                     let before = loadavg();
                     let compared = compare(&mut a, &mut b, ctx.plan).await;
-                    let row = ComparisonRow::new(threads, (&name, &peer_name), compared, target, before);
+                    let row =
+                        ComparisonRow::new(threads, (&name, &peer_name), compared, peer.target(), before);
                     eprintln!(
                         "hsm      {:<13} {dispatch:<7} t={threads:<3} sealbroker {:>8.0} ops/s  {:<16} {:>8.0} ops/s  ratio {:.2}x",
                         mechanism.name(),
                         row.a.ops_per_sec,
-                        match peer {
-                            HsmPeer::Direct => "direct",
-                            HsmPeer::P11Kit => "p11-kit",
-                        },
+                        peer.name(),
                         row.b.ops_per_sec,
                         row.ratio
                     );

@@ -183,6 +183,34 @@ allow = {{ sign = ["uid:{uid}"] }}
         Ok(path)
     }
 
+    /// OpenBao's `bao`, or why there is none.
+    pub fn bao_bin(&self) -> Result<&Path, Error> {
+        self.bao_bin.as_deref().ok_or_else(|| {
+            "OpenBao's `bao` was not found: run `bash tests/peers/install.sh /tmp/peers.env && source /tmp/peers.env`, or pass --bao-bin".into()
+        })
+    }
+
+    /// A Development-profile broker in `dir` whose plaintext transit door
+    /// on 127.0.0.1 serves the key `bench` to `token`; with its base URL.
+    pub async fn start_transit_broker(
+        &self,
+        dir: &Path,
+        token: &str,
+    ) -> Result<(peers::Broker, String), Error> {
+        std::fs::create_dir_all(dir)?;
+        let token_file = dir.join("transit-token");
+        peers::write_private(&token_file, &format!("{token}\n"))?;
+        let port = peers::free_port()?;
+        let transit = format!(
+            "[server.transit]\nlisten = \"127.0.0.1:{port}\"\nplaintext = true\n\
+             [[server.transit.tokens]]\nidentity = \"bench\"\ntoken_file = \"{}\"\nkeys = [\"{KEY}\"]\n",
+            token_file.display()
+        );
+        let config = self.software_config(dir, &transit)?;
+        let broker = self.start_broker(dir, &config, &[]).await?;
+        Ok((broker, format!("http://127.0.0.1:{port}")))
+    }
+
     /// Starts the broker on `config` with its socket `dir/sb.sock` and its
     /// log `dir/sealbroker.log` (the layout the config writers above use).
     pub async fn start_broker(
@@ -373,6 +401,13 @@ impl ComparisonRow {
     }
 }
 
+/// The middle value (the upper of the two middle ones for an even count); 0 for none.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// The 1-minute load average, to tell a busy machine in the figures.
 pub fn loadavg() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
@@ -386,5 +421,17 @@ pub fn describe_limit(limit: Limit) -> String {
     match limit {
         Limit::Time(d) => format!("{:.2} s", d.as_secs_f64()),
         Limit::Count(n) => format!("{n} ops"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_is_the_middle_value_and_the_upper_of_two() {
+        assert_eq!(median(&[5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert_eq!(median(&[]), 0.0);
     }
 }

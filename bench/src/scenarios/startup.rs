@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use sealbroker_proto::sealbroker::v1::{UnwrapRequest, WrapRequest};
 use serde::Serialize;
 
-use super::{AAD, Ctx, KEY, PAYLOAD};
+use super::{AAD, Ctx, KEY, PAYLOAD, median};
 use crate::peers::{self, Broker, Error, SoftHsmToken};
 
 pub const TARGET_START_MS: f64 = 100.0;
@@ -36,12 +36,6 @@ pub struct StartupRow {
     pub target_start_ms: f64,
     pub target_rss_mb: f64,
     pub met: bool,
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn millis(d: Duration) -> f64 {

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{ComparisonRow, Ctx, KEY, PAYLOAD, loadavg};
 use crate::load::{AsyncCaller, AsyncSide, compare};
-use crate::peers::{self, BaoDev, Error, FloorServer};
+use crate::peers::{BaoDev, Error, FloorServer};
 
 /// Goal: the broker serves at least this many times OpenBao's ops/s; at
 /// 16 callers, [`TARGET_RATIO_16`].
@@ -93,27 +93,13 @@ impl AsyncCaller for TransitCaller {
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<ComparisonRow>, Error> {
     let dir = ctx.dir.join("transit");
-    std::fs::create_dir_all(&dir)?;
     let broker_token = "bench-transit-token-5f2c9e";
-    let token_file = dir.join("transit-token");
-    peers::write_private(&token_file, &format!("{broker_token}\n"))?;
-    let port = peers::free_port()?;
-    let transit = format!(
-        "[server.transit]\nlisten = \"127.0.0.1:{port}\"\nplaintext = true\n\
-         [[server.transit.tokens]]\nidentity = \"bench\"\ntoken_file = \"{}\"\nkeys = [\"{KEY}\"]\n",
-        token_file.display()
-    );
-    let config = ctx.software_config(&dir, &transit)?;
-    let broker = ctx.start_broker(&dir, &config, &[]).await?;
-    let bao_bin = ctx
-        .bao_bin
-        .as_deref()
-        .ok_or("OpenBao's `bao` was not found: run `bash tests/peers/install.sh /tmp/peers.env && source /tmp/peers.env`, or pass --bao-bin")?;
+    let (broker, broker_url) = ctx.start_transit_broker(&dir, broker_token).await?;
+    let bao_bin = ctx.bao_bin()?;
     let bao_dir = dir.join("bao");
     std::fs::create_dir_all(&bao_dir)?;
     let bao = BaoDev::start(bao_bin, &bao_dir, KEY, &http_client()?).await?;
     let floor = FloorServer::start(&dir.join("floor")).await?;
-    let broker_url = format!("http://127.0.0.1:{port}");
 
     let mut rows = Vec::new();
     for &concurrency in &ctx.transit_concurrency {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Ctx, KEY, loadavg};
+use super::{Ctx, KEY, loadavg, median};
 use crate::peers::{self, BaoDev, Error, Supervised};
 
 /// Goal: the plugin lane unseals at most this multiple of the seeds' transit lane.
@@ -107,36 +107,25 @@ cluster_addr  = "http://127.0.0.1:{cluster_port}"
     /// Polls seal-status every millisecond until `sealed` is `want`
     /// (`None`: until it answers at all, initialised or not).
     async fn wait(&mut self, http: &reqwest::Client, want: Option<bool>) -> Result<(), Error> {
-        let deadline = Instant::now() + Duration::from_secs(60);
         let url = format!("{}/v1/sys/seal-status", self.addr());
-        loop {
-            if let Ok(answer) = http.get(&url).send().await
-                && let Ok(body) = answer.bytes().await
-                && let Ok(status) = serde_json::from_slice::<serde_json::Value>(&body)
-            {
-                match want {
-                    None => return Ok(()),
-                    Some(sealed) if status["sealed"].as_bool() == Some(sealed) => return Ok(()),
-                    Some(_) => {}
-                }
-            }
-            if let Some(process) = self.process.as_mut() {
-                process.check_alive()?;
-            }
-            if Instant::now() > deadline {
-                let tail = self
-                    .process
-                    .as_ref()
-                    .map(Supervised::log_tail)
-                    .unwrap_or_default();
-                return Err(format!(
-                    "OpenBao ({}) did not reach sealed = {want:?} in 60 s:\n{tail}",
-                    self.name
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let what = format!("OpenBao ({}) did not reach sealed = {want:?}", self.name);
+        let answered = || async {
+            let Ok(answer) = http.get(&url).send().await else {
+                return false;
+            };
+            let Ok(body) = answer.bytes().await else {
+                return false;
+            };
+            let Ok(status) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                return false;
+            };
+            want.is_none_or(|sealed| status["sealed"].as_bool() == Some(sealed))
+        };
+        self.process
+            .as_mut()
+            .ok_or("OpenBao was not started")?
+            .wait_until(&what, Duration::from_secs(60), Duration::from_millis(1), answered)
+            .await
     }
 
     /// Starts the server for the first time and initialises it (untimed).
@@ -175,16 +164,6 @@ cluster_addr  = "http://127.0.0.1:{cluster_port}"
     }
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
 /// The plugin binary in `dir` (OpenBao runs only what its plugin directory
 /// holds, pinned by sha256), and the `plugin "kms"` block naming it.
 fn install_plugin(sealbroker_bin: &Path, dir: &Path) -> Result<String, Error> {
@@ -210,29 +189,16 @@ fn transit_seal(address: &str, token: &str) -> String {
 }
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<UnsealRow>, Error> {
-    let bao_bin = ctx
-        .bao_bin
-        .as_deref()
-        .ok_or("OpenBao's `bao` was not found: run `bash tests/peers/install.sh /tmp/peers.env && source /tmp/peers.env`, or pass --bao-bin")?;
-    let bao_bin = &peers::real_bao(bao_bin);
+    let bao_bin = &peers::real_bao(ctx.bao_bin()?);
     let dir = ctx.dir.join("unseal");
     let http = super::transit::http_client()?;
 
     // One broker for both sealbroker lanes: its unix socket (the plugin in
     // sidecar mode) and its plaintext transit door.
-    let broker_dir = dir.join("broker");
-    std::fs::create_dir_all(&broker_dir)?;
     let broker_token = "bench-unseal-token-7d41a0";
-    let token_file = broker_dir.join("transit-token");
-    peers::write_private(&token_file, &format!("{broker_token}\n"))?;
-    let transit_port = peers::free_port()?;
-    let transit = format!(
-        "[server.transit]\nlisten = \"127.0.0.1:{transit_port}\"\nplaintext = true\n\
-         [[server.transit.tokens]]\nidentity = \"bench\"\ntoken_file = \"{}\"\nkeys = [\"{KEY}\"]\n",
-        token_file.display()
-    );
-    let config = ctx.software_config(&broker_dir, &transit)?;
-    let broker = ctx.start_broker(&broker_dir, &config, &[]).await?;
+    let (broker, transit_url) = ctx
+        .start_transit_broker(&dir.join("broker"), broker_token)
+        .await?;
 
     let seeds_dir = dir.join("seeds-transit");
     std::fs::create_dir_all(&seeds_dir)?;
@@ -253,7 +219,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<UnsealRow>, Error> {
             "stock seal \"transit\" to sealbroker's transit door",
             dir.join("transit-sealbroker"),
             "",
-            &transit_seal(&format!("http://127.0.0.1:{transit_port}"), broker_token),
+            &transit_seal(&transit_url, broker_token),
         )?,
         Lane::new(
             "stock seal \"transit\" to a second OpenBao (the seeds' lane)",
@@ -270,28 +236,26 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<UnsealRow>, Error> {
             lane.restart(bao_bin, &http, run).await?;
         }
     }
-    let seeds_median = median(&lanes[2].runs);
-    let rows = lanes
-        .iter_mut()
+    // The OpenBao servers stop first, while their seals still answer.
+    let runs: Vec<(&'static str, Vec<f64>)> = lanes.into_iter().map(|lane| (lane.name, lane.runs)).collect();
+    let seeds_median = median(&runs[2].1);
+    let rows = runs
+        .into_iter()
         .enumerate()
-        .map(|(i, lane)| {
-            if let Some(mut process) = lane.process.take() {
-                process.stop();
-            }
-            let median_ms = median(&lane.runs);
+        .map(|(i, (lane, runs_ms))| {
+            let median_ms = median(&runs_ms);
             let ratio = if seeds_median > 0.0 {
                 median_ms / seeds_median
             } else {
                 0.0
             };
             eprintln!(
-                "unseal   {:<60} median {median_ms:>8.1} ms  ({ratio:.2}x the seeds' lane)  runs {:?}",
-                lane.name,
-                lane.runs.iter().map(|r| r.round()).collect::<Vec<_>>()
+                "unseal   {lane:<60} median {median_ms:>8.1} ms  ({ratio:.2}x the seeds' lane)  runs {:?}",
+                runs_ms.iter().map(|r| r.round()).collect::<Vec<_>>()
             );
             UnsealRow {
-                lane: lane.name.into(),
-                runs_ms: lane.runs.clone(),
+                lane: lane.into(),
+                runs_ms,
                 median_ms,
                 ratio_to_seeds_lane: ratio,
                 met: (i == 0).then_some(ratio <= TARGET_RATIO),
@@ -302,16 +266,4 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<UnsealRow>, Error> {
     drop(seeds);
     drop(broker);
     Ok(rows)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median;
-
-    #[test]
-    fn median_of_odd_and_even_runs() {
-        assert_eq!(median(&[5.0, 1.0, 3.0]), 3.0);
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert_eq!(median(&[]), 0.0);
-    }
 }
