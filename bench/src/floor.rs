@@ -45,38 +45,39 @@ pub async fn serve(socket: &Path, http_port: u16) -> Result<(), Error> {
         })
         .to_string(),
     );
-    let http = async move {
-        loop {
-            let (stream, _) = tcp.accept().await?;
-            let _ = stream.set_nodelay(true);
-            let body = body.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let body = body.clone();
-                    async move {
-                        // Read the request as a server must, then answer.
-                        let _ = request.into_body().collect().await;
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .header("content-type", "application/json")
-                                .body(Full::new(body))
-                                .unwrap_or_default(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), std::io::Error>(())
-    };
     tokio::select! {
         served = grpc => served?,
-        served = http => served?,
+        served = serve_http(tcp, body) => served?,
     }
     Ok(())
+}
+
+/// The bare HTTP/1.1 floor: every connection on its own task, every
+/// request read in full and answered 200 with `body`.
+async fn serve_http(tcp: tokio::net::TcpListener, body: Bytes) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = tcp.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let body = body.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let body = body.clone();
+                async move {
+                    // Read the request as a server must, then answer.
+                    let _ = request.into_body().collect().await;
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(body))
+                            .unwrap_or_default(),
+                    )
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 /// The no-op `SealService`.
