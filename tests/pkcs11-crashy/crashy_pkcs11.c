@@ -2,8 +2,11 @@
  * A PKCS#11 module for the fault tests: it forwards every call to SoftHSM2
  * (or the module named by $SEALBROKER_CRASH_TARGET) and dies with a real
  * SIGSEGV in C_Encrypt while the file named by $SEALBROKER_CRASH_TRIGGER
- * exists. Built by the test harness (tests/src/lib.rs, crashy_module) with
- * the system C compiler, which Rust already needs as its linker.
+ * exists. While the file named by $SEALBROKER_HANG_TRIGGER exists, C_Encrypt
+ * appends one byte to it (so a test can count the calls held) and does not
+ * return until it is removed: a device that stops answering. Built by the
+ * test harness (tests/src/lib.rs, crashy_module) with the system C
+ * compiler, which Rust already needs as its linker.
  *
  * Only the function list is interposed: C_GetFunctionList returns a copy
  * of SoftHSM's list with C_Encrypt (and C_GetFunctionList) replaced. The
@@ -11,6 +14,7 @@
  * function pointers, C_Encrypt the 31st.
  */
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -42,6 +46,16 @@ static ck_rv crashy_encrypt(ck_ulong session, unsigned char *data, ck_ulong len,
     if (trigger != NULL && access(trigger, F_OK) == 0) {
         volatile int *nowhere = NULL;
         *nowhere = 1; /* the crash a buggy vendor module would have */
+    }
+    const char *hang = getenv("SEALBROKER_HANG_TRIGGER");
+    if (hang != NULL) {
+        int fd = open(hang, O_WRONLY | O_APPEND);
+        if (fd >= 0) {
+            ssize_t written = write(fd, "h", 1);
+            close(fd);
+            while (written == 1 && access(hang, F_OK) == 0)
+                usleep(10000); /* the device that stopped answering */
+        }
     }
     return real_encrypt(session, data, len, out, out_len);
 }

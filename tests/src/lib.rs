@@ -602,6 +602,29 @@ pub async fn wait_until_async(what: &str, limit: Duration, mut done: impl FnMut(
     }
 }
 
+/// The pids whose parent is `pid` (field 4 of /proc/PID/stat), e.g. the
+/// PKCS#11 helper processes a daemon runs.
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // The command name (field 2) may hold spaces and parentheses: the
+        // fields after it start after its last ')'.
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if parent == Some(pid) {
+            children.push(child);
+        }
+    }
+    children
+}
+
 /// When process `pid` started, in clock ticks since boot (field 22 of
 /// /proc/PID/stat): with the pid, it names one process, never a later one
 /// that reused the pid.

@@ -1331,23 +1331,34 @@ fn kms_plugin_exits_when_openbao_is_sigkilled() {
 // ------------------------------- 6. a PKCS#11 module that crashes on demand
 
 /// A hardened daemon whose key `unseal` is on the crash-on-demand module
-/// (tests/pkcs11-crashy) over `token`, with the given isolation. Returns
-/// the daemon and the trigger file: while it exists, C_Encrypt segfaults.
-async fn crashy_daemon(dir: &Path, token: &SoftHsmToken, isolation: &str) -> (Daemon, PathBuf) {
+/// (tests/pkcs11-crashy) over a token, placed by the TOML lines `placement`.
+struct Crashy {
+    daemon: Daemon,
+    /// While this file exists, C_Encrypt segfaults.
+    crash: PathBuf,
+    /// While this file exists, C_Encrypt does not return (and appends a
+    /// byte to it per call it holds).
+    hang: PathBuf,
+    /// The daemon's health and metrics listener.
+    metrics: std::net::SocketAddr,
+}
+
+async fn crashy_daemon(dir: &Path, token: &SoftHsmToken, placement: &str) -> Crashy {
     let module = crashy_module(dir);
-    let trigger = dir.join("crash-now");
+    let crash = dir.join("crash-now");
+    let hang = dir.join("hang-now");
     let backend = token
         .backend_toml("hsm")
         .replace(SOFTHSM_MODULE, module.to_str().unwrap())
-        + &format!(
-            "isolation = \"{isolation}\"\nhelper_env = [\"SOFTHSM2_CONF\", \"SEALBROKER_CRASH_TRIGGER\"]\n"
-        );
+        + placement
+        + "\nhelper_env = [\"SOFTHSM2_CONF\", \"SEALBROKER_CRASH_TRIGGER\", \"SEALBROKER_HANG_TRIGGER\"]\n";
+    let metrics: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let config = dir.join("sealbroker.toml");
     fs::write(
         &config,
         format!(
-            "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n{backend}\n\
-             [keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{}\n[audit]\nstdout = true\n",
+            "profile = \"hardened\"\n[server]\nunix_socket = \"{}\"\n[server.metrics]\nlisten = \"{metrics}\"\n\
+             {backend}\n[keys.unseal]\nbackend = \"hsm\"\nkey_label = \"unseal-key\"\n{}\n[audit]\nstdout = true\n",
             dir.join("sb.sock").display(),
             allow_test_callers()
         ),
@@ -1357,14 +1368,20 @@ async fn crashy_daemon(dir: &Path, token: &SoftHsmToken, isolation: &str) -> (Da
         &["serve", "--config", config.to_str().unwrap()],
         &[
             ("SOFTHSM2_CONF", &token.conf),
-            ("SEALBROKER_CRASH_TRIGGER", &trigger),
+            ("SEALBROKER_CRASH_TRIGGER", &crash),
+            ("SEALBROKER_HANG_TRIGGER", &hang),
         ],
         &dir.join("daemon.log"),
         Some(dir.join("sb.sock")),
         None,
     )
     .await;
-    (daemon, trigger)
+    Crashy {
+        daemon,
+        crash,
+        hang,
+        metrics,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1372,7 +1389,11 @@ async fn module_segfault_under_process_isolation_fails_one_wrap_and_the_broker_h
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let token = SoftHsmToken::create(&dir.join("hsm"), "crashy", "unseal-key", PIN);
-    let (mut daemon, trigger) = crashy_daemon(dir, &token, "process").await;
+    let Crashy {
+        mut daemon,
+        crash: trigger,
+        ..
+    } = crashy_daemon(dir, &token, "isolation = \"process\"").await;
     let (pid, born) = serving_process(&daemon).await;
     let mut client = daemon.unix_client().await;
     let bound = Duration::from_secs(20);
@@ -1452,7 +1473,11 @@ async fn module_segfault_in_process_takes_the_broker_down() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let token = SoftHsmToken::create(&dir.join("hsm"), "crashy", "unseal-key", PIN);
-    let (mut daemon, trigger) = crashy_daemon(dir, &token, "in-process").await;
+    let Crashy {
+        mut daemon,
+        crash: trigger,
+        ..
+    } = crashy_daemon(dir, &token, "isolation = \"in-process\"").await;
     let mut client = daemon.unix_client().await;
     let bound = Duration::from_secs(20);
     let (ok, _) = bounded(
@@ -1483,4 +1508,90 @@ async fn module_segfault_in_process_takes_the_broker_down() {
         Some(11),
         "the module's SIGSEGV killed the broker: {exit}"
     );
+}
+
+/// `dispatch = "direct"` runs device calls on the runtime's workers as they
+/// are. A device that stops answering must not take the last of them: with
+/// more calls hung than the daemon has workers, health still answers, so do
+/// device calls that do not hang, and every held call completes once the
+/// device answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_module_under_direct_dispatch_leaves_the_broker_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let token = SoftHsmToken::create(&dir.join("hsm"), "hangs", "unseal-key", PIN);
+    // The daemon runs one runtime worker per CPU; hang one more call than that.
+    let hung = std::thread::available_parallelism().unwrap().get() + 1;
+    let placement = format!(
+        "isolation = \"in-process\"\ndispatch = \"direct\"\nmax_sessions = {}",
+        hung + 4
+    );
+    let Crashy {
+        daemon,
+        hang,
+        metrics,
+        ..
+    } = crashy_daemon(dir, &token, &placement).await;
+    let mut client = daemon.unix_client().await;
+    let bound = Duration::from_secs(20);
+    let (before, _) = bounded(
+        bound,
+        "Wrap",
+        client.wrap(wrap_request("unseal", b"before", b"a")),
+    )
+    .await;
+    let before = before.expect("Wrap before the device hangs");
+
+    fs::write(&hang, b"").unwrap();
+    let held: Vec<_> = (0..hung)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let plaintext = format!("held {i}").into_bytes();
+                let wrapped = client
+                    .wrap(wrap_request("unseal", &plaintext, b"a"))
+                    .await
+                    .map(tonic::Response::into_inner);
+                (plaintext, wrapped)
+            })
+        })
+        .collect();
+    wait_until_async("every held Wrap to reach the device", bound, || {
+        fs::metadata(&hang).map(|m| m.len() as usize).unwrap_or(0) >= hung
+    })
+    .await;
+
+    // The broker still answers: health, and a device call that does not hang.
+    let livez = tokio::task::spawn_blocking(move || http_get(metrics, "/livez"));
+    let (status, _) = tokio::time::timeout(bound, livez)
+        .await
+        .expect("/livez hung while device calls were held")
+        .unwrap();
+    assert_eq!(status, 200);
+    let (opened, _) = bounded(
+        bound,
+        "Unwrap",
+        client.unwrap(unwrap_request("unseal", &before.blob, b"a")),
+    )
+    .await;
+    assert_eq!(opened.expect("Unwrap while Wraps hang").plaintext, b"before");
+
+    // The device answers again: every held call completes, and its blob opens.
+    fs::remove_file(&hang).unwrap();
+    for call in held {
+        let (plaintext, wrapped) = tokio::time::timeout(bound, call)
+            .await
+            .expect("a held Wrap did not complete after the device answered")
+            .unwrap();
+        let wrapped = wrapped.expect("a held Wrap succeeds once the device answers");
+        let (opened, _) = bounded(
+            bound,
+            "Unwrap",
+            client.unwrap(unwrap_request("unseal", &wrapped.blob, b"a")),
+        )
+        .await;
+        assert_eq!(opened.expect("the held Wrap's blob opens").plaintext, plaintext);
+    }
+    let status = daemon.terminate();
+    assert!(status.success(), "clean exit after the hang: {status}");
 }

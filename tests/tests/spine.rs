@@ -260,32 +260,40 @@ async fn mtls_refuses_clients_without_a_cert_or_with_a_foreign_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_four_concurrent_wraps_and_unwraps_on_softhsm() {
-    let dir = tempfile::tempdir().unwrap();
-    let token = two_key_token(dir.path());
-    let config = hardened_hsm_config(dir.path(), &token, None, "");
-    // The other SoftHSM tests use the default `dispatch = "pool"`; this one
-    // runs every device call on the daemon's request threads.
-    let text = fs::read_to_string(&config).unwrap();
-    let inline = text.replacen(
-        "type = \"pkcs11\"\n",
-        "type = \"pkcs11\"\ndispatch = \"inline\"\n",
-        1,
-    );
-    assert_ne!(text, inline);
-    fs::write(&config, inline).unwrap();
-    let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("log")).await;
-    let client = daemon.unix_client().await;
-    let mut tasks = Vec::new();
-    for i in 0..64u32 {
-        let mut client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            let secret = format!("secret number {i}").into_bytes();
-            let aad = i.to_be_bytes().to_vec();
-            round_trip(&mut client, "unseal", &secret, &aad).await;
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
+    // The other SoftHSM tests use the default placement (the helper
+    // process); these run every device call in the daemon, on its request
+    // threads.
+    for dispatch in ["inline", "direct"] {
+        let dir = tempfile::tempdir().unwrap();
+        let token = two_key_token(dir.path());
+        let config = hardened_hsm_config(dir.path(), &token, None, "");
+        let text = fs::read_to_string(&config).unwrap();
+        let placed = text.replacen(
+            "type = \"pkcs11\"\n",
+            &format!("type = \"pkcs11\"\nisolation = \"in-process\"\ndispatch = \"{dispatch}\"\n"),
+            1,
+        );
+        assert_ne!(text, placed);
+        fs::write(&config, placed).unwrap();
+        let daemon = Daemon::serve(&config, Some(&token), &dir.path().join("log")).await;
+        let client = daemon.unix_client().await;
+        let mut tasks = Vec::new();
+        for i in 0..64u32 {
+            let mut client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let secret = format!("secret number {i}").into_bytes();
+                let aad = i.to_be_bytes().to_vec();
+                round_trip(&mut client, "unseal", &secret, &aad).await;
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(
+            child_pids(daemon.pid()),
+            Vec::<u32>::new(),
+            "{dispatch}: the calls ran in the daemon, with no helper process"
+        );
     }
 }
 

@@ -61,7 +61,8 @@ pub struct BackendConfig {
     /// Upper bound on concurrent sessions (keep it below the token's limit).
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
-    /// Where device calls run: `"pool"` (default) or `"inline"`. See [`Dispatch`].
+    /// Where device calls run: `"pool"` (default), `"inline"` or `"direct"`.
+    /// See [`Dispatch`].
     /// In-process isolation only.
     #[serde(default)]
     pub dispatch: Dispatch,
@@ -239,11 +240,21 @@ impl BackendConfig {
                 Ok(Engine::InProcess(pool))
             }
             Isolation::Process => {
-                if self.isolation.is_some() && self.dispatch == Dispatch::Inline {
-                    return Err(ConfigError::new(
-                        "dispatch",
-                        "applies only to isolation = \"in-process\"; the helper process runs each call on its own thread",
-                    ));
+                if self.dispatch != Dispatch::Pool {
+                    if self.isolation.is_some() {
+                        return Err(ConfigError::new(
+                            "dispatch",
+                            "applies only to isolation = \"in-process\"; the helper process runs each call on its own thread",
+                        ));
+                    }
+                    // Accepted for configs written before process isolation
+                    // became the default, but it does nothing: say so.
+                    tracing::warn!(
+                        backend,
+                        dispatch = ?self.dispatch,
+                        "dispatch has no effect under the default isolation = \"process\"; \
+                         set isolation = \"in-process\" to run calls in the broker"
+                    );
                 }
                 let (lib, token, pin) = pool.origin();
                 Ok(Engine::Process(Arc::new(HelperClient::new(

@@ -3,13 +3,14 @@
 //! PKCS#11 login state belongs to the application, not the session: closing
 //! the last session logs every session out. So the pool keeps one "anchor"
 //! session open for its whole life and hands out up to `max_sessions` working
-//! sessions, one operation at a time each. No device call runs on an async
-//! worker that still holds the runtime: see [`Dispatch`]. When the token says
+//! sessions, one operation at a time each. Where a device call runs, and
+//! what a hung device may hold, is [`Dispatch`]'s choice. When the token says
 //! a session or the device is gone, the pool drops what it holds,
 //! re-initializes as needed, logs in again and retries the operation once.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -44,8 +45,7 @@ impl std::fmt::Display for TokenSelector {
     }
 }
 
-/// Where a device call runs. Either way the async runtime goes on serving
-/// other requests while the call blocks.
+/// Where a device call runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dispatch {
@@ -60,6 +60,40 @@ pub enum Dispatch {
     /// several times sooner; but a call that hangs holds its request until
     /// the device answers. Falls back to `Pool` on a single-threaded runtime.
     Inline,
+    /// On the calling worker thread as it is, with nothing handed over: the
+    /// fastest for calls of microseconds. A call holds its worker (and the
+    /// one task tokio may have queued behind it there) until the device
+    /// answers, so at most one fewer call than the runtime has workers runs
+    /// this way at once, across every pool in the process; the calls beyond
+    /// that run as `Inline`. A hung device therefore never takes the last
+    /// worker: health, metrics and other keys keep answering. Falls back to
+    /// `Pool` on a single-threaded runtime.
+    Direct,
+}
+
+/// How many `Direct` calls run on runtime workers right now (process-wide).
+static DIRECT_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// A claim on one of the `workers - 1` places for a `Direct` call; given
+/// back on drop, also if the call panics.
+struct DirectPlace;
+
+impl DirectPlace {
+    fn claim(workers: usize) -> Option<DirectPlace> {
+        let limit = workers.saturating_sub(1);
+        DIRECT_IN_FLIGHT
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| DirectPlace)
+    }
+}
+
+impl Drop for DirectPlace {
+    fn drop(&mut self) {
+        DIRECT_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Where the user PIN comes from. Read at every login, so a rotated PIN file
@@ -261,10 +295,15 @@ impl TokenPool {
             .acquire_owned()
             .await
             .map_err(|_| OpError::Backend(BackendError::unavailable("session pool closed")))?;
-        if self.dispatch == Dispatch::Inline
-            && tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread
+        let runtime = tokio::runtime::Handle::current();
+        if self.dispatch != Dispatch::Pool
+            && runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
         {
+            if self.dispatch == Dispatch::Direct
+                && let Some(_place) = DirectPlace::claim(runtime.metrics().num_workers())
+            {
+                return self.inner.run_blocking(&op);
+            }
             return tokio::task::block_in_place(|| self.inner.run_blocking(&op));
         }
         let inner = self.inner.clone();

@@ -286,10 +286,12 @@ fn isolation_settings_are_checked_with_their_field() {
     assert_eq!(err.path, "helper_uid");
     assert!(err.to_string().contains("isolation = \"process\""), "{err}");
 
-    let mut bad = config(&token);
-    bad.dispatch = Dispatch::Inline;
-    let err = bad.engine("backends.hsm").err().unwrap();
-    assert_eq!(err.path, "dispatch");
+    for dispatch in [Dispatch::Inline, Dispatch::Direct] {
+        let mut bad = config(&token);
+        bad.dispatch = dispatch;
+        let err = bad.engine("backends.hsm").err().unwrap();
+        assert_eq!(err.path, "dispatch", "{dispatch:?}");
+    }
 
     let mut bad = config(&token);
     bad.helper_env = vec!["SOFTHSM2_CONF".into(), "A=B".into()];

@@ -261,6 +261,102 @@ async fn dispatch_inline_falls_back_to_the_pool_on_a_single_threaded_runtime() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_direct_runs_on_the_caller() {
+    let token = token();
+    let mut config = backend(&token, 4);
+    config.dispatch = Dispatch::Direct;
+    let pool = config.pool().unwrap();
+    assert_eq!(pool.dispatch(), Dispatch::Direct);
+    assert!(ran_on_caller_thread(&pool).await);
+    let key = key(&config, &aes_key("aes-1"));
+    let sealed = key.encrypt(&[3; 32], b"d").await.unwrap();
+    assert_eq!(key.decrypt(&sealed, b"d").await.unwrap().expose(), &[3; 32]);
+}
+
+/// A door that stays shut until opened, counting who waits at it: a device
+/// call that hangs until the test says otherwise.
+#[derive(Default)]
+struct Door {
+    state: std::sync::Mutex<(bool, usize)>,
+    changed: std::sync::Condvar,
+}
+
+impl Door {
+    fn wait(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.1 += 1;
+        self.changed.notify_all();
+        while !state.0 {
+            state = self.changed.wait(state).unwrap();
+        }
+    }
+
+    /// Blocks the calling (non-runtime) thread until `n` calls wait, or
+    /// 10 s pass (a hang); says which.
+    fn until_waiting(&self, n: usize) -> bool {
+        let state = self.state.lock().unwrap();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, std::time::Duration::from_secs(10), |state| state.1 < n)
+            .unwrap();
+        state.1 >= n
+    }
+
+    fn open(&self) {
+        self.state.lock().unwrap().0 = true;
+        self.changed.notify_all();
+    }
+}
+
+/// `direct` holds its worker for as long as the device does. With every
+/// worker's worth of calls hung, the runtime must still have a worker to
+/// run other tasks (health, metrics, other keys), and every held call must
+/// complete once the device answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_direct_never_takes_the_last_worker() {
+    let token = token();
+    let mut config = backend(&token, 8);
+    config.dispatch = Dispatch::Direct;
+    let pool = config.pool().unwrap();
+    let door = Arc::new(Door::default());
+    let hung = 3;
+    let calls: Vec<_> = (0..hung)
+        .map(|i| {
+            let (pool, door) = (pool.clone(), door.clone());
+            tokio::spawn(async move {
+                pool.run(move |_session, _generation| {
+                    door.wait();
+                    Ok(i)
+                })
+                .await
+                .unwrap_or_else(|_| panic!("held call {i} failed"))
+            })
+        })
+        .collect();
+    // Every call is in the device at once: none waits for a worker.
+    let waiting = door.clone();
+    let all_in = tokio::task::spawn_blocking(move || waiting.until_waiting(hung))
+        .await
+        .unwrap();
+    if !all_in {
+        door.open();
+        panic!("a hung direct call kept the others from reaching the device");
+    }
+    // A task spawned now still runs, and so does a timer.
+    let other = tokio::spawn(async { tokio::time::sleep(std::time::Duration::from_millis(1)).await });
+    tokio::time::timeout(std::time::Duration::from_secs(10), other)
+        .await
+        .expect("a hung direct call took the runtime's last worker")
+        .unwrap();
+    door.open();
+    let mut done = Vec::new();
+    for call in calls {
+        done.push(call.await.unwrap());
+    }
+    assert_eq!(done, (0..hung).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_inline_shares_a_small_pool_and_heals() {
     let token = token();
     let mut config = backend(&token, 2);
