@@ -228,8 +228,11 @@ pub struct Pkcs11Backend {
     pub pin_secret: SecretKeyRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sessions: Option<u32>,
-    /// Where device calls run: `pool` (default; right for network HSMs) or
-    /// `inline` (faster for a local HSM; a hung call holds its request).
+    /// Where device calls run: `pool` (default: in a helper process, so a
+    /// module crash fails calls, not the broker; right for network HSMs), or
+    /// `inline` or `direct`, which load the module into the broker
+    /// (`isolation = "in-process"`) for a local HSM: `inline` is faster,
+    /// `direct` fastest; a hung call holds its request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatch: Option<Pkcs11Dispatch>,
 }
@@ -240,6 +243,7 @@ pub struct Pkcs11Backend {
 pub enum Pkcs11Dispatch {
     Pool,
     Inline,
+    Direct,
 }
 
 /// A KMIP server over mutual TLS.

@@ -217,14 +217,15 @@ fn backend_table(out: &mut String, backend: &BackendSpec, layout: &Layout) {
         if let Some(n) = p.max_sessions {
             let _ = writeln!(out, "max_sessions = {n}");
         }
-        match p.dispatch {
-            Some(crate::crd::Pkcs11Dispatch::Inline) => {
-                let _ = writeln!(out, "dispatch = \"inline\"");
-            }
-            Some(crate::crd::Pkcs11Dispatch::Pool) => {
-                let _ = writeln!(out, "dispatch = \"pool\"");
-            }
-            None => {}
+        // `inline` and `direct` run calls on the broker's own threads, so
+        // the module loads into the broker; `pool` keeps the default helper.
+        let in_process = match p.dispatch {
+            Some(crate::crd::Pkcs11Dispatch::Inline) => Some("inline"),
+            Some(crate::crd::Pkcs11Dispatch::Direct) => Some("direct"),
+            Some(crate::crd::Pkcs11Dispatch::Pool) | None => None,
+        };
+        if let Some(dispatch) = in_process {
+            let _ = writeln!(out, "isolation = \"in-process\"\ndispatch = \"{dispatch}\"");
         }
     } else if let Some(k) = &backend.kmip {
         let _ = writeln!(out, "type = \"kmip\"");
