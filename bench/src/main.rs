@@ -60,10 +60,11 @@ bench/results/<UTC date>.json, .md and .svg (or into --out-dir).
 Exit status: 0, or 1 if any operation or scenario failed (missed targets do not fail).";
 
 /// Where the broker's PKCS#11 calls run: in its process with the pkcs11
-/// backend's `dispatch` (`inline`, `pool`), or in the helper process
-/// (`process`: `isolation = "process"`).
+/// backend's `dispatch` (`direct`, `inline`, `pool`), or in the helper
+/// process (`process`: `isolation = "process"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Dispatch {
+    Direct,
     Inline,
     Pool,
     Process,
@@ -72,6 +73,7 @@ enum Dispatch {
 impl Dispatch {
     fn as_str(self) -> &'static str {
         match self {
+            Dispatch::Direct => "direct",
             Dispatch::Inline => "inline",
             Dispatch::Pool => "pool",
             Dispatch::Process => "process",
@@ -134,7 +136,7 @@ struct Cli {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "inline,pool,process",
+        default_value = "direct,inline,pool,process",
         value_name = "MODE,.."
     )]
     hsm_dispatch: Vec<Dispatch>,

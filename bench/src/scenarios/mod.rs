@@ -175,7 +175,7 @@ allow = {{ sign = ["uid:{uid}"] }}
             uid = peers::current_uid()?,
             placement = match dispatch {
                 "process" => "isolation = \"process\"".to_owned(),
-                inline_or_pool => format!("isolation = \"in-process\"\ndispatch = \"{inline_or_pool}\""),
+                in_process => format!("isolation = \"in-process\"\ndispatch = \"{in_process}\""),
             },
         );
         let path = dir.join("sealbroker.toml");
