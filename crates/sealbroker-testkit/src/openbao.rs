@@ -244,12 +244,15 @@ impl BaoServer {
         command.output().expect("cannot run the bao CLI")
     }
 
-    /// Like [`cli`](Self::cli), asserting success; returns stdout.
+    /// Like [`cli`](Self::cli), asserting success; returns stdout. A
+    /// failure names the command but not its arguments, which may be unseal
+    /// keys or secret values (`operator unseal KEY`, `kv put ... password=`).
     pub fn must(&self, args: &[&str], token: Option<&str>) -> String {
         let out = self.cli(args, token);
         assert!(
             out.status.success(),
-            "bao {args:?} failed: {}{}\n--- server log ---\n{}",
+            "{} failed: {}{}\n--- server log ---\n{}",
+            command_line(args),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
             self.logs()
@@ -368,6 +371,23 @@ impl Drop for BaoServer {
     }
 }
 
+/// `bao` and its subcommand words, with every later argument (and any flag
+/// value) left out: what a failure may print.
+fn command_line(args: &[&str]) -> String {
+    let words: Vec<&str> = args
+        .iter()
+        .take_while(|a| !a.starts_with('-') && !a.contains(['=', '/']))
+        .take(2)
+        .copied()
+        .collect();
+    let hidden = args.len() - words.len();
+    let mut line = format!("bao {}", words.join(" "));
+    if hidden > 0 {
+        line.push_str(&format!(" (and {hidden} argument(s), not shown)"));
+    }
+    line
+}
+
 fn field(json: &serde_json::Value, pointer: &str) -> String {
     json.pointer(pointer)
         .and_then(serde_json::Value::as_str)
@@ -378,6 +398,23 @@ fn field(json: &serde_json::Value, pointer: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_command_is_named_without_its_secret_arguments() {
+        let key = "a-made-up-unseal-key-0000000000000000000000=";
+        let line = command_line(&["operator", "unseal", "-migrate", key]);
+        assert_eq!(line, "bao operator unseal (and 2 argument(s), not shown)");
+        let line = command_line(&["kv", "put", "kv/app", "password=hunter2-canary"]);
+        assert!(!line.contains("hunter2"), "{line}");
+        assert_eq!(
+            command_line(&["status", "-format=json"]),
+            "bao status (and 1 argument(s), not shown)"
+        );
+        assert_eq!(
+            command_line(&["operator", "raft", "list-peers"]),
+            "bao operator raft (and 1 argument(s), not shown)"
+        );
+    }
 
     #[test]
     fn the_raft_base_names_its_ports_and_makes_the_storage_directory() {
