@@ -602,36 +602,32 @@ pub async fn wait_until_async(what: &str, limit: Duration, mut done: impl FnMut(
     }
 }
 
+/// Field `field` (numbered from 1, as in proc(5); 3 or later) of
+/// /proc/PID/stat, if the process exists. The command name (field 2) may
+/// hold spaces and parentheses, so the fields after it are counted from its
+/// last ')'.
+pub fn proc_stat_field(pid: u32, field: usize) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let index = field.checked_sub(3)?;
+    Some(stat.rsplit_once(')')?.1.split_whitespace().nth(index)?.to_owned())
+}
+
 /// The pids whose parent is `pid` (field 4 of /proc/PID/stat), e.g. the
 /// PKCS#11 helper processes a daemon runs.
 pub fn child_pids(pid: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        // The command name (field 2) may hold spaces and parentheses: the
-        // fields after it start after its last ')'.
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let parent = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if parent == Some(pid) {
-            children.push(child);
-        }
-    }
-    children
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| proc_stat_field(child, 4).and_then(|p| p.parse().ok()) == Some(pid))
+        .collect()
 }
 
 /// When process `pid` started, in clock ticks since boot (field 22 of
 /// /proc/PID/stat): with the pid, it names one process, never a later one
 /// that reused the pid.
 pub fn process_start_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces: state is field 3.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+    proc_stat_field(pid, 22)?.parse().ok()
 }
 
 /// The Python of the peers venv (hvac, grpcio-tools), made by tests/peers/install.sh.

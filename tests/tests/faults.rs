@@ -74,13 +74,7 @@ fn signal(pid: u32, sig: &str) {
 
 /// Whether `pid` is a live (not zombie) process.
 fn alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
-            Some(state != 'Z' && state != 'X')
-        })
-        .unwrap_or(false)
+    proc_stat_field(pid, 3).is_some_and(|state| state != "Z" && state != "X")
 }
 
 /// The process answering on `daemon`'s socket, per the kernel (its pid and
